@@ -1,0 +1,97 @@
+/* Shared by every dipole kernel (the runtime prepends it to each kernel source):
+ * the variant logic and the mask, each in exactly one place. */
+
+#define DIPOLE_SOFTMAX 0
+#define DIPOLE_SIGNEXP 1
+#define DIPOLE_ROUTED 2
+#define DIPOLE_TWO_POLE 3
+
+#ifndef VARIANT
+#define VARIANT DIPOLE_SOFTMAX
+#endif
+#ifndef HEAD_DIM
+#define HEAD_DIM 64
+#endif
+#ifndef IS_CAUSAL
+#define IS_CAUSAL 0
+#endif
+#ifndef HAS_WINDOW
+#define HAS_WINDOW 0
+#endif
+
+#if VARIANT < DIPOLE_SOFTMAX || VARIANT > DIPOLE_TWO_POLE
+#error "VARIANT must be one of DIPOLE_SOFTMAX .. DIPOLE_TWO_POLE"
+#endif
+#if HEAD_DIM < 1
+#error "HEAD_DIM must be >= 1"
+#endif
+
+/* ---- The variants. A variant is a set of poles; each pole runs its own online softmax over
+ * a logit of the score s, and each key's weight in a pole lands on one value row (v or v2),
+ * times a coefficient. Everything a kernel needs to know about the variant is here. */
+#if VARIANT == DIPOLE_TWO_POLE
+#define NPOLES 2
+#else
+#define NPOLES 1
+#endif
+#define READS_V2 (VARIANT == DIPOLE_ROUTED || VARIANT == DIPOLE_TWO_POLE)
+
+/* sign(s) with sign(0) = 0, as the reference; NaN stays NaN (0 * NaN). */
+inline float dp_sign(float s)
+{
+    return s > 0.0f ? 1.0f : (s < 0.0f ? -1.0f : s * 0.0f);
+}
+
+/* The logit pole p ranks: s, -s (negative pole) or |s| (variants that rank both signs). */
+#if VARIANT == DIPOLE_SIGNEXP || VARIANT == DIPOLE_ROUTED
+#define POLE_LOGIT(p, s) fabs(s)
+#else
+#define POLE_LOGIT(p, s) ((p) == 0 ? (s) : -(s))
+#endif
+
+/* The coefficient on a key's weight: sign(s) for SIGNEXP, 1 otherwise. */
+#if VARIANT == DIPOLE_SIGNEXP
+#define POLE_COEF(p, s) dp_sign(s)
+#else
+#define POLE_COEF(p, s) 1.0f
+#endif
+
+/* Whether a key's weight in pole p lands on v2 rather than v. */
+#if VARIANT == DIPOLE_ROUTED
+#define POLE_TO_V2(p, s) (!((s) > 0.0f))
+#elif VARIANT == DIPOLE_TWO_POLE
+#define POLE_TO_V2(p, s) ((p) == 1)
+#else
+#define POLE_TO_V2(p, s) 0
+#endif
+
+/* Online-softmax rescale factor from max m_old to m_new; 1 when nothing changed (also when
+ * both are -inf, where exp would give NaN). */
+inline float dp_rescale(float m_old, float m_new)
+{
+    return m_old == m_new ? 1.0f : exp(m_old - m_new);
+}
+
+/* ---- The mask. Keys are visible in [lo, hi) per query row; the diagonal is aligned
+ * bottom-right (row i sits on key i + kl - seq_q), kl being the batch's key length. */
+inline int2 dp_visible_range(int i, int kl, int seq_q, int window_left, int window_right)
+{
+    const long diag = (long)i + kl - seq_q;
+    long lo = 0, hi = kl;
+#if IS_CAUSAL
+    hi = min(hi, diag + 1);
+#endif
+#if HAS_WINDOW
+    if (window_right >= 0)
+        hi = min(hi, diag + window_right + 1);
+    if (window_left >= 0)
+        lo = max(lo, diag - window_left);
+#endif
+    lo = clamp(lo, 0L, (long)kl);
+    hi = max(hi, lo);
+    return (int2)((int)lo, (int)hi);
+}
+
+/* A tensor's element offset and strides (batch, seq, head), in elements. */
+typedef long4 dp_layout;
+#define DP_ROW(t, b, s, h) ((t).x + (long)(b) * (t).y + (long)(s) * (t).z + (long)(h) * (t).w)

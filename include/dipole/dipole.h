@@ -1,0 +1,268 @@
+/*
+ * dipole — dipole attention on any OpenCL device.
+ *
+ * With s = scale * q.k over the keys the mask allows, one query row's output is
+ *   DIPOLE_SOFTMAX   sum_j softmax(s)_j v_j
+ *   DIPOLE_SIGNEXP   sum_j sign(s_j) softmax(|s|)_j v_j            (sign(0) = 0)
+ *   DIPOLE_ROUTED    sum_j softmax(|s|)_j (s_j > 0 ? v_j : v2_j)
+ *   DIPOLE_TWO_POLE  a_h sum_j softmax(s)_j v_j + b_h sum_j softmax(-s)_j v2_j
+ *
+ * Layout: tensors are [batch, seq, heads, head_dim] with head_dim contiguous; device
+ * tensors may use any element offset and (batch, seq, head) strides, so packed QKV works
+ * without copies. Query head h reads key/value head h / (heads_q / heads_kv) (GQA/MQA).
+ *
+ * Errors: every function returns a dipole_status. OpenCL error codes pass through unchanged
+ * (they are negative and above -1000); the library's own codes are the DIPOLE_ERR_* band.
+ * The message of the last failure — naming the argument, or the OpenCL call that failed, or
+ * carrying the kernel build log — is kept on the context (dipole_ctx_last_error) and on the
+ * calling thread (dipole_thread_last_error, also for calls without a context).
+ *
+ * Threads: a dipole_ctx may be used from several threads; calls on one context are serialised
+ * by a lock inside it. Different contexts are independent.
+ */
+#ifndef DIPOLE_DIPOLE_H
+#define DIPOLE_DIPOLE_H
+
+#include <stddef.h>
+
+#ifndef CL_TARGET_OPENCL_VERSION
+#define CL_TARGET_OPENCL_VERSION 120
+#endif
+#ifdef __APPLE__
+#include <OpenCL/cl.h>
+#else
+#include <CL/cl.h>
+#endif
+
+#define DIPOLE_VERSION_MAJOR 0
+#define DIPOLE_VERSION_MINOR 1
+#define DIPOLE_VERSION_PATCH 0
+
+#if defined(_WIN32) && defined(DIPOLE_BUILDING_DLL)
+#define DIPOLE_API __declspec(dllexport)
+#elif defined(__GNUC__) && defined(DIPOLE_BUILDING)
+#define DIPOLE_API __attribute__((visibility("default")))
+#else
+#define DIPOLE_API
+#endif
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef enum dipole_status {
+    DIPOLE_SUCCESS = 0,
+    /* OpenCL codes (CL_OUT_OF_RESOURCES, CL_INVALID_MEM_OBJECT, ...) pass through as they are. */
+    DIPOLE_ERR_INVALID_ARG = -2001,     /* a descriptor field or argument is out of range */
+    DIPOLE_ERR_NO_PLATFORM = -2002,     /* no OpenCL platform / ICD is installed */
+    DIPOLE_ERR_NO_DEVICE = -2003,       /* the device selector matched no device */
+    DIPOLE_ERR_BAD_SELECTOR = -2004,    /* the device selector is malformed */
+    DIPOLE_ERR_UNSUPPORTED = -2005,     /* the requested path cannot serve this problem */
+    DIPOLE_ERR_BUILD = -2006,           /* a kernel failed to compile; the log is in the message */
+    DIPOLE_ERR_OUT_OF_HOST_MEMORY = -2007,
+    DIPOLE_ERR_BUFFER_RANGE = -2008,    /* offset/strides would reach outside a cl_mem */
+    DIPOLE_ERR_CLBLAST = -2009,         /* CLBlast failed; its code is in the message */
+    DIPOLE_ERR_KERNEL_SOURCE = -2010,   /* a kernel source file could not be read */
+    DIPOLE_ERR_INTERNAL = -2011
+} dipole_status;
+
+/* A static name for any status, OpenCL codes included ("CL_INVALID_VALUE"). Never NULL. */
+DIPOLE_API const char *dipole_status_string(dipole_status status);
+
+/* "MAJOR.MINOR.PATCH" */
+DIPOLE_API const char *dipole_version(void);
+
+typedef enum dipole_variant {
+    DIPOLE_SOFTMAX = 0,
+    DIPOLE_SIGNEXP = 1,
+    DIPOLE_ROUTED = 2,
+    DIPOLE_TWO_POLE = 3
+} dipole_variant;
+
+/* Static name ("softmax", "signexp", "routed", "two_pole"), or "unknown". */
+DIPOLE_API const char *dipole_variant_name(dipole_variant variant);
+
+typedef enum dipole_path {
+    DIPOLE_PATH_AUTO = 0,   /* tiled where its kernel fits the device, else GEMM */
+    DIPOLE_PATH_TILED = 1,  /* flash-style fused kernel, head_dim 1..256 */
+    DIPOLE_PATH_GEMM = 2    /* CLBlast GEMMs + a row-wise kernel, any head_dim, bounded workspace */
+} dipole_path;
+
+/* Static name ("auto", "tiled", "gemm"), or "unknown". */
+DIPOLE_API const char *dipole_path_name(dipole_path path);
+
+typedef struct dipole_attn_desc {
+    dipole_variant variant;
+    int batch;
+    int heads_q;
+    int heads_kv;       /* divides heads_q */
+    int seq_q;
+    int seq_k;
+    int head_dim;
+    float scale;        /* 0 selects 1/sqrt(head_dim) */
+    int causal;         /* nonzero: query i sees keys j <= i + seq_k - seq_q (bottom-right) */
+    int window_left;    /* -1 unlimited; else keys j >= i + seq_k - seq_q - window_left */
+    int window_right;   /* -1 unlimited; else keys j <= i + seq_k - seq_q + window_right */
+    /* Host array [batch] of valid key counts in [0, seq_k], or NULL for seq_k everywhere.
+     * With it, the causal/window diagonal of batch b uses key_lengths[b] in place of seq_k. */
+    const int *key_lengths;
+    const float *pos_weight; /* TWO_POLE: host array [heads_q] of alpha_h, NULL = all 1 */
+    const float *neg_weight; /* TWO_POLE: host array [heads_q] of beta_h,  NULL = all 1 */
+    dipole_path path;
+} dipole_attn_desc;
+
+/* Fills every field with its default: SOFTMAX, sizes 0 (to be set), scale 0 (1/sqrt(d)),
+ * no causal mask, windows -1, no key lengths, unit pole weights, DIPOLE_PATH_AUTO. */
+DIPOLE_API void dipole_attn_desc_default(dipole_attn_desc *desc);
+
+/* Checks a descriptor without a device. DIPOLE_SUCCESS or DIPOLE_ERR_INVALID_ARG (message on
+ * the thread names the field and value). */
+DIPOLE_API dipole_status dipole_attn_desc_validate(const dipole_attn_desc *desc);
+
+/* Number of log-sum-exp statistics per query row: 2 for TWO_POLE (pole + then pole -), else 1. */
+DIPOLE_API int dipole_lse_count(dipole_variant variant);
+
+/* ---------------------------------------------------------------- context */
+
+typedef struct dipole_ctx dipole_ctx;
+
+/* Opens a device. selector: NULL -> env DIPOLE_DEVICE -> the GPU with the most compute units
+ * -> any device. A selector is "P:D" (platform and device index), "gpu", "cpu", "accelerator",
+ * or a case-insensitive substring of a platform or device name.
+ * Returns DIPOLE_SUCCESS, DIPOLE_ERR_INVALID_ARG (out NULL), DIPOLE_ERR_NO_PLATFORM,
+ * DIPOLE_ERR_NO_DEVICE, DIPOLE_ERR_BAD_SELECTOR, DIPOLE_ERR_OUT_OF_HOST_MEMORY or an OpenCL
+ * code. On failure *out is NULL and dipole_thread_last_error() says why. */
+DIPOLE_API dipole_status dipole_ctx_create(dipole_ctx **out, const char *device_selector);
+
+/* Wraps a caller's in-order queue (interop); the context retains the queue and releases it on
+ * destroy. Returns DIPOLE_SUCCESS, DIPOLE_ERR_INVALID_ARG (NULL, or an out-of-order queue),
+ * DIPOLE_ERR_OUT_OF_HOST_MEMORY or an OpenCL code. */
+DIPOLE_API dipole_status dipole_ctx_create_from_queue(dipole_ctx **out, cl_command_queue queue);
+
+/* Finishes the queue and frees everything. NULL is a no-op. */
+DIPOLE_API void dipole_ctx_destroy(dipole_ctx *ctx);
+
+/* The message of the last failed call on ctx ("" if none). Valid until the next call on ctx. */
+DIPOLE_API const char *dipole_ctx_last_error(const dipole_ctx *ctx);
+
+/* The message of the last failed dipole call on this thread ("" if none). */
+DIPOLE_API const char *dipole_thread_last_error(void);
+
+/* The OpenCL objects behind a context, for allocating buffers and enqueuing around dipole. */
+DIPOLE_API cl_context dipole_ctx_cl_context(const dipole_ctx *ctx);
+DIPOLE_API cl_command_queue dipole_ctx_queue(const dipole_ctx *ctx);
+DIPOLE_API cl_device_id dipole_ctx_device(const dipole_ctx *ctx);
+
+/* "platform name / device name" of the context's device. */
+DIPOLE_API const char *dipole_ctx_device_name(const dipole_ctx *ctx);
+
+/* Receives diagnostics (one line each, no newline): cache misses, path choices, failures.
+ * NULL turns logging off (the default). Also enabled to stderr by env DIPOLE_LOG=1. */
+typedef void (*dipole_log_fn)(void *user, const char *message);
+DIPOLE_API void dipole_ctx_set_log(dipole_ctx *ctx, dipole_log_fn fn, void *user);
+
+/* Bytes the GEMM path may use for score matrices (default 256 MiB, env DIPOLE_WORKSPACE_MB).
+ * Returns DIPOLE_ERR_INVALID_ARG for 0. */
+DIPOLE_API dipole_status dipole_ctx_set_workspace_limit(dipole_ctx *ctx, size_t bytes);
+DIPOLE_API size_t dipole_ctx_workspace_limit(const dipole_ctx *ctx);
+
+/* ---------------------------------------------------------------- planning */
+
+typedef struct dipole_plan {
+    dipole_path path;       /* DIPOLE_PATH_TILED or DIPOLE_PATH_GEMM */
+    int block_m;            /* tiled: query rows per work-group tile */
+    int block_n;            /* tiled: keys per local-memory tile */
+    int work_group;         /* work-items per work-group */
+    size_t workspace_bytes; /* GEMM: peak scratch memory the call allocates */
+    char reason[256];       /* why this path, in words */
+} dipole_plan;
+
+/* Says which path (and configuration) dipole_attention would use for desc on this context,
+ * honouring desc->path and env DIPOLE_PATH=tiled|gemm. Returns DIPOLE_SUCCESS,
+ * DIPOLE_ERR_INVALID_ARG, or DIPOLE_ERR_UNSUPPORTED when the forced path cannot serve desc
+ * (plan->reason says why). */
+DIPOLE_API dipole_status dipole_attention_plan(dipole_ctx *ctx, const dipole_attn_desc *desc,
+                                               dipole_plan *plan);
+
+/* ---------------------------------------------------------------- forward */
+
+/* A float tensor [batch, seq, heads, head_dim] in a cl_mem; offset and strides in elements. */
+typedef struct dipole_tensor {
+    cl_mem buffer;
+    size_t offset;
+    size_t stride_batch;
+    size_t stride_seq;
+    size_t stride_head;
+} dipole_tensor;
+
+/* A dense contiguous [batch, seq, heads, head_dim] tensor at element offset 0. */
+DIPOLE_API dipole_tensor dipole_tensor_dense(cl_mem buffer, int seq, int heads, int head_dim);
+
+/* Enqueues attention on the context's queue. q, out: [batch, seq_q, heads_q, head_dim];
+ * k, v, v2: [batch, seq_k, heads_kv, head_dim]; v2 may be NULL except for ROUTED and TWO_POLE.
+ * lse: NULL, or a float buffer [dipole_lse_count, batch, heads_q, seq_q] that receives each row's
+ * log-sum-exp of its pole logits (-inf for a row that sees no key), as the backward pass needs.
+ * event: NULL, or receives an event for the last command (release it with clReleaseEvent).
+ * Inputs are read-only; out may not alias an input.
+ * Returns DIPOLE_SUCCESS, DIPOLE_ERR_INVALID_ARG, DIPOLE_ERR_BUFFER_RANGE, DIPOLE_ERR_UNSUPPORTED,
+ * DIPOLE_ERR_BUILD, DIPOLE_ERR_KERNEL_SOURCE, DIPOLE_ERR_CLBLAST, DIPOLE_ERR_OUT_OF_HOST_MEMORY
+ * or an OpenCL code. A failed call leaves the context usable. */
+DIPOLE_API dipole_status dipole_attention(dipole_ctx *ctx, const dipole_attn_desc *desc,
+                                          const dipole_tensor *q, const dipole_tensor *k,
+                                          const dipole_tensor *v, const dipole_tensor *v2,
+                                          const dipole_tensor *out, cl_mem lse, cl_event *event);
+
+/* Host-memory twin: dense [batch, seq, heads, head_dim] float arrays; blocks until done.
+ * Same statuses as dipole_attention. */
+DIPOLE_API dipole_status dipole_attention_host(dipole_ctx *ctx, const dipole_attn_desc *desc,
+                                               const float *q, const float *k, const float *v,
+                                               const float *v2, float *out);
+
+/* As dipole_attention_host, also writing lse (NULL allowed) as dipole_attention describes. */
+DIPOLE_API dipole_status dipole_attention_host_lse(dipole_ctx *ctx, const dipole_attn_desc *desc,
+                                                   const float *q, const float *k,
+                                                   const float *v, const float *v2, float *out,
+                                                   float *lse);
+
+/* The CPU reference: double accumulation, straightforward loops, dense host layout. lse may be
+ * NULL. Returns DIPOLE_SUCCESS, DIPOLE_ERR_INVALID_ARG or DIPOLE_ERR_OUT_OF_HOST_MEMORY. */
+DIPOLE_API dipole_status dipole_reference(const dipole_attn_desc *desc, const float *q,
+                                          const float *k, const float *v, const float *v2,
+                                          float *out);
+DIPOLE_API dipole_status dipole_reference_lse(const dipole_attn_desc *desc, const float *q,
+                                              const float *k, const float *v, const float *v2,
+                                              float *out, float *lse);
+
+/* ---------------------------------------------------------------- backward */
+
+/* Gradients of the forward pass. out and lse are the forward's results for the same inputs;
+ * dout has out's shape. dq, dk, dv (and dv2 where the variant reads v2) receive gradients with
+ * their inputs' shapes; they are overwritten, not accumulated. dpos_weight / dneg_weight: NULL,
+ * or float buffers [heads_q] receiving d/d alpha_h and d/d beta_h (TWO_POLE only).
+ * Deterministic: the same inputs give bit-identical gradients run to run.
+ * Same statuses as dipole_attention. */
+DIPOLE_API dipole_status dipole_attention_backward(
+    dipole_ctx *ctx, const dipole_attn_desc *desc, const dipole_tensor *q, const dipole_tensor *k,
+    const dipole_tensor *v, const dipole_tensor *v2, const dipole_tensor *out,
+    const dipole_tensor *dout, cl_mem lse, const dipole_tensor *dq, const dipole_tensor *dk,
+    const dipole_tensor *dv, const dipole_tensor *dv2, cl_mem dpos_weight, cl_mem dneg_weight,
+    cl_event *event);
+
+/* Host twin of the backward pass (runs the forward itself for out and lse). dv2 may be NULL
+ * when the variant reads no v2; dpos_weight/dneg_weight may be NULL. */
+DIPOLE_API dipole_status dipole_attention_backward_host(
+    dipole_ctx *ctx, const dipole_attn_desc *desc, const float *q, const float *k, const float *v,
+    const float *v2, const float *dout, float *dq, float *dk, float *dv, float *dv2,
+    float *dpos_weight, float *dneg_weight);
+
+/* The CPU reference backward in double precision (dense host layout). */
+DIPOLE_API dipole_status dipole_reference_backward(
+    const dipole_attn_desc *desc, const float *q, const float *k, const float *v, const float *v2,
+    const float *dout, float *dq, float *dk, float *dv, float *dv2, float *dpos_weight,
+    float *dneg_weight);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* DIPOLE_DIPOLE_H */

@@ -1,0 +1,254 @@
+/* The public forward entry points: validation, the ordered path list, and the host twin. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "internal.h"
+
+/* desc->path, unless DIPOLE_PATH forces one for the whole process. */
+static dipole_path requested_path(const dp_problem *p)
+{
+    const char *env = getenv("DIPOLE_PATH");
+    if (env && !strcmp(env, "tiled"))
+        return DIPOLE_PATH_TILED;
+    if (env && !strcmp(env, "gemm"))
+        return DIPOLE_PATH_GEMM;
+    return p->d.path;
+}
+
+/* The ordered list: tiled, then GEMM. Each rejects with a reason; the last reason wins. */
+static dipole_status choose_path(dipole_ctx *ctx, const dp_problem *p, dipole_plan *plan)
+{
+    memset(plan, 0, sizeof *plan);
+    const dipole_path want = requested_path(p);
+    dipole_status st;
+    if (want == DIPOLE_PATH_TILED)
+        return dp_tiled_plan(ctx, p, plan);
+    if (want == DIPOLE_PATH_GEMM)
+        return dp_gemm_plan(ctx, p, plan);
+    st = dp_tiled_plan(ctx, p, plan);
+    if (st != DIPOLE_ERR_UNSUPPORTED)
+        return st;
+    char tiled_reason[sizeof plan->reason];
+    snprintf(tiled_reason, sizeof tiled_reason, "%s", plan->reason);
+    st = dp_gemm_plan(ctx, p, plan);
+    if (st == DIPOLE_SUCCESS) {
+        char chosen[sizeof plan->reason];
+        snprintf(chosen, sizeof chosen, "%s", plan->reason);
+        snprintf(plan->reason, sizeof plan->reason, "%.120s -> %.120s", tiled_reason, chosen);
+    }
+    return st;
+}
+
+dipole_status dipole_attention_plan(dipole_ctx *ctx, const dipole_attn_desc *desc, dipole_plan *plan)
+{
+    if (!ctx || !plan)
+        return dp_fail(ctx, DIPOLE_ERR_INVALID_ARG, "dipole_attention_plan: %s is NULL",
+                       !ctx ? "ctx" : "plan");
+    pthread_mutex_lock(&ctx->lock);
+    dp_clear_error(ctx);
+    dp_problem p;
+    dipole_status st = dp_problem_init(ctx, desc, &p);
+    if (st == DIPOLE_SUCCESS) {
+        st = choose_path(ctx, &p, plan);
+        if (st == DIPOLE_ERR_UNSUPPORTED)
+            dp_fail(ctx, st, "%s", plan->reason);
+    }
+    pthread_mutex_unlock(&ctx->lock);
+    return st;
+}
+
+/* First and last element a tensor touches, to detect out overlapping an input. */
+static void span_of(const dipole_tensor *t, int batch, int seq, int heads, int d, size_t *lo,
+                    size_t *hi)
+{
+    *lo = t->offset;
+    *hi = t->offset + (size_t)(batch - 1) * t->stride_batch + (size_t)(seq - 1) * t->stride_seq +
+          (size_t)(heads - 1) * t->stride_head + (size_t)d;
+}
+
+static dipole_status check_args(dipole_ctx *ctx, const dp_problem *p, const dp_args *a)
+{
+    const dipole_attn_desc *d = &p->d;
+    dipole_status st;
+    if ((st = dp_check_tensor(ctx, "q", a->q, d->batch, d->seq_q, d->heads_q, d->head_dim)) ||
+        (st = dp_check_tensor(ctx, "k", a->k, d->batch, d->seq_k, d->heads_kv, d->head_dim)) ||
+        (st = dp_check_tensor(ctx, "v", a->v, d->batch, d->seq_k, d->heads_kv, d->head_dim)) ||
+        (st = dp_check_tensor(ctx, "out", a->out, d->batch, d->seq_q, d->heads_q, d->head_dim)))
+        return st;
+    if (p->reads_v2) {
+        if (!a->v2)
+            return dp_fail(ctx, DIPOLE_ERR_INVALID_ARG, "v2 is NULL but variant %s reads it",
+                           dipole_variant_name(d->variant));
+        if ((st = dp_check_tensor(ctx, "v2", a->v2, d->batch, d->seq_k, d->heads_kv, d->head_dim)))
+            return st;
+    }
+    if (a->lse && (st = dp_check_buffer(ctx, "lse", a->lse,
+                                        (size_t)p->npoles * d->batch * d->heads_q * d->seq_q)))
+        return st;
+    size_t olo, ohi;
+    span_of(a->out, d->batch, d->seq_q, d->heads_q, d->head_dim, &olo, &ohi);
+    const dipole_tensor *in[4] = {a->q, a->k, a->v, p->reads_v2 ? a->v2 : NULL};
+    const char *names[4] = {"q", "k", "v", "v2"};
+    for (int i = 0; i < 4; i++) {
+        if (!in[i] || in[i]->buffer != a->out->buffer)
+            continue;
+        size_t lo, hi;
+        const int seq = i == 0 ? d->seq_q : d->seq_k, heads = i == 0 ? d->heads_q : d->heads_kv;
+        span_of(in[i], d->batch, seq, heads, d->head_dim, &lo, &hi);
+        if (lo < ohi && olo < hi)
+            return dp_fail(ctx, DIPOLE_ERR_INVALID_ARG, "out overlaps %s in the same buffer",
+                           names[i]);
+    }
+    if (a->lse && (a->lse == a->out->buffer || a->lse == a->q->buffer || a->lse == a->k->buffer ||
+                   a->lse == a->v->buffer))
+        return dp_fail(ctx, DIPOLE_ERR_INVALID_ARG, "lse shares a buffer with a tensor");
+    return DIPOLE_SUCCESS;
+}
+
+/* With the lock held: per-call small uploads, path choice, launch. */
+static dipole_status attention_locked(dipole_ctx *ctx, const dp_problem *p, dp_args *a,
+                                      cl_event *event)
+{
+    dipole_status st = check_args(ctx, p, a);
+    if (st != DIPOLE_SUCCESS)
+        return st;
+    dipole_plan plan;
+    st = choose_path(ctx, p, &plan);
+    if (st == DIPOLE_ERR_UNSUPPORTED)
+        return dp_fail(ctx, st, "%s", plan.reason);
+    if (st != DIPOLE_SUCCESS)
+        return st;
+    a->key_lengths = NULL;
+    a->pole_weights = NULL;
+    if (p->d.key_lengths)
+        st = dp_upload(ctx, p->d.key_lengths, sizeof(int) * (size_t)p->d.batch, "key_lengths",
+                       &a->key_lengths);
+    if (st == DIPOLE_SUCCESS && p->d.variant == DIPOLE_TWO_POLE &&
+        (p->d.pos_weight || p->d.neg_weight)) {
+        const size_t hq = (size_t)p->d.heads_q;
+        float *w = malloc(sizeof(float) * 2 * hq);
+        if (!w)
+            st = dp_fail(ctx, DIPOLE_ERR_OUT_OF_HOST_MEMORY, "out of memory");
+        for (size_t h = 0; w && h < hq; h++) {
+            w[h] = p->d.pos_weight ? p->d.pos_weight[h] : 1.0f;
+            w[hq + h] = p->d.neg_weight ? p->d.neg_weight[h] : 1.0f;
+        }
+        if (st == DIPOLE_SUCCESS)
+            st = dp_upload(ctx, w, sizeof(float) * 2 * hq, "pole weights", &a->pole_weights);
+        free(w);
+    }
+    if (st == DIPOLE_SUCCESS) {
+        dp_log(ctx, "attention %s: %s", dipole_variant_name(p->d.variant), plan.reason);
+        st = plan.path == DIPOLE_PATH_TILED ? dp_tiled_run(ctx, p, &plan, a, event)
+                                            : dp_gemm_run(ctx, p, &plan, a, event);
+    }
+    /* Released objects live on until the enqueued kernels that use them finish. */
+    if (a->key_lengths)
+        clReleaseMemObject(a->key_lengths);
+    if (a->pole_weights)
+        clReleaseMemObject(a->pole_weights);
+    return st;
+}
+
+dipole_status dipole_attention(dipole_ctx *ctx, const dipole_attn_desc *desc, const dipole_tensor *q,
+                               const dipole_tensor *k, const dipole_tensor *v,
+                               const dipole_tensor *v2, const dipole_tensor *out, cl_mem lse,
+                               cl_event *event)
+{
+    if (!ctx)
+        return dp_fail(NULL, DIPOLE_ERR_INVALID_ARG, "dipole_attention: ctx is NULL");
+    if (event)
+        *event = NULL;
+    pthread_mutex_lock(&ctx->lock);
+    dp_clear_error(ctx);
+    dp_problem p;
+    dipole_status st = dp_problem_init(ctx, desc, &p);
+    if (st == DIPOLE_SUCCESS) {
+        dp_args a = {q, k, v, v2, out, lse, NULL, NULL};
+        st = attention_locked(ctx, &p, &a, event);
+    }
+    pthread_mutex_unlock(&ctx->lock);
+    return st;
+}
+
+/* Host twin: stage dense arrays in device buffers, run, read back. */
+dipole_status dipole_attention_host_lse(dipole_ctx *ctx, const dipole_attn_desc *desc,
+                                        const float *q, const float *k, const float *v,
+                                        const float *v2, float *out, float *lse)
+{
+    if (!ctx)
+        return dp_fail(NULL, DIPOLE_ERR_INVALID_ARG, "dipole_attention_host: ctx is NULL");
+    pthread_mutex_lock(&ctx->lock);
+    dp_clear_error(ctx);
+    dp_problem p;
+    dipole_status st = dp_problem_init(ctx, desc, &p);
+    cl_mem bufs[6] = {NULL};
+    enum { Q, K, V, V2, OUT, LSE };
+    if (st != DIPOLE_SUCCESS)
+        goto done;
+    if (!q || !k || !v || !out || (p.reads_v2 && !v2)) {
+        st = dp_fail(ctx, DIPOLE_ERR_INVALID_ARG, "dipole_attention_host: %s is NULL",
+                     !q ? "q" : !k ? "k" : !v ? "v" : !out ? "out" : "v2 (the variant reads it)");
+        goto done;
+    }
+    const dipole_attn_desc *d = &p.d;
+    const size_t nq = (size_t)d->batch * d->seq_q * d->heads_q * d->head_dim;
+    const size_t nk = (size_t)d->batch * d->seq_k * d->heads_kv * d->head_dim;
+    const size_t nl = (size_t)p.npoles * d->batch * d->heads_q * d->seq_q;
+    const struct {
+        const float *host;
+        size_t n;
+        bool input;
+        bool wanted;
+    } spec[6] = {{q, nq, true, true},       {k, nk, true, true},  {v, nk, true, true},
+                 {v2, nk, true, p.reads_v2}, {out, nq, false, true}, {lse, nl, false, lse != NULL}};
+    for (int i = 0; i < 6 && st == DIPOLE_SUCCESS; i++) {
+        if (!spec[i].wanted)
+            continue;
+        cl_int err;
+        bufs[i] = clCreateBuffer(ctx->context,
+                                 spec[i].input ? CL_MEM_READ_ONLY | CL_MEM_COPY_HOST_PTR
+                                               : CL_MEM_WRITE_ONLY,
+                                 spec[i].n * sizeof(float), spec[i].input ? (void *)spec[i].host : NULL,
+                                 &err);
+        if (err != CL_SUCCESS) {
+            char call[96];
+            snprintf(call, sizeof call, "clCreateBuffer(%zu bytes)", spec[i].n * sizeof(float));
+            st = dp_cl_fail(ctx, err, call);
+        }
+    }
+    if (st != DIPOLE_SUCCESS)
+        goto done;
+    dipole_tensor tq = dipole_tensor_dense(bufs[Q], d->seq_q, d->heads_q, d->head_dim);
+    dipole_tensor tk = dipole_tensor_dense(bufs[K], d->seq_k, d->heads_kv, d->head_dim);
+    dipole_tensor tv = dipole_tensor_dense(bufs[V], d->seq_k, d->heads_kv, d->head_dim);
+    dipole_tensor tv2 = dipole_tensor_dense(bufs[V2], d->seq_k, d->heads_kv, d->head_dim);
+    dipole_tensor to = dipole_tensor_dense(bufs[OUT], d->seq_q, d->heads_q, d->head_dim);
+    dp_args a = {&tq, &tk, &tv, p.reads_v2 ? &tv2 : NULL, &to, bufs[LSE], NULL, NULL};
+    st = attention_locked(ctx, &p, &a, NULL);
+    if (st == DIPOLE_SUCCESS) {
+        cl_int err = clEnqueueReadBuffer(ctx->queue, bufs[OUT], CL_TRUE, 0, nq * sizeof(float), out,
+                                         0, NULL, NULL);
+        if (err == CL_SUCCESS && lse)
+            err = clEnqueueReadBuffer(ctx->queue, bufs[LSE], CL_TRUE, 0, nl * sizeof(float), lse, 0,
+                                      NULL, NULL);
+        if (err != CL_SUCCESS)
+            st = dp_cl_fail(ctx, err, "clEnqueueReadBuffer(out)");
+    }
+done:
+    if (st != DIPOLE_SUCCESS && ctx->queue)
+        clFinish(ctx->queue); /* nothing of a failed call may still be running on our buffers */
+    for (int i = 0; i < 6; i++)
+        if (bufs[i])
+            clReleaseMemObject(bufs[i]);
+    pthread_mutex_unlock(&ctx->lock);
+    return st;
+}
+
+dipole_status dipole_attention_host(dipole_ctx *ctx, const dipole_attn_desc *desc, const float *q,
+                                    const float *k, const float *v, const float *v2, float *out)
+{
+    return dipole_attention_host_lse(ctx, desc, q, k, v, v2, out, NULL);
+}

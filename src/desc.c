@@ -1,0 +1,168 @@
+/* Descriptor defaults and validation, shared by every path and the reference. */
+#include <limits.h>
+#include <math.h>
+#include <string.h>
+
+#include "internal.h"
+
+/* Row indices are ints in the kernels; this keeps i + seq_k - seq_q and friends in range. */
+#define DP_MAX_SEQ (1 << 28)
+#define DP_MAX_HEAD_DIM 65536
+
+void dipole_attn_desc_default(dipole_attn_desc *desc)
+{
+    if (!desc)
+        return;
+    memset(desc, 0, sizeof *desc);
+    desc->variant = DIPOLE_SOFTMAX;
+    desc->scale = 0.0f;
+    desc->window_left = -1;
+    desc->window_right = -1;
+    desc->path = DIPOLE_PATH_AUTO;
+}
+
+static dipole_status check_dim(dipole_ctx *ctx, const char *field, int value, int max)
+{
+    if (value < 1 || value > max)
+        return dp_fail(ctx, DIPOLE_ERR_INVALID_ARG, "desc.%s = %d is out of range [1, %d]", field,
+                       value, max);
+    return DIPOLE_SUCCESS;
+}
+
+/* Bytes of a [batch, seq, heads, dim] float tensor, or 0 when the product overflows. */
+static size_t tensor_bytes(int batch, int seq, int heads, int dim)
+{
+    size_t r = 1;
+    const int f[] = {batch, seq, heads, dim, (int)sizeof(float)};
+    for (size_t i = 0; i < sizeof f / sizeof f[0]; i++)
+        if (!dp_mul_ok(r, (size_t)f[i], &r))
+            return 0;
+    return r;
+}
+
+dipole_status dp_problem_init(dipole_ctx *ctx, const dipole_attn_desc *desc, dp_problem *p)
+{
+    if (!desc)
+        return dp_fail(ctx, DIPOLE_ERR_INVALID_ARG, "desc is NULL");
+    if ((unsigned)desc->variant > DIPOLE_TWO_POLE)
+        return dp_fail(ctx, DIPOLE_ERR_INVALID_ARG, "desc.variant = %d is not a dipole_variant",
+                       (int)desc->variant);
+    if ((unsigned)desc->path > DIPOLE_PATH_GEMM)
+        return dp_fail(ctx, DIPOLE_ERR_INVALID_ARG, "desc.path = %d is not a dipole_path",
+                       (int)desc->path);
+    dipole_status st;
+    if ((st = check_dim(ctx, "batch", desc->batch, INT_MAX)) ||
+        (st = check_dim(ctx, "heads_q", desc->heads_q, INT_MAX)) ||
+        (st = check_dim(ctx, "heads_kv", desc->heads_kv, INT_MAX)) ||
+        (st = check_dim(ctx, "seq_q", desc->seq_q, DP_MAX_SEQ)) ||
+        (st = check_dim(ctx, "seq_k", desc->seq_k, DP_MAX_SEQ)) ||
+        (st = check_dim(ctx, "head_dim", desc->head_dim, DP_MAX_HEAD_DIM)))
+        return st;
+    if (desc->heads_q % desc->heads_kv != 0)
+        return dp_fail(ctx, DIPOLE_ERR_INVALID_ARG,
+                       "desc.heads_q = %d is not a multiple of desc.heads_kv = %d", desc->heads_q,
+                       desc->heads_kv);
+    if (!tensor_bytes(desc->batch, desc->seq_q, desc->heads_q, desc->head_dim) ||
+        !tensor_bytes(desc->batch, desc->seq_k, desc->heads_kv, desc->head_dim) ||
+        !tensor_bytes(desc->batch, desc->heads_q, desc->seq_q, 2))
+        return dp_fail(ctx, DIPOLE_ERR_INVALID_ARG,
+                       "tensor sizes overflow size_t (batch %d, heads_q %d, seq_q %d, seq_k %d, "
+                       "head_dim %d)",
+                       desc->batch, desc->heads_q, desc->seq_q, desc->seq_k, desc->head_dim);
+    if (isnan(desc->scale) || isinf(desc->scale))
+        return dp_fail(ctx, DIPOLE_ERR_INVALID_ARG, "desc.scale = %g is not finite",
+                       (double)desc->scale);
+    if (desc->window_left < -1 || desc->window_right < -1)
+        return dp_fail(ctx, DIPOLE_ERR_INVALID_ARG,
+                       "desc.window_%s = %d; windows are -1 (unlimited) or >= 0",
+                       desc->window_left < -1 ? "left" : "right",
+                       desc->window_left < -1 ? desc->window_left : desc->window_right);
+    if (desc->key_lengths)
+        for (int b = 0; b < desc->batch; b++)
+            if (desc->key_lengths[b] < 0 || desc->key_lengths[b] > desc->seq_k)
+                return dp_fail(ctx, DIPOLE_ERR_INVALID_ARG,
+                               "desc.key_lengths[%d] = %d is outside [0, seq_k = %d]", b,
+                               desc->key_lengths[b], desc->seq_k);
+    if (desc->variant == DIPOLE_TWO_POLE) {
+        const float *w[2] = {desc->pos_weight, desc->neg_weight};
+        for (int s = 0; s < 2; s++)
+            for (int h = 0; w[s] && h < desc->heads_q; h++)
+                if (isnan(w[s][h]) || isinf(w[s][h]))
+                    return dp_fail(ctx, DIPOLE_ERR_INVALID_ARG, "desc.%s[%d] = %g is not finite",
+                                   s ? "neg_weight" : "pos_weight", h, (double)w[s][h]);
+    }
+    p->d = *desc;
+    if (p->d.scale == 0.0f)
+        p->d.scale = (float)(1.0 / sqrt((double)desc->head_dim));
+    p->npoles = dipole_lse_count(desc->variant);
+    p->reads_v2 = desc->variant == DIPOLE_ROUTED || desc->variant == DIPOLE_TWO_POLE;
+    p->group = desc->heads_q / desc->heads_kv;
+    p->has_window = desc->window_left >= 0 || desc->window_right >= 0;
+    return DIPOLE_SUCCESS;
+}
+
+dipole_status dipole_attn_desc_validate(const dipole_attn_desc *desc)
+{
+    dp_problem p;
+    return dp_problem_init(NULL, desc, &p);
+}
+
+dipole_status dp_check_buffer(dipole_ctx *ctx, const char *name, cl_mem buf, size_t floats)
+{
+    if (!buf)
+        return dp_fail(ctx, DIPOLE_ERR_INVALID_ARG, "%s buffer is NULL", name);
+    cl_context owner = NULL;
+    size_t size = 0;
+    cl_int err = clGetMemObjectInfo(buf, CL_MEM_CONTEXT, sizeof owner, &owner, NULL);
+    if (err == CL_SUCCESS)
+        err = clGetMemObjectInfo(buf, CL_MEM_SIZE, sizeof size, &size, NULL);
+    if (err != CL_SUCCESS)
+        return dp_fail(ctx, (dipole_status)err, "%s: clGetMemObjectInfo failed: %s (%d)", name,
+                       dipole_status_string((dipole_status)err), (int)err);
+    if (owner != ctx->context)
+        return dp_fail(ctx, DIPOLE_ERR_INVALID_ARG,
+                       "%s buffer belongs to another OpenCL context than the dipole context's",
+                       name);
+    size_t need;
+    if (!dp_mul_ok(floats, sizeof(float), &need) || need > size)
+        return dp_fail(ctx, DIPOLE_ERR_BUFFER_RANGE,
+                       "%s needs %zu floats but its buffer holds %zu bytes", name, floats, size);
+    return DIPOLE_SUCCESS;
+}
+
+dipole_status dp_check_tensor(dipole_ctx *ctx, const char *name, const dipole_tensor *t, int batch,
+                              int seq, int heads, int head_dim)
+{
+    if (!t)
+        return dp_fail(ctx, DIPOLE_ERR_INVALID_ARG, "tensor %s is NULL", name);
+    /* The last element touched, computed with overflow checks: the buffer must reach past it. */
+    size_t last = t->offset, term;
+    const size_t ext[3] = {(size_t)batch - 1, (size_t)seq - 1, (size_t)heads - 1};
+    const size_t str[3] = {t->stride_batch, t->stride_seq, t->stride_head};
+    for (int i = 0; i < 3; i++) {
+        if (!dp_mul_ok(ext[i], str[i], &term) || last > SIZE_MAX - term)
+            goto overflow;
+        last += term;
+    }
+    if (last > SIZE_MAX - (size_t)head_dim)
+        goto overflow;
+    /* Strides beyond int64 cannot be passed to the kernels. */
+    if (last + (size_t)head_dim > (size_t)INT64_MAX / 4)
+        goto overflow;
+    return dp_check_buffer(ctx, name, t->buffer, last + (size_t)head_dim);
+overflow:
+    return dp_fail(ctx, DIPOLE_ERR_BUFFER_RANGE,
+                   "tensor %s: offset %zu with strides (%zu, %zu, %zu) overflows the address range",
+                   name, t->offset, t->stride_batch, t->stride_seq, t->stride_head);
+}
+
+dipole_tensor dipole_tensor_dense(cl_mem buffer, int seq, int heads, int head_dim)
+{
+    dipole_tensor t;
+    t.buffer = buffer;
+    t.offset = 0;
+    t.stride_head = (size_t)head_dim;
+    t.stride_seq = (size_t)heads * (size_t)head_dim;
+    t.stride_batch = (size_t)seq * t.stride_seq;
+    return t;
+}

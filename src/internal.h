@@ -1,0 +1,166 @@
+/* Library-private declarations shared by the runtime's source files. */
+#ifndef DIPOLE_INTERNAL_H
+#define DIPOLE_INTERNAL_H
+
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "dipole/dipole.h"
+
+#if defined(__GNUC__)
+#define DP_PRINTF(a, b) __attribute__((format(printf, a, b)))
+#else
+#define DP_PRINTF(a, b)
+#endif
+
+/* What the runtime needs to know about a device, queried once at context creation. */
+typedef struct dp_device_props {
+    cl_device_type type;
+    char name[256];
+    char vendor[256];
+    char platform_name[256];
+    char platform_version[256];
+    char driver_version[256];
+    char device_version[256];
+    cl_uint compute_units;
+    cl_uint clock_mhz;
+    cl_ulong local_mem;
+    cl_ulong global_mem;
+    cl_ulong max_alloc;
+    size_t max_work_group;
+    bool local_mem_is_global; /* CL_GLOBAL local memory: CPUs emulate it */
+    bool has_fp64;
+    bool has_fp16;
+    bool profiling;           /* the context's queue records profiling timestamps */
+} dp_device_props;
+
+/* Which kernel source and which specialisation: every define a program is built with. */
+typedef enum dp_kernel_kind {
+    DP_KERNEL_FWD_TILED = 0, /* cl/dipole_fwd.cl: work-group tiles for GPUs */
+    DP_KERNEL_FWD_CPU,       /* cl/dipole_fwd_cpu.cl: a GEMM micro-kernel per work-item */
+    DP_KERNEL_FWD_SPLITK,    /* cl/dipole_fwd_cpu.cl: decode, keys split over work-items */
+    DP_KERNEL_ROWWISE,       /* cl/dipole_rowwise.cl: GEMM path's row-wise weights */
+    DP_KERNEL_BWD,           /* cl/dipole_bwd.cl */
+    DP_KERNEL_COUNT
+} dp_kernel_kind;
+
+typedef struct dp_kernel_config {
+    dp_kernel_kind kind;
+    dipole_variant variant;
+    int head_dim;
+    int causal;
+    int has_window;
+    int block_m;    /* query rows per work-group (or per work-item on the CPU layout) */
+    int block_n;    /* keys per tile */
+    int work_group; /* work-items per work-group */
+} dp_kernel_config;
+
+typedef struct dp_program_entry dp_program_entry;
+
+struct dipole_ctx {
+    pthread_mutex_t lock;
+    cl_platform_id platform;
+    cl_device_id device;
+    cl_context context;
+    cl_command_queue queue;
+    dp_device_props props;
+    char device_label[520];
+    char *last_error; /* heap, grows to hold build logs */
+    size_t last_error_cap;
+    dipole_log_fn log_fn;
+    void *log_user;
+    size_t workspace_limit;
+    char cache_dir[1024]; /* "" when the on-disk cache is off */
+    dp_program_entry *programs;
+};
+
+/* ---- errors.c: every failure goes through these, so the message reaches ctx and thread. */
+dipole_status dp_fail(dipole_ctx *ctx, dipole_status status, const char *fmt, ...) DP_PRINTF(3, 4);
+/* An OpenCL call failed: the message names the call and the code. */
+dipole_status dp_cl_fail(dipole_ctx *ctx, cl_int err, const char *call);
+void dp_clear_error(dipole_ctx *ctx);
+/* Appends long text (a build log) to the current message. */
+void dp_append_error(dipole_ctx *ctx, const char *text);
+void dp_log(dipole_ctx *ctx, const char *fmt, ...) DP_PRINTF(2, 3);
+
+/* ---- device.c */
+dipole_status dp_select_device(const char *selector, cl_platform_id *platform,
+                               cl_device_id *device);
+dipole_status dp_query_props(cl_platform_id platform, cl_device_id device,
+                             dp_device_props *props);
+
+/* ---- desc.c */
+typedef struct dp_problem {
+    dipole_attn_desc d; /* with scale resolved */
+    int npoles;
+    bool reads_v2;
+    int group; /* heads_q / heads_kv */
+    bool has_window;
+} dp_problem;
+/* Validates desc (message via dp_fail on ctx, which may be NULL) and resolves defaults. */
+dipole_status dp_problem_init(dipole_ctx *ctx, const dipole_attn_desc *desc, dp_problem *p);
+/* Checks that a device tensor holds [batch, seq, heads, head_dim] inside its buffer. */
+dipole_status dp_check_tensor(dipole_ctx *ctx, const char *name, const dipole_tensor *t,
+                              int batch, int seq, int heads, int head_dim);
+dipole_status dp_check_buffer(dipole_ctx *ctx, const char *name, cl_mem buf, size_t floats);
+
+/* ---- mask.c: the one definition of which keys a query row sees (host side). */
+/* Half-open range [*lo, *hi) of visible keys for row i of batch b; lo >= hi when none. */
+void dp_visible_range(const dp_problem *p, int b, int i, int *lo, int *hi);
+int dp_key_length(const dp_problem *p, int b);
+
+/* ---- sources.c / build.c / cache: programs by configuration. */
+/* The ONE place that turns a configuration and device into compiler options. */
+void dp_build_options(const dipole_ctx *ctx, const dp_kernel_config *cfg, char *buf, size_t cap);
+const char *dp_kernel_file(dp_kernel_kind kind);
+/* Kernel source text (embedded, or from DIPOLE_KERNEL_DIR); free() the result. */
+dipole_status dp_load_source(dipole_ctx *ctx, const char *file, char **text);
+/* A built kernel for cfg, from the memory cache, the disk cache or a fresh build. The kernel
+ * stays owned by the context. */
+dipole_status dp_get_kernel(dipole_ctx *ctx, const dp_kernel_config *cfg, const char *name,
+                            cl_kernel *kernel);
+void dp_programs_release(dipole_ctx *ctx);
+
+/* disk_cache.c */
+typedef struct dp_cache_key {
+    uint64_t h[2];
+} dp_cache_key;
+dp_cache_key dp_cache_key_make(const dipole_ctx *ctx, const char *source, const char *options);
+/* Returns a malloc'd binary or NULL (any failure is a miss). */
+unsigned char *dp_disk_cache_load(dipole_ctx *ctx, dp_cache_key key, size_t *size);
+void dp_disk_cache_store(dipole_ctx *ctx, dp_cache_key key, const unsigned char *bin, size_t size);
+void dp_cache_dir_init(dipole_ctx *ctx);
+
+/* ---- paths */
+typedef struct dp_args {
+    const dipole_tensor *q, *k, *v, *v2, *out;
+    cl_mem lse;
+    cl_mem key_lengths; /* int [batch] or NULL */
+    cl_mem pole_weights; /* float [2 * heads_q] alpha then beta, or NULL */
+} dp_args;
+
+/* Each path says whether it can serve p (filling plan) — the ordered list of attention.c. */
+dipole_status dp_tiled_plan(dipole_ctx *ctx, const dp_problem *p, dipole_plan *plan);
+dipole_status dp_tiled_run(dipole_ctx *ctx, const dp_problem *p, const dipole_plan *plan,
+                           const dp_args *a, cl_event *event);
+dipole_status dp_gemm_plan(dipole_ctx *ctx, const dp_problem *p, dipole_plan *plan);
+dipole_status dp_gemm_run(dipole_ctx *ctx, const dp_problem *p, const dipole_plan *plan,
+                          const dp_args *a, cl_event *event);
+
+/* ---- util */
+/* a * b with overflow detection; returns false on overflow. */
+static inline bool dp_mul_ok(size_t a, size_t b, size_t *r)
+{
+    if (a != 0 && b > SIZE_MAX / a)
+        return false;
+    *r = a * b;
+    return true;
+}
+
+/* Per-call device scratch: small host arrays copied to the device. */
+dipole_status dp_upload(dipole_ctx *ctx, const void *host, size_t bytes, const char *what,
+                        cl_mem *out);
+
+#endif

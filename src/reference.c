@@ -1,0 +1,99 @@
+/* The CPU reference: the definition of each variant written as plainly as possible, in double.
+ * Tests and dipole-bench validate every device result against it. */
+#include <math.h>
+#include <stdlib.h>
+
+#include "internal.h"
+
+static double sign_of(double s)
+{
+    return s > 0 ? 1.0 : s < 0 ? -1.0 : s * 0.0; /* sign(0) = 0; NaN stays NaN */
+}
+
+/* Pole p's logit of score s: s for softmax and the positive pole, -s for the negative pole,
+ * |s| for the variants that rank both signs together. */
+static double pole_logit(dipole_variant v, int pole, double s)
+{
+    if (v == DIPOLE_SIGNEXP || v == DIPOLE_ROUTED)
+        return fabs(s);
+    return pole == 0 ? s : -s;
+}
+
+dipole_status dipole_reference_lse(const dipole_attn_desc *desc, const float *q, const float *k,
+                                   const float *v, const float *v2, float *out, float *lse)
+{
+    dp_problem p;
+    dipole_status st = dp_problem_init(NULL, desc, &p);
+    if (st != DIPOLE_SUCCESS)
+        return st;
+    if (!q || !k || !v || !out || (p.reads_v2 && !v2))
+        return dp_fail(NULL, DIPOLE_ERR_INVALID_ARG, "dipole_reference: %s is NULL",
+                       !q ? "q" : !k ? "k" : !v ? "v" : !out ? "out" : "v2 (the variant reads it)");
+    const int B = p.d.batch, Hq = p.d.heads_q, Hkv = p.d.heads_kv, Nq = p.d.seq_q,
+              Nk = p.d.seq_k, D = p.d.head_dim;
+    double *s = malloc(sizeof(double) * (size_t)Nk);
+    double *acc = malloc(sizeof(double) * (size_t)D * 2);
+    if (!s || !acc) {
+        free(s);
+        free(acc);
+        return dp_fail(NULL, DIPOLE_ERR_OUT_OF_HOST_MEMORY, "dipole_reference: out of memory");
+    }
+    for (int b = 0; b < B; b++)
+        for (int h = 0; h < Hq; h++) {
+            const int hk = h / p.group;
+            const double pole_w[2] = {
+                p.d.variant == DIPOLE_TWO_POLE && p.d.pos_weight ? p.d.pos_weight[h] : 1.0,
+                p.d.variant == DIPOLE_TWO_POLE && p.d.neg_weight ? p.d.neg_weight[h] : 1.0};
+            for (int i = 0; i < Nq; i++) {
+                const float *qi = q + (((size_t)b * Nq + i) * Hq + h) * D;
+                int lo, hi;
+                dp_visible_range(&p, b, i, &lo, &hi);
+                for (int j = lo; j < hi; j++) {
+                    const float *kj = k + (((size_t)b * Nk + j) * Hkv + hk) * D;
+                    double dot = 0;
+                    for (int c = 0; c < D; c++)
+                        dot += (double)qi[c] * (double)kj[c];
+                    s[j] = (double)p.d.scale * dot;
+                }
+                double *od = acc + D; /* the output row, summed over poles in double */
+                for (int c = 0; c < D; c++)
+                    od[c] = 0.0;
+                for (int pole = 0; pole < p.npoles; pole++) {
+                    double m = -INFINITY, l = 0;
+                    for (int j = lo; j < hi; j++)
+                        m = fmax(m, pole_logit(p.d.variant, pole, s[j]));
+                    for (int c = 0; c < D; c++)
+                        acc[c] = 0;
+                    for (int j = lo; j < hi; j++) {
+                        const double w = exp(pole_logit(p.d.variant, pole, s[j]) - m);
+                        l += w;
+                        /* Which value row the key's weight lands on, and with what sign. */
+                        const bool to_v2 = (p.d.variant == DIPOLE_ROUTED && !(s[j] > 0)) ||
+                                           (p.d.variant == DIPOLE_TWO_POLE && pole == 1);
+                        const double coef = p.d.variant == DIPOLE_SIGNEXP ? sign_of(s[j]) : 1.0;
+                        const float *vj = (to_v2 ? v2 : v) + (((size_t)b * Nk + j) * Hkv + hk) * D;
+                        for (int c = 0; c < D; c++)
+                            acc[c] += w * coef * (double)vj[c];
+                    }
+                    if (hi > lo)
+                        for (int c = 0; c < D; c++)
+                            od[c] += pole_w[pole] * acc[c] / l;
+                    if (lse)
+                        lse[(((size_t)pole * B + b) * Hq + h) * Nq + i] =
+                            hi > lo ? (float)(m + log(l)) : -INFINITY;
+                }
+                float *oi = out + (((size_t)b * Nq + i) * Hq + h) * D;
+                for (int c = 0; c < D; c++)
+                    oi[c] = (float)od[c];
+            }
+        }
+    free(s);
+    free(acc);
+    return DIPOLE_SUCCESS;
+}
+
+dipole_status dipole_reference(const dipole_attn_desc *desc, const float *q, const float *k,
+                               const float *v, const float *v2, float *out)
+{
+    return dipole_reference_lse(desc, q, k, v, v2, out, NULL);
+}

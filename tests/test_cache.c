@@ -1,0 +1,153 @@
+/* The on-disk program cache: a second context hits it; corrupt, truncated or foreign files are
+ * misses that get rebuilt (never a crash or a wrong kernel); "off" writes nothing. */
+#include <dirent.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "testutil.h"
+
+typedef struct log_counts {
+    int built, hits, unusable;
+} log_counts;
+
+static void count_log(void *user, const char *msg)
+{
+    log_counts *c = user;
+    if (strstr(msg, ": built"))
+        c->built++;
+    if (strstr(msg, "disk cache hit"))
+        c->hits++;
+    if (strstr(msg, "unusable") || strstr(msg, "rejected") || strstr(msg, "failed to build"))
+        c->unusable++;
+}
+
+/* Runs one small attention in a fresh context and checks it against the reference. */
+static log_counts run_fresh(void)
+{
+    log_counts c = {0, 0, 0};
+    dipole_ctx *ctx;
+    ck_assert_int_eq(dipole_ctx_create(&ctx, NULL), DIPOLE_SUCCESS);
+    dipole_ctx_set_log(ctx, count_log, &c);
+    dipole_attn_desc d;
+    dipole_attn_desc_default(&d);
+    d.variant = DIPOLE_SIGNEXP;
+    d.batch = 1, d.heads_q = d.heads_kv = 2, d.seq_q = d.seq_k = 19, d.head_dim = 12;
+    d.path = DIPOLE_PATH_TILED;
+    const size_t n = tu_q_elems(&d);
+    float *q = tu_random(n, 5, 1), *k = tu_random(n, 6, 1), *v = tu_random(n, 7, 1);
+    float *out = malloc(n * 4), *ref = malloc(n * 4);
+    ck_assert_int_eq(dipole_attention_host(ctx, &d, q, k, v, NULL, out), DIPOLE_SUCCESS);
+    ck_assert_int_eq(dipole_reference(&d, q, k, v, NULL, ref), DIPOLE_SUCCESS);
+    ck_assert(tu_compare(out, ref, n, 1e-5, 1e-4).worst_ratio <= 1);
+    dipole_ctx_destroy(ctx);
+    free(q), free(k), free(v), free(out), free(ref);
+    return c;
+}
+
+/* The one .bin file in dir (asserts there is exactly one). */
+static void only_bin(const char *dir, char *path, size_t cap)
+{
+    DIR *dp = opendir(dir);
+    ck_assert_ptr_nonnull(dp);
+    int n = 0;
+    struct dirent *e;
+    while ((e = readdir(dp)))
+        if (strstr(e->d_name, ".bin")) {
+            snprintf(path, cap, "%s/%s", dir, e->d_name);
+            n++;
+        }
+    closedir(dp);
+    ck_assert_int_eq(n, 1);
+}
+
+static void clean_dir(const char *dir)
+{
+    DIR *dp = opendir(dir);
+    struct dirent *e;
+    char path[512];
+    while (dp && (e = readdir(dp)))
+        if (e->d_name[0] != '.' || strstr(e->d_name, ".tmp")) {
+            snprintf(path, sizeof path, "%s/%s", dir, e->d_name);
+            unlink(path);
+        }
+    if (dp)
+        closedir(dp);
+    rmdir(dir);
+}
+
+START_TEST(test_disk_cache_roundtrip_and_corruption)
+{
+    tu_ctx(); /* skip without a device */
+    char dir[] = "/tmp/dipole-cache-XXXXXX";
+    ck_assert_ptr_nonnull(mkdtemp(dir));
+    setenv("DIPOLE_CACHE_DIR", dir, 1);
+
+    log_counts c = run_fresh();
+    ck_assert_int_eq(c.built, 1);
+    ck_assert_int_eq(c.hits, 0);
+    char bin[512];
+    only_bin(dir, bin, sizeof bin);
+
+    c = run_fresh();
+    ck_assert_int_eq(c.hits, 1);
+    ck_assert_int_eq(c.built, 0);
+
+    /* Flip bytes in the payload: the checksum must reject it. */
+    FILE *f = fopen(bin, "r+b");
+    ck_assert_ptr_nonnull(f);
+    fseek(f, 200, SEEK_SET);
+    fputs("garbage garbage garbage", f);
+    fclose(f);
+    c = run_fresh();
+    ck_assert_int_eq(c.unusable, 1);
+    ck_assert_int_eq(c.built, 1);
+    c = run_fresh(); /* the rebuild rewrote a good file */
+    ck_assert_int_eq(c.hits, 1);
+
+    /* Truncate it. */
+    ck_assert_int_eq(truncate(bin, 40), 0);
+    c = run_fresh();
+    ck_assert_int_eq(c.built, 1);
+    /* Replace it with a foreign file of the same name. */
+    f = fopen(bin, "wb");
+    fputs("not a dipole cache file at all", f);
+    fclose(f);
+    c = run_fresh();
+    ck_assert_int_eq(c.built, 1);
+    c = run_fresh();
+    ck_assert_int_eq(c.hits, 1);
+
+    unsetenv("DIPOLE_CACHE_DIR");
+    clean_dir(dir);
+}
+END_TEST
+
+START_TEST(test_disk_cache_off_and_unwritable)
+{
+    tu_ctx();
+    setenv("DIPOLE_CACHE_DIR", "off", 1);
+    log_counts c = run_fresh();
+    ck_assert_int_eq(c.built, 1);
+    c = run_fresh();
+    ck_assert_int_eq(c.built, 1);
+    ck_assert_int_eq(c.hits, 0);
+    /* A directory that cannot be created: still works, uncached. */
+    setenv("DIPOLE_CACHE_DIR", "/proc/dipole-cannot-exist/cache", 1);
+    c = run_fresh();
+    ck_assert_int_eq(c.built, 1);
+    unsetenv("DIPOLE_CACHE_DIR");
+}
+END_TEST
+
+Suite *cache_suite(void)
+{
+    Suite *s = suite_create("cache");
+    TCase *tc = tcase_create("disk");
+    tcase_set_timeout(tc, 300);
+    tcase_add_test(tc, test_disk_cache_roundtrip_and_corruption);
+    tcase_add_test(tc, test_disk_cache_off_and_unwritable);
+    suite_add_tcase(s, tc);
+    return s;
+}

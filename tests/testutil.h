@@ -1,0 +1,46 @@
+/* Helpers shared by the Check suites: inputs, tolerances, the shared device context. */
+#ifndef DIPOLE_TESTUTIL_H
+#define DIPOLE_TESTUTIL_H
+
+#include <check.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "dipole/dipole.h"
+
+/* The context every device test uses; created once. Exits 77 (skipped) without a device. */
+dipole_ctx *tu_ctx(void);
+void tu_ctx_release(void);
+
+/* Deterministic inputs: normal(0, 1) * mult from a seeded generator. */
+float *tu_random(size_t n, uint64_t seed, float mult);
+
+/* Element counts of a descriptor's tensors. */
+size_t tu_q_elems(const dipole_attn_desc *d);
+size_t tu_kv_elems(const dipole_attn_desc *d);
+
+typedef struct tu_err {
+    double max_abs;     /* largest |got - ref| */
+    size_t worst;       /* index of the worst element (by tolerance ratio) */
+    double worst_ratio; /* |got - ref| / (atol + rtol |ref|); <= 1 passes */
+    size_t nonfinite;   /* elements of got that are NaN or inf where ref is finite */
+} tu_err;
+
+/* Compares with absolute AND relative tolerance: |got - ref| <= atol + rtol * |ref|. */
+tu_err tu_compare(const float *got, const float *ref, size_t n, double atol, double rtol);
+
+/* Runs desc on the device (host API) and the reference with seeded inputs scaled by mult,
+ * asserts agreement within (atol, rtol), and returns the measured error. */
+tu_err tu_check_against_reference(const dipole_attn_desc *desc, uint64_t seed, float mult,
+                                  double atol, double rtol);
+
+/* A one-line description of a descriptor for failure messages. */
+const char *tu_desc_str(const dipole_attn_desc *d, char *buf, size_t cap);
+
+/* Suites */
+Suite *api_suite(void);
+Suite *forward_suite(void);
+Suite *golden_suite(void);
+Suite *cache_suite(void);
+
+#endif

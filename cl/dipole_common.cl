@@ -56,6 +56,13 @@ inline float dp_sign(float s)
 #define POLE_COEF(p, s) 1.0f
 #endif
 
+/* d POLE_LOGIT / ds, for the backward pass: d|s|/ds = sign(s), 0 at s = 0 (as torch). */
+#if VARIANT == DIPOLE_SIGNEXP || VARIANT == DIPOLE_ROUTED
+#define POLE_LOGIT_DS(p, s) dp_sign(s)
+#else
+#define POLE_LOGIT_DS(p, s) ((p) == 0 ? 1.0f : -1.0f)
+#endif
+
 /* Whether a key's weight in pole p lands on v2 rather than v. */
 #if VARIANT == DIPOLE_ROUTED
 #define POLE_TO_V2(p, s) (!((s) > 0.0f))

@@ -1,5 +1,411 @@
-/* The backward pass (issue 7, in progress). */
+/* The backward pass: validation, tile configuration, the four launches of cl/dipole_bwd.cl,
+ * and the host twin. The CPU reference backward is in reference_backward.c. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
 #include "internal.h"
+
+/* The backward has only the tiled kernels; their private rows are HEAD_DIM floats each. */
+#define DP_BWD_MAX_HEAD_DIM 256
+
+typedef struct dp_bwd_args {
+    const dipole_tensor *q, *k, *v, *v2, *out, *dout, *dq, *dk, *dv, *dv2;
+    cl_mem lse, dpos, dneg;
+} dp_bwd_args;
+
+static int env_block(const char *name, int fallback)
+{
+    const char *s = getenv(name);
+    if (!s || !*s)
+        return fallback;
+    char *end;
+    long v = strtol(s, &end, 10);
+    return (*end == '\0' && v > 0 && v <= 1024) ? (int)v : fallback;
+}
+
+static dp_kernel_config bwd_config(const dp_problem *p, int block_m, int block_n)
+{
+    dp_kernel_config cfg;
+    memset(&cfg, 0, sizeof cfg);
+    cfg.kind = DP_KERNEL_BWD;
+    cfg.variant = p->d.variant;
+    cfg.head_dim = p->d.head_dim;
+    cfg.causal = p->d.causal != 0;
+    cfg.has_window = p->has_window;
+    cfg.block_m = block_m;
+    cfg.block_n = block_n;
+    cfg.work_group = block_m;
+    return cfg;
+}
+
+static dipole_status kernel_wg(dipole_ctx *ctx, const dp_kernel_config *cfg, const char *name,
+                               size_t *wg)
+{
+    cl_kernel kernel;
+    dipole_status st = dp_get_kernel(ctx, cfg, name, &kernel);
+    if (st != DIPOLE_SUCCESS)
+        return st;
+    cl_int err = clGetKernelWorkGroupInfo(kernel, ctx->device, CL_KERNEL_WORK_GROUP_SIZE,
+                                          sizeof *wg, wg, NULL);
+    return err == CL_SUCCESS ? DIPOLE_SUCCESS
+                             : dp_cl_fail(ctx, err, "clGetKernelWorkGroupInfo(CL_KERNEL_WORK_GROUP_SIZE)");
+}
+
+/* Tile sizes that fit the device's local memory and the compiled kernels' work-group limits.
+ * block_m: query rows per tile (work-items of the row kernels), block_n: keys per tile
+ * (work-items of dkdv). */
+static dipole_status bwd_plan(dipole_ctx *ctx, const dp_problem *p, int *bm, int *bn)
+{
+    const dp_device_props *dev = &ctx->props;
+    const size_t d = (size_t)p->d.head_dim;
+    if (d > DP_BWD_MAX_HEAD_DIM)
+        return dp_fail(ctx, DIPOLE_ERR_UNSUPPORTED,
+                       "backward: head_dim %d exceeds the tiled backward kernels' maximum %d "
+                       "(there is no GEMM-path backward yet)",
+                       p->d.head_dim, DP_BWD_MAX_HEAD_DIM);
+    const bool gpu = (dev->type & CL_DEVICE_TYPE_GPU) != 0;
+    int block_m = env_block("DIPOLE_BWD_BLOCK_M", gpu ? 64 : 16);
+    int block_n = env_block("DIPOLE_BWD_BLOCK_N", gpu ? 64 : 16);
+    while (block_m > 1 && (size_t)block_m > dev->max_work_group)
+        block_m /= 2;
+    while (block_n > 1 && (size_t)block_n > dev->max_work_group)
+        block_n /= 2;
+    const size_t budget = dev->local_mem_is_global ? dev->local_mem : dev->local_mem / 2;
+    /* dkdv stages q and dO rows plus per-row statistics; dq and pre stage K, V (and V2). */
+    const size_t row_bytes = (2 * d + 4 * (size_t)p->npoles + 2) * sizeof(float);
+    const size_t key_bytes = (p->reads_v2 ? 3 : 2) * d * sizeof(float);
+    while (block_m > 1 && (size_t)block_m * row_bytes > budget)
+        block_m /= 2;
+    while (block_n > 1 && (size_t)block_n * key_bytes > budget)
+        block_n /= 2;
+    if ((size_t)block_m * row_bytes > dev->local_mem || (size_t)block_n * key_bytes > dev->local_mem)
+        return dp_fail(ctx, DIPOLE_ERR_UNSUPPORTED,
+                       "backward: one row of head_dim %d needs more local memory than the "
+                       "device's %d KiB",
+                       p->d.head_dim, (int)(dev->local_mem >> 10));
+    /* The compiled kernels may allow fewer work-items than the device (registers, spills). */
+    static const char *const row_kernels[] = {"dipole_bwd_pre", "dipole_bwd_dq",
+                                              "dipole_bwd_dweights"};
+    for (;;) {
+        dp_kernel_config cfg = bwd_config(p, block_m, block_n);
+        size_t wg_rows = SIZE_MAX, wg;
+        dipole_status st;
+        for (size_t i = 0; i < sizeof row_kernels / sizeof row_kernels[0]; i++) {
+            if ((st = kernel_wg(ctx, &cfg, row_kernels[i], &wg)))
+                return st;
+            wg_rows = wg < wg_rows ? wg : wg_rows;
+        }
+        size_t wg_keys;
+        if ((st = kernel_wg(ctx, &cfg, "dipole_bwd_dkdv", &wg_keys)))
+            return st;
+        const bool rows_ok = (size_t)block_m <= wg_rows, keys_ok = (size_t)block_n <= wg_keys;
+        if (rows_ok && keys_ok)
+            break;
+        if ((!rows_ok && block_m == 1) || (!keys_ok && block_n == 1))
+            return dp_fail(ctx, DIPOLE_ERR_UNSUPPORTED,
+                           "backward: the compiled kernels allow %zu / %zu work-items (head_dim %d)",
+                           wg_rows, wg_keys, p->d.head_dim);
+        if (!rows_ok)
+            block_m /= 2;
+        if (!keys_ok)
+            block_n /= 2;
+    }
+    *bm = block_m;
+    *bn = block_n;
+    return DIPOLE_SUCCESS;
+}
+
+/* First and one-past-last element a tensor touches. */
+static void span_of(const dipole_tensor *t, int batch, int seq, int heads, int d, size_t *lo,
+                    size_t *hi)
+{
+    *lo = t->offset;
+    *hi = t->offset + (size_t)(batch - 1) * t->stride_batch + (size_t)(seq - 1) * t->stride_seq +
+          (size_t)(heads - 1) * t->stride_head + (size_t)d;
+}
+
+/* Whether two tensors in one buffer may share an element. Beyond disjoint spans, this accepts
+ * the packed layouts (QKV interleaved per sequence position): same seq stride, whole batches of
+ * positions, and disjoint column ranges within a position that neither wraps. */
+static bool may_overlap(const dipole_tensor *a, size_t alo, size_t ahi, int aheads,
+                        const dipole_tensor *b, size_t blo, size_t bhi, int bheads, int d)
+{
+    if (a->buffer != b->buffer || ahi <= blo || bhi <= alo)
+        return false;
+    const size_t ss = a->stride_seq;
+    if (ss == 0 || b->stride_seq != ss || a->stride_batch % ss || b->stride_batch % ss)
+        return true;
+    /* Columns within a position, measured from the lower offset so that it sits at 0. */
+    const size_t base = a->offset < b->offset ? a->offset : b->offset;
+    const size_t ac = (a->offset - base) % ss, bc = (b->offset - base) % ss;
+    const size_t aw = (size_t)(aheads - 1) * a->stride_head + (size_t)d;
+    const size_t bw = (size_t)(bheads - 1) * b->stride_head + (size_t)d;
+    if (ac + aw > ss || bc + bw > ss)
+        return true;
+    return ac < bc + bw && bc < ac + aw;
+}
+
+static dipole_status check_args(dipole_ctx *ctx, const dp_problem *p, const dp_bwd_args *a)
+{
+    const dipole_attn_desc *d = &p->d;
+    /* Every tensor the call touches: the inputs, then the outputs (which it writes). */
+    enum { N_T = 10, FIRST_OUT = 6 };
+    const struct {
+        const char *name;
+        const dipole_tensor *t;
+        bool query; /* [batch, seq_q, heads_q] rather than [batch, seq_k, heads_kv] */
+        bool wanted;
+    } t[N_T] = {
+        {"q", a->q, true, true},      {"k", a->k, false, true},
+        {"v", a->v, false, true},     {"v2", a->v2, false, p->reads_v2},
+        {"out", a->out, true, true},  {"dout", a->dout, true, true},
+        {"dq", a->dq, true, true},    {"dk", a->dk, false, true},
+        {"dv", a->dv, false, true},   {"dv2", a->dv2, false, p->reads_v2},
+    };
+    dipole_status st;
+    size_t lo[N_T], hi[N_T];
+    for (int i = 0; i < N_T; i++) {
+        if (!t[i].wanted)
+            continue;
+        if (!t[i].t && (i == 3 || i == 9))
+            return dp_fail(ctx, DIPOLE_ERR_INVALID_ARG, "%s is NULL but variant %s reads v2",
+                           t[i].name, dipole_variant_name(d->variant));
+        const int seq = t[i].query ? d->seq_q : d->seq_k;
+        const int heads = t[i].query ? d->heads_q : d->heads_kv;
+        if ((st = dp_check_tensor(ctx, t[i].name, t[i].t, d->batch, seq, heads, d->head_dim)))
+            return st;
+        span_of(t[i].t, d->batch, seq, heads, d->head_dim, &lo[i], &hi[i]);
+    }
+    for (int o = FIRST_OUT; o < N_T; o++)
+        for (int i = 0; i < N_T && t[o].wanted; i++)
+            if (i != o && t[i].wanted &&
+                may_overlap(t[o].t, lo[o], hi[o], t[o].query ? d->heads_q : d->heads_kv, t[i].t,
+                            lo[i], hi[i], t[i].query ? d->heads_q : d->heads_kv, d->head_dim))
+                return dp_fail(ctx, DIPOLE_ERR_INVALID_ARG, "%s overlaps %s in the same buffer",
+                               t[o].name, t[i].name);
+    if ((st = dp_check_buffer(ctx, "lse", a->lse,
+                              (size_t)p->npoles * d->batch * d->heads_q * d->seq_q)))
+        return st;
+    const bool weights = d->variant == DIPOLE_TWO_POLE;
+    if (weights && a->dpos && (st = dp_check_buffer(ctx, "dpos_weight", a->dpos, (size_t)d->heads_q)))
+        return st;
+    if (weights && a->dneg && (st = dp_check_buffer(ctx, "dneg_weight", a->dneg, (size_t)d->heads_q)))
+        return st;
+    if (weights && a->dpos && a->dpos == a->dneg)
+        return dp_fail(ctx, DIPOLE_ERR_INVALID_ARG, "dpos_weight and dneg_weight are one buffer");
+    /* Buffers passed whole may not share a buffer with anything the call writes or reads. */
+    const cl_mem whole[3] = {a->lse, weights ? a->dpos : NULL, weights ? a->dneg : NULL};
+    const char *whole_names[3] = {"lse", "dpos_weight", "dneg_weight"};
+    for (int w = 0; w < 3; w++)
+        for (int i = 0; whole[w] && i < N_T; i++)
+            if (t[i].wanted && t[i].t->buffer == whole[w])
+                return dp_fail(ctx, DIPOLE_ERR_INVALID_ARG, "%s shares a buffer with %s",
+                               whole_names[w], t[i].name);
+    if (weights && (a->lse == a->dpos || a->lse == a->dneg))
+        return dp_fail(ctx, DIPOLE_ERR_INVALID_ARG, "lse shares a buffer with a weight gradient");
+    return DIPOLE_SUCCESS;
+}
+
+/* Sets a kernel's arguments in order; the first failure sticks. */
+typedef struct arg_list {
+    cl_kernel kernel;
+    cl_uint n;
+    cl_int err;
+} arg_list;
+
+static void arg_raw(arg_list *l, size_t size, const void *value)
+{
+    if (l->err == CL_SUCCESS)
+        l->err = clSetKernelArg(l->kernel, l->n++, size, value);
+}
+
+static void arg_mem(arg_list *l, cl_mem m)
+{
+    arg_raw(l, sizeof m, &m);
+}
+
+static void arg_int(arg_list *l, int v)
+{
+    const cl_int x = v;
+    arg_raw(l, sizeof x, &x);
+}
+
+static void arg_tensor(arg_list *l, const dipole_tensor *t)
+{
+    cl_long4 lay;
+    lay.s[0] = (cl_long)t->offset;
+    lay.s[1] = (cl_long)t->stride_batch;
+    lay.s[2] = (cl_long)t->stride_seq;
+    lay.s[3] = (cl_long)t->stride_head;
+    arg_mem(l, t->buffer);
+    arg_raw(l, sizeof lay, &lay);
+}
+
+/* The problem-size tail every kernel but dweights ends with. */
+static void arg_problem(arg_list *l, const dp_problem *p)
+{
+    const int ints[5] = {p->d.batch, p->d.heads_q, p->d.heads_kv, p->d.seq_q, p->d.seq_k};
+    for (int i = 0; i < 5; i++)
+        arg_int(l, ints[i]);
+    const cl_float scale = p->d.scale;
+    arg_raw(l, sizeof scale, &scale);
+    arg_int(l, p->d.window_left);
+    arg_int(l, p->d.window_right);
+}
+
+static size_t round_up(size_t n, size_t m)
+{
+    return (n + m - 1) / m * m;
+}
+
+static dipole_status scratch(dipole_ctx *ctx, size_t floats, const char *what, cl_mem *out)
+{
+    cl_int err;
+    *out = clCreateBuffer(ctx->context, CL_MEM_READ_WRITE, floats * sizeof(float), NULL, &err);
+    if (err == CL_SUCCESS)
+        return DIPOLE_SUCCESS;
+    *out = NULL;
+    char call[96];
+    snprintf(call, sizeof call, "clCreateBuffer(%s, %zu bytes)", what, floats * sizeof(float));
+    return dp_cl_fail(ctx, err, call);
+}
+
+static dipole_status enqueue(dipole_ctx *ctx, cl_kernel kernel, const char *name,
+                             const size_t global[3], const size_t local[3], cl_event *event)
+{
+    cl_int err = clEnqueueNDRangeKernel(ctx->queue, kernel, 3, NULL, global, local, 0, NULL, event);
+    if (err == CL_SUCCESS)
+        return DIPOLE_SUCCESS;
+    char call[96];
+    snprintf(call, sizeof call, "clEnqueueNDRangeKernel(%s)", name);
+    return dp_cl_fail(ctx, err, call);
+}
+
+/* With the lock held: validate, configure, upload the small per-call arrays, launch. */
+static dipole_status backward_locked(dipole_ctx *ctx, const dp_problem *p, const dp_bwd_args *a,
+                                     cl_event *event)
+{
+    dipole_status st = check_args(ctx, p, a);
+    int bm = 0, bn = 0;
+    if (st == DIPOLE_SUCCESS)
+        st = bwd_plan(ctx, p, &bm, &bn);
+    if (st != DIPOLE_SUCCESS)
+        return st;
+    const dipole_attn_desc *d = &p->d;
+    const bool two_pole = d->variant == DIPOLE_TWO_POLE;
+    const bool want_dw = two_pole && (a->dpos || a->dneg);
+    const size_t nstat = (size_t)d->batch * d->heads_q * d->seq_q;
+    cl_mem key_lengths = NULL, pole_weights = NULL, delta = NULL, rowdot = NULL;
+    if (d->key_lengths)
+        st = dp_upload(ctx, d->key_lengths, sizeof(int) * (size_t)d->batch, "key_lengths",
+                       &key_lengths);
+    if (st == DIPOLE_SUCCESS && two_pole && (d->pos_weight || d->neg_weight)) {
+        const size_t hq = (size_t)d->heads_q;
+        float *w = malloc(sizeof(float) * 2 * hq);
+        if (!w)
+            st = dp_fail(ctx, DIPOLE_ERR_OUT_OF_HOST_MEMORY, "out of memory");
+        for (size_t h = 0; w && h < hq; h++) {
+            w[h] = d->pos_weight ? d->pos_weight[h] : 1.0f;
+            w[hq + h] = d->neg_weight ? d->neg_weight[h] : 1.0f;
+        }
+        if (st == DIPOLE_SUCCESS)
+            st = dp_upload(ctx, w, sizeof(float) * 2 * hq, "pole weights", &pole_weights);
+        free(w);
+    }
+    if (st == DIPOLE_SUCCESS)
+        st = scratch(ctx, (size_t)p->npoles * nstat, "delta", &delta);
+    if (st == DIPOLE_SUCCESS && want_dw)
+        st = scratch(ctx, (size_t)p->npoles * nstat, "rowdot", &rowdot);
+
+    dp_kernel_config cfg = bwd_config(p, bm, bn);
+    /* v2 / dv2 are never touched when the variant has no v2; bind v / dv so the argument is valid. */
+    const dipole_tensor *v2 = p->reads_v2 ? a->v2 : a->v, *dv2 = p->reads_v2 ? a->dv2 : a->dv;
+    static const char *const names[4] = {"dipole_bwd_pre", "dipole_bwd_dkdv", "dipole_bwd_dq",
+                                         "dipole_bwd_dweights"};
+    const int launches = want_dw ? 4 : 3;
+    for (int kn = 0; kn < launches && st == DIPOLE_SUCCESS; kn++) {
+        cl_kernel kernel;
+        if ((st = dp_get_kernel(ctx, &cfg, names[kn], &kernel)))
+            break;
+        arg_list l = {kernel, 0, CL_SUCCESS};
+        size_t global[3], local[3] = {(size_t)bm, 1, 1};
+        if (kn < 3) {
+            arg_tensor(&l, a->q);
+            arg_tensor(&l, a->k);
+            arg_tensor(&l, a->v);
+            arg_tensor(&l, v2);
+        }
+        switch (kn) {
+        case 0: /* pre */
+            arg_tensor(&l, a->out);
+            arg_tensor(&l, a->dout);
+            arg_mem(&l, a->lse);
+            arg_mem(&l, key_lengths);
+            arg_mem(&l, pole_weights);
+            arg_mem(&l, delta);
+            arg_mem(&l, rowdot);
+            arg_problem(&l, p);
+            global[0] = round_up((size_t)d->seq_q, (size_t)bm);
+            global[1] = (size_t)d->heads_q;
+            break;
+        case 1: /* dkdv */
+            arg_tensor(&l, a->dout);
+            arg_mem(&l, a->lse);
+            arg_mem(&l, delta);
+            arg_mem(&l, key_lengths);
+            arg_mem(&l, pole_weights);
+            arg_tensor(&l, a->dk);
+            arg_tensor(&l, a->dv);
+            arg_tensor(&l, dv2);
+            arg_problem(&l, p);
+            global[0] = round_up((size_t)d->seq_k, (size_t)bn);
+            global[1] = (size_t)d->heads_kv;
+            local[0] = (size_t)bn;
+            break;
+        case 2: /* dq */
+            arg_tensor(&l, a->dout);
+            arg_mem(&l, a->lse);
+            arg_mem(&l, delta);
+            arg_mem(&l, key_lengths);
+            arg_mem(&l, pole_weights);
+            arg_tensor(&l, a->dq);
+            arg_problem(&l, p);
+            global[0] = round_up((size_t)d->seq_q, (size_t)bm);
+            global[1] = (size_t)d->heads_q;
+            break;
+        default: /* dweights: group (0, h, pole) */
+            arg_mem(&l, rowdot);
+            arg_mem(&l, a->dpos);
+            arg_mem(&l, a->dneg);
+            arg_int(&l, d->batch);
+            arg_int(&l, d->heads_q);
+            arg_int(&l, d->seq_q);
+            global[0] = (size_t)bm;
+            global[1] = (size_t)d->heads_q;
+            global[2] = (size_t)p->npoles;
+            break;
+        }
+        if (kn < 3)
+            global[2] = (size_t)d->batch;
+        if (l.err != CL_SUCCESS) {
+            char call[96];
+            snprintf(call, sizeof call, "clSetKernelArg(%s, %u)", names[kn], l.n - 1);
+            st = dp_cl_fail(ctx, l.err, call);
+            break;
+        }
+        st = enqueue(ctx, kernel, names[kn], global, local, kn == launches - 1 ? event : NULL);
+    }
+    if (st == DIPOLE_SUCCESS)
+        dp_log(ctx, "backward %s: tiled, %d query rows x %d keys per tile",
+               dipole_variant_name(d->variant), bm, bn);
+    /* Released objects live on until the enqueued kernels that use them finish. */
+    const cl_mem temps[4] = {key_lengths, pole_weights, delta, rowdot};
+    for (int i = 0; i < 4; i++)
+        if (temps[i])
+            clReleaseMemObject(temps[i]);
+    return st;
+}
 
 dipole_status dipole_attention_backward(dipole_ctx *ctx, const dipole_attn_desc *desc,
                                         const dipole_tensor *q, const dipole_tensor *k,
@@ -9,28 +415,137 @@ dipole_status dipole_attention_backward(dipole_ctx *ctx, const dipole_attn_desc 
                                         const dipole_tensor *dv, const dipole_tensor *dv2,
                                         cl_mem dpos_weight, cl_mem dneg_weight, cl_event *event)
 {
-    (void)desc, (void)q, (void)k, (void)v, (void)v2, (void)out, (void)dout, (void)lse;
-    (void)dq, (void)dk, (void)dv, (void)dv2, (void)dpos_weight, (void)dneg_weight, (void)event;
-    return dp_fail(ctx, DIPOLE_ERR_UNSUPPORTED, "the backward pass is not built yet");
+    if (!ctx)
+        return dp_fail(NULL, DIPOLE_ERR_INVALID_ARG, "dipole_attention_backward: ctx is NULL");
+    if (event)
+        *event = NULL;
+    pthread_mutex_lock(&ctx->lock);
+    dp_clear_error(ctx);
+    dp_problem p;
+    dipole_status st = dp_problem_init(ctx, desc, &p);
+    if (st == DIPOLE_SUCCESS) {
+        const dp_bwd_args a = {q, k, v, v2, out, dout, dq, dk, dv, dv2, lse, dpos_weight, dneg_weight};
+        st = backward_locked(ctx, &p, &a, event);
+    }
+    pthread_mutex_unlock(&ctx->lock);
+    return st;
 }
 
+/* Host twin. The ctx lock is not recursive, so the forward (a public call that takes it) runs
+ * between two locked sections: staging, then backward and read-back. */
 dipole_status dipole_attention_backward_host(dipole_ctx *ctx, const dipole_attn_desc *desc,
                                              const float *q, const float *k, const float *v,
                                              const float *v2, const float *dout, float *dq,
                                              float *dk, float *dv, float *dv2, float *dpos_weight,
                                              float *dneg_weight)
 {
-    (void)desc, (void)q, (void)k, (void)v, (void)v2, (void)dout, (void)dq, (void)dk, (void)dv;
-    (void)dv2, (void)dpos_weight, (void)dneg_weight;
-    return dp_fail(ctx, DIPOLE_ERR_UNSUPPORTED, "the backward pass is not built yet");
-}
+    if (!ctx)
+        return dp_fail(NULL, DIPOLE_ERR_INVALID_ARG, "dipole_attention_backward_host: ctx is NULL");
+    enum { Q, K, V, V2, DOUT, OUT, LSE, DQ, DK, DV, DV2, DPOS, DNEG, NBUF };
+    cl_mem bufs[NBUF] = {NULL};
+    pthread_mutex_lock(&ctx->lock);
+    dp_clear_error(ctx);
+    dp_problem p;
+    dipole_status st = dp_problem_init(ctx, desc, &p);
+    if (st != DIPOLE_SUCCESS)
+        goto unlock;
+    if (!q || !k || !v || !dout || !dq || !dk || !dv || (p.reads_v2 && (!v2 || !dv2))) {
+        st = dp_fail(ctx, DIPOLE_ERR_INVALID_ARG, "dipole_attention_backward_host: %s is NULL",
+                     !q      ? "q"
+                     : !k    ? "k"
+                     : !v    ? "v"
+                     : !dout ? "dout"
+                     : !dq   ? "dq"
+                     : !dk   ? "dk"
+                     : !dv   ? "dv"
+                     : !v2   ? "v2 (the variant reads it)"
+                             : "dv2 (the variant reads v2)");
+        goto unlock;
+    }
+    if (p.d.head_dim > DP_BWD_MAX_HEAD_DIM) { /* fail before running a forward for nothing */
+        int bm, bn;
+        st = bwd_plan(ctx, &p, &bm, &bn);
+        goto unlock;
+    }
+    const dipole_attn_desc *d = &p.d;
+    const size_t nq = (size_t)d->batch * d->seq_q * d->heads_q * d->head_dim;
+    const size_t nk = (size_t)d->batch * d->seq_k * d->heads_kv * d->head_dim;
+    const size_t nl = (size_t)p.npoles * d->batch * d->heads_q * d->seq_q;
+    const bool two_pole = d->variant == DIPOLE_TWO_POLE;
+    const struct {
+        const float *host; /* copied in, or NULL for a buffer the device writes */
+        size_t n;
+        bool wanted;
+    } spec[NBUF] = {
+        [Q] = {q, nq, true},
+        [K] = {k, nk, true},
+        [V] = {v, nk, true},
+        [V2] = {v2, nk, p.reads_v2},
+        [DOUT] = {dout, nq, true},
+        [OUT] = {NULL, nq, true},
+        [LSE] = {NULL, nl, true},
+        [DQ] = {NULL, nq, true},
+        [DK] = {NULL, nk, true},
+        [DV] = {NULL, nk, true},
+        [DV2] = {NULL, nk, p.reads_v2},
+        [DPOS] = {NULL, (size_t)d->heads_q, two_pole && dpos_weight},
+        [DNEG] = {NULL, (size_t)d->heads_q, two_pole && dneg_weight},
+    };
+    for (int i = 0; i < NBUF && st == DIPOLE_SUCCESS; i++) {
+        if (!spec[i].wanted)
+            continue;
+        cl_int err;
+        const cl_mem_flags flags = spec[i].host ? CL_MEM_READ_ONLY | CL_MEM_COPY_HOST_PTR
+                                                : CL_MEM_READ_WRITE;
+        bufs[i] = clCreateBuffer(ctx->context, flags, spec[i].n * sizeof(float),
+                                 (void *)spec[i].host, &err);
+        if (err != CL_SUCCESS) {
+            bufs[i] = NULL;
+            char call[96];
+            snprintf(call, sizeof call, "clCreateBuffer(%zu bytes)", spec[i].n * sizeof(float));
+            st = dp_cl_fail(ctx, err, call);
+        }
+    }
+    pthread_mutex_unlock(&ctx->lock);
+    if (st != DIPOLE_SUCCESS)
+        goto release;
 
-dipole_status dipole_reference_backward(const dipole_attn_desc *desc, const float *q, const float *k,
-                                        const float *v, const float *v2, const float *dout, float *dq,
-                                        float *dk, float *dv, float *dv2, float *dpos_weight,
-                                        float *dneg_weight)
-{
-    (void)desc, (void)q, (void)k, (void)v, (void)v2, (void)dout, (void)dq, (void)dk, (void)dv;
-    (void)dv2, (void)dpos_weight, (void)dneg_weight;
-    return dp_fail(NULL, DIPOLE_ERR_UNSUPPORTED, "the backward pass is not built yet");
+    dipole_tensor tq = dipole_tensor_dense(bufs[Q], d->seq_q, d->heads_q, d->head_dim);
+    dipole_tensor tk = dipole_tensor_dense(bufs[K], d->seq_k, d->heads_kv, d->head_dim);
+    dipole_tensor tv = dipole_tensor_dense(bufs[V], d->seq_k, d->heads_kv, d->head_dim);
+    dipole_tensor tv2 = dipole_tensor_dense(bufs[V2], d->seq_k, d->heads_kv, d->head_dim);
+    dipole_tensor tdo = dipole_tensor_dense(bufs[DOUT], d->seq_q, d->heads_q, d->head_dim);
+    dipole_tensor to = dipole_tensor_dense(bufs[OUT], d->seq_q, d->heads_q, d->head_dim);
+    dipole_tensor tdq = dipole_tensor_dense(bufs[DQ], d->seq_q, d->heads_q, d->head_dim);
+    dipole_tensor tdk = dipole_tensor_dense(bufs[DK], d->seq_k, d->heads_kv, d->head_dim);
+    dipole_tensor tdv = dipole_tensor_dense(bufs[DV], d->seq_k, d->heads_kv, d->head_dim);
+    dipole_tensor tdv2 = dipole_tensor_dense(bufs[DV2], d->seq_k, d->heads_kv, d->head_dim);
+    const dipole_tensor *pv2 = p.reads_v2 ? &tv2 : NULL;
+    st = dipole_attention(ctx, desc, &tq, &tk, &tv, pv2, &to, bufs[LSE], NULL);
+
+    pthread_mutex_lock(&ctx->lock);
+    if (st == DIPOLE_SUCCESS) {
+        const dp_bwd_args a = {&tq, &tk, &tv, pv2, &to, &tdo, &tdq, &tdk, &tdv,
+                               p.reads_v2 ? &tdv2 : NULL, bufs[LSE], bufs[DPOS], bufs[DNEG]};
+        st = backward_locked(ctx, &p, &a, NULL);
+    }
+    float *const dst[NBUF] = {[DQ] = dq, [DK] = dk, [DV] = dv, [DV2] = dv2,
+                              [DPOS] = dpos_weight, [DNEG] = dneg_weight};
+    for (int i = DQ; i < NBUF && st == DIPOLE_SUCCESS; i++) {
+        if (!spec[i].wanted)
+            continue;
+        cl_int err = clEnqueueReadBuffer(ctx->queue, bufs[i], CL_TRUE, 0,
+                                         spec[i].n * sizeof(float), dst[i], 0, NULL, NULL);
+        if (err != CL_SUCCESS)
+            st = dp_cl_fail(ctx, err, "clEnqueueReadBuffer(gradient)");
+    }
+    if (st != DIPOLE_SUCCESS)
+        clFinish(ctx->queue); /* nothing of a failed call may still be running on our buffers */
+unlock:
+    pthread_mutex_unlock(&ctx->lock);
+release:
+    for (int i = 0; i < NBUF; i++)
+        if (bufs[i])
+            clReleaseMemObject(bufs[i]);
+    return st;
 }

@@ -1,0 +1,174 @@
+/* The CPU reference backward: the chain rule through each variant written as plainly as
+ * possible, in double, recomputing scores and weights per row.
+ *
+ * Per pole p a row has weights P_j = softmax(logit_p(s))_j, a coefficient c_j and a target value
+ * u_j (v or v2), and the output is O = sum_p w_p O_p with O_p = sum_j P_j c_j u_j. With
+ * g_p = w_p dO and D_p = g_p . O_p:
+ *   du_j      += P_j c_j g_p
+ *   dlogit_j   = P_j (c_j g_p . u_j - D_p)
+ *   ds_j      += dlogit_j * dlogit_p/ds   (1, -1, or sign(s) for |s|; 0 at s = 0 like torch)
+ *   dq_i       = scale sum_j ds_j k_j,   dk_j = scale sum_i ds_j q_i
+ *   dw_p       = sum over rows of dO . O_p
+ * c_j = sign(s_j) and the ROUTED choice of u_j are piecewise constant in s: no term of their own. */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "internal.h"
+
+static double sign_of(double s)
+{
+    return s > 0 ? 1.0 : s < 0 ? -1.0 : s * 0.0;
+}
+
+static double pole_logit(dipole_variant v, int pole, double s)
+{
+    if (v == DIPOLE_SIGNEXP || v == DIPOLE_ROUTED)
+        return fabs(s);
+    return pole == 0 ? s : -s;
+}
+
+static double pole_logit_ds(dipole_variant v, int pole, double s)
+{
+    if (v == DIPOLE_SIGNEXP || v == DIPOLE_ROUTED)
+        return sign_of(s);
+    return pole == 0 ? 1.0 : -1.0;
+}
+
+static bool pole_to_v2(dipole_variant v, int pole, double s)
+{
+    return (v == DIPOLE_ROUTED && !(s > 0)) || (v == DIPOLE_TWO_POLE && pole == 1);
+}
+
+dipole_status dipole_reference_backward(const dipole_attn_desc *desc, const float *q,
+                                        const float *k, const float *v, const float *v2,
+                                        const float *dout, float *dq, float *dk, float *dv,
+                                        float *dv2, float *dpos_weight, float *dneg_weight)
+{
+    dp_problem p;
+    dipole_status st = dp_problem_init(NULL, desc, &p);
+    if (st != DIPOLE_SUCCESS)
+        return st;
+    if (!q || !k || !v || !dout || !dq || !dk || !dv || (p.reads_v2 && (!v2 || !dv2)))
+        return dp_fail(NULL, DIPOLE_ERR_INVALID_ARG, "dipole_reference_backward: %s is NULL",
+                       !q      ? "q"
+                       : !k    ? "k"
+                       : !v    ? "v"
+                       : !dout ? "dout"
+                       : !dq   ? "dq"
+                       : !dk   ? "dk"
+                       : !dv   ? "dv"
+                       : !v2   ? "v2 (the variant reads it)"
+                               : "dv2 (the variant reads v2)");
+    const dipole_variant var = p.d.variant;
+    const int B = p.d.batch, Hq = p.d.heads_q, Hkv = p.d.heads_kv, Nq = p.d.seq_q,
+              Nk = p.d.seq_k, D = p.d.head_dim, NP = p.npoles;
+    const double scale = p.d.scale;
+    const size_t nk = (size_t)B * Nk * Hkv * D;
+    /* Per row: scores, weights per pole; pole outputs; dq. Whole-tensor: dk, dv, dv2, dw. */
+    double *s = malloc(sizeof(double) * (size_t)Nk);
+    double *P = malloc(sizeof(double) * (size_t)Nk * 2);
+    double *op = malloc(sizeof(double) * (size_t)D * 2);
+    double *dqi = malloc(sizeof(double) * (size_t)D);
+    double *dkd = calloc(nk, sizeof(double)), *dvd = calloc(nk, sizeof(double));
+    double *dv2d = calloc(p.reads_v2 ? nk : 1, sizeof(double));
+    double *dw = calloc((size_t)Hq * 2, sizeof(double));
+    if (!s || !P || !op || !dqi || !dkd || !dvd || !dv2d || !dw) {
+        st = dp_fail(NULL, DIPOLE_ERR_OUT_OF_HOST_MEMORY, "dipole_reference_backward: out of memory");
+        goto done;
+    }
+    for (int b = 0; b < B; b++)
+        for (int h = 0; h < Hq; h++) {
+            const int hk = h / p.group;
+            const double pole_w[2] = {
+                var == DIPOLE_TWO_POLE && p.d.pos_weight ? p.d.pos_weight[h] : 1.0,
+                var == DIPOLE_TWO_POLE && p.d.neg_weight ? p.d.neg_weight[h] : 1.0};
+            for (int i = 0; i < Nq; i++) {
+                const size_t qrow = (((size_t)b * Nq + i) * Hq + h) * D;
+                const float *qi = q + qrow, *doi = dout + qrow;
+                int lo, hi;
+                dp_visible_range(&p, b, i, &lo, &hi);
+                for (int c = 0; c < D; c++)
+                    dqi[c] = 0;
+                for (int j = lo; j < hi; j++) {
+                    const float *kj = k + (((size_t)b * Nk + j) * Hkv + hk) * D;
+                    double dot = 0;
+                    for (int c = 0; c < D; c++)
+                        dot += (double)qi[c] * (double)kj[c];
+                    s[j] = scale * dot;
+                }
+                /* Forward per pole: weights and the pole's unweighted output. */
+                for (int pole = 0; pole < NP; pole++) {
+                    double *Pp = P + (size_t)pole * Nk, *o = op + (size_t)pole * D;
+                    double m = -INFINITY, l = 0;
+                    for (int j = lo; j < hi; j++)
+                        m = fmax(m, pole_logit(var, pole, s[j]));
+                    for (int j = lo; j < hi; j++)
+                        l += (Pp[j] = exp(pole_logit(var, pole, s[j]) - m));
+                    for (int c = 0; c < D; c++)
+                        o[c] = 0;
+                    for (int j = lo; j < hi; j++) {
+                        Pp[j] /= l;
+                        const double coef = var == DIPOLE_SIGNEXP ? sign_of(s[j]) : 1.0;
+                        const float *u =
+                            (pole_to_v2(var, pole, s[j]) ? v2 : v) + (((size_t)b * Nk + j) * Hkv + hk) * D;
+                        for (int c = 0; c < D; c++)
+                            o[c] += Pp[j] * coef * (double)u[c];
+                    }
+                }
+                /* Backward per pole. */
+                for (int pole = 0; pole < NP; pole++) {
+                    const double *Pp = P + (size_t)pole * Nk, *o = op + (size_t)pole * D;
+                    double dot_o = 0;
+                    for (int c = 0; c < D; c++)
+                        dot_o += (double)doi[c] * o[c];
+                    dw[pole * Hq + h] += dot_o;
+                    const double wp = pole_w[pole], Dp = wp * dot_o;
+                    for (int j = lo; j < hi; j++) {
+                        const double coef = var == DIPOLE_SIGNEXP ? sign_of(s[j]) : 1.0;
+                        const bool to_v2 = pole_to_v2(var, pole, s[j]);
+                        const size_t krow = (((size_t)b * Nk + j) * Hkv + hk) * D;
+                        const float *u = (to_v2 ? v2 : v) + krow;
+                        double *du = (to_v2 ? dv2d : dvd) + krow;
+                        double gu = 0;
+                        for (int c = 0; c < D; c++) {
+                            gu += wp * (double)doi[c] * (double)u[c];
+                            du[c] += Pp[j] * coef * wp * (double)doi[c];
+                        }
+                        const double ds =
+                            Pp[j] * (coef * gu - Dp) * pole_logit_ds(var, pole, s[j]);
+                        const float *kj = k + krow;
+                        for (int c = 0; c < D; c++) {
+                            dqi[c] += scale * ds * (double)kj[c];
+                            dkd[krow + c] += scale * ds * (double)qi[c];
+                        }
+                    }
+                }
+                for (int c = 0; c < D; c++)
+                    dq[qrow + c] = (float)dqi[c];
+            }
+        }
+    for (size_t x = 0; x < nk; x++) {
+        dk[x] = (float)dkd[x];
+        dv[x] = (float)dvd[x];
+        if (p.reads_v2)
+            dv2[x] = (float)dv2d[x];
+    }
+    if (var == DIPOLE_TWO_POLE)
+        for (int h = 0; h < Hq; h++) {
+            if (dpos_weight)
+                dpos_weight[h] = (float)dw[h];
+            if (dneg_weight)
+                dneg_weight[h] = (float)dw[Hq + h];
+        }
+done:
+    free(s);
+    free(P);
+    free(op);
+    free(dqi);
+    free(dkd);
+    free(dvd);
+    free(dv2d);
+    free(dw);
+    return st;
+}

@@ -65,8 +65,8 @@ static dipole_status bwd_plan(dipole_ctx *ctx, const dp_problem *p, int *bm, int
                        "(there is no GEMM-path backward yet)",
                        p->d.head_dim, DP_BWD_MAX_HEAD_DIM);
     const bool gpu = (dev->type & CL_DEVICE_TYPE_GPU) != 0;
-    int block_m = env_block("DIPOLE_BWD_BLOCK_M", gpu ? 64 : 16);
-    int block_n = env_block("DIPOLE_BWD_BLOCK_N", gpu ? 64 : 16);
+    int block_m = env_block("DIPOLE_BWD_BLOCK_M", gpu ? 64 : 32);
+    int block_n = env_block("DIPOLE_BWD_BLOCK_N", gpu ? 64 : 32);
     while (block_m > 1 && (size_t)block_m > dev->max_work_group)
         block_m /= 2;
     while (block_n > 1 && (size_t)block_n > dev->max_work_group)

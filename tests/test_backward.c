@@ -375,6 +375,63 @@ START_TEST(test_device_long)
 }
 END_TEST
 
+/* The head-dim edges of the tiled kernels (1 and 256) and two odd sizes. */
+START_TEST(test_device_head_dims)
+{
+    static const int dims[] = {1, 24, 96, 256};
+    for (int i = 0; i < 4; i++) {
+        bwd_case c;
+        matrix_case(_i * N_MASK * N_GQA * N_HD + 1 * N_GQA * N_HD + N_HD, 33, 40, &c);
+        c.d.head_dim = dims[i];
+        device_vs_reference(&c.d, 8000 + 10 * (uint64_t)_i + (uint64_t)i, DEV_ATOL, DEV_RTOL);
+    }
+}
+END_TEST
+
+/* Scores of exactly 0 (q orthogonal to every other key): sign 0 and d|s|/ds = 0 there, and
+ * ROUTED sends those keys to v2. The device must agree with the reference on each. */
+START_TEST(test_exact_zero_scores)
+{
+    dipole_attn_desc d;
+    dipole_attn_desc_default(&d);
+    d.variant = (dipole_variant)_i;
+    d.batch = 1, d.heads_q = d.heads_kv = 1, d.seq_q = 3, d.seq_k = 8, d.head_dim = 16;
+    const float alpha = 0.5f, beta = 2.0f;
+    d.pos_weight = &alpha, d.neg_weight = &beta;
+    fwd_inputs x;
+    inputs_make(&x, &d, 4321);
+    memset(x.q, 0, sizeof(float) * 3 * 16);
+    memset(x.k, 0, sizeof(float) * 8 * 16);
+    for (int i = 0; i < 3; i++)
+        x.q[i * 16] = 1.0f + (float)i;
+    for (int j = 0; j < 8; j++)
+        x.k[j * 16 + (j % 2 ? 0 : 1)] = j % 4 == 1 ? -1.0f : 1.0f;
+    grads got, want;
+    grads_alloc(&got, &d);
+    grads_alloc(&want, &d);
+    ck_assert_int_eq(dipole_attention_backward_host(tu_ctx(), &d, x.q, x.k, x.v, x.v2, x.dout,
+                                                    got.dq, got.dk, got.dv, got.dv2, got.dpos,
+                                                    got.dneg),
+                     DIPOLE_SUCCESS);
+    ck_assert_int_eq(dipole_reference_backward(&d, x.q, x.k, x.v, x.v2, x.dout, want.dq, want.dk,
+                                               want.dv, want.dv2, want.dpos, want.dneg),
+                     DIPOLE_SUCCESS);
+    const char *what = dipole_variant_name(d.variant);
+    expect_close(what, "dq", got.dq, want.dq, 48, DEV_ATOL, DEV_RTOL);
+    expect_close(what, "dk", got.dk, want.dk, 128, DEV_ATOL, DEV_RTOL);
+    expect_close(what, "dv", got.dv, want.dv, 128, DEV_ATOL, DEV_RTOL);
+    if (d.variant == DIPOLE_ROUTED || d.variant == DIPOLE_TWO_POLE)
+        expect_close(what, "dv2", got.dv2, want.dv2, 128, DEV_ATOL, DEV_RTOL);
+    /* SIGNEXP: a key with s = 0 for every row (even j) contributes nothing to dv. */
+    if (d.variant == DIPOLE_SIGNEXP)
+        for (int c = 0; c < 16; c++)
+            ck_assert_float_eq(want.dv[0 * 16 + c], 0.0f);
+    grads_free(&got);
+    grads_free(&want);
+    inputs_free(&x);
+}
+END_TEST
+
 /* Two runs give bit-identical gradients (no atomics, fixed summation order). */
 START_TEST(test_deterministic)
 {
@@ -617,6 +674,8 @@ Suite *backward_suite(void)
     tcase_set_timeout(dev, 1800);
     tcase_add_loop_test(dev, test_device_matrix, 0, N_MATRIX);
     tcase_add_loop_test(dev, test_device_long, 0, 4);
+    tcase_add_loop_test(dev, test_device_head_dims, 0, 4);
+    tcase_add_loop_test(dev, test_exact_zero_scores, 0, 4);
     tcase_add_loop_test(dev, test_deterministic, 0, 4);
     tcase_add_loop_test(dev, test_masked_rows_and_keys, 0, 4);
     tcase_add_loop_test(dev, test_device_strided, 0, 4);

@@ -71,7 +71,7 @@ int bench_plot_script(FILE *f, const bench_run *run, const char *path)
         return -1;
     const char *dot = strrchr(path, '.');
     const bool png = dot && !strcasecmp(dot, ".png");
-    fprintf(f, "set terminal %s size 1000,%d noenhanced\nset output ", png ? "pngcairo" : "svg",
+    fprintf(f, "set terminal %s size 1100,%d noenhanced\nset output ", png ? "pngcairo" : "svg",
             380 * npanels);
     gq(f, path);
     fprintf(f, "\nset multiplot layout %d,1\nset logscale x 2\nset grid\n"
@@ -81,7 +81,8 @@ int bench_plot_script(FILE *f, const bench_run *run, const char *path)
     for (int k = 0; k < npanels; k++) {
         fprintf(f, "set title ");
         char title[700];
-        snprintf(title, sizeof title, "%s, head_dim %d, forward", run->dev[pd[k]].label, ph[k]);
+        snprintf(title, sizeof title, "device %d: %s, head_dim %d, forward", pd[k],
+                 run->dev[pd[k]].name, ph[k]);
         gq(f, title);
         fputc('\n', f);
         /* One inline data block per series, in row order (rising sequence length). */

@@ -64,7 +64,7 @@ static double time_kernel(const peak_env *e, cl_kernel k, size_t global, int run
 }
 
 static void measure_fma(const peak_env *e, cl_program prog, const bench_device *dev,
-                        bench_ceilings *c, bool quick)
+                        bench_ceilings *c, bool quick, bool fused)
 {
     static const char *const names[] = {"peak_fma_float4", "peak_fma_float16"};
     /* Enough work-items to fill every compute unit several times over. */
@@ -106,7 +106,8 @@ static void measure_fma(const peak_env *e, cl_program prog, const bench_device *
             const double gf = (double)global * steps * FLOPS_PER_STEP / (t * 1e6);
             if (gf > c->fma_gflops) {
                 c->fma_gflops = gf;
-                snprintf(c->fma_kernel, sizeof c->fma_kernel, "%s", names[i] + 9);
+                snprintf(c->fma_kernel, sizeof c->fma_kernel, "%s %s", names[i] + 9,
+                         fused ? "fma" : "mad");
             }
         }
         clReleaseKernel(k);
@@ -239,17 +240,24 @@ void bench_measure_ceilings(dipole_ctx *ctx, bench_device *dev, bool quick)
     peak_env e = {dipole_ctx_cl_context(ctx), dipole_ctx_queue(ctx), dipole_ctx_device(ctx),
                   dev->profiling};
     const char *src = source_text("peak.cl");
-    cl_int err = CL_INVALID_VALUE;
-    cl_program prog = src ? clCreateProgramWithSource(e.context, 1, &src, NULL, &err) : NULL;
-    if (err == CL_SUCCESS)
-        err = clBuildProgram(prog, 1, &e.device, "-cl-std=CL1.2", NULL, NULL);
-    if (err != CL_SUCCESS) {
-        note(c, "building bench/peak.cl", err);
-    } else {
-        measure_fma(&e, prog, dev, c, quick);
-        measure_copy(&e, prog, dev, c, quick);
+    cl_device_fp_config fp = 0;
+    clGetDeviceInfo(e.device, CL_DEVICE_SINGLE_FP_CONFIG, sizeof fp, &fp, NULL);
+    for (int fused = 0; fused <= ((fp & CL_FP_FMA) ? 1 : 0); fused++) {
+        cl_int err = CL_INVALID_VALUE;
+        cl_program prog = src ? clCreateProgramWithSource(e.context, 1, &src, NULL, &err) : NULL;
+        if (err == CL_SUCCESS)
+            err = clBuildProgram(prog, 1, &e.device,
+                                 fused ? "-cl-std=CL1.2 -DUSE_FMA=1" : "-cl-std=CL1.2 -DUSE_FMA=0",
+                                 NULL, NULL);
+        if (err != CL_SUCCESS) {
+            note(c, "building bench/peak.cl", err);
+        } else {
+            measure_fma(&e, prog, dev, c, quick, fused);
+            if (!fused)
+                measure_copy(&e, prog, dev, c, quick);
+        }
+        if (prog)
+            clReleaseProgram(prog);
     }
-    if (prog)
-        clReleaseProgram(prog);
     measure_sgemm(&e, dev, c, quick);
 }

@@ -6,9 +6,18 @@
 #define FMA_UNROLL 16
 #endif
 
-/* mad() rather than fma(): mad may use the hardware FMA where there is one and is never
- * emulated in software, which is what an attention kernel's a * b + c compiles to. */
+/* USE_FMA=1 (only where the device reports CL_FP_FMA): fma(), the fused instruction itself;
+ * PoCL on x86 lowers mad() to a separate multiply and add, at half the rate. USE_FMA=0: mad(),
+ * which a device without fused FP32 hardware is never made to emulate. The host runs both
+ * and keeps the faster. */
+#ifndef USE_FMA
+#define USE_FMA 0
+#endif
+#if USE_FMA
+#define STEP4(x) x = fma(x, b, c)
+#else
 #define STEP4(x) x = mad(x, b, c)
+#endif
 
 /* 16 independent float4 chains: 64 lanes, 128 flops per step. */
 __kernel void peak_fma_float4(__global float *out, float bs, float cs, int steps)

@@ -36,7 +36,7 @@ void bench_usage(FILE *f)
         "  --max-call-ms MS       skip points predicted slower than this per call [GPU 5000;\n"
         "                         CPU 3000]\n"
         "  --rows N               (batch, head, row) triples validated per point [16]\n"
-        "  --atol X --rtol X      validation: |got-ref| <= atol + rtol |ref|  [2e-4, 2e-3]\n"
+        "  --atol X --rtol X      validation: |got-ref| <= atol + rtol |ref|  [5e-5, 5e-4]\n"
         "  --no-peaks             skip measuring the device ceilings\n"
         "outputs (the table always goes to stdout):\n"
         "  --csv FILE  --json FILE  --plot FILE.svg|FILE.png  --compare OLD.json\n"
@@ -230,8 +230,8 @@ int bench_parse_args(int argc, char **argv, bench_opts *o, char *err, size_t cap
     o->peaks = true;
     o->decode = true;
     o->sample_rows = 16;
-    o->atol = 2e-4;
-    o->rtol = 2e-3;
+    o->atol = 5e-5;
+    o->rtol = 5e-4;
     err[0] = '\0';
     for (int i = 1; i < argc; i++) {
         char flag[64];

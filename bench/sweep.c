@@ -307,10 +307,9 @@ static void run_point(sweep_state *s, const bench_point *p, bench_row *r)
             st = (dipole_status)clFinish(s->queue);
         if (st != DIPOLE_SUCCESS) {
             set_failure(r, s->ctx, st, "forward for the backward pass");
-            if (r->status == BENCH_UNSUPPORTED) {
+            if (r->status == BENCH_UNSUPPORTED) { /* the backward cannot run on this path */
                 char why[sizeof r->reason];
                 snprintf(why, sizeof why, "%s", r->reason);
-                r->status = BENCH_SKIPPED;
                 snprintf(r->reason, sizeof r->reason, "the forward pass it needs: %.400s", why);
             }
             return;

@@ -1,0 +1,329 @@
+/* dipole-bench's command line: flags into a bench_opts, and --help. */
+#include <ctype.h>
+#include <errno.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "bench.h"
+
+void bench_usage(FILE *f)
+{
+    fputs(
+        "usage: dipole-bench [options]\n"
+        "Times dipole attention over a grid of problems on OpenCL devices, checks every point\n"
+        "against the CPU reference, and compares it with the device's measured ceilings.\n"
+        "\n"
+        "devices:\n"
+        "  --list                 list every platform and device, then exit\n"
+        "  --device SEL           a device: P:D, gpu, cpu, accelerator or a name substring\n"
+        "                         (repeatable; default: $DIPOLE_DEVICE, else the best GPU)\n"
+        "  --all                  every device of every platform\n"
+        "grid (comma lists; each has a default, smaller on CPU devices):\n"
+        "  --variants LIST        softmax,signexp,routed,two_pole or all   [all]\n"
+        "  --head-dims LIST       head_dim values                          [GPU 64,128; CPU 64]\n"
+        "  --seq LIST             seq_q = seq_k values; A..B doubles from A to B\n"
+        "                         [GPU 512..8192; CPU 256..1024]\n"
+        "  --decode on|off        also decode rows: seq_q = 1, seq_k from --seq  [on]\n"
+        "  --batch-heads LIST     BxH or BxHq:Hkv (GQA) items               [GPU 2x16; CPU 1x8]\n"
+        "  --causal LIST          off,on                                    [off,on]\n"
+        "  --path LIST            tiled,gemm,auto                           [tiled,gemm]\n"
+        "  --backward             also time dipole_attention_backward\n"
+        "  --quick                small grid (d 64, N 128,256, 1x4) and short budgets\n"
+        "timing and checking:\n"
+        "  --budget-ms MS         time spent in timed repetitions per point [GPU 200; CPU 100]\n"
+        "  --max-call-ms MS       skip points predicted slower than this per call [GPU 5000;\n"
+        "                         CPU 3000]\n"
+        "  --rows N               (batch, head, row) triples validated per point [16]\n"
+        "  --atol X --rtol X      validation: |got-ref| <= atol + rtol |ref|  [5e-5, 5e-4]\n"
+        "  --no-peaks             skip measuring the device ceilings\n"
+        "outputs (the table always goes to stdout):\n"
+        "  --csv FILE  --json FILE  --plot FILE.svg|FILE.png  --compare OLD.json\n"
+        "\n"
+        "GFLOP/s = flops / median time, flops = sum over batch, heads_q and each visible\n"
+        "(query, key) pair of 4*d (2d for Q.K^T, 2d for P.V); causal counts only unmasked\n"
+        "pairs exactly; TWO_POLE counts its second P.V, 6*d per pair; backward = 2.5 x forward.\n"
+        "GB/s = bytes of q, k, v, (v2), out (backward: + dout and the gradients) once / time.\n"
+        "Exit status: 0 no error rows, 1 an error row (validation or a failed call),\n"
+        "2 bad arguments, 3 no OpenCL device.\n",
+        f);
+}
+
+static int fail(char *err, size_t cap, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err, cap, fmt, ap);
+    va_end(ap);
+    return -1;
+}
+
+static bool parse_int(const char *s, int lo, int hi, int *out)
+{
+    char *end;
+    errno = 0;
+    long v = strtol(s, &end, 10);
+    if (errno || end == s || *end || v < lo || v > hi)
+        return false;
+    *out = (int)v;
+    return true;
+}
+
+static bool parse_double(const char *s, double lo, double hi, double *out)
+{
+    char *end;
+    errno = 0;
+    double v = strtod(s, &end);
+    if (errno || end == s || *end || !(v >= lo && v <= hi))
+        return false;
+    *out = v;
+    return true;
+}
+
+/* Splits a comma list into items (writable copy). Returns the count, or -1 if too many. */
+static int split(char *s, char *items[], int cap)
+{
+    int n = 0;
+    for (char *tok = strtok(s, ","); tok; tok = strtok(NULL, ",")) {
+        if (n == cap)
+            return -1;
+        items[n++] = tok;
+    }
+    return n;
+}
+
+static int add(bench_ilist *l, int v)
+{
+    for (int i = 0; i < l->n; i++)
+        if (l->v[i] == v)
+            return 0; /* duplicates would only repeat rows */
+    if (l->n == BENCH_MAX_LIST)
+        return -1;
+    l->v[l->n++] = v;
+    return 0;
+}
+
+/* Integer list with A..B ranges (doubling), each value in [lo, hi]. */
+static int parse_ilist(const char *flag, const char *arg, int lo, int hi, bench_ilist *l,
+                       char *err, size_t cap)
+{
+    char buf[512], *items[BENCH_MAX_LIST * 2];
+    snprintf(buf, sizeof buf, "%s", arg);
+    int n = split(buf, items, BENCH_MAX_LIST * 2);
+    if (n <= 0)
+        return fail(err, cap, "%s: expected a comma list, got '%s'", flag, arg);
+    l->n = 0;
+    l->set = true;
+    for (int i = 0; i < n; i++) {
+        char *dots = strstr(items[i], "..");
+        int a, b;
+        if (dots) {
+            *dots = '\0';
+            if (!parse_int(items[i], lo, hi, &a) || !parse_int(dots + 2, lo, hi, &b) || b < a)
+                return fail(err, cap, "%s: bad range '%s..%s' (want A..B, %d <= A <= B <= %d)",
+                            flag, items[i], dots + 2, lo, hi);
+            for (long x = a; x <= b; x *= 2)
+                if (add(l, (int)x))
+                    return fail(err, cap, "%s: more than %d values", flag, BENCH_MAX_LIST);
+        } else {
+            if (!parse_int(items[i], lo, hi, &a))
+                return fail(err, cap, "%s: '%s' is not an integer in [%d, %d]", flag, items[i],
+                            lo, hi);
+            if (add(l, a))
+                return fail(err, cap, "%s: more than %d values", flag, BENCH_MAX_LIST);
+        }
+    }
+    return 0;
+}
+
+/* A list of names, each mapped through names[] (index = value); "all" = every name. */
+static int parse_names(const char *flag, const char *arg, const char *const names[],
+                       const int values[], int count, bench_ilist *l, char *err, size_t cap)
+{
+    char buf[512], *items[BENCH_MAX_LIST];
+    snprintf(buf, sizeof buf, "%s", arg);
+    int n = split(buf, items, BENCH_MAX_LIST);
+    if (n <= 0)
+        return fail(err, cap, "%s: expected a comma list, got '%s'", flag, arg);
+    l->n = 0;
+    l->set = true;
+    for (int i = 0; i < n; i++) {
+        if (!strcasecmp(items[i], "all")) {
+            for (int j = 0; j < count; j++)
+                add(l, values[j]);
+            continue;
+        }
+        int j = 0;
+        while (j < count && strcasecmp(items[i], names[j]) != 0)
+            j++;
+        if (j == count) {
+            char known[256] = "";
+            for (int k = 0; k < count; k++)
+                snprintf(known + strlen(known), sizeof known - strlen(known), "%s%s",
+                         k ? ", " : "", names[k]);
+            return fail(err, cap, "%s: unknown value '%s' (known: %s)", flag, items[i], known);
+        }
+        add(l, values[j]);
+    }
+    return 0;
+}
+
+/* BxH or BxHq:Hkv items; a bare H means batch 1. */
+static int parse_bh(const char *arg, bench_bhlist *l, char *err, size_t cap)
+{
+    char buf[512], *items[BENCH_MAX_LIST];
+    snprintf(buf, sizeof buf, "%s", arg);
+    int n = split(buf, items, BENCH_MAX_LIST);
+    if (n <= 0)
+        return fail(err, cap, "--batch-heads: expected BxH items, got '%s'", arg);
+    l->n = 0;
+    l->set = true;
+    for (int i = 0; i < n; i++) {
+        char *s = items[i], *x = strchr(s, 'x'), *colon = strchr(s, ':');
+        bench_bh bh = {1, 0, 0};
+        if (colon)
+            *colon = '\0';
+        if (x) {
+            *x = '\0';
+            if (!parse_int(s, 1, 1 << 16, &bh.batch))
+                goto bad;
+            s = x + 1;
+        }
+        if (!parse_int(s, 1, 1 << 16, &bh.heads_q))
+            goto bad;
+        bh.heads_kv = bh.heads_q;
+        if (colon && (!parse_int(colon + 1, 1, bh.heads_q, &bh.heads_kv) ||
+                      bh.heads_q % bh.heads_kv != 0))
+            return fail(err, cap, "--batch-heads: Hkv '%s' must divide Hq %d", colon + 1,
+                        bh.heads_q);
+        l->v[l->n++] = bh;
+        continue;
+    bad:
+        return fail(err, cap, "--batch-heads: bad item '%s' (want BxH or BxHq:Hkv)", items[i]);
+    }
+    return 0;
+}
+
+static int parse_onoff(const char *flag, const char *arg, bool *out, char *err, size_t cap)
+{
+    if (!strcasecmp(arg, "on") || !strcmp(arg, "1"))
+        *out = true;
+    else if (!strcasecmp(arg, "off") || !strcmp(arg, "0"))
+        *out = false;
+    else
+        return fail(err, cap, "%s: expected on or off, got '%s'", flag, arg);
+    return 0;
+}
+
+int bench_parse_args(int argc, char **argv, bench_opts *o, char *err, size_t cap)
+{
+    static const char *const variant_names[] = {"softmax", "signexp", "routed", "two_pole"};
+    static const int variant_values[] = {DIPOLE_SOFTMAX, DIPOLE_SIGNEXP, DIPOLE_ROUTED,
+                                         DIPOLE_TWO_POLE};
+    static const char *const causal_names[] = {"off", "on", "0", "1"};
+    static const int causal_values[] = {0, 1, 0, 1};
+    static const char *const path_names[] = {"tiled", "gemm", "auto"};
+    static const int path_values[] = {DIPOLE_PATH_TILED, DIPOLE_PATH_GEMM, DIPOLE_PATH_AUTO};
+
+    memset(o, 0, sizeof *o);
+    o->peaks = true;
+    o->decode = true;
+    o->sample_rows = 16;
+    o->atol = 5e-5;
+    o->rtol = 5e-4;
+    err[0] = '\0';
+    for (int i = 1; i < argc; i++) {
+        char flag[64];
+        const char *a = argv[i], *val = NULL;
+        const char *eq = strchr(a, '=');
+        if (strncmp(a, "--", 2) != 0)
+            return fail(err, cap, "unexpected argument '%s' (see --help)", a);
+        if (eq) {
+            snprintf(flag, sizeof flag, "%.*s", (int)(eq - a), a);
+            val = eq + 1;
+        } else {
+            snprintf(flag, sizeof flag, "%s", a);
+        }
+        /* Flags without a value. */
+        bool *sw = !strcmp(flag, "--help")           ? &o->help
+                   : !strcmp(flag, "--list")         ? &o->list
+                   : !strcmp(flag, "--all")          ? &o->all
+                   : !strcmp(flag, "--quick")        ? &o->quick
+                   : !strcmp(flag, "--backward")     ? &o->backward
+                   : !strcmp(flag, "--inject-error") ? &o->inject_error
+                                                     : NULL;
+        if (sw || !strcmp(flag, "--no-peaks")) {
+            if (val)
+                return fail(err, cap, "%s takes no value", flag);
+            if (sw)
+                *sw = true;
+            else
+                o->peaks = false;
+            continue;
+        }
+        if (!val) {
+            if (i + 1 >= argc)
+                return fail(err, cap, "%s needs a value", flag);
+            val = argv[++i];
+        }
+        int rc = 0;
+        if (!strcmp(flag, "--device")) {
+            if (o->ndevices == BENCH_MAX_DEVICES)
+                return fail(err, cap, "--device: at most %d devices", BENCH_MAX_DEVICES);
+            if (!*val)
+                return fail(err, cap, "--device: empty selector");
+            o->devices[o->ndevices++] = val;
+        } else if (!strcmp(flag, "--variants")) {
+            rc = parse_names(flag, val, variant_names, variant_values, 4, &o->variants, err, cap);
+        } else if (!strcmp(flag, "--head-dims")) {
+            rc = parse_ilist(flag, val, 1, 4096, &o->head_dims, err, cap);
+        } else if (!strcmp(flag, "--seq")) {
+            rc = parse_ilist(flag, val, 1, 1 << 22, &o->seqs, err, cap);
+        } else if (!strcmp(flag, "--batch-heads")) {
+            rc = parse_bh(val, &o->bh, err, cap);
+        } else if (!strcmp(flag, "--causal")) {
+            rc = parse_names(flag, val, causal_names, causal_values, 4, &o->causal, err, cap);
+        } else if (!strcmp(flag, "--path")) {
+            rc = parse_names(flag, val, path_names, path_values, 3, &o->paths, err, cap);
+        } else if (!strcmp(flag, "--decode")) {
+            rc = parse_onoff(flag, val, &o->decode, err, cap);
+        } else if (!strcmp(flag, "--budget-ms")) {
+            if (!parse_double(val, 0.1, 1e6, &o->budget_ms))
+                return fail(err, cap, "--budget-ms: '%s' is not a number in [0.1, 1e6]", val);
+            o->budget_set = true;
+        } else if (!strcmp(flag, "--max-call-ms")) {
+            if (!parse_double(val, 0.1, 1e8, &o->max_call_ms))
+                return fail(err, cap, "--max-call-ms: '%s' is not a number in [0.1, 1e8]", val);
+            o->max_call_set = true;
+        } else if (!strcmp(flag, "--rows")) {
+            if (!parse_int(val, 1, 4096, &o->sample_rows))
+                return fail(err, cap, "--rows: '%s' is not an integer in [1, 4096]", val);
+        } else if (!strcmp(flag, "--atol") || !strcmp(flag, "--rtol")) {
+            double *t = flag[2] == 'a' ? &o->atol : &o->rtol;
+            if (!parse_double(val, 0, 1e3, t))
+                return fail(err, cap, "%s: '%s' is not a number in [0, 1000]", flag, val);
+        } else if (!strcmp(flag, "--csv") || !strcmp(flag, "--json") ||
+                   !strcmp(flag, "--plot") || !strcmp(flag, "--compare")) {
+            if (!*val)
+                return fail(err, cap, "%s: empty file name", flag);
+            const char **dst = !strcmp(flag, "--csv")    ? &o->csv
+                               : !strcmp(flag, "--json") ? &o->json
+                               : !strcmp(flag, "--plot") ? &o->plot
+                                                         : &o->compare;
+            *dst = val;
+        } else {
+            return fail(err, cap, "unknown option '%s' (see --help)", flag);
+        }
+        if (rc)
+            return rc;
+    }
+    if (o->all && o->ndevices)
+        return fail(err, cap, "--all and --device exclude each other");
+    if (o->plot) {
+        const char *dot = strrchr(o->plot, '.');
+        if (!dot || (strcasecmp(dot, ".svg") && strcasecmp(dot, ".png")))
+            return fail(err, cap, "--plot: '%s' must end in .svg or .png", o->plot);
+    }
+    return 0;
+}

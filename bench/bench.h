@@ -1,0 +1,223 @@
+/* dipole-bench: the types every part of the benchmark shares. One job per source file:
+ * args.c (command line), grid.c (points to run), metrics.c (flops, bytes, ratios),
+ * devices.c (listing and describing devices), timer.c (clocks and events), peak.c (device
+ * ceilings), sweep.c (running points), validate.c (sampled rows against dipole_reference),
+ * report_table.c / report_csv.c / report_json.c / plot.c (outputs), json.c (reading a saved
+ * run), compare.c (--compare), main.c. */
+#ifndef DIPOLE_BENCH_H
+#define DIPOLE_BENCH_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdio.h>
+
+#include <dipole/dipole.h>
+
+#define BENCH_FORMAT_VERSION 1
+#define BENCH_MAX_LIST 16
+#define BENCH_MAX_DEVICES 16
+
+/* Exit statuses: 0 every row ok/unsupported/skipped, 1 an error row or failed output,
+ * 2 bad command line, 3 no OpenCL device at all. */
+enum { BENCH_EXIT_OK = 0, BENCH_EXIT_ERROR = 1, BENCH_EXIT_USAGE = 2, BENCH_EXIT_NO_DEVICE = 3 };
+
+typedef struct bench_bh {
+    int batch, heads_q, heads_kv;
+} bench_bh;
+
+/* A list flag: the values, and whether the user gave it (else the device's default). */
+typedef struct bench_ilist {
+    int n;
+    int v[BENCH_MAX_LIST];
+    bool set;
+} bench_ilist;
+
+typedef struct bench_bhlist {
+    int n;
+    bench_bh v[BENCH_MAX_LIST];
+    bool set;
+} bench_bhlist;
+
+typedef struct bench_opts {
+    bool help, list, all, quick, backward, inject_error, peaks, decode;
+    int ndevices;
+    const char *devices[BENCH_MAX_DEVICES]; /* selectors; none = dipole_ctx_create(NULL) */
+    bench_ilist variants, head_dims, seqs, causal, paths;
+    bench_bhlist bh;
+    double budget_ms;     /* timed repetitions per point */
+    double max_call_ms;   /* points predicted slower than this per call are skipped */
+    int sample_rows;      /* query rows validated per point */
+    double atol, rtol;
+    bool budget_set, max_call_set;
+    const char *csv, *json, *plot, *compare;
+} bench_opts;
+
+/* Parses argv into o. Returns 0, or -1 with a message in err. */
+int bench_parse_args(int argc, char **argv, bench_opts *o, char *err, size_t cap);
+void bench_usage(FILE *f);
+
+/* ---- grid.c */
+typedef enum bench_pass { BENCH_FWD = 0, BENCH_BWD = 1 } bench_pass;
+
+typedef struct bench_point {
+    int device;            /* index into the run's devices */
+    bench_pass pass;
+    dipole_variant variant;
+    dipole_path path;
+    int batch, heads_q, heads_kv, seq_q, seq_k, head_dim;
+    int causal;
+} bench_point;
+
+/* Fills o's unset lists with the defaults for a device of this kind (quick, CPU or GPU). */
+void bench_grid_defaults(const bench_opts *o, bool cpu, bench_opts *out);
+/* Expands the lists into points (prefill rows, then decode rows seq_q = 1). Returns the
+ * count, or -1 when out of memory; *points is malloc'd. */
+int bench_grid_expand(const bench_opts *o, int device, bench_point **points);
+
+/* ---- metrics.c */
+/* (query row, key) pairs the mask leaves visible, summed over batch and heads. */
+double bench_visible_pairs(const bench_point *p);
+/* 4 d per visible pair (2 d for Q.K^T, 2 d for P.V); TWO_POLE 6 d (a second P.V);
+ * backward 2.5 times the forward. */
+double bench_flops(const bench_point *p);
+/* Bytes of q, k, v, (v2), out read or written once (backward adds dout and the gradients). */
+double bench_bytes(const bench_point *p);
+bool bench_is_decode(const bench_point *p);
+bool bench_reads_v2(dipole_variant v);
+
+/* ---- devices.c */
+typedef struct bench_ceilings {
+    double fma_gflops;   /* 0 = not measured */
+    char fma_kernel[32];
+    double sgemm_gflops;
+    int sgemm_n;
+    double copy_gbps;
+    size_t copy_bytes;
+    char note[256];      /* why something was not measured */
+} bench_ceilings;
+
+typedef struct bench_device {
+    char selector[64];
+    char platform[256];
+    char name[256];
+    char label[520];     /* as dipole_ctx_device_name */
+    char driver[256];
+    char version[256];
+    bool cpu;
+    unsigned compute_units, clock_mhz;
+    unsigned long long local_mem, global_mem, max_alloc;
+    size_t max_work_group;
+    bool fp16, fp64, profiling;
+    bench_ceilings ceil;
+} bench_device;
+
+/* Prints every platform and device (--list). Returns 0, or BENCH_EXIT_NO_DEVICE. */
+int bench_list_devices(FILE *f);
+/* The "P:D" selectors of every device (--all). Returns the count (0 when none). */
+int bench_all_selectors(char sel[][16], int cap);
+/* Describes the device behind a context. */
+void bench_describe(dipole_ctx *ctx, const char *selector, bench_device *d);
+
+/* ---- timer.c */
+double bench_now_ms(void);
+/* Milliseconds between two events' CL_PROFILING_COMMAND_END, or -1 on failure. */
+double bench_event_end_gap_ms(cl_event a, cl_event b);
+double bench_median(double *v, int n); /* sorts v */
+double bench_min(const double *v, int n);
+
+/* ---- peak.c */
+/* Measures the FMA peak, streaming copy and CLBlast SGEMM on ctx's device. */
+void bench_measure_ceilings(dipole_ctx *ctx, bench_device *dev, bool quick);
+
+/* ---- sweep.c / validate.c */
+typedef enum bench_status {
+    BENCH_OK = 0,
+    BENCH_UNSUPPORTED,
+    BENCH_SKIPPED,
+    BENCH_ERROR
+} bench_status;
+
+const char *bench_status_name(bench_status s);
+
+typedef struct bench_row {
+    bench_point pt;
+    bench_status status;
+    char reason[512];
+    char plan[256];      /* the library's plan reason for the path it used */
+    double first_ms;     /* plan + first call + finish: includes any JIT build */
+    double jit_ms;       /* first_ms minus the steady median */
+    char cache[16];      /* "built", "disk", "memory" or "-" */
+    char timer[8];       /* "events" or "wall" */
+    int reps;
+    double median_ms, min_ms;
+    double gflops, gbps; /* from the median */
+    /* filled after the sweep from the device's ceilings; NaN when not applicable */
+    double pct_fma, pct_sgemm, pct_copy, tiled_over_gemm;
+    int checked_rows;
+    double max_abs_err, worst_ratio; /* worst |got-ref| / (atol + rtol |ref|) */
+} bench_row;
+
+typedef struct bench_run {
+    bench_device dev[BENCH_MAX_DEVICES];
+    int ndev;
+    bench_row *rows;
+    int nrows, cap;
+    char command[1024];
+    char date[32];
+} bench_run;
+
+/* Runs every point on ctx, appending rows. progress: print to stderr. */
+int bench_sweep(dipole_ctx *ctx, const bench_opts *o, const bench_device *dev,
+                const bench_point *pts, int npts, bench_run *run, int *done, int total,
+                bool progress);
+
+/* Inputs kept on the host for validation. */
+typedef struct bench_host_inputs {
+    const float *q, *k, *v, *v2, *dout;
+} bench_host_inputs;
+
+/* Checks the device output rows against dipole_reference on sampled (batch, head, row)
+ * triples; got_row(i) fetches one device row. Fills r's error fields; returns false on
+ * a mismatch (r->reason says where). */
+typedef int (*bench_fetch_row)(void *user, int b, int i, int h, float *dst);
+bool bench_validate(const bench_point *p, const bench_host_inputs *in, bench_fetch_row fetch,
+                    void *user, int samples, double atol, double rtol, bool inject, bench_row *r);
+
+/* Derived columns: % of ceilings and tiled/gemm ratios. */
+void bench_derive(bench_run *run);
+/* True when any row is an error. */
+bool bench_any_error(const bench_run *run);
+
+/* ---- outputs */
+void bench_print_table(FILE *f, const bench_run *run);
+int bench_write_csv(FILE *f, const bench_run *run);
+int bench_write_json(FILE *f, const bench_run *run);
+/* Draws GFLOP/s vs sequence length with gnuplot. Returns 0, or -1 with a message in err. */
+int bench_plot(const bench_run *run, const char *path, char *err, size_t cap);
+/* The gnuplot script (exposed for tests). */
+int bench_plot_script(FILE *f, const bench_run *run, const char *path);
+/* Prints each row's speed ratio to the matching row of a saved JSON run. Returns 0 or -1. */
+int bench_compare(FILE *f, const bench_run *run, const char *old_json, char *err, size_t cap);
+
+/* ---- json.c: a small reader for saved runs (--compare). */
+typedef enum bench_jtype { BENCH_JNULL, BENCH_JBOOL, BENCH_JNUM, BENCH_JSTR, BENCH_JARR,
+                           BENCH_JOBJ } bench_jtype;
+typedef struct bench_json {
+    bench_jtype type;
+    double num;                /* BENCH_JNUM; BENCH_JBOOL as 0/1 */
+    char *str;                 /* BENCH_JSTR */
+    int n;                     /* items of an array or object */
+    struct bench_json *items;
+    char **keys;               /* BENCH_JOBJ: keys[i] names items[i] */
+} bench_json;
+/* Parses a whole document. Returns NULL with a message (and byte offset) in err. */
+bench_json *bench_json_parse(const char *text, char *err, size_t cap);
+void bench_json_free(bench_json *j);
+/* The member of an object, or NULL. */
+const bench_json *bench_json_get(const bench_json *obj, const char *key);
+
+/* Unique key of a row for matching runs: "device|pass|variant|path|B|Hq|Hkv|Nq|Nk|d|causal". */
+void bench_row_key(const char *device_label, const bench_point *p, char *buf, size_t cap);
+const char *bench_pass_name(bench_pass p);
+
+#endif

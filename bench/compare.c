@@ -1,0 +1,160 @@
+/* --compare OLD.json: each row's speed against the matching row of a saved run. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "bench.h"
+
+static char *slurp(const char *path, char *err, size_t cap)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f) {
+        snprintf(err, cap, "--compare: cannot open %s", path);
+        return NULL;
+    }
+    size_t n = 0, size = 1 << 16;
+    char *text = malloc(size);
+    while (text) {
+        n += fread(text + n, 1, size - n - 1, f);
+        if (n < size - 1)
+            break;
+        char *grown = realloc(text, size *= 2);
+        if (!grown) {
+            free(text);
+            text = NULL;
+        } else {
+            text = grown;
+        }
+    }
+    const bool bad = ferror(f);
+    fclose(f);
+    if (!text || bad) {
+        free(text);
+        snprintf(err, cap, "--compare: cannot read %s", path);
+        return NULL;
+    }
+    text[n] = '\0';
+    return text;
+}
+
+static double num(const bench_json *o, const char *k)
+{
+    const bench_json *v = bench_json_get(o, k);
+    return v && (v->type == BENCH_JNUM || v->type == BENCH_JBOOL) ? v->num : NAN;
+}
+
+static const char *str(const bench_json *o, const char *k)
+{
+    const bench_json *v = bench_json_get(o, k);
+    return v && v->type == BENCH_JSTR ? v->str : "";
+}
+
+static int name_index(const char *s, const char *const names[], int n)
+{
+    for (int i = 0; i < n; i++)
+        if (!strcmp(s, names[i]))
+            return i;
+    return -1;
+}
+
+/* Rebuilds a saved row's point; false if the row is not ok or malformed. */
+static bool old_point(const bench_json *row, bench_point *p)
+{
+    static const char *const variants[] = {"softmax", "signexp", "routed", "two_pole"};
+    static const char *const paths[] = {"auto", "tiled", "gemm"};
+    const int v = name_index(str(row, "variant"), variants, 4);
+    const int path = name_index(str(row, "path"), paths, 3);
+    if (strcmp(str(row, "status"), "ok") != 0 || v < 0 || path < 0 || !(num(row, "median_ms") > 0))
+        return false;
+    memset(p, 0, sizeof *p);
+    p->pass = strcmp(str(row, "pass"), "bwd") ? BENCH_FWD : BENCH_BWD;
+    p->variant = (dipole_variant)v;
+    p->path = (dipole_path)path;
+    p->batch = (int)num(row, "batch");
+    p->heads_q = (int)num(row, "heads_q");
+    p->heads_kv = (int)num(row, "heads_kv");
+    p->seq_q = (int)num(row, "seq_q");
+    p->seq_k = (int)num(row, "seq_k");
+    p->head_dim = (int)num(row, "head_dim");
+    p->causal = num(row, "causal") != 0;
+    return true;
+}
+
+int bench_compare(FILE *f, const bench_run *run, const char *old_json, char *err, size_t cap)
+{
+    char *text = slurp(old_json, err, cap);
+    if (!text)
+        return -1;
+    bench_json *doc = bench_json_parse(text, err, cap);
+    free(text);
+    if (!doc)
+        return -1;
+    const bench_json *devs = bench_json_get(doc, "devices"), *rows = bench_json_get(doc, "rows");
+    if (num(doc, "format_version") != BENCH_FORMAT_VERSION || !devs || devs->type != BENCH_JARR ||
+        !rows || rows->type != BENCH_JARR) {
+        snprintf(err, cap, "--compare: %s is not a dipole-bench run of format version %d",
+                 old_json, BENCH_FORMAT_VERSION);
+        bench_json_free(doc);
+        return -1;
+    }
+    /* Old keys once, then each new row looks its key up. */
+    char (*keys)[768] = calloc((size_t)rows->n + 1, sizeof *keys);
+    double *old_ms = calloc((size_t)rows->n + 1, sizeof *old_ms);
+    if (!keys || !old_ms) {
+        free(keys);
+        free(old_ms);
+        bench_json_free(doc);
+        snprintf(err, cap, "--compare: out of memory");
+        return -1;
+    }
+    for (int i = 0; i < rows->n; i++) {
+        bench_point p;
+        const int d = (int)num(&rows->items[i], "device");
+        if (!old_point(&rows->items[i], &p) || d < 0 || d >= devs->n)
+            continue;
+        bench_row_key(str(&devs->items[d], "label"), &p, keys[i], sizeof keys[i]);
+        old_ms[i] = num(&rows->items[i], "median_ms");
+    }
+    fprintf(f, "\ncompared with %s (ratio = old median / new median; > 1 is faster now)\n",
+            old_json);
+    fprintf(f, "%-3s %-4s %-8s %-5s %-9s %6s %6s %4s %-3s %10s %10s %7s\n", "dev", "pass",
+            "variant", "path", "BxHq:Hkv", "Nq", "Nk", "d", "cau", "old_ms", "new_ms", "ratio");
+    double log_sum = 0;
+    int matched = 0, unmatched = 0;
+    for (int r = 0; r < run->nrows; r++) {
+        const bench_row *row = &run->rows[r];
+        if (row->status != BENCH_OK)
+            continue;
+        char key[768], bh[32];
+        bench_row_key(run->dev[row->pt.device].label, &row->pt, key, sizeof key);
+        int i = 0;
+        while (i < rows->n && (!old_ms[i] || strcmp(keys[i], key) != 0))
+            i++;
+        const bench_point *p = &row->pt;
+        snprintf(bh, sizeof bh, "%dx%d:%d", p->batch, p->heads_q, p->heads_kv);
+        fprintf(f, "%-3d %-4s %-8s %-5s %-9s %6d %6d %4d %-3s ", p->device,
+                bench_pass_name(p->pass), dipole_variant_name(p->variant),
+                dipole_path_name(p->path), bh, p->seq_q, p->seq_k, p->head_dim,
+                p->causal ? "on" : "off");
+        if (i == rows->n) {
+            fprintf(f, "%10s %10.3f %7s\n", "-", row->median_ms, "new");
+            unmatched++;
+            continue;
+        }
+        const double ratio = old_ms[i] / row->median_ms;
+        fprintf(f, "%10.3f %10.3f %7.3f\n", old_ms[i], row->median_ms, ratio);
+        log_sum += log(ratio);
+        matched++;
+    }
+    if (matched)
+        fprintf(f, "geometric mean ratio %.3f over %d matched row(s)", exp(log_sum / matched),
+                matched);
+    else
+        fprintf(f, "no row matched");
+    fprintf(f, "; %d row(s) without a counterpart\n", unmatched);
+    free(keys);
+    free(old_ms);
+    bench_json_free(doc);
+    return 0;
+}

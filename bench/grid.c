@@ -1,0 +1,89 @@
+/* The grid: per-device defaults for every list the user did not give, and its expansion into
+ * points in table order (variant, head_dim, batch x heads, causal, seq, path, pass). */
+#include <stdlib.h>
+#include <string.h>
+
+#include "bench.h"
+
+static void set_ilist(bench_ilist *l, const int *v, int n)
+{
+    if (l->set)
+        return;
+    l->n = n;
+    memcpy(l->v, v, sizeof(int) * (size_t)n);
+}
+
+static void set_bh(bench_bhlist *l, bench_bh bh)
+{
+    if (l->set)
+        return;
+    l->n = 1;
+    l->v[0] = bh;
+}
+
+void bench_grid_defaults(const bench_opts *o, bool cpu, bench_opts *out)
+{
+    static const int variants[] = {DIPOLE_SOFTMAX, DIPOLE_SIGNEXP, DIPOLE_ROUTED, DIPOLE_TWO_POLE};
+    static const int causal[] = {0, 1};
+    static const int paths[] = {DIPOLE_PATH_TILED, DIPOLE_PATH_GEMM};
+    static const int d_gpu[] = {64, 128}, d_cpu[] = {64};
+    static const int n_quick[] = {128, 256}, n_cpu[] = {256, 512, 1024};
+    static const int n_gpu[] = {512, 1024, 2048, 4096, 8192};
+    *out = *o;
+    set_ilist(&out->variants, variants, 4);
+    set_ilist(&out->causal, causal, 2);
+    set_ilist(&out->paths, paths, 2);
+    if (o->quick) {
+        set_ilist(&out->head_dims, d_cpu, 1);
+        set_ilist(&out->seqs, n_quick, 2);
+        set_bh(&out->bh, (bench_bh){1, 4, 4});
+    } else if (cpu) {
+        set_ilist(&out->head_dims, d_cpu, 1);
+        set_ilist(&out->seqs, n_cpu, 3);
+        set_bh(&out->bh, (bench_bh){1, 8, 8});
+    } else {
+        set_ilist(&out->head_dims, d_gpu, 2);
+        set_ilist(&out->seqs, n_gpu, 5);
+        set_bh(&out->bh, (bench_bh){2, 16, 16});
+    }
+    if (!o->budget_set)
+        out->budget_ms = o->quick ? 20 : cpu ? 100 : 200;
+    if (!o->max_call_set)
+        out->max_call_ms = cpu ? 3000 : 5000;
+}
+
+int bench_grid_expand(const bench_opts *o, int device, bench_point **points)
+{
+    const int npass = o->backward ? 2 : 1;
+    const int per = o->variants.n * o->head_dims.n * o->bh.n * o->paths.n * o->seqs.n * npass;
+    const size_t cap = (size_t)per * ((size_t)o->causal.n + (o->decode ? 1 : 0)) + 1;
+    bench_point *p = calloc(cap, sizeof *p);
+    if (!p)
+        return -1;
+    int n = 0;
+    /* Decode rows use one causal value: with bottom-right alignment a single query row sees
+     * every key either way. */
+    for (int decode = 0; decode <= (o->decode ? 1 : 0); decode++)
+        for (int a = 0; a < o->variants.n; a++)
+            for (int b = 0; b < o->head_dims.n; b++)
+                for (int c = 0; c < o->bh.n; c++)
+                    for (int e = 0; e < (decode ? 1 : o->causal.n); e++)
+                        for (int f = 0; f < o->seqs.n; f++)
+                            for (int g = 0; g < o->paths.n; g++)
+                                for (int pass = 0; pass < npass; pass++) {
+                                    bench_point *q = &p[n++];
+                                    q->device = device;
+                                    q->pass = (bench_pass)pass;
+                                    q->variant = (dipole_variant)o->variants.v[a];
+                                    q->head_dim = o->head_dims.v[b];
+                                    q->batch = o->bh.v[c].batch;
+                                    q->heads_q = o->bh.v[c].heads_q;
+                                    q->heads_kv = o->bh.v[c].heads_kv;
+                                    q->causal = o->causal.v[e];
+                                    q->seq_k = o->seqs.v[f];
+                                    q->seq_q = decode ? 1 : o->seqs.v[f];
+                                    q->path = (dipole_path)o->paths.v[g];
+                                }
+    *points = p;
+    return n;
+}

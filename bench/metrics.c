@@ -1,0 +1,123 @@
+/* What a point costs: flops, bytes, and the row helpers built on them. */
+#include <math.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "bench.h"
+
+bool bench_reads_v2(dipole_variant v)
+{
+    return v == DIPOLE_ROUTED || v == DIPOLE_TWO_POLE;
+}
+
+bool bench_is_decode(const bench_point *p)
+{
+    return p->seq_q == 1 && p->seq_k > 1;
+}
+
+double bench_visible_pairs(const bench_point *p)
+{
+    const double nq = p->seq_q, nk = p->seq_k;
+    double pairs;
+    if (!p->causal) {
+        pairs = nq * nk;
+    } else {
+        /* Row i sees keys j <= i + nk - nq (bottom-right): min(nk, i + nk - nq + 1) keys,
+         * none below zero. Rows i >= nq - nk - 1 + 1 see at least one; sum the ramp exactly. */
+        const double shift = nk - nq; /* row i sees i + shift + 1 keys, clamped to [0, nk] */
+        const double first = shift >= 0 ? 0 : -shift; /* first row that sees a key */
+        pairs = 0;
+        if (first < nq) {
+            /* rows first .. nq-1 see (i + shift + 1) keys, never more than nk since i < nq */
+            const double a = first + shift + 1, b = nq - 1 + shift + 1;
+            pairs = (a + b) * (nq - first) / 2;
+        }
+    }
+    return pairs * p->batch * p->heads_q;
+}
+
+double bench_flops(const bench_point *p)
+{
+    const double per_pair = (p->variant == DIPOLE_TWO_POLE ? 6.0 : 4.0) * p->head_dim;
+    const double fwd = bench_visible_pairs(p) * per_pair;
+    return p->pass == BENCH_BWD ? 2.5 * fwd : fwd;
+}
+
+double bench_bytes(const bench_point *p)
+{
+    const double q = (double)p->batch * p->seq_q * p->heads_q * p->head_dim;
+    const double kv = (double)p->batch * p->seq_k * p->heads_kv * p->head_dim;
+    const double nv = bench_reads_v2(p->variant) ? 2 : 1;
+    double elems = 2 * q + kv * (1 + nv); /* q, out; k, v(, v2) */
+    if (p->pass == BENCH_BWD)
+        elems += 2 * q + kv * (1 + nv); /* dout, dq; dk, dv(, dv2) */
+    return 4.0 * elems;
+}
+
+const char *bench_status_name(bench_status s)
+{
+    switch (s) {
+    case BENCH_OK:
+        return "ok";
+    case BENCH_UNSUPPORTED:
+        return "unsupported";
+    case BENCH_SKIPPED:
+        return "skipped";
+    case BENCH_ERROR:
+        return "error";
+    }
+    return "?";
+}
+
+const char *bench_pass_name(bench_pass p)
+{
+    return p == BENCH_BWD ? "bwd" : "fwd";
+}
+
+void bench_row_key(const char *device_label, const bench_point *p, char *buf, size_t cap)
+{
+    snprintf(buf, cap, "%s|%s|%s|%s|%d|%d|%d|%d|%d|%d|%d", device_label, bench_pass_name(p->pass),
+             dipole_variant_name(p->variant), dipole_path_name(p->path), p->batch, p->heads_q,
+             p->heads_kv, p->seq_q, p->seq_k, p->head_dim, p->causal);
+}
+
+static bool same_but_path(const bench_point *a, const bench_point *b)
+{
+    return a->device == b->device && a->pass == b->pass && a->variant == b->variant &&
+           a->batch == b->batch && a->heads_q == b->heads_q && a->heads_kv == b->heads_kv &&
+           a->seq_q == b->seq_q && a->seq_k == b->seq_k && a->head_dim == b->head_dim &&
+           a->causal == b->causal;
+}
+
+void bench_derive(bench_run *run)
+{
+    for (int i = 0; i < run->nrows; i++) {
+        bench_row *r = &run->rows[i];
+        r->pct_fma = r->pct_sgemm = r->pct_copy = r->tiled_over_gemm = NAN;
+        if (r->status != BENCH_OK)
+            continue;
+        const bench_ceilings *c = &run->dev[r->pt.device].ceil;
+        if (c->fma_gflops > 0)
+            r->pct_fma = 100 * r->gflops / c->fma_gflops;
+        if (c->sgemm_gflops > 0)
+            r->pct_sgemm = 100 * r->gflops / c->sgemm_gflops;
+        if (c->copy_gbps > 0)
+            r->pct_copy = 100 * r->gbps / c->copy_gbps;
+        if (r->pt.path != DIPOLE_PATH_TILED)
+            continue;
+        for (int j = 0; j < run->nrows; j++) {
+            const bench_row *g = &run->rows[j];
+            if (g->status == BENCH_OK && g->pt.path == DIPOLE_PATH_GEMM &&
+                same_but_path(&r->pt, &g->pt) && r->median_ms > 0)
+                r->tiled_over_gemm = g->median_ms / r->median_ms;
+        }
+    }
+}
+
+bool bench_any_error(const bench_run *run)
+{
+    for (int i = 0; i < run->nrows; i++)
+        if (run->rows[i].status == BENCH_ERROR)
+            return true;
+    return false;
+}

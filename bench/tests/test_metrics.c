@@ -1,0 +1,110 @@
+/* Flop and byte counts against brute-force counting with the library's mask rule. */
+#include <math.h>
+#include <stdlib.h>
+
+#include "bench_tests.h"
+
+static bench_point point(int nq, int nk, int causal)
+{
+    bench_point p = {0};
+    p.variant = DIPOLE_SOFTMAX;
+    p.path = DIPOLE_PATH_TILED;
+    p.batch = 2, p.heads_q = 3, p.heads_kv = 3, p.head_dim = 8;
+    p.seq_q = nq, p.seq_k = nk, p.causal = causal;
+    return p;
+}
+
+/* Row i sees key j when j <= i + nk - nq (README: causal is aligned bottom-right). */
+static double brute_pairs(int nq, int nk, int causal)
+{
+    double n = 0;
+    for (int i = 0; i < nq; i++)
+        for (int j = 0; j < nk; j++)
+            n += !causal || j <= i + nk - nq;
+    return n;
+}
+
+START_TEST(visible_pairs_exact)
+{
+    static const int sizes[][2] = {{1, 1},  {1, 7},  {7, 1},  {5, 5},   {4, 9},
+                                   {9, 4},  {64, 64}, {1, 512}, {300, 17}, {17, 300}};
+    for (size_t s = 0; s < sizeof sizes / sizeof sizes[0]; s++)
+        for (int causal = 0; causal <= 1; causal++) {
+            bench_point p = point(sizes[s][0], sizes[s][1], causal);
+            const double want = brute_pairs(p.seq_q, p.seq_k, causal) * p.batch * p.heads_q;
+            ck_assert_msg(bench_visible_pairs(&p) == want, "nq %d nk %d causal %d: %g != %g",
+                          p.seq_q, p.seq_k, causal, bench_visible_pairs(&p), want);
+        }
+}
+END_TEST
+
+START_TEST(flops_formula)
+{
+    bench_point p = point(128, 128, 0);
+    const double base = 4.0 * 2 * 3 * 128 * 128 * 8;
+    ck_assert_double_eq(bench_flops(&p), base);
+    p.causal = 1;
+    ck_assert_double_eq(bench_flops(&p), 4.0 * 2 * 3 * (128.0 * 129 / 2) * 8);
+    p.causal = 0;
+    p.variant = DIPOLE_SIGNEXP;
+    ck_assert_double_eq(bench_flops(&p), base);
+    p.variant = DIPOLE_ROUTED; /* each pair's weight goes to v or v2, never both */
+    ck_assert_double_eq(bench_flops(&p), base);
+    p.variant = DIPOLE_TWO_POLE; /* a second P.V: 2d + 2d + 2d per pair */
+    ck_assert_double_eq(bench_flops(&p), 1.5 * base);
+    p.pass = BENCH_BWD;
+    ck_assert_double_eq(bench_flops(&p), 2.5 * 1.5 * base);
+}
+END_TEST
+
+START_TEST(bytes_formula)
+{
+    bench_point p = point(1, 1024, 0); /* decode */
+    p.heads_kv = 1;                    /* MQA: one K/V head */
+    ck_assert(bench_is_decode(&p));
+    const double q = 2.0 * 1 * 3 * 8, kv = 2.0 * 1024 * 1 * 8;
+    ck_assert_double_eq(bench_bytes(&p), 4 * (2 * q + 2 * kv));
+    p.variant = DIPOLE_ROUTED;
+    ck_assert_double_eq(bench_bytes(&p), 4 * (2 * q + 3 * kv));
+    p.pass = BENCH_BWD;
+    ck_assert_double_eq(bench_bytes(&p), 8 * (2 * q + 3 * kv));
+    p = point(16, 16, 1);
+    ck_assert(!bench_is_decode(&p));
+}
+END_TEST
+
+START_TEST(derive_ratios_and_percentages)
+{
+    bench_run run;
+    bt_sample_run(&run);
+    run.dev[0].ceil.fma_gflops = 100;
+    run.dev[0].ceil.sgemm_gflops = 50;
+    run.dev[0].ceil.copy_gbps = 10;
+    /* make row 1 an ok gemm twin of row 0, twice as slow */
+    run.rows[1].status = BENCH_OK;
+    run.rows[1].median_ms = 2 * run.rows[0].median_ms;
+    run.rows[1].gflops = run.rows[0].gflops / 2;
+    bench_derive(&run);
+    ck_assert_double_eq_tol(run.rows[0].pct_fma, run.rows[0].gflops, 1e-9);
+    ck_assert_double_eq_tol(run.rows[0].pct_sgemm, 2 * run.rows[0].gflops, 1e-9);
+    ck_assert_double_eq_tol(run.rows[0].pct_copy, 10 * run.rows[0].gbps, 1e-9);
+    ck_assert_double_eq_tol(run.rows[0].tiled_over_gemm, 2.0, 1e-12);
+    ck_assert(isnan(run.rows[1].tiled_over_gemm));
+    ck_assert(!bench_any_error(&run));
+    run.rows[1].status = BENCH_ERROR;
+    ck_assert(bench_any_error(&run));
+    free(run.rows);
+}
+END_TEST
+
+Suite *bench_metrics_suite(void)
+{
+    Suite *s = suite_create("metrics");
+    TCase *tc = tcase_create("metrics");
+    tcase_add_test(tc, visible_pairs_exact);
+    tcase_add_test(tc, flops_formula);
+    tcase_add_test(tc, bytes_formula);
+    tcase_add_test(tc, derive_ratios_and_percentages);
+    suite_add_tcase(s, tc);
+    return s;
+}

@@ -1,0 +1,263 @@
+/* The CSV and JSON writers, the JSON reader, --compare and the gnuplot script. */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "bench_tests.h"
+
+void bt_sample_run(bench_run *run)
+{
+    memset(run, 0, sizeof *run);
+    run->ndev = 1;
+    bench_device *d = &run->dev[0];
+    snprintf(d->selector, sizeof d->selector, "0:0");
+    snprintf(d->label, sizeof d->label, "Plat / Dev \"7\", rev\\2");
+    snprintf(d->name, sizeof d->name, "Dev");
+    snprintf(d->platform, sizeof d->platform, "Plat");
+    d->compute_units = 2;
+    d->profiling = true;
+    snprintf(run->command, sizeof run->command, "dipole-bench --quick");
+    snprintf(run->date, sizeof run->date, "2026-01-01T00:00:00Z");
+    run->nrows = run->cap = 2;
+    run->rows = calloc(2, sizeof *run->rows);
+    ck_assert_ptr_nonnull(run->rows);
+    for (int i = 0; i < 2; i++) {
+        bench_row *r = &run->rows[i];
+        bench_point *p = &r->pt;
+        p->variant = DIPOLE_SOFTMAX;
+        p->path = i ? DIPOLE_PATH_GEMM : DIPOLE_PATH_TILED;
+        p->batch = 1, p->heads_q = p->heads_kv = 4, p->seq_q = p->seq_k = 128, p->head_dim = 64;
+        r->pct_fma = r->pct_sgemm = r->pct_copy = r->tiled_over_gemm = NAN;
+        snprintf(r->cache, sizeof r->cache, "-");
+        snprintf(r->timer, sizeof r->timer, "-");
+    }
+    bench_row *ok = &run->rows[0];
+    ok->status = BENCH_OK;
+    ok->median_ms = 2.0;
+    ok->min_ms = 1.5;
+    ok->first_ms = 40;
+    ok->jit_ms = 38;
+    ok->reps = 10;
+    ok->gflops = bench_flops(&ok->pt) / 2e6;
+    ok->gbps = bench_bytes(&ok->pt) / 2e6;
+    ok->checked_rows = 16;
+    ok->max_abs_err = 2.5e-7;
+    snprintf(ok->cache, sizeof ok->cache, "built");
+    snprintf(ok->timer, sizeof ok->timer, "events");
+    run->rows[1].status = BENCH_UNSUPPORTED;
+    snprintf(run->rows[1].reason, sizeof run->rows[1].reason, "gemm: no, \"quoted\"\nsecond line");
+}
+
+static char *capture(int (*fn)(FILE *, const bench_run *), const bench_run *run)
+{
+    char *buf = NULL;
+    size_t len = 0;
+    FILE *f = open_memstream(&buf, &len);
+    ck_assert_ptr_nonnull(f);
+    ck_assert_int_eq(fn(f, run), 0);
+    fclose(f);
+    return buf;
+}
+
+/* Splits one CSV record (RFC 4180) starting at *s; returns the field count, advances *s. */
+static int csv_record(const char **s, char fields[][256], int cap)
+{
+    int n = 0;
+    const char *p = *s;
+    for (;;) {
+        char *out = fields[n < cap ? n : cap - 1];
+        size_t k = 0;
+        if (*p == '"') {
+            for (p++; *p && !(*p == '"' && p[1] != '"'); p++) {
+                if (*p == '"')
+                    p++;
+                if (k < 255)
+                    out[k++] = *p;
+            }
+            p++;
+        } else {
+            while (*p && *p != ',' && *p != '\n')
+                if (k < 255)
+                    out[k++] = *p++;
+        }
+        out[k] = '\0';
+        n++;
+        if (*p == ',') {
+            p++;
+            continue;
+        }
+        if (*p == '\n')
+            p++;
+        *s = p;
+        return n;
+    }
+}
+
+START_TEST(csv_writer)
+{
+    bench_run run;
+    bt_sample_run(&run);
+    char *text = capture(bench_write_csv, &run);
+    static char head[64][256], row[64][256];
+    const char *s = text;
+    const int nh = csv_record(&s, head, 64);
+    ck_assert_str_eq(head[0], "device");
+    ck_assert_str_eq(head[11], "status");
+    ck_assert_int_eq(csv_record(&s, row, 64), nh);
+    ck_assert_str_eq(row[0], run.dev[0].label); /* quoted because of the comma and quotes */
+    ck_assert_str_eq(row[1], "fwd");
+    ck_assert_str_eq(row[3], "tiled");
+    ck_assert_str_eq(row[11], "ok");
+    for (int i = 0; i < nh; i++)
+        if (!strcmp(head[i], "median_ms"))
+            ck_assert_double_eq(strtod(row[i], NULL), 2.0);
+        else if (!strcmp(head[i], "pct_fma"))
+            ck_assert_str_eq(row[i], ""); /* NaN: empty cell */
+    ck_assert_int_eq(csv_record(&s, row, 64), nh);
+    ck_assert_str_eq(row[11], "unsupported");
+    ck_assert_str_eq(row[12], run.rows[1].reason); /* the newline survives inside quotes */
+    ck_assert_str_eq(s, "");
+    free(text);
+    free(run.rows);
+}
+END_TEST
+
+START_TEST(json_writer_roundtrip)
+{
+    bench_run run;
+    bt_sample_run(&run);
+    char *text = capture(bench_write_json, &run);
+    char err[256];
+    bench_json *doc = bench_json_parse(text, err, sizeof err);
+    ck_assert_msg(doc != NULL, "%s\n%s", err, text);
+    ck_assert_double_eq(bench_json_get(doc, "format_version")->num, BENCH_FORMAT_VERSION);
+    const bench_json *devs = bench_json_get(doc, "devices"), *rows = bench_json_get(doc, "rows");
+    ck_assert_int_eq(devs->type, BENCH_JARR);
+    ck_assert_int_eq(devs->n, 1);
+    ck_assert_str_eq(bench_json_get(&devs->items[0], "label")->str, run.dev[0].label);
+    const bench_json *ceil = bench_json_get(&devs->items[0], "ceilings");
+    ck_assert_int_eq(bench_json_get(ceil, "fma_gflops")->type, BENCH_JNULL);
+    ck_assert_int_eq(rows->n, 2);
+    ck_assert_str_eq(bench_json_get(&rows->items[0], "status")->str, "ok");
+    ck_assert_double_eq(bench_json_get(&rows->items[0], "median_ms")->num, 2.0);
+    ck_assert_int_eq(bench_json_get(&rows->items[0], "causal")->type, BENCH_JBOOL);
+    ck_assert_int_eq(bench_json_get(&rows->items[0], "pct_fma")->type, BENCH_JNULL);
+    ck_assert_str_eq(bench_json_get(&rows->items[1], "status")->str, "unsupported");
+    ck_assert_str_eq(bench_json_get(&rows->items[1], "reason")->str, run.rows[1].reason);
+    ck_assert_int_eq(bench_json_get(&rows->items[1], "median_ms")->type, BENCH_JNULL);
+    bench_json_free(doc);
+    free(text);
+    free(run.rows);
+}
+END_TEST
+
+START_TEST(json_reader)
+{
+    char err[256];
+    bench_json *j = bench_json_parse(" {\"a\": [1, -2.5e3, true, null, \"\\u00e9\\n\\\"\"], "
+                                     "\"b\": {}, \"c\": []} ",
+                                     err, sizeof err);
+    ck_assert_msg(j != NULL, "%s", err);
+    const bench_json *a = bench_json_get(j, "a");
+    ck_assert_int_eq(a->n, 5);
+    ck_assert_double_eq(a->items[1].num, -2500);
+    ck_assert_int_eq(a->items[2].type, BENCH_JBOOL);
+    ck_assert_int_eq(a->items[3].type, BENCH_JNULL);
+    ck_assert_str_eq(a->items[4].str, "\xc3\xa9\n\"");
+    ck_assert_int_eq(bench_json_get(j, "b")->n, 0);
+    ck_assert_ptr_null(bench_json_get(j, "missing"));
+    bench_json_free(j);
+    static const char *const bad[] = {"", "{", "[1,]", "{\"a\" 1}", "[1] x", "\"abc",
+                                      "{\"a\":tru}", "[\"\\q\"]"};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        err[0] = '\0';
+        ck_assert_msg(bench_json_parse(bad[i], err, sizeof err) == NULL, "accepted '%s'", bad[i]);
+        ck_assert_msg(strstr(err, "JSON:") != NULL, "no message for '%s'", bad[i]);
+    }
+    char deep[200];
+    memset(deep, '[', sizeof deep - 1);
+    deep[sizeof deep - 1] = '\0';
+    ck_assert_ptr_null(bench_json_parse(deep, err, sizeof err));
+    ck_assert_ptr_nonnull(strstr(err, "deeply"));
+}
+END_TEST
+
+START_TEST(compare_with_saved_run)
+{
+    bench_run run;
+    bt_sample_run(&run);
+    char path[] = "/tmp/dipole-bench-test-XXXXXX";
+    const int fd = mkstemp(path);
+    ck_assert_int_ge(fd, 0);
+    FILE *f = fdopen(fd, "w");
+    ck_assert_int_eq(bench_write_json(f, &run), 0);
+    fclose(f);
+    run.rows[0].median_ms = 1.0; /* twice as fast now */
+    char *out = NULL, err[256];
+    size_t len = 0;
+    FILE *m = open_memstream(&out, &len);
+    ck_assert_int_eq(bench_compare(m, &run, path, err, sizeof err), 0);
+    fclose(m);
+    ck_assert_msg(strstr(out, "2.000") && strstr(out, "geometric mean ratio 2.000 over 1"), "%s",
+                  out);
+    free(out);
+    /* Not a run: refused with a message. */
+    f = fopen(path, "w");
+    fputs("{\"format_version\": 99}", f);
+    fclose(f);
+    m = open_memstream(&out, &len);
+    ck_assert_int_eq(bench_compare(m, &run, path, err, sizeof err), -1);
+    fclose(m);
+    free(out);
+    ck_assert_ptr_nonnull(strstr(err, "format version"));
+    unlink(path);
+    ck_assert_int_eq(bench_compare(stdout, &run, path, err, sizeof err), -1);
+    ck_assert_ptr_nonnull(strstr(err, "cannot open"));
+    free(run.rows);
+}
+END_TEST
+
+START_TEST(plot_script)
+{
+    bench_run run;
+    bt_sample_run(&run);
+    char *out = NULL;
+    size_t len = 0;
+    FILE *m = open_memstream(&out, &len);
+    ck_assert_int_eq(bench_plot_script(m, &run, "it's.svg"), 0);
+    fclose(m);
+    ck_assert_ptr_nonnull(strstr(out, "set terminal svg"));
+    ck_assert_ptr_nonnull(strstr(out, "set output 'it''s.svg'"));
+    char data[64];
+    snprintf(data, sizeof data, "128 %.6g\n", run.rows[0].gflops);
+    ck_assert_msg(strstr(out, data) != NULL, "%s", out);
+    ck_assert_ptr_nonnull(strstr(out, "softmax tiled"));
+    ck_assert_ptr_null(strstr(out, "softmax gemm")); /* not ok: not plotted */
+    free(out);
+    m = open_memstream(&out, &len);
+    ck_assert_int_eq(bench_plot_script(m, &run, "r.png"), 0);
+    fclose(m);
+    ck_assert_ptr_nonnull(strstr(out, "pngcairo"));
+    free(out);
+    run.rows[0].status = BENCH_ERROR;
+    m = open_memstream(&out, &len);
+    ck_assert_int_eq(bench_plot_script(m, &run, "r.svg"), -1);
+    fclose(m);
+    free(out);
+    free(run.rows);
+}
+END_TEST
+
+Suite *bench_reports_suite(void)
+{
+    Suite *s = suite_create("reports");
+    TCase *tc = tcase_create("reports");
+    tcase_add_test(tc, csv_writer);
+    tcase_add_test(tc, json_writer_roundtrip);
+    tcase_add_test(tc, json_reader);
+    tcase_add_test(tc, compare_with_saved_run);
+    tcase_add_test(tc, plot_script);
+    suite_add_tcase(s, tc);
+    return s;
+}

@@ -1,0 +1,116 @@
+/* Validation by reduced problems must agree with the full reference (so a correct device
+ * passes) and must catch a wrong row, a wrong mask and the injected error. */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "bench_tests.h"
+
+typedef struct fake_device {
+    const bench_point *p;
+    const float *out; /* what the "device" computed, dense [B, Nq, Hq, d] */
+    int reads;
+} fake_device;
+
+static int fetch(void *user, int b, int i, int h, float *dst)
+{
+    fake_device *f = user;
+    const bench_point *p = f->p;
+    const size_t d = (size_t)p->head_dim;
+    memcpy(dst, f->out + (((size_t)b * p->seq_q + i) * p->heads_q + h) * d, d * sizeof(float));
+    f->reads++;
+    return 0;
+}
+
+static float *inputs(size_t n, unsigned seed)
+{
+    float *x = malloc(n * sizeof *x);
+    ck_assert_ptr_nonnull(x);
+    for (size_t i = 0; i < n; i++)
+        x[i] = sinf(0.7f * (float)i + (float)seed) * 1.5f;
+    return x;
+}
+
+static float *full_reference(const bench_point *p, const bench_host_inputs *in, int causal)
+{
+    dipole_attn_desc d;
+    dipole_attn_desc_default(&d);
+    d.variant = p->variant;
+    d.batch = p->batch, d.heads_q = p->heads_q, d.heads_kv = p->heads_kv;
+    d.seq_q = p->seq_q, d.seq_k = p->seq_k, d.head_dim = p->head_dim;
+    d.causal = causal;
+    float *out = malloc(sizeof(float) * (size_t)p->batch * p->seq_q * p->heads_q * p->head_dim);
+    ck_assert_ptr_nonnull(out);
+    ck_assert_int_eq(dipole_reference(&d, in->q, in->k, in->v, in->v2, out), DIPOLE_SUCCESS);
+    return out;
+}
+
+START_TEST(agrees_with_full_reference)
+{
+    static const int shapes[][3] = {{33, 33, 1}, {5, 40, 1}, {40, 5, 1}, {17, 29, 0}, {1, 64, 1}};
+    const int variant = _i;
+    for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
+        bench_point p = {0};
+        p.variant = (dipole_variant)variant;
+        p.batch = 2, p.heads_q = 4, p.heads_kv = 2, p.head_dim = 16;
+        p.seq_q = shapes[s][0], p.seq_k = shapes[s][1], p.causal = shapes[s][2];
+        const size_t nq = (size_t)2 * p.seq_q * 4 * 16, nk = (size_t)2 * p.seq_k * 2 * 16;
+        float *q = inputs(nq, 1), *k = inputs(nk, 2), *v = inputs(nk, 3), *v2 = inputs(nk, 4);
+        bench_host_inputs in = {q, k, v, v2, NULL};
+        float *out = full_reference(&p, &in, p.causal);
+        fake_device dev = {&p, out, 0};
+        bench_row r;
+        memset(&r, 0, sizeof r);
+        /* Every row of the problem, so the whole output is compared. */
+        const int all = p.batch * p.heads_q * p.seq_q;
+        ck_assert_msg(bench_validate(&p, &in, fetch, &dev, 4 * all, 1e-6, 1e-6, false, &r),
+                      "variant %d shape %zu: %s", variant, s, r.reason);
+        ck_assert_int_eq(r.checked_rows, all);
+        ck_assert_double_le(r.max_abs_err, 1e-6);
+        free(out);
+        free(q), free(k), free(v), free(v2);
+    }
+}
+END_TEST
+
+START_TEST(catches_errors)
+{
+    bench_point p = {0};
+    p.variant = DIPOLE_SIGNEXP;
+    p.batch = 1, p.heads_q = 2, p.heads_kv = 2, p.head_dim = 8, p.seq_q = 24, p.seq_k = 24;
+    p.causal = 1;
+    const size_t n = (size_t)24 * 2 * 8;
+    float *q = inputs(n, 5), *k = inputs(n, 6), *v = inputs(n, 7);
+    bench_host_inputs in = {q, k, v, NULL, NULL};
+    float *good = full_reference(&p, &in, 1);
+    float *nomask = full_reference(&p, &in, 0);
+    bench_row r;
+    fake_device dev = {&p, good, 0};
+    ck_assert(bench_validate(&p, &in, fetch, &dev, 16, 1e-5, 1e-5, false, &r));
+    /* The injected error is caught and named. */
+    ck_assert(!bench_validate(&p, &in, fetch, &dev, 16, 1e-5, 1e-5, true, &r));
+    ck_assert_ptr_nonnull(strstr(r.reason, "mismatch at batch 0, head 0, row 0"));
+    /* A device that ignored the causal mask: row 0 already differs. */
+    dev.out = nomask;
+    ck_assert(!bench_validate(&p, &in, fetch, &dev, 16, 1e-5, 1e-5, false, &r));
+    /* One wrong value in the last row, which is always sampled. */
+    good[n - 1] += 1e-3f;
+    dev.out = good;
+    ck_assert(!bench_validate(&p, &in, fetch, &dev, 2, 1e-5, 1e-5, false, &r));
+    ck_assert_ptr_nonnull(strstr(r.reason, "row 23, column 7"));
+    /* A NaN fails even though every comparison with it is false. */
+    good[n - 1] = NAN;
+    ck_assert(!bench_validate(&p, &in, fetch, &dev, 2, 1e-5, 1e-5, false, &r));
+    free(good), free(nomask), free(q), free(k), free(v);
+}
+END_TEST
+
+Suite *bench_validate_suite(void)
+{
+    Suite *s = suite_create("validate");
+    TCase *tc = tcase_create("validate");
+    tcase_add_loop_test(tc, agrees_with_full_reference, 0, 4);
+    tcase_add_test(tc, catches_errors);
+    suite_add_tcase(s, tc);
+    return s;
+}

@@ -1,0 +1,146 @@
+/* Validation of one point: sampled (batch, head, query row) triples against dipole_reference.
+ *
+ * A query row's output depends only on that row's q, the keys it sees and their values, so
+ * each triple is checked as its own exact reduced problem: one batch, one head, seq_q = 1 and
+ * seq_k = the number of keys the row sees in the full problem (the visible keys are always a
+ * prefix 0..hi-1 here: no windows, no key lengths), without a mask. That keeps the reference's
+ * cost at O(rows * seq_k * d) even for problems far too large to run on the CPU whole, and is
+ * exact for causal rows too because the row keeps its own key range. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "bench.h"
+
+/* The triples: the first and last rows always (edges of the tile and mask loops), then
+ * pseudo-random ones from a seed fixed per point so reruns check the same rows. */
+static void pick(const bench_point *p, int s, unsigned long long *state, int *b, int *h, int *i)
+{
+    if (s == 0) {
+        *b = 0, *h = 0, *i = 0;
+        return;
+    }
+    if (s == 1) {
+        *b = p->batch - 1, *h = p->heads_q - 1, *i = p->seq_q - 1;
+        return;
+    }
+    *state = *state * 6364136223846793005ull + 1442695040888963407ull;
+    unsigned long long x = *state >> 17;
+    *b = (int)(x % (unsigned)p->batch);
+    x /= (unsigned)p->batch;
+    *h = (int)(x % (unsigned)p->heads_q);
+    x /= (unsigned)p->heads_q;
+    *i = (int)(x % (unsigned)p->seq_q);
+}
+
+static void gather_keys(const float *src, const bench_point *p, int b, int hk, int n, float *dst)
+{
+    const size_t d = (size_t)p->head_dim;
+    for (int j = 0; j < n; j++)
+        memcpy(dst + (size_t)j * d,
+               src + (((size_t)b * p->seq_k + (size_t)j) * (size_t)p->heads_kv + (size_t)hk) * d,
+               d * sizeof(float));
+}
+
+bool bench_validate(const bench_point *p, const bench_host_inputs *in, bench_fetch_row fetch,
+                    void *user, int samples, double atol, double rtol, bool inject, bench_row *r)
+{
+    const size_t d = (size_t)p->head_dim;
+    const bool v2 = bench_reads_v2(p->variant);
+    const bool bwd = p->pass == BENCH_BWD;
+    float *kr = malloc(sizeof(float) * d * (size_t)p->seq_k);
+    float *vr = malloc(sizeof(float) * d * (size_t)p->seq_k);
+    float *v2r = v2 ? malloc(sizeof(float) * d * (size_t)p->seq_k) : NULL;
+    float *ref = malloc(sizeof(float) * d * 3), *got = ref ? ref + d : NULL;
+    float *scratch = bwd ? malloc(sizeof(float) * d * (size_t)p->seq_k * 3) : NULL;
+    bool ok = true;
+    r->checked_rows = 0;
+    r->max_abs_err = 0;
+    r->worst_ratio = 0;
+    if (!kr || !vr || (v2 && !v2r) || !ref || (bwd && !scratch)) {
+        snprintf(r->reason, sizeof r->reason, "validation: out of host memory");
+        ok = false;
+        goto done;
+    }
+    unsigned long long state = ((unsigned long long)p->seq_q * 1315423911u) ^
+                               ((unsigned long long)p->seq_k << 20) ^ (unsigned)p->variant ^
+                               ((unsigned long long)p->head_dim << 40);
+    if (samples > p->batch * p->heads_q * p->seq_q)
+        samples = p->batch * p->heads_q * p->seq_q;
+    for (int s = 0; s < samples && ok; s++) {
+        int b, h, i;
+        pick(p, s, &state, &b, &h, &i);
+        const int hk = h / (p->heads_q / p->heads_kv);
+        int hi = p->seq_k;
+        if (p->causal) {
+            const int lim = i + p->seq_k - p->seq_q + 1;
+            hi = lim < 0 ? 0 : lim < p->seq_k ? lim : p->seq_k;
+        }
+        const float *qrow =
+            in->q + (((size_t)b * p->seq_q + (size_t)i) * (size_t)p->heads_q + (size_t)h) * d;
+        if (hi == 0) {
+            memset(ref, 0, sizeof(float) * d); /* a row that sees no key outputs zeros */
+        } else {
+            gather_keys(in->k, p, b, hk, hi, kr);
+            gather_keys(in->v, p, b, hk, hi, vr);
+            if (v2)
+                gather_keys(in->v2, p, b, hk, hi, v2r);
+            dipole_attn_desc rd;
+            dipole_attn_desc_default(&rd);
+            rd.variant = p->variant;
+            rd.batch = rd.heads_q = rd.heads_kv = rd.seq_q = 1;
+            rd.seq_k = hi;
+            rd.head_dim = p->head_dim;
+            dipole_status st;
+            if (!bwd) {
+                st = dipole_reference(&rd, qrow, kr, vr, v2r, ref);
+            } else {
+                /* dq of a row is also row-local; dk and dv sum over rows and are not sampled. */
+                const float *dout = in->dout + (qrow - in->q);
+                float *dk = scratch, *dv = scratch + d * (size_t)hi, *dv2 = dv + d * (size_t)hi;
+                st = dipole_reference_backward(&rd, qrow, kr, vr, v2r, dout, ref, dk, dv,
+                                               v2 ? dv2 : NULL, NULL, NULL);
+            }
+            if (st != DIPOLE_SUCCESS) {
+                snprintf(r->reason, sizeof r->reason, "dipole_reference: %s: %s",
+                         dipole_status_string(st), dipole_thread_last_error());
+                ok = false;
+                break;
+            }
+        }
+        if (fetch(user, b, i, h, got) != 0) {
+            snprintf(r->reason, sizeof r->reason, "validation: reading row (b %d, h %d, i %d) "
+                                                  "back from the device failed", b, h, i);
+            ok = false;
+            break;
+        }
+        if (inject && s == 0)
+            got[0] += 1.0f; /* --inject-error: validation must catch this */
+        r->checked_rows++;
+        for (size_t c = 0; c < d; c++) {
+            const double diff = fabs((double)got[c] - (double)ref[c]);
+            const double ratio = diff / (atol + rtol * fabs((double)ref[c]));
+            if (!isfinite(got[c]) || !(ratio <= 1.0)) {
+                snprintf(r->reason, sizeof r->reason,
+                         "mismatch at batch %d, head %d, row %d, column %zu: device %.7g, "
+                         "reference %.7g (|diff| %.3g > atol %.1g + rtol %.1g |ref|)",
+                         b, h, i, c, got[c], ref[c], diff, atol, rtol);
+                ok = false;
+            }
+            if (diff > r->max_abs_err || !isfinite(diff))
+                r->max_abs_err = isfinite(diff) ? diff : INFINITY;
+            if (!(ratio <= r->worst_ratio))
+                r->worst_ratio = isfinite(ratio) ? ratio : INFINITY;
+            if (!ok)
+                break;
+        }
+    }
+done:
+    free(kr);
+    free(vr);
+    free(v2r);
+    free(ref);
+    free(scratch);
+    return ok;
+}

@@ -15,6 +15,8 @@ int main(int argc, char **argv)
         {"forward", forward_suite},
         {"golden", golden_suite},
         {"cache", cache_suite},
+        {"gemm", gemm_suite},
+        {"gemm-large", gemm_large_suite},
     };
     if (argc != 2) {
         fprintf(stderr, "usage: %s SUITE\n", argv[0]);

@@ -124,8 +124,13 @@ static bool choose_chunking(const dipole_ctx *ctx, const dp_problem *p, gemm_chu
     if (rows == nq) {
         /* Everything scales with the slice count. */
         const double per = peak_of(p, 1, (double)nq, NULL, ctx);
+        const double elems = (double)nq * (double)p->d.seq_k;
         double n = limit / per;
-        slices = n >= (double)bh ? bh : (size_t)n;
+        if (n > (double)ctx->props.max_alloc / (4.0 * elems))
+            n = (double)ctx->props.max_alloc / (4.0 * elems);
+        if (n > (double)INT_MAX / elems)
+            n = (double)INT_MAX / elems;
+        slices = n >= (double)bh ? bh : n < 1 ? 1 : (size_t)n;
         while (slices > 1 && (peak_of(p, (double)slices, (double)nq, &ok, ctx) > limit || !ok))
             slices--;
     }

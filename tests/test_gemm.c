@@ -253,6 +253,38 @@ START_TEST(test_workspace_too_small)
 }
 END_TEST
 
+/* An output whose rows overlap (stride_seq < head_dim) is refused by CLBlast: the status is
+ * DIPOLE_ERR_CLBLAST, the message names the call and CLBlast's code, no event is returned and
+ * the context still computes afterwards. */
+START_TEST(test_clblast_error)
+{
+    dipole_ctx *ctx = tu_ctx();
+    dipole_attn_desc d = gemm_desc(DIPOLE_SOFTMAX, MASK_NONE, 2, 8, 4, 4);
+    const size_t nq = tu_q_elems(&d);
+    float *x = tu_random(nq, 5, 1.0f);
+    cl_int err;
+    cl_mem in = clCreateBuffer(dipole_ctx_cl_context(ctx), CL_MEM_READ_ONLY | CL_MEM_COPY_HOST_PTR,
+                               nq * 4, x, &err);
+    ck_assert_int_eq(err, CL_SUCCESS);
+    cl_mem ob = clCreateBuffer(dipole_ctx_cl_context(ctx), CL_MEM_READ_WRITE, nq * 4, NULL, &err);
+    ck_assert_int_eq(err, CL_SUCCESS);
+    dipole_tensor t = dipole_tensor_dense(in, d.seq_k, d.heads_kv, d.head_dim);
+    dipole_tensor to = dipole_tensor_dense(ob, d.seq_q, d.heads_q, d.head_dim);
+    to.stride_seq = 1; /* rows overlap */
+    cl_event ev = (cl_event)&ev;
+    ck_assert_int_eq(dipole_attention(ctx, &d, &t, &t, &t, NULL, &to, NULL, &ev),
+                     DIPOLE_ERR_CLBLAST);
+    ck_assert_ptr_null(ev);
+    const char *msg = dipole_ctx_last_error(ctx);
+    ck_assert_msg(strstr(msg, "CLBlastSgemmBatched(O = P V)") && strstr(msg, "-1014"), "%s", msg);
+    clFinish(dipole_ctx_queue(ctx));
+    clReleaseMemObject(in);
+    clReleaseMemObject(ob);
+    free(x);
+    check_gemm(&d, 6);
+}
+END_TEST
+
 /* The two paths agree with each other (and each with the reference) on shapes both serve. */
 START_TEST(test_tiled_equivalence)
 {
@@ -429,6 +461,7 @@ Suite *gemm_suite(void)
     tcase_add_loop_test(tc, test_shapes, 0, 4);
     tcase_add_loop_test(tc, test_tiny_workspace, 0, 4);
     tcase_add_test(tc, test_workspace_too_small);
+    tcase_add_test(tc, test_clblast_error);
     tcase_add_loop_test(tc, test_tiled_equivalence, 0, 4 * 5);
     tcase_add_test(tc, test_auto_takes_gemm_for_512);
     tcase_add_loop_test(tc, test_lse, 0, 4);

@@ -23,8 +23,9 @@
 /* Below XGEMM_MIN_INDIRECT_SIZE^3 multiply-adds CLBlast runs its direct kernel, which copies
  * nothing; 64 is the smallest value in its database, so this errs towards counting copies. */
 #define DP_GEMM_DIRECT_MAX 64
-/* Work-items per group of the row-wise kernel, lowered to what the compiled kernel allows. */
-#define DP_ROWWISE_GROUP 64
+/* Row-wise kernel work-group: rows x work-items per row, lowered to what the kernel allows. */
+#define DP_ROWWISE_ROWS 32
+#define DP_ROWWISE_LANES 8
 
 typedef struct gemm_chunking {
     size_t slices;      /* (batch, head) slices per chunk */
@@ -150,7 +151,7 @@ dipole_status dp_gemm_plan(dipole_ctx *ctx, const dp_problem *p, dipole_plan *pl
     plan->path = DIPOLE_PATH_GEMM;
     plan->block_m = 0;
     plan->block_n = 0;
-    plan->work_group = DP_ROWWISE_GROUP;
+    plan->work_group = DP_ROWWISE_ROWS * DP_ROWWISE_LANES;
     plan->workspace_bytes = ch.peak_bytes;
     snprintf(plan->reason, sizeof plan->reason,
              "gemm: %zu chunk%s of %zu rows x %zu heads, peak %.1f of %.1f MiB", ch.nchunks,
@@ -259,8 +260,14 @@ static void chunk_key_span(const dp_problem *p, size_t s0, size_t ns, size_t r0,
     *nc = (e < nk ? e : nk) - a;
 }
 
-static dipole_status rowwise_kernel(dipole_ctx *ctx, const dp_problem *p, cl_kernel *kernel,
-                                    size_t *group)
+typedef struct rowwise_launch {
+    cl_kernel kernel;
+    size_t block_m, block_n; /* rows per work-group, work-items per row */
+} rowwise_launch;
+
+/* The row-wise kernel, with a work-group the compiled kernel allows: fewer work-items per row
+ * first (the rows keep the reads coalesced), then fewer rows. */
+static dipole_status rowwise_kernel(dipole_ctx *ctx, const dp_problem *p, rowwise_launch *rw)
 {
     dp_kernel_config cfg;
     memset(&cfg, 0, sizeof cfg);
@@ -269,23 +276,42 @@ static dipole_status rowwise_kernel(dipole_ctx *ctx, const dp_problem *p, cl_ker
     cfg.head_dim = 1; /* the kernel never sees head_dim: one program serves all of them */
     cfg.causal = p->d.causal != 0;
     cfg.has_window = p->has_window;
-    cfg.work_group = DP_ROWWISE_GROUP;
-    dipole_status st = dp_get_kernel(ctx, &cfg, "dipole_rowwise", kernel);
-    if (st != DIPOLE_SUCCESS)
-        return st;
-    size_t wg = 0;
-    cl_int err = clGetKernelWorkGroupInfo(*kernel, ctx->device, CL_KERNEL_WORK_GROUP_SIZE,
-                                          sizeof wg, &wg, NULL);
-    if (err != CL_SUCCESS)
-        return dp_cl_fail(ctx, err, "clGetKernelWorkGroupInfo(dipole_rowwise)");
-    *group = wg < DP_ROWWISE_GROUP ? (wg ? wg : 1) : DP_ROWWISE_GROUP;
+    cfg.block_m = DP_ROWWISE_ROWS;
+    cfg.block_n = DP_ROWWISE_LANES;
+    while ((size_t)cfg.block_m * (size_t)cfg.block_n > ctx->props.max_work_group) {
+        if (cfg.block_n > 1)
+            cfg.block_n /= 2;
+        else
+            cfg.block_m /= 2;
+    }
+    for (;;) {
+        cfg.work_group = cfg.block_m * cfg.block_n;
+        dipole_status st = dp_get_kernel(ctx, &cfg, "dipole_rowwise", &rw->kernel);
+        if (st != DIPOLE_SUCCESS)
+            return st;
+        size_t wg = 0;
+        cl_int err = clGetKernelWorkGroupInfo(rw->kernel, ctx->device, CL_KERNEL_WORK_GROUP_SIZE,
+                                              sizeof wg, &wg, NULL);
+        if (err != CL_SUCCESS)
+            return dp_cl_fail(ctx, err, "clGetKernelWorkGroupInfo(dipole_rowwise)");
+        if ((size_t)cfg.work_group <= wg)
+            break;
+        if (cfg.work_group == 1)
+            return dp_fail(ctx, DIPOLE_ERR_UNSUPPORTED,
+                           "gemm: the compiled row-wise kernel allows no work-item");
+        if (cfg.block_n > 1)
+            cfg.block_n /= 2;
+        else
+            cfg.block_m /= 2;
+    }
+    rw->block_m = (size_t)cfg.block_m;
+    rw->block_n = (size_t)cfg.block_n;
     return DIPOLE_SUCCESS;
 }
 
-static dipole_status launch_rowwise(dipole_ctx *ctx, const dp_problem *p, cl_kernel kernel,
-                                    size_t group, const gemm_work *w, const dp_args *a,
-                                    size_t s0, size_t ns, size_t r0, size_t nr, size_t j0,
-                                    size_t nc)
+static dipole_status launch_rowwise(dipole_ctx *ctx, const dp_problem *p, const rowwise_launch *rw,
+                                    const gemm_work *w, const dp_args *a, size_t s0, size_t ns,
+                                    size_t r0, size_t nr, size_t j0, size_t nc)
 {
     const cl_mem bufs[5] = {w->s, w->s2 ? w->s2 : w->s, a->lse, a->key_lengths, a->pole_weights};
     const cl_int ints[11] = {(cl_int)nr,   (cl_int)nc,   (cl_int)r0,         (cl_int)j0,
@@ -294,14 +320,14 @@ static dipole_status launch_rowwise(dipole_ctx *ctx, const dp_problem *p, cl_ker
     cl_int err = CL_SUCCESS;
     cl_uint arg = 0;
     for (int i = 0; i < 5 && err == CL_SUCCESS; i++)
-        err = clSetKernelArg(kernel, arg++, sizeof(cl_mem), &bufs[i]);
+        err = clSetKernelArg(rw->kernel, arg++, sizeof(cl_mem), &bufs[i]);
     for (int i = 0; i < 11 && err == CL_SUCCESS; i++)
-        err = clSetKernelArg(kernel, arg++, sizeof(cl_int), &ints[i]);
+        err = clSetKernelArg(rw->kernel, arg++, sizeof(cl_int), &ints[i]);
     if (err != CL_SUCCESS)
         return dp_cl_fail(ctx, err, "clSetKernelArg(dipole_rowwise)");
-    const size_t global[2] = {(nr + group - 1) / group * group, ns};
-    const size_t local[2] = {group, 1};
-    err = clEnqueueNDRangeKernel(ctx->queue, kernel, 2, NULL, global, local, 0, NULL, NULL);
+    const size_t global[3] = {(nr + rw->block_m - 1) / rw->block_m * rw->block_m, rw->block_n, ns};
+    const size_t local[3] = {rw->block_m, rw->block_n, 1};
+    err = clEnqueueNDRangeKernel(ctx->queue, rw->kernel, 3, NULL, global, local, 0, NULL, NULL);
     if (err != CL_SUCCESS)
         return dp_cl_fail(ctx, err, "clEnqueueNDRangeKernel(dipole_rowwise)");
     return DIPOLE_SUCCESS;
@@ -328,9 +354,8 @@ dipole_status dp_gemm_run(dipole_ctx *ctx, const dp_problem *p, const dipole_pla
                            "GEMM (int offsets)",
                            names[i], INT_MAX);
     }
-    cl_kernel kernel;
-    size_t group = 1;
-    dipole_status st = rowwise_kernel(ctx, p, &kernel, &group);
+    rowwise_launch rw;
+    dipole_status st = rowwise_kernel(ctx, p, &rw);
     if (st != DIPOLE_SUCCESS)
         return st;
 
@@ -386,7 +411,7 @@ dipole_status dp_gemm_run(dipole_ctx *ctx, const dp_problem *p, const dipole_pla
                 st = clblast_fail(ctx, cs, "CLBlastSgemmBatched(S = scale Q K^T)");
                 break;
             }
-            st = launch_rowwise(ctx, p, kernel, group, &w, a, s0, ns, r0, nr, j0, nc);
+            st = launch_rowwise(ctx, p, &rw, &w, a, s0, ns, r0, nr, j0, nc);
             if (st != DIPOLE_SUCCESS)
                 break;
 

@@ -16,6 +16,8 @@ int main(int argc, char **argv)
         {"golden", golden_suite},
         {"cache", cache_suite},
         {"backward", backward_suite},
+        {"gemm", gemm_suite},
+        {"gemm-large", gemm_large_suite},
     };
     if (argc != 2) {
         fprintf(stderr, "usage: %s SUITE\n", argv[0]);

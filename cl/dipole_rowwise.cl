@@ -1,0 +1,116 @@
+/* GEMM path, between the two GEMMs: turns a chunk of scores into the weights the second GEMM
+ * multiplies with V (and V2), in place. A work-group owns BLOCK_M query rows of one (batch,
+ * head) slice; BLOCK_N work-items share each row's keys and merge their partial max/sum in
+ * local memory, so that even a chunk of few rows fills a GPU. The chunk is column-major per
+ * slice ([rows, ncols], leading dimension rows): work-items of neighbouring rows read
+ * neighbouring floats. It is also the layout CLBlast's GEMM kernel wants for both the first
+ * GEMM's C and the second GEMM's B, which spares it a copy.
+ *
+ * Weights: P (on v) and, where the variant reads v2, P2 (on v2). Per pole, a key's weight is
+ * exp(logit - max) / sum * coef * pole weight, and lands on v or v2 — all of it from the macros
+ * of dipole_common.cl. Masked keys get weight 0; a row that sees no key is all zeros. */
+
+#ifndef BLOCK_M
+#define BLOCK_M 32 /* rows per work-group */
+#endif
+#ifndef BLOCK_N
+#define BLOCK_N 8 /* work-items sharing one row's keys */
+#endif
+
+__kernel __attribute__((reqd_work_group_size(BLOCK_M, BLOCK_N, 1)))
+void dipole_rowwise(__global float *p1,                 /* scores in, weights on v out */
+                    __global float *p2,                 /* weights on v2 (READS_V2) */
+                    __global float *lse,                /* [NPOLES, B, Hq, Nq] or NULL */
+                    __global const int *key_lengths,    /* [B] or NULL */
+                    __global const float *pole_weights, /* [2, Hq] or NULL */
+                    int rows, int ncols, int row0, int col0, int slice0,
+                    int batch, int heads_q, int seq_q, int seq_k,
+                    int window_left, int window_right)
+{
+    const int lr = get_local_id(0), lc = get_local_id(1);
+    const int r = get_group_id(0) * BLOCK_M + lr;
+    const int sl = get_group_id(2);
+    const bool live = r < rows;
+    const int flat = slice0 + sl;
+    const int b = flat / heads_q, h = flat % heads_q;
+    const int i = row0 + r;
+    const int kl = key_lengths ? key_lengths[b] : seq_k;
+    const int2 vis = dp_visible_range(i, kl, seq_q, window_left, window_right);
+    const int lo = live ? clamp(vis.x - col0, 0, ncols) : 0;
+    const int hi = live ? clamp(vis.y - col0, 0, ncols) : 0;
+    const long at = (long)sl * rows * ncols + r;
+
+    /* This work-item's share of the row: keys lo + lc, lo + lc + BLOCK_N, ... */
+    float m[NPOLES], l[NPOLES];
+    for (int p = 0; p < NPOLES; p++) {
+        m[p] = -INFINITY;
+        l[p] = 0.0f;
+    }
+    for (int jj = lo + lc; jj < hi; jj += BLOCK_N) {
+        const float s = p1[at + (long)jj * rows];
+        for (int p = 0; p < NPOLES; p++) {
+            const float x = POLE_LOGIT(p, s);
+            const float m_new = fmax(m[p], x);
+            l[p] = l[p] * dp_rescale(m[p], m_new) + exp(x - m_new);
+            m[p] = m_new;
+        }
+    }
+
+    /* Merge the BLOCK_N partial (max, sum) pairs of each row. */
+    __local float lm[NPOLES][BLOCK_M][BLOCK_N], ll[NPOLES][BLOCK_M][BLOCK_N];
+    for (int p = 0; p < NPOLES; p++) {
+        lm[p][lr][lc] = m[p];
+        ll[p][lr][lc] = l[p];
+    }
+    barrier(CLK_LOCAL_MEM_FENCE);
+    if (lc == 0)
+        for (int p = 0; p < NPOLES; p++) {
+            float mm = -INFINITY, sum = 0.0f;
+            for (int c = 0; c < BLOCK_N; c++)
+                mm = fmax(mm, lm[p][lr][c]);
+            for (int c = 0; c < BLOCK_N; c++)
+                sum += ll[p][lr][c] * dp_rescale(lm[p][lr][c], mm);
+            lm[p][lr][0] = mm;
+            ll[p][lr][0] = sum;
+        }
+    barrier(CLK_LOCAL_MEM_FENCE);
+    for (int p = 0; p < NPOLES; p++) {
+        m[p] = lm[p][lr][0];
+        l[p] = ll[p][lr][0];
+    }
+    if (!live)
+        return;
+
+    const bool has_keys = lo < hi;
+    float scale[NPOLES];
+    for (int p = 0; p < NPOLES; p++) {
+        const float pw =
+            (VARIANT == DIPOLE_TWO_POLE && pole_weights) ? pole_weights[p * heads_q + h] : 1.0f;
+        scale[p] = has_keys ? pw / l[p] : 0.0f;
+    }
+    for (int jj = lc; jj < ncols; jj += BLOCK_N) {
+        const long e = at + (long)jj * rows;
+        float w1 = 0.0f, w2 = 0.0f;
+        if (jj >= lo && jj < hi) {
+            const float s = p1[e];
+            for (int p = 0; p < NPOLES; p++) {
+                const float w = exp(POLE_LOGIT(p, s) - m[p]) * scale[p] * POLE_COEF(p, s);
+                if (POLE_TO_V2(p, s))
+                    w2 += w;
+                else
+                    w1 += w;
+            }
+        }
+        p1[e] = w1;
+#if READS_V2
+        p2[e] = w2;
+#else
+        (void)w2;
+#endif
+    }
+
+    if (lse && lc == 0)
+        for (int p = 0; p < NPOLES; p++)
+            lse[(((long)p * batch + b) * heads_q + h) * seq_q + i] =
+                has_keys ? m[p] + log(l[p]) : -INFINITY;
+}

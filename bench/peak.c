@@ -9,7 +9,8 @@
 #include "bench.h"
 #include "bench_cl.h"
 
-#define FLOPS_PER_STEP 128.0 /* both FMA kernels: 64 lanes x 2 flops */
+/* flops per loop step: float4 kernel 16 chains x 4 lanes x 2, float16 kernel 16 x 16 x 2 */
+static const double flops_per_step[2] = {128.0, 512.0};
 
 typedef struct peak_env {
     cl_context context;
@@ -103,7 +104,7 @@ static void measure_fma(const peak_env *e, cl_program prog, const bench_device *
         if (err != CL_SUCCESS) {
             note(c, names[i], err);
         } else if (t > 0) {
-            const double gf = (double)global * steps * FLOPS_PER_STEP / (t * 1e6);
+            const double gf = (double)global * steps * flops_per_step[i] / (t * 1e6);
             if (gf > c->fma_gflops) {
                 c->fma_gflops = gf;
                 snprintf(c->fma_kernel, sizeof c->fma_kernel, "%s %s", names[i] + 9,

@@ -114,3 +114,122 @@ void dipole_rowwise(__global float *p1,                 /* scores in, weights on
             lse[(((long)p * batch + b) * heads_q + h) * seq_q + i] =
                 has_keys ? m[p] + log(l[p]) : -INFINITY;
 }
+
+/* GEMM-path backward, between the GEMMs: per chunk (same layout and work-group as
+ * dipole_rowwise) it takes the scores S, dP = dO V^T and, where the variant reads v2,
+ * dP2 = dO V2^T, and writes in place the weights P on v (over S), dS = dL/dS (over dP) and the
+ * weights P2 on v2 (over dP2). The weights come back from the forward's lse, so no row max or
+ * sum is needed. With p_j = exp(logit_p(s_j) - lse_p), coefficient c_j, pole weight w_p and
+ * g_j = dO . (the value row key j's weight lands on):
+ *   rowdot_p = sum_j p_j c_j g_j  (= dO . O_p, the forward's pole output, without storing it),
+ *   dS_j = sum_p p_j (c_j w_p g_j - w_p rowdot_p) dlogit_p/ds.
+ * rowdot is summed in a fixed order (strided lanes, then lane 0 adds the partial sums). */
+__kernel __attribute__((reqd_work_group_size(BLOCK_M, BLOCK_N, 1)))
+void dipole_rowwise_bwd(__global float *sp,                 /* S in, P (on v) out */
+                        __global float *dp,                 /* dO V^T in, dS out */
+                        __global float *dp2,                /* dO V2^T in, P2 out (READS_V2) */
+                        __global const float *lse,          /* [NPOLES, B, Hq, Nq] */
+                        __global float *rowdot,             /* [NPOLES, B, Hq, Nq] or NULL */
+                        __global const int *key_lengths,    /* [B] or NULL */
+                        __global const float *pole_weights, /* [2, Hq] or NULL */
+                        int rows, int ncols, int row0, int col0, int slice0,
+                        int batch, int heads_q, int seq_q, int seq_k,
+                        int window_left, int window_right)
+{
+    const int lr = get_local_id(0), lc = get_local_id(1);
+    const int r = get_group_id(0) * BLOCK_M + lr;
+    const int sl = get_group_id(2);
+    const bool live = r < rows;
+    const int flat = slice0 + sl;
+    const int b = flat / heads_q, h = flat % heads_q;
+    const int i = row0 + r;
+    const int kl = key_lengths ? key_lengths[b] : seq_k;
+    const int2 vis = dp_visible_range(i, kl, seq_q, window_left, window_right);
+    const int lo = live ? clamp(vis.x - col0, 0, ncols) : 0;
+    const int hi = live ? clamp(vis.y - col0, 0, ncols) : 0;
+    const long at = (long)sl * rows * ncols + r;
+
+    float row_lse[NPOLES], pw[NPOLES], dot[NPOLES];
+    for (int p = 0; p < NPOLES; p++) {
+        /* lse is -inf for a row without keys; such a row never reads it (lo == hi). */
+        row_lse[p] = lo < hi ? lse[(((long)p * batch + b) * heads_q + h) * seq_q + i] : 0.0f;
+        pw[p] = (VARIANT == DIPOLE_TWO_POLE && pole_weights) ? pole_weights[p * heads_q + h]
+                                                             : 1.0f;
+        dot[p] = 0.0f;
+    }
+    for (int jj = lo + lc; jj < hi; jj += BLOCK_N) {
+        const long e = at + (long)jj * rows;
+        const float s = sp[e], g1 = dp[e];
+#if READS_V2
+        const float g2 = dp2[e];
+#else
+        const float g2 = g1;
+#endif
+        for (int p = 0; p < NPOLES; p++)
+            dot[p] += exp(POLE_LOGIT(p, s) - row_lse[p]) * POLE_COEF(p, s) *
+                      (POLE_TO_V2(p, s) ? g2 : g1);
+    }
+
+    __local float ld[NPOLES][BLOCK_M][BLOCK_N];
+    for (int p = 0; p < NPOLES; p++)
+        ld[p][lr][lc] = dot[p];
+    barrier(CLK_LOCAL_MEM_FENCE);
+    if (lc == 0)
+        for (int p = 0; p < NPOLES; p++) {
+            float sum = 0.0f;
+            for (int c = 0; c < BLOCK_N; c++)
+                sum += ld[p][lr][c];
+            ld[p][lr][0] = sum;
+        }
+    barrier(CLK_LOCAL_MEM_FENCE);
+    if (!live)
+        return;
+    float delta[NPOLES];
+    for (int p = 0; p < NPOLES; p++) {
+        dot[p] = ld[p][lr][0];
+        delta[p] = pw[p] * dot[p];
+    }
+
+    for (int jj = lc; jj < ncols; jj += BLOCK_N) {
+        const long e = at + (long)jj * rows;
+        float w1 = 0.0f, w2 = 0.0f, ds = 0.0f;
+        if (jj >= lo && jj < hi) {
+            const float s = sp[e], g1 = dp[e];
+#if READS_V2
+            const float g2 = dp2[e];
+#else
+            const float g2 = g1;
+#endif
+            for (int p = 0; p < NPOLES; p++) {
+                const float w = exp(POLE_LOGIT(p, s) - row_lse[p]);
+                const float cw = POLE_COEF(p, s) * pw[p];
+                const bool to_v2 = POLE_TO_V2(p, s);
+                if (to_v2)
+                    w2 += w * cw;
+                else
+                    w1 += w * cw;
+                ds += w * (cw * (to_v2 ? g2 : g1) - delta[p]) * POLE_LOGIT_DS(p, s);
+            }
+        }
+        sp[e] = w1;
+        dp[e] = ds;
+#if READS_V2
+        dp2[e] = w2;
+#else
+        (void)w2;
+#endif
+    }
+
+    if (rowdot && lc == 0)
+        for (int p = 0; p < NPOLES; p++)
+            rowdot[(((long)p * batch + b) * heads_q + h) * seq_q + i] = dot[p];
+}
+
+/* Zeroes a strided [batch, seq, heads, head_dim] tensor (layout: offset and batch, seq, head
+ * strides), which the GEMM backward then accumulates into with beta = 1. Any work-group size. */
+__kernel void dipole_zero_rows(__global float *t, dp_layout lay, int seq, int head_dim)
+{
+    const int c = get_global_id(0), row = get_global_id(1), b = get_global_id(2);
+    if (c < head_dim) /* row runs over seq x heads */
+        t[DP_ROW(lay, b, row % seq, row / seq) + c] = 0.0f;
+}

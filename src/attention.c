@@ -6,8 +6,7 @@
 
 #include "internal.h"
 
-/* desc->path, unless DIPOLE_PATH forces one for the whole process. */
-static dipole_path requested_path(const dp_problem *p)
+dipole_path dp_requested_path(const dp_problem *p)
 {
     const char *env = getenv("DIPOLE_PATH");
     if (env && !strcmp(env, "tiled"))
@@ -21,7 +20,7 @@ static dipole_path requested_path(const dp_problem *p)
 static dipole_status choose_path(dipole_ctx *ctx, const dp_problem *p, dipole_plan *plan)
 {
     memset(plan, 0, sizeof *plan);
-    const dipole_path want = requested_path(p);
+    const dipole_path want = dp_requested_path(p);
     dipole_status st;
     if (want == DIPOLE_PATH_TILED)
         return dp_tiled_plan(ctx, p, plan);

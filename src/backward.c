@@ -1,18 +1,14 @@
-/* The backward pass: validation, tile configuration, the four launches of cl/dipole_bwd.cl,
- * and the host twin. The CPU reference backward is in reference_backward.c. */
+/* The backward pass: validation, the path choice (tiled, then GEMM: backward_gemm.c), tile
+ * configuration, the four launches of cl/dipole_bwd.cl, and the host twin. The CPU reference
+ * backward is in reference_backward.c. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "internal.h"
+#include "gemm.h"
 
-/* The backward has only the tiled kernels; their private rows are HEAD_DIM floats each. */
+/* The tiled kernels' private rows are HEAD_DIM floats each; beyond this, the GEMM path. */
 #define DP_BWD_MAX_HEAD_DIM 256
-
-typedef struct dp_bwd_args {
-    const dipole_tensor *q, *k, *v, *v2, *out, *dout, *dq, *dk, *dv, *dv2;
-    cl_mem lse, dpos, dneg;
-} dp_bwd_args;
 
 static int env_block(const char *name, int fallback)
 {
@@ -62,7 +58,7 @@ static dipole_status bwd_plan(dipole_ctx *ctx, const dp_problem *p, int *bm, int
     if (d > DP_BWD_MAX_HEAD_DIM)
         return dp_fail(ctx, DIPOLE_ERR_UNSUPPORTED,
                        "backward: head_dim %d exceeds the tiled backward kernels' maximum %d "
-                       "(there is no GEMM-path backward yet)",
+                       "(the GEMM path has no such limit)",
                        p->d.head_dim, DP_BWD_MAX_HEAD_DIM);
     const bool gpu = (dev->type & CL_DEVICE_TYPE_GPU) != 0;
     int block_m = env_block("DIPOLE_BWD_BLOCK_M", gpu ? 64 : 32);
@@ -282,14 +278,33 @@ static dipole_status enqueue(dipole_ctx *ctx, cl_kernel kernel, const char *name
     return dp_cl_fail(ctx, err, call);
 }
 
-/* With the lock held: validate, configure, upload the small per-call arrays, launch. */
+/* The ordered list: the tiled kernels where they fit (unless GEMM is asked for), then the GEMM
+ * path. A forced tiled path that does not fit fails with bwd_plan's reason. */
+static dipole_status bwd_choose(dipole_ctx *ctx, const dp_problem *p, int *bm, int *bn, bool *gemm)
+{
+    const dipole_path want = dp_requested_path(p);
+    *gemm = true;
+    if (want == DIPOLE_PATH_GEMM || (want == DIPOLE_PATH_AUTO && p->d.head_dim > DP_BWD_MAX_HEAD_DIM))
+        return DIPOLE_SUCCESS;
+    dipole_status st = bwd_plan(ctx, p, bm, bn);
+    if (st == DIPOLE_ERR_UNSUPPORTED && want == DIPOLE_PATH_AUTO) {
+        dp_log(ctx, "%s -> gemm", ctx->last_error ? ctx->last_error : "backward: tiled unsupported");
+        dp_clear_error(ctx);
+        return DIPOLE_SUCCESS;
+    }
+    *gemm = false;
+    return st;
+}
+
+/* With the lock held: validate, choose a path, upload the small per-call arrays, launch. */
 static dipole_status backward_locked(dipole_ctx *ctx, const dp_problem *p, const dp_bwd_args *a,
                                      cl_event *event)
 {
     dipole_status st = check_args(ctx, p, a);
     int bm = 0, bn = 0;
+    bool gemm = false;
     if (st == DIPOLE_SUCCESS)
-        st = bwd_plan(ctx, p, &bm, &bn);
+        st = bwd_choose(ctx, p, &bm, &bn, &gemm);
     if (st != DIPOLE_SUCCESS)
         return st;
     const dipole_attn_desc *d = &p->d;
@@ -313,9 +328,11 @@ static dipole_status backward_locked(dipole_ctx *ctx, const dp_problem *p, const
             st = dp_upload(ctx, w, sizeof(float) * 2 * hq, "pole weights", &pole_weights);
         free(w);
     }
-    if (st == DIPOLE_SUCCESS)
+    if (st == DIPOLE_SUCCESS && gemm)
+        st = dp_gemm_backward(ctx, p, a, key_lengths, pole_weights, event);
+    if (st == DIPOLE_SUCCESS && !gemm)
         st = scratch(ctx, (size_t)p->npoles * nstat, "delta", &delta);
-    if (st == DIPOLE_SUCCESS && want_dw)
+    if (st == DIPOLE_SUCCESS && !gemm && want_dw)
         st = scratch(ctx, (size_t)p->npoles * nstat, "rowdot", &rowdot);
 
     dp_kernel_config cfg = bwd_config(p, bm, bn);
@@ -323,7 +340,7 @@ static dipole_status backward_locked(dipole_ctx *ctx, const dp_problem *p, const
     const dipole_tensor *v2 = p->reads_v2 ? a->v2 : a->v, *dv2 = p->reads_v2 ? a->dv2 : a->dv;
     static const char *const names[4] = {"dipole_bwd_pre", "dipole_bwd_dkdv", "dipole_bwd_dq",
                                          "dipole_bwd_dweights"};
-    const int launches = want_dw ? 4 : 3;
+    const int launches = gemm ? 0 : want_dw ? 4 : 3;
     for (int kn = 0; kn < launches && st == DIPOLE_SUCCESS; kn++) {
         cl_kernel kernel;
         if ((st = dp_get_kernel(ctx, &cfg, names[kn], &kernel)))
@@ -396,7 +413,7 @@ static dipole_status backward_locked(dipole_ctx *ctx, const dp_problem *p, const
         }
         st = enqueue(ctx, kernel, names[kn], global, local, kn == launches - 1 ? event : NULL);
     }
-    if (st == DIPOLE_SUCCESS)
+    if (st == DIPOLE_SUCCESS && !gemm)
         dp_log(ctx, "backward %s: tiled, %d query rows x %d keys per tile",
                dipole_variant_name(d->variant), bm, bn);
     /* Released objects live on until the enqueued kernels that use them finish. */
@@ -462,7 +479,8 @@ dipole_status dipole_attention_backward_host(dipole_ctx *ctx, const dipole_attn_
                              : "dv2 (the variant reads v2)");
         goto unlock;
     }
-    if (p.d.head_dim > DP_BWD_MAX_HEAD_DIM) { /* fail before running a forward for nothing */
+    if (dp_requested_path(&p) == DIPOLE_PATH_TILED && p.d.head_dim > DP_BWD_MAX_HEAD_DIM) {
+        /* fail before running a forward for nothing */
         int bm, bn;
         st = bwd_plan(ctx, &p, &bm, &bn);
         goto unlock;

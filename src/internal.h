@@ -134,6 +134,9 @@ void dp_disk_cache_store(dipole_ctx *ctx, dp_cache_key key, const unsigned char 
 void dp_cache_dir_init(dipole_ctx *ctx);
 
 /* ---- paths */
+/* desc->path, unless env DIPOLE_PATH=tiled|gemm forces one for the whole process (attention.c;
+ * the backward honours it too). */
+dipole_path dp_requested_path(const dp_problem *p);
 typedef struct dp_args {
     const dipole_tensor *q, *k, *v, *v2, *out;
     cl_mem lse;

@@ -1,0 +1,354 @@
+/* The GEMM-path backward: any head_dim, scratch bounded by ctx->workspace_limit. Per chunk of
+ * (batch, head) slices and query rows, with the chunk's visible keys [j0, j0 + nc):
+ *   S = scale Q K^T, dP = dO V^T (dP2 = dO V2^T)       (CLBlast batched GEMMs)
+ *   P, dS, P2 = rowwise_bwd(S, dP, dP2, lse)           (cl/dipole_rowwise.cl, in place)
+ *   dV += P^T dO, dV2 += P2^T dO, dK += scale dS^T Q   (beta = 1 into zeroed outputs)
+ *   dQ = scale dS K                                    (beta = 0: a chunk holds all its keys)
+ * then d alpha / d beta from the per-row dO . O_p sums (dipole_bwd_dweights).
+ *
+ * Deterministic: chunks run in a fixed order, and the query heads of a GQA group (which add
+ * into the same dK / dV slice) go to separate batched calls, one per position in the group, so
+ * no two problems of one call write the same output. Layouts as in attn_gemm.c: tensor slices
+ * are column-major [head_dim, seq] with leading dimension stride_seq, score chunks column-major
+ * [rows, keys]. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "gemm.h"
+
+/* dweights' work-group: partial sums per work-item, then one ordered sum. */
+#define DP_DWEIGHTS_WG 32
+
+typedef struct bwd_work {
+    cl_mem s, dp, dp2, rowdot;
+    size_t *off_a, *off_b, *off_c;
+    float *alpha, *beta;
+} bwd_work;
+
+static void work_free(bwd_work *w)
+{
+    const cl_mem m[4] = {w->s, w->dp, w->dp2, w->rowdot};
+    for (int i = 0; i < 4; i++)
+        if (m[i])
+            clReleaseMemObject(m[i]);
+    free(w->off_a);
+    free(w->off_b);
+    free(w->off_c);
+    free(w->alpha);
+    free(w->beta);
+}
+
+static dipole_status device_buffer(dipole_ctx *ctx, size_t bytes, const char *what, cl_mem *out)
+{
+    cl_int err;
+    *out = clCreateBuffer(ctx->context, CL_MEM_READ_WRITE, bytes, NULL, &err);
+    if (err == CL_SUCCESS)
+        return DIPOLE_SUCCESS;
+    *out = NULL;
+    char call[96];
+    snprintf(call, sizeof call, "clCreateBuffer(%s, %zu bytes)", what, bytes);
+    return dp_cl_fail(ctx, err, call);
+}
+
+static dipole_status zero_tensor(dipole_ctx *ctx, cl_kernel kernel, const dp_problem *p,
+                                 const dipole_tensor *t)
+{
+    cl_long4 lay;
+    lay.s[0] = (cl_long)t->offset;
+    lay.s[1] = (cl_long)t->stride_batch;
+    lay.s[2] = (cl_long)t->stride_seq;
+    lay.s[3] = (cl_long)t->stride_head;
+    const cl_int seq = p->d.seq_k, dim = p->d.head_dim;
+    cl_int err = clSetKernelArg(kernel, 0, sizeof(cl_mem), &t->buffer);
+    if (err == CL_SUCCESS)
+        err = clSetKernelArg(kernel, 1, sizeof lay, &lay);
+    if (err == CL_SUCCESS)
+        err = clSetKernelArg(kernel, 2, sizeof seq, &seq);
+    if (err == CL_SUCCESS)
+        err = clSetKernelArg(kernel, 3, sizeof dim, &dim);
+    if (err != CL_SUCCESS)
+        return dp_cl_fail(ctx, err, "clSetKernelArg(dipole_zero_rows)");
+    const size_t global[3] = {(size_t)dim, (size_t)seq * (size_t)p->d.heads_kv,
+                              (size_t)p->d.batch};
+    err = clEnqueueNDRangeKernel(ctx->queue, kernel, 3, NULL, global, NULL, 0, NULL, NULL);
+    return err == CL_SUCCESS ? DIPOLE_SUCCESS
+                             : dp_cl_fail(ctx, err, "clEnqueueNDRangeKernel(dipole_zero_rows)");
+}
+
+static dipole_status launch_rowwise_bwd(dipole_ctx *ctx, const dp_problem *p,
+                                        const dp_rowwise_launch *rw, const bwd_work *w,
+                                        const dp_bwd_args *a, cl_mem key_lengths,
+                                        cl_mem pole_weights, size_t s0, size_t ns, size_t r0,
+                                        size_t nr, size_t j0, size_t nc)
+{
+    const cl_mem bufs[7] = {w->s,      w->dp,      w->dp2 ? w->dp2 : w->dp, a->lse,
+                            w->rowdot, key_lengths, pole_weights};
+    const cl_int ints[11] = {(cl_int)nr,       (cl_int)nc,        (cl_int)r0,  (cl_int)j0,
+                             (cl_int)s0,       p->d.batch,        p->d.heads_q, p->d.seq_q,
+                             p->d.seq_k,       p->d.window_left, p->d.window_right};
+    cl_int err = CL_SUCCESS;
+    cl_uint arg = 0;
+    for (int i = 0; i < 7 && err == CL_SUCCESS; i++)
+        err = clSetKernelArg(rw->kernel, arg++, sizeof(cl_mem), &bufs[i]);
+    for (int i = 0; i < 11 && err == CL_SUCCESS; i++)
+        err = clSetKernelArg(rw->kernel, arg++, sizeof(cl_int), &ints[i]);
+    if (err != CL_SUCCESS)
+        return dp_cl_fail(ctx, err, "clSetKernelArg(dipole_rowwise_bwd)");
+    const size_t global[3] = {(nr + rw->block_m - 1) / rw->block_m * rw->block_m, rw->block_n, ns};
+    const size_t local[3] = {rw->block_m, rw->block_n, 1};
+    err = clEnqueueNDRangeKernel(ctx->queue, rw->kernel, 3, NULL, global, local, 0, NULL, NULL);
+    return err == CL_SUCCESS ? DIPOLE_SUCCESS
+                             : dp_cl_fail(ctx, err, "clEnqueueNDRangeKernel(dipole_rowwise_bwd)");
+}
+
+/* d alpha, d beta with the tiled backward's kernel. It never reads HEAD_DIM, so it is built at
+ * head_dim 1 and needs no mask defines: one small program serves every head_dim. */
+static dipole_status launch_dweights(dipole_ctx *ctx, const dp_problem *p, const bwd_work *w,
+                                     const dp_bwd_args *a, cl_event *event)
+{
+    dp_kernel_config cfg;
+    memset(&cfg, 0, sizeof cfg);
+    cfg.kind = DP_KERNEL_BWD;
+    cfg.variant = p->d.variant;
+    cfg.head_dim = 1;
+    cfg.block_m = cfg.block_n = DP_DWEIGHTS_WG;
+    cl_kernel kernel;
+    for (;;) {
+        while ((size_t)cfg.block_m > ctx->props.max_work_group && cfg.block_m > 1)
+            cfg.block_m /= 2;
+        cfg.work_group = cfg.block_m;
+        dipole_status st = dp_get_kernel(ctx, &cfg, "dipole_bwd_dweights", &kernel);
+        if (st != DIPOLE_SUCCESS)
+            return st;
+        size_t wg = 0;
+        cl_int err = clGetKernelWorkGroupInfo(kernel, ctx->device, CL_KERNEL_WORK_GROUP_SIZE,
+                                              sizeof wg, &wg, NULL);
+        if (err != CL_SUCCESS)
+            return dp_cl_fail(ctx, err, "clGetKernelWorkGroupInfo(dipole_bwd_dweights)");
+        if ((size_t)cfg.block_m <= wg)
+            break;
+        if (cfg.block_m == 1)
+            return dp_fail(ctx, DIPOLE_ERR_UNSUPPORTED,
+                           "backward: the compiled dweights kernel allows no work-item");
+        cfg.block_m /= 2;
+    }
+    const cl_int ints[3] = {p->d.batch, p->d.heads_q, p->d.seq_q};
+    const cl_mem bufs[3] = {w->rowdot, a->dpos, a->dneg};
+    cl_int err = CL_SUCCESS;
+    cl_uint arg = 0;
+    for (int i = 0; i < 3 && err == CL_SUCCESS; i++)
+        err = clSetKernelArg(kernel, arg++, sizeof(cl_mem), &bufs[i]);
+    for (int i = 0; i < 3 && err == CL_SUCCESS; i++)
+        err = clSetKernelArg(kernel, arg++, sizeof(cl_int), &ints[i]);
+    if (err != CL_SUCCESS)
+        return dp_cl_fail(ctx, err, "clSetKernelArg(dipole_bwd_dweights)");
+    const size_t global[3] = {(size_t)cfg.block_m, (size_t)p->d.heads_q, (size_t)p->npoles};
+    const size_t local[3] = {(size_t)cfg.block_m, 1, 1};
+    err = clEnqueueNDRangeKernel(ctx->queue, kernel, 3, NULL, global, local, 0, NULL, event);
+    return err == CL_SUCCESS ? DIPOLE_SUCCESS
+                             : dp_cl_fail(ctx, err, "clEnqueueNDRangeKernel(dipole_bwd_dweights)");
+}
+
+/* One batched GEMM over the chunk's slices t with t % group == g (every slice when g < 0),
+ * C [m, n] = alpha op(A) op(B) + beta C, with A and B taken per slice from tensors or the
+ * score chunk. The offset callbacks keep the six GEMMs of a chunk in one loop shape. */
+typedef struct gemm_operand {
+    cl_mem buf;
+    const dipole_tensor *t; /* NULL: the score chunk, slice t at t * nr * nc, ld nr */
+    bool kv;                /* tensor indexed by the K/V head and the key span, else query */
+    bool trans;
+} gemm_operand;
+
+typedef struct chunk {
+    size_t s0, ns, r0, nr, j0, nc;
+} chunk;
+
+static size_t operand_offset(const dp_problem *p, const gemm_operand *o, const chunk *c, size_t t)
+{
+    if (!o->t)
+        return t * c->nr * c->nc;
+    const size_t hq = (size_t)p->d.heads_q, flat = c->s0 + t;
+    const size_t b = flat / hq, h = flat % hq;
+    return o->kv ? dp_gemm_at(o->t, b, c->j0, h / (size_t)p->group) : dp_gemm_at(o->t, b, c->r0, h);
+}
+
+static size_t operand_ld(const dp_problem *p, const gemm_operand *o, const chunk *c)
+{
+    return o->t ? dp_gemm_ld(o->t, o->kv ? c->nc : c->nr, p->d.head_dim) : c->nr;
+}
+
+static dipole_status batched(dipole_ctx *ctx, const dp_problem *p, bwd_work *w, const chunk *c,
+                             int g, size_t m, size_t n, size_t k, float alpha, float beta,
+                             const gemm_operand *A, const gemm_operand *B, const gemm_operand *C,
+                             const char *what)
+{
+    size_t count = 0;
+    for (size_t t = 0; t < c->ns; t++) {
+        if (g >= 0 && (c->s0 + t) % (size_t)p->d.heads_q % (size_t)p->group != (size_t)g)
+            continue;
+        w->off_a[count] = operand_offset(p, A, c, t);
+        w->off_b[count] = operand_offset(p, B, c, t);
+        w->off_c[count] = operand_offset(p, C, c, t);
+        w->alpha[count] = alpha;
+        w->beta[count] = beta;
+        count++;
+    }
+    if (count == 0)
+        return DIPOLE_SUCCESS;
+    cl_command_queue queue = ctx->queue;
+    CLBlastStatusCode cs = CLBlastSgemmBatched(
+        CLBlastLayoutColMajor, A->trans ? CLBlastTransposeYes : CLBlastTransposeNo,
+        B->trans ? CLBlastTransposeYes : CLBlastTransposeNo, m, n, k, w->alpha, A->buf, w->off_a,
+        operand_ld(p, A, c), B->buf, w->off_b, operand_ld(p, B, c), w->beta, C->buf, w->off_c,
+        operand_ld(p, C, c), count, &queue, NULL);
+    if (cs != CLBlastSuccess) {
+        char call[96];
+        snprintf(call, sizeof call, "CLBlastSgemmBatched(%s)", what);
+        return dp_clblast_fail(ctx, cs, call);
+    }
+    return DIPOLE_SUCCESS;
+}
+
+/* The GEMMs and the row-wise kernel of one chunk, in a fixed order. */
+static dipole_status run_chunk(dipole_ctx *ctx, const dp_problem *p, const dp_bwd_args *a,
+                               const dp_rowwise_launch *rw, bwd_work *w, const chunk *c,
+                               cl_mem key_lengths, cl_mem pole_weights)
+{
+    const size_t dim = (size_t)p->d.head_dim, nr = c->nr, nc = c->nc;
+    const float scale = p->d.scale;
+    /* Tensor slices are stored [d, seq]; score chunks [nr, nc]. */
+    const gemm_operand qt = {a->q->buffer, a->q, false, true};
+    const gemm_operand q = {a->q->buffer, a->q, false, false};
+    const gemm_operand dot = {a->dout->buffer, a->dout, false, true};
+    const gemm_operand dout = {a->dout->buffer, a->dout, false, false};
+    const gemm_operand k = {a->k->buffer, a->k, true, false};
+    const gemm_operand v = {a->v->buffer, a->v, true, false};
+    const gemm_operand s = {w->s, NULL, false, false};
+    const gemm_operand ds = {w->dp, NULL, false, false};
+    const gemm_operand dst = {w->dp, NULL, false, true};
+    const gemm_operand dq = {a->dq->buffer, a->dq, false, false};
+    const gemm_operand dk = {a->dk->buffer, a->dk, true, false};
+    const gemm_operand dv = {a->dv->buffer, a->dv, true, false};
+
+    /* S [nr, nc] = scale Q^T K, dP = dO^T V, dP2 = dO^T V2 (in stored orientation). */
+    dipole_status st = batched(ctx, p, w, c, -1, nr, nc, dim, scale, 0.0f, &qt, &k, &s,
+                               "S = scale Q K^T");
+    if (st == DIPOLE_SUCCESS)
+        st = batched(ctx, p, w, c, -1, nr, nc, dim, 1.0f, 0.0f, &dot, &v, &ds, "dP = dO V^T");
+    if (st == DIPOLE_SUCCESS && p->reads_v2) {
+        const gemm_operand v2 = {a->v2->buffer, a->v2, true, false};
+        const gemm_operand dp2 = {w->dp2, NULL, false, false};
+        st = batched(ctx, p, w, c, -1, nr, nc, dim, 1.0f, 0.0f, &dot, &v2, &dp2, "dP2 = dO V2^T");
+    }
+    if (st == DIPOLE_SUCCESS)
+        st = launch_rowwise_bwd(ctx, p, rw, w, a, key_lengths, pole_weights, c->s0, c->ns, c->r0,
+                                nr, c->j0, nc);
+    /* Now s holds P, ds holds dS, dp2 holds P2. dV [d, nc] += dO [d, nr] P [nr, nc], and
+     * likewise dV2 and dK (scale Q dS): one call per position in the GQA group. */
+    for (int g = 0; g < p->group && st == DIPOLE_SUCCESS; g++) {
+        st = batched(ctx, p, w, c, g, dim, nc, nr, 1.0f, 1.0f, &dout, &s, &dv, "dV += P^T dO");
+        if (st == DIPOLE_SUCCESS && p->reads_v2) {
+            const gemm_operand p2 = {w->dp2, NULL, false, false};
+            const gemm_operand dv2 = {a->dv2->buffer, a->dv2, true, false};
+            st = batched(ctx, p, w, c, g, dim, nc, nr, 1.0f, 1.0f, &dout, &p2, &dv2,
+                         "dV2 += P2^T dO");
+        }
+        if (st == DIPOLE_SUCCESS)
+            st = batched(ctx, p, w, c, g, dim, nc, nr, scale, 1.0f, &q, &ds, &dk,
+                         "dK += scale dS^T Q");
+    }
+    /* dQ [d, nr] = scale K [d, nc] dS^T: the chunk holds every key its rows see. */
+    if (st == DIPOLE_SUCCESS)
+        st = batched(ctx, p, w, c, -1, dim, nr, nc, scale, 0.0f, &k, &dst, &dq,
+                     "dQ = scale dS K");
+    return st;
+}
+
+dipole_status dp_gemm_backward(dipole_ctx *ctx, const dp_problem *p, const dp_bwd_args *a,
+                               cl_mem key_lengths, cl_mem pole_weights, cl_event *event)
+{
+    const dipole_attn_desc *d = &p->d;
+    /* S, dP (and dP2) per chunk; CLBlast may copy a score chunk in the dV / dK / dQ GEMMs,
+     * whose orientations its fast kernel does not take directly. */
+    char reason[256];
+    dp_gemm_chunking ch;
+    if (!dp_gemm_chunking_choose(ctx, p, p->reads_v2 ? 3 : 2, true, &ch, reason, sizeof reason))
+        return dp_fail(ctx, DIPOLE_ERR_UNSUPPORTED, "backward %s", reason);
+    const struct {
+        const char *name;
+        const dipole_tensor *t;
+        bool query;
+    } ts[10] = {{"q", a->q, true},    {"k", a->k, false},    {"v", a->v, false},
+                {"v2", p->reads_v2 ? a->v2 : NULL, false},   {"dout", a->dout, true},
+                {"dq", a->dq, true},  {"dk", a->dk, false},  {"dv", a->dv, false},
+                {"dv2", p->reads_v2 ? a->dv2 : NULL, false}, {"out", NULL, true}};
+    dipole_status st = DIPOLE_SUCCESS;
+    for (int i = 0; i < 10 && st == DIPOLE_SUCCESS; i++)
+        st = dp_gemm_check_int_range(ctx, ts[i].name, ts[i].t, d->batch,
+                                     ts[i].query ? d->seq_q : d->seq_k,
+                                     ts[i].query ? d->heads_q : d->heads_kv, d->head_dim);
+    dp_rowwise_launch rw;
+    if (st == DIPOLE_SUCCESS)
+        st = dp_rowwise_kernel(ctx, p, "dipole_rowwise_bwd", &rw);
+    cl_kernel zero = NULL;
+    if (st == DIPOLE_SUCCESS)
+        st = dp_get_kernel(ctx, &rw.cfg, "dipole_zero_rows", &zero);
+    if (st != DIPOLE_SUCCESS)
+        return st;
+
+    const bool want_dw = d->variant == DIPOLE_TWO_POLE && (a->dpos || a->dneg);
+    bwd_work w;
+    memset(&w, 0, sizeof w);
+    const size_t ns_max = ch.slices, nr_max = ch.rows;
+    w.off_a = malloc(sizeof(size_t) * ns_max);
+    w.off_b = malloc(sizeof(size_t) * ns_max);
+    w.off_c = malloc(sizeof(size_t) * ns_max);
+    w.alpha = malloc(sizeof(float) * ns_max);
+    w.beta = malloc(sizeof(float) * ns_max);
+    if (!w.off_a || !w.off_b || !w.off_c || !w.alpha || !w.beta) {
+        work_free(&w);
+        return dp_fail(ctx, DIPOLE_ERR_OUT_OF_HOST_MEMORY, "backward gemm: out of host memory");
+    }
+    const size_t s_bytes = sizeof(float) * ns_max * nr_max * (size_t)d->seq_k;
+    st = device_buffer(ctx, s_bytes, "gemm backward S", &w.s);
+    if (st == DIPOLE_SUCCESS)
+        st = device_buffer(ctx, s_bytes, "gemm backward dP", &w.dp);
+    if (st == DIPOLE_SUCCESS && p->reads_v2)
+        st = device_buffer(ctx, s_bytes, "gemm backward dP2", &w.dp2);
+    if (st == DIPOLE_SUCCESS && want_dw)
+        st = device_buffer(ctx,
+                           sizeof(float) * (size_t)p->npoles * (size_t)d->batch *
+                               (size_t)d->heads_q * (size_t)d->seq_q,
+                           "rowdot", &w.rowdot);
+    /* dK, dV, dV2 gather from every chunk: zero them, then accumulate with beta = 1. */
+    const dipole_tensor *acc[3] = {a->dk, a->dv, p->reads_v2 ? a->dv2 : NULL};
+    for (int i = 0; i < 3 && st == DIPOLE_SUCCESS; i++)
+        if (acc[i])
+            st = zero_tensor(ctx, zero, p, acc[i]);
+
+    const size_t bh = (size_t)d->batch * (size_t)d->heads_q, nq = (size_t)d->seq_q;
+    for (size_t s0 = 0; s0 < bh && st == DIPOLE_SUCCESS; s0 += ns_max) {
+        for (size_t r0 = 0; r0 < nq && st == DIPOLE_SUCCESS; r0 += nr_max) {
+            chunk c = {s0, bh - s0 < ns_max ? bh - s0 : ns_max, r0,
+                       nq - r0 < nr_max ? nq - r0 : nr_max, 0, 0};
+            dp_gemm_key_span(p, c.s0, c.ns, c.r0, c.nr, &c.j0, &c.nc);
+            st = run_chunk(ctx, p, a, &rw, &w, &c, key_lengths, pole_weights);
+        }
+    }
+    if (st == DIPOLE_SUCCESS && want_dw)
+        st = launch_dweights(ctx, p, &w, a, event);
+    else if (st == DIPOLE_SUCCESS && event) {
+        /* CLBlast's calls each end in their own event; a marker stands for the whole call. */
+        cl_int err = clEnqueueMarkerWithWaitList(ctx->queue, 0, NULL, event);
+        if (err != CL_SUCCESS)
+            st = dp_cl_fail(ctx, err, "clEnqueueMarkerWithWaitList");
+    }
+    if (st == DIPOLE_SUCCESS)
+        dp_log(ctx, "backward %s: gemm, %zu chunk%s of %zu rows x %zu heads, peak %.1f MiB",
+               dipole_variant_name(d->variant), ch.nchunks, ch.nchunks == 1 ? "" : "s", ch.rows,
+               ch.slices, (double)ch.peak_bytes / 1048576.0);
+    /* The buffers live on until the enqueued commands that use them finish. */
+    work_free(&w);
+    return st;
+}

@@ -1,0 +1,76 @@
+/* Private to the two GEMM paths: the forward (attn_gemm.c) and the backward (backward_gemm.c).
+ * The shared pieces live in gemm_common.c: chunking under the workspace limit, CLBlast status
+ * names, strided-tensor offsets, a chunk's key span and the row-wise kernel's work-group. */
+#ifndef DIPOLE_GEMM_H
+#define DIPOLE_GEMM_H
+
+#include <clblast_c.h>
+
+#include "internal.h"
+
+/* Row-wise kernel work-group: rows x work-items per row, lowered to what the kernel allows. */
+#define DP_ROWWISE_ROWS 32
+#define DP_ROWWISE_LANES 8
+
+typedef struct dp_gemm_chunking {
+    size_t slices;      /* (batch, head) slices per chunk */
+    size_t rows;        /* query rows per chunk */
+    size_t nchunks;
+    size_t score_bytes; /* our score-sized buffers */
+    size_t peak_bytes;  /* score_bytes plus CLBlast's temporary copies, bounded above */
+} dp_gemm_chunking;
+
+/* Chooses chunk sizes for nbuf score-sized buffers [rows, seq_k] per slice; score_copied says
+ * CLBlast may copy a score matrix even when its sizes are tile multiples (orientations its
+ * kernel does not take directly). Returns false with a reason when not even one row fits. */
+bool dp_gemm_chunking_choose(const dipole_ctx *ctx, const dp_problem *p, int nbuf,
+                             bool score_copied, dp_gemm_chunking *ch, char *reason,
+                             size_t reason_cap);
+
+dipole_status dp_clblast_fail(dipole_ctx *ctx, CLBlastStatusCode s, const char *call);
+
+/* Element offset of row `seq` of head `head` in batch `b`. */
+static inline size_t dp_gemm_at(const dipole_tensor *t, size_t b, size_t seq, size_t head)
+{
+    return t->offset + b * t->stride_batch + seq * t->stride_seq + head * t->stride_head;
+}
+
+/* CLBlast checks ld >= the matrix's first dimension even where only one row is read. */
+static inline size_t dp_gemm_ld(const dipole_tensor *t, size_t nrows, int d)
+{
+    return nrows == 1 && t->stride_seq < (size_t)d ? (size_t)d : t->stride_seq;
+}
+
+/* CLBlast converts batched offsets to int: a tensor must end below INT_MAX elements. Fails
+ * (DIPOLE_ERR_UNSUPPORTED, naming the tensor) otherwise; t may be NULL. */
+dipole_status dp_gemm_check_int_range(dipole_ctx *ctx, const char *name, const dipole_tensor *t,
+                                      int batch, int seq, int heads, int d);
+
+/* The visible keys [*j0, *j0 + *nc) of every row of a chunk, rounded out to tile multiples;
+ * one column when the chunk sees nothing (its weights then come out 0). */
+void dp_gemm_key_span(const dp_problem *p, size_t s0, size_t ns, size_t r0, size_t nr,
+                      size_t *j0, size_t *nc);
+
+typedef struct dp_rowwise_launch {
+    cl_kernel kernel;
+    dp_kernel_config cfg;    /* the program's configuration (other kernels of the file) */
+    size_t block_m, block_n; /* rows per work-group, work-items per row */
+} dp_rowwise_launch;
+
+/* Kernel `name` of cl/dipole_rowwise.cl with a work-group the compiled kernel allows. */
+dipole_status dp_rowwise_kernel(dipole_ctx *ctx, const dp_problem *p, const char *name,
+                                dp_rowwise_launch *rw);
+
+/* ---- backward */
+typedef struct dp_bwd_args {
+    const dipole_tensor *q, *k, *v, *v2, *out, *dout, *dq, *dk, *dv, *dv2;
+    cl_mem lse, dpos, dneg;
+} dp_bwd_args;
+
+/* The GEMM-path backward: any head_dim, workspace bounded by ctx->workspace_limit. key_lengths
+ * and pole_weights are the per-call device copies (or NULL). Fills reason (may be NULL) with
+ * the chunking. */
+dipole_status dp_gemm_backward(dipole_ctx *ctx, const dp_problem *p, const dp_bwd_args *a,
+                               cl_mem key_lengths, cl_mem pole_weights, cl_event *event);
+
+#endif

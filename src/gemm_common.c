@@ -1,0 +1,252 @@
+/* Pieces shared by the forward GEMM path (attn_gemm.c) and the GEMM backward
+ * (backward_gemm.c): chunking under the workspace limit, CLBlast statuses, int-range checks,
+ * a chunk's key span and the row-wise kernels' work-group. */
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "gemm.h"
+
+/* CLBlast pads a matrix it copies to its tile sizes; 128 bounds every tile in its database. */
+#define DP_GEMM_PAD 128
+/* Below XGEMM_MIN_INDIRECT_SIZE^3 multiply-adds CLBlast runs its direct kernel, which copies
+ * nothing; 64 is the smallest value in its database, so this errs towards counting copies. */
+#define DP_GEMM_DIRECT_MAX 64
+
+static double padded(double x)
+{
+    const double t = DP_GEMM_PAD;
+    return (double)(size_t)((x + t - 1) / t) * t;
+}
+
+/* Bytes CLBlast may allocate inside one batched GEMM of `slices` problems of `rows` query rows,
+ * `cols` keys and head_dim d (both GEMMs have the same three sizes, so one bound serves both).
+ * Its indirect kernel copies the matrices that are not laid out the way it wants — the Q, K, V
+ * and O slices always may be — and the score chunk only when a size is not a tile multiple. */
+static double clblast_temp_bytes(double slices, double rows, double cols, double d,
+                                 bool cols_aligned)
+{
+    const double direct = (double)DP_GEMM_DIRECT_MAX;
+    if (rows * cols * d < direct * direct * direct)
+        return 0;
+    double per = padded(d) * (padded(rows) + padded(cols));
+    const bool aligned = cols_aligned && (size_t)rows % DP_GEMM_PAD == 0;
+    if (!aligned)
+        per += padded(rows) * padded(cols);
+    return 4.0 * slices * per;
+}
+
+/* The peak of a chunking: our buffers live for the whole call, CLBlast's copies per GEMM. */
+typedef struct chunk_shape {
+    double nbuf;       /* score-sized buffers per chunk */
+    bool score_copied; /* CLBlast may copy a score matrix even at tile multiples */
+} chunk_shape;
+
+static double peak_of(const dp_problem *p, const chunk_shape *cs, double slices, double rows,
+                      bool *fits_alloc, const dipole_ctx *ctx)
+{
+    const double nbuf = cs->nbuf, nk = p->d.seq_k, d = p->d.head_dim;
+    const double nq = p->d.seq_q;
+    /* Key spans are rounded out to tile multiples, so they are aligned when seq_k is. */
+    const bool cols_aligned = !cs->score_copied && p->d.seq_k % DP_GEMM_PAD == 0;
+    const double one = 4.0 * slices * rows * nk;
+    double temp = clblast_temp_bytes(slices, rows, nk, d, cols_aligned);
+    const double last_rows = nq - (double)(size_t)(nq / rows) * rows;
+    if (last_rows > 0) {
+        const double t = clblast_temp_bytes(slices, last_rows, nk, d, cols_aligned);
+        temp = t > temp ? t : temp;
+    }
+    if (fits_alloc)
+        *fits_alloc = one <= (double)ctx->props.max_alloc && slices * rows * nk <= (double)INT_MAX;
+    return nbuf * one + temp;
+}
+
+/* Chooses chunk sizes: as many query rows per slice as fit, then as many slices. Returns
+ * false (with a reason) when not even one row fits. */
+bool dp_gemm_chunking_choose(const dipole_ctx *ctx, const dp_problem *p, int nbuf_in,
+                             bool score_copied, dp_gemm_chunking *ch, char *reason,
+                             size_t reason_cap)
+{
+    const chunk_shape shape = {(double)nbuf_in, score_copied}, *cs = &shape;
+    const double limit = (double)ctx->workspace_limit;
+    const size_t nq = (size_t)p->d.seq_q, bh = (size_t)p->d.batch * (size_t)p->d.heads_q;
+    bool ok;
+    double peak = peak_of(p, cs, 1, 1, &ok, ctx);
+    if (peak > limit || !ok) {
+        snprintf(reason, reason_cap,
+                 "gemm: one row of %d scores needs %.0f bytes, over the %s of %.0f bytes",
+                 p->d.seq_k, peak, ok ? "workspace limit" : "device's largest buffer",
+                 ok ? limit : (double)ctx->props.max_alloc);
+        return false;
+    }
+    /* Rows: start from what our buffers alone would allow (CLBlast's copies at most about
+     * double that), prefer tile multiples, and walk down until the whole peak fits. */
+    const double nbuf = cs->nbuf;
+    double guess = limit / (4.0 * nbuf * (double)p->d.seq_k);
+    size_t rows = guess >= (double)nq ? nq : (size_t)guess;
+    if (rows < 1)
+        rows = 1;
+    if (rows < nq && rows > DP_GEMM_PAD)
+        rows = rows / DP_GEMM_PAD * DP_GEMM_PAD;
+    for (;;) {
+        peak = peak_of(p, cs, 1, (double)rows, &ok, ctx);
+        if ((peak <= limit && ok) || rows == 1)
+            break;
+        if (rows > DP_GEMM_PAD)
+            rows = rows % DP_GEMM_PAD ? rows / DP_GEMM_PAD * DP_GEMM_PAD : rows - DP_GEMM_PAD;
+        else
+            rows--;
+    }
+    /* Even out the chunks: the same count, as equal as tile multiples allow. */
+    if (rows < nq) {
+        const size_t n = (nq + rows - 1) / rows;
+        size_t even = (nq + n - 1) / n;
+        if (rows >= DP_GEMM_PAD)
+            even = (even + DP_GEMM_PAD - 1) / DP_GEMM_PAD * DP_GEMM_PAD;
+        if (even < rows && peak_of(p, cs, 1, (double)even, &ok, ctx) <= limit && ok)
+            rows = even;
+    }
+    size_t slices = 1;
+    if (rows == nq) {
+        /* Everything scales with the slice count. */
+        const double per = peak_of(p, cs, 1, (double)nq, NULL, ctx);
+        const double elems = (double)nq * (double)p->d.seq_k;
+        double n = limit / per;
+        if (n > (double)ctx->props.max_alloc / (4.0 * elems))
+            n = (double)ctx->props.max_alloc / (4.0 * elems);
+        if (n > (double)INT_MAX / elems)
+            n = (double)INT_MAX / elems;
+        slices = n >= (double)bh ? bh : n < 1 ? 1 : (size_t)n;
+        while (slices > 1 && (peak_of(p, cs, (double)slices, (double)nq, &ok, ctx) > limit || !ok))
+            slices--;
+    }
+    ch->rows = rows;
+    ch->slices = slices;
+    ch->nchunks = ((nq + rows - 1) / rows) * ((bh + slices - 1) / slices);
+    ch->score_bytes = (size_t)nbuf * 4 * slices * rows * (size_t)p->d.seq_k;
+    ch->peak_bytes = (size_t)peak_of(p, cs, (double)slices, (double)rows, NULL, ctx);
+    return true;
+}
+
+static const char *clblast_name(CLBlastStatusCode s)
+{
+    switch (s) {
+    case CLBlastNotImplemented: return "CLBlastNotImplemented";
+    case CLBlastInvalidMatrixA: return "CLBlastInvalidMatrixA";
+    case CLBlastInvalidMatrixB: return "CLBlastInvalidMatrixB";
+    case CLBlastInvalidMatrixC: return "CLBlastInvalidMatrixC";
+    case CLBlastInvalidDimension: return "CLBlastInvalidDimension";
+    case CLBlastInvalidLeadDimA: return "CLBlastInvalidLeadDimA";
+    case CLBlastInvalidLeadDimB: return "CLBlastInvalidLeadDimB";
+    case CLBlastInvalidLeadDimC: return "CLBlastInvalidLeadDimC";
+    case CLBlastInsufficientMemoryA: return "CLBlastInsufficientMemoryA";
+    case CLBlastInsufficientMemoryB: return "CLBlastInsufficientMemoryB";
+    case CLBlastInsufficientMemoryC: return "CLBlastInsufficientMemoryC";
+    case CLBlastInvalidBatchCount: return "CLBlastInvalidBatchCount";
+    case CLBlastInvalidLocalMemUsage: return "CLBlastInvalidLocalMemUsage";
+    case CLBlastDatabaseError: return "CLBlastDatabaseError";
+    case CLBlastUnknownError: return "CLBlastUnknownError";
+    case CLBlastUnexpectedError: return "CLBlastUnexpectedError";
+    default:
+        /* CLBlast passes OpenCL errors through with their own codes. */
+        return (int)s > -1000 ? dipole_status_string((dipole_status)s) : "unknown CLBlast status";
+    }
+}
+
+dipole_status dp_clblast_fail(dipole_ctx *ctx, CLBlastStatusCode s, const char *call)
+{
+    return dp_fail(ctx, DIPOLE_ERR_CLBLAST, "%s failed: CLBlast status %d (%s)", call, (int)s,
+                   clblast_name(s));
+}
+
+dipole_status dp_gemm_check_int_range(dipole_ctx *ctx, const char *name, const dipole_tensor *t,
+                                      int batch, int seq, int heads, int d)
+{
+    if (!t)
+        return DIPOLE_SUCCESS;
+    const size_t last =
+        dp_gemm_at(t, (size_t)batch - 1, (size_t)seq - 1, (size_t)heads - 1) + (size_t)d;
+    if (last <= (size_t)INT_MAX)
+        return DIPOLE_SUCCESS;
+    return dp_fail(ctx, DIPOLE_ERR_UNSUPPORTED,
+                   "gemm: tensor %s reaches past element %d, beyond CLBlast's batched GEMM "
+                   "(int offsets)",
+                   name, INT_MAX);
+}
+
+/* The visible keys of every row in a chunk, rounded out to tile multiples (fewer CLBlast
+ * copies). Visible ranges only move right as the row grows, so the first and last rows bound
+ * them. A chunk that sees nothing still gets one column so that the GEMMs stay valid; its
+ * weights come out 0. */
+void dp_gemm_key_span(const dp_problem *p, size_t s0, size_t ns, size_t r0, size_t nr,
+                      size_t *j0, size_t *nc)
+{
+    const size_t hq = (size_t)p->d.heads_q, nk = (size_t)p->d.seq_k;
+    long lo_all = LONG_MAX, hi_all = 0;
+    for (size_t b = s0 / hq; b <= (s0 + ns - 1) / hq; b++) {
+        int lo, hi, lo2, hi2;
+        dp_visible_range(p, (int)b, (int)r0, &lo, &hi);
+        dp_visible_range(p, (int)b, (int)(r0 + nr - 1), &lo2, &hi2);
+        if (hi2 > lo) {
+            lo_all = lo < lo_all ? lo : lo_all;
+            hi_all = hi2 > hi_all ? hi2 : hi_all;
+        }
+    }
+    if (lo_all >= hi_all) {
+        *j0 = 0;
+        *nc = 1;
+        return;
+    }
+    size_t a = (size_t)lo_all / DP_GEMM_PAD * DP_GEMM_PAD;
+    size_t e = ((size_t)hi_all + DP_GEMM_PAD - 1) / DP_GEMM_PAD * DP_GEMM_PAD;
+    *j0 = a;
+    *nc = (e < nk ? e : nk) - a;
+}
+
+/* The row-wise kernel, with a work-group the compiled kernel allows: fewer work-items per row
+ * first (the rows keep the reads coalesced), then fewer rows. */
+dipole_status dp_rowwise_kernel(dipole_ctx *ctx, const dp_problem *p, const char *name,
+                                dp_rowwise_launch *rw)
+{
+    dp_kernel_config cfg;
+    memset(&cfg, 0, sizeof cfg);
+    cfg.kind = DP_KERNEL_ROWWISE;
+    cfg.variant = p->d.variant;
+    cfg.head_dim = 1; /* the kernel never sees head_dim: one program serves all of them */
+    cfg.causal = p->d.causal != 0;
+    cfg.has_window = p->has_window;
+    cfg.block_m = DP_ROWWISE_ROWS;
+    cfg.block_n = DP_ROWWISE_LANES;
+    while ((size_t)cfg.block_m * (size_t)cfg.block_n > ctx->props.max_work_group) {
+        if (cfg.block_n > 1)
+            cfg.block_n /= 2;
+        else
+            cfg.block_m /= 2;
+    }
+    for (;;) {
+        cfg.work_group = cfg.block_m * cfg.block_n;
+        dipole_status st = dp_get_kernel(ctx, &cfg, name, &rw->kernel);
+        if (st != DIPOLE_SUCCESS)
+            return st;
+        size_t wg = 0;
+        cl_int err = clGetKernelWorkGroupInfo(rw->kernel, ctx->device, CL_KERNEL_WORK_GROUP_SIZE,
+                                              sizeof wg, &wg, NULL);
+        if (err != CL_SUCCESS)
+            return dp_cl_fail(ctx, err, "clGetKernelWorkGroupInfo(row-wise kernel)");
+        if ((size_t)cfg.work_group <= wg)
+            break;
+        if (cfg.work_group == 1)
+            return dp_fail(ctx, DIPOLE_ERR_UNSUPPORTED,
+                           "gemm: the compiled row-wise kernel allows no work-item");
+        if (cfg.block_n > 1)
+            cfg.block_n /= 2;
+        else
+            cfg.block_m /= 2;
+    }
+    rw->cfg = cfg;
+    rw->block_m = (size_t)cfg.block_m;
+    rw->block_n = (size_t)cfg.block_n;
+    return DIPOLE_SUCCESS;
+}
+

@@ -16,6 +16,7 @@ int main(int argc, char **argv)
         {"golden", golden_suite},
         {"cache", cache_suite},
         {"backward", backward_suite},
+        {"backward-gemm", backward_gemm_suite},
         {"gemm", gemm_suite},
         {"gemm-large", gemm_large_suite},
     };

@@ -1,7 +1,10 @@
 /* The backward pass: the CPU reference backward against central finite differences of an
  * independent double-precision forward written here, and the device backward against the
  * reference backward, across variant x mask x GQA x head_dim; pole-weight gradients,
- * determinism, masked rows, strided device tensors and argument errors. */
+ * determinism, masked rows, strided device tensors and argument errors. A second suite,
+ * backward-gemm, runs the GEMM-path backward (CLBlast) against the same reference: head dims
+ * beyond the tiled kernels, many chunks under a tiny workspace, determinism, agreement with the
+ * tiled path, and the device tests above again under env DIPOLE_PATH=gemm. */
 #include <math.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -652,8 +655,10 @@ START_TEST(test_errors)
     ck_assert_int_eq(dipole_attention_backward_host(ctx, &d, buf[0], buf[1], buf[2], buf[2], buf[3],
                                                     gr[0], gr[1], gr[2], gr[3], NULL, NULL),
                      DIPOLE_ERR_INVALID_ARG);
-    /* head_dim beyond the tiled kernels: unsupported, said so, before any forward runs. */
+    /* head_dim beyond the tiled kernels on a forced tiled path: unsupported, said so, before
+     * any forward runs (the default path takes the GEMM backward: backward-gemm suite). */
     d.seq_q = 1, d.seq_k = 1, d.head_dim = 300;
+    d.path = DIPOLE_PATH_TILED;
     float big[5][300] = {{0}};
     ck_assert_int_eq(dipole_attention_backward_host(ctx, &d, big[0], big[1], big[2], big[2], big[3],
                                                     big[4], big[1], big[2], big[3], NULL, NULL),
@@ -681,5 +686,258 @@ Suite *backward_suite(void)
     tcase_add_loop_test(dev, test_device_strided, 0, 4);
     tcase_add_test(dev, test_errors);
     suite_add_tcase(s, dev);
+    return s;
+}
+
+/* ---- The GEMM-path backward. */
+
+static const int gemm_head_dims[] = {8, 64, 320, 512};
+enum { N_GEMM_HD = 4, N_GEMM_MATRIX = 4 * N_MASK * N_GQA * N_GEMM_HD };
+
+/* Case _i: variant x mask x {MHA, GQA (MQA at head_dim 64 and 512)} x gemm_head_dims. */
+static void gemm_case(int idx, int seq_q, int seq_k, bwd_case *c)
+{
+    const int hd = idx % N_GEMM_HD;
+    matrix_case(idx / N_GEMM_HD * N_HD + hd % 2, seq_q, seq_k, c);
+    c->d.head_dim = gemm_head_dims[hd];
+    c->d.path = DIPOLE_PATH_GEMM;
+}
+
+/* Captures the backward's path line from the context log. */
+static char gemm_log_line[512];
+
+static void gemm_log(void *user, const char *message)
+{
+    (void)user;
+    if (strncmp(message, "backward ", 9) == 0)
+        snprintf(gemm_log_line, sizeof gemm_log_line, "%s", message);
+}
+
+/* Chunks the last backward ran in (from its log line), 0 when it took the tiled path. */
+static long logged_chunks(void)
+{
+    const char *g = strstr(gemm_log_line, ": gemm, ");
+    return g ? strtol(g + 8, NULL, 10) : 0;
+}
+
+static void run_backward(const dipole_attn_desc *d, const fwd_inputs *x, grads *g)
+{
+    dipole_ctx *ctx = tu_ctx();
+    gemm_log_line[0] = '\0';
+    dipole_ctx_set_log(ctx, gemm_log, NULL);
+    dipole_status st = dipole_attention_backward_host(ctx, d, x->q, x->k, x->v, x->v2, x->dout,
+                                                      g->dq, g->dk, g->dv, g->dv2, g->dpos,
+                                                      g->dneg);
+    dipole_ctx_set_log(ctx, NULL, NULL);
+    char what[256];
+    ck_assert_msg(st == DIPOLE_SUCCESS, "%s: %s: %s", tu_desc_str(d, what, sizeof what),
+                  dipole_status_string(st), dipole_ctx_last_error(ctx));
+}
+
+/* Every gradient of a and b within (atol, rtol) of each other (b as the reference). */
+static void grads_close(const char *what, const dipole_attn_desc *d, const grads *a,
+                        const grads *b, double atol, double rtol)
+{
+    const size_t nq = tu_q_elems(d), nk = tu_kv_elems(d);
+    expect_close(what, "dq", a->dq, b->dq, nq, atol, rtol);
+    expect_close(what, "dk", a->dk, b->dk, nk, atol, rtol);
+    expect_close(what, "dv", a->dv, b->dv, nk, atol, rtol);
+    if (d->variant == DIPOLE_ROUTED || d->variant == DIPOLE_TWO_POLE)
+        expect_close(what, "dv2", a->dv2, b->dv2, nk, atol, rtol);
+    if (d->variant == DIPOLE_TWO_POLE) {
+        expect_close(what, "dpos_weight", a->dpos, b->dpos, (size_t)d->heads_q, 10 * atol, rtol);
+        expect_close(what, "dneg_weight", a->dneg, b->dneg, (size_t)d->heads_q, 10 * atol, rtol);
+    }
+}
+
+static void grads_equal(const dipole_attn_desc *d, const grads *a, const grads *b)
+{
+    const size_t nq = tu_q_elems(d), nk = tu_kv_elems(d);
+    ck_assert(memcmp(a->dq, b->dq, nq * sizeof(float)) == 0);
+    ck_assert(memcmp(a->dk, b->dk, nk * sizeof(float)) == 0);
+    ck_assert(memcmp(a->dv, b->dv, nk * sizeof(float)) == 0);
+    if (d->variant == DIPOLE_ROUTED || d->variant == DIPOLE_TWO_POLE)
+        ck_assert(memcmp(a->dv2, b->dv2, nk * sizeof(float)) == 0);
+    if (d->variant == DIPOLE_TWO_POLE) {
+        ck_assert(memcmp(a->dpos, b->dpos, (size_t)d->heads_q * sizeof(float)) == 0);
+        ck_assert(memcmp(a->dneg, b->dneg, (size_t)d->heads_q * sizeof(float)) == 0);
+    }
+}
+
+START_TEST(test_gemm_matrix)
+{
+    bwd_case c;
+    gemm_case(_i, 21, 29, &c);
+    device_vs_reference(&c.d, 12000 + 31 * (uint64_t)_i, DEV_ATOL, DEV_RTOL);
+}
+END_TEST
+
+/* head_dim 320 / 576 with the default path: the GEMM backward, with no path set. */
+START_TEST(test_gemm_auto_beyond_tiled)
+{
+    bwd_case c;
+    gemm_case(_i * N_MASK * N_GQA * N_GEMM_HD + 1 * N_GQA * N_GEMM_HD + N_GEMM_HD + 2, 12, 17,
+              &c); /* causal, GQA */
+    c.d.path = DIPOLE_PATH_AUTO;
+    c.d.head_dim = _i % 2 ? 576 : 320;
+    fwd_inputs x;
+    inputs_make(&x, &c.d, 600 + (uint64_t)_i);
+    grads got, want;
+    grads_alloc(&got, &c.d);
+    grads_alloc(&want, &c.d);
+    run_backward(&c.d, &x, &got);
+    ck_assert_msg(logged_chunks() >= 1, "no GEMM backward logged: '%s'", gemm_log_line);
+    ck_assert_int_eq(dipole_reference_backward(&c.d, x.q, x.k, x.v, x.v2, x.dout, want.dq,
+                                               want.dk, want.dv, want.dv2, want.dpos, want.dneg),
+                     DIPOLE_SUCCESS);
+    grads_close(dipole_variant_name(c.d.variant), &c.d, &got, &want, DEV_ATOL, DEV_RTOL);
+    grads_free(&got);
+    grads_free(&want);
+    inputs_free(&x);
+}
+END_TEST
+
+/* A workspace limit of a few KiB forces many chunks of a few rows (and a key span per chunk):
+ * the gradients still match the reference and the one-chunk run, and repeat bit for bit. */
+START_TEST(test_gemm_tiny_workspace)
+{
+    static const int dims[] = {64, 320};
+    for (int di = 0; di < 2; di++) {
+        bwd_case c;
+        /* window + key lengths, GQA, then causal, MHA */
+        gemm_case(_i * N_MASK * N_GQA * N_GEMM_HD + (di ? 1 : 2) * N_GQA * N_GEMM_HD +
+                      (di ? 0 : 1) * N_GEMM_HD,
+                  37, 45, &c);
+        c.d.head_dim = dims[di];
+        char what[256];
+        tu_desc_str(&c.d, what, sizeof what);
+        fwd_inputs x;
+        inputs_make(&x, &c.d, 700 + 10 * (uint64_t)_i + (uint64_t)di);
+        grads one, many, again, want;
+        grads_alloc(&one, &c.d);
+        grads_alloc(&many, &c.d);
+        grads_alloc(&again, &c.d);
+        grads_alloc(&want, &c.d);
+        dipole_ctx *ctx = tu_ctx();
+        run_backward(&c.d, &x, &one);
+        ck_assert_msg(logged_chunks() == 1, "%s: default workspace: '%s'", what, gemm_log_line);
+        const size_t saved = dipole_ctx_workspace_limit(ctx);
+        ck_assert_int_eq(dipole_ctx_set_workspace_limit(ctx, 4096), DIPOLE_SUCCESS);
+        run_backward(&c.d, &x, &many);
+        const long chunks = logged_chunks();
+        run_backward(&c.d, &x, &again);
+        ck_assert_int_eq(dipole_ctx_set_workspace_limit(ctx, saved), DIPOLE_SUCCESS);
+        /* at least one chunk per (batch, head) slice, several per slice */
+        ck_assert_msg(chunks > 2L * c.d.batch * c.d.heads_q, "%s: %ld chunks: '%s'", what,
+                      chunks, gemm_log_line);
+        ck_assert_int_eq(dipole_reference_backward(&c.d, x.q, x.k, x.v, x.v2, x.dout, want.dq,
+                                                   want.dk, want.dv, want.dv2, want.dpos,
+                                                   want.dneg),
+                         DIPOLE_SUCCESS);
+        grads_close(what, &c.d, &many, &want, DEV_ATOL, DEV_RTOL);
+        grads_close(what, &c.d, &many, &one, DEV_ATOL, DEV_RTOL);
+        grads_equal(&c.d, &many, &again);
+        grads_free(&one);
+        grads_free(&many);
+        grads_free(&again);
+        grads_free(&want);
+        inputs_free(&x);
+    }
+}
+END_TEST
+
+/* Two runs give bit-identical gradients: GQA heads add into the same dK / dV in a fixed order. */
+START_TEST(test_gemm_deterministic)
+{
+    bwd_case c;
+    gemm_case(_i * N_MASK * N_GQA * N_GEMM_HD + 1 * N_GQA * N_GEMM_HD + N_GEMM_HD + 3, 50, 70,
+              &c); /* causal, MQA, head_dim 512 */
+    fwd_inputs x;
+    inputs_make(&x, &c.d, 77);
+    grads a, b;
+    grads_alloc(&a, &c.d);
+    grads_alloc(&b, &c.d);
+    run_backward(&c.d, &x, &a);
+    run_backward(&c.d, &x, &b);
+    grads_equal(&c.d, &a, &b);
+    grads_free(&a);
+    grads_free(&b);
+    inputs_free(&x);
+}
+END_TEST
+
+/* The tiled and GEMM backward agree where both run (head_dim 8, 64 and 128). */
+START_TEST(test_gemm_vs_tiled)
+{
+    bwd_case c;
+    matrix_case(_i, 33, 41, &c);
+    char what[256];
+    tu_desc_str(&c.d, what, sizeof what);
+    fwd_inputs x;
+    inputs_make(&x, &c.d, 800 + (uint64_t)_i);
+    grads tiled, gemm;
+    grads_alloc(&tiled, &c.d);
+    grads_alloc(&gemm, &c.d);
+    c.d.path = DIPOLE_PATH_TILED;
+    run_backward(&c.d, &x, &tiled);
+    ck_assert_msg(logged_chunks() == 0, "%s: tiled ran '%s'", what, gemm_log_line);
+    c.d.path = DIPOLE_PATH_GEMM;
+    run_backward(&c.d, &x, &gemm);
+    ck_assert_msg(logged_chunks() >= 1, "%s: gemm ran '%s'", what, gemm_log_line);
+    grads_close(what, &c.d, &gemm, &tiled, DEV_ATOL, DEV_RTOL);
+    grads_free(&tiled);
+    grads_free(&gemm);
+    inputs_free(&x);
+}
+END_TEST
+
+/* The device tests of the tiled suite again, with the GEMM backward chosen by env DIPOLE_PATH
+ * (forward too): strided and packed tensors, masked rows and keys, exact-zero scores. */
+static void env_gemm_on(void)
+{
+    ck_assert_int_eq(setenv("DIPOLE_PATH", "gemm", 1), 0);
+}
+
+static void env_gemm_off(void)
+{
+    unsetenv("DIPOLE_PATH");
+}
+
+/* The env line is honoured: a head_dim the tiled kernels take runs on the GEMM path. */
+START_TEST(test_gemm_env_taken)
+{
+    bwd_case c;
+    matrix_case(_i, 9, 11, &c);
+    fwd_inputs x;
+    inputs_make(&x, &c.d, 900 + (uint64_t)_i);
+    grads g;
+    grads_alloc(&g, &c.d);
+    run_backward(&c.d, &x, &g);
+    ck_assert_msg(logged_chunks() >= 1, "env DIPOLE_PATH=gemm not taken: '%s'", gemm_log_line);
+    grads_free(&g);
+    inputs_free(&x);
+}
+END_TEST
+
+Suite *backward_gemm_suite(void)
+{
+    Suite *s = suite_create("backward-gemm");
+    TCase *dev = tcase_create("gemm");
+    tcase_set_timeout(dev, 1800);
+    tcase_add_loop_test(dev, test_gemm_matrix, 0, N_GEMM_MATRIX);
+    tcase_add_loop_test(dev, test_gemm_auto_beyond_tiled, 0, 4);
+    tcase_add_loop_test(dev, test_gemm_tiny_workspace, 0, 4);
+    tcase_add_loop_test(dev, test_gemm_deterministic, 0, 4);
+    tcase_add_loop_test(dev, test_gemm_vs_tiled, 0, N_MATRIX);
+    suite_add_tcase(s, dev);
+    TCase *env = tcase_create("env");
+    tcase_set_timeout(env, 1800);
+    tcase_add_checked_fixture(env, env_gemm_on, env_gemm_off);
+    tcase_add_loop_test(env, test_gemm_env_taken, 0, 4);
+    tcase_add_loop_test(env, test_device_strided, 0, 4);
+    tcase_add_loop_test(env, test_masked_rows_and_keys, 0, 4);
+    tcase_add_loop_test(env, test_exact_zero_scores, 0, 4);
+    tcase_add_loop_test(env, test_device_long, 0, 4);
+    suite_add_tcase(s, env);
     return s;
 }

@@ -43,6 +43,8 @@ Suite *forward_suite(void);
 Suite *golden_suite(void);
 Suite *cache_suite(void);
 Suite *backward_suite(void);
+/* The GEMM-path backward (CLBlast): head_dim > 256, chunking, tiled agreement. */
+Suite *backward_gemm_suite(void);
 Suite *gemm_suite(void);
 /* N = 16384 on the GEMM path: minutes on a CPU device, so a suite of its own. */
 Suite *gemm_large_suite(void);

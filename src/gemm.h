@@ -68,8 +68,8 @@ typedef struct dp_bwd_args {
 } dp_bwd_args;
 
 /* The GEMM-path backward: any head_dim, workspace bounded by ctx->workspace_limit. key_lengths
- * and pole_weights are the per-call device copies (or NULL). Fills reason (may be NULL) with
- * the chunking. */
+ * and pole_weights are the per-call device copies (or NULL). Scratch: S, dP (and dP2) per
+ * chunk, plus [NPOLES, B, Hq, Nq] row sums when pole-weight gradients are asked for. */
 dipole_status dp_gemm_backward(dipole_ctx *ctx, const dp_problem *p, const dp_bwd_args *a,
                                cl_mem key_lengths, cl_mem pole_weights, cl_event *event);
 

@@ -239,7 +239,10 @@ DIPOLE_API dipole_status dipole_reference_lse(const dipole_attn_desc *desc, cons
  * dout has out's shape. dq, dk, dv (and dv2 where the variant reads v2) receive gradients with
  * their inputs' shapes; they are overwritten, not accumulated. dpos_weight / dneg_weight: NULL,
  * or float buffers [heads_q] receiving d/d alpha_h and d/d beta_h (TWO_POLE only).
- * Deterministic: the same inputs give bit-identical gradients run to run.
+ * Deterministic: the same inputs give bit-identical gradients run to run. The path follows
+ * desc->path and env DIPOLE_PATH as the forward's: tiled kernels up to head_dim 256, else the
+ * GEMM path (CLBlast, any head_dim, scratch under the context's workspace limit); a forced
+ * tiled path beyond head_dim 256 returns DIPOLE_ERR_UNSUPPORTED.
  * Same statuses as dipole_attention. */
 DIPOLE_API dipole_status dipole_attention_backward(
     dipole_ctx *ctx, const dipole_attn_desc *desc, const dipole_tensor *q, const dipole_tensor *k,

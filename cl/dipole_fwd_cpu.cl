@@ -15,16 +15,49 @@
 #ifndef BLOCK_N
 #define BLOCK_N 64
 #endif
-#if BLOCK_M != 16 && BLOCK_M != 32
-#error "BLOCK_M must be 16 or 32 (rows laid across one or two float16 vectors)"
+#if BLOCK_M != 16 && BLOCK_M % 32 != 0
+#error "BLOCK_M must be 16 or a multiple of 32"
 #endif
 
-#define RV (BLOCK_M / 16) /* float16 vectors per row block */
+/* A work-item's rows come in groups of GROUP_ROWS, laid across RV float16 vectors; each K/V
+ * tile is packed once and used by all NG groups, so that a tile's trip from the outer caches
+ * pays for NG times the arithmetic. */
+#define GROUP_ROWS (BLOCK_M < 32 ? BLOCK_M : 32)
+#define NG (BLOCK_M / GROUP_ROWS)
+#define RV (GROUP_ROWS / 16) /* float16 vectors per row group */
 #define RB (16 / RV)      /* register block: keys per score block, dims per output block */
 #if BLOCK_N < 1
 #error "BLOCK_N must be >= 1"
 #endif
 #define N_PAD ((BLOCK_N + RB - 1) / RB * RB)
+#define D_PAD ((HEAD_DIM + RB - 1) / RB * RB) /* head dim in whole output blocks */
+#if RB == 16
+#define FLOAT_RB float16
+#define VLOAD_RB vload16
+#define VSTORE_RB vstore16
+#else
+#define FLOAT_RB float8
+#define VLOAD_RB vload8
+#define VSTORE_RB vstore8
+#endif
+
+/* Copies a tile of value rows into vt, blocked by output block: vt[(c0 / RB) * N_PAD * RB +
+ * jj * RB + t] = row jj, dim c0 + t (0 past the head dim). Reading a block of RB dims down
+ * the tile is then sequential; straight from the tensor, rows H * d apart alias in L1. */
+inline void dp_pack_v(__local float *vt, __global const float *src, long stride, int n)
+{
+    for (int jj = 0; jj < n; jj++) {
+        __global const float *row = src + (long)jj * stride;
+        for (int c0 = 0; c0 + RB <= HEAD_DIM; c0 += RB)
+            VSTORE_RB(VLOAD_RB(0, row + c0), 0, vt + (c0 / RB) * N_PAD * RB + jj * RB);
+#if HEAD_DIM % RB
+        for (int t = 0; t < RB; t++) {
+            const int c = HEAD_DIM / RB * RB + t;
+            vt[(HEAD_DIM / RB) * N_PAD * RB + jj * RB + t] = c < HEAD_DIM ? row[c] : 0.0f;
+        }
+#endif
+    }
+}
 
 /* e^x for x <= 0, lane-wise: x = n ln2 + r with |r| <= ln2/2, e^r by a degree-6 Taylor
  * polynomial (truncation ~1.2e-7 relative), 2^n built in the exponent bits. x < -87 gives 0
@@ -50,7 +83,7 @@ inline float16 dp_exp_nonpos(float16 x)
 
 /* One pole's share of a tile: rescale by the new max, then the tile's weights to v and v2.
  * masked: some lane does not see some key of the tile (vis per key is then computed). */
-#define LANE_VIS(jj, r) (((j0 + (jj)) >= lo[r]) & ((j0 + (jj)) < hi[r]))
+#define LANE_VIS(jj, r) (((j0 + (jj)) >= glo[r]) & ((j0 + (jj)) < ghi[r]))
 
 __kernel __attribute__((reqd_work_group_size(1, 1, 1)))
 void dipole_fwd_cpu(__global const float *q, dp_layout lq,
@@ -72,43 +105,62 @@ void dipole_fwd_cpu(__global const float *q, dp_layout lq,
     const int hk = h / (heads_q / heads_kv);
     const int kl = key_lengths ? key_lengths[b] : seq_k;
 
-    /* Per-lane visible key ranges. Rows past seq_q copy the last live row's range, so that
-     * they never force the masked path (their results are not written). */
-    int16 lo[RV], hi[RV];
-    int j_begin = INT_MAX, j_end = 0, max_lo = 0, min_hi = INT_MAX;
-    for (int r = 0; r < BLOCK_M; r++) {
-        const int2 range =
-            dp_visible_range(min(row0 + r, seq_q - 1), kl, seq_q, window_left, window_right);
-        ((int *)lo)[r] = range.x;
-        ((int *)hi)[r] = range.y;
-        if (range.x < range.y) {
-            j_begin = min(j_begin, range.x);
-            j_end = max(j_end, range.y);
+    /* Per-lane visible key ranges, and per group the union and intersection of its rows'
+     * ranges. Rows past seq_q copy the last live row's range, so that they never force the
+     * masked path (their results are not written). */
+    int16 lo[NG * RV], hi[NG * RV];
+    int g_lo[NG], g_hi[NG], g_max_lo[NG], g_min_hi[NG];
+    int j_begin = INT_MAX, j_end = 0;
+    for (int g = 0; g < NG; g++) {
+        g_lo[g] = INT_MAX;
+        g_hi[g] = 0;
+        g_max_lo[g] = 0;
+        g_min_hi[g] = INT_MAX;
+        for (int r = 0; r < GROUP_ROWS; r++) {
+            const int i = min(row0 + g * GROUP_ROWS + r, seq_q - 1);
+            const int2 range = dp_visible_range(i, kl, seq_q, window_left, window_right);
+            ((int *)lo)[g * GROUP_ROWS + r] = range.x;
+            ((int *)hi)[g * GROUP_ROWS + r] = range.y;
+            if (range.x < range.y) {
+                g_lo[g] = min(g_lo[g], range.x);
+                g_hi[g] = max(g_hi[g], range.y);
+            }
+            g_max_lo[g] = max(g_max_lo[g], range.x);
+            g_min_hi[g] = min(g_min_hi[g], range.y);
         }
-        max_lo = max(max_lo, range.x);
-        min_hi = min(min_hi, range.y);
+        j_begin = min(j_begin, g_lo[g]);
+        j_end = max(j_end, g_hi[g]);
     }
 
-    /* Q transposed: qT[c * RV + r] holds dim c of rows 16r .. 16r + 15. */
-    float16 qT[HEAD_DIM * RV];
-    for (int r = 0; r < BLOCK_M; r++) {
-        __global const float *qr = q + DP_ROW(lq, b, min(row0 + r, seq_q - 1), h);
-        for (int c = 0; c < HEAD_DIM; c++)
-            ((float *)qT)[(c * RV + r / 16) * 16 + r % 16] = qr[c] * scale;
-    }
-
-    float16 acc[NPOLES][HEAD_DIM * RV];
-    float16 m[NPOLES][RV], l[NPOLES][RV];
-    for (int p = 0; p < NPOLES; p++) {
-        for (int r = 0; r < RV; r++) {
-            m[p][r] = (float16)(-INFINITY);
-            l[p][r] = (float16)0.0f;
+    /* Large per-work-item state lives in local memory: on a CPU device that is one copy per
+     * worker thread, kept off the (bounded) stack. qT[(g * HEAD_DIM + c) * RV + r] holds dim c
+     * of group g's rows 16r .. 16r + 15, times scale. */
+    __local float16 qT[NG * HEAD_DIM * RV];
+    __local float16 acc[NG * NPOLES * D_PAD * RV];
+    __local float kt[N_PAD * HEAD_DIM];   /* the tile's keys, packed row-major */
+    __local float vt[D_PAD * N_PAD];      /* the tile's values, see dp_pack_v */
+#if READS_V2
+    __local float v2t[D_PAD * N_PAD];
+#endif
+    for (int g = 0; g < NG; g++)
+        for (int r = 0; r < GROUP_ROWS; r++) {
+            __global const float *qr =
+                q + DP_ROW(lq, b, min(row0 + g * GROUP_ROWS + r, seq_q - 1), h);
+            for (int c = 0; c < HEAD_DIM; c++)
+                ((__local float *)qT)[((g * HEAD_DIM + c) * RV + r / 16) * 16 + r % 16] =
+                    qr[c] * scale;
         }
-        for (int e = 0; e < HEAD_DIM * RV; e++)
-            acc[p][e] = (float16)0.0f;
-    }
+    for (int e = 0; e < NG * NPOLES * D_PAD * RV; e++)
+        acc[e] = (float16)0.0f;
+    float16 m[NG][NPOLES][RV], l[NG][NPOLES][RV];
+    for (int g = 0; g < NG; g++)
+        for (int p = 0; p < NPOLES; p++)
+            for (int r = 0; r < RV; r++) {
+                m[g][p][r] = (float16)(-INFINITY);
+                l[g][p][r] = (float16)0.0f;
+            }
 
-    float16 s[N_PAD * RV];      /* the tile's scores, transposed like qT */
+    float16 s[N_PAD * RV];          /* a group's scores for the tile, transposed like qT */
     float16 wv[NPOLES][N_PAD * RV]; /* weight times coefficient landing on v ... */
 #if READS_V2
     float16 wv2[NPOLES][N_PAD * RV]; /* ... and on v2 */
@@ -120,119 +172,141 @@ void dipole_fwd_cpu(__global const float *q, dp_layout lq,
 
     for (int j0 = j_begin; j0 < j_end; j0 += BLOCK_N) {
         const int n = min(BLOCK_N, j_end - j0);
-        const bool masked = !(j0 >= max_lo && j0 + n <= min_hi);
 
-        /* Scores: RB keys x RV row vectors of accumulators; keys past the tile repeat its
-         * last key (their weights are never used). */
-        for (int jb = 0; jb < n; jb += RB) {
-            __global const float *kr[RB];
-#pragma unroll
-            for (int t = 0; t < RB; t++)
-                kr[t] = k + k_base + (long)min(j0 + jb + t, j_end - 1) * lk.z;
-            float16 sa[RB][RV];
-#pragma unroll
-            for (int t = 0; t < RB; t++)
-#pragma unroll
-                for (int r = 0; r < RV; r++)
-                    sa[t][r] = (float16)0.0f;
-            for (int c = 0; c < HEAD_DIM; c++) {
-                float16 qv[RV];
-#pragma unroll
-                for (int r = 0; r < RV; r++)
-                    qv[r] = qT[c * RV + r];
-#pragma unroll
-                for (int t = 0; t < RB; t++) {
-                    const float16 kv = (float16)kr[t][c];
-#pragma unroll
-                    for (int r = 0; r < RV; r++)
-                        sa[t][r] = fma(kv, qv[r], sa[t][r]);
-                }
-            }
-#pragma unroll
-            for (int t = 0; t < RB; t++)
-#pragma unroll
-                for (int r = 0; r < RV; r++)
-                    s[(jb + t) * RV + r] = sa[t][r];
+        /* Pack the tile; keys past it repeat its last key (their weights are never used). */
+        for (int jj = 0; jj < N_PAD; jj++) {
+            __global const float *row = k + k_base + (long)min(j0 + jj, j_end - 1) * lk.z;
+            int c = 0;
+            for (; c + 16 <= HEAD_DIM; c += 16)
+                vstore16(vload16(0, row + c), 0, kt + jj * HEAD_DIM + c);
+            for (; c < HEAD_DIM; c++)
+                kt[jj * HEAD_DIM + c] = row[c];
         }
-
-        /* Online softmax per pole, lane-wise. */
-        for (int p = 0; p < NPOLES; p++) {
-            float16 tmax[RV];
-#pragma unroll
-            for (int r = 0; r < RV; r++)
-                tmax[r] = (float16)(-INFINITY);
-            for (int jj = 0; jj < n; jj++)
-#pragma unroll
-                for (int r = 0; r < RV; r++) {
-                    float16 lg = POLE_LOGIT(p, s[jj * RV + r]);
-                    if (masked)
-                        lg = select((float16)(-INFINITY), lg, LANE_VIS(jj, r));
-                    tmax[r] = fmax(tmax[r], lg);
-                }
-            float16 mn[RV];
-            int changed = 0;
-#pragma unroll
-            for (int r = 0; r < RV; r++) {
-                mn[r] = fmax(m[p][r], tmax[r]);
-                changed |= any(mn[r] != m[p][r]);
-            }
-            if (changed) {
-                float16 f[RV];
-#pragma unroll
-                for (int r = 0; r < RV; r++) {
-                    /* dp_rescale lane-wise: 1 where nothing changed (also -inf to -inf). */
-                    f[r] = select(dp_exp_nonpos(m[p][r] - mn[r]), (float16)1.0f,
-                                  m[p][r] == mn[r]);
-                    l[p][r] *= f[r];
-                    m[p][r] = mn[r];
-                }
-                for (int c = 0; c < HEAD_DIM; c++)
-#pragma unroll
-                    for (int r = 0; r < RV; r++)
-                        acc[p][c * RV + r] *= f[r];
-            }
-            float16 lsum[RV];
-#pragma unroll
-            for (int r = 0; r < RV; r++)
-                lsum[r] = (float16)0.0f;
-            for (int jj = 0; jj < n; jj++)
-#pragma unroll
-                for (int r = 0; r < RV; r++) {
-                    const float16 sv = s[jj * RV + r];
-                    float16 w = dp_exp_nonpos(POLE_LOGIT(p, sv) - mn[r]);
-                    if (masked)
-                        w = select((float16)0.0f, w, LANE_VIS(jj, r));
-                    lsum[r] += w;
-                    const float16 a = w * POLE_COEF(p, sv);
-                    if (POLE_MAY_V(p))
-                        wv[p][jj * RV + r] = POLE_TO_V2(p, sv) ? (float16)0.0f : a;
+        dp_pack_v(vt, v + v_base + (long)j0 * lv.z, lv.z, n);
 #if READS_V2
-                    if (POLE_MAY_V2(p))
-                        wv2[p][jj * RV + r] = POLE_TO_V2(p, sv) ? a : (float16)0.0f;
+        dp_pack_v(v2t, v2 + v2_base + (long)j0 * lv2.z, lv2.z, n);
 #endif
-                }
-#pragma unroll
-            for (int r = 0; r < RV; r++)
-                l[p][r] += lsum[r];
-        }
 
-        /* acc += weights x V: RB dims x RV row vectors of accumulators, keys innermost. */
-        for (int p = 0; p < NPOLES; p++) {
-            for (int c0 = 0; c0 < HEAD_DIM; c0 += RB) {
-                const int nd = min(RB, HEAD_DIM - c0);
-                float16 o[RB][RV];
+        for (int g = 0; g < NG; g++) {
+            if (j0 >= g_hi[g] || j0 + n <= g_lo[g])
+                continue; /* no row of the group sees this tile */
+            const bool masked = !(j0 >= g_max_lo[g] && j0 + n <= g_min_hi[g]);
+            __local const float16 *qg = qT + g * HEAD_DIM * RV;
+            const int16 *glo = lo + g * RV, *ghi = hi + g * RV;
+
+            /* Scores: RB keys x RV row vectors of accumulators. */
+            for (int jb = 0; jb < n; jb += RB) {
+                __local const float *kr[RB];
+#pragma unroll
+                for (int t = 0; t < RB; t++)
+                    kr[t] = kt + (jb + t) * HEAD_DIM;
+                float16 sa[RB][RV];
 #pragma unroll
                 for (int t = 0; t < RB; t++)
 #pragma unroll
                     for (int r = 0; r < RV; r++)
-                        o[t][r] = t < nd ? acc[p][(c0 + t) * RV + r] : (float16)0.0f;
-                if (nd == RB) {
+                        sa[t][r] = (float16)0.0f;
+                for (int c = 0; c < HEAD_DIM; c++) {
+                    float16 qv[RV];
+#pragma unroll
+                    for (int r = 0; r < RV; r++)
+                        qv[r] = qg[c * RV + r];
+#pragma unroll
+                    for (int t = 0; t < RB; t++) {
+                        const float16 kv = (float16)kr[t][c];
+#pragma unroll
+                        for (int r = 0; r < RV; r++)
+                            sa[t][r] = fma(kv, qv[r], sa[t][r]);
+                    }
+                }
+#pragma unroll
+                for (int t = 0; t < RB; t++)
+#pragma unroll
+                    for (int r = 0; r < RV; r++)
+                        s[(jb + t) * RV + r] = sa[t][r];
+            }
+
+            /* Online softmax per pole, lane-wise. */
+            for (int p = 0; p < NPOLES; p++) {
+                __local float16 *ap = acc + (g * NPOLES + p) * D_PAD * RV;
+                float16 tmax[RV];
+#pragma unroll
+                for (int r = 0; r < RV; r++)
+                    tmax[r] = (float16)(-INFINITY);
+                for (int jj = 0; jj < n; jj++)
+#pragma unroll
+                    for (int r = 0; r < RV; r++) {
+                        float16 lg = POLE_LOGIT(p, s[jj * RV + r]);
+                        if (masked)
+                            lg = select((float16)(-INFINITY), lg, LANE_VIS(jj, r));
+                        tmax[r] = fmax(tmax[r], lg);
+                    }
+                float16 mn[RV];
+                int changed = 0;
+#pragma unroll
+                for (int r = 0; r < RV; r++) {
+                    mn[r] = fmax(m[g][p][r], tmax[r]);
+                    changed |= any(mn[r] != m[g][p][r]);
+                }
+                if (changed) {
+                    float16 f[RV];
+#pragma unroll
+                    for (int r = 0; r < RV; r++) {
+                        /* dp_rescale lane-wise: 1 where nothing changed (also -inf to -inf). */
+                        f[r] = select(dp_exp_nonpos(m[g][p][r] - mn[r]), (float16)1.0f,
+                                      m[g][p][r] == mn[r]);
+                        l[g][p][r] *= f[r];
+                        m[g][p][r] = mn[r];
+                    }
+                    for (int c = 0; c < D_PAD; c++)
+#pragma unroll
+                        for (int r = 0; r < RV; r++)
+                            ap[c * RV + r] *= f[r];
+                }
+                float16 lsum[RV];
+#pragma unroll
+                for (int r = 0; r < RV; r++)
+                    lsum[r] = (float16)0.0f;
+                for (int jj = 0; jj < n; jj++)
+#pragma unroll
+                    for (int r = 0; r < RV; r++) {
+                        const float16 sv = s[jj * RV + r];
+                        float16 w = dp_exp_nonpos(POLE_LOGIT(p, sv) - mn[r]);
+                        if (masked)
+                            w = select((float16)0.0f, w, LANE_VIS(jj, r));
+                        lsum[r] += w;
+                        const float16 a = w * POLE_COEF(p, sv);
+                        if (POLE_MAY_V(p))
+                            wv[p][jj * RV + r] = POLE_TO_V2(p, sv) ? (float16)0.0f : a;
+#if READS_V2
+                        if (POLE_MAY_V2(p))
+                            wv2[p][jj * RV + r] = POLE_TO_V2(p, sv) ? a : (float16)0.0f;
+#endif
+                    }
+#pragma unroll
+                for (int r = 0; r < RV; r++)
+                    l[g][p][r] += lsum[r];
+            }
+
+            /* acc += weights x V: RB dims x RV row vectors of accumulators, keys innermost. */
+            for (int p = 0; p < NPOLES; p++) {
+                __local float16 *ap = acc + (g * NPOLES + p) * D_PAD * RV;
+                for (int c0 = 0; c0 < D_PAD; c0 += RB) {
+                    float16 o[RB][RV];
+#pragma unroll
+                    for (int t = 0; t < RB; t++)
+#pragma unroll
+                        for (int r = 0; r < RV; r++)
+                            o[t][r] = ap[(c0 + t) * RV + r];
+                    __local const float *vb = vt + (c0 / RB) * N_PAD * RB;
+#if READS_V2
+                    __local const float *v2b = v2t + (c0 / RB) * N_PAD * RB;
+#endif
                     for (int jj = 0; jj < n; jj++) {
                         if (POLE_MAY_V(p)) {
-                            __global const float *vr = v + v_base + (long)(j0 + jj) * lv.z + c0;
 #pragma unroll
                             for (int t = 0; t < RB; t++) {
-                                const float16 vs = (float16)vr[t];
+                                const float16 vs = (float16)vb[jj * RB + t];
 #pragma unroll
                                 for (int r = 0; r < RV; r++)
                                     o[t][r] = fma(vs, wv[p][jj * RV + r], o[t][r]);
@@ -240,10 +314,9 @@ void dipole_fwd_cpu(__global const float *q, dp_layout lq,
                         }
 #if READS_V2
                         if (POLE_MAY_V2(p)) {
-                            __global const float *vr = v2 + v2_base + (long)(j0 + jj) * lv2.z + c0;
 #pragma unroll
                             for (int t = 0; t < RB; t++) {
-                                const float16 vs = (float16)vr[t];
+                                const float16 vs = (float16)v2b[jj * RB + t];
 #pragma unroll
                                 for (int r = 0; r < RV; r++)
                                     o[t][r] = fma(vs, wv2[p][jj * RV + r], o[t][r]);
@@ -251,68 +324,55 @@ void dipole_fwd_cpu(__global const float *q, dp_layout lq,
                         }
 #endif
                     }
-                } else { /* the head dim's remainder, one dim at a time */
-                    for (int jj = 0; jj < n; jj++)
-                        for (int t = 0; t < nd; t++) {
-                            if (POLE_MAY_V(p)) {
-                                const float16 vs = (float16)v[v_base + (long)(j0 + jj) * lv.z + c0 + t];
 #pragma unroll
-                                for (int r = 0; r < RV; r++)
-                                    o[t][r] = fma(vs, wv[p][jj * RV + r], o[t][r]);
-                            }
-#if READS_V2
-                            if (POLE_MAY_V2(p)) {
-                                const float16 vs =
-                                    (float16)v2[v2_base + (long)(j0 + jj) * lv2.z + c0 + t];
+                    for (int t = 0; t < RB; t++)
 #pragma unroll
-                                for (int r = 0; r < RV; r++)
-                                    o[t][r] = fma(vs, wv2[p][jj * RV + r], o[t][r]);
-                            }
-#endif
-                        }
+                        for (int r = 0; r < RV; r++)
+                            ap[(c0 + t) * RV + r] = o[t][r];
                 }
-#pragma unroll
-                for (int t = 0; t < RB; t++)
-#pragma unroll
-                    for (int r = 0; r < RV; r++)
-                        if (t < nd)
-                            acc[p][(c0 + t) * RV + r] = o[t][r];
             }
         }
     }
 
-    /* Normalise and combine the poles in place (into acc[0]); a row that sees no key
-     * outputs 0, never NaN. */
-    float16 coef[NPOLES][RV];
-    for (int p = 0; p < NPOLES; p++) {
-        const float pw =
-            (VARIANT == DIPOLE_TWO_POLE && pole_weights) ? pole_weights[p * heads_q + h] : 1.0f;
-#pragma unroll
-        for (int r = 0; r < RV; r++)
-            coef[p][r] = select((float16)0.0f, pw / l[p][r], lo[r] < hi[r]);
-    }
-    for (int c = 0; c < HEAD_DIM; c++)
-#pragma unroll
-        for (int r = 0; r < RV; r++) {
-            float16 o = (float16)0.0f;
-            for (int p = 0; p < NPOLES; p++)
-                o += coef[p][r] * acc[p][c * RV + r];
-            acc[0][c * RV + r] = o;
-        }
-    const int rows = min(BLOCK_M, seq_q - row0);
-    for (int r = 0; r < rows; r++) {
-        __global float *orow = out + DP_ROW(lout, b, row0 + r, h);
-        for (int c = 0; c < HEAD_DIM; c++)
-            orow[c] = ((float *)acc[0])[(c * RV + r / 16) * 16 + r % 16];
-    }
-    if (lse)
+    /* Normalise, combine the poles (into pole 0's accumulator) and write; a row that sees no
+     * key outputs 0, never NaN. */
+    float pw[NPOLES];
+    for (int p = 0; p < NPOLES; p++)
+        pw[p] = (VARIANT == DIPOLE_TWO_POLE && pole_weights) ? pole_weights[p * heads_q + h] : 1.0f;
+    for (int g = 0; g < NG; g++) {
+        const int grow0 = row0 + g * GROUP_ROWS;
+        const int rows = min(GROUP_ROWS, seq_q - grow0);
+        if (rows <= 0)
+            break;
+        float16 coef[NPOLES][RV];
         for (int p = 0; p < NPOLES; p++)
-            for (int r = 0; r < rows; r++) {
-                const float mm = ((float *)m[p])[r], ll = ((float *)l[p])[r];
-                const bool has = ((int *)lo)[r] < ((int *)hi)[r];
-                lse[(((long)p * batch + b) * heads_q + h) * seq_q + row0 + r] =
-                    has ? mm + log(ll) : -INFINITY;
+#pragma unroll
+            for (int r = 0; r < RV; r++)
+                coef[p][r] =
+                    select((float16)0.0f, pw[p] / l[g][p][r], lo[g * RV + r] < hi[g * RV + r]);
+        __local float16 *a0 = acc + g * NPOLES * D_PAD * RV;
+        for (int c = 0; c < HEAD_DIM; c++)
+#pragma unroll
+            for (int r = 0; r < RV; r++) {
+                float16 o = (float16)0.0f;
+                for (int p = 0; p < NPOLES; p++)
+                    o += coef[p][r] * a0[(p * D_PAD + c) * RV + r];
+                a0[c * RV + r] = o;
             }
+        for (int r = 0; r < rows; r++) {
+            __global float *orow = out + DP_ROW(lout, b, grow0 + r, h);
+            for (int c = 0; c < HEAD_DIM; c++)
+                orow[c] = ((__local float *)a0)[(c * RV + r / 16) * 16 + r % 16];
+        }
+        if (lse)
+            for (int p = 0; p < NPOLES; p++)
+                for (int r = 0; r < rows; r++) {
+                    const float mm = ((float *)m[g][p])[r], ll = ((float *)l[g][p])[r];
+                    const bool has = ((int *)lo)[g * GROUP_ROWS + r] < ((int *)hi)[g * GROUP_ROWS + r];
+                    lse[(((long)p * batch + b) * heads_q + h) * seq_q + grow0 + r] =
+                        has ? mm + log(ll) : -INFINITY;
+                }
+    }
 }
 
 /* ---- Split-K decode. Work-item (chunk, row i, b * Hq + h) scans keys

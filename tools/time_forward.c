@@ -12,11 +12,15 @@
  * Not installed: a measuring aid for kernel work, not a benchmark (that is dipole-bench). */
 #include <dipole/dipole.h>
 #include <math.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 
 #define MAX_LIST 8
+#define PEAK_ITEMS 64
+#define PEAK_ITERS 200000
 
 static int parse_list(const char *s, int *out)
 {
@@ -58,6 +62,18 @@ static cl_mem make_buffer(dipole_ctx *ctx, size_t floats, unsigned seed)
     return err == CL_SUCCESS ? b : NULL;
 }
 
+/* CPU seconds this process has used (all threads: PoCL's workers run in it). Under other
+ * processes' load, work per CPU second is steadier than wall time. */
+static double cpu_seconds(void)
+{
+    struct rusage u;
+    getrusage(RUSAGE_SELF, &u);
+    return (double)u.ru_utime.tv_sec + (double)u.ru_stime.tv_sec +
+           1e-6 * (double)(u.ru_utime.tv_usec + u.ru_stime.tv_usec);
+}
+
+static double g_cpu_per_rep; /* CPU seconds per repetition of the last timing */
+
 /* Runs one problem reps times; returns best and median seconds, or -1 on failure. */
 static int time_attention(dipole_ctx *ctx, const dipole_attn_desc *d, int reps, double *best,
                           double *median)
@@ -76,7 +92,10 @@ static int time_attention(dipole_ctx *ctx, const dipole_attn_desc *d, int reps, 
     dipole_tensor tv2 = dipole_tensor_dense(bv2, d->seq_k, d->heads_kv, d->head_dim);
     dipole_tensor to = dipole_tensor_dense(bo, d->seq_q, d->heads_q, d->head_dim);
     cl_command_queue queue = dipole_ctx_queue(ctx);
+    double cpu0 = 0;
     for (int r = -1; r < reps; r++) { /* r = -1 warms up (kernel build, first touch) */
+        if (r == 0)
+            cpu0 = cpu_seconds();
         cl_event m = NULL, e = NULL;
         clFinish(queue);
         if (clEnqueueMarkerWithWaitList(queue, 0, NULL, &m) != CL_SUCCESS)
@@ -94,6 +113,7 @@ static int time_attention(dipole_ctx *ctx, const dipole_attn_desc *d, int reps, 
         clReleaseEvent(m);
         clReleaseEvent(e);
     }
+    g_cpu_per_rep = (cpu_seconds() - cpu0) / reps;
     qsort(t, (size_t)reps, sizeof *t, cmp_double);
     *best = t[0];
     *median = t[reps / 2];
@@ -109,10 +129,19 @@ done:
 
 static const char *copy_src =
     "__kernel void copy16(__global const float16 *a, __global float16 *b)"
-    "{ b[get_global_id(0)] = a[get_global_id(0)]; }";
+    "{ b[get_global_id(0)] = a[get_global_id(0)]; }"
+    /* 16 independent float16 FMA chains per work-item: the device's FMA peak right now. */
+    "__kernel void fma_peak(__global float16 *o, int iters)"
+    "{ float16 a[16]; for (int i = 0; i < 16; i++) a[i] = (float16)(get_global_id(0) + i);"
+    "  const float16 x = (float16)0.999f, y = (float16)0.001f;"
+    "  for (int n = 0; n < iters; n++)"
+    "    _Pragma(\"unroll\") for (int i = 0; i < 16; i++) a[i] = fma(a[i], x, y);"
+    "  float16 s = 0; for (int i = 0; i < 16; i++) s += a[i]; o[get_global_id(0)] = s; }";
 
-/* A float16 streaming copy of floats elements: returns best and median seconds. */
-static int time_copy(dipole_ctx *ctx, size_t floats, int reps, double *best, double *median)
+/* A float16 streaming copy of floats elements (or, with peak, the FMA loop over 64
+ * work-items): returns best and median seconds. */
+static int time_copy(dipole_ctx *ctx, size_t floats, int reps, double *best, double *median,
+                     bool peak)
 {
     cl_int err;
     cl_context c = dipole_ctx_cl_context(ctx);
@@ -120,21 +149,27 @@ static int time_copy(dipole_ctx *ctx, size_t floats, int reps, double *best, dou
     cl_program p = clCreateProgramWithSource(c, 1, &copy_src, NULL, &err);
     if (err != CL_SUCCESS || clBuildProgram(p, 1, &dev, "", NULL, NULL) != CL_SUCCESS)
         return -1;
-    cl_kernel k = clCreateKernel(p, "copy16", &err);
+    cl_kernel k = clCreateKernel(p, peak ? "fma_peak" : "copy16", &err);
     cl_mem a = make_buffer(ctx, floats, 7), b = make_buffer(ctx, floats, 8);
     double *t = calloc((size_t)reps, sizeof *t);
     int rc = -1;
     if (err != CL_SUCCESS || !a || !b || !t)
         goto done;
-    clSetKernelArg(k, 0, sizeof a, &a);
-    clSetKernelArg(k, 1, sizeof b, &b);
-    const size_t global = floats / 16;
+    const cl_int iters = PEAK_ITERS;
+    clSetKernelArg(k, 0, sizeof a, peak ? &b : &a);
+    clSetKernelArg(k, 1, peak ? sizeof iters : sizeof b, peak ? (const void *)&iters : &b);
+    const size_t global = peak ? PEAK_ITEMS : floats / 16;
     cl_command_queue queue = dipole_ctx_queue(ctx);
+    double cpu0 = 0;
     for (int r = -1; r < reps; r++) {
+        if (r == 0)
+            cpu0 = cpu_seconds();
         cl_event m = NULL, e = NULL;
         clFinish(queue);
         clEnqueueMarkerWithWaitList(queue, 0, NULL, &m);
-        if (clEnqueueNDRangeKernel(queue, k, 1, NULL, &global, NULL, 0, NULL, &e) != CL_SUCCESS)
+        const size_t one = 1;
+        if (clEnqueueNDRangeKernel(queue, k, 1, NULL, &global, peak ? &one : NULL, 0, NULL, &e) !=
+            CL_SUCCESS)
             goto done;
         clWaitForEvents(1, &e);
         if (r >= 0)
@@ -142,6 +177,7 @@ static int time_copy(dipole_ctx *ctx, size_t floats, int reps, double *best, dou
         clReleaseEvent(m);
         clReleaseEvent(e);
     }
+    g_cpu_per_rep = (cpu_seconds() - cpu0) / reps;
     qsort(t, (size_t)reps, sizeof *t, cmp_double);
     *best = t[0];
     *median = t[reps / 2];
@@ -212,12 +248,22 @@ int main(int argc, char **argv)
         const char *mode = mi < argc ? argv[mi] : (first_mode == argc ? "attn" : NULL);
         if (!mode)
             break;
+        if (!strcmp(mode, "peak")) {
+            double best, med;
+            if (time_copy(ctx, 16 * PEAK_ITEMS, reps, &best, &med, true) == 0)
+                printf("peak    fma loop  best %8.3f ms med %8.3f ms  %6.1f GFLOP/s (best) %6.1f "
+                       "(med)  %6.1f GFLOP/cpu-s\n",
+                       best * 1e3, med * 1e3, 2.0 * 16 * 16 * PEAK_ITERS * PEAK_ITEMS / best * 1e-9,
+                       2.0 * 16 * 16 * PEAK_ITERS * PEAK_ITEMS / med * 1e-9,
+                       2.0 * 16 * 16 * PEAK_ITERS * PEAK_ITEMS / g_cpu_per_rep * 1e-9);
+            continue;
+        }
         if (!strcmp(mode, "copy") || !strcmp(mode, "decode")) {
             for (int di = 0; di < nd; di++) {
                 const size_t kv_floats = (size_t)bh * decode_keys * dims[di];
                 if (!strcmp(mode, "copy")) {
                     double best, med;
-                    if (time_copy(ctx, 2 * kv_floats, reps, &best, &med) == 0)
+                    if (time_copy(ctx, 2 * kv_floats, reps, &best, &med, false) == 0)
                         printf("copy    %9zu floats   best %8.3f ms med %8.3f ms  read %6.1f GB/s "
                                "(read+write %6.1f)\n",
                                2 * kv_floats, best * 1e3, med * 1e3, 8.0 * kv_floats / best * 1e-9,
@@ -262,9 +308,10 @@ int main(int argc, char **argv)
                         const double pairs = d.causal ? n * (n + 1) / 2 : n * n;
                         const double flop = 4.0 * pairs * d.head_dim * bh;
                         printf("attn    %-8s d=%3d N=%5d causal=%d  best %9.3f ms med %9.3f ms  "
-                               "%6.1f GFLOP/s  [%s]\n",
+                               "%6.1f GFLOP/s  cpu %8.3f s/rep %6.1f GFLOP/cpu-s  [%s]\n",
                                vnames[d.variant], d.head_dim, lens[ni], d.causal, best * 1e3,
-                               med * 1e3, flop / best * 1e-9, plan.reason);
+                               med * 1e3, flop / best * 1e-9, g_cpu_per_rep,
+                               flop / g_cpu_per_rep * 1e-9, plan.reason);
                         fflush(stdout);
                     }
     }

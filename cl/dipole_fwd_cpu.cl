@@ -1,10 +1,10 @@
 /* Tiled dipole attention forward, CPU layout. On a CPU device a work-item is one SIMD thread,
- * so the fast shape is a GEMM micro-kernel per work-item (local size 1): BLOCK_M query rows lie
- * across the lanes of float16 vectors, Q (scale folded in) and the output accumulators are kept
- * transposed in private memory, and each key tile runs two register-blocked loops —
- * scores += K scalar x Q vector, then acc += V scalar x weight vector. The online softmax
- * (max, rescale, sums) is lane-wise vector arithmetic. The variant enters only through the
- * macros of dipole_common.cl, applied to vectors.
+ * so the fast shape is a GEMM micro-kernel per work-item (local size 1): query rows lie across
+ * the lanes of float16 vectors, Q (scale folded in) and the output accumulators are kept
+ * transposed, and each key tile runs two register-blocked loops — scores += K scalar x Q
+ * vector, then acc += V scalar x weight vector. The online softmax (max, rescale, sums) is
+ * lane-wise vector arithmetic. The variant enters only through the macros of
+ * dipole_common.cl, applied to vectors. GPUs want the opposite shape: cl/dipole_fwd.cl.
  *
  * Also here: split-K decode (few query rows, many keys): each work-item takes one query row and
  * one chunk of keys and writes its partial (max, sum, acc) per pole; a merge kernel combines. */
@@ -81,8 +81,8 @@ inline float16 dp_exp_nonpos(float16 x)
     return select(p * as_float16(bits), (float16)0.0f, x < -87.0f);
 }
 
-/* One pole's share of a tile: rescale by the new max, then the tile's weights to v and v2.
- * masked: some lane does not see some key of the tile (vis per key is then computed). */
+/* Whether key jj of the tile is visible to the lanes of row vector r of the current group
+ * (only evaluated in tiles that some row of the group sees partly). */
 #define LANE_VIS(jj, r) (((j0 + (jj)) >= glo[r]) & ((j0 + (jj)) < ghi[r]))
 
 __kernel __attribute__((reqd_work_group_size(1, 1, 1)))

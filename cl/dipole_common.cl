@@ -36,11 +36,9 @@
 #endif
 #define READS_V2 (VARIANT == DIPOLE_ROUTED || VARIANT == DIPOLE_TWO_POLE)
 
-/* sign(s) with sign(0) = 0, as the reference; NaN stays NaN (0 * NaN). */
-inline float dp_sign(float s)
-{
-    return s > 0.0f ? 1.0f : (s < 0.0f ? -1.0f : s * 0.0f);
-}
+/* sign(s) with sign(0) = 0, as the reference; NaN stays NaN (0 * NaN). A macro so that it
+ * works lane-wise on float vectors too (a vector condition selects per lane). */
+#define DP_SIGN(s) ((s) > 0.0f ? 1.0f : ((s) < 0.0f ? -1.0f : (s) * 0.0f))
 
 /* The logit pole p ranks: s, -s (negative pole) or |s| (variants that rank both signs). */
 #if VARIANT == DIPOLE_SIGNEXP || VARIANT == DIPOLE_ROUTED
@@ -51,7 +49,7 @@ inline float dp_sign(float s)
 
 /* The coefficient on a key's weight: sign(s) for SIGNEXP, 1 otherwise. */
 #if VARIANT == DIPOLE_SIGNEXP
-#define POLE_COEF(p, s) dp_sign(s)
+#define POLE_COEF(p, s) DP_SIGN(s)
 #else
 #define POLE_COEF(p, s) 1.0f
 #endif
@@ -71,6 +69,23 @@ inline float dp_sign(float s)
 #else
 #define POLE_TO_V2(p, s) 0
 #endif
+
+/* Whether pole p's weights can land on v / on v2 at all: lets a kernel skip a value stream
+ * at compile time (POLE_TO_V2 decides per key among the streams a pole may use). */
+#if VARIANT == DIPOLE_ROUTED
+#define POLE_MAY_V(p) 1
+#define POLE_MAY_V2(p) 1
+#elif VARIANT == DIPOLE_TWO_POLE
+#define POLE_MAY_V(p) ((p) == 0)
+#define POLE_MAY_V2(p) ((p) == 1)
+#else
+#define POLE_MAY_V(p) 1
+#define POLE_MAY_V2(p) 0
+#endif
+
+/* All the macros above (POLE_LOGIT, POLE_COEF, POLE_TO_V2) also take a float vector s and then
+ * act per lane; POLE_TO_V2 then yields a lane mask (or a scalar, where it depends on p only)
+ * that is meant for the ?: operator. */
 
 /* Online-softmax rescale factor from max m_old to m_new; 1 when nothing changed (also when
  * both are -inf, where exp would give NaN). */

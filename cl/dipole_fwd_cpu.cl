@@ -1,0 +1,567 @@
+/* Tiled dipole attention forward, CPU layout. On a CPU device a work-item is one SIMD thread,
+ * so the fast shape is a GEMM micro-kernel per work-item (local size 1): query rows lie across
+ * the lanes of float16 vectors, Q (scale folded in) and the output accumulators are kept
+ * transposed, and each key tile runs two register-blocked loops — scores += K scalar x Q
+ * vector, then acc += V scalar x weight vector. The online softmax (max, rescale, sums) is
+ * lane-wise vector arithmetic. The variant enters only through the macros of
+ * dipole_common.cl, applied to vectors. GPUs want the opposite shape: cl/dipole_fwd.cl.
+ *
+ * Also here: split-K decode (few query rows, many keys): each work-item takes one query row and
+ * one chunk of keys and writes its partial (max, sum, acc) per pole; a merge kernel combines. */
+
+#ifndef BLOCK_M
+#define BLOCK_M 32
+#endif
+#ifndef BLOCK_N
+#define BLOCK_N 64
+#endif
+#if BLOCK_M != 16 && BLOCK_M % 32 != 0
+#error "BLOCK_M must be 16 or a multiple of 32"
+#endif
+
+/* A work-item's rows come in groups of GROUP_ROWS, laid across RV float16 vectors; each K/V
+ * tile is packed once and used by all NG groups, so that a tile's trip from the outer caches
+ * pays for NG times the arithmetic. */
+#define GROUP_ROWS (BLOCK_M < 32 ? BLOCK_M : 32)
+#define NG (BLOCK_M / GROUP_ROWS)
+#define RV (GROUP_ROWS / 16) /* float16 vectors per row group */
+#define RB (16 / RV)      /* register block: keys per score block, dims per output block */
+#if BLOCK_N < 1
+#error "BLOCK_N must be >= 1"
+#endif
+#define N_PAD ((BLOCK_N + RB - 1) / RB * RB)
+#define D_PAD ((HEAD_DIM + RB - 1) / RB * RB) /* head dim in whole output blocks */
+#if RB == 16
+#define FLOAT_RB float16
+#define VLOAD_RB vload16
+#define VSTORE_RB vstore16
+#else
+#define FLOAT_RB float8
+#define VLOAD_RB vload8
+#define VSTORE_RB vstore8
+#endif
+
+/* Copies a tile of value rows into vt, blocked by output block: vt[(c0 / RB) * N_PAD * RB +
+ * jj * RB + t] = row jj, dim c0 + t (0 past the head dim). Reading a block of RB dims down
+ * the tile is then sequential; straight from the tensor, rows H * d apart alias in L1. */
+inline void dp_pack_v(__local float *vt, __global const float *src, long stride, int n)
+{
+    for (int jj = 0; jj < n; jj++) {
+        __global const float *row = src + (long)jj * stride;
+        for (int c0 = 0; c0 + RB <= HEAD_DIM; c0 += RB)
+            VSTORE_RB(VLOAD_RB(0, row + c0), 0, vt + (c0 / RB) * N_PAD * RB + jj * RB);
+#if HEAD_DIM % RB
+        for (int t = 0; t < RB; t++) {
+            const int c = HEAD_DIM / RB * RB + t;
+            vt[(HEAD_DIM / RB) * N_PAD * RB + jj * RB + t] = c < HEAD_DIM ? row[c] : 0.0f;
+        }
+#endif
+    }
+}
+
+/* e^x for x <= 0, lane-wise: x = n ln2 + r with |r| <= ln2/2, e^r by a degree-6 Taylor
+ * polynomial (truncation ~1.2e-7 relative), 2^n built in the exponent bits. x < -87 gives 0
+ * (so -inf does), NaN stays NaN. The library exp is several times slower here, and a rint
+ * through the 1.5 * 2^23 trick needs no library call. */
+inline float16 dp_exp_nonpos(float16 x)
+{
+    const float16 t = fma(x, (float16)1.44269504f, (float16)12582912.0f);
+    const float16 n = t - 12582912.0f;
+    float16 r = fma(n, (float16)-0.693145751953125f, x);
+    r = fma(n, (float16)-1.428606765330187e-6f, r);
+    float16 p = (float16)(1.0f / 720.0f);
+    p = fma(p, r, (float16)(1.0f / 120.0f));
+    p = fma(p, r, (float16)(1.0f / 24.0f));
+    p = fma(p, r, (float16)(1.0f / 6.0f));
+    p = fma(p, r, (float16)0.5f);
+    p = fma(p, r, (float16)1.0f);
+    p = fma(p, r, (float16)1.0f);
+    /* t's low mantissa bits hold n (two's complement): (n + 127) << 23 is 2^n's bit pattern. */
+    const uint16 bits = (as_uint16(t) + 127u) << 23;
+    return select(p * as_float16(bits), (float16)0.0f, x < -87.0f);
+}
+
+/* Whether key jj of the tile is visible to the lanes of row vector r of the current group
+ * (only evaluated in tiles that some row of the group sees partly). */
+#define LANE_VIS(jj, r) (((j0 + (jj)) >= glo[r]) & ((j0 + (jj)) < ghi[r]))
+
+__kernel __attribute__((reqd_work_group_size(1, 1, 1)))
+void dipole_fwd_cpu(__global const float *q, dp_layout lq,
+                    __global const float *k, dp_layout lk,
+                    __global const float *v, dp_layout lv,
+                    __global const float *v2, dp_layout lv2,
+                    __global float *out, dp_layout lout,
+                    __global float *lse,                  /* [NPOLES, B, Hq, Nq] or NULL */
+                    __global const int *key_lengths,      /* [B] or NULL */
+                    __global const float *pole_weights,   /* [2, Hq] or NULL */
+                    int batch, int heads_q, int heads_kv, int seq_q, int seq_k,
+                    float scale, int window_left, int window_right)
+{
+    const int row0 = get_global_id(0) * BLOCK_M;
+    const int h = get_global_id(1);
+    const int b = get_global_id(2);
+    if (row0 >= seq_q)
+        return;
+    const int hk = h / (heads_q / heads_kv);
+    const int kl = key_lengths ? key_lengths[b] : seq_k;
+
+    /* Per-lane visible key ranges, and per group the union and intersection of its rows'
+     * ranges. Rows past seq_q copy the last live row's range, so that they never force the
+     * masked path (their results are not written). */
+    int16 lo[NG * RV], hi[NG * RV];
+    int g_lo[NG], g_hi[NG], g_max_lo[NG], g_min_hi[NG];
+    int j_begin = INT_MAX, j_end = 0;
+    for (int g = 0; g < NG; g++) {
+        g_lo[g] = INT_MAX;
+        g_hi[g] = 0;
+        g_max_lo[g] = 0;
+        g_min_hi[g] = INT_MAX;
+        for (int r = 0; r < GROUP_ROWS; r++) {
+            const int i = min(row0 + g * GROUP_ROWS + r, seq_q - 1);
+            const int2 range = dp_visible_range(i, kl, seq_q, window_left, window_right);
+            ((int *)lo)[g * GROUP_ROWS + r] = range.x;
+            ((int *)hi)[g * GROUP_ROWS + r] = range.y;
+            if (range.x < range.y) {
+                g_lo[g] = min(g_lo[g], range.x);
+                g_hi[g] = max(g_hi[g], range.y);
+            }
+            g_max_lo[g] = max(g_max_lo[g], range.x);
+            g_min_hi[g] = min(g_min_hi[g], range.y);
+        }
+        j_begin = min(j_begin, g_lo[g]);
+        j_end = max(j_end, g_hi[g]);
+    }
+
+    /* Large per-work-item state lives in local memory: on a CPU device that is one copy per
+     * worker thread, kept off the (bounded) stack. qT[(g * HEAD_DIM + c) * RV + r] holds dim c
+     * of group g's rows 16r .. 16r + 15, times scale. */
+    __local float16 qT[NG * HEAD_DIM * RV];
+    __local float16 acc[NG * NPOLES * D_PAD * RV];
+    __local float kt[N_PAD * HEAD_DIM];   /* the tile's keys, packed row-major */
+    __local float vt[D_PAD * N_PAD];      /* the tile's values, see dp_pack_v */
+#if READS_V2
+    __local float v2t[D_PAD * N_PAD];
+#endif
+    for (int g = 0; g < NG; g++)
+        for (int r = 0; r < GROUP_ROWS; r++) {
+            __global const float *qr =
+                q + DP_ROW(lq, b, min(row0 + g * GROUP_ROWS + r, seq_q - 1), h);
+            for (int c = 0; c < HEAD_DIM; c++)
+                ((__local float *)qT)[((g * HEAD_DIM + c) * RV + r / 16) * 16 + r % 16] =
+                    qr[c] * scale;
+        }
+    for (int e = 0; e < NG * NPOLES * D_PAD * RV; e++)
+        acc[e] = (float16)0.0f;
+    float16 m[NG][NPOLES][RV], l[NG][NPOLES][RV];
+    for (int g = 0; g < NG; g++)
+        for (int p = 0; p < NPOLES; p++)
+            for (int r = 0; r < RV; r++) {
+                m[g][p][r] = (float16)(-INFINITY);
+                l[g][p][r] = (float16)0.0f;
+            }
+
+    float16 s[N_PAD * RV];          /* a group's scores for the tile, transposed like qT */
+    float16 wv[NPOLES][N_PAD * RV]; /* weight times coefficient landing on v ... */
+#if READS_V2
+    float16 wv2[NPOLES][N_PAD * RV]; /* ... and on v2 */
+#endif
+    const long k_base = DP_ROW(lk, b, 0, hk), v_base = DP_ROW(lv, b, 0, hk);
+#if READS_V2
+    const long v2_base = DP_ROW(lv2, b, 0, hk);
+#endif
+
+    for (int j0 = j_begin; j0 < j_end; j0 += BLOCK_N) {
+        const int n = min(BLOCK_N, j_end - j0);
+
+        /* Pack the tile; keys past it repeat its last key (their weights are never used). */
+        for (int jj = 0; jj < N_PAD; jj++) {
+            __global const float *row = k + k_base + (long)min(j0 + jj, j_end - 1) * lk.z;
+            int c = 0;
+            for (; c + 16 <= HEAD_DIM; c += 16)
+                vstore16(vload16(0, row + c), 0, kt + jj * HEAD_DIM + c);
+            for (; c < HEAD_DIM; c++)
+                kt[jj * HEAD_DIM + c] = row[c];
+        }
+        dp_pack_v(vt, v + v_base + (long)j0 * lv.z, lv.z, n);
+#if READS_V2
+        dp_pack_v(v2t, v2 + v2_base + (long)j0 * lv2.z, lv2.z, n);
+#endif
+
+        for (int g = 0; g < NG; g++) {
+            if (j0 >= g_hi[g] || j0 + n <= g_lo[g])
+                continue; /* no row of the group sees this tile */
+            const bool masked = !(j0 >= g_max_lo[g] && j0 + n <= g_min_hi[g]);
+            __local const float16 *qg = qT + g * HEAD_DIM * RV;
+            const int16 *glo = lo + g * RV, *ghi = hi + g * RV;
+
+            /* Scores: RB keys x RV row vectors of accumulators. */
+            for (int jb = 0; jb < n; jb += RB) {
+                __local const float *kr[RB];
+#pragma unroll
+                for (int t = 0; t < RB; t++)
+                    kr[t] = kt + (jb + t) * HEAD_DIM;
+                float16 sa[RB][RV];
+#pragma unroll
+                for (int t = 0; t < RB; t++)
+#pragma unroll
+                    for (int r = 0; r < RV; r++)
+                        sa[t][r] = (float16)0.0f;
+                for (int c = 0; c < HEAD_DIM; c++) {
+                    float16 qv[RV];
+#pragma unroll
+                    for (int r = 0; r < RV; r++)
+                        qv[r] = qg[c * RV + r];
+#pragma unroll
+                    for (int t = 0; t < RB; t++) {
+                        const float16 kv = (float16)kr[t][c];
+#pragma unroll
+                        for (int r = 0; r < RV; r++)
+                            sa[t][r] = fma(kv, qv[r], sa[t][r]);
+                    }
+                }
+#pragma unroll
+                for (int t = 0; t < RB; t++)
+#pragma unroll
+                    for (int r = 0; r < RV; r++)
+                        s[(jb + t) * RV + r] = sa[t][r];
+            }
+
+            /* Online softmax per pole, lane-wise. */
+            for (int p = 0; p < NPOLES; p++) {
+                __local float16 *ap = acc + (g * NPOLES + p) * D_PAD * RV;
+                float16 tmax[RV];
+#pragma unroll
+                for (int r = 0; r < RV; r++)
+                    tmax[r] = (float16)(-INFINITY);
+                for (int jj = 0; jj < n; jj++)
+#pragma unroll
+                    for (int r = 0; r < RV; r++) {
+                        float16 lg = POLE_LOGIT(p, s[jj * RV + r]);
+                        if (masked)
+                            lg = select((float16)(-INFINITY), lg, LANE_VIS(jj, r));
+                        tmax[r] = fmax(tmax[r], lg);
+                    }
+                float16 mn[RV];
+                int changed = 0;
+#pragma unroll
+                for (int r = 0; r < RV; r++) {
+                    mn[r] = fmax(m[g][p][r], tmax[r]);
+                    changed |= any(mn[r] != m[g][p][r]);
+                }
+                if (changed) {
+                    float16 f[RV];
+#pragma unroll
+                    for (int r = 0; r < RV; r++) {
+                        /* dp_rescale lane-wise: 1 where nothing changed (also -inf to -inf). */
+                        f[r] = select(dp_exp_nonpos(m[g][p][r] - mn[r]), (float16)1.0f,
+                                      m[g][p][r] == mn[r]);
+                        l[g][p][r] *= f[r];
+                        m[g][p][r] = mn[r];
+                    }
+                    for (int c = 0; c < D_PAD; c++)
+#pragma unroll
+                        for (int r = 0; r < RV; r++)
+                            ap[c * RV + r] *= f[r];
+                }
+                float16 lsum[RV];
+#pragma unroll
+                for (int r = 0; r < RV; r++)
+                    lsum[r] = (float16)0.0f;
+                for (int jj = 0; jj < n; jj++)
+#pragma unroll
+                    for (int r = 0; r < RV; r++) {
+                        const float16 sv = s[jj * RV + r];
+                        float16 w = dp_exp_nonpos(POLE_LOGIT(p, sv) - mn[r]);
+                        if (masked)
+                            w = select((float16)0.0f, w, LANE_VIS(jj, r));
+                        lsum[r] += w;
+                        const float16 a = w * POLE_COEF(p, sv);
+                        if (POLE_MAY_V(p))
+                            wv[p][jj * RV + r] = POLE_TO_V2(p, sv) ? (float16)0.0f : a;
+#if READS_V2
+                        if (POLE_MAY_V2(p))
+                            wv2[p][jj * RV + r] = POLE_TO_V2(p, sv) ? a : (float16)0.0f;
+#endif
+                    }
+#pragma unroll
+                for (int r = 0; r < RV; r++)
+                    l[g][p][r] += lsum[r];
+            }
+
+            /* acc += weights x V: RB dims x RV row vectors of accumulators, keys innermost. */
+            for (int p = 0; p < NPOLES; p++) {
+                __local float16 *ap = acc + (g * NPOLES + p) * D_PAD * RV;
+                for (int c0 = 0; c0 < D_PAD; c0 += RB) {
+                    float16 o[RB][RV];
+#pragma unroll
+                    for (int t = 0; t < RB; t++)
+#pragma unroll
+                        for (int r = 0; r < RV; r++)
+                            o[t][r] = ap[(c0 + t) * RV + r];
+                    __local const float *vb = vt + (c0 / RB) * N_PAD * RB;
+#if READS_V2
+                    __local const float *v2b = v2t + (c0 / RB) * N_PAD * RB;
+#endif
+                    for (int jj = 0; jj < n; jj++) {
+                        if (POLE_MAY_V(p)) {
+#pragma unroll
+                            for (int t = 0; t < RB; t++) {
+                                const float16 vs = (float16)vb[jj * RB + t];
+#pragma unroll
+                                for (int r = 0; r < RV; r++)
+                                    o[t][r] = fma(vs, wv[p][jj * RV + r], o[t][r]);
+                            }
+                        }
+#if READS_V2
+                        if (POLE_MAY_V2(p)) {
+#pragma unroll
+                            for (int t = 0; t < RB; t++) {
+                                const float16 vs = (float16)v2b[jj * RB + t];
+#pragma unroll
+                                for (int r = 0; r < RV; r++)
+                                    o[t][r] = fma(vs, wv2[p][jj * RV + r], o[t][r]);
+                            }
+                        }
+#endif
+                    }
+#pragma unroll
+                    for (int t = 0; t < RB; t++)
+#pragma unroll
+                        for (int r = 0; r < RV; r++)
+                            ap[(c0 + t) * RV + r] = o[t][r];
+                }
+            }
+        }
+    }
+
+    /* Normalise, combine the poles (into pole 0's accumulator) and write; a row that sees no
+     * key outputs 0, never NaN. */
+    float pw[NPOLES];
+    for (int p = 0; p < NPOLES; p++)
+        pw[p] = (VARIANT == DIPOLE_TWO_POLE && pole_weights) ? pole_weights[p * heads_q + h] : 1.0f;
+    for (int g = 0; g < NG; g++) {
+        const int grow0 = row0 + g * GROUP_ROWS;
+        const int rows = min(GROUP_ROWS, seq_q - grow0);
+        if (rows <= 0)
+            break;
+        float16 coef[NPOLES][RV];
+        for (int p = 0; p < NPOLES; p++)
+#pragma unroll
+            for (int r = 0; r < RV; r++)
+                coef[p][r] =
+                    select((float16)0.0f, pw[p] / l[g][p][r], lo[g * RV + r] < hi[g * RV + r]);
+        __local float16 *a0 = acc + g * NPOLES * D_PAD * RV;
+        for (int c = 0; c < HEAD_DIM; c++)
+#pragma unroll
+            for (int r = 0; r < RV; r++) {
+                float16 o = (float16)0.0f;
+                for (int p = 0; p < NPOLES; p++)
+                    o += coef[p][r] * a0[(p * D_PAD + c) * RV + r];
+                a0[c * RV + r] = o;
+            }
+        for (int r = 0; r < rows; r++) {
+            __global float *orow = out + DP_ROW(lout, b, grow0 + r, h);
+            for (int c = 0; c < HEAD_DIM; c++)
+                orow[c] = ((__local float *)a0)[(c * RV + r / 16) * 16 + r % 16];
+        }
+        if (lse)
+            for (int p = 0; p < NPOLES; p++)
+                for (int r = 0; r < rows; r++) {
+                    const float mm = ((float *)m[g][p])[r], ll = ((float *)l[g][p])[r];
+                    const bool has = ((int *)lo)[g * GROUP_ROWS + r] < ((int *)hi)[g * GROUP_ROWS + r];
+                    lse[(((long)p * batch + b) * heads_q + h) * seq_q + grow0 + r] =
+                        has ? mm + log(ll) : -INFINITY;
+                }
+    }
+}
+
+/* ---- Split-K decode. Work-item (chunk, row i, b * Hq + h) scans keys
+ * [chunk * BLOCK_N, chunk * BLOCK_N + BLOCK_N) of the row's visible range, 16 keys per step
+ * (keys across lanes; each score is a dot product along the head dim in float16 pieces).
+ * part: [B * Hq, seq_q, chunks, NPOLES, 2 + HEAD_DIM] = (max, sum, acc). */
+
+#define DV ((HEAD_DIM + 15) / 16) /* float16 pieces of a row */
+#define PART_STRIDE (2 + HEAD_DIM)
+
+/* Piece c16 of a row; the last piece of a head dim that 16 does not divide is zero-padded
+ * (never read past the row: it may end the buffer). */
+inline float16 dp_row_piece(__global const float *row, int c16)
+{
+#if HEAD_DIM % 16
+    if (c16 == DV - 1) {
+        float16 x = (float16)0.0f;
+        for (int c = 0; c < HEAD_DIM % 16; c++)
+            ((float *)&x)[c] = row[c16 * 16 + c];
+        return x;
+    }
+#endif
+    return vload16(c16, row);
+}
+
+inline float dp_sum16(float16 x)
+{
+    float8 a = x.lo + x.hi;
+    float4 b = a.lo + a.hi;
+    float2 c = b.lo + b.hi;
+    return c.x + c.y;
+}
+
+inline float dp_max16(float16 x)
+{
+    float8 a = fmax(x.lo, x.hi);
+    float4 b = fmax(a.lo, a.hi);
+    float2 c = fmax(b.lo, b.hi);
+    return fmax(c.x, c.y);
+}
+
+__kernel __attribute__((reqd_work_group_size(1, 1, 1)))
+void dipole_fwd_splitk(__global const float *q, dp_layout lq,
+                       __global const float *k, dp_layout lk,
+                       __global const float *v, dp_layout lv,
+                       __global const float *v2, dp_layout lv2,
+                       __global float *part,
+                       __global const int *key_lengths,
+                       int heads_q, int heads_kv, int seq_q, int seq_k,
+                       float scale, int window_left, int window_right, int chunks)
+{
+    const int chunk = get_global_id(0);
+    const int i = get_global_id(1);
+    const int bh = get_global_id(2);
+    const int b = bh / heads_q, h = bh % heads_q;
+    const int hk = h / (heads_q / heads_kv);
+    const int kl = key_lengths ? key_lengths[b] : seq_k;
+    const int2 range = dp_visible_range(i, kl, seq_q, window_left, window_right);
+    const int j_lo = max(range.x, chunk * BLOCK_N);
+    const int j_hi = min(range.y, chunk * BLOCK_N + BLOCK_N);
+
+    float16 qv[DV];
+    __global const float *qr = q + DP_ROW(lq, b, i, h);
+    for (int c16 = 0; c16 < DV; c16++)
+        qv[c16] = dp_row_piece(qr, c16) * scale;
+    float16 acc[NPOLES][DV];
+    float m[NPOLES], l[NPOLES];
+    for (int p = 0; p < NPOLES; p++) {
+        m[p] = -INFINITY;
+        l[p] = 0.0f;
+        for (int c16 = 0; c16 < DV; c16++)
+            acc[p][c16] = (float16)0.0f;
+    }
+    const long k_base = DP_ROW(lk, b, 0, hk), v_base = DP_ROW(lv, b, 0, hk);
+#if READS_V2
+    const long v2_base = DP_ROW(lv2, b, 0, hk);
+#endif
+    const int16 lane = (int16)(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+
+    for (int j0 = j_lo; j0 < j_hi; j0 += 16) {
+        float16 sc;
+        for (int t = 0; t < 16; t++) {
+            __global const float *kr = k + k_base + (long)min(j0 + t, j_hi - 1) * lk.z;
+            float16 d = (float16)0.0f;
+            for (int c16 = 0; c16 < DV; c16++)
+                d = fma(qv[c16], dp_row_piece(kr, c16), d);
+            ((float *)&sc)[t] = dp_sum16(d);
+        }
+        const int16 vis = lane < (int16)(j_hi - j0);
+        float av[NPOLES][16];
+#if READS_V2
+        float av2[NPOLES][16];
+#endif
+        for (int p = 0; p < NPOLES; p++) {
+            const float16 lg = select((float16)(-INFINITY), POLE_LOGIT(p, sc), vis);
+            const float mn = fmax(m[p], dp_max16(lg));
+            if (mn != m[p]) {
+                const float f = dp_rescale(m[p], mn);
+                l[p] *= f;
+                for (int c16 = 0; c16 < DV; c16++)
+                    acc[p][c16] *= f;
+                m[p] = mn;
+            }
+            const float16 w = select((float16)0.0f, dp_exp_nonpos(lg - mn), vis);
+            l[p] += dp_sum16(w);
+            const float16 a = w * POLE_COEF(p, sc);
+            if (POLE_MAY_V(p))
+                vstore16(POLE_TO_V2(p, sc) ? (float16)0.0f : a, 0, av[p]);
+#if READS_V2
+            if (POLE_MAY_V2(p))
+                vstore16(POLE_TO_V2(p, sc) ? a : (float16)0.0f, 0, av2[p]);
+#endif
+        }
+        const int nt = min(16, j_hi - j0);
+        for (int t = 0; t < nt; t++) {
+            __global const float *vr = v + v_base + (long)(j0 + t) * lv.z;
+#if READS_V2
+            __global const float *v2r = v2 + v2_base + (long)(j0 + t) * lv2.z;
+#endif
+            for (int p = 0; p < NPOLES; p++) {
+                if (POLE_MAY_V(p))
+                    for (int c16 = 0; c16 < DV; c16++)
+                        acc[p][c16] = fma((float16)av[p][t], dp_row_piece(vr, c16), acc[p][c16]);
+#if READS_V2
+                if (POLE_MAY_V2(p))
+                    for (int c16 = 0; c16 < DV; c16++)
+                        acc[p][c16] = fma((float16)av2[p][t], dp_row_piece(v2r, c16), acc[p][c16]);
+#endif
+            }
+        }
+    }
+
+    __global float *dst = part + (((long)bh * seq_q + i) * chunks + chunk) * NPOLES * PART_STRIDE;
+    for (int p = 0; p < NPOLES; p++) {
+        dst[p * PART_STRIDE] = m[p];
+        dst[p * PART_STRIDE + 1] = l[p];
+        for (int c = 0; c < HEAD_DIM; c++)
+            dst[p * PART_STRIDE + 2 + c] = ((float *)acc[p])[c];
+    }
+}
+
+/* Combines the chunks of one query row: work-item (i, b * Hq + h). */
+__kernel void dipole_fwd_merge(__global const float *part, int chunks,
+                               __global float *out, dp_layout lout,
+                               __global float *lse,
+                               __global const int *key_lengths,
+                               __global const float *pole_weights,
+                               int batch, int heads_q, int seq_q, int seq_k,
+                               int window_left, int window_right)
+{
+    const int i = get_global_id(0);
+    const int bh = get_global_id(1);
+    if (i >= seq_q)
+        return;
+    const int b = bh / heads_q, h = bh % heads_q;
+    const int kl = key_lengths ? key_lengths[b] : seq_k;
+    const int2 range = dp_visible_range(i, kl, seq_q, window_left, window_right);
+    const bool has_keys = range.x < range.y;
+    __global const float *src = part + ((long)bh * seq_q + i) * chunks * NPOLES * PART_STRIDE;
+
+    float mm[NPOLES], ll[NPOLES], coef[NPOLES];
+    for (int p = 0; p < NPOLES; p++) {
+        float mx = -INFINITY;
+        for (int c = 0; c < chunks; c++)
+            mx = fmax(mx, src[(c * NPOLES + p) * PART_STRIDE]);
+        float sum = 0.0f;
+        for (int c = 0; c < chunks; c++)
+            sum += src[(c * NPOLES + p) * PART_STRIDE + 1] *
+                   dp_rescale(src[(c * NPOLES + p) * PART_STRIDE], mx);
+        mm[p] = mx;
+        ll[p] = sum;
+        const float pw =
+            (VARIANT == DIPOLE_TWO_POLE && pole_weights) ? pole_weights[p * heads_q + h] : 1.0f;
+        coef[p] = has_keys ? pw / sum : 0.0f;
+    }
+    __global float *orow = out + DP_ROW(lout, b, i, h);
+    for (int c = 0; c < HEAD_DIM; c++) {
+        float o = 0.0f;
+        for (int p = 0; p < NPOLES; p++) {
+            float a = 0.0f;
+            for (int ch = 0; ch < chunks; ch++)
+                a += src[(ch * NPOLES + p) * PART_STRIDE + 2 + c] *
+                     dp_rescale(src[(ch * NPOLES + p) * PART_STRIDE], mm[p]);
+            o += has_keys ? coef[p] * a : 0.0f;
+        }
+        orow[c] = o;
+    }
+    if (lse)
+        for (int p = 0; p < NPOLES; p++)
+            lse[(((long)p * batch + b) * heads_q + h) * seq_q + i] =
+                has_keys ? mm[p] + log(ll[p]) : -INFINITY;
+}

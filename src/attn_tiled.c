@@ -39,33 +39,31 @@ static const struct {
     {0, NULL, "default", {DP_LAYOUT_GROUP, 16, 64, 0, 0}},
 };
 
-/* Applies DIPOLE_TILE_CONFIG="layout=cpu|group,block_m=N,block_n=N,splitk_q=N,splitk_chunk=N"
- * to cfg; returns whether it changed anything. Unknown keys and bad values are logged and
- * ignored. */
-static bool tile_env_override(dipole_ctx *ctx, dp_tile_config *cfg)
+/* Applies "layout=cpu|group,block_m=N,block_n=N,splitk_q=N,splitk_chunk=N" to cfg. Returns
+ * false, with the offending item in why, at the first unknown key or bad value (cfg is then
+ * partly changed: callers parse into a copy). */
+static bool parse_tile_config(const char *text, dp_tile_config *cfg, char *why, size_t cap)
 {
-    const char *env = getenv("DIPOLE_TILE_CONFIG");
-    if (!env || !*env)
-        return false;
-    bool changed = false;
     char buf[256];
-    snprintf(buf, sizeof buf, "%s", env);
+    if (snprintf(buf, sizeof buf, "%s", text) >= (int)sizeof buf) {
+        snprintf(why, cap, "longer than %zu characters", sizeof buf - 1);
+        return false;
+    }
     char *save = NULL;
     for (char *item = strtok_r(buf, ",", &save); item; item = strtok_r(NULL, ",", &save)) {
         char *eq = strchr(item, '=');
         if (!eq) {
-            dp_log(ctx, "DIPOLE_TILE_CONFIG: ignoring \"%s\" (no '=')", item);
-            continue;
+            snprintf(why, cap, "\"%s\" has no '='", item);
+            return false;
         }
         *eq = '\0';
         const char *key = item, *val = eq + 1;
         if (!strcmp(key, "layout")) {
-            if (!strcmp(val, "cpu") || !strcmp(val, "group")) {
-                cfg->layout = !strcmp(val, "cpu") ? DP_LAYOUT_CPU : DP_LAYOUT_GROUP;
-                changed = true;
-            } else {
-                dp_log(ctx, "DIPOLE_TILE_CONFIG: layout must be cpu or group, not \"%s\"", val);
+            if (strcmp(val, "cpu") != 0 && strcmp(val, "group") != 0) {
+                snprintf(why, cap, "layout must be cpu or group, not \"%s\"", val);
+                return false;
             }
+            cfg->layout = !strcmp(val, "cpu") ? DP_LAYOUT_CPU : DP_LAYOUT_GROUP;
             continue;
         }
         char *end;
@@ -75,17 +73,26 @@ static bool tile_env_override(dipole_ctx *ctx, dp_tile_config *cfg)
                      : !strcmp(key, "splitk_q")     ? &cfg->splitk_max_q
                      : !strcmp(key, "splitk_chunk") ? &cfg->splitk_chunk
                                                     : NULL;
-        if (!field || *end != '\0' || n < 0 || n > 4096 || (n == 0 && field != &cfg->splitk_max_q)) {
-            dp_log(ctx, "DIPOLE_TILE_CONFIG: ignoring %s=%s", key, val);
-            continue;
+        if (!field || end == val || *end != '\0' || n < 0 || n > 4096 ||
+            (n == 0 && field != &cfg->splitk_max_q)) {
+            snprintf(why, cap, "bad item %s=%s", key, val);
+            return false;
         }
         *field = (int)n;
-        changed = true;
     }
-    return changed;
+    return true;
 }
 
-/* The device class's configuration, then the environment's changes. */
+dipole_status dp_tile_config_check(const char *text, char *why, size_t cap)
+{
+    dp_tile_config scratch = tile_table[0].cfg;
+    return parse_tile_config(text, &scratch, why, cap) ? DIPOLE_SUCCESS : DIPOLE_ERR_INVALID_ARG;
+}
+
+/* The device class's configuration, then whichever override applies, strongest first: the
+ * environment, the context's own (dipole_ctx_set_tile_config), the tuned one saved in the
+ * cache directory (dipole-bench --tune). An override that does not parse is logged and
+ * skipped. */
 static const char *tile_config_for(dipole_ctx *ctx, dp_tile_config *cfg)
 {
     const dp_device_props *dev = &ctx->props;
@@ -96,8 +103,26 @@ static const char *tile_config_for(dipole_ctx *ctx, dp_tile_config *cfg)
             (!tile_table[i].vendor || strstr(dev->vendor, tile_table[i].vendor)))
             break;
     *cfg = tile_table[i].cfg;
-    if (tile_env_override(ctx, cfg))
-        return "DIPOLE_TILE_CONFIG";
+    const char *env = getenv("DIPOLE_TILE_CONFIG");
+    const struct {
+        const char *text;
+        const char *label;
+    } overrides[] = {
+        {env, "DIPOLE_TILE_CONFIG"},
+        {ctx->tile_config, "context tile config"},
+        {ctx->tuned_config, "tuned"},
+    };
+    for (size_t o = 0; o < sizeof overrides / sizeof overrides[0]; o++) {
+        if (!overrides[o].text || !overrides[o].text[0])
+            continue;
+        dp_tile_config c = *cfg;
+        char why[160];
+        if (parse_tile_config(overrides[o].text, &c, why, sizeof why)) {
+            *cfg = c;
+            return overrides[o].label;
+        }
+        dp_log(ctx, "%s \"%s\" ignored: %s", overrides[o].label, overrides[o].text, why);
+    }
     return tile_table[i].label;
 }
 

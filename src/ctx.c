@@ -43,6 +43,7 @@ static dipole_status ctx_finish(dipole_ctx *ctx)
     if (lg && *lg && strcmp(lg, "0") != 0)
         ctx->log_fn = stderr_log;
     dp_cache_dir_init(ctx);
+    dp_tuned_config_load(ctx);
     return DIPOLE_SUCCESS;
 }
 

@@ -73,6 +73,8 @@ struct dipole_ctx {
     void *log_user;
     size_t workspace_limit;
     char cache_dir[1024]; /* "" when the on-disk cache is off */
+    char tile_config[256];  /* dipole_ctx_set_tile_config, "" for none */
+    char tuned_config[256]; /* loaded from the cache directory, "" for none */
     dp_program_entry *programs;
 };
 
@@ -132,6 +134,12 @@ dp_cache_key dp_cache_key_make(const dipole_ctx *ctx, const char *source, const 
 unsigned char *dp_disk_cache_load(dipole_ctx *ctx, dp_cache_key key, size_t *size);
 void dp_disk_cache_store(dipole_ctx *ctx, dp_cache_key key, const unsigned char *bin, size_t size);
 void dp_cache_dir_init(dipole_ctx *ctx);
+
+/* ---- tile configurations (attn_tiled.c, tune.c) */
+/* Checks a tile configuration string; why receives the reason it is rejected. */
+dipole_status dp_tile_config_check(const char *text, char *why, size_t cap);
+/* Loads the tuned configuration saved for this device, if any, into ctx->tuned_config. */
+void dp_tuned_config_load(dipole_ctx *ctx);
 
 /* ---- paths */
 /* desc->path, unless env DIPOLE_PATH=tiled|gemm forces one for the whole process (attention.c;

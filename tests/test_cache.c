@@ -141,6 +141,67 @@ START_TEST(test_disk_cache_off_and_unwritable)
 }
 END_TEST
 
+/* Tile configurations: a context's own, then a tuned one saved per device, each visible in the
+ * plan and each giving the reference answer; bad strings are refused with the item named. */
+START_TEST(test_tile_config_overrides)
+{
+    tu_ctx();
+    char dir[] = "/tmp/dipole-tune-XXXXXX";
+    ck_assert_ptr_nonnull(mkdtemp(dir));
+    setenv("DIPOLE_CACHE_DIR", dir, 1);
+    unsetenv("DIPOLE_TILE_CONFIG");
+    dipole_ctx *ctx;
+    ck_assert_int_eq(dipole_ctx_create(&ctx, NULL), DIPOLE_SUCCESS);
+    dipole_attn_desc d;
+    dipole_attn_desc_default(&d);
+    d.variant = DIPOLE_ROUTED;
+    d.batch = 1, d.heads_q = 2, d.heads_kv = 1, d.seq_q = 40, d.seq_k = 50, d.head_dim = 24;
+    d.causal = 1;
+    dipole_plan plan;
+
+    ck_assert_int_eq(dipole_ctx_set_tile_config(ctx, "block_m=8,bogus=1"), DIPOLE_ERR_INVALID_ARG);
+    ck_assert_ptr_nonnull(strstr(dipole_ctx_last_error(ctx), "bogus=1"));
+    ck_assert_int_eq(dipole_ctx_set_tile_config(ctx, "layout=diagonal"), DIPOLE_ERR_INVALID_ARG);
+    ck_assert_int_eq(dipole_ctx_save_tuned_config(ctx, "block_n=-4"), DIPOLE_ERR_INVALID_ARG);
+
+    ck_assert_int_eq(dipole_ctx_set_tile_config(ctx, "layout=group,block_m=8,block_n=16"),
+                     DIPOLE_SUCCESS);
+    ck_assert_int_eq(dipole_attention_plan(ctx, &d, &plan), DIPOLE_SUCCESS);
+    ck_assert_msg(strstr(plan.reason, "context tile config"), "%s", plan.reason);
+    ck_assert_int_eq(plan.block_m, 8);
+    ck_assert_int_eq(plan.block_n, 16);
+
+    /* Saved for the device: a fresh context picks it up... */
+    ck_assert_int_eq(dipole_ctx_save_tuned_config(ctx, "layout=group,block_m=4,block_n=8"),
+                     DIPOLE_SUCCESS);
+    dipole_ctx_destroy(ctx);
+    ck_assert_int_eq(dipole_ctx_create(&ctx, NULL), DIPOLE_SUCCESS);
+    ck_assert_int_eq(dipole_attention_plan(ctx, &d, &plan), DIPOLE_SUCCESS);
+    ck_assert_msg(strstr(plan.reason, "tuned"), "%s", plan.reason);
+    ck_assert_int_eq(plan.block_m, 4);
+    ck_assert_int_eq(plan.block_n, 8);
+    dipole_ctx_destroy(ctx);
+    tu_check_against_reference(&d, 77, 1.0f, 2e-5, 2e-4); /* shared ctx: table config */
+
+    /* ...and the environment beats it. */
+    setenv("DIPOLE_TILE_CONFIG", "layout=group,block_m=2,block_n=4", 1);
+    ck_assert_int_eq(dipole_ctx_create(&ctx, NULL), DIPOLE_SUCCESS);
+    ck_assert_int_eq(dipole_attention_plan(ctx, &d, &plan), DIPOLE_SUCCESS);
+    ck_assert_msg(strstr(plan.reason, "DIPOLE_TILE_CONFIG"), "%s", plan.reason);
+    ck_assert_int_eq(plan.block_m, 2);
+    unsetenv("DIPOLE_TILE_CONFIG");
+    /* Removing it restores the built-in table. */
+    ck_assert_int_eq(dipole_ctx_save_tuned_config(ctx, NULL), DIPOLE_SUCCESS);
+    dipole_ctx_destroy(ctx);
+    ck_assert_int_eq(dipole_ctx_create(&ctx, NULL), DIPOLE_SUCCESS);
+    ck_assert_int_eq(dipole_attention_plan(ctx, &d, &plan), DIPOLE_SUCCESS);
+    ck_assert_ptr_null(strstr(plan.reason, "tuned"));
+    dipole_ctx_destroy(ctx);
+    unsetenv("DIPOLE_CACHE_DIR");
+    clean_dir(dir);
+}
+END_TEST
+
 Suite *cache_suite(void)
 {
     Suite *s = suite_create("cache");
@@ -148,6 +209,7 @@ Suite *cache_suite(void)
     tcase_set_timeout(tc, 300);
     tcase_add_test(tc, test_disk_cache_roundtrip_and_corruption);
     tcase_add_test(tc, test_disk_cache_off_and_unwritable);
+    tcase_add_test(tc, test_tile_config_overrides);
     suite_add_tcase(s, tc);
     return s;
 }

@@ -166,6 +166,20 @@ DIPOLE_API void dipole_ctx_set_log(dipole_ctx *ctx, dipole_log_fn fn, void *user
 DIPOLE_API dipole_status dipole_ctx_set_workspace_limit(dipole_ctx *ctx, size_t bytes);
 DIPOLE_API size_t dipole_ctx_workspace_limit(const dipole_ctx *ctx);
 
+/* Tile configuration of the tiled path, overriding the built-in table for this context:
+ * "layout=cpu|group,block_m=N,block_n=N,splitk_q=N,splitk_chunk=N" (any subset; layout cpu is
+ * a GEMM micro-kernel per work-item, group is work-groups sharing local-memory tiles).
+ * NULL or "" clears it. Env DIPOLE_TILE_CONFIG takes precedence over it; it takes precedence
+ * over a tuned configuration. Returns DIPOLE_SUCCESS or DIPOLE_ERR_INVALID_ARG (the message
+ * names the bad item; the previous setting stays). */
+DIPOLE_API dipole_status dipole_ctx_set_tile_config(dipole_ctx *ctx, const char *config);
+
+/* Saves config as this device's tuned tile configuration in the cache directory (what
+ * dipole-bench --tune does); later contexts on the same device and driver use it unless an
+ * override above is set. NULL or "" removes it. Returns DIPOLE_SUCCESS, DIPOLE_ERR_INVALID_ARG
+ * (bad config, or the file cannot be written) or DIPOLE_ERR_UNSUPPORTED (the cache is off). */
+DIPOLE_API dipole_status dipole_ctx_save_tuned_config(dipole_ctx *ctx, const char *config);
+
 /* ---------------------------------------------------------------- planning */
 
 typedef struct dipole_plan {

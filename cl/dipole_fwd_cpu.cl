@@ -33,10 +33,12 @@
 #define D_PAD ((HEAD_DIM + RB - 1) / RB * RB) /* head dim in whole output blocks */
 #if RB == 16
 #define FLOAT_RB float16
+#define INT_RB int16
 #define VLOAD_RB vload16
 #define VSTORE_RB vstore16
 #else
 #define FLOAT_RB float8
+#define INT_RB int8
 #define VLOAD_RB vload8
 #define VSTORE_RB vstore8
 #endif
@@ -44,20 +46,48 @@
 /* Copies a tile of value rows into vt, blocked by output block: vt[(c0 / RB) * N_PAD * RB +
  * jj * RB + t] = row jj, dim c0 + t (0 past the head dim). Reading a block of RB dims down
  * the tile is then sequential; straight from the tensor, rows H * d apart alias in L1. */
-inline void dp_pack_v(__local float *vt, __global const float *src, long stride, int n)
+inline bool dp_pack_v(__local float *vt, __global const float *src, long stride, int n)
 {
+    /* Non-finite values are packed as 0 and reported: in the accumulation a key that does not
+     * reach a lane (masked for its row, or routed to the other value) has weight 0 there, and
+     * 0 x NaN would spread a NaN to rows that never see it. dp_acc_nonfinite adds such values
+     * back, only to the lanes that do see them. */
+    int finite = 1;
     for (int jj = 0; jj < n; jj++) {
         __global const float *row = src + (long)jj * stride;
-        for (int c0 = 0; c0 + RB <= HEAD_DIM; c0 += RB)
-            VSTORE_RB(VLOAD_RB(0, row + c0), 0, vt + (c0 / RB) * N_PAD * RB + jj * RB);
+        for (int c0 = 0; c0 + RB <= HEAD_DIM; c0 += RB) {
+            const FLOAT_RB x = VLOAD_RB(0, row + c0);
+            const INT_RB ok = isfinite(x);
+            finite &= all(ok);
+            VSTORE_RB(select((FLOAT_RB)0.0f, x, ok), 0, vt + (c0 / RB) * N_PAD * RB + jj * RB);
+        }
 #if HEAD_DIM % RB
         for (int t = 0; t < RB; t++) {
             const int c = HEAD_DIM / RB * RB + t;
-            vt[(HEAD_DIM / RB) * N_PAD * RB + jj * RB + t] = c < HEAD_DIM ? row[c] : 0.0f;
+            const float x = c < HEAD_DIM ? row[c] : 0.0f;
+            finite &= isfinite(x);
+            vt[(HEAD_DIM / RB) * N_PAD * RB + jj * RB + t] = isfinite(x) ? x : 0.0f;
         }
 #endif
     }
+    return finite != 0;
 }
+
+/* The rare path after a tile whose values were not all finite: acc += weight x value for those
+ * values alone, in the lanes whose weight is not 0 (the lanes whose rows see the key). A macro,
+ * not a function: passing the private weight array by pointer cost ~15% in the hot loop. */
+#define DP_ACC_NONFINITE(ap, src, stride, W)                                                   \
+    for (int jj = 0; jj < n; jj++)                                                             \
+        for (int c = 0; c < HEAD_DIM; c++) {                                                   \
+            const float x = (src)[(long)jj * (stride) + c];                                    \
+            if (isfinite(x))                                                                   \
+                continue;                                                                      \
+            for (int r = 0; r < RV; r++) {                                                     \
+                const float16 wl = W[jj * RV + r];                                             \
+                (ap)[c * RV + r] = select(fma((float16)x, wl, (ap)[c * RV + r]),               \
+                                          (ap)[c * RV + r], wl == (float16)0.0f);              \
+            }                                                                                  \
+        }
 
 /* e^x for x <= 0, lane-wise: x = n ln2 + r with |r| <= ln2/2, e^r by a degree-6 Taylor
  * polynomial (truncation ~1.2e-7 relative), 2^n built in the exponent bits. x < -87 gives 0
@@ -182,9 +212,9 @@ void dipole_fwd_cpu(__global const float *q, dp_layout lq,
             for (; c < HEAD_DIM; c++)
                 kt[jj * HEAD_DIM + c] = row[c];
         }
-        dp_pack_v(vt, v + v_base + (long)j0 * lv.z, lv.z, n);
+        const bool v_finite = dp_pack_v(vt, v + v_base + (long)j0 * lv.z, lv.z, n);
 #if READS_V2
-        dp_pack_v(v2t, v2 + v2_base + (long)j0 * lv2.z, lv2.z, n);
+        const bool v2_finite = dp_pack_v(v2t, v2 + v2_base + (long)j0 * lv2.z, lv2.z, n);
 #endif
 
         for (int g = 0; g < NG; g++) {
@@ -330,6 +360,12 @@ void dipole_fwd_cpu(__global const float *q, dp_layout lq,
                         for (int r = 0; r < RV; r++)
                             ap[(c0 + t) * RV + r] = o[t][r];
                 }
+                if (POLE_MAY_V(p) && !v_finite)
+                    DP_ACC_NONFINITE(ap, v + v_base + (long)j0 * lv.z, lv.z, wv[p]);
+#if READS_V2
+                if (POLE_MAY_V2(p) && !v2_finite)
+                    DP_ACC_NONFINITE(ap, v2 + v2_base + (long)j0 * lv2.z, lv2.z, wv2[p]);
+#endif
             }
         }
     }

@@ -15,6 +15,7 @@ int main(int argc, char **argv)
         {"forward", forward_suite},
         {"golden", golden_suite},
         {"cache", cache_suite},
+        {"hardening", hardening_suite},
     };
     if (argc != 2) {
         fprintf(stderr, "usage: %s SUITE\n", argv[0]);

@@ -42,5 +42,6 @@ Suite *api_suite(void);
 Suite *forward_suite(void);
 Suite *golden_suite(void);
 Suite *cache_suite(void);
+Suite *hardening_suite(void);
 
 #endif

@@ -16,6 +16,9 @@ int main(int argc, char **argv)
         {"golden", golden_suite},
         {"cache", cache_suite},
         {"hardening", hardening_suite},
+        {"threads", threads_suite},
+        {"env", env_suite},
+        {"noplatform", noplatform_suite},
     };
     if (argc != 2) {
         fprintf(stderr, "usage: %s SUITE\n", argv[0]);

@@ -43,5 +43,8 @@ Suite *forward_suite(void);
 Suite *golden_suite(void);
 Suite *cache_suite(void);
 Suite *hardening_suite(void);
+Suite *threads_suite(void);
+Suite *env_suite(void);
+Suite *noplatform_suite(void);
 
 #endif

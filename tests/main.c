@@ -19,6 +19,7 @@ int main(int argc, char **argv)
         {"threads", threads_suite},
         {"env", env_suite},
         {"noplatform", noplatform_suite},
+        {"oclgrind-small", oclgrind_small_suite},
     };
     if (argc != 2) {
         fprintf(stderr, "usage: %s SUITE\n", argv[0]);

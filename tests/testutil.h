@@ -46,5 +46,6 @@ Suite *hardening_suite(void);
 Suite *threads_suite(void);
 Suite *env_suite(void);
 Suite *noplatform_suite(void);
+Suite *oclgrind_small_suite(void);
 
 #endif

@@ -649,6 +649,45 @@ START_TEST(test_broken_kernel_dirs)
 }
 END_TEST
 
+/* Garbage in the environment variables: ignored (the default applies) or, for the device
+ * selector, a status naming it. Never a crash or a wrong answer. */
+START_TEST(test_garbage_environment)
+{
+    tu_ctx();
+    static const char *vars[][2] = {{"DIPOLE_BLOCK_M", "abc"}, {"DIPOLE_BLOCK_N", "-3"},
+                                    {"DIPOLE_PATH", "bogus"},  {"DIPOLE_WORKSPACE_MB", "12abc"},
+                                    {"DIPOLE_LOG", "0"},       {"DIPOLE_DEVICE", ""}};
+    for (size_t i = 0; i < sizeof vars / sizeof vars[0]; i++)
+        setenv(vars[i][0], vars[i][1], 1);
+    dipole_ctx *ctx;
+    ck_assert_int_eq(dipole_ctx_create(&ctx, NULL), DIPOLE_SUCCESS);
+    ck_assert_uint_eq(dipole_ctx_workspace_limit(ctx), (size_t)256 << 20);
+    dipole_attn_desc d = base_desc();
+    dipole_plan plan;
+    ck_assert_int_eq(dipole_attention_plan(ctx, &d, &plan), DIPOLE_SUCCESS);
+    ck_assert_int_eq(plan.path, DIPOLE_PATH_TILED);
+    const size_t nq = tu_q_elems(&d), nk = tu_kv_elems(&d);
+    float *q = tu_random(nq, 1, 1), *k = tu_random(nk, 2, 1), *v = tu_random(nk, 3, 1);
+    float *out = malloc(nq * 4), *ref = malloc(nq * 4);
+    ck_assert_int_eq(dipole_attention_host(ctx, &d, q, k, v, NULL, out), DIPOLE_SUCCESS);
+    ck_assert_int_eq(dipole_reference(&d, q, k, v, NULL, ref), DIPOLE_SUCCESS);
+    ck_assert(tu_compare(out, ref, nq, 1e-5, 1e-4).worst_ratio <= 1);
+    dipole_ctx_destroy(ctx);
+    free(q), free(k), free(v), free(out), free(ref);
+    setenv("DIPOLE_WORKSPACE_MB", "0", 1);
+    ck_assert_int_eq(dipole_ctx_create(&ctx, NULL), DIPOLE_SUCCESS);
+    ck_assert_uint_eq(dipole_ctx_workspace_limit(ctx), (size_t)256 << 20);
+    dipole_ctx_destroy(ctx);
+    setenv("DIPOLE_DEVICE", "no-such-device-env", 1);
+    ck_assert_int_eq(dipole_ctx_create(&ctx, NULL), DIPOLE_ERR_NO_DEVICE);
+    ASSERT_MSG_HAS(dipole_thread_last_error(), "'no-such-device-env'");
+    setenv("DIPOLE_DEVICE", "1:", 1);
+    ck_assert_int_eq(dipole_ctx_create(&ctx, NULL), DIPOLE_ERR_BAD_SELECTOR);
+    for (size_t i = 0; i < sizeof vars / sizeof vars[0]; i++)
+        unsetenv(vars[i][0]);
+}
+END_TEST
+
 Suite *hardening_suite(void)
 {
     Suite *s = suite_create("hardening");
@@ -671,6 +710,7 @@ Suite *hardening_suite(void)
     TCase *te = tcase_create("environment");
     tcase_set_timeout(te, 600);
     tcase_add_test(te, test_broken_kernel_dirs);
+    tcase_add_test(te, test_garbage_environment);
     suite_add_tcase(s, te);
     return s;
 }

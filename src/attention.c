@@ -67,6 +67,31 @@ static void span_of(const dipole_tensor *t, int batch, int seq, int heads, int d
           (size_t)(heads - 1) * t->stride_head + (size_t)d;
 }
 
+/* Whether two elements of out could be the same address: then work-items race on it and the
+ * result depends on timing. Sufficient test: with the dimensions sorted by stride, each stride
+ * must pass the span of all the smaller ones. Unusual but valid layouts it refuses are refused
+ * with a message, never computed wrongly. */
+static bool out_self_overlaps(const dipole_tensor *t, int batch, int seq, int heads, int d)
+{
+    size_t ext[4] = {(size_t)d, (size_t)heads, (size_t)seq, (size_t)batch};
+    size_t str[4] = {1, t->stride_head, t->stride_seq, t->stride_batch};
+    for (int i = 1; i < 4; i++) /* insertion sort by stride; 4 entries */
+        for (int j = i; j > 0 && str[j] < str[j - 1]; j--) {
+            size_t e = ext[j], s = str[j];
+            ext[j] = ext[j - 1], str[j] = str[j - 1];
+            ext[j - 1] = e, str[j - 1] = s;
+        }
+    size_t span = 0; /* dp_check_tensor has bounded every product here */
+    for (int i = 0; i < 4; i++) {
+        if (ext[i] == 1)
+            continue;
+        if (str[i] <= span)
+            return true;
+        span += str[i] * (ext[i] - 1);
+    }
+    return false;
+}
+
 static dipole_status check_args(dipole_ctx *ctx, const dp_problem *p, const dp_args *a)
 {
     const dipole_attn_desc *d = &p->d;
@@ -83,6 +108,12 @@ static dipole_status check_args(dipole_ctx *ctx, const dp_problem *p, const dp_a
         if ((st = dp_check_tensor(ctx, "v2", a->v2, d->batch, d->seq_k, d->heads_kv, d->head_dim)))
             return st;
     }
+    if (out_self_overlaps(a->out, d->batch, d->seq_q, d->heads_q, d->head_dim))
+        return dp_fail(ctx, DIPOLE_ERR_INVALID_ARG,
+                       "out strides (%zu, %zu, %zu) make distinct output rows overlap "
+                       "(seq_q %d, heads_q %d, head_dim %d)",
+                       a->out->stride_batch, a->out->stride_seq, a->out->stride_head, d->seq_q,
+                       d->heads_q, d->head_dim);
     if (a->lse && (st = dp_check_buffer(ctx, "lse", a->lse,
                                         (size_t)p->npoles * d->batch * d->heads_q * d->seq_q)))
         return st;
@@ -101,7 +132,7 @@ static dipole_status check_args(dipole_ctx *ctx, const dp_problem *p, const dp_a
                            names[i]);
     }
     if (a->lse && (a->lse == a->out->buffer || a->lse == a->q->buffer || a->lse == a->k->buffer ||
-                   a->lse == a->v->buffer))
+                   a->lse == a->v->buffer || (p->reads_v2 && a->lse == a->v2->buffer)))
         return dp_fail(ctx, DIPOLE_ERR_INVALID_ARG, "lse shares a buffer with a tensor");
     return DIPOLE_SUCCESS;
 }
@@ -203,6 +234,15 @@ dipole_status dipole_attention_host_lse(dipole_ctx *ctx, const dipole_attn_desc 
         bool wanted;
     } spec[6] = {{q, nq, true, true},       {k, nk, true, true},  {v, nk, true, true},
                  {v2, nk, true, p.reads_v2}, {out, nq, false, true}, {lse, nl, false, lse != NULL}};
+    /* Refuse before clCreateBuffer: a driver may accept an oversized request and then read
+     * host memory it has no business reading, or fail deep inside a later call. */
+    for (int i = 0; i < 6 && st == DIPOLE_SUCCESS; i++)
+        if (spec[i].wanted && (cl_ulong)spec[i].n * sizeof(float) > ctx->props.max_alloc)
+            st = dp_fail(ctx, (dipole_status)CL_INVALID_BUFFER_SIZE,
+                         "dipole_attention_host: %s needs %zu bytes, more than the device's "
+                         "CL_DEVICE_MAX_MEM_ALLOC_SIZE %llu",
+                         (const char *[]){"q", "k", "v", "v2", "out", "lse"}[i],
+                         spec[i].n * sizeof(float), (unsigned long long)ctx->props.max_alloc);
     for (int i = 0; i < 6 && st == DIPOLE_SUCCESS; i++) {
         if (!spec[i].wanted)
             continue;

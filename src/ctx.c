@@ -102,6 +102,8 @@ fail:
 
 dipole_status dipole_ctx_create_from_queue(dipole_ctx **out, cl_command_queue queue)
 {
+    if (out)
+        *out = NULL;
     if (!out || !queue)
         return dp_fail(NULL, DIPOLE_ERR_INVALID_ARG, "dipole_ctx_create_from_queue: %s is NULL",
                        !out ? "out" : "queue");

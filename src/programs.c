@@ -223,6 +223,7 @@ dipole_status dp_get_kernel(dipole_ctx *ctx, const dp_kernel_config *cfg, const 
     snprintf(key, sizeof key, "%s\n%s", file ? file : "?", options);
 
     dp_program_entry *e = ctx->programs;
+    bool fresh = false; /* linked into the cache only once it yields its kernel */
     while (e && strcmp(e->key, key) != 0)
         e = e->next;
     if (!e) {
@@ -237,8 +238,7 @@ dipole_status dp_get_kernel(dipole_ctx *ctx, const dp_kernel_config *cfg, const 
             return dp_fail(ctx, DIPOLE_ERR_OUT_OF_HOST_MEMORY, "out of memory");
         }
         e->program = prog;
-        e->next = ctx->programs;
-        ctx->programs = e;
+        fresh = true;
     }
     int slot = -1;
     for (int i = 0; i < DP_MAX_KERNELS_PER_PROGRAM; i++) {
@@ -256,7 +256,16 @@ dipole_status dp_get_kernel(dipole_ctx *ctx, const dp_kernel_config *cfg, const 
     if (err != CL_SUCCESS) {
         char call[128];
         snprintf(call, sizeof call, "clCreateKernel(%s)", name);
+        if (fresh) { /* a source without the kernel must not stay cached under this key */
+            clReleaseProgram(e->program);
+            free(e->key);
+            free(e);
+        }
         return dp_cl_fail(ctx, err, call);
+    }
+    if (fresh) {
+        e->next = ctx->programs;
+        ctx->programs = e;
     }
     snprintf(e->kernels[slot].name, sizeof e->kernels[slot].name, "%s", name);
     e->kernels[slot].kernel = k;

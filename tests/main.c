@@ -19,6 +19,11 @@ int main(int argc, char **argv)
         {"backward-gemm", backward_gemm_suite},
         {"gemm", gemm_suite},
         {"gemm-large", gemm_large_suite},
+        {"hardening", hardening_suite},
+        {"threads", threads_suite},
+        {"env", env_suite},
+        {"noplatform", noplatform_suite},
+        {"oclgrind-small", oclgrind_small_suite},
     };
     if (argc != 2) {
         fprintf(stderr, "usage: %s SUITE\n", argv[0]);

@@ -48,5 +48,10 @@ Suite *backward_gemm_suite(void);
 Suite *gemm_suite(void);
 /* N = 16384 on the GEMM path: minutes on a CPU device, so a suite of its own. */
 Suite *gemm_large_suite(void);
+Suite *hardening_suite(void);
+Suite *threads_suite(void);
+Suite *env_suite(void);
+Suite *noplatform_suite(void);
+Suite *oclgrind_small_suite(void);
 
 #endif

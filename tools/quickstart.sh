@@ -16,6 +16,9 @@ esac
 
 packages=(build-essential meson ninja-build pkg-config python3 ocl-icd-opencl-dev opencl-headers
     pocl-opencl-icd libclblast-dev check clinfo)
+# The checkers that `test` runs after the suites: sanitizers and libFuzzer (clang), memcheck,
+# and the OpenCL simulator for the kernels.
+[ "$mode" = test ] && packages+=(clang-14 libclang-rt-14-dev valgrind oclgrind)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -37,5 +40,32 @@ ninja -C build >&2
 
 case "$mode" in
 bench) exec build/bench/dipole-bench "${@:2}" ;;
-test) exec meson test -C build --print-errorlogs "${@:2}" ;;
 esac
+
+# test: with arguments (suite names, meson test options) only the plain suites run.
+if (($# > 1)) || [ "${DIPOLE_CHECKS:-1}" = 0 ]; then
+    exec meson test -C build --print-errorlogs "${@:2}"
+fi
+step() {
+    local name=$1 t0=$SECONDS
+    shift
+    echo "== $name" >&2
+    "$@"
+    echo "== $name: $((SECONDS - t0)) s" >&2
+}
+step "suites" meson test -C build --print-errorlogs
+# AddressSanitizer + UBSan (clang build) over every suite, then the fuzz harness for a bounded
+# time. The caches the first run filled spare the slow checkers most kernel builds.
+if [ -d build-asan ]; then
+    meson setup --reconfigure build-asan >/dev/null
+else
+    CC=clang-14 meson setup build-asan -Dbuildtype=debugoptimized -Db_sanitize=address,undefined \
+        -Db_lundef=false -Dfuzz=enabled >/dev/null
+fi
+ninja -C build-asan >&2
+step "asan+ubsan suites" meson test -C build-asan --setup=sanitize --print-errorlogs --no-suite fuzz
+step "fuzz" meson test -C build-asan --setup=sanitize --print-errorlogs fuzz
+# memcheck on the host code: the suites that cover the API, its failures, threads and contexts.
+step "valgrind" meson test -C build --setup=valgrind --print-errorlogs api hardening threads noplatform
+# the kernels under oclgrind: bounds, races, uninitialised reads, API misuse.
+step "oclgrind" meson test -C build --setup=oclgrind --print-errorlogs oclgrind-small

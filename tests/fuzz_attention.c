@@ -1,0 +1,282 @@
+/* libFuzzer harness: random descriptors (every field, valid or not), random device-tensor
+ * layouts and small real calls. It aborts — a finding — when
+ *   - dipole_attn_desc_validate disagrees with the rules written out independently below,
+ *   - a valid small call fails with anything but UNSUPPORTED (a path that cannot serve it),
+ *   - a result differs from the double-precision reference,
+ *   - a tensor layout is accepted that reaches outside its buffer, or refused while inside.
+ * Built only with clang and -Dfuzz=enabled (see meson_options.txt); run by the fuzz test. */
+#include <math.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "dipole/dipole.h"
+
+typedef struct reader {
+    const uint8_t *p;
+    size_t n;
+} reader;
+
+static uint8_t u8(reader *r)
+{
+    if (!r->n)
+        return 0;
+    r->n--;
+    return *r->p++;
+}
+
+static uint32_t u32(reader *r)
+{
+    uint32_t v = 0;
+    for (int i = 0; i < 4; i++)
+        v = v << 8 | u8(r);
+    return v;
+}
+
+/* Mostly small values around the valid range, sometimes anything. */
+static int pick_int(reader *r, long long lo, long long hi)
+{
+    const uint8_t mode = u8(r);
+    if (mode < 200) {
+        const long long v = lo + (long long)(u8(r) % (unsigned long long)(hi - lo + 1));
+        return v > INT32_MAX ? INT32_MAX : (int)v;
+    }
+    if (mode < 230) {
+        static const int edge[] = {0, -1, -2, 1, INT32_MAX, INT32_MIN, 1 << 28, (1 << 28) + 1,
+                                   65536, 65537, 1 << 20, 1 << 30};
+        return edge[u8(r) % (sizeof edge / sizeof edge[0])];
+    }
+    return (int)u32(r);
+}
+
+static float pick_float(reader *r)
+{
+    static const float table[] = {0.0f, 1.0f, 0.25f, -0.5f, 1e-30f, 1e30f, NAN, INFINITY, -INFINITY,
+                                  -0.0f, 3.0f, 1e-45f};
+    const uint8_t mode = u8(r);
+    if (mode < 230)
+        return table[u8(r) % (sizeof table / sizeof table[0])];
+    uint32_t bits = u32(r);
+    float f;
+    memcpy(&f, &bits, sizeof f);
+    return f;
+}
+
+/* The descriptor rules as the header documents them, written independently of src/desc.c. */
+static bool expect_valid(const dipole_attn_desc *d)
+{
+    if ((unsigned)d->variant > 3 || (unsigned)d->path > 2)
+        return false;
+    if (d->batch < 1 || d->heads_q < 1 || d->heads_kv < 1 || d->seq_q < 1 || d->seq_k < 1 ||
+        d->head_dim < 1 || d->seq_q > (1 << 28) || d->seq_k > (1 << 28) || d->head_dim > 65536)
+        return false;
+    if (d->heads_q % d->heads_kv)
+        return false;
+    /* Byte sizes of q, k and lse must fit in size_t (64-bit here). */
+    const unsigned __int128 q = (unsigned __int128)d->batch * d->seq_q * d->heads_q * d->head_dim * 4;
+    const unsigned __int128 k = (unsigned __int128)d->batch * d->seq_k * d->heads_kv * d->head_dim * 4;
+    const unsigned __int128 l = (unsigned __int128)d->batch * d->heads_q * d->seq_q * 2 * 4;
+    if (q > SIZE_MAX || k > SIZE_MAX || l > SIZE_MAX)
+        return false;
+    if (!isfinite(d->scale) || d->window_left < -1 || d->window_right < -1)
+        return false;
+    for (int b = 0; d->key_lengths && b < d->batch; b++)
+        if (d->key_lengths[b] < 0 || d->key_lengths[b] > d->seq_k)
+            return false;
+    if (d->variant == DIPOLE_TWO_POLE)
+        for (int h = 0; h < d->heads_q; h++)
+            if ((d->pos_weight && !isfinite(d->pos_weight[h])) ||
+                (d->neg_weight && !isfinite(d->neg_weight[h])))
+                return false;
+    return true;
+}
+
+static dipole_ctx *ctx;
+static bool no_device;
+
+static void finding(const char *what, const dipole_attn_desc *d, dipole_status st)
+{
+    fprintf(stderr,
+            "FINDING: %s (status %s: %s)\n  variant %d path %d B %d Hq %d Hkv %d Nq %d Nk %d d %d "
+            "scale %g causal %d win (%d, %d) kl %s\n",
+            what, dipole_status_string(st), ctx ? dipole_ctx_last_error(ctx) : "",
+            (int)d->variant, (int)d->path, d->batch, d->heads_q, d->heads_kv, d->seq_q, d->seq_k,
+            d->head_dim, (double)d->scale, d->causal, d->window_left, d->window_right,
+            d->key_lengths ? "yes" : "no");
+    abort();
+}
+
+static bool close_enough(const float *got, const float *ref, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        if (isnan(ref[i]) || isnan(got[i])) {
+            if (isnan(ref[i]) != isnan(got[i]))
+                return false;
+            continue;
+        }
+        if (!(fabs((double)got[i] - ref[i]) <= 1e-3 + 1e-3 * fabs((double)ref[i])))
+            return false;
+    }
+    return true;
+}
+
+/* SIGNEXP and ROUTED jump at s = 0; the kernel scales q before the dot product, the reference
+ * after, so a score within rounding of 0 may take either side. Such inputs prove nothing. */
+static bool sign_ambiguous(const dipole_attn_desc *d, const float *q, const float *k)
+{
+    if (d->variant != DIPOLE_SIGNEXP && d->variant != DIPOLE_ROUTED)
+        return false;
+    const int D = d->head_dim, g = d->heads_q / d->heads_kv;
+    for (int b = 0; b < d->batch; b++)
+        for (int h = 0; h < d->heads_q; h++)
+            for (int i = 0; i < d->seq_q; i++)
+                for (int j = 0; j < d->seq_k; j++) {
+                    double s = 0;
+                    for (int c = 0; c < D; c++)
+                        s += (double)q[(((size_t)b * d->seq_q + i) * d->heads_q + h) * D + c] *
+                             k[(((size_t)b * d->seq_k + j) * d->heads_kv + h / g) * D + c];
+                    if (fabs(s) < 1e-3)
+                        return true;
+                }
+    return false;
+}
+
+/* Gathers a strided device tensor back into dense host layout. */
+static void gather(const float *buf, const dipole_tensor *t, int B, int N, int H, int D, float *dense)
+{
+    for (int b = 0; b < B; b++)
+        for (int s = 0; s < N; s++)
+            for (int h = 0; h < H; h++)
+                memcpy(dense + (((size_t)b * N + s) * H + h) * D,
+                       buf + t->offset + b * t->stride_batch + s * t->stride_seq + h * t->stride_head,
+                       sizeof(float) * D);
+}
+
+/* A small call on the device through random strided layouts in one shared buffer. */
+static void device_call(reader *r, const dipole_attn_desc *d)
+{
+    const int B = d->batch, Nq = d->seq_q, Nk = d->seq_k, Hq = d->heads_q, Hkv = d->heads_kv,
+              D = d->head_dim;
+    enum { CAP = 1 << 15 };
+    static float host[CAP];
+    for (size_t i = 0; i < CAP; i++) /* values on a 1/32 grid in [-2, 2) */
+        host[i] = (float)((int)((i * 2654435761u + u8(r)) % 128) - 64) / 32.0f;
+    dipole_tensor t[4]; /* q, k, v, v2; out is dense in its own buffer */
+    const int seqs[4] = {Nq, Nk, Nk, Nk}, heads[4] = {Hq, Hkv, Hkv, Hkv};
+    bool inside = true;
+    for (int i = 0; i < 4; i++) {
+        const size_t dense_head = (size_t)D, dense_seq = (size_t)heads[i] * D;
+        const uint8_t mode = u8(r);
+        t[i].offset = u8(r) % 64;
+        t[i].stride_head = mode & 1 ? dense_head + u8(r) % 4 : dense_head;
+        t[i].stride_seq = mode & 2 ? (size_t)heads[i] * t[i].stride_head + u8(r) % 4 : dense_seq;
+        t[i].stride_batch = (size_t)seqs[i] * t[i].stride_seq + (mode & 4 ? u8(r) % 8 : 0);
+        if (mode & 8) /* inputs may broadcast a row: stride 0 */
+            t[i].stride_head = 0;
+        if ((mode & 0xf0) == 0xf0)
+            t[i].offset = (size_t)u32(r);
+        const unsigned __int128 last = (unsigned __int128)t[i].offset +
+                                       (unsigned __int128)(B - 1) * t[i].stride_batch +
+                                       (unsigned __int128)(seqs[i] - 1) * t[i].stride_seq +
+                                       (unsigned __int128)(heads[i] - 1) * t[i].stride_head + D;
+        inside = inside && last <= CAP;
+    }
+    const size_t nq = (size_t)B * Nq * Hq * D, nk = (size_t)B * Nk * Hkv * D;
+    cl_int err;
+    cl_mem in = clCreateBuffer(dipole_ctx_cl_context(ctx), CL_MEM_READ_ONLY | CL_MEM_COPY_HOST_PTR,
+                               sizeof host, host, &err);
+    cl_mem outb = clCreateBuffer(dipole_ctx_cl_context(ctx), CL_MEM_WRITE_ONLY, nq * 4, NULL, &err);
+    if (!in || !outb)
+        abort();
+    for (int i = 0; i < 4; i++)
+        t[i].buffer = in;
+    dipole_tensor to = dipole_tensor_dense(outb, Nq, Hq, D);
+    dipole_status st = dipole_attention(ctx, d, &t[0], &t[1], &t[2], &t[3], &to, NULL, NULL);
+    if (!inside && st == DIPOLE_SUCCESS)
+        finding("a layout reaching outside its buffer was accepted", d, st);
+    if (inside && st != DIPOLE_SUCCESS && st != DIPOLE_ERR_UNSUPPORTED)
+        finding("a layout inside its buffer was refused", d, st);
+    if (st == DIPOLE_SUCCESS) {
+        float *q = malloc(nq * 4), *k = malloc(nk * 4), *v = malloc(nk * 4), *v2 = malloc(nk * 4);
+        float *got = malloc(nq * 4), *ref = malloc(nq * 4);
+        if (!q || !k || !v || !v2 || !got || !ref)
+            abort();
+        gather(host, &t[0], B, Nq, Hq, D, q);
+        gather(host, &t[1], B, Nk, Hkv, D, k);
+        gather(host, &t[2], B, Nk, Hkv, D, v);
+        gather(host, &t[3], B, Nk, Hkv, D, v2);
+        if (clEnqueueReadBuffer(dipole_ctx_queue(ctx), outb, CL_TRUE, 0, nq * 4, got, 0, NULL,
+                                NULL) != CL_SUCCESS)
+            abort();
+        if (dipole_reference(d, q, k, v, v2, ref) != DIPOLE_SUCCESS)
+            finding("the reference refused a valid descriptor", d, st);
+        if (!sign_ambiguous(d, q, k) && !close_enough(got, ref, nq))
+            finding("device result differs from the reference", d, st);
+        free(q), free(k), free(v), free(v2), free(got), free(ref);
+    }
+    clReleaseMemObject(in);
+    clReleaseMemObject(outb);
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+    reader r = {data, size};
+    dipole_attn_desc d;
+    dipole_attn_desc_default(&d);
+    d.variant = (dipole_variant)pick_int(&r, 0, 4);
+    d.path = (dipole_path)pick_int(&r, 0, 3);
+    d.batch = pick_int(&r, -1, 3);
+    d.heads_kv = pick_int(&r, 0, 3);
+    const long long hq = (long long)d.heads_kv * pick_int(&r, 0, 3) + (u8(&r) < 20 ? 1 : 0);
+    d.heads_q = hq > INT32_MAX ? INT32_MAX : hq < INT32_MIN ? INT32_MIN : (int)hq;
+    d.seq_q = pick_int(&r, -1, 40);
+    d.seq_k = pick_int(&r, -1, 40);
+    d.head_dim = pick_int(&r, -1, 33);
+    d.scale = u8(&r) < 128 ? 0.0f : pick_float(&r);
+    d.causal = u8(&r) & 1;
+    d.window_left = pick_int(&r, -2, 12);
+    d.window_right = pick_int(&r, -2, 12);
+    int kl[4];
+    float pw[16], nw[16];
+    if (u8(&r) < 80 && d.batch >= 1 && d.batch <= 4) {
+        for (int b = 0; b < d.batch; b++)
+            kl[b] = pick_int(&r, -1, (long long)d.seq_k + 1);
+        d.key_lengths = kl;
+    }
+    if (u8(&r) < 80 && d.heads_q >= 1 && d.heads_q <= 16) {
+        for (int h = 0; h < d.heads_q; h++)
+            pw[h] = u8(&r) < 250 ? (float)(u8(&r) % 9) / 4.0f - 1.0f : pick_float(&r),
+            nw[h] = u8(&r) < 250 ? (float)(u8(&r) % 9) / 4.0f - 1.0f : pick_float(&r);
+        d.pos_weight = pw;
+        d.neg_weight = nw;
+    }
+    /* Arrays shorter than the fields claim are the caller's bug, not dipole's: keep them in
+     * step for the descriptor the library sees. */
+    if (d.key_lengths && !(d.batch >= 1 && d.batch <= 4))
+        d.key_lengths = NULL;
+    if (d.pos_weight && !(d.heads_q >= 1 && d.heads_q <= 16))
+        d.pos_weight = d.neg_weight = NULL;
+
+    const dipole_status st = dipole_attn_desc_validate(&d);
+    const bool valid = expect_valid(&d);
+    if (valid != (st == DIPOLE_SUCCESS))
+        finding(valid ? "a valid descriptor was refused" : "an invalid descriptor was accepted", &d,
+                st);
+    if (st != DIPOLE_SUCCESS && !*dipole_thread_last_error())
+        finding("a refusal without a message", &d, st);
+    if (!valid)
+        return 0;
+
+    /* Small real calls: scales that keep float and double scores comparable. */
+    if (no_device || d.seq_q > 40 || d.seq_k > 40 || d.head_dim > 33 || d.batch > 3 ||
+        d.heads_q > 9 || fabsf(d.scale) > 4.0f || (d.scale != 0 && fabsf(d.scale) < 1e-20f))
+        return 0;
+    if (!ctx && dipole_ctx_create(&ctx, NULL) != DIPOLE_SUCCESS) {
+        no_device = true;
+        return 0;
+    }
+    device_call(&r, &d);
+    return 0;
+}

@@ -302,10 +302,13 @@ void dipole_fwd_cpu(__global const float *q, dp_layout lq,
                     for (int r = 0; r < RV; r++) {
                         const float16 sv = s[jj * RV + r];
                         float16 w = dp_exp_nonpos(POLE_LOGIT(p, sv) - mn[r]);
-                        if (masked)
+                        float16 a = w * POLE_COEF(p, sv);
+                        /* Masked after the coefficient: sign(NaN) is NaN, and 0 x NaN too. */
+                        if (masked) {
                             w = select((float16)0.0f, w, LANE_VIS(jj, r));
+                            a = select((float16)0.0f, a, LANE_VIS(jj, r));
+                        }
                         lsum[r] += w;
-                        const float16 a = w * POLE_COEF(p, sv);
                         if (POLE_MAY_V(p))
                             wv[p][jj * RV + r] = POLE_TO_V2(p, sv) ? (float16)0.0f : a;
 #if READS_V2

@@ -617,25 +617,30 @@ START_TEST(test_broken_kernel_dirs)
     char dir[] = "/tmp/dipole-kdir2-XXXXXX";
     ck_assert_ptr_nonnull(mkdtemp(dir));
     setenv("DIPOLE_KERNEL_DIR", dir, 1);
+    /* Both forward layouts' files: the plan picks one by device type. */
     write_file(dir, "dipole_common.cl", "#error \"dipole-broken-header\"\n");
     write_file(dir, "dipole_fwd.cl", "__kernel void dipole_fwd(void) {}\n");
+    write_file(dir, "dipole_fwd_cpu.cl", "__kernel void dipole_fwd_cpu(void) {}\n");
     ck_assert_int_eq(dipole_attention_plan(ctx, &d, &plan), DIPOLE_ERR_BUILD);
     ASSERT_MSG_HAS(dipole_ctx_last_error(ctx), "dipole-broken-header");
 
     /* Compiles, but has no kernel of that name. */
     write_file(dir, "dipole_common.cl", "\n");
     write_file(dir, "dipole_fwd.cl", "__kernel void something_else(__global float *x) {}\n");
+    write_file(dir, "dipole_fwd_cpu.cl", "__kernel void something_else(__global float *x) {}\n");
     dipole_status st = dipole_attention_plan(ctx, &d, &plan);
     ck_assert_int_ne(st, DIPOLE_SUCCESS);
     ASSERT_MSG_HAS(dipole_ctx_last_error(ctx), "dipole_fwd");
 
     /* An empty file. */
     write_file(dir, "dipole_fwd.cl", "");
+    write_file(dir, "dipole_fwd_cpu.cl", "");
     ck_assert_int_ne(dipole_attention_plan(ctx, &d, &plan), DIPOLE_SUCCESS);
 
     unsetenv("DIPOLE_KERNEL_DIR");
     remove_file(dir, "dipole_common.cl");
     remove_file(dir, "dipole_fwd.cl");
+    remove_file(dir, "dipole_fwd_cpu.cl");
     rmdir(dir);
     /* The failures left nothing behind in the context. */
     const size_t nq = tu_q_elems(&d), nk = tu_kv_elems(&d);
@@ -654,7 +659,7 @@ END_TEST
 START_TEST(test_garbage_environment)
 {
     tu_ctx();
-    static const char *vars[][2] = {{"DIPOLE_BLOCK_M", "abc"}, {"DIPOLE_BLOCK_N", "-3"},
+    static const char *vars[][2] = {{"DIPOLE_TILE_CONFIG", "block_m=abc"}, {"DIPOLE_BWD_BLOCK_N", "-3"},
                                     {"DIPOLE_PATH", "bogus"},  {"DIPOLE_WORKSPACE_MB", "12abc"},
                                     {"DIPOLE_LOG", "0"},       {"DIPOLE_DEVICE", ""}};
     for (size_t i = 0; i < sizeof vars / sizeof vars[0]; i++)

@@ -1,6 +1,6 @@
 /* A small kernel sweep meant to run under oclgrind (meson test --setup=oclgrind): every
- * variant and mask on the tiled path, with several work-group shapes forced through
- * DIPOLE_BLOCK_M / DIPOLE_BLOCK_N, on shapes tiny enough for a simulator. oclgrind reports
+ * variant and mask on the tiled path, with both layouts and several tile shapes forced through
+ * DIPOLE_TILE_CONFIG, plus split-K decode, on shapes tiny enough for a simulator. oclgrind reports
  * out-of-bounds accesses, data races, uninitialised reads and API misuse; the wrapper
  * (tools/oclgrind-check.sh) fails the test on any report. Runs natively too. */
 #include <stdio.h>
@@ -12,11 +12,18 @@ START_TEST(test_small_sweep)
 {
     static const int kl[2] = {6, 10};
     static const struct {
-        const char *m, *n;
-    } blocks[] = {{"1", "1"}, {"4", "3"}, {"8", "16"}};
+        const char *config;
+        int block_m;
+    } blocks[] = {
+        {"layout=group,block_m=1,block_n=1", 1},
+        {"layout=group,block_m=4,block_n=3", 4},
+        {"layout=group,block_m=8,block_n=16", 8},
+        {"layout=cpu,block_m=16,block_n=3,splitk_q=0", 16},
+        {"layout=cpu,block_m=32,block_n=8,splitk_q=0", 32},
+        {"layout=cpu,block_m=16,splitk_q=8,splitk_chunk=3", 1}, /* seq_q 7: split-K decode */
+    };
     for (size_t b = 0; b < sizeof blocks / sizeof blocks[0]; b++) {
-        setenv("DIPOLE_BLOCK_M", blocks[b].m, 1);
-        setenv("DIPOLE_BLOCK_N", blocks[b].n, 1);
+        setenv("DIPOLE_TILE_CONFIG", blocks[b].config, 1);
         for (int variant = 0; variant < 4; variant++)
             for (int mask = 0; mask < 4; mask++) {
                 dipole_attn_desc d;
@@ -32,13 +39,12 @@ START_TEST(test_small_sweep)
                     d.key_lengths = kl;
                 dipole_plan plan;
                 ck_assert_int_eq(dipole_attention_plan(tu_ctx(), &d, &plan), DIPOLE_SUCCESS);
-                ck_assert_int_eq(plan.block_m, atoi(blocks[b].m));
+                ck_assert_msg(plan.block_m == blocks[b].block_m, "%s: %s", blocks[b].config, plan.reason);
                 tu_check_against_reference(&d, 700 + (uint64_t)(variant * 4 + mask), 1.0f, 1e-5,
                                            1e-4);
             }
     }
-    unsetenv("DIPOLE_BLOCK_M");
-    unsetenv("DIPOLE_BLOCK_N");
+    unsetenv("DIPOLE_TILE_CONFIG");
 }
 END_TEST
 

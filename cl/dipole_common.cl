@@ -56,7 +56,7 @@
 
 /* d POLE_LOGIT / ds, for the backward pass: d|s|/ds = sign(s), 0 at s = 0 (as torch). */
 #if VARIANT == DIPOLE_SIGNEXP || VARIANT == DIPOLE_ROUTED
-#define POLE_LOGIT_DS(p, s) dp_sign(s)
+#define POLE_LOGIT_DS(p, s) DP_SIGN(s)
 #else
 #define POLE_LOGIT_DS(p, s) ((p) == 0 ? 1.0f : -1.0f)
 #endif

@@ -244,10 +244,12 @@ int bench_tune(dipole_ctx *ctx, const char *selector, const bench_opts *o,
         fprintf(f, "no candidate passed; nothing saved\n");
         return BENCH_EXIT_ERROR;
     }
-    /* The first measurement pays for warming the device up and the winner is the luckiest of
-     * many: time the two again, alternately, and keep each one's best median. */
-    double base_ms = base.ms;
-    for (int round = 0; round < 2; round++) {
+    /* The first measurement pays for warming the device up, and the winner is the luckiest of
+     * many under a load that drifts: decide on the two timed again in alternation, by the
+     * median of the paired ratios, which leaves out the selection run and cancels the drift. */
+    enum { ROUNDS = 3 };
+    double ratio[ROUNDS], base_t[ROUNDS], best_t[ROUNDS], best_gflops_t = 0;
+    for (int round = 0; round < ROUNDS; round++) {
         tune_result r[2];
         dipole_ctx_set_tile_config(ctx, NULL);
         measure(ctx, &to, dev, pts, npts, &r[0]);
@@ -258,18 +260,21 @@ int bench_tune(dipole_ctx *ctx, const char *selector, const bench_opts *o,
             fprintf(f, "timing again failed: %s; nothing saved\n", r[0].ok ? r[1].why : r[0].why);
             return BENCH_EXIT_ERROR;
         }
-        base_ms = r[0].ms < base_ms ? r[0].ms : base_ms;
-        if (r[1].ms < best_ms) {
-            best_ms = r[1].ms;
-            best_gflops = r[1].gflops;
-        }
+        base_t[round] = r[0].ms;
+        best_t[round] = r[1].ms;
+        ratio[round] = r[0].ms / r[1].ms;
+        best_gflops_t = r[1].gflops > best_gflops_t ? r[1].gflops : best_gflops_t;
     }
     dipole_ctx_set_tile_config(ctx, NULL);
-    const double gain = base_ms / best_ms;
-    fprintf(f, "best: %s, %.2f ms (%.1f GFLOP/s), %+.1f%% vs the current [%s] %.2f ms (best of 3 "
-               "medians each)\n",
-            cand[best], best_ms, best_gflops, (gain - 1) * 100, base.source, base_ms);
-    if (best_ms >= base_ms * (1 - BENCH_TUNE_NOISE)) {
+    const double gain = bench_median(ratio, ROUNDS);
+    fprintf(f, "best: %s, %.2f ms (%.1f GFLOP/s) in the first pass\n", cand[best], best_ms,
+            best_gflops);
+    fprintf(f, "timed again in alternation, ms:");
+    for (int round = 0; round < ROUNDS; round++)
+        fprintf(f, " %.2f vs %.2f%s", best_t[round], base_t[round], round + 1 < ROUNDS ? "," : "");
+    fprintf(f, " (best %.1f GFLOP/s); median gain %+.1f%% over the current [%s]\n",
+            best_gflops_t, (gain - 1) * 100, base.source);
+    if (gain <= 1 + BENCH_TUNE_NOISE) {
         fprintf(f, "kept the current configuration [%s]: no candidate beats it by more than "
                    "%.0f%%; nothing saved\n",
                 base.source, BENCH_TUNE_NOISE * 100);

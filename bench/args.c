@@ -310,6 +310,10 @@ int bench_parse_args(int argc, char **argv, bench_opts *o, char *err, size_t cap
             double *t = flag[2] == 'a' ? &o->atol : &o->rtol;
             if (!parse_double(val, 0, 1e3, t))
                 return fail(err, cap, "%s: '%s' is not a number in [0, 1000]", flag, val);
+        } else if (!strcmp(flag, "--tune-prior")) {
+            if (!*val)
+                return fail(err, cap, "--tune-prior: empty configuration");
+            o->tune_prior = val;
         } else if (!strcmp(flag, "--csv") || !strcmp(flag, "--json") ||
                    !strcmp(flag, "--plot") || !strcmp(flag, "--compare")) {
             if (!*val)
@@ -327,6 +331,8 @@ int bench_parse_args(int argc, char **argv, bench_opts *o, char *err, size_t cap
     }
     if (o->all && o->ndevices)
         return fail(err, cap, "--all and --device exclude each other");
+    if (o->tune_prior && !o->tune)
+        return fail(err, cap, "--tune-prior needs --tune");
     if (o->tune && (o->csv || o->json || o->plot || o->compare))
         return fail(err, cap, "--tune prints its own table: no --csv, --json, --plot or --compare");
     if (o->plot) {

@@ -50,6 +50,7 @@ typedef struct bench_opts {
     double atol, rtol;
     bool budget_set, max_call_set;
     const char *csv, *json, *plot, *compare;
+    const char *tune_prior; /* test-only: saved as the tuned config before --tune starts */
 } bench_opts;
 
 /* Parses argv into o. Returns 0, or -1 with a message in err. */

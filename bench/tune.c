@@ -200,6 +200,11 @@ int bench_tune(dipole_ctx *ctx, const char *selector, const bench_opts *o,
     fprintf(f, "  %-38s %-8s %10s %9s %9s  %s\n", "candidate", "plan", "median ms", "GFLOP/s",
             "vs cur.", "status");
 
+    /* --tune-prior (tests): stands for an earlier tuning, so that a slow one must be replaced. */
+    if (o->tune_prior && dipole_ctx_save_tuned_config(ctx, o->tune_prior) != DIPOLE_SUCCESS) {
+        fprintf(f, "--tune-prior: %s\n", dipole_ctx_last_error(ctx));
+        return BENCH_EXIT_USAGE;
+    }
     tune_result base;
     dipole_ctx_set_tile_config(ctx, NULL);
     measure(ctx, &to, dev, pts, npts, &base);
@@ -243,6 +248,14 @@ int bench_tune(dipole_ctx *ctx, const char *selector, const bench_opts *o,
         dipole_ctx_set_tile_config(ctx, NULL);
         fprintf(f, "no candidate passed; nothing saved\n");
         return BENCH_EXIT_ERROR;
+    }
+    if (!strcmp(cand[best], current)) {
+        dipole_ctx_set_tile_config(ctx, NULL);
+        fprintf(f, "best: %s, %.2f ms (%.1f GFLOP/s): the current configuration itself\n",
+                cand[best], best_ms, best_gflops);
+        fprintf(f, "kept the current configuration [%s]: it is the fastest; nothing saved\n",
+                base.source);
+        return BENCH_EXIT_OK;
     }
     /* The first measurement pays for warming the device up, and the winner is the luckiest of
      * many under a load that drifts: decide on the two timed again in alternation, by the

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Runs dipole-bench --tune for the meson tests: check_tune.py BENCH plain|inject.
+"""Runs dipole-bench --tune for the meson tests: check_tune.py BENCH plain|inject|prior.
 
 Refuses to tune under DIPOLE_TILE_CONFIG (exit 2), then runs --tune --quick (inject: with
 --inject-error, which corrupts the first candidate's check) in $DIPOLE_CACHE_DIR after removing
@@ -10,6 +10,8 @@ any tuned-*.conf there. It must exit 0, show the default's row, and either
 - say the default was kept: then no tuned-*.conf exists and a separate run does not plan
   "(tuned)".
 inject: the first candidate is rejected for a mismatch and is not the winner.
+prior: --tune-prior saves a slow configuration (16 rows x 8 keys, about 3x slower here) as an
+earlier tuning first: the first row must be that one, and a winner must replace it.
 Exit 77 (skipped) when the machine has no OpenCL device."""
 import glob
 import json
@@ -58,7 +60,11 @@ def main():
 
     for old in glob.glob(os.path.join(cache, "tuned-*.conf")):
         os.remove(old)
-    args = [bench, "--tune", "--quick"] + (["--inject-error"] if mode == "inject" else [])
+    args = [bench, "--tune", "--quick"]
+    if mode == "inject":
+        args += ["--inject-error"]
+    elif mode == "prior":
+        args += ["--tune-prior", "block_m=16,block_n=8"]
     proc = run(args, DIPOLE_TILE_CONFIG=None)
     if proc.returncode == 3:
         print("no OpenCL device: skipped")
@@ -69,7 +75,10 @@ def main():
     head = [i for i, l in enumerate(lines) if l.split()[:1] == ["candidate"]]
     assert len(head) == 1, "no table header"
     rows = lines[head[0] + 1:]
-    assert rows[0].split()[0] == "default" and rows[0].rstrip().endswith("ok"), rows[0]
+    first_row = "current" if mode == "prior" else "default"
+    assert rows[0].split()[0] == first_row and rows[0].rstrip().endswith("ok"), rows[0]
+    if mode == "prior":
+        assert rows[0].split()[3] == "16x8", rows[0]
     cands = [l.split()[0] for l in rows if l.strip().startswith("layout=")]
     assert len(cands) >= 3, ("too few candidates", cands)
     best = re.search(r"^best: (\S+),", out, re.M)
@@ -95,6 +104,7 @@ def main():
             assert "(tuned)" in plan, plan
             print("saved %s; a separate run plans: %s" % (winner, plan))
         else:
+            assert mode != "prior", "a 3x slower earlier tuning was kept"
             assert re.search(r"^kept the current configuration", out, re.M), "neither saved nor kept"
             assert not files, ("kept the default but a tuned file exists", files)
             plan = separate_plan(bench, tmp)

@@ -20,6 +20,11 @@ START_TEST(flag)
         ck_assert_int_eq(bench_parse_args(4, bad, &o, err, sizeof err), -1);
         ck_assert_ptr_nonnull(strstr(err, "--tune"));
     }
+    char *prior[] = {"dipole-bench", "--tune", "--tune-prior", "block_m=16,block_n=8"};
+    ck_assert_int_eq(bench_parse_args(4, prior, &o, err, sizeof err), 0);
+    ck_assert_str_eq(o.tune_prior, "block_m=16,block_n=8");
+    ck_assert_int_eq(bench_parse_args(3, prior + 1, &o, err, sizeof err), -1); /* no --tune */
+    ck_assert_ptr_nonnull(strstr(err, "needs --tune"));
     char *value[] = {"dipole-bench", "--tune=1"};
     ck_assert_int_eq(bench_parse_args(2, value, &o, err, sizeof err), -1);
     ck_assert_ptr_nonnull(strstr(err, "no value"));

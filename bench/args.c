@@ -38,7 +38,13 @@ void bench_usage(FILE *f)
         "  --rows N               (batch, head, row) triples validated per point [16]\n"
         "  --atol X --rtol X      validation: |got-ref| <= atol + rtol |ref|  [5e-5, 5e-4]\n"
         "  --no-peaks             skip measuring the device ceilings\n"
-        "outputs (the table always goes to stdout):\n"
+        "tuning:\n"
+        "  --tune                 instead of the grid: time tile configurations of the tiled\n"
+        "                         forward (SIGNEXP; CPU N 2048, --quick 1024, d 64; GPU N 4096,\n"
+        "                         d 64 and 128) on each device, check each against the\n"
+        "                         reference, and save the fastest valid one in the cache\n"
+        "                         directory when it beats the current configuration by > 3%\n"
+        "outputs (the table always goes to stdout; not with --tune):\n"
         "  --csv FILE  --json FILE  --plot FILE.svg|FILE.png  --compare OLD.json\n"
         "\n"
         "GFLOP/s = flops / median time, flops = sum over batch, heads_q and each visible\n"
@@ -252,6 +258,7 @@ int bench_parse_args(int argc, char **argv, bench_opts *o, char *err, size_t cap
                    : !strcmp(flag, "--quick")        ? &o->quick
                    : !strcmp(flag, "--backward")     ? &o->backward
                    : !strcmp(flag, "--inject-error") ? &o->inject_error
+                   : !strcmp(flag, "--tune")         ? &o->tune
                                                      : NULL;
         if (sw || !strcmp(flag, "--no-peaks")) {
             if (val)
@@ -303,6 +310,10 @@ int bench_parse_args(int argc, char **argv, bench_opts *o, char *err, size_t cap
             double *t = flag[2] == 'a' ? &o->atol : &o->rtol;
             if (!parse_double(val, 0, 1e3, t))
                 return fail(err, cap, "%s: '%s' is not a number in [0, 1000]", flag, val);
+        } else if (!strcmp(flag, "--tune-prior")) {
+            if (!*val)
+                return fail(err, cap, "--tune-prior: empty configuration");
+            o->tune_prior = val;
         } else if (!strcmp(flag, "--csv") || !strcmp(flag, "--json") ||
                    !strcmp(flag, "--plot") || !strcmp(flag, "--compare")) {
             if (!*val)
@@ -320,6 +331,10 @@ int bench_parse_args(int argc, char **argv, bench_opts *o, char *err, size_t cap
     }
     if (o->all && o->ndevices)
         return fail(err, cap, "--all and --device exclude each other");
+    if (o->tune_prior && !o->tune)
+        return fail(err, cap, "--tune-prior needs --tune");
+    if (o->tune && (o->csv || o->json || o->plot || o->compare))
+        return fail(err, cap, "--tune prints its own table: no --csv, --json, --plot or --compare");
     if (o->plot) {
         const char *dot = strrchr(o->plot, '.');
         if (!dot || (strcasecmp(dot, ".svg") && strcasecmp(dot, ".png")))

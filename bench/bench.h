@@ -39,7 +39,7 @@ typedef struct bench_bhlist {
 } bench_bhlist;
 
 typedef struct bench_opts {
-    bool help, list, all, quick, backward, inject_error, peaks, decode;
+    bool help, list, all, quick, backward, inject_error, peaks, decode, tune;
     int ndevices;
     const char *devices[BENCH_MAX_DEVICES]; /* selectors; none = dipole_ctx_create(NULL) */
     bench_ilist variants, head_dims, seqs, causal, paths;
@@ -50,6 +50,7 @@ typedef struct bench_opts {
     double atol, rtol;
     bool budget_set, max_call_set;
     const char *csv, *json, *plot, *compare;
+    const char *tune_prior; /* test-only: saved as the tuned config before --tune starts */
 } bench_opts;
 
 /* Parses argv into o. Returns 0, or -1 with a message in err. */
@@ -187,6 +188,25 @@ bool bench_validate(const bench_point *p, const bench_host_inputs *in, bench_fet
 void bench_derive(bench_run *run);
 /* True when any row is an error. */
 bool bench_any_error(const bench_run *run);
+
+/* ---- tune.c (--tune) */
+#define BENCH_TUNE_MAX 16
+#define BENCH_TUNE_LEN 96
+#define BENCH_TUNE_NOISE 0.03 /* a winner must beat the current configuration by this much */
+
+/* Tile configurations to try: CPU layout=cpu, block_m 64,128,256 x block_n 32,64,128; other
+ * devices layout=group, block_m 32..256 up to max_work_group x block_n 16,32,64; then current
+ * (the configuration in use, "" for none) unless already listed. Returns the count. */
+int bench_tune_candidates(bool cpu, size_t max_work_group, const char *current,
+                          char out[][BENCH_TUNE_LEN], int cap);
+/* The shapes timed (SIGNEXP forward, tiled): CPU 1x8 heads, N 2048 (quick 1024), d 64;
+ * GPU 1x8 heads, N 4096, d 64 and 128. Returns the count. */
+int bench_tune_shapes(bool cpu, bool quick, bench_point pts[], int cap);
+/* Tunes ctx's device (opened with selector) and prints the table to f. Returns a BENCH_EXIT_*
+ * status: an error when the current configuration fails, no candidate is valid, or the winner
+ * cannot be saved; a rejected candidate alone is not one. */
+int bench_tune(dipole_ctx *ctx, const char *selector, const bench_opts *o,
+               const bench_device *dev, FILE *f);
 
 /* ---- outputs */
 void bench_print_table(FILE *f, const bench_run *run);

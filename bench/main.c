@@ -45,6 +45,14 @@ int main(int argc, char **argv)
     }
     if (o.list)
         return bench_list_devices(stdout);
+    const char *forced = getenv("DIPOLE_TILE_CONFIG");
+    if (o.tune && forced && *forced) {
+        /* It beats every candidate's per-context setting: all would time the same thing. */
+        fprintf(stderr, "dipole-bench: --tune: DIPOLE_TILE_CONFIG=%s overrides every candidate; "
+                        "unset it to tune\n",
+                forced);
+        return BENCH_EXIT_USAGE;
+    }
 
     static char all_sel[BENCH_MAX_DEVICES][16];
     const char *sel[BENCH_MAX_DEVICES];
@@ -87,6 +95,8 @@ int main(int argc, char **argv)
         }
         bench_describe(ctx[i], sel[i], &run.dev[i]);
         run.ndev++;
+        if (o.tune)
+            continue;
         bench_grid_defaults(&o, run.dev[i].cpu, &dopts[i]);
         npts[i] = bench_grid_expand(&dopts[i], i, &pts[i]);
         if (npts[i] < 0) {
@@ -97,6 +107,13 @@ int main(int argc, char **argv)
         total += npts[i];
     }
 
+    if (o.tune) {
+        for (int i = 0; i < nsel; i++) {
+            const int t = bench_tune(ctx[i], sel[i], &o, &run.dev[i], stdout);
+            rc = rc != BENCH_EXIT_OK ? rc : t;
+        }
+        goto out;
+    }
     int done = 0;
     for (int i = 0; i < nsel; i++) {
         if (o.peaks) {

@@ -14,6 +14,7 @@ int main(int argc, char **argv)
         {"metrics", bench_metrics_suite},
         {"reports", bench_reports_suite},
         {"validate", bench_validate_suite},
+        {"tune", bench_tune_suite},
     };
     if (argc != 2) {
         fprintf(stderr, "usage: %s SUITE\n", argv[0]);

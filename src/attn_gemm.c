@@ -59,23 +59,7 @@ static dipole_status launch_rowwise(dipole_ctx *ctx, const dp_problem *p,
                                     size_t r0, size_t nr, size_t j0, size_t nc)
 {
     const cl_mem bufs[5] = {w->s, w->s2 ? w->s2 : w->s, a->lse, a->key_lengths, a->pole_weights};
-    const cl_int ints[11] = {(cl_int)nr,   (cl_int)nc,   (cl_int)r0,         (cl_int)j0,
-                             (cl_int)s0,   p->d.batch,   p->d.heads_q,       p->d.seq_q,
-                             p->d.seq_k,   p->d.window_left, p->d.window_right};
-    cl_int err = CL_SUCCESS;
-    cl_uint arg = 0;
-    for (int i = 0; i < 5 && err == CL_SUCCESS; i++)
-        err = clSetKernelArg(rw->kernel, arg++, sizeof(cl_mem), &bufs[i]);
-    for (int i = 0; i < 11 && err == CL_SUCCESS; i++)
-        err = clSetKernelArg(rw->kernel, arg++, sizeof(cl_int), &ints[i]);
-    if (err != CL_SUCCESS)
-        return dp_cl_fail(ctx, err, "clSetKernelArg(dipole_rowwise)");
-    const size_t global[3] = {(nr + rw->block_m - 1) / rw->block_m * rw->block_m, rw->block_n, ns};
-    const size_t local[3] = {rw->block_m, rw->block_n, 1};
-    err = clEnqueueNDRangeKernel(ctx->queue, rw->kernel, 3, NULL, global, local, 0, NULL, NULL);
-    if (err != CL_SUCCESS)
-        return dp_cl_fail(ctx, err, "clEnqueueNDRangeKernel(dipole_rowwise)");
-    return DIPOLE_SUCCESS;
+    return dp_rowwise_enqueue(ctx, rw, "dipole_rowwise", bufs, 5, p, s0, ns, r0, nr, j0, nc);
 }
 
 dipole_status dp_gemm_run(dipole_ctx *ctx, const dp_problem *p, const dipole_plan *plan,

@@ -131,31 +131,15 @@ static bool use_splitk(const dp_tile_config *tc, const dp_problem *p)
     return tc->layout == DP_LAYOUT_CPU && p->d.seq_q <= tc->splitk_max_q;
 }
 
-static dp_kernel_config kernel_config(const dp_problem *p, dp_kernel_kind kind, int block_m,
-                                      int block_n, int work_group)
-{
-    dp_kernel_config cfg;
-    memset(&cfg, 0, sizeof cfg);
-    cfg.kind = kind;
-    cfg.variant = p->d.variant;
-    cfg.head_dim = p->d.head_dim;
-    cfg.causal = p->d.causal != 0;
-    cfg.has_window = p->has_window;
-    cfg.block_m = block_m;
-    cfg.block_n = block_n;
-    cfg.work_group = work_group;
-    return cfg;
-}
-
 /* The kernel configuration a plan stands for (split-K builds with the CPU program's rows). */
 static dp_kernel_config plan_kernel_config(const dp_problem *p, const dipole_plan *plan,
                                            const dp_tile_config *tc)
 {
     if (tc->layout == DP_LAYOUT_GROUP)
-        return kernel_config(p, DP_KERNEL_FWD_TILED, plan->block_m, plan->block_n, plan->block_m);
+        return dp_kernel_config_for(p, DP_KERNEL_FWD_TILED, plan->block_m, plan->block_n, plan->block_m);
     if (use_splitk(tc, p))
-        return kernel_config(p, DP_KERNEL_FWD_SPLITK, 16, plan->block_n, 1);
-    return kernel_config(p, DP_KERNEL_FWD_CPU, plan->block_m, plan->block_n, 1);
+        return dp_kernel_config_for(p, DP_KERNEL_FWD_SPLITK, 16, plan->block_n, 1);
+    return dp_kernel_config_for(p, DP_KERNEL_FWD_CPU, plan->block_m, plan->block_n, 1);
 }
 
 static dipole_status reject(dipole_plan *plan, const char *fmt, int a, int b)

@@ -20,21 +20,6 @@ static int env_block(const char *name, int fallback)
     return (*end == '\0' && v > 0 && v <= 1024) ? (int)v : fallback;
 }
 
-static dp_kernel_config bwd_config(const dp_problem *p, int block_m, int block_n)
-{
-    dp_kernel_config cfg;
-    memset(&cfg, 0, sizeof cfg);
-    cfg.kind = DP_KERNEL_BWD;
-    cfg.variant = p->d.variant;
-    cfg.head_dim = p->d.head_dim;
-    cfg.causal = p->d.causal != 0;
-    cfg.has_window = p->has_window;
-    cfg.block_m = block_m;
-    cfg.block_n = block_n;
-    cfg.work_group = block_m;
-    return cfg;
-}
-
 static dipole_status kernel_wg(dipole_ctx *ctx, const dp_kernel_config *cfg, const char *name,
                                size_t *wg)
 {
@@ -84,7 +69,7 @@ static dipole_status bwd_plan(dipole_ctx *ctx, const dp_problem *p, int *bm, int
     static const char *const row_kernels[] = {"dipole_bwd_pre", "dipole_bwd_dq",
                                               "dipole_bwd_dweights"};
     for (;;) {
-        dp_kernel_config cfg = bwd_config(p, block_m, block_n);
+        dp_kernel_config cfg = dp_kernel_config_for(p, DP_KERNEL_BWD, block_m, block_n, block_m);
         size_t wg_rows = SIZE_MAX, wg;
         dipole_status st;
         for (size_t i = 0; i < sizeof row_kernels / sizeof row_kernels[0]; i++) {
@@ -335,7 +320,7 @@ static dipole_status backward_locked(dipole_ctx *ctx, const dp_problem *p, const
     if (st == DIPOLE_SUCCESS && !gemm && want_dw)
         st = scratch(ctx, (size_t)p->npoles * nstat, "rowdot", &rowdot);
 
-    dp_kernel_config cfg = bwd_config(p, bm, bn);
+    dp_kernel_config cfg = dp_kernel_config_for(p, DP_KERNEL_BWD, bm, bn, bm);
     /* v2 / dv2 are never touched when the variant has no v2; bind v / dv so the argument is valid. */
     const dipole_tensor *v2 = p->reads_v2 ? a->v2 : a->v, *dv2 = p->reads_v2 ? a->dv2 : a->dv;
     static const char *const names[4] = {"dipole_bwd_pre", "dipole_bwd_dkdv", "dipole_bwd_dq",

@@ -84,22 +84,7 @@ static dipole_status launch_rowwise_bwd(dipole_ctx *ctx, const dp_problem *p,
 {
     const cl_mem bufs[7] = {w->s,      w->dp,      w->dp2 ? w->dp2 : w->dp, a->lse,
                             w->rowdot, key_lengths, pole_weights};
-    const cl_int ints[11] = {(cl_int)nr,       (cl_int)nc,        (cl_int)r0,  (cl_int)j0,
-                             (cl_int)s0,       p->d.batch,        p->d.heads_q, p->d.seq_q,
-                             p->d.seq_k,       p->d.window_left, p->d.window_right};
-    cl_int err = CL_SUCCESS;
-    cl_uint arg = 0;
-    for (int i = 0; i < 7 && err == CL_SUCCESS; i++)
-        err = clSetKernelArg(rw->kernel, arg++, sizeof(cl_mem), &bufs[i]);
-    for (int i = 0; i < 11 && err == CL_SUCCESS; i++)
-        err = clSetKernelArg(rw->kernel, arg++, sizeof(cl_int), &ints[i]);
-    if (err != CL_SUCCESS)
-        return dp_cl_fail(ctx, err, "clSetKernelArg(dipole_rowwise_bwd)");
-    const size_t global[3] = {(nr + rw->block_m - 1) / rw->block_m * rw->block_m, rw->block_n, ns};
-    const size_t local[3] = {rw->block_m, rw->block_n, 1};
-    err = clEnqueueNDRangeKernel(ctx->queue, rw->kernel, 3, NULL, global, local, 0, NULL, NULL);
-    return err == CL_SUCCESS ? DIPOLE_SUCCESS
-                             : dp_cl_fail(ctx, err, "clEnqueueNDRangeKernel(dipole_rowwise_bwd)");
+    return dp_rowwise_enqueue(ctx, rw, "dipole_rowwise_bwd", bufs, 7, p, s0, ns, r0, nr, j0, nc);
 }
 
 /* d alpha, d beta with the tiled backward's kernel. It never reads HEAD_DIM, so it is built at
@@ -107,12 +92,11 @@ static dipole_status launch_rowwise_bwd(dipole_ctx *ctx, const dp_problem *p,
 static dipole_status launch_dweights(dipole_ctx *ctx, const dp_problem *p, const bwd_work *w,
                                      const dp_bwd_args *a, cl_event *event)
 {
-    dp_kernel_config cfg;
-    memset(&cfg, 0, sizeof cfg);
-    cfg.kind = DP_KERNEL_BWD;
-    cfg.variant = p->d.variant;
+    dp_kernel_config cfg =
+        dp_kernel_config_for(p, DP_KERNEL_BWD, DP_DWEIGHTS_WG, DP_DWEIGHTS_WG, DP_DWEIGHTS_WG);
     cfg.head_dim = 1;
-    cfg.block_m = cfg.block_n = DP_DWEIGHTS_WG;
+    cfg.causal = 0;
+    cfg.has_window = 0;
     cl_kernel kernel;
     for (;;) {
         while ((size_t)cfg.block_m > ctx->props.max_work_group && cfg.block_m > 1)

@@ -57,6 +57,13 @@ typedef struct dp_rowwise_launch {
     size_t block_m, block_n; /* rows per work-group, work-items per row */
 } dp_rowwise_launch;
 
+/* Sets a row-wise kernel's arguments (nbufs buffers, then the chunk and problem ints shared by
+ * both row-wise kernels) and enqueues it over rows [r0, r0+nr) of slices [s0, s0+ns) and key
+ * columns [j0, j0+nc). */
+dipole_status dp_rowwise_enqueue(dipole_ctx *ctx, const dp_rowwise_launch *rw, const char *name,
+                                 const cl_mem *bufs, int nbufs, const dp_problem *p, size_t s0,
+                                 size_t ns, size_t r0, size_t nr, size_t j0, size_t nc);
+
 /* Kernel `name` of cl/dipole_rowwise.cl with a work-group the compiled kernel allows. */
 dipole_status dp_rowwise_kernel(dipole_ctx *ctx, const dp_problem *p, const char *name,
                                 dp_rowwise_launch *rw);

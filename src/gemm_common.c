@@ -209,15 +209,9 @@ void dp_gemm_key_span(const dp_problem *p, size_t s0, size_t ns, size_t r0, size
 dipole_status dp_rowwise_kernel(dipole_ctx *ctx, const dp_problem *p, const char *name,
                                 dp_rowwise_launch *rw)
 {
-    dp_kernel_config cfg;
-    memset(&cfg, 0, sizeof cfg);
-    cfg.kind = DP_KERNEL_ROWWISE;
-    cfg.variant = p->d.variant;
+    dp_kernel_config cfg =
+        dp_kernel_config_for(p, DP_KERNEL_ROWWISE, DP_ROWWISE_ROWS, DP_ROWWISE_LANES, 0);
     cfg.head_dim = 1; /* the kernel never sees head_dim: one program serves all of them */
-    cfg.causal = p->d.causal != 0;
-    cfg.has_window = p->has_window;
-    cfg.block_m = DP_ROWWISE_ROWS;
-    cfg.block_n = DP_ROWWISE_LANES;
     while ((size_t)cfg.block_m * (size_t)cfg.block_n > ctx->props.max_work_group) {
         if (cfg.block_n > 1)
             cfg.block_n /= 2;
@@ -250,3 +244,32 @@ dipole_status dp_rowwise_kernel(dipole_ctx *ctx, const dp_problem *p, const char
     return DIPOLE_SUCCESS;
 }
 
+
+dipole_status dp_rowwise_enqueue(dipole_ctx *ctx, const dp_rowwise_launch *rw, const char *name,
+                                 const cl_mem *bufs, int nbufs, const dp_problem *p, size_t s0,
+                                 size_t ns, size_t r0, size_t nr, size_t j0, size_t nc)
+{
+    /* Both row-wise kernels take their buffers first, then this same tail of ints. */
+    const cl_int ints[11] = {(cl_int)nr, (cl_int)nc,   (cl_int)r0,   (cl_int)j0,
+                             (cl_int)s0, p->d.batch,   p->d.heads_q, p->d.seq_q,
+                             p->d.seq_k, p->d.window_left, p->d.window_right};
+    char call[96];
+    cl_int err = CL_SUCCESS;
+    cl_uint arg = 0;
+    for (int i = 0; i < nbufs && err == CL_SUCCESS; i++)
+        err = clSetKernelArg(rw->kernel, arg++, sizeof(cl_mem), &bufs[i]);
+    for (int i = 0; i < 11 && err == CL_SUCCESS; i++)
+        err = clSetKernelArg(rw->kernel, arg++, sizeof(cl_int), &ints[i]);
+    if (err != CL_SUCCESS) {
+        snprintf(call, sizeof call, "clSetKernelArg(%s)", name);
+        return dp_cl_fail(ctx, err, call);
+    }
+    const size_t global[3] = {(nr + rw->block_m - 1) / rw->block_m * rw->block_m, rw->block_n, ns};
+    const size_t local[3] = {rw->block_m, rw->block_n, 1};
+    err = clEnqueueNDRangeKernel(ctx->queue, rw->kernel, 3, NULL, global, local, 0, NULL, NULL);
+    if (err != CL_SUCCESS) {
+        snprintf(call, sizeof call, "clEnqueueNDRangeKernel(%s)", name);
+        return dp_cl_fail(ctx, err, call);
+    }
+    return DIPOLE_SUCCESS;
+}

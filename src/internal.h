@@ -113,7 +113,10 @@ dipole_status dp_check_buffer(dipole_ctx *ctx, const char *name, cl_mem buf, siz
 void dp_visible_range(const dp_problem *p, int b, int i, int *lo, int *hi);
 int dp_key_length(const dp_problem *p, int b);
 
-/* ---- sources.c / build.c / cache: programs by configuration. */
+/* ---- programs.c: programs by configuration. */
+/* The configuration of kernel `kind` for problem p: variant, head_dim and mask kinds from p. */
+dp_kernel_config dp_kernel_config_for(const dp_problem *p, dp_kernel_kind kind, int block_m,
+                                      int block_n, int work_group);
 /* The ONE place that turns a configuration and device into compiler options. */
 void dp_build_options(const dipole_ctx *ctx, const dp_kernel_config *cfg, char *buf, size_t cap);
 const char *dp_kernel_file(dp_kernel_kind kind);

@@ -31,6 +31,22 @@ const char *dp_kernel_file(dp_kernel_kind kind)
     return (unsigned)kind < DP_KERNEL_COUNT ? files[kind] : NULL;
 }
 
+dp_kernel_config dp_kernel_config_for(const dp_problem *p, dp_kernel_kind kind, int block_m,
+                                      int block_n, int work_group)
+{
+    dp_kernel_config cfg;
+    memset(&cfg, 0, sizeof cfg); /* the struct's bytes are never hashed, but keep them defined */
+    cfg.kind = kind;
+    cfg.variant = p->d.variant;
+    cfg.head_dim = p->d.head_dim;
+    cfg.causal = p->d.causal != 0;
+    cfg.has_window = p->has_window;
+    cfg.block_m = block_m;
+    cfg.block_n = block_n;
+    cfg.work_group = work_group;
+    return cfg;
+}
+
 void dp_build_options(const dipole_ctx *ctx, const dp_kernel_config *cfg, char *buf, size_t cap)
 {
     /* Vendor quirks (extra flags by vendor substring) live here and nowhere else. */

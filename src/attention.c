@@ -67,30 +67,6 @@ static void span_of(const dipole_tensor *t, int batch, int seq, int heads, int d
           (size_t)(heads - 1) * t->stride_head + (size_t)d;
 }
 
-/* Whether two elements of out could be the same address: then work-items race on it and the
- * result depends on timing. Sufficient test: with the dimensions sorted by stride, each stride
- * must pass the span of all the smaller ones. Unusual but valid layouts it refuses are refused
- * with a message, never computed wrongly. */
-static bool out_self_overlaps(const dipole_tensor *t, int batch, int seq, int heads, int d)
-{
-    size_t ext[4] = {(size_t)d, (size_t)heads, (size_t)seq, (size_t)batch};
-    size_t str[4] = {1, t->stride_head, t->stride_seq, t->stride_batch};
-    for (int i = 1; i < 4; i++) /* insertion sort by stride; 4 entries */
-        for (int j = i; j > 0 && str[j] < str[j - 1]; j--) {
-            size_t e = ext[j], s = str[j];
-            ext[j] = ext[j - 1], str[j] = str[j - 1];
-            ext[j - 1] = e, str[j - 1] = s;
-        }
-    size_t span = 0; /* dp_check_tensor has bounded every product here */
-    for (int i = 0; i < 4; i++) {
-        if (ext[i] == 1)
-            continue;
-        if (str[i] <= span)
-            return true;
-        span += str[i] * (ext[i] - 1);
-    }
-    return false;
-}
 
 static dipole_status check_args(dipole_ctx *ctx, const dp_problem *p, const dp_args *a)
 {
@@ -108,7 +84,7 @@ static dipole_status check_args(dipole_ctx *ctx, const dp_problem *p, const dp_a
         if ((st = dp_check_tensor(ctx, "v2", a->v2, d->batch, d->seq_k, d->heads_kv, d->head_dim)))
             return st;
     }
-    if (out_self_overlaps(a->out, d->batch, d->seq_q, d->heads_q, d->head_dim))
+    if (dp_tensor_self_overlaps(a->out, d->batch, d->seq_q, d->heads_q, d->head_dim))
         return dp_fail(ctx, DIPOLE_ERR_INVALID_ARG,
                        "out strides (%zu, %zu, %zu) make distinct output rows overlap "
                        "(seq_q %d, heads_q %d, head_dim %d)",
@@ -249,7 +225,7 @@ dipole_status dipole_attention_host_lse(dipole_ctx *ctx, const dipole_attn_desc 
         cl_int err;
         bufs[i] = clCreateBuffer(ctx->context,
                                  spec[i].input ? CL_MEM_READ_ONLY | CL_MEM_COPY_HOST_PTR
-                                               : CL_MEM_WRITE_ONLY,
+                                               : CL_MEM_READ_WRITE, /* the GEMM path reads out (beta = 1) */
                                  spec[i].n * sizeof(float), spec[i].input ? (void *)spec[i].host : NULL,
                                  &err);
         if (err != CL_SUCCESS) {

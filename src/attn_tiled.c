@@ -126,18 +126,38 @@ static const char *tile_config_for(dipole_ctx *ctx, dp_tile_config *cfg)
     return tile_table[i].label;
 }
 
-static bool use_splitk(const dp_tile_config *tc, const dp_problem *p)
+/* Split-K's scratch: a (max, sum, acc) partial per chunk, row, head and pole; 0 if it
+ * overflows size_t. */
+static size_t splitk_bytes(const dp_tile_config *tc, const dp_problem *p)
 {
-    return tc->layout == DP_LAYOUT_CPU && p->d.seq_q <= tc->splitk_max_q;
+    const size_t chunks = ((size_t)p->d.seq_k + (size_t)tc->splitk_chunk - 1) / (size_t)tc->splitk_chunk;
+    const size_t f[] = {chunks, (size_t)p->d.seq_q, (size_t)p->d.batch, (size_t)p->d.heads_q,
+                        (size_t)p->npoles, (size_t)p->d.head_dim + 2, sizeof(float)};
+    size_t r = 1;
+    for (size_t i = 0; i < sizeof f / sizeof f[0]; i++)
+        if (!dp_mul_ok(r, f[i], &r))
+            return 0;
+    return r;
+}
+
+/* Split-K for few query rows, unless its scratch would not fit one allocation or the
+ * workspace limit — then the plain CPU kernel, which needs none, serves. */
+static bool use_splitk(const dipole_ctx *ctx, const dp_tile_config *tc, const dp_problem *p)
+{
+    if (tc->layout != DP_LAYOUT_CPU || p->d.seq_q > tc->splitk_max_q)
+        return false;
+    const size_t bytes = splitk_bytes(tc, p);
+    return bytes != 0 && bytes <= ctx->props.max_alloc && bytes <= ctx->workspace_limit;
 }
 
 /* The kernel configuration a plan stands for (split-K builds with the CPU program's rows). */
-static dp_kernel_config plan_kernel_config(const dp_problem *p, const dipole_plan *plan,
+static dp_kernel_config plan_kernel_config(const dipole_ctx *ctx, const dp_problem *p,
+                                           const dipole_plan *plan,
                                            const dp_tile_config *tc)
 {
     if (tc->layout == DP_LAYOUT_GROUP)
         return dp_kernel_config_for(p, DP_KERNEL_FWD_TILED, plan->block_m, plan->block_n, plan->block_m);
-    if (use_splitk(tc, p))
+    if (use_splitk(ctx, tc, p))
         return dp_kernel_config_for(p, DP_KERNEL_FWD_SPLITK, 16, plan->block_n, 1);
     return dp_kernel_config_for(p, DP_KERNEL_FWD_CPU, plan->block_m, plan->block_n, 1);
 }
@@ -178,10 +198,10 @@ static dipole_status plan_cpu(dipole_ctx *ctx, const dp_problem *p, const dp_til
                               const char *source, dipole_plan *plan)
 {
     const int d = p->d.head_dim;
-    if (use_splitk(tc, p)) {
+    if (use_splitk(ctx, tc, p)) {
         dipole_plan trial = *plan;
         trial.block_n = tc->splitk_chunk;
-        dp_kernel_config cfg = plan_kernel_config(p, &trial, tc);
+        dp_kernel_config cfg = plan_kernel_config(ctx, p, &trial, tc);
         static const char *const names[2] = {"dipole_fwd_splitk", "dipole_fwd_merge"};
         for (int i = 0; i < 2; i++) {
             cl_kernel kernel;
@@ -201,9 +221,7 @@ static dipole_status plan_cpu(dipole_ctx *ctx, const dp_problem *p, const dp_til
         plan->block_m = 1;
         plan->block_n = tc->splitk_chunk;
         plan->work_group = 1;
-        plan->workspace_bytes = sizeof(float) * (size_t)chunks * (size_t)p->d.seq_q *
-                                (size_t)p->d.batch * (size_t)p->d.heads_q * (size_t)p->npoles *
-                                (size_t)(d + 2);
+        plan->workspace_bytes = splitk_bytes(tc, p);
         snprintf(plan->reason, sizeof plan->reason,
                  "tiled/cpu split-K (%s): seq_q %d, %d chunks of %d keys per row, merged", source,
                  p->d.seq_q, chunks, tc->splitk_chunk);
@@ -215,7 +233,7 @@ static dipole_status plan_cpu(dipole_ctx *ctx, const dp_problem *p, const dp_til
         dipole_plan trial = *plan;
         trial.block_m = block_m;
         trial.block_n = tc->block_n;
-        dp_kernel_config cfg = plan_kernel_config(p, &trial, tc);
+        dp_kernel_config cfg = plan_kernel_config(ctx, p, &trial, tc);
         cl_kernel kernel;
         size_t wg;
         cl_ulong priv, local = 0;
@@ -277,7 +295,7 @@ dipole_status dp_tiled_plan(dipole_ctx *ctx, const dp_problem *p, dipole_plan *p
         dipole_plan trial = *plan;
         trial.block_m = block_m;
         trial.block_n = block_n;
-        dp_kernel_config cfg = plan_kernel_config(p, &trial, &tc);
+        dp_kernel_config cfg = plan_kernel_config(ctx, p, &trial, &tc);
         cl_kernel kernel;
         size_t wg;
         cl_ulong priv;
@@ -344,7 +362,7 @@ static cl_int set_int_args(cl_kernel kernel, cl_uint *arg, const cl_int *v, int 
 static dipole_status run_splitk(dipole_ctx *ctx, const dp_problem *p, const dipole_plan *plan,
                                 const dp_tile_config *tc, const dp_args *a, cl_event *event)
 {
-    dp_kernel_config cfg = plan_kernel_config(p, plan, tc);
+    dp_kernel_config cfg = plan_kernel_config(ctx, p, plan, tc);
     cl_kernel split, merge;
     dipole_status st = dp_get_kernel(ctx, &cfg, "dipole_fwd_splitk", &split);
     if (st == DIPOLE_SUCCESS)
@@ -421,11 +439,11 @@ dipole_status dp_tiled_run(dipole_ctx *ctx, const dp_problem *p, const dipole_pl
 {
     dp_tile_config tc;
     tile_config_for(ctx, &tc);
-    if (use_splitk(&tc, p))
+    if (use_splitk(ctx, &tc, p))
         return run_splitk(ctx, p, plan, &tc, a, event);
     const bool cpu = tc.layout == DP_LAYOUT_CPU;
     const char *name = cpu ? "dipole_fwd_cpu" : "dipole_fwd";
-    dp_kernel_config cfg = plan_kernel_config(p, plan, &tc);
+    dp_kernel_config cfg = plan_kernel_config(ctx, p, plan, &tc);
     cl_kernel kernel;
     dipole_status st = dp_get_kernel(ctx, &cfg, name, &kernel);
     if (st != DIPOLE_SUCCESS)

@@ -157,6 +157,11 @@ static dipole_status check_args(dipole_ctx *ctx, const dp_problem *p, const dp_b
         if ((st = dp_check_tensor(ctx, t[i].name, t[i].t, d->batch, seq, heads, d->head_dim)))
             return st;
         span_of(t[i].t, d->batch, seq, heads, d->head_dim, &lo[i], &hi[i]);
+        if (i >= FIRST_OUT &&
+            dp_tensor_self_overlaps(t[i].t, d->batch, seq, heads, d->head_dim))
+            return dp_fail(ctx, DIPOLE_ERR_INVALID_ARG,
+                           "%s strides make its rows overlap (work-items would race on them)",
+                           t[i].name);
     }
     for (int o = FIRST_OUT; o < N_T; o++)
         for (int i = 0; i < N_T && t[o].wanted; i++)

@@ -197,7 +197,14 @@ dipole_status dipole_ctx_set_workspace_limit(dipole_ctx *ctx, size_t bytes)
 
 size_t dipole_ctx_workspace_limit(const dipole_ctx *ctx)
 {
-    return ctx ? ctx->workspace_limit : 0;
+    if (!ctx)
+        return 0;
+    /* The lock is the context's own state, not the caller's: reading under it is no change. */
+    dipole_ctx *mut = (dipole_ctx *)ctx;
+    pthread_mutex_lock(&mut->lock);
+    const size_t limit = mut->workspace_limit;
+    pthread_mutex_unlock(&mut->lock);
+    return limit;
 }
 
 dipole_status dp_upload(dipole_ctx *ctx, const void *host, size_t bytes, const char *what, cl_mem *out)

@@ -166,3 +166,28 @@ dipole_tensor dipole_tensor_dense(cl_mem buffer, int seq, int heads, int head_di
     t.stride_batch = (size_t)seq * t.stride_seq;
     return t;
 }
+
+/* Whether two elements of an output tensor could be the same address: then work-items race on it and the
+ * result depends on timing. Sufficient test: with the dimensions sorted by stride, each stride
+ * must pass the span of all the smaller ones. Unusual but valid layouts it refuses are refused
+ * with a message, never computed wrongly. */
+bool dp_tensor_self_overlaps(const dipole_tensor *t, int batch, int seq, int heads, int d)
+{
+    size_t ext[4] = {(size_t)d, (size_t)heads, (size_t)seq, (size_t)batch};
+    size_t str[4] = {1, t->stride_head, t->stride_seq, t->stride_batch};
+    for (int i = 1; i < 4; i++) /* insertion sort by stride; 4 entries */
+        for (int j = i; j > 0 && str[j] < str[j - 1]; j--) {
+            size_t e = ext[j], s = str[j];
+            ext[j] = ext[j - 1], str[j] = str[j - 1];
+            ext[j - 1] = e, str[j - 1] = s;
+        }
+    size_t span = 0; /* dp_check_tensor has bounded every product here */
+    for (int i = 0; i < 4; i++) {
+        if (ext[i] == 1)
+            continue;
+        if (str[i] <= span)
+            return true;
+        span += str[i] * (ext[i] - 1);
+    }
+    return false;
+}

@@ -87,7 +87,11 @@ void dp_cache_dir_init(dipole_ctx *ctx)
     if (dir && *dir) {
         if (!strcmp(dir, "off"))
             return;
-        snprintf(buf, sizeof buf, "%s", dir);
+        if (snprintf(buf, sizeof buf, "%s", dir) >= (int)sizeof buf) {
+            dp_log(ctx, "DIPOLE_CACHE_DIR is longer than %zu characters; caching off",
+                   sizeof buf - 1);
+            return;
+        }
     } else {
         const char *xdg = getenv("XDG_CACHE_HOME");
         const char *home = getenv("HOME");

@@ -165,6 +165,13 @@ dipole_status dp_gemm_check_int_range(dipole_ctx *ctx, const char *name, const d
 {
     if (!t)
         return DIPOLE_SUCCESS;
+    /* A matrix's rows may not overlap (CLBlast needs ld >= columns); the tiled path reads such
+     * broadcast layouts fine, this one cannot. */
+    if (seq > 1 && t->stride_seq < (size_t)d)
+        return dp_fail(ctx, DIPOLE_ERR_UNSUPPORTED,
+                       "gemm: tensor %s has stride_seq %zu < head_dim %d (overlapping rows); "
+                       "the GEMM path needs distinct rows",
+                       name, t->stride_seq, d);
     const size_t last =
         dp_gemm_at(t, (size_t)batch - 1, (size_t)seq - 1, (size_t)heads - 1) + (size_t)d;
     if (last <= (size_t)INT_MAX)

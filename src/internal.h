@@ -107,6 +107,8 @@ dipole_status dp_problem_init(dipole_ctx *ctx, const dipole_attn_desc *desc, dp_
 dipole_status dp_check_tensor(dipole_ctx *ctx, const char *name, const dipole_tensor *t,
                               int batch, int seq, int heads, int head_dim);
 dipole_status dp_check_buffer(dipole_ctx *ctx, const char *name, cl_mem buf, size_t floats);
+/* Whether two elements of an output tensor may share an address (work-items would race). */
+bool dp_tensor_self_overlaps(const dipole_tensor *t, int batch, int seq, int heads, int d);
 
 /* ---- mask.c: the one definition of which keys a query row sees (host side). */
 /* Half-open range [*lo, *hi) of visible keys for row i of batch b; lo >= hi when none. */

@@ -29,7 +29,14 @@ void dp_tuned_config_load(dipole_ctx *ctx)
     char line[sizeof ctx->tuned_config];
     char why[160];
     if (fgets(line, sizeof line, f)) {
+        /* A line longer than the buffer is never trusted by its prefix. */
+        const bool whole = strchr(line, '\n') || fgetc(f) == EOF;
         line[strcspn(line, "\r\n")] = '\0';
+        if (!whole) {
+            dp_log(ctx, "tuned config %s ignored: line too long", path);
+            fclose(f);
+            return;
+        }
         /* A file that does not parse is ignored, never trusted. */
         if (dp_tile_config_check(line, why, sizeof why) == DIPOLE_SUCCESS)
             snprintf(ctx->tuned_config, sizeof ctx->tuned_config, "%s", line);

@@ -314,6 +314,89 @@ START_TEST(test_bad_tensors)
 END_TEST
 
 /* Selectors beyond test_api.c's: odd forms, huge indices, a very long string. */
+/* Layouts one path cannot take: gradients whose rows overlap are refused (work-items would
+ * race, and the result would not be deterministic); input rows that overlap (a broadcast with
+ * stride_seq 0) work on the tiled path and are refused with a reason on the GEMM path. */
+START_TEST(test_overlapping_rows)
+{
+    dipole_ctx *ctx = tu_ctx();
+    dipole_attn_desc d = base_desc();
+    const size_t nq = tu_q_elems(&d), nk = tu_kv_elems(&d);
+    cl_int err;
+    cl_context cl = dipole_ctx_cl_context(ctx);
+    float *host = tu_random(8 * nq, 3, 1.0f);
+    cl_mem in = clCreateBuffer(cl, CL_MEM_READ_ONLY | CL_MEM_COPY_HOST_PTR, 8 * nq * 4, host, &err);
+    ck_assert_int_eq(err, CL_SUCCESS);
+    cl_mem o[5];
+    for (int i = 0; i < 5; i++) {
+        o[i] = clCreateBuffer(cl, CL_MEM_READ_WRITE, 4 * nq * 4, NULL, &err);
+        ck_assert_int_eq(err, CL_SUCCESS);
+    }
+    dipole_tensor q = dipole_tensor_dense(in, d.seq_q, d.heads_q, d.head_dim);
+    dipole_tensor k = dipole_tensor_dense(in, d.seq_k, d.heads_kv, d.head_dim);
+    dipole_tensor out = dipole_tensor_dense(o[0], d.seq_q, d.heads_q, d.head_dim);
+    dipole_tensor dq = dipole_tensor_dense(o[1], d.seq_q, d.heads_q, d.head_dim);
+    dipole_tensor dk = dipole_tensor_dense(o[2], d.seq_k, d.heads_kv, d.head_dim);
+    dipole_tensor dv = dipole_tensor_dense(o[3], d.seq_k, d.heads_kv, d.head_dim);
+    cl_mem lse = o[4];
+    ck_assert_int_eq(dipole_attention(ctx, &d, &q, &k, &k, NULL, &out, lse, NULL), DIPOLE_SUCCESS);
+    dipole_tensor dk_bad = dk;
+    dk_bad.stride_seq = 0;
+    ck_assert_int_eq(dipole_attention_backward(ctx, &d, &q, &k, &k, NULL, &out, &out, lse, &dq,
+                                               &dk_bad, &dv, NULL, NULL, NULL, NULL),
+                     DIPOLE_ERR_INVALID_ARG);
+    ASSERT_MSG_HAS(dipole_ctx_last_error(ctx), "dk strides make its rows overlap");
+    ck_assert_int_eq(dipole_attention_backward(ctx, &d, &q, &k, &k, NULL, &out, &out, lse, &dq,
+                                               &dk, &dv, NULL, NULL, NULL, NULL),
+                     DIPOLE_SUCCESS);
+
+    /* k broadcast over the sequence: every key is the same row. */
+    dipole_tensor k_bcast = k;
+    k_bcast.stride_seq = 0;
+    d.path = DIPOLE_PATH_TILED;
+    ck_assert_int_eq(dipole_attention(ctx, &d, &q, &k_bcast, &k, NULL, &out, NULL, NULL),
+                     DIPOLE_SUCCESS);
+    d.path = DIPOLE_PATH_GEMM;
+    ck_assert_int_eq(dipole_attention(ctx, &d, &q, &k_bcast, &k, NULL, &out, NULL, NULL),
+                     DIPOLE_ERR_UNSUPPORTED);
+    ASSERT_MSG_HAS(dipole_ctx_last_error(ctx), "stride_seq 0 < head_dim 16");
+    clFinish(dipole_ctx_queue(ctx));
+    for (int i = 0; i < 5; i++)
+        clReleaseMemObject(o[i]);
+    clReleaseMemObject(in);
+    free(host);
+    (void)nk;
+}
+END_TEST
+
+/* Split-K decode needs scratch; when that would pass the workspace limit the plain CPU kernel
+ * (no scratch) serves instead, with the same answer. Only meaningful where the CPU layout is
+ * planned; elsewhere the plan just has to succeed and agree with the reference. */
+START_TEST(test_splitk_scratch_bounded)
+{
+    dipole_ctx *ctx;
+    ck_assert_int_eq(dipole_ctx_create(&ctx, NULL), DIPOLE_SUCCESS);
+    dipole_attn_desc d = base_desc();
+    d.seq_q = 1, d.seq_k = 3000, d.variant = DIPOLE_TWO_POLE;
+    dipole_plan plan;
+    ck_assert_int_eq(dipole_attention_plan(ctx, &d, &plan), DIPOLE_SUCCESS);
+    const bool split = strstr(plan.reason, "split-K") != NULL;
+    ck_assert_int_eq(dipole_ctx_set_workspace_limit(ctx, 64), DIPOLE_SUCCESS);
+    ck_assert_int_eq(dipole_attention_plan(ctx, &d, &plan), DIPOLE_SUCCESS);
+    ck_assert_msg(strstr(plan.reason, "split-K") == NULL, "%s", plan.reason);
+    if (split)
+        ck_assert_uint_eq(plan.workspace_bytes, 0);
+    const size_t nq = tu_q_elems(&d), nk = tu_kv_elems(&d);
+    float *q = tu_random(nq, 1, 1), *k = tu_random(nk, 2, 1), *v = tu_random(nk, 3, 1);
+    float *v2 = tu_random(nk, 4, 1), *out = malloc(nq * 4), *ref = malloc(nq * 4);
+    ck_assert_int_eq(dipole_attention_host(ctx, &d, q, k, v, v2, out), DIPOLE_SUCCESS);
+    ck_assert_int_eq(dipole_reference(&d, q, k, v, v2, ref), DIPOLE_SUCCESS);
+    ck_assert(tu_compare(out, ref, nq, 2e-5, 2e-4).worst_ratio <= 1);
+    free(q), free(k), free(v), free(v2), free(out), free(ref);
+    dipole_ctx_destroy(ctx);
+}
+END_TEST
+
 START_TEST(test_selector_forms)
 {
     tu_ctx();
@@ -702,6 +785,8 @@ Suite *hardening_suite(void)
     tcase_add_test(tc, test_null_arguments);
     tcase_add_test(tc, test_forced_path_beyond_its_range);
     tcase_add_test(tc, test_bad_tensors);
+    tcase_add_test(tc, test_overlapping_rows);
+    tcase_add_test(tc, test_splitk_scratch_bounded);
     tcase_add_test(tc, test_selector_forms);
     tcase_add_test(tc, test_allocation_beyond_device_limit);
     suite_add_tcase(s, tc);

@@ -157,7 +157,9 @@ DIPOLE_API cl_device_id dipole_ctx_device(const dipole_ctx *ctx);
 DIPOLE_API const char *dipole_ctx_device_name(const dipole_ctx *ctx);
 
 /* Receives diagnostics (one line each, no newline): cache misses, path choices, failures.
- * NULL turns logging off (the default). Also enabled to stderr by env DIPOLE_LOG=1. */
+ * NULL turns logging off (the default). Also enabled to stderr by env DIPOLE_LOG=1.
+ * The callback runs with the context's lock held: it must not call dipole functions on the
+ * same context (they would wait for that lock forever). */
 typedef void (*dipole_log_fn)(void *user, const char *message);
 DIPOLE_API void dipole_ctx_set_log(dipole_ctx *ctx, dipole_log_fn fn, void *user);
 

@@ -785,8 +785,6 @@ Suite *hardening_suite(void)
     tcase_add_test(tc, test_null_arguments);
     tcase_add_test(tc, test_forced_path_beyond_its_range);
     tcase_add_test(tc, test_bad_tensors);
-    tcase_add_test(tc, test_overlapping_rows);
-    tcase_add_test(tc, test_splitk_scratch_bounded);
     tcase_add_test(tc, test_selector_forms);
     tcase_add_test(tc, test_allocation_beyond_device_limit);
     suite_add_tcase(s, tc);
@@ -798,6 +796,12 @@ Suite *hardening_suite(void)
     tcase_add_test(td, test_infinite_scores_stay_in_their_rows);
     tcase_add_test(td, test_large_scores);
     suite_add_tcase(s, td);
+    TCase *tl = tcase_create("layouts");
+    tcase_set_tags(tl, "many-kernels"); /* backward and decode kernels: not under valgrind */
+    tcase_set_timeout(tl, 600);
+    tcase_add_test(tl, test_overlapping_rows);
+    tcase_add_test(tl, test_splitk_scratch_bounded);
+    suite_add_tcase(s, tl);
     TCase *te = tcase_create("environment");
     tcase_set_timeout(te, 600);
     tcase_add_test(te, test_broken_kernel_dirs);

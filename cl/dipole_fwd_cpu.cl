@@ -428,10 +428,10 @@ inline float16 dp_row_piece(__global const float *row, int c16)
 {
 #if HEAD_DIM % 16
     if (c16 == DV - 1) {
-        float16 x = (float16)0.0f;
-        for (int c = 0; c < HEAD_DIM % 16; c++)
-            ((float *)&x)[c] = row[c16 * 16 + c];
-        return x;
+        float x[16];
+        for (int c = 0; c < 16; c++)
+            x[c] = c < HEAD_DIM % 16 ? row[c16 * 16 + c] : 0.0f;
+        return vload16(0, x);
     }
 #endif
     return vload16(c16, row);
@@ -492,14 +492,15 @@ void dipole_fwd_splitk(__global const float *q, dp_layout lq,
     const int16 lane = (int16)(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
 
     for (int j0 = j_lo; j0 < j_hi; j0 += 16) {
-        float16 sc;
+        float scs[16];
         for (int t = 0; t < 16; t++) {
             __global const float *kr = k + k_base + (long)min(j0 + t, j_hi - 1) * lk.z;
             float16 d = (float16)0.0f;
             for (int c16 = 0; c16 < DV; c16++)
                 d = fma(qv[c16], dp_row_piece(kr, c16), d);
-            ((float *)&sc)[t] = dp_sum16(d);
+            scs[t] = dp_sum16(d);
         }
+        const float16 sc = vload16(0, scs);
         const int16 vis = lane < (int16)(j_hi - j0);
         float av[NPOLES][16];
 #if READS_V2

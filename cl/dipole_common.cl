@@ -94,6 +94,28 @@ inline float dp_rescale(float m_old, float m_new)
     return m_old == m_new ? 1.0f : exp(m_old - m_new);
 }
 
+/* e^x for x <= 0, lane-wise (the CPU-layout kernels): x = n ln2 + r with |r| <= ln2/2, e^r by a degree-6 Taylor
+ * polynomial (truncation ~1.2e-7 relative), 2^n built in the exponent bits. x < -87 gives 0
+ * (so -inf does), NaN stays NaN. The library exp is several times slower here, and a rint
+ * through the 1.5 * 2^23 trick needs no library call. */
+inline float16 dp_exp_nonpos(float16 x)
+{
+    const float16 t = fma(x, (float16)1.44269504f, (float16)12582912.0f);
+    const float16 n = t - 12582912.0f;
+    float16 r = fma(n, (float16)-0.693145751953125f, x);
+    r = fma(n, (float16)-1.428606765330187e-6f, r);
+    float16 p = (float16)(1.0f / 720.0f);
+    p = fma(p, r, (float16)(1.0f / 120.0f));
+    p = fma(p, r, (float16)(1.0f / 24.0f));
+    p = fma(p, r, (float16)(1.0f / 6.0f));
+    p = fma(p, r, (float16)0.5f);
+    p = fma(p, r, (float16)1.0f);
+    p = fma(p, r, (float16)1.0f);
+    /* t's low mantissa bits hold n (two's complement): (n + 127) << 23 is 2^n's bit pattern. */
+    const uint16 bits = (as_uint16(t) + 127u) << 23;
+    return select(p * as_float16(bits), (float16)0.0f, x < -87.0f);
+}
+
 /* ---- The mask. Keys are visible in [lo, hi) per query row; the diagonal is aligned
  * bottom-right (row i sits on key i + kl - seq_q), kl being the batch's key length. */
 inline int2 dp_visible_range(int i, int kl, int seq_q, int window_left, int window_right)

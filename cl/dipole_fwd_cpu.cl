@@ -89,28 +89,6 @@ inline bool dp_pack_v(__local float *vt, __global const float *src, long stride,
             }                                                                                  \
         }
 
-/* e^x for x <= 0, lane-wise: x = n ln2 + r with |r| <= ln2/2, e^r by a degree-6 Taylor
- * polynomial (truncation ~1.2e-7 relative), 2^n built in the exponent bits. x < -87 gives 0
- * (so -inf does), NaN stays NaN. The library exp is several times slower here, and a rint
- * through the 1.5 * 2^23 trick needs no library call. */
-inline float16 dp_exp_nonpos(float16 x)
-{
-    const float16 t = fma(x, (float16)1.44269504f, (float16)12582912.0f);
-    const float16 n = t - 12582912.0f;
-    float16 r = fma(n, (float16)-0.693145751953125f, x);
-    r = fma(n, (float16)-1.428606765330187e-6f, r);
-    float16 p = (float16)(1.0f / 720.0f);
-    p = fma(p, r, (float16)(1.0f / 120.0f));
-    p = fma(p, r, (float16)(1.0f / 24.0f));
-    p = fma(p, r, (float16)(1.0f / 6.0f));
-    p = fma(p, r, (float16)0.5f);
-    p = fma(p, r, (float16)1.0f);
-    p = fma(p, r, (float16)1.0f);
-    /* t's low mantissa bits hold n (two's complement): (n + 127) << 23 is 2^n's bit pattern. */
-    const uint16 bits = (as_uint16(t) + 127u) << 23;
-    return select(p * as_float16(bits), (float16)0.0f, x < -87.0f);
-}
-
 /* Whether key jj of the tile is visible to the lanes of row vector r of the current group
  * (only evaluated in tiles that some row of the group sees partly). */
 #define LANE_VIS(jj, r) (((j0 + (jj)) >= glo[r]) & ((j0 + (jj)) < ghi[r]))

@@ -126,6 +126,13 @@ static const char *tile_config_for(dipole_ctx *ctx, dp_tile_config *cfg)
     return tile_table[i].label;
 }
 
+bool dp_tiled_cpu_layout(dipole_ctx *ctx)
+{
+    dp_tile_config tc;
+    tile_config_for(ctx, &tc);
+    return tc.layout == DP_LAYOUT_CPU;
+}
+
 /* Split-K's scratch: a (max, sum, acc) partial per chunk, row, head and pole; 0 if it
  * overflows size_t. */
 static size_t splitk_bytes(const dp_tile_config *tc, const dp_problem *p)

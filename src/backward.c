@@ -1,101 +1,11 @@
-/* The backward pass: validation, the path choice (tiled, then GEMM: backward_gemm.c), tile
- * configuration, the four launches of cl/dipole_bwd.cl, and the host twin. The CPU reference
- * backward is in reference_backward.c. */
+/* The backward pass: validation, the path choice (tiled: backward_tiled.c, then GEMM:
+ * backward_gemm.c), the per-call uploads, and the host twin. The CPU reference backward is in
+ * reference_backward.c. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "gemm.h"
-
-/* The tiled kernels' private rows are HEAD_DIM floats each; beyond this, the GEMM path. */
-#define DP_BWD_MAX_HEAD_DIM 256
-
-static int env_block(const char *name, int fallback)
-{
-    const char *s = getenv(name);
-    if (!s || !*s)
-        return fallback;
-    char *end;
-    long v = strtol(s, &end, 10);
-    return (*end == '\0' && v > 0 && v <= 1024) ? (int)v : fallback;
-}
-
-static dipole_status kernel_wg(dipole_ctx *ctx, const dp_kernel_config *cfg, const char *name,
-                               size_t *wg)
-{
-    cl_kernel kernel;
-    dipole_status st = dp_get_kernel(ctx, cfg, name, &kernel);
-    if (st != DIPOLE_SUCCESS)
-        return st;
-    cl_int err = clGetKernelWorkGroupInfo(kernel, ctx->device, CL_KERNEL_WORK_GROUP_SIZE,
-                                          sizeof *wg, wg, NULL);
-    return err == CL_SUCCESS ? DIPOLE_SUCCESS
-                             : dp_cl_fail(ctx, err, "clGetKernelWorkGroupInfo(CL_KERNEL_WORK_GROUP_SIZE)");
-}
-
-/* Tile sizes that fit the device's local memory and the compiled kernels' work-group limits.
- * block_m: query rows per tile (work-items of the row kernels), block_n: keys per tile
- * (work-items of dkdv). */
-static dipole_status bwd_plan(dipole_ctx *ctx, const dp_problem *p, int *bm, int *bn)
-{
-    const dp_device_props *dev = &ctx->props;
-    const size_t d = (size_t)p->d.head_dim;
-    if (d > DP_BWD_MAX_HEAD_DIM)
-        return dp_fail(ctx, DIPOLE_ERR_UNSUPPORTED,
-                       "backward: head_dim %d exceeds the tiled backward kernels' maximum %d "
-                       "(the GEMM path has no such limit)",
-                       p->d.head_dim, DP_BWD_MAX_HEAD_DIM);
-    const bool gpu = (dev->type & CL_DEVICE_TYPE_GPU) != 0;
-    int block_m = env_block("DIPOLE_BWD_BLOCK_M", gpu ? 64 : 32);
-    int block_n = env_block("DIPOLE_BWD_BLOCK_N", gpu ? 64 : 32);
-    while (block_m > 1 && (size_t)block_m > dev->max_work_group)
-        block_m /= 2;
-    while (block_n > 1 && (size_t)block_n > dev->max_work_group)
-        block_n /= 2;
-    const size_t budget = dev->local_mem_is_global ? dev->local_mem : dev->local_mem / 2;
-    /* dkdv stages q and dO rows plus per-row statistics; dq and pre stage K, V (and V2). */
-    const size_t row_bytes = (2 * d + 4 * (size_t)p->npoles + 2) * sizeof(float);
-    const size_t key_bytes = (p->reads_v2 ? 3 : 2) * d * sizeof(float);
-    while (block_m > 1 && (size_t)block_m * row_bytes > budget)
-        block_m /= 2;
-    while (block_n > 1 && (size_t)block_n * key_bytes > budget)
-        block_n /= 2;
-    if ((size_t)block_m * row_bytes > dev->local_mem || (size_t)block_n * key_bytes > dev->local_mem)
-        return dp_fail(ctx, DIPOLE_ERR_UNSUPPORTED,
-                       "backward: one row of head_dim %d needs more local memory than the "
-                       "device's %d KiB",
-                       p->d.head_dim, (int)(dev->local_mem >> 10));
-    /* The compiled kernels may allow fewer work-items than the device (registers, spills). */
-    static const char *const row_kernels[] = {"dipole_bwd_pre", "dipole_bwd_dq",
-                                              "dipole_bwd_dweights"};
-    for (;;) {
-        dp_kernel_config cfg = dp_kernel_config_for(p, DP_KERNEL_BWD, block_m, block_n, block_m);
-        size_t wg_rows = SIZE_MAX, wg;
-        dipole_status st;
-        for (size_t i = 0; i < sizeof row_kernels / sizeof row_kernels[0]; i++) {
-            if ((st = kernel_wg(ctx, &cfg, row_kernels[i], &wg)))
-                return st;
-            wg_rows = wg < wg_rows ? wg : wg_rows;
-        }
-        size_t wg_keys;
-        if ((st = kernel_wg(ctx, &cfg, "dipole_bwd_dkdv", &wg_keys)))
-            return st;
-        const bool rows_ok = (size_t)block_m <= wg_rows, keys_ok = (size_t)block_n <= wg_keys;
-        if (rows_ok && keys_ok)
-            break;
-        if ((!rows_ok && block_m == 1) || (!keys_ok && block_n == 1))
-            return dp_fail(ctx, DIPOLE_ERR_UNSUPPORTED,
-                           "backward: the compiled kernels allow %zu / %zu work-items (head_dim %d)",
-                           wg_rows, wg_keys, p->d.head_dim);
-        if (!rows_ok)
-            block_m /= 2;
-        if (!keys_ok)
-            block_n /= 2;
-    }
-    *bm = block_m;
-    *bn = block_n;
-    return DIPOLE_SUCCESS;
-}
 
 /* First and one-past-last element a tensor touches. */
 static void span_of(const dipole_tensor *t, int batch, int seq, int heads, int d, size_t *lo,
@@ -193,90 +103,15 @@ static dipole_status check_args(dipole_ctx *ctx, const dp_problem *p, const dp_b
     return DIPOLE_SUCCESS;
 }
 
-/* Sets a kernel's arguments in order; the first failure sticks. */
-typedef struct arg_list {
-    cl_kernel kernel;
-    cl_uint n;
-    cl_int err;
-} arg_list;
-
-static void arg_raw(arg_list *l, size_t size, const void *value)
-{
-    if (l->err == CL_SUCCESS)
-        l->err = clSetKernelArg(l->kernel, l->n++, size, value);
-}
-
-static void arg_mem(arg_list *l, cl_mem m)
-{
-    arg_raw(l, sizeof m, &m);
-}
-
-static void arg_int(arg_list *l, int v)
-{
-    const cl_int x = v;
-    arg_raw(l, sizeof x, &x);
-}
-
-static void arg_tensor(arg_list *l, const dipole_tensor *t)
-{
-    cl_long4 lay;
-    lay.s[0] = (cl_long)t->offset;
-    lay.s[1] = (cl_long)t->stride_batch;
-    lay.s[2] = (cl_long)t->stride_seq;
-    lay.s[3] = (cl_long)t->stride_head;
-    arg_mem(l, t->buffer);
-    arg_raw(l, sizeof lay, &lay);
-}
-
-/* The problem-size tail every kernel but dweights ends with. */
-static void arg_problem(arg_list *l, const dp_problem *p)
-{
-    const int ints[5] = {p->d.batch, p->d.heads_q, p->d.heads_kv, p->d.seq_q, p->d.seq_k};
-    for (int i = 0; i < 5; i++)
-        arg_int(l, ints[i]);
-    const cl_float scale = p->d.scale;
-    arg_raw(l, sizeof scale, &scale);
-    arg_int(l, p->d.window_left);
-    arg_int(l, p->d.window_right);
-}
-
-static size_t round_up(size_t n, size_t m)
-{
-    return (n + m - 1) / m * m;
-}
-
-static dipole_status scratch(dipole_ctx *ctx, size_t floats, const char *what, cl_mem *out)
-{
-    cl_int err;
-    *out = clCreateBuffer(ctx->context, CL_MEM_READ_WRITE, floats * sizeof(float), NULL, &err);
-    if (err == CL_SUCCESS)
-        return DIPOLE_SUCCESS;
-    *out = NULL;
-    char call[96];
-    snprintf(call, sizeof call, "clCreateBuffer(%s, %zu bytes)", what, floats * sizeof(float));
-    return dp_cl_fail(ctx, err, call);
-}
-
-static dipole_status enqueue(dipole_ctx *ctx, cl_kernel kernel, const char *name,
-                             const size_t global[3], const size_t local[3], cl_event *event)
-{
-    cl_int err = clEnqueueNDRangeKernel(ctx->queue, kernel, 3, NULL, global, local, 0, NULL, event);
-    if (err == CL_SUCCESS)
-        return DIPOLE_SUCCESS;
-    char call[96];
-    snprintf(call, sizeof call, "clEnqueueNDRangeKernel(%s)", name);
-    return dp_cl_fail(ctx, err, call);
-}
-
 /* The ordered list: the tiled kernels where they fit (unless GEMM is asked for), then the GEMM
- * path. A forced tiled path that does not fit fails with bwd_plan's reason. */
-static dipole_status bwd_choose(dipole_ctx *ctx, const dp_problem *p, int *bm, int *bn, bool *gemm)
+ * path. A forced tiled path that does not fit fails with the tiled plan's reason. */
+static dipole_status bwd_choose(dipole_ctx *ctx, const dp_problem *p, dp_bwd_tiles *t, bool *gemm)
 {
     const dipole_path want = dp_requested_path(p);
     *gemm = true;
     if (want == DIPOLE_PATH_GEMM || (want == DIPOLE_PATH_AUTO && p->d.head_dim > DP_BWD_MAX_HEAD_DIM))
         return DIPOLE_SUCCESS;
-    dipole_status st = bwd_plan(ctx, p, bm, bn);
+    dipole_status st = dp_bwd_tiled_plan(ctx, p, t);
     if (st == DIPOLE_ERR_UNSUPPORTED && want == DIPOLE_PATH_AUTO) {
         dp_log(ctx, "%s -> gemm", ctx->last_error ? ctx->last_error : "backward: tiled unsupported");
         dp_clear_error(ctx);
@@ -291,21 +126,18 @@ static dipole_status backward_locked(dipole_ctx *ctx, const dp_problem *p, const
                                      cl_event *event)
 {
     dipole_status st = check_args(ctx, p, a);
-    int bm = 0, bn = 0;
+    dp_bwd_tiles tiles = {0};
     bool gemm = false;
     if (st == DIPOLE_SUCCESS)
-        st = bwd_choose(ctx, p, &bm, &bn, &gemm);
+        st = bwd_choose(ctx, p, &tiles, &gemm);
     if (st != DIPOLE_SUCCESS)
         return st;
     const dipole_attn_desc *d = &p->d;
-    const bool two_pole = d->variant == DIPOLE_TWO_POLE;
-    const bool want_dw = two_pole && (a->dpos || a->dneg);
-    const size_t nstat = (size_t)d->batch * d->heads_q * d->seq_q;
-    cl_mem key_lengths = NULL, pole_weights = NULL, delta = NULL, rowdot = NULL;
+    cl_mem key_lengths = NULL, pole_weights = NULL;
     if (d->key_lengths)
         st = dp_upload(ctx, d->key_lengths, sizeof(int) * (size_t)d->batch, "key_lengths",
                        &key_lengths);
-    if (st == DIPOLE_SUCCESS && two_pole && (d->pos_weight || d->neg_weight)) {
+    if (st == DIPOLE_SUCCESS && d->variant == DIPOLE_TWO_POLE && (d->pos_weight || d->neg_weight)) {
         const size_t hq = (size_t)d->heads_q;
         float *w = malloc(sizeof(float) * 2 * hq);
         if (!w)
@@ -318,101 +150,17 @@ static dipole_status backward_locked(dipole_ctx *ctx, const dp_problem *p, const
             st = dp_upload(ctx, w, sizeof(float) * 2 * hq, "pole weights", &pole_weights);
         free(w);
     }
-    if (st == DIPOLE_SUCCESS && gemm)
-        st = dp_gemm_backward(ctx, p, a, key_lengths, pole_weights, event);
-    if (st == DIPOLE_SUCCESS && !gemm)
-        st = scratch(ctx, (size_t)p->npoles * nstat, "delta", &delta);
-    if (st == DIPOLE_SUCCESS && !gemm && want_dw)
-        st = scratch(ctx, (size_t)p->npoles * nstat, "rowdot", &rowdot);
-
-    dp_kernel_config cfg = dp_kernel_config_for(p, DP_KERNEL_BWD, bm, bn, bm);
-    /* v2 / dv2 are never touched when the variant has no v2; bind v / dv so the argument is valid. */
-    const dipole_tensor *v2 = p->reads_v2 ? a->v2 : a->v, *dv2 = p->reads_v2 ? a->dv2 : a->dv;
-    static const char *const names[4] = {"dipole_bwd_pre", "dipole_bwd_dkdv", "dipole_bwd_dq",
-                                         "dipole_bwd_dweights"};
-    const int launches = gemm ? 0 : want_dw ? 4 : 3;
-    for (int kn = 0; kn < launches && st == DIPOLE_SUCCESS; kn++) {
-        cl_kernel kernel;
-        if ((st = dp_get_kernel(ctx, &cfg, names[kn], &kernel)))
-            break;
-        arg_list l = {kernel, 0, CL_SUCCESS};
-        size_t global[3], local[3] = {(size_t)bm, 1, 1};
-        if (kn < 3) {
-            arg_tensor(&l, a->q);
-            arg_tensor(&l, a->k);
-            arg_tensor(&l, a->v);
-            arg_tensor(&l, v2);
-        }
-        switch (kn) {
-        case 0: /* pre */
-            arg_tensor(&l, a->out);
-            arg_tensor(&l, a->dout);
-            arg_mem(&l, a->lse);
-            arg_mem(&l, key_lengths);
-            arg_mem(&l, pole_weights);
-            arg_mem(&l, delta);
-            arg_mem(&l, rowdot);
-            arg_problem(&l, p);
-            global[0] = round_up((size_t)d->seq_q, (size_t)bm);
-            global[1] = (size_t)d->heads_q;
-            break;
-        case 1: /* dkdv */
-            arg_tensor(&l, a->dout);
-            arg_mem(&l, a->lse);
-            arg_mem(&l, delta);
-            arg_mem(&l, key_lengths);
-            arg_mem(&l, pole_weights);
-            arg_tensor(&l, a->dk);
-            arg_tensor(&l, a->dv);
-            arg_tensor(&l, dv2);
-            arg_problem(&l, p);
-            global[0] = round_up((size_t)d->seq_k, (size_t)bn);
-            global[1] = (size_t)d->heads_kv;
-            local[0] = (size_t)bn;
-            break;
-        case 2: /* dq */
-            arg_tensor(&l, a->dout);
-            arg_mem(&l, a->lse);
-            arg_mem(&l, delta);
-            arg_mem(&l, key_lengths);
-            arg_mem(&l, pole_weights);
-            arg_tensor(&l, a->dq);
-            arg_problem(&l, p);
-            global[0] = round_up((size_t)d->seq_q, (size_t)bm);
-            global[1] = (size_t)d->heads_q;
-            break;
-        default: /* dweights: group (0, h, pole) */
-            arg_mem(&l, rowdot);
-            arg_mem(&l, a->dpos);
-            arg_mem(&l, a->dneg);
-            arg_int(&l, d->batch);
-            arg_int(&l, d->heads_q);
-            arg_int(&l, d->seq_q);
-            global[0] = (size_t)bm;
-            global[1] = (size_t)d->heads_q;
-            global[2] = (size_t)p->npoles;
-            break;
-        }
-        if (kn < 3)
-            global[2] = (size_t)d->batch;
-        if (l.err != CL_SUCCESS) {
-            char call[96];
-            snprintf(call, sizeof call, "clSetKernelArg(%s, %u)", names[kn], l.n - 1);
-            st = dp_cl_fail(ctx, l.err, call);
-            break;
-        }
-        st = enqueue(ctx, kernel, names[kn], global, local, kn == launches - 1 ? event : NULL);
-    }
-    if (st == DIPOLE_SUCCESS && !gemm)
-        dp_log(ctx, "backward %s: tiled, %d query rows x %d keys per tile",
-               dipole_variant_name(d->variant), bm, bn);
+    if (st == DIPOLE_SUCCESS)
+        st = gemm ? dp_gemm_backward(ctx, p, a, key_lengths, pole_weights, event)
+                  : dp_bwd_tiled_run(ctx, p, a, &tiles, key_lengths, pole_weights, event);
     /* Released objects live on until the enqueued kernels that use them finish. */
-    const cl_mem temps[4] = {key_lengths, pole_weights, delta, rowdot};
-    for (int i = 0; i < 4; i++)
-        if (temps[i])
-            clReleaseMemObject(temps[i]);
+    if (key_lengths)
+        clReleaseMemObject(key_lengths);
+    if (pole_weights)
+        clReleaseMemObject(pole_weights);
     return st;
 }
+
 
 dipole_status dipole_attention_backward(dipole_ctx *ctx, const dipole_attn_desc *desc,
                                         const dipole_tensor *q, const dipole_tensor *k,
@@ -471,8 +219,8 @@ dipole_status dipole_attention_backward_host(dipole_ctx *ctx, const dipole_attn_
     }
     if (dp_requested_path(&p) == DIPOLE_PATH_TILED && p.d.head_dim > DP_BWD_MAX_HEAD_DIM) {
         /* fail before running a forward for nothing */
-        int bm, bn;
-        st = bwd_plan(ctx, &p, &bm, &bn);
+        dp_bwd_tiles tiles;
+        st = dp_bwd_tiled_plan(ctx, &p, &tiles);
         goto unlock;
     }
     const dipole_attn_desc *d = &p.d;
@@ -557,3 +305,4 @@ release:
             clReleaseMemObject(bufs[i]);
     return st;
 }
+

@@ -6,6 +6,7 @@
 
 #include <clblast_c.h>
 
+#include "backward.h"
 #include "internal.h"
 
 /* Row-wise kernel work-group: rows x work-items per row, lowered to what the kernel allows. */
@@ -69,11 +70,6 @@ dipole_status dp_rowwise_kernel(dipole_ctx *ctx, const dp_problem *p, const char
                                 dp_rowwise_launch *rw);
 
 /* ---- backward */
-typedef struct dp_bwd_args {
-    const dipole_tensor *q, *k, *v, *v2, *out, *dout, *dq, *dk, *dv, *dv2;
-    cl_mem lse, dpos, dneg;
-} dp_bwd_args;
-
 /* The GEMM-path backward: any head_dim, workspace bounded by ctx->workspace_limit. key_lengths
  * and pole_weights are the per-call device copies (or NULL). Scratch: S, dP (and dP2) per
  * chunk, plus [NPOLES, B, Hq, Nq] row sums when pole-weight gradients are asked for. */

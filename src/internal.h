@@ -43,6 +43,7 @@ typedef enum dp_kernel_kind {
     DP_KERNEL_FWD_SPLITK,    /* cl/dipole_fwd_cpu.cl: decode, keys split over work-items */
     DP_KERNEL_ROWWISE,       /* cl/dipole_rowwise.cl: GEMM path's row-wise weights */
     DP_KERNEL_BWD,           /* cl/dipole_bwd.cl */
+    DP_KERNEL_BWD_CPU,       /* cl/dipole_bwd_cpu.cl */
     DP_KERNEL_COUNT
 } dp_kernel_kind;
 
@@ -159,6 +160,8 @@ typedef struct dp_args {
 
 /* Each path says whether it can serve p (filling plan) — the ordered list of attention.c. */
 dipole_status dp_tiled_plan(dipole_ctx *ctx, const dp_problem *p, dipole_plan *plan);
+/* Whether the tiled kernels use the CPU layout on this context (device class and overrides). */
+bool dp_tiled_cpu_layout(dipole_ctx *ctx);
 dipole_status dp_tiled_run(dipole_ctx *ctx, const dp_problem *p, const dipole_plan *plan,
                            const dp_args *a, cl_event *event);
 dipole_status dp_gemm_plan(dipole_ctx *ctx, const dp_problem *p, dipole_plan *plan);

@@ -26,7 +26,7 @@ const char *dp_kernel_file(dp_kernel_kind kind)
     static const char *const files[DP_KERNEL_COUNT] = {
         [DP_KERNEL_FWD_TILED] = "dipole_fwd.cl",   [DP_KERNEL_FWD_CPU] = "dipole_fwd_cpu.cl",
         [DP_KERNEL_FWD_SPLITK] = "dipole_fwd_cpu.cl", [DP_KERNEL_ROWWISE] = "dipole_rowwise.cl",
-        [DP_KERNEL_BWD] = "dipole_bwd.cl",
+        [DP_KERNEL_BWD] = "dipole_bwd.cl",    [DP_KERNEL_BWD_CPU] = "dipole_bwd_cpu.cl",
     };
     return (unsigned)kind < DP_KERNEL_COUNT ? files[kind] : NULL;
 }

@@ -1,0 +1,35 @@
+/* Private to the backward pass: the call's tensors, and the tiled kernels' plan and launch
+ * (backward_tiled.c). Validation, the path choice and the host twin are in backward.c; the
+ * GEMM path is in backward_gemm.c (gemm.h). */
+#ifndef DIPOLE_BACKWARD_H
+#define DIPOLE_BACKWARD_H
+
+#include "internal.h"
+
+typedef struct dp_bwd_args {
+    const dipole_tensor *q, *k, *v, *v2, *out, *dout, *dq, *dk, *dv, *dv2;
+    cl_mem lse, dpos, dneg;
+} dp_bwd_args;
+
+/* The tiled kernels keep HEAD_DIM-float rows per work-item; beyond this, the GEMM path. */
+#define DP_BWD_MAX_HEAD_DIM 256
+
+/* How the tiled backward runs: the layout the forward uses on this device (cpu:
+ * cl/dipole_bwd_cpu.cl, a micro-kernel per work-item; group: cl/dipole_bwd.cl) and its tiles. */
+typedef struct dp_bwd_tiles {
+    bool cpu;
+    int block_m; /* group: query rows per work-group; cpu: 32 rows (or keys) per work-item */
+    int block_n; /* group: keys per work-group; cpu: keys (dq) or rows (dkdv) per packed tile */
+} dp_bwd_tiles;
+
+/* Tiles that fit the device and the compiled kernels; DIPOLE_ERR_UNSUPPORTED with the reason
+ * otherwise. */
+dipole_status dp_bwd_tiled_plan(dipole_ctx *ctx, const dp_problem *p, dp_bwd_tiles *t);
+
+/* Launches the tiled backward (validated arguments). key_lengths and pole_weights are the
+ * per-call device copies (or NULL). */
+dipole_status dp_bwd_tiled_run(dipole_ctx *ctx, const dp_problem *p, const dp_bwd_args *a,
+                               const dp_bwd_tiles *t, cl_mem key_lengths, cl_mem pole_weights,
+                               cl_event *event);
+
+#endif

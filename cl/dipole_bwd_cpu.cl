@@ -30,13 +30,14 @@ inline bool dp_pack_rows(__local float *dst, __global const float *src, long str
                          int n_pad, float mul)
 {
     int finite = 1;
+    int16 ok = (int16)(-1);
     for (int r = 0; r < n; r++) {
         __global const float *row = src + (long)r * stride;
         __local float *to = dst + r * HEAD_DIM;
         int c = 0;
         for (; c + 16 <= HEAD_DIM; c += 16) {
             const float16 x = vload16(0, row + c) * mul;
-            finite &= all(isfinite(x));
+            ok &= DP_FINITE16(x);
             vstore16(x, 0, to + c);
         }
         for (; c < HEAD_DIM; c++) {
@@ -46,7 +47,7 @@ inline bool dp_pack_rows(__local float *dst, __global const float *src, long str
     }
     for (int e = n * HEAD_DIM; e < n_pad * HEAD_DIM; e++)
         dst[e] = 0.0f;
-    return finite != 0;
+    return finite && all(ok);
 }
 
 /* Pole p's share of one lane vector's gradients, from the score s, the products of dO with
@@ -465,18 +466,23 @@ void dipole_bwd_dkdv_cpu(__global const float *q, dp_layout lq,
                 if (!masked || rows_finite) {
                     for (int c = 0; c < HEAD_DIM; c++) {
                         float16 x0 = dvT[c * NV], x1 = dvT[c * NV + 1];
-                        float16 y0 = dkT[c * NV], y1 = dkT[c * NV + 1];
 #pragma unroll
                         for (int t = 0; t < RB; t++) {
                             const float16 dd = (float16)dob[t * HEAD_DIM + c];
-                            const float16 qq = (float16)qb[t * HEAD_DIM + c];
                             x0 = fma(av[t][0], dd, x0);
                             x1 = fma(av[t][1], dd, x1);
-                            y0 = fma(s[t][0], qq, y0);
-                            y1 = fma(s[t][1], qq, y1);
                         }
                         dvT[c * NV] = x0;
                         dvT[c * NV + 1] = x1;
+                    }
+                    for (int c = 0; c < HEAD_DIM; c++) {
+                        float16 y0 = dkT[c * NV], y1 = dkT[c * NV + 1];
+#pragma unroll
+                        for (int t = 0; t < RB; t++) {
+                            const float16 qq = (float16)qb[t * HEAD_DIM + c];
+                            y0 = fma(s[t][0], qq, y0);
+                            y1 = fma(s[t][1], qq, y1);
+                        }
                         dkT[c * NV] = y0;
                         dkT[c * NV + 1] = y1;
                     }

@@ -94,6 +94,11 @@ inline float dp_rescale(float m_old, float m_new)
     return m_old == m_new ? 1.0f : exp(m_old - m_new);
 }
 
+/* Lane-wise isfinite through the exponent bits (-1 where finite): PoCL's vector isfinite goes
+ * lane by lane, and cost the CPU kernels more than the arithmetic it guards. */
+#define DP_FINITE16(x) ((as_int16(x) & 0x7f800000) != 0x7f800000)
+#define DP_FINITE8(x) ((as_int8(x) & 0x7f800000) != 0x7f800000)
+
 /* e^x for x <= 0, lane-wise (the CPU-layout kernels): x = n ln2 + r with |r| <= ln2/2, e^r by a degree-6 Taylor
  * polynomial (truncation ~1.2e-7 relative), 2^n built in the exponent bits. x < -87 gives 0
  * (so -inf does), NaN stays NaN. The library exp is several times slower here, and a rint

@@ -34,11 +34,13 @@
 #if RB == 16
 #define FLOAT_RB float16
 #define INT_RB int16
+#define DP_FINITE_RB DP_FINITE16
 #define VLOAD_RB vload16
 #define VSTORE_RB vstore16
 #else
 #define FLOAT_RB float8
 #define INT_RB int8
+#define DP_FINITE_RB DP_FINITE8
 #define VLOAD_RB vload8
 #define VSTORE_RB vstore8
 #endif
@@ -53,12 +55,13 @@ inline bool dp_pack_v(__local float *vt, __global const float *src, long stride,
      * 0 x NaN would spread a NaN to rows that never see it. dp_acc_nonfinite adds such values
      * back, only to the lanes that do see them. */
     int finite = 1;
+    INT_RB all_ok = (INT_RB)(-1);
     for (int jj = 0; jj < n; jj++) {
         __global const float *row = src + (long)jj * stride;
         for (int c0 = 0; c0 + RB <= HEAD_DIM; c0 += RB) {
             const FLOAT_RB x = VLOAD_RB(0, row + c0);
-            const INT_RB ok = isfinite(x);
-            finite &= all(ok);
+            const INT_RB ok = DP_FINITE_RB(x);
+            all_ok &= ok;
             VSTORE_RB(select((FLOAT_RB)0.0f, x, ok), 0, vt + (c0 / RB) * N_PAD * RB + jj * RB);
         }
 #if HEAD_DIM % RB
@@ -70,7 +73,7 @@ inline bool dp_pack_v(__local float *vt, __global const float *src, long stride,
         }
 #endif
     }
-    return finite != 0;
+    return finite && all(all_ok);
 }
 
 /* The rare path after a tile whose values were not all finite: acc += weight x value for those

@@ -1,6 +1,6 @@
 /* A small kernel sweep meant to run under oclgrind (meson test --setup=oclgrind): every
  * variant and mask on the tiled path, with both layouts and several tile shapes forced through
- * DIPOLE_TILE_CONFIG, plus split-K decode, on shapes tiny enough for a simulator. oclgrind reports
+ * DIPOLE_TILE_CONFIG, forward and backward, on shapes tiny enough for a simulator. oclgrind reports
  * out-of-bounds accesses, data races, uninitialised reads and API misuse; the wrapper
  * (tools/oclgrind-check.sh) fails the test on any report. Runs natively too. */
 #include <stdio.h>
@@ -50,12 +50,74 @@ START_TEST(test_small_sweep)
 }
 END_TEST
 
+/* The tiled backward on both layouts: every variant x mask, gradients against the reference
+ * backward. Shapes cross the CPU kernels' 32-lane blocks and 8-row register blocks partly. */
+START_TEST(test_backward_sweep)
+{
+    static const int kl[2] = {30, 9};
+    static const char *const layouts[] = {"layout=group", "layout=cpu"};
+    for (size_t l = 0; l < sizeof layouts / sizeof layouts[0]; l++) {
+        setenv("DIPOLE_TILE_CONFIG", layouts[l], 1);
+        setenv("DIPOLE_BWD_BLOCK_M", "4", 1);
+        setenv("DIPOLE_BWD_BLOCK_N", "8", 1);
+        for (int variant = 0; variant < 4; variant++)
+            for (int mask = 0; mask < 4; mask++) {
+                dipole_attn_desc d;
+                dipole_attn_desc_default(&d);
+                d.variant = (dipole_variant)variant;
+                d.batch = 2, d.heads_q = 2, d.heads_kv = 1, d.seq_q = 11, d.seq_k = 35;
+                d.head_dim = 3;
+                d.path = DIPOLE_PATH_TILED;
+                d.causal = mask == 1 || mask == 3;
+                if (mask == 2)
+                    d.window_left = 4, d.window_right = 1;
+                if (mask == 3)
+                    d.key_lengths = kl;
+                const float alpha[2] = {0.5f, -1.0f}, beta[2] = {2.0f, 0.25f};
+                d.pos_weight = alpha, d.neg_weight = beta;
+                char what[256];
+                tu_desc_str(&d, what, sizeof what);
+                const size_t nq = tu_q_elems(&d), nk = tu_kv_elems(&d);
+                const uint64_t seed = 900 + (uint64_t)(variant * 4 + mask);
+                float *q = tu_random(nq, seed, 1.0f), *k = tu_random(nk, seed + 1, 1.0f);
+                float *v = tu_random(nk, seed + 2, 1.0f), *v2 = tu_random(nk, seed + 3, 1.0f);
+                float *dout = tu_random(nq, seed + 4, 1.0f);
+                /* dq, dk, dv, dv2 back to back; device and reference */
+                float *got = malloc(sizeof(float) * (nq + 3 * nk));
+                float *want = malloc(sizeof(float) * (nq + 3 * nk));
+                ck_assert(got && want);
+                float *g[2] = {got, want};
+                for (int w = 0; w < 2; w++) {
+                    float *dq = g[w], *dk = dq + nq, *dv = dk + nk, *dv2 = dv + nk;
+                    const dipole_status st =
+                        w == 0 ? dipole_attention_backward_host(tu_ctx(), &d, q, k, v, v2, dout, dq,
+                                                                dk, dv, dv2, NULL, NULL)
+                               : dipole_reference_backward(&d, q, k, v, v2, dout, dq, dk, dv, dv2,
+                                                           NULL, NULL);
+                    ck_assert_msg(st == DIPOLE_SUCCESS, "%s %s: %s", layouts[l], what,
+                                  dipole_ctx_last_error(tu_ctx()));
+                }
+                const size_t n = nq + (variant >= 2 ? 3 : 2) * nk;
+                const tu_err e = tu_compare(got, want, n, 3e-5, 3e-4);
+                ck_assert_msg(e.worst_ratio <= 1 && e.nonfinite == 0,
+                              "%s %s: gradient element %zu: %g vs %g (%zu non-finite)", layouts[l],
+                              what, e.worst, got[e.worst], want[e.worst], e.nonfinite);
+                free(q), free(k), free(v), free(v2), free(dout), free(got), free(want);
+            }
+    }
+    unsetenv("DIPOLE_TILE_CONFIG");
+    unsetenv("DIPOLE_BWD_BLOCK_M");
+    unsetenv("DIPOLE_BWD_BLOCK_N");
+}
+END_TEST
+
 Suite *oclgrind_small_suite(void)
 {
     Suite *s = suite_create("oclgrind-small");
     TCase *tc = tcase_create("sweep");
     tcase_set_timeout(tc, 1200);
     tcase_add_test(tc, test_small_sweep);
+    tcase_add_test(tc, test_backward_sweep);
     suite_add_tcase(s, tc);
     return s;
 }

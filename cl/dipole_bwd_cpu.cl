@@ -102,6 +102,10 @@ void dipole_bwd_dq_cpu(__global const float *q, dp_layout lq,
 #if READS_V2
     __local float v2t[BLOCK_N * HEAD_DIM];
 #endif
+    /* Per-row scalars are staged here and loaded as vectors: no lane writes through pointer
+     * casts into private vectors (oclgrind tracks those as uninitialised). */
+    __local int lo_s[LANES], hi_s[LANES];
+    __local float lse_s[NPOLES * LANES], delta_s[NPOLES * LANES], rd_s[NPOLES * LANES];
     int16 lo[NV], hi[NV];
     float16 lse_v[NPOLES][NV], delta_v[NPOLES][NV];
     float w[NPOLES];
@@ -109,8 +113,8 @@ void dipole_bwd_dq_cpu(__global const float *q, dp_layout lq,
     for (int r = 0; r < LANES; r++) {
         const int i = min(row0 + r, seq_q - 1);
         const int2 range = dp_visible_range(i, kl, seq_q, window_left, window_right);
-        ((int *)lo)[r] = range.x;
-        ((int *)hi)[r] = range.y;
+        lo_s[r] = range.x;
+        hi_s[r] = range.y;
         if (range.x < range.y) {
             j_begin = min(j_begin, range.x);
             j_end = max(j_end, range.y);
@@ -132,8 +136,16 @@ void dipole_bwd_dq_cpu(__global const float *q, dp_layout lq,
 #endif
         }
         for (int p = 0; p < NPOLES; p++) {
-            ((float *)lse_v[p])[r] = lse[DP_STAT(p, b, h, i)];
-            ((float *)delta_v[p])[r] = dot; /* NPOLES == 2: rebuilt by the first walk below */
+            lse_s[p * LANES + r] = lse[DP_STAT(p, b, h, i)];
+            delta_s[p * LANES + r] = dot; /* NPOLES == 2: rebuilt by the first walk below */
+        }
+    }
+    for (int r = 0; r < NV; r++) {
+        lo[r] = vload16(r, lo_s);
+        hi[r] = vload16(r, hi_s);
+        for (int p = 0; p < NPOLES; p++) {
+            lse_v[p][r] = vload16(r, lse_s + p * LANES);
+            delta_v[p][r] = vload16(r, delta_s + p * LANES);
         }
     }
     for (int p = 0; p < NPOLES; p++)
@@ -267,16 +279,20 @@ void dipole_bwd_dq_cpu(__global const float *q, dp_layout lq,
         }
     }
 
+    for (int p = 0; p < NPOLES; p++)
+        for (int r = 0; r < NV; r++) {
+            vstore16(delta_v[p][r], r, delta_s + p * LANES);
+            vstore16(rd[p][r], r, rd_s + p * LANES);
+        }
     for (int r = 0; r < rows; r++) {
         const int i = row0 + r;
         __global float *dqr = dq + DP_ROW(ldq, b, i, h);
         for (int c = 0; c < HEAD_DIM; c++)
             dqr[c] = ((__local float *)dqT)[(c * NV + r / 16) * 16 + r % 16] * scale;
         for (int p = 0; p < NPOLES; p++) {
-            delta[DP_STAT(p, b, h, i)] = ((float *)delta_v[p])[r];
+            delta[DP_STAT(p, b, h, i)] = delta_s[p * LANES + r];
             if (rowdot)
-                rowdot[DP_STAT(p, b, h, i)] =
-                    NPOLES == 2 ? ((float *)rd[p])[r] : ((float *)delta_v[p])[r];
+                rowdot[DP_STAT(p, b, h, i)] = NPOLES == 2 ? rd_s[p * LANES + r] : delta_s[p * LANES + r];
         }
     }
 }

@@ -1,8 +1,8 @@
 /* Tiled dipole attention backward, CPU layout: the GEMM micro-kernel shape of
  * cl/dipole_fwd_cpu.cl applied to the gradients (the math, and the GPU layout, are in
- * cl/dipole_bwd.cl). A work-item (local size 1) is one SIMD thread that owns 32 lanes, two
- * float16 vectors:
- *   dipole_bwd_dq_cpu    32 query rows. It gets each row's delta (dO . O per pole), then walks
+ * cl/dipole_bwd.cl). A work-item (local size 1) is one SIMD thread that owns blocks of 32
+ * lanes, two float16 vectors each:
+ *   dipole_bwd_dq_cpu    BLOCK_M query rows (groups of 32). It gets each row's delta (dO . O per pole), then walks
  *                        the keys its rows see, RB keys at a time: scores and dO . u as
  *                        broadcast key x row-vector products, dS lane-wise, dq += dS x key.
  *   dipole_bwd_dkdv_cpu  32 keys of one K/V head. It walks the query rows of every query head
@@ -14,12 +14,7 @@
 #define NV 2            /* float16 vectors per work-item: 32 lanes */
 #define LANES (16 * NV)
 #define RB 8            /* register block: keys (dq) or query rows (dkdv) per step */
-#ifndef BLOCK_N
-#define BLOCK_N 64      /* keys (dq) or query rows (dkdv) per packed tile */
-#endif
-#if BLOCK_N < RB || BLOCK_N % RB
-#error "BLOCK_N must be a positive multiple of 8"
-#endif
+#define TILE 64         /* keys (dq) or query rows (dkdv) per packed tile, a multiple of RB */
 
 #define DP_STAT(p, b, h, i) ((((long)(p) * batch + (b)) * heads_q + (h)) * seq_q + (i))
 #define LANE_IDS ((int16)(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15))
@@ -69,7 +64,19 @@ inline float dp_head_weight(__global const float *pole_weights, int p, int h, in
     return (VARIANT == DIPOLE_TWO_POLE && pole_weights) ? pole_weights[p * heads_q + h] : 1.0f;
 }
 
-/* dq (and delta): work-item (row block, h, b). */
+/* dq (and delta): work-item (row block, h, b). Its BLOCK_M rows come in NG groups of 32 lanes;
+ * each packed K/V tile serves every group, so that a tile's trip through the caches pays for NG
+ * times the arithmetic (packing was ~30 % of the kernel with one group). */
+#ifndef BLOCK_M
+#define BLOCK_M 128
+#endif
+#if BLOCK_M < LANES || BLOCK_M % LANES
+#error "BLOCK_M must be a positive multiple of 32"
+#endif
+#define NG (BLOCK_M / LANES)
+/* Lane l of group g in a transposed row array: [(g * HEAD_DIM + c) * NV + l / 16][l % 16]. */
+#define DP_T(g, c, l) ((((g) * HEAD_DIM + (c)) * NV + (l) / 16) * 16 + (l) % 16)
+
 __kernel __attribute__((reqd_work_group_size(1, 1, 1)))
 void dipole_bwd_dq_cpu(__global const float *q, dp_layout lq,
                        __global const float *k, dp_layout lk,
@@ -86,41 +93,49 @@ void dipole_bwd_dq_cpu(__global const float *q, dp_layout lq,
                        int batch, int heads_q, int heads_kv, int seq_q, int seq_k,
                        float scale, int window_left, int window_right)
 {
-    const int row0 = get_global_id(0) * LANES;
+    const int row0 = get_global_id(0) * BLOCK_M;
     const int h = get_global_id(1);
     const int b = get_global_id(2);
     if (row0 >= seq_q)
         return;
     const int hk = h / (heads_q / heads_kv);
     const int kl = key_lengths ? key_lengths[b] : seq_k;
-    const int rows = min(LANES, seq_q - row0);
+    const int rows = min(BLOCK_M, seq_q - row0);
+    const int groups = (rows + LANES - 1) / LANES; /* groups with a live row */
 
-    /* Row state, transposed: qT[c * NV + r] holds dim c of rows 16r .. 16r + 15 (q times
-     * scale). Rows past seq_q copy the last row (never written, never force the masked path). */
-    __local float16 qT[HEAD_DIM * NV], doT[HEAD_DIM * NV], dqT[HEAD_DIM * NV];
-    __local float kt[BLOCK_N * HEAD_DIM], vt[BLOCK_N * HEAD_DIM];
+    /* Row state, transposed (DP_T; q times scale). Rows past seq_q copy the last row (never
+     * written, never force the masked path). */
+    __local float16 qT[NG * HEAD_DIM * NV], doT[NG * HEAD_DIM * NV], dqT[NG * HEAD_DIM * NV];
+    __local float kt[TILE * HEAD_DIM], vt[TILE * HEAD_DIM];
 #if READS_V2
-    __local float v2t[BLOCK_N * HEAD_DIM];
+    __local float v2t[TILE * HEAD_DIM];
 #endif
     /* Per-row scalars are staged here and loaded as vectors: no lane writes through pointer
      * casts into private vectors (oclgrind tracks those as uninitialised). */
-    __local int lo_s[LANES], hi_s[LANES];
-    __local float lse_s[NPOLES * LANES], delta_s[NPOLES * LANES], rd_s[NPOLES * LANES];
-    int16 lo[NV], hi[NV];
-    float16 lse_v[NPOLES][NV], delta_v[NPOLES][NV];
+    __local int lo_s[BLOCK_M], hi_s[BLOCK_M];
+    __local float lse_s[NPOLES * BLOCK_M], delta_s[NPOLES * BLOCK_M], rd_s[NPOLES * BLOCK_M];
+    int16 lo[NG][NV], hi[NG][NV];
+    float16 lse_v[NG][NPOLES][NV], delta_v[NG][NPOLES][NV], rd[NG][NPOLES][NV];
+    int g_lo[NG], g_hi[NG], g_max_lo[NG], g_min_hi[NG];
     float w[NPOLES];
-    int j_begin = INT_MAX, j_end = 0, max_lo = 0, min_hi = INT_MAX;
-    for (int r = 0; r < LANES; r++) {
+    for (int g = 0; g < NG; g++) {
+        g_lo[g] = INT_MAX;
+        g_hi[g] = 0;
+        g_max_lo[g] = 0;
+        g_min_hi[g] = INT_MAX;
+    }
+    for (int r = 0; r < BLOCK_M; r++) {
+        const int g = r / LANES, l = r % LANES;
         const int i = min(row0 + r, seq_q - 1);
         const int2 range = dp_visible_range(i, kl, seq_q, window_left, window_right);
         lo_s[r] = range.x;
         hi_s[r] = range.y;
-        if (range.x < range.y) {
-            j_begin = min(j_begin, range.x);
-            j_end = max(j_end, range.y);
+        if (range.x < range.y && g < groups) {
+            g_lo[g] = min(g_lo[g], range.x);
+            g_hi[g] = max(g_hi[g], range.y);
         }
-        max_lo = max(max_lo, range.x);
-        min_hi = min(min_hi, range.y);
+        g_max_lo[g] = max(g_max_lo[g], range.x);
+        g_min_hi[g] = min(g_min_hi[g], range.y);
         __global const float *qr = q + DP_ROW(lq, b, i, h);
         __global const float *dor = dout + DP_ROW(ldout, b, i, h);
         float dot = 0.0f;
@@ -128,24 +143,30 @@ void dipole_bwd_dq_cpu(__global const float *q, dp_layout lq,
         __global const float *orow = out + DP_ROW(lout, b, i, h);
 #endif
         for (int c = 0; c < HEAD_DIM; c++) {
-            ((__local float *)qT)[(c * NV + r / 16) * 16 + r % 16] = qr[c] * scale;
-            ((__local float *)doT)[(c * NV + r / 16) * 16 + r % 16] = dor[c];
-            ((__local float *)dqT)[(c * NV + r / 16) * 16 + r % 16] = 0.0f;
+            ((__local float *)qT)[DP_T(g, c, l)] = qr[c] * scale;
+            ((__local float *)doT)[DP_T(g, c, l)] = dor[c];
+            ((__local float *)dqT)[DP_T(g, c, l)] = 0.0f;
 #if NPOLES == 1
             dot = fma(dor[c], orow[c], dot);
 #endif
         }
         for (int p = 0; p < NPOLES; p++) {
-            lse_s[p * LANES + r] = lse[DP_STAT(p, b, h, i)];
-            delta_s[p * LANES + r] = dot; /* NPOLES == 2: rebuilt by the first walk below */
+            lse_s[p * BLOCK_M + r] = lse[DP_STAT(p, b, h, i)];
+            delta_s[p * BLOCK_M + r] = dot; /* NPOLES == 2: rebuilt by the first walk below */
         }
     }
-    for (int r = 0; r < NV; r++) {
-        lo[r] = vload16(r, lo_s);
-        hi[r] = vload16(r, hi_s);
-        for (int p = 0; p < NPOLES; p++) {
-            lse_v[p][r] = vload16(r, lse_s + p * LANES);
-            delta_v[p][r] = vload16(r, delta_s + p * LANES);
+    int j_begin = INT_MAX, j_end = 0;
+    for (int g = 0; g < NG; g++) {
+        j_begin = min(j_begin, g_lo[g]);
+        j_end = max(j_end, g_hi[g]);
+        for (int r = 0; r < NV; r++) {
+            lo[g][r] = vload16(g * NV + r, lo_s);
+            hi[g][r] = vload16(g * NV + r, hi_s);
+            for (int p = 0; p < NPOLES; p++) {
+                lse_v[g][p][r] = vload16(g * NV + r, lse_s + p * BLOCK_M);
+                delta_v[g][p][r] = vload16(g * NV + r, delta_s + p * BLOCK_M);
+                rd[g][p][r] = (float16)0.0f;
+            }
         }
     }
     for (int p = 0; p < NPOLES; p++)
@@ -153,19 +174,16 @@ void dipole_bwd_dq_cpu(__global const float *q, dp_layout lq,
 
     /* TWO_POLE has no O+ and O- to dot with dO: the first walk rebuilds dO . O_p from the
      * saved lse as sum_j P_pj dO . u_j; the second is the gradient walk. */
-    float16 rd[NPOLES][NV];
-    for (int p = 0; p < NPOLES; p++)
-        for (int r = 0; r < NV; r++)
-            rd[p][r] = (float16)0.0f;
     for (int walk = NPOLES == 2 ? 0 : 1; walk < 2; walk++) {
 #if NPOLES == 2
         if (walk == 1)
-            for (int p = 0; p < NPOLES; p++)
-                for (int r = 0; r < NV; r++)
-                    delta_v[p][r] = w[p] * rd[p][r];
+            for (int g = 0; g < NG; g++)
+                for (int p = 0; p < NPOLES; p++)
+                    for (int r = 0; r < NV; r++)
+                        delta_v[g][p][r] = w[p] * rd[g][p][r];
 #endif
-        for (int j0 = j_begin; j0 < j_end; j0 += BLOCK_N) {
-            const int n = min(BLOCK_N, j_end - j0);
+        for (int j0 = j_begin; j0 < j_end; j0 += TILE) {
+            const int n = min(TILE, j_end - j0);
             const int n_pad = (n + RB - 1) / RB * RB;
             const long k_at = DP_ROW(lk, b, j0, hk), v_at = DP_ROW(lv, b, j0, hk);
             const bool k_finite = dp_pack_rows(kt, k + k_at, lk.z, n, n_pad, 1.0f);
@@ -173,131 +191,149 @@ void dipole_bwd_dq_cpu(__global const float *q, dp_layout lq,
 #if READS_V2
             dp_pack_rows(v2t, v2 + DP_ROW(lv2, b, j0, hk), lv2.z, n, n_pad, 1.0f);
 #endif
-            /* Padding keys (past n) lie past every row's range, so the masked path drops them. */
-            const bool masked = !(j0 >= max_lo && j0 + n <= min_hi) || n != n_pad;
+            for (int g = 0; g < groups; g++) {
+                if (j0 >= g_hi[g] || j0 + n <= g_lo[g])
+                    continue; /* no row of the group sees this tile */
+                /* Padding keys (past n) lie past every row's range: the masked path drops them. */
+                const bool masked = !(j0 >= g_max_lo[g] && j0 + n <= g_min_hi[g]) || n != n_pad;
+                __local const float16 *qg = qT + g * HEAD_DIM * NV, *dog = doT + g * HEAD_DIM * NV;
+                __local float16 *dqg = dqT + g * HEAD_DIM * NV;
 
-            for (int jb = 0; jb < n; jb += RB) {
-                float16 s[RB][NV], gv[RB][NV];
+                for (int jb = 0; jb < n; jb += RB) {
+                    float16 s[RB][NV], gv[RB][NV];
 #if READS_V2
-                float16 gv2[RB][NV];
+                    float16 gv2[RB][NV];
 #endif
 #pragma unroll
-                for (int t = 0; t < RB; t++)
+                    for (int t = 0; t < RB; t++)
 #pragma unroll
-                    for (int r = 0; r < NV; r++) {
-                        s[t][r] = (float16)0.0f;
-                        gv[t][r] = (float16)0.0f;
+                        for (int r = 0; r < NV; r++) {
+                            s[t][r] = (float16)0.0f;
+                            gv[t][r] = (float16)0.0f;
 #if READS_V2
-                        gv2[t][r] = (float16)0.0f;
+                            gv2[t][r] = (float16)0.0f;
 #endif
-                    }
-                for (int c = 0; c < HEAD_DIM; c++) {
-                    const float16 q0 = qT[c * NV], q1 = qT[c * NV + 1];
-#pragma unroll
-                    for (int t = 0; t < RB; t++) {
-                        const float16 kk = (float16)kt[(jb + t) * HEAD_DIM + c];
-                        s[t][0] = fma(kk, q0, s[t][0]);
-                        s[t][1] = fma(kk, q1, s[t][1]);
-                    }
-                }
-                for (int c = 0; c < HEAD_DIM; c++) {
-                    const float16 d0 = doT[c * NV], d1 = doT[c * NV + 1];
-#pragma unroll
-                    for (int t = 0; t < RB; t++) {
-                        const float16 vv = (float16)vt[(jb + t) * HEAD_DIM + c];
-                        gv[t][0] = fma(vv, d0, gv[t][0]);
-                        gv[t][1] = fma(vv, d1, gv[t][1]);
-                    }
-                }
-#if READS_V2
-                for (int c = 0; c < HEAD_DIM; c++) {
-                    const float16 d0 = doT[c * NV], d1 = doT[c * NV + 1];
-#pragma unroll
-                    for (int t = 0; t < RB; t++) {
-                        const float16 vv = (float16)v2t[(jb + t) * HEAD_DIM + c];
-                        gv2[t][0] = fma(vv, d0, gv2[t][0]);
-                        gv2[t][1] = fma(vv, d1, gv2[t][1]);
-                    }
-                }
-#else
-#define gv2 gv
-#endif
-                /* dS per lane, into s (selected, not multiplied, to 0 where a row does not see
-                 * the key: a masked NaN stays out). */
-#pragma unroll
-                for (int t = 0; t < RB; t++)
-#pragma unroll
-                    for (int r = 0; r < NV; r++) {
-                        const float16 sv = s[t][r];
-                        const int16 vis = ((int16)(j0 + jb + t) >= lo[r]) &
-                                          ((int16)(j0 + jb + t) < hi[r]);
-                        if (walk == 0) {
-                            for (int p = 0; p < NPOLES; p++) {
-                                const float16 prob = dp_exp_nonpos(POLE_LOGIT(p, sv) - lse_v[p][r]);
-                                const float16 term = prob * POLE_COEF(p, sv) *
-                                                     (POLE_TO_V2(p, sv) ? gv2[t][r] : gv[t][r]);
-                                rd[p][r] += masked ? select((float16)0.0f, term, vis) : term;
-                            }
-                            continue;
                         }
-                        float16 ds = (float16)0.0f, a;
-                        for (int p = 0; p < NPOLES; p++)
-                            ds += dp_pole_grad(p, sv, gv[t][r], gv2[t][r], lse_v[p][r],
-                                               delta_v[p][r], w[p], &a);
-                        s[t][r] = masked ? select((float16)0.0f, ds, vis) : ds;
-                    }
-#undef gv2
-                if (walk == 0)
-                    continue;
-                /* dq += dS x key. Where a row does not see a key its dS is 0, but 0 x inf is
-                 * NaN: a tile with non-finite keys takes the lane-selecting loop. */
-                if (!masked || k_finite) {
                     for (int c = 0; c < HEAD_DIM; c++) {
-                        float16 a0 = dqT[c * NV], a1 = dqT[c * NV + 1];
+                        const float16 q0 = qg[c * NV], q1 = qg[c * NV + 1];
 #pragma unroll
                         for (int t = 0; t < RB; t++) {
                             const float16 kk = (float16)kt[(jb + t) * HEAD_DIM + c];
-                            a0 = fma(s[t][0], kk, a0);
-                            a1 = fma(s[t][1], kk, a1);
+                            s[t][0] = fma(kk, q0, s[t][0]);
+                            s[t][1] = fma(kk, q1, s[t][1]);
                         }
-                        dqT[c * NV] = a0;
-                        dqT[c * NV + 1] = a1;
                     }
-                } else {
-                    for (int t = 0; t < RB; t++)
-                        for (int r = 0; r < NV; r++) {
-                            const int16 vis = ((int16)(j0 + jb + t) >= lo[r]) &
-                                              ((int16)(j0 + jb + t) < hi[r]);
-                            for (int c = 0; c < HEAD_DIM; c++) {
-                                const float16 kk = (float16)kt[(jb + t) * HEAD_DIM + c];
-                                dqT[c * NV + r] =
-                                    select(dqT[c * NV + r], fma(s[t][r], kk, dqT[c * NV + r]), vis);
-                            }
+                    for (int c = 0; c < HEAD_DIM; c++) {
+                        const float16 d0 = dog[c * NV], d1 = dog[c * NV + 1];
+#pragma unroll
+                        for (int t = 0; t < RB; t++) {
+                            const float16 vv = (float16)vt[(jb + t) * HEAD_DIM + c];
+                            gv[t][0] = fma(vv, d0, gv[t][0]);
+                            gv[t][1] = fma(vv, d1, gv[t][1]);
                         }
+                    }
+#if READS_V2
+                    for (int c = 0; c < HEAD_DIM; c++) {
+                        const float16 d0 = dog[c * NV], d1 = dog[c * NV + 1];
+#pragma unroll
+                        for (int t = 0; t < RB; t++) {
+                            const float16 vv = (float16)v2t[(jb + t) * HEAD_DIM + c];
+                            gv2[t][0] = fma(vv, d0, gv2[t][0]);
+                            gv2[t][1] = fma(vv, d1, gv2[t][1]);
+                        }
+                    }
+#else
+#define gv2 gv
+#endif
+                    /* dS per lane, into s (selected, not multiplied, to 0 where a row does not
+                     * see the key: a masked NaN stays out). */
+#pragma unroll
+                    for (int t = 0; t < RB; t++)
+#pragma unroll
+                        for (int r = 0; r < NV; r++) {
+                            const float16 sv = s[t][r];
+                            const int16 vis = ((int16)(j0 + jb + t) >= lo[g][r]) &
+                                              ((int16)(j0 + jb + t) < hi[g][r]);
+                            if (walk == 0) {
+                                for (int p = 0; p < NPOLES; p++) {
+                                    const float16 prob =
+                                        dp_exp_nonpos(POLE_LOGIT(p, sv) - lse_v[g][p][r]);
+                                    const float16 term = prob * POLE_COEF(p, sv) *
+                                                         (POLE_TO_V2(p, sv) ? gv2[t][r] : gv[t][r]);
+                                    rd[g][p][r] += masked ? select((float16)0.0f, term, vis) : term;
+                                }
+                                continue;
+                            }
+                            float16 ds = (float16)0.0f, a;
+                            for (int p = 0; p < NPOLES; p++)
+                                ds += dp_pole_grad(p, sv, gv[t][r], gv2[t][r], lse_v[g][p][r],
+                                                   delta_v[g][p][r], w[p], &a);
+                            s[t][r] = masked ? select((float16)0.0f, ds, vis) : ds;
+                        }
+#undef gv2
+                    if (walk == 0)
+                        continue;
+                    /* dq += dS x key. Where a row does not see a key its dS is 0, but 0 x inf
+                     * is NaN: a tile with non-finite keys takes the lane-selecting loop. */
+                    if (!masked || k_finite) {
+                        for (int c = 0; c < HEAD_DIM; c++) {
+                            float16 a0 = dqg[c * NV], a1 = dqg[c * NV + 1];
+#pragma unroll
+                            for (int t = 0; t < RB; t++) {
+                                const float16 kk = (float16)kt[(jb + t) * HEAD_DIM + c];
+                                a0 = fma(s[t][0], kk, a0);
+                                a1 = fma(s[t][1], kk, a1);
+                            }
+                            dqg[c * NV] = a0;
+                            dqg[c * NV + 1] = a1;
+                        }
+                    } else {
+                        for (int t = 0; t < RB; t++)
+                            for (int r = 0; r < NV; r++) {
+                                const int16 vis = ((int16)(j0 + jb + t) >= lo[g][r]) &
+                                                  ((int16)(j0 + jb + t) < hi[g][r]);
+                                for (int c = 0; c < HEAD_DIM; c++) {
+                                    const float16 kk = (float16)kt[(jb + t) * HEAD_DIM + c];
+                                    dqg[c * NV + r] = select(dqg[c * NV + r],
+                                                             fma(s[t][r], kk, dqg[c * NV + r]), vis);
+                                }
+                            }
+                    }
                 }
             }
         }
     }
 
-    for (int p = 0; p < NPOLES; p++)
-        for (int r = 0; r < NV; r++) {
-            vstore16(delta_v[p][r], r, delta_s + p * LANES);
-            vstore16(rd[p][r], r, rd_s + p * LANES);
-        }
+    for (int g = 0; g < NG; g++)
+        for (int p = 0; p < NPOLES; p++)
+            for (int r = 0; r < NV; r++) {
+                vstore16(delta_v[g][p][r], g * NV + r, delta_s + p * BLOCK_M);
+                vstore16(rd[g][p][r], g * NV + r, rd_s + p * BLOCK_M);
+            }
     for (int r = 0; r < rows; r++) {
         const int i = row0 + r;
         __global float *dqr = dq + DP_ROW(ldq, b, i, h);
         for (int c = 0; c < HEAD_DIM; c++)
-            dqr[c] = ((__local float *)dqT)[(c * NV + r / 16) * 16 + r % 16] * scale;
+            dqr[c] = ((__local float *)dqT)[DP_T(r / LANES, c, r % LANES)] * scale;
         for (int p = 0; p < NPOLES; p++) {
-            delta[DP_STAT(p, b, h, i)] = delta_s[p * LANES + r];
+            delta[DP_STAT(p, b, h, i)] = delta_s[p * BLOCK_M + r];
             if (rowdot)
-                rowdot[DP_STAT(p, b, h, i)] = NPOLES == 2 ? rd_s[p * LANES + r] : delta_s[p * LANES + r];
+                rowdot[DP_STAT(p, b, h, i)] =
+                    NPOLES == 2 ? rd_s[p * BLOCK_M + r] : delta_s[p * BLOCK_M + r];
         }
     }
 }
 
-/* dK, dV (and dV2): work-item (key block, hk, b). */
+/* dK, dV (and dV2): work-item (key block, hk, b). Its BLOCK_N keys come in KG groups of 32
+ * lanes; each packed tile of query rows serves every group. */
+#ifndef BLOCK_N
+#define BLOCK_N 128
+#endif
+#if BLOCK_N < LANES || BLOCK_N % LANES
+#error "BLOCK_N must be a positive multiple of 32"
+#endif
+#define KG (BLOCK_N / LANES)
+
 __kernel __attribute__((reqd_work_group_size(1, 1, 1)))
 void dipole_bwd_dkdv_cpu(__global const float *q, dp_layout lq,
                          __global const float *k, dp_layout lk,
@@ -314,35 +350,37 @@ void dipole_bwd_dkdv_cpu(__global const float *q, dp_layout lq,
                          int batch, int heads_q, int heads_kv, int seq_q, int seq_k,
                          float scale, int window_left, int window_right)
 {
-    const int j0 = get_global_id(0) * LANES;
+    const int kb0 = get_global_id(0) * BLOCK_N;
     const int hk = get_global_id(1);
     const int b = get_global_id(2);
-    if (j0 >= seq_k)
+    if (kb0 >= seq_k)
         return;
     const int group = heads_q / heads_kv;
     const int kl = key_lengths ? key_lengths[b] : seq_k;
-    const int keys = min(LANES, seq_k - j0);
-    const int j_hi = min(j0 + LANES, kl); /* the block's keys that rows can see: [j0, j_hi) */
+    const int keys = min(BLOCK_N, seq_k - kb0);
+    const int kb_hi = min(kb0 + BLOCK_N, kl); /* the block's keys that rows can see */
+    const int key_groups = min(KG, (min(keys, max(kl - kb0, 0)) + LANES - 1) / LANES);
 
-    /* Key state, transposed: kT[c * NV + r] holds dim c of keys j0 + 16r .. j0 + 16r + 15.
-     * Keys past seq_k copy the last key (never visible, never written). */
-    __local float16 kT[HEAD_DIM * NV], vT[HEAD_DIM * NV], dkT[HEAD_DIM * NV], dvT[HEAD_DIM * NV];
+    /* Key state, transposed (DP_T: dim c of key kb0 + 32e + l at DP_T(e, c, l)). Keys past
+     * seq_k copy the last key (never visible, never written). */
+    __local float16 kT[KG * HEAD_DIM * NV], vT[KG * HEAD_DIM * NV];
+    __local float16 dkT[KG * HEAD_DIM * NV], dvT[KG * HEAD_DIM * NV];
 #if READS_V2
-    __local float16 v2T[HEAD_DIM * NV], dv2T[HEAD_DIM * NV];
+    __local float16 v2T[KG * HEAD_DIM * NV], dv2T[KG * HEAD_DIM * NV];
 #endif
-    __local float qt[BLOCK_N * HEAD_DIM]; /* a tile of query rows, times scale */
-    __local float dot_[BLOCK_N * HEAD_DIM];
-    __local float lse_t[NPOLES * BLOCK_N], delta_t[NPOLES * BLOCK_N];
-    __local int2 range_t[BLOCK_N];
-    for (int r = 0; r < LANES; r++) {
-        const int j = min(j0 + r, seq_k - 1);
+    __local float qt[TILE * HEAD_DIM]; /* a tile of query rows, times scale */
+    __local float dot_[TILE * HEAD_DIM];
+    __local float lse_t[NPOLES * TILE], delta_t[NPOLES * TILE];
+    __local int2 range_t[TILE];
+    for (int r = 0; r < BLOCK_N; r++) {
+        const int j = min(kb0 + r, seq_k - 1);
         __global const float *kr = k + DP_ROW(lk, b, j, hk);
         __global const float *vr = v + DP_ROW(lv, b, j, hk);
 #if READS_V2
         __global const float *v2r = v2 + DP_ROW(lv2, b, j, hk);
 #endif
         for (int c = 0; c < HEAD_DIM; c++) {
-            const int at = (c * NV + r / 16) * 16 + r % 16;
+            const int at = DP_T(r / LANES, c, r % LANES);
             ((__local float *)kT)[at] = kr[c];
             ((__local float *)vT)[at] = vr[c];
             ((__local float *)dkT)[at] = 0.0f;
@@ -353,21 +391,22 @@ void dipole_bwd_dkdv_cpu(__global const float *q, dp_layout lq,
 #endif
         }
     }
-    int16 jv[NV];
-    for (int r = 0; r < NV; r++)
-        jv[r] = LANE_IDS + (j0 + 16 * r);
+    int16 jv[KG][NV];
+    for (int e = 0; e < KG; e++)
+        for (int r = 0; r < NV; r++)
+            jv[e][r] = LANE_IDS + (kb0 + LANES * e + 16 * r);
 
-    for (int g = 0; g < group && j0 < kl; g++) {
+    for (int g = 0; g < group && kb0 < kl; g++) {
         const int h = hk * group + g;
         float w[NPOLES];
         for (int p = 0; p < NPOLES; p++)
             w[p] = dp_head_weight(pole_weights, p, h, heads_q);
-        for (int i0 = 0; i0 < seq_q; i0 += BLOCK_N) {
-            const int m = min(BLOCK_N, seq_q - i0);
+        for (int i0 = 0; i0 < seq_q; i0 += TILE) {
+            const int m = min(TILE, seq_q - i0);
             /* Visible ranges only grow with the row: skip tiles that miss the block. */
             const int2 first = dp_visible_range(i0, kl, seq_q, window_left, window_right);
             const int2 last = dp_visible_range(i0 + m - 1, kl, seq_q, window_left, window_right);
-            if (last.y <= j0 || first.x >= j_hi)
+            if (last.y <= kb0 || first.x >= kb_hi)
                 continue;
             const int m_pad = (m + RB - 1) / RB * RB;
             const bool q_finite = dp_pack_rows(qt, q + DP_ROW(lq, b, i0, h), lq.z, m, m_pad, scale);
@@ -380,171 +419,181 @@ void dipole_bwd_dkdv_cpu(__global const float *q, dp_layout lq,
                                                       window_right)
                                    : (int2)(0, 0);
                 for (int p = 0; p < NPOLES; p++) {
-                    lse_t[p * BLOCK_N + r] = r < m ? lse[DP_STAT(p, b, h, i0 + r)] : 0.0f;
-                    delta_t[p * BLOCK_N + r] = r < m ? delta[DP_STAT(p, b, h, i0 + r)] : 0.0f;
+                    lse_t[p * TILE + r] = r < m ? lse[DP_STAT(p, b, h, i0 + r)] : 0.0f;
+                    delta_t[p * TILE + r] = r < m ? delta[DP_STAT(p, b, h, i0 + r)] : 0.0f;
                 }
             }
 
-            for (int r0 = 0; r0 < m; r0 += RB) {
-                bool any = false, full = true;
-                for (int r = r0; r < r0 + RB; r++) {
-                    const int2 rg = range_t[r];
-                    any |= rg.x < j_hi && rg.y > j0 && rg.x < rg.y;
-                    full &= rg.x <= j0 && rg.y >= j0 + LANES;
-                }
-                if (!any)
-                    continue;
-                const bool masked = !full;
+            for (int e = 0; e < key_groups; e++) {
+                const int j0 = kb0 + e * LANES;
+                const int j_hi = min(j0 + LANES, kl); /* the group's keys rows can see */
+                __local const float16 *kg = kT + e * HEAD_DIM * NV, *vg = vT + e * HEAD_DIM * NV;
+                __local float16 *dkg = dkT + e * HEAD_DIM * NV, *dvg = dvT + e * HEAD_DIM * NV;
+#if READS_V2
+                __local const float16 *v2g = v2T + e * HEAD_DIM * NV;
+                __local float16 *dv2g = dv2T + e * HEAD_DIM * NV;
+#endif
+                for (int r0 = 0; r0 < m; r0 += RB) {
+                    bool any = false, full = true;
+                    for (int r = r0; r < r0 + RB; r++) {
+                        const int2 rg = range_t[r];
+                        any |= rg.x < j_hi && rg.y > j0 && rg.x < rg.y;
+                        full &= rg.x <= j0 && rg.y >= j0 + LANES;
+                    }
+                    if (!any)
+                        continue;
+                    const bool masked = !full;
 
-                float16 s[RB][NV], gv[RB][NV];
+                    float16 s[RB][NV], gv[RB][NV];
 #if READS_V2
-                float16 gv2[RB][NV];
+                    float16 gv2[RB][NV];
 #endif
 #pragma unroll
-                for (int t = 0; t < RB; t++)
+                    for (int t = 0; t < RB; t++)
 #pragma unroll
-                    for (int r = 0; r < NV; r++) {
-                        s[t][r] = (float16)0.0f;
-                        gv[t][r] = (float16)0.0f;
+                        for (int r = 0; r < NV; r++) {
+                            s[t][r] = (float16)0.0f;
+                            gv[t][r] = (float16)0.0f;
 #if READS_V2
-                        gv2[t][r] = (float16)0.0f;
+                            gv2[t][r] = (float16)0.0f;
 #endif
-                    }
-                __local const float *qb = qt + r0 * HEAD_DIM, *dob = dot_ + r0 * HEAD_DIM;
-                for (int c = 0; c < HEAD_DIM; c++) {
-                    const float16 k0 = kT[c * NV], k1 = kT[c * NV + 1];
+                        }
+                    __local const float *qb = qt + r0 * HEAD_DIM, *dob = dot_ + r0 * HEAD_DIM;
+                    for (int c = 0; c < HEAD_DIM; c++) {
+                        const float16 k0 = kg[c * NV], k1 = kg[c * NV + 1];
 #pragma unroll
-                    for (int t = 0; t < RB; t++) {
-                        const float16 qq = (float16)qb[t * HEAD_DIM + c];
-                        s[t][0] = fma(qq, k0, s[t][0]);
-                        s[t][1] = fma(qq, k1, s[t][1]);
+                        for (int t = 0; t < RB; t++) {
+                            const float16 qq = (float16)qb[t * HEAD_DIM + c];
+                            s[t][0] = fma(qq, k0, s[t][0]);
+                            s[t][1] = fma(qq, k1, s[t][1]);
+                        }
                     }
-                }
-                for (int c = 0; c < HEAD_DIM; c++) {
-                    const float16 v0 = vT[c * NV], v1 = vT[c * NV + 1];
+                    for (int c = 0; c < HEAD_DIM; c++) {
+                        const float16 v0 = vg[c * NV], v1 = vg[c * NV + 1];
 #pragma unroll
-                    for (int t = 0; t < RB; t++) {
-                        const float16 dd = (float16)dob[t * HEAD_DIM + c];
-                        gv[t][0] = fma(dd, v0, gv[t][0]);
-                        gv[t][1] = fma(dd, v1, gv[t][1]);
+                        for (int t = 0; t < RB; t++) {
+                            const float16 dd = (float16)dob[t * HEAD_DIM + c];
+                            gv[t][0] = fma(dd, v0, gv[t][0]);
+                            gv[t][1] = fma(dd, v1, gv[t][1]);
+                        }
                     }
-                }
 #if READS_V2
-                for (int c = 0; c < HEAD_DIM; c++) {
-                    const float16 v0 = v2T[c * NV], v1 = v2T[c * NV + 1];
+                    for (int c = 0; c < HEAD_DIM; c++) {
+                        const float16 v0 = v2g[c * NV], v1 = v2g[c * NV + 1];
 #pragma unroll
-                    for (int t = 0; t < RB; t++) {
-                        const float16 dd = (float16)dob[t * HEAD_DIM + c];
-                        gv2[t][0] = fma(dd, v0, gv2[t][0]);
-                        gv2[t][1] = fma(dd, v1, gv2[t][1]);
+                        for (int t = 0; t < RB; t++) {
+                            const float16 dd = (float16)dob[t * HEAD_DIM + c];
+                            gv2[t][0] = fma(dd, v0, gv2[t][0]);
+                            gv2[t][1] = fma(dd, v1, gv2[t][1]);
+                        }
                     }
-                }
 #endif
-                /* Per lane: dS into s, the factors on dO into av (value v) and av2 (value v2). */
-                float16 av[RB][NV];
+                    /* Per lane: dS into s, the factors on dO into av (value v) and av2 (value v2). */
+                    float16 av[RB][NV];
 #if READS_V2
-                float16 av2[RB][NV];
+                    float16 av2[RB][NV];
 #else
 #define gv2 gv
 #endif
 #pragma unroll
-                for (int t = 0; t < RB; t++)
-#pragma unroll
-                    for (int r = 0; r < NV; r++) {
-                        const int2 rg = range_t[r0 + t];
-                        const int16 vis = (jv[r] >= (int16)rg.x) & (jv[r] < (int16)rg.y);
-                        const float16 sv = s[t][r];
-                        float16 ds = (float16)0.0f, to_v = (float16)0.0f;
-#if READS_V2
-                        float16 to_v2 = (float16)0.0f;
-#endif
-                        for (int p = 0; p < NPOLES; p++) {
-                            float16 a;
-                            ds += dp_pole_grad(p, sv, gv[t][r], gv2[t][r],
-                                               (float16)lse_t[p * BLOCK_N + r0 + t],
-                                               (float16)delta_t[p * BLOCK_N + r0 + t], w[p], &a);
-                            if (POLE_MAY_V(p))
-                                to_v += POLE_TO_V2(p, sv) ? (float16)0.0f : a;
-#if READS_V2
-                            if (POLE_MAY_V2(p))
-                                to_v2 += POLE_TO_V2(p, sv) ? a : (float16)0.0f;
-#endif
-                        }
-                        s[t][r] = masked ? select((float16)0.0f, ds, vis) : ds;
-                        av[t][r] = masked ? select((float16)0.0f, to_v, vis) : to_v;
-#if READS_V2
-                        av2[t][r] = masked ? select((float16)0.0f, to_v2, vis) : to_v2;
-#endif
-                    }
-#undef gv2
-                /* du += a x dO, dk += dS x q. A row that does not see a key has a = dS = 0
-                 * there, but 0 x inf is NaN: a tile with non-finite rows selects per lane. */
-                if (!masked || rows_finite) {
-                    for (int c = 0; c < HEAD_DIM; c++) {
-                        float16 x0 = dvT[c * NV], x1 = dvT[c * NV + 1];
-#pragma unroll
-                        for (int t = 0; t < RB; t++) {
-                            const float16 dd = (float16)dob[t * HEAD_DIM + c];
-                            x0 = fma(av[t][0], dd, x0);
-                            x1 = fma(av[t][1], dd, x1);
-                        }
-                        dvT[c * NV] = x0;
-                        dvT[c * NV + 1] = x1;
-                    }
-                    for (int c = 0; c < HEAD_DIM; c++) {
-                        float16 y0 = dkT[c * NV], y1 = dkT[c * NV + 1];
-#pragma unroll
-                        for (int t = 0; t < RB; t++) {
-                            const float16 qq = (float16)qb[t * HEAD_DIM + c];
-                            y0 = fma(s[t][0], qq, y0);
-                            y1 = fma(s[t][1], qq, y1);
-                        }
-                        dkT[c * NV] = y0;
-                        dkT[c * NV + 1] = y1;
-                    }
-#if READS_V2
-                    for (int c = 0; c < HEAD_DIM; c++) {
-                        float16 x0 = dv2T[c * NV], x1 = dv2T[c * NV + 1];
-#pragma unroll
-                        for (int t = 0; t < RB; t++) {
-                            const float16 dd = (float16)dob[t * HEAD_DIM + c];
-                            x0 = fma(av2[t][0], dd, x0);
-                            x1 = fma(av2[t][1], dd, x1);
-                        }
-                        dv2T[c * NV] = x0;
-                        dv2T[c * NV + 1] = x1;
-                    }
-#endif
-                } else {
                     for (int t = 0; t < RB; t++)
+#pragma unroll
                         for (int r = 0; r < NV; r++) {
                             const int2 rg = range_t[r0 + t];
-                            const int16 vis = (jv[r] >= (int16)rg.x) & (jv[r] < (int16)rg.y);
-                            for (int c = 0; c < HEAD_DIM; c++) {
-                                const int at = c * NV + r;
-                                const float16 dd = (float16)dob[t * HEAD_DIM + c];
-                                const float16 qq = (float16)qb[t * HEAD_DIM + c];
-                                dvT[at] = select(dvT[at], fma(av[t][r], dd, dvT[at]), vis);
-                                dkT[at] = select(dkT[at], fma(s[t][r], qq, dkT[at]), vis);
+                            const int16 vis = (jv[e][r] >= (int16)rg.x) & (jv[e][r] < (int16)rg.y);
+                            const float16 sv = s[t][r];
+                            float16 ds = (float16)0.0f, to_v = (float16)0.0f;
 #if READS_V2
-                                dv2T[at] = select(dv2T[at], fma(av2[t][r], dd, dv2T[at]), vis);
+                            float16 to_v2 = (float16)0.0f;
+#endif
+                            for (int p = 0; p < NPOLES; p++) {
+                                float16 a;
+                                ds += dp_pole_grad(p, sv, gv[t][r], gv2[t][r],
+                                                   (float16)lse_t[p * TILE + r0 + t],
+                                                   (float16)delta_t[p * TILE + r0 + t], w[p], &a);
+                                if (POLE_MAY_V(p))
+                                    to_v += POLE_TO_V2(p, sv) ? (float16)0.0f : a;
+#if READS_V2
+                                if (POLE_MAY_V2(p))
+                                    to_v2 += POLE_TO_V2(p, sv) ? a : (float16)0.0f;
 #endif
                             }
+                            s[t][r] = masked ? select((float16)0.0f, ds, vis) : ds;
+                            av[t][r] = masked ? select((float16)0.0f, to_v, vis) : to_v;
+#if READS_V2
+                            av2[t][r] = masked ? select((float16)0.0f, to_v2, vis) : to_v2;
+#endif
                         }
+#undef gv2
+                    /* du += a x dO, dk += dS x q. A row that does not see a key has a = dS = 0
+                     * there, but 0 x inf is NaN: a tile with non-finite rows selects per lane. */
+                    if (!masked || rows_finite) {
+                        for (int c = 0; c < HEAD_DIM; c++) {
+                            float16 x0 = dvg[c * NV], x1 = dvg[c * NV + 1];
+#pragma unroll
+                            for (int t = 0; t < RB; t++) {
+                                const float16 dd = (float16)dob[t * HEAD_DIM + c];
+                                x0 = fma(av[t][0], dd, x0);
+                                x1 = fma(av[t][1], dd, x1);
+                            }
+                            dvg[c * NV] = x0;
+                            dvg[c * NV + 1] = x1;
+                        }
+                        for (int c = 0; c < HEAD_DIM; c++) {
+                            float16 y0 = dkg[c * NV], y1 = dkg[c * NV + 1];
+#pragma unroll
+                            for (int t = 0; t < RB; t++) {
+                                const float16 qq = (float16)qb[t * HEAD_DIM + c];
+                                y0 = fma(s[t][0], qq, y0);
+                                y1 = fma(s[t][1], qq, y1);
+                            }
+                            dkg[c * NV] = y0;
+                            dkg[c * NV + 1] = y1;
+                        }
+#if READS_V2
+                        for (int c = 0; c < HEAD_DIM; c++) {
+                            float16 x0 = dv2g[c * NV], x1 = dv2g[c * NV + 1];
+#pragma unroll
+                            for (int t = 0; t < RB; t++) {
+                                const float16 dd = (float16)dob[t * HEAD_DIM + c];
+                                x0 = fma(av2[t][0], dd, x0);
+                                x1 = fma(av2[t][1], dd, x1);
+                            }
+                            dv2g[c * NV] = x0;
+                            dv2g[c * NV + 1] = x1;
+                        }
+#endif
+                    } else {
+                        for (int t = 0; t < RB; t++)
+                            for (int r = 0; r < NV; r++) {
+                                const int2 rg = range_t[r0 + t];
+                                const int16 vis = (jv[e][r] >= (int16)rg.x) & (jv[e][r] < (int16)rg.y);
+                                for (int c = 0; c < HEAD_DIM; c++) {
+                                    const int at = c * NV + r;
+                                    const float16 dd = (float16)dob[t * HEAD_DIM + c];
+                                    const float16 qq = (float16)qb[t * HEAD_DIM + c];
+                                    dvg[at] = select(dvg[at], fma(av[t][r], dd, dvg[at]), vis);
+                                    dkg[at] = select(dkg[at], fma(s[t][r], qq, dkg[at]), vis);
+#if READS_V2
+                                    dv2g[at] = select(dv2g[at], fma(av2[t][r], dd, dv2g[at]), vis);
+#endif
+                                }
+                            }
+                    }
                 }
             }
         }
     }
 
     for (int r = 0; r < keys; r++) {
-        const int j = j0 + r;
+        const int j = kb0 + r;
         __global float *dkr = dk + DP_ROW(ldk, b, j, hk);
         __global float *dvr = dv + DP_ROW(ldv, b, j, hk);
 #if READS_V2
         __global float *dv2r = dv2 + DP_ROW(ldv2, b, j, hk);
 #endif
         for (int c = 0; c < HEAD_DIM; c++) {
-            const int at = (c * NV + r / 16) * 16 + r % 16;
+            const int at = DP_T(r / LANES, c, r % LANES);
             dkr[c] = ((__local float *)dkT)[at];
             dvr[c] = ((__local float *)dvT)[at];
 #if READS_V2

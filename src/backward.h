@@ -18,8 +18,8 @@ typedef struct dp_bwd_args {
  * cl/dipole_bwd_cpu.cl, a micro-kernel per work-item; group: cl/dipole_bwd.cl) and its tiles. */
 typedef struct dp_bwd_tiles {
     bool cpu;
-    int block_m; /* group: query rows per work-group; cpu: 32 rows (or keys) per work-item */
-    int block_n; /* group: keys per work-group; cpu: keys (dq) or rows (dkdv) per packed tile */
+    int block_m; /* group: query rows per work-group; cpu: query rows per dq work-item */
+    int block_n; /* group: keys per work-group; cpu: keys per dkdv work-item */
 } dp_bwd_tiles;
 
 /* Tiles that fit the device and the compiled kernels; DIPOLE_ERR_UNSUPPORTED with the reason

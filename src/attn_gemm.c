@@ -37,8 +37,7 @@ dipole_status dp_gemm_plan(dipole_ctx *ctx, const dp_problem *p, dipole_plan *pl
 
 typedef struct gemm_work {
     cl_mem s, s2;
-    size_t *off_a, *off_b, *off_c;
-    float *alpha, *beta;
+    dp_gemm_batch g; /* per-slice arguments of one batched GEMM */
 } gemm_work;
 
 static void work_free(gemm_work *w)
@@ -47,11 +46,7 @@ static void work_free(gemm_work *w)
         clReleaseMemObject(w->s);
     if (w->s2)
         clReleaseMemObject(w->s2);
-    free(w->off_a);
-    free(w->off_b);
-    free(w->off_c);
-    free(w->alpha);
-    free(w->beta);
+    dp_gemm_batch_free(&w->g);
 }
 
 static dipole_status launch_rowwise(dipole_ctx *ctx, const dp_problem *p,
@@ -89,12 +84,7 @@ dipole_status dp_gemm_run(dipole_ctx *ctx, const dp_problem *p, const dipole_pla
     gemm_work w;
     memset(&w, 0, sizeof w);
     const size_t ns_max = ch.slices, nr_max = ch.rows;
-    w.off_a = malloc(sizeof(size_t) * ns_max);
-    w.off_b = malloc(sizeof(size_t) * ns_max);
-    w.off_c = malloc(sizeof(size_t) * ns_max);
-    w.alpha = malloc(sizeof(float) * ns_max);
-    w.beta = malloc(sizeof(float) * ns_max);
-    if (!w.off_a || !w.off_b || !w.off_c || !w.alpha || !w.beta) {
+    if (!dp_gemm_batch_alloc(&w.g, ns_max)) {
         work_free(&w);
         return dp_fail(ctx, DIPOLE_ERR_OUT_OF_HOST_MEMORY, "gemm: out of host memory");
     }
@@ -124,16 +114,16 @@ dipole_status dp_gemm_run(dipole_ctx *ctx, const dp_problem *p, const dipole_pla
             /* S = scale Q K^T: C [nr, nc] = (Q^T stored [d, nr])^T (K^T stored [d, nc]). */
             for (size_t t = 0; t < ns; t++) {
                 const size_t b = (s0 + t) / hq, h = (s0 + t) % hq;
-                w.off_a[t] = dp_gemm_at(a->q, b, r0, h);
-                w.off_b[t] = dp_gemm_at(a->k, b, j0, h / group_q);
-                w.off_c[t] = t * nr * nc;
-                w.alpha[t] = d->scale;
-                w.beta[t] = 0.0f;
+                w.g.off_a[t] = dp_gemm_at(a->q, b, r0, h);
+                w.g.off_b[t] = dp_gemm_at(a->k, b, j0, h / group_q);
+                w.g.off_c[t] = t * nr * nc;
+                w.g.alpha[t] = d->scale;
+                w.g.beta[t] = 0.0f;
             }
             CLBlastStatusCode cs = CLBlastSgemmBatched(
                 CLBlastLayoutColMajor, CLBlastTransposeYes, CLBlastTransposeNo, nr, nc, dim,
-                w.alpha, a->q->buffer, w.off_a, dp_gemm_ld(a->q, nr, d->head_dim), a->k->buffer,
-                w.off_b, dp_gemm_ld(a->k, nc, d->head_dim), w.beta, w.s, w.off_c, nr, ns, &queue, NULL);
+                w.g.alpha, a->q->buffer, w.g.off_a, dp_gemm_ld(a->q, nr, d->head_dim), a->k->buffer,
+                w.g.off_b, dp_gemm_ld(a->k, nc, d->head_dim), w.g.beta, w.s, w.g.off_c, nr, ns, &queue, NULL);
             if (cs != CLBlastSuccess) {
                 st = dp_clblast_fail(ctx, cs, "CLBlastSgemmBatched(S = scale Q K^T)");
                 break;
@@ -148,17 +138,17 @@ dipole_status dp_gemm_run(dipole_ctx *ctx, const dp_problem *p, const dipole_pla
                 const dipole_tensor *v = pass ? a->v2 : a->v;
                 for (size_t t = 0; t < ns; t++) {
                     const size_t b = (s0 + t) / hq, h = (s0 + t) % hq;
-                    w.off_a[t] = dp_gemm_at(v, b, j0, h / group_q);
-                    w.off_b[t] = t * nr * nc;
-                    w.off_c[t] = dp_gemm_at(a->out, b, r0, h);
-                    w.alpha[t] = 1.0f;
-                    w.beta[t] = pass ? 1.0f : 0.0f;
+                    w.g.off_a[t] = dp_gemm_at(v, b, j0, h / group_q);
+                    w.g.off_b[t] = t * nr * nc;
+                    w.g.off_c[t] = dp_gemm_at(a->out, b, r0, h);
+                    w.g.alpha[t] = 1.0f;
+                    w.g.beta[t] = pass ? 1.0f : 0.0f;
                 }
                 cl_event *ev = last && pass == passes - 1 ? event : NULL;
                 cs = CLBlastSgemmBatched(CLBlastLayoutColMajor, CLBlastTransposeNo,
-                                         CLBlastTransposeYes, dim, nr, nc, w.alpha, v->buffer,
-                                         w.off_a, dp_gemm_ld(v, nc, d->head_dim), pass ? w.s2 : w.s,
-                                         w.off_b, nr, w.beta, a->out->buffer, w.off_c,
+                                         CLBlastTransposeYes, dim, nr, nc, w.g.alpha, v->buffer,
+                                         w.g.off_a, dp_gemm_ld(v, nc, d->head_dim), pass ? w.s2 : w.s,
+                                         w.g.off_b, nr, w.g.beta, a->out->buffer, w.g.off_c,
                                          dp_gemm_ld(a->out, nr, d->head_dim), ns, &queue, ev);
                 if (cs != CLBlastSuccess)
                     st = dp_clblast_fail(ctx, cs,

@@ -22,8 +22,7 @@
 
 typedef struct bwd_work {
     cl_mem s, dp, dp2, rowdot;
-    size_t *off_a, *off_b, *off_c;
-    float *alpha, *beta;
+    dp_gemm_batch g; /* per-slice arguments of one batched GEMM */
 } bwd_work;
 
 static void work_free(bwd_work *w)
@@ -32,11 +31,7 @@ static void work_free(bwd_work *w)
     for (int i = 0; i < 4; i++)
         if (m[i])
             clReleaseMemObject(m[i]);
-    free(w->off_a);
-    free(w->off_b);
-    free(w->off_c);
-    free(w->alpha);
-    free(w->beta);
+    dp_gemm_batch_free(&w->g);
 }
 
 static dipole_status device_buffer(dipole_ctx *ctx, size_t bytes, const char *what, cl_mem *out)
@@ -171,11 +166,11 @@ static dipole_status batched(dipole_ctx *ctx, const dp_problem *p, bwd_work *w, 
     for (size_t t = 0; t < c->ns; t++) {
         if (g >= 0 && (c->s0 + t) % (size_t)p->d.heads_q % (size_t)p->group != (size_t)g)
             continue;
-        w->off_a[count] = operand_offset(p, A, c, t);
-        w->off_b[count] = operand_offset(p, B, c, t);
-        w->off_c[count] = operand_offset(p, C, c, t);
-        w->alpha[count] = alpha;
-        w->beta[count] = beta;
+        w->g.off_a[count] = operand_offset(p, A, c, t);
+        w->g.off_b[count] = operand_offset(p, B, c, t);
+        w->g.off_c[count] = operand_offset(p, C, c, t);
+        w->g.alpha[count] = alpha;
+        w->g.beta[count] = beta;
         count++;
     }
     if (count == 0)
@@ -183,8 +178,8 @@ static dipole_status batched(dipole_ctx *ctx, const dp_problem *p, bwd_work *w, 
     cl_command_queue queue = ctx->queue;
     CLBlastStatusCode cs = CLBlastSgemmBatched(
         CLBlastLayoutColMajor, A->trans ? CLBlastTransposeYes : CLBlastTransposeNo,
-        B->trans ? CLBlastTransposeYes : CLBlastTransposeNo, m, n, k, w->alpha, A->buf, w->off_a,
-        operand_ld(p, A, c), B->buf, w->off_b, operand_ld(p, B, c), w->beta, C->buf, w->off_c,
+        B->trans ? CLBlastTransposeYes : CLBlastTransposeNo, m, n, k, w->g.alpha, A->buf, w->g.off_a,
+        operand_ld(p, A, c), B->buf, w->g.off_b, operand_ld(p, B, c), w->g.beta, C->buf, w->g.off_c,
         operand_ld(p, C, c), count, &queue, NULL);
     if (cs != CLBlastSuccess) {
         char call[96];
@@ -285,12 +280,7 @@ dipole_status dp_gemm_backward(dipole_ctx *ctx, const dp_problem *p, const dp_bw
     bwd_work w;
     memset(&w, 0, sizeof w);
     const size_t ns_max = ch.slices, nr_max = ch.rows;
-    w.off_a = malloc(sizeof(size_t) * ns_max);
-    w.off_b = malloc(sizeof(size_t) * ns_max);
-    w.off_c = malloc(sizeof(size_t) * ns_max);
-    w.alpha = malloc(sizeof(float) * ns_max);
-    w.beta = malloc(sizeof(float) * ns_max);
-    if (!w.off_a || !w.off_b || !w.off_c || !w.alpha || !w.beta) {
+    if (!dp_gemm_batch_alloc(&w.g, ns_max)) {
         work_free(&w);
         return dp_fail(ctx, DIPOLE_ERR_OUT_OF_HOST_MEMORY, "backward gemm: out of host memory");
     }

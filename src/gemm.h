@@ -28,6 +28,16 @@ bool dp_gemm_chunking_choose(const dipole_ctx *ctx, const dp_problem *p, int nbu
                              bool score_copied, dp_gemm_chunking *ch, char *reason,
                              size_t reason_cap);
 
+/* The per-slice arrays a batched CLBlast GEMM takes: operand offsets, alpha and beta. */
+typedef struct dp_gemm_batch {
+    size_t *off_a, *off_b, *off_c;
+    float *alpha, *beta;
+} dp_gemm_batch;
+
+/* Room for n slices; false, with nothing held, when the host is out of memory. */
+bool dp_gemm_batch_alloc(dp_gemm_batch *g, size_t n);
+void dp_gemm_batch_free(dp_gemm_batch *g);
+
 dipole_status dp_clblast_fail(dipole_ctx *ctx, CLBlastStatusCode s, const char *call);
 
 /* Element offset of row `seq` of head `head` in batch `b`. */

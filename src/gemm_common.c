@@ -280,3 +280,26 @@ dipole_status dp_rowwise_enqueue(dipole_ctx *ctx, const dp_rowwise_launch *rw, c
     }
     return DIPOLE_SUCCESS;
 }
+
+bool dp_gemm_batch_alloc(dp_gemm_batch *g, size_t n)
+{
+    g->off_a = malloc(sizeof(size_t) * n);
+    g->off_b = malloc(sizeof(size_t) * n);
+    g->off_c = malloc(sizeof(size_t) * n);
+    g->alpha = malloc(sizeof(float) * n);
+    g->beta = malloc(sizeof(float) * n);
+    if (g->off_a && g->off_b && g->off_c && g->alpha && g->beta)
+        return true;
+    dp_gemm_batch_free(g);
+    return false;
+}
+
+void dp_gemm_batch_free(dp_gemm_batch *g)
+{
+    free(g->off_a);
+    free(g->off_b);
+    free(g->off_c);
+    free(g->alpha);
+    free(g->beta);
+    memset(g, 0, sizeof *g);
+}

@@ -521,6 +521,61 @@ START_TEST(test_masked_rows_and_keys)
 }
 END_TEST
 
+/* Non-finite inputs reach exactly the gradients the reference gives non-finite: a NaN key, a
+ * NaN query row and an infinite dout entry, each seen by some rows (or keys) and masked for
+ * others, so that tiles mixing both take the kernels' lane-selecting paths. Elsewhere the
+ * gradients stay finite and match. */
+static void expect_same_nonfinite(const char *what, const char *tensor, const float *got,
+                                  const float *want, size_t n)
+{
+    for (size_t e = 0; e < n; e++) {
+        if (isnan(want[e]) || isinf(want[e])) {
+            ck_assert_msg(!isfinite(got[e]), "%s: %s[%zu] = %g, the reference gives %g", what,
+                          tensor, e, (double)got[e], (double)want[e]);
+            continue;
+        }
+        expect_close(what, tensor, &got[e], &want[e], 1, DEV_ATOL, DEV_RTOL);
+    }
+}
+
+START_TEST(test_nonfinite_inputs)
+{
+    dipole_attn_desc d;
+    dipole_attn_desc_default(&d);
+    d.variant = (dipole_variant)_i;
+    d.batch = 1, d.heads_q = 2, d.heads_kv = 1, d.seq_q = 70, d.seq_k = 70, d.head_dim = 16;
+    d.causal = 1;
+    fwd_inputs x;
+    inputs_make(&x, &d, 555);
+    x.k[50 * 16 + 3] = NAN;                 /* key 50: rows < 50 do not see it */
+    x.q[(10 * 2 + 1) * 16 + 5] = NAN;       /* row 10 of head 1: keys > 10 do not see it */
+    x.dout[(40 * 2 + 0) * 16 + 2] = INFINITY; /* row 40 of head 0 */
+    grads got, want;
+    grads_alloc(&got, &d);
+    grads_alloc(&want, &d);
+    ck_assert_int_eq(dipole_attention_backward_host(tu_ctx(), &d, x.q, x.k, x.v, x.v2, x.dout,
+                                                    got.dq, got.dk, got.dv, got.dv2, NULL, NULL),
+                     DIPOLE_SUCCESS);
+    ck_assert_int_eq(dipole_reference_backward(&d, x.q, x.k, x.v, x.v2, x.dout, want.dq, want.dk,
+                                               want.dv, want.dv2, NULL, NULL),
+                     DIPOLE_SUCCESS);
+    const size_t nq = tu_q_elems(&d), nk = tu_kv_elems(&d);
+    size_t finite = 0;
+    for (size_t e = 0; e < nq; e++)
+        finite += isfinite(want.dq[e]) != 0;
+    ck_assert_msg(finite > nq / 4 && finite < nq, "the case must mix finite and non-finite dq");
+    const char *what = dipole_variant_name(d.variant);
+    expect_same_nonfinite(what, "dq", got.dq, want.dq, nq);
+    expect_same_nonfinite(what, "dk", got.dk, want.dk, nk);
+    expect_same_nonfinite(what, "dv", got.dv, want.dv, nk);
+    if (d.variant == DIPOLE_ROUTED || d.variant == DIPOLE_TWO_POLE)
+        expect_same_nonfinite(what, "dv2", got.dv2, want.dv2, nk);
+    grads_free(&got);
+    grads_free(&want);
+    inputs_free(&x);
+}
+END_TEST
+
 /* The device API on packed, offset tensors: q, k, v, v2 interleaved in one buffer
  * [B, N, 4, H, d] after a 5-float offset, their gradients interleaved the same way in another,
  * out and dout in a third. */
@@ -683,6 +738,7 @@ Suite *backward_suite(void)
     tcase_add_loop_test(dev, test_exact_zero_scores, 0, 4);
     tcase_add_loop_test(dev, test_deterministic, 0, 4);
     tcase_add_loop_test(dev, test_masked_rows_and_keys, 0, 4);
+    tcase_add_loop_test(dev, test_nonfinite_inputs, 0, 4);
     tcase_add_loop_test(dev, test_device_strided, 0, 4);
     tcase_add_test(dev, test_errors);
     suite_add_tcase(s, dev);

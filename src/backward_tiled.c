@@ -132,7 +132,16 @@ dipole_status dp_bwd_tiled_plan(dipole_ctx *ctx, const dp_problem *p, dp_bwd_til
                        "(the GEMM path has no such limit)",
                        p->d.head_dim, DP_BWD_MAX_HEAD_DIM);
     t->cpu = dp_tiled_cpu_layout(ctx);
-    return t->cpu ? plan_cpu(ctx, p, t) : plan_group(ctx, p, &t->block_m, &t->block_n);
+    if (t->cpu) {
+        const dipole_status st = plan_cpu(ctx, p, t);
+        if (st != DIPOLE_ERR_UNSUPPORTED)
+            return st;
+        /* a CPU runtime with little local memory: the work-group kernels still fit */
+        dp_log(ctx, "%s -> group layout", ctx->last_error ? ctx->last_error : "backward: cpu layout");
+        dp_clear_error(ctx);
+        t->cpu = false;
+    }
+    return plan_group(ctx, p, &t->block_m, &t->block_n);
 }
 
 /* Sets a kernel's arguments in order; the first failure sticks. */

@@ -19,14 +19,6 @@
 #define BLOCK_N 32 /* keys per tile; work-items of dkdv */
 #endif
 
-/* The pole weight of head h: alpha then beta for TWO_POLE; 1 for every other variant. */
-inline float dp_pole_weight(__global const float *pole_weights, int p, int h, int heads_q)
-{
-    return (VARIANT == DIPOLE_TWO_POLE && pole_weights) ? pole_weights[p * heads_q + h] : 1.0f;
-}
-
-/* Index of a per-row statistic [NPOLES, B, Hq, Nq]. */
-#define DP_STAT(p, b, h, i) ((((long)(p) * batch + (b)) * heads_q + (h)) * seq_q + (i))
 
 /* Stages keys [j0, j0 + n) of K/V head hk (and V2) into local tiles; all BLOCK_M items call it. */
 inline void dp_stage_keys(__local float *k_tile, __local float *v_tile, __local float *v2_tile,

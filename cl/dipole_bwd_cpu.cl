@@ -5,7 +5,7 @@
  *   dipole_bwd_dq_cpu    BLOCK_M query rows (groups of 32). It gets each row's delta (dO . O per pole), then walks
  *                        the keys its rows see, RB keys at a time: scores and dO . u as
  *                        broadcast key x row-vector products, dS lane-wise, dq += dS x key.
- *   dipole_bwd_dkdv_cpu  32 keys of one K/V head. It walks the query rows of every query head
+ *   dipole_bwd_dkdv_cpu  BLOCK_N keys of one K/V head (groups of 32). It walks the query rows of every query head
  *                        that reads the K/V head, RB rows at a time: scores and dO . u as
  *                        broadcast row x key-vector products, then du += a x dO, dk += dS x q.
  * Every gradient element is summed by one work-item in a fixed order: bit-for-bit repeatable.
@@ -16,7 +16,6 @@
 #define RB 8            /* register block: keys (dq) or query rows (dkdv) per step */
 #define TILE 64         /* keys (dq) or query rows (dkdv) per packed tile, a multiple of RB */
 
-#define DP_STAT(p, b, h, i) ((((long)(p) * batch + (b)) * heads_q + (h)) * seq_q + (i))
 #define LANE_IDS ((int16)(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15))
 
 /* Copies n rows of HEAD_DIM floats (times mul) into a contiguous tile and zero-fills it up to
@@ -45,23 +44,72 @@ inline bool dp_pack_rows(__local float *dst, __global const float *src, long str
     return finite && all(ok);
 }
 
+/* The two register-blocked products every kernel here is made of, over RB rows of a row-major
+ * tile (HEAD_DIM floats each, broadcast one scalar at a time) and one 32-lane block kept
+ * transposed (float16 vecs[c * NV + r]):
+ *   DP_RB_DOTS:  acc[t][r] += sum_c tile[t][c] * vecs[c][r]   (scores, dO . v)
+ *   DP_RB_ACCUM: vecs[c][r] += sum_t coef[t][r] * tile[t][c]  (dq, dk, dv)
+ * DP_RB_ACCUM_VIS adds only in the lanes that see tile row t (vis(t, r), an int16 mask): for
+ * tiles holding non-finite values, where 0 x inf would reach lanes that do not see them.
+ * Macros: passing the private accumulator arrays to a function cost ~15 % (see
+ * cl/dipole_fwd_cpu.cl). */
+#define DP_RB_DOTS(acc, tile, vecs)                                                            \
+    for (int c = 0; c < HEAD_DIM; c++) {                                                       \
+        const float16 x0 = (vecs)[c * NV], x1 = (vecs)[c * NV + 1];                            \
+        _Pragma("unroll") for (int t = 0; t < RB; t++) {                                       \
+            const float16 bc = (float16)((tile)[t * HEAD_DIM + c]);                              \
+            (acc)[t][0] = fma(bc, x0, (acc)[t][0]);                                            \
+            (acc)[t][1] = fma(bc, x1, (acc)[t][1]);                                            \
+        }                                                                                      \
+    }
+#define DP_RB_ACCUM(vecs, coef, tile)                                                          \
+    for (int c = 0; c < HEAD_DIM; c++) {                                                       \
+        float16 y0 = (vecs)[c * NV], y1 = (vecs)[c * NV + 1];                                  \
+        _Pragma("unroll") for (int t = 0; t < RB; t++) {                                       \
+            const float16 bc = (float16)((tile)[t * HEAD_DIM + c]);                              \
+            y0 = fma((coef)[t][0], bc, y0);                                                    \
+            y1 = fma((coef)[t][1], bc, y1);                                                    \
+        }                                                                                      \
+        (vecs)[c * NV] = y0;                                                                   \
+        (vecs)[c * NV + 1] = y1;                                                               \
+    }
+#define DP_RB_ACCUM_VIS(vecs, coef, tile, vis)                                                 \
+    for (int t = 0; t < RB; t++)                                                               \
+        for (int r = 0; r < NV; r++) {                                                         \
+            const int16 seen = vis(t, r);                                                      \
+            for (int c = 0; c < HEAD_DIM; c++) {                                               \
+                const float16 bc = (float16)((tile)[t * HEAD_DIM + c]);                          \
+                (vecs)[c * NV + r] =                                                           \
+                    select((vecs)[c * NV + r], fma((coef)[t][r], bc, (vecs)[c * NV + r]), seen); \
+            }                                                                                  \
+        }
+#define DP_RB_ZERO(acc)                                                                        \
+    _Pragma("unroll") for (int t = 0; t < RB; t++) {                                           \
+        (acc)[t][0] = (float16)0.0f;                                                           \
+        (acc)[t][1] = (float16)0.0f;                                                           \
+    }
+
+/* dp_exp_nonpos for x that may exceed 0: rounding puts logit - lse a little above 0, masked
+ * lanes (discarded later) anything, and an lse passed in that does not belong to q and k
+ * anything; above 88 the exponent bits of 2^n would wrap to a negative number, so x is held
+ * there (NaN stays NaN). (The forward's masked lanes can wrap too, but a select drops them
+ * and its visible lanes stay <= 0: it subtracts the running maximum.) */
+inline float16 dp_exp_held(float16 x)
+{
+    return dp_exp_nonpos(select(x, (float16)88.0f, x > 88.0f));
+}
+
 /* Pole p's share of one lane vector's gradients, from the score s, the products of dO with
  * the key's v and v2 (gv, gv2), the row's lse and delta for the pole, and its weight w:
  * returns the pole's term of dS; *a is the factor on dO that lands on the routed value. */
 inline float16 dp_pole_grad(int p, float16 s, float16 gv, float16 gv2, float16 lse,
                             float16 delta, float w, float16 *a)
 {
-    const float16 prob = dp_exp_nonpos(POLE_LOGIT(p, s) - lse);
+    const float16 prob = dp_exp_held(POLE_LOGIT(p, s) - lse);
     const float16 coef = POLE_COEF(p, s) * w;
     const float16 gu = POLE_TO_V2(p, s) ? gv2 : gv;
     *a = prob * coef;
     return prob * (coef * gu - delta) * POLE_LOGIT_DS(p, s);
-}
-
-/* The pole weight of head h: alpha then beta for TWO_POLE; 1 for every other variant. */
-inline float dp_head_weight(__global const float *pole_weights, int p, int h, int heads_q)
-{
-    return (VARIANT == DIPOLE_TWO_POLE && pole_weights) ? pole_weights[p * heads_q + h] : 1.0f;
 }
 
 /* dq (and delta): work-item (row block, h, b). Its BLOCK_M rows come in NG groups of 32 lanes;
@@ -170,7 +218,7 @@ void dipole_bwd_dq_cpu(__global const float *q, dp_layout lq,
         }
     }
     for (int p = 0; p < NPOLES; p++)
-        w[p] = dp_head_weight(pole_weights, p, h, heads_q);
+        w[p] = dp_pole_weight(pole_weights, p, h, heads_q);
 
     /* TWO_POLE has no O+ and O- to dot with dO: the first walk rebuilds dO . O_p from the
      * saved lse as sum_j P_pj dO . u_j; the second is the gradient walk. */
@@ -201,47 +249,15 @@ void dipole_bwd_dq_cpu(__global const float *q, dp_layout lq,
 
                 for (int jb = 0; jb < n; jb += RB) {
                     float16 s[RB][NV], gv[RB][NV];
+                    __local const float *kb = kt + jb * HEAD_DIM, *vb = vt + jb * HEAD_DIM;
+                    DP_RB_ZERO(s);
+                    DP_RB_ZERO(gv);
+                    DP_RB_DOTS(s, kb, qg);
+                    DP_RB_DOTS(gv, vb, dog);
 #if READS_V2
                     float16 gv2[RB][NV];
-#endif
-#pragma unroll
-                    for (int t = 0; t < RB; t++)
-#pragma unroll
-                        for (int r = 0; r < NV; r++) {
-                            s[t][r] = (float16)0.0f;
-                            gv[t][r] = (float16)0.0f;
-#if READS_V2
-                            gv2[t][r] = (float16)0.0f;
-#endif
-                        }
-                    for (int c = 0; c < HEAD_DIM; c++) {
-                        const float16 q0 = qg[c * NV], q1 = qg[c * NV + 1];
-#pragma unroll
-                        for (int t = 0; t < RB; t++) {
-                            const float16 kk = (float16)kt[(jb + t) * HEAD_DIM + c];
-                            s[t][0] = fma(kk, q0, s[t][0]);
-                            s[t][1] = fma(kk, q1, s[t][1]);
-                        }
-                    }
-                    for (int c = 0; c < HEAD_DIM; c++) {
-                        const float16 d0 = dog[c * NV], d1 = dog[c * NV + 1];
-#pragma unroll
-                        for (int t = 0; t < RB; t++) {
-                            const float16 vv = (float16)vt[(jb + t) * HEAD_DIM + c];
-                            gv[t][0] = fma(vv, d0, gv[t][0]);
-                            gv[t][1] = fma(vv, d1, gv[t][1]);
-                        }
-                    }
-#if READS_V2
-                    for (int c = 0; c < HEAD_DIM; c++) {
-                        const float16 d0 = dog[c * NV], d1 = dog[c * NV + 1];
-#pragma unroll
-                        for (int t = 0; t < RB; t++) {
-                            const float16 vv = (float16)v2t[(jb + t) * HEAD_DIM + c];
-                            gv2[t][0] = fma(vv, d0, gv2[t][0]);
-                            gv2[t][1] = fma(vv, d1, gv2[t][1]);
-                        }
-                    }
+                    DP_RB_ZERO(gv2);
+                    DP_RB_DOTS(gv2, v2t + jb * HEAD_DIM, dog);
 #else
 #define gv2 gv
 #endif
@@ -257,7 +273,7 @@ void dipole_bwd_dq_cpu(__global const float *q, dp_layout lq,
                             if (walk == 0) {
                                 for (int p = 0; p < NPOLES; p++) {
                                     const float16 prob =
-                                        dp_exp_nonpos(POLE_LOGIT(p, sv) - lse_v[g][p][r]);
+                                        dp_exp_held(POLE_LOGIT(p, sv) - lse_v[g][p][r]);
                                     const float16 term = prob * POLE_COEF(p, sv) *
                                                          (POLE_TO_V2(p, sv) ? gv2[t][r] : gv[t][r]);
                                     rd[g][p][r] += masked ? select((float16)0.0f, term, vis) : term;
@@ -275,30 +291,13 @@ void dipole_bwd_dq_cpu(__global const float *q, dp_layout lq,
                         continue;
                     /* dq += dS x key. Where a row does not see a key its dS is 0, but 0 x inf
                      * is NaN: a tile with non-finite keys takes the lane-selecting loop. */
+#define DQ_VIS(t, r) (((int16)(j0 + jb + (t)) >= lo[g][r]) & ((int16)(j0 + jb + (t)) < hi[g][r]))
                     if (!masked || k_finite) {
-                        for (int c = 0; c < HEAD_DIM; c++) {
-                            float16 a0 = dqg[c * NV], a1 = dqg[c * NV + 1];
-#pragma unroll
-                            for (int t = 0; t < RB; t++) {
-                                const float16 kk = (float16)kt[(jb + t) * HEAD_DIM + c];
-                                a0 = fma(s[t][0], kk, a0);
-                                a1 = fma(s[t][1], kk, a1);
-                            }
-                            dqg[c * NV] = a0;
-                            dqg[c * NV + 1] = a1;
-                        }
+                        DP_RB_ACCUM(dqg, s, kb);
                     } else {
-                        for (int t = 0; t < RB; t++)
-                            for (int r = 0; r < NV; r++) {
-                                const int16 vis = ((int16)(j0 + jb + t) >= lo[g][r]) &
-                                                  ((int16)(j0 + jb + t) < hi[g][r]);
-                                for (int c = 0; c < HEAD_DIM; c++) {
-                                    const float16 kk = (float16)kt[(jb + t) * HEAD_DIM + c];
-                                    dqg[c * NV + r] = select(dqg[c * NV + r],
-                                                             fma(s[t][r], kk, dqg[c * NV + r]), vis);
-                                }
-                            }
+                        DP_RB_ACCUM_VIS(dqg, s, kb, DQ_VIS);
                     }
+#undef DQ_VIS
                 }
             }
         }
@@ -400,7 +399,7 @@ void dipole_bwd_dkdv_cpu(__global const float *q, dp_layout lq,
         const int h = hk * group + g;
         float w[NPOLES];
         for (int p = 0; p < NPOLES; p++)
-            w[p] = dp_head_weight(pole_weights, p, h, heads_q);
+            w[p] = dp_pole_weight(pole_weights, p, h, heads_q);
         for (int i0 = 0; i0 < seq_q; i0 += TILE) {
             const int m = min(TILE, seq_q - i0);
             /* Visible ranges only grow with the row: skip tiles that miss the block. */
@@ -445,51 +444,22 @@ void dipole_bwd_dkdv_cpu(__global const float *q, dp_layout lq,
                     const bool masked = !full;
 
                     float16 s[RB][NV], gv[RB][NV];
+                    __local const float *qb = qt + r0 * HEAD_DIM, *dob = dot_ + r0 * HEAD_DIM;
+                    DP_RB_ZERO(s);
+                    DP_RB_ZERO(gv);
+                    DP_RB_DOTS(s, qb, kg);
+                    DP_RB_DOTS(gv, dob, vg);
 #if READS_V2
                     float16 gv2[RB][NV];
+                    DP_RB_ZERO(gv2);
+                    DP_RB_DOTS(gv2, dob, v2g);
 #endif
-#pragma unroll
-                    for (int t = 0; t < RB; t++)
-#pragma unroll
-                        for (int r = 0; r < NV; r++) {
-                            s[t][r] = (float16)0.0f;
-                            gv[t][r] = (float16)0.0f;
-#if READS_V2
-                            gv2[t][r] = (float16)0.0f;
-#endif
-                        }
-                    __local const float *qb = qt + r0 * HEAD_DIM, *dob = dot_ + r0 * HEAD_DIM;
-                    for (int c = 0; c < HEAD_DIM; c++) {
-                        const float16 k0 = kg[c * NV], k1 = kg[c * NV + 1];
-#pragma unroll
-                        for (int t = 0; t < RB; t++) {
-                            const float16 qq = (float16)qb[t * HEAD_DIM + c];
-                            s[t][0] = fma(qq, k0, s[t][0]);
-                            s[t][1] = fma(qq, k1, s[t][1]);
-                        }
-                    }
-                    for (int c = 0; c < HEAD_DIM; c++) {
-                        const float16 v0 = vg[c * NV], v1 = vg[c * NV + 1];
-#pragma unroll
-                        for (int t = 0; t < RB; t++) {
-                            const float16 dd = (float16)dob[t * HEAD_DIM + c];
-                            gv[t][0] = fma(dd, v0, gv[t][0]);
-                            gv[t][1] = fma(dd, v1, gv[t][1]);
-                        }
-                    }
-#if READS_V2
-                    for (int c = 0; c < HEAD_DIM; c++) {
-                        const float16 v0 = v2g[c * NV], v1 = v2g[c * NV + 1];
-#pragma unroll
-                        for (int t = 0; t < RB; t++) {
-                            const float16 dd = (float16)dob[t * HEAD_DIM + c];
-                            gv2[t][0] = fma(dd, v0, gv2[t][0]);
-                            gv2[t][1] = fma(dd, v1, gv2[t][1]);
-                        }
-                    }
-#endif
-                    /* Per lane: dS into s, the factors on dO into av (value v) and av2 (value v2). */
+                    /* Per lane: dS into s, the factors on dO into av (value v) and av2 (value v2);
+                     * for ROUTED, which of the two each (row, key) feeds (rt: v2). */
                     float16 av[RB][NV];
+#if VARIANT == DIPOLE_ROUTED
+                    int16 rt[RB][NV];
+#endif
 #if READS_V2
                     float16 av2[RB][NV];
 #else
@@ -518,6 +488,9 @@ void dipole_bwd_dkdv_cpu(__global const float *q, dp_layout lq,
                                     to_v2 += POLE_TO_V2(p, sv) ? a : (float16)0.0f;
 #endif
                             }
+#if VARIANT == DIPOLE_ROUTED
+                            rt[t][r] = POLE_TO_V2(0, sv);
+#endif
                             s[t][r] = masked ? select((float16)0.0f, ds, vis) : ds;
                             av[t][r] = masked ? select((float16)0.0f, to_v, vis) : to_v;
 #if READS_V2
@@ -527,59 +500,33 @@ void dipole_bwd_dkdv_cpu(__global const float *q, dp_layout lq,
 #undef gv2
                     /* du += a x dO, dk += dS x q. A row that does not see a key has a = dS = 0
                      * there, but 0 x inf is NaN: a tile with non-finite rows selects per lane. */
+#define DKDV_VIS(t, r) ((jv[e][r] >= (int16)range_t[r0 + (t)].x) & (jv[e][r] < (int16)range_t[r0 + (t)].y))
+#if VARIANT == DIPOLE_ROUTED
+/* ROUTED gives a (row, key) weight to one value only; a non-finite dO must not reach the other
+ * through 0 x inf, so such tiles select by route even where every row sees every key. */
+#define TO_V_VIS(t, r) (DKDV_VIS(t, r) & ~rt[t][r])
+#define TO_V2_VIS(t, r) (DKDV_VIS(t, r) & rt[t][r])
+                    if (rows_finite) {
+#else
+#define TO_V_VIS DKDV_VIS
+#define TO_V2_VIS DKDV_VIS
                     if (!masked || rows_finite) {
-                        for (int c = 0; c < HEAD_DIM; c++) {
-                            float16 x0 = dvg[c * NV], x1 = dvg[c * NV + 1];
-#pragma unroll
-                            for (int t = 0; t < RB; t++) {
-                                const float16 dd = (float16)dob[t * HEAD_DIM + c];
-                                x0 = fma(av[t][0], dd, x0);
-                                x1 = fma(av[t][1], dd, x1);
-                            }
-                            dvg[c * NV] = x0;
-                            dvg[c * NV + 1] = x1;
-                        }
-                        for (int c = 0; c < HEAD_DIM; c++) {
-                            float16 y0 = dkg[c * NV], y1 = dkg[c * NV + 1];
-#pragma unroll
-                            for (int t = 0; t < RB; t++) {
-                                const float16 qq = (float16)qb[t * HEAD_DIM + c];
-                                y0 = fma(s[t][0], qq, y0);
-                                y1 = fma(s[t][1], qq, y1);
-                            }
-                            dkg[c * NV] = y0;
-                            dkg[c * NV + 1] = y1;
-                        }
+#endif
+                        DP_RB_ACCUM(dvg, av, dob);
+                        DP_RB_ACCUM(dkg, s, qb);
 #if READS_V2
-                        for (int c = 0; c < HEAD_DIM; c++) {
-                            float16 x0 = dv2g[c * NV], x1 = dv2g[c * NV + 1];
-#pragma unroll
-                            for (int t = 0; t < RB; t++) {
-                                const float16 dd = (float16)dob[t * HEAD_DIM + c];
-                                x0 = fma(av2[t][0], dd, x0);
-                                x1 = fma(av2[t][1], dd, x1);
-                            }
-                            dv2g[c * NV] = x0;
-                            dv2g[c * NV + 1] = x1;
-                        }
+                        DP_RB_ACCUM(dv2g, av2, dob);
 #endif
                     } else {
-                        for (int t = 0; t < RB; t++)
-                            for (int r = 0; r < NV; r++) {
-                                const int2 rg = range_t[r0 + t];
-                                const int16 vis = (jv[e][r] >= (int16)rg.x) & (jv[e][r] < (int16)rg.y);
-                                for (int c = 0; c < HEAD_DIM; c++) {
-                                    const int at = c * NV + r;
-                                    const float16 dd = (float16)dob[t * HEAD_DIM + c];
-                                    const float16 qq = (float16)qb[t * HEAD_DIM + c];
-                                    dvg[at] = select(dvg[at], fma(av[t][r], dd, dvg[at]), vis);
-                                    dkg[at] = select(dkg[at], fma(s[t][r], qq, dkg[at]), vis);
+                        DP_RB_ACCUM_VIS(dvg, av, dob, TO_V_VIS);
+                        DP_RB_ACCUM_VIS(dkg, s, qb, DKDV_VIS);
 #if READS_V2
-                                    dv2g[at] = select(dv2g[at], fma(av2[t][r], dd, dv2g[at]), vis);
+                        DP_RB_ACCUM_VIS(dv2g, av2, dob, TO_V2_VIS);
 #endif
-                                }
-                            }
                     }
+#undef TO_V_VIS
+#undef TO_V2_VIS
+#undef DKDV_VIS
                 }
             }
         }

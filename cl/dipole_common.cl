@@ -121,6 +121,17 @@ inline float16 dp_exp_nonpos(float16 x)
     return select(p * as_float16(bits), (float16)0.0f, x < -87.0f);
 }
 
+/* The pole weight of head h: alpha (p = 0) or beta (p = 1) for TWO_POLE, 1 for every other
+ * variant; pole_weights is [2, Hq] or NULL (all 1). */
+inline float dp_pole_weight(__global const float *pole_weights, int p, int h, int heads_q)
+{
+    return (VARIANT == DIPOLE_TWO_POLE && pole_weights) ? pole_weights[p * heads_q + h] : 1.0f;
+}
+
+/* Index of a per-row statistic [NPOLES, B, Hq, Nq] (lse, delta); batch, heads_q and seq_q are
+ * the kernel's own arguments. */
+#define DP_STAT(p, b, h, i) ((((long)(p) * batch + (b)) * heads_q + (h)) * seq_q + (i))
+
 /* ---- The mask. Keys are visible in [lo, hi) per query row; the diagonal is aligned
  * bottom-right (row i sits on key i + kl - seq_q), kl being the batch's key length. */
 inline int2 dp_visible_range(int i, int kl, int seq_q, int window_left, int window_right)

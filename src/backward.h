@@ -11,6 +11,10 @@ typedef struct dp_bwd_args {
     cl_mem lse, dpos, dneg;
 } dp_bwd_args;
 
+/* dipole_bwd_dweights' work-group (both paths): partial sums per work-item, then one ordered
+ * sum. */
+#define DP_DWEIGHTS_WG 32
+
 /* The tiled kernels keep HEAD_DIM-float rows per work-item; beyond this, the GEMM path. */
 #define DP_BWD_MAX_HEAD_DIM 256
 

@@ -17,9 +17,6 @@
 
 #include "gemm.h"
 
-/* dweights' work-group: partial sums per work-item, then one ordered sum. */
-#define DP_DWEIGHTS_WG 32
-
 typedef struct bwd_work {
     cl_mem s, dp, dp2, rowdot;
     dp_gemm_batch g; /* per-slice arguments of one batched GEMM */

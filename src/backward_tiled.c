@@ -259,6 +259,7 @@ static dipole_status launch(dipole_ctx *ctx, const dp_problem *p, const dp_bwd_a
         arg_tensor(&l, v2);
         switch (which) {
         case K_PRE:
+        case K_DQ_CPU: /* the CPU dq kernel takes pre's arguments, then dq */
             arg_tensor(&l, a->out);
             arg_tensor(&l, a->dout);
             arg_mem(&l, a->lse);
@@ -266,16 +267,8 @@ static dipole_status launch(dipole_ctx *ctx, const dp_problem *p, const dp_bwd_a
             arg_mem(&l, s->pole_weights);
             arg_mem(&l, s->delta);
             arg_mem(&l, s->rowdot);
-            break;
-        case K_DQ_CPU:
-            arg_tensor(&l, a->out);
-            arg_tensor(&l, a->dout);
-            arg_mem(&l, a->lse);
-            arg_mem(&l, s->key_lengths);
-            arg_mem(&l, s->pole_weights);
-            arg_mem(&l, s->delta);
-            arg_mem(&l, s->rowdot);
-            arg_tensor(&l, a->dq);
+            if (which == K_DQ_CPU)
+                arg_tensor(&l, a->dq);
             break;
         case K_DQ:
             arg_tensor(&l, a->dout);
@@ -323,9 +316,11 @@ dipole_status dp_bwd_tiled_run(dipole_ctx *ctx, const dp_problem *p, const dp_bw
     const dp_kernel_config group = dp_kernel_config_for(p, DP_KERNEL_BWD, t->block_m,
                                                         t->block_n, t->block_m);
     /* dweights is a row kernel of the group program: on the CPU layout it gets a program of
-     * its own with 32-item work-groups (it only sums per-row terms). */
-    const dp_kernel_config sums = t->cpu ? dp_kernel_config_for(p, DP_KERNEL_BWD, 32, 32, 32)
-                                         : group;
+     * its own, the one the GEMM path uses (it only sums per-row terms). */
+    const dp_kernel_config sums =
+        t->cpu ? dp_kernel_config_for(p, DP_KERNEL_BWD, DP_DWEIGHTS_WG, DP_DWEIGHTS_WG,
+                                      DP_DWEIGHTS_WG)
+               : group;
     const size_t sums_wg = (size_t)sums.block_m;
     bwd_launch plan[4];
     int which[4], n = 0;

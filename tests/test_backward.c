@@ -523,8 +523,8 @@ END_TEST
 
 /* Non-finite inputs reach exactly the gradients the reference gives non-finite: a NaN key, a
  * NaN query row and an infinite dout entry, each seen by some rows (or keys) and masked for
- * others, so that tiles mixing both take the kernels' lane-selecting paths. Elsewhere the
- * gradients stay finite and match. */
+ * others, so that tiles mixing both take the kernels' lane-selecting paths; then the infinite
+ * dout entry alone. Elsewhere the gradients stay finite and match. */
 static void expect_same_nonfinite(const char *what, const char *tensor, const float *got,
                                   const float *want, size_t n)
 {
@@ -540,39 +540,47 @@ static void expect_same_nonfinite(const char *what, const char *tensor, const fl
 
 START_TEST(test_nonfinite_inputs)
 {
-    dipole_attn_desc d;
-    dipole_attn_desc_default(&d);
-    d.variant = (dipole_variant)_i;
-    d.batch = 1, d.heads_q = 2, d.heads_kv = 1, d.seq_q = 70, d.seq_k = 70, d.head_dim = 16;
-    d.causal = 1;
-    fwd_inputs x;
-    inputs_make(&x, &d, 555);
-    x.k[50 * 16 + 3] = NAN;                 /* key 50: rows < 50 do not see it */
-    x.q[(10 * 2 + 1) * 16 + 5] = NAN;       /* row 10 of head 1: keys > 10 do not see it */
-    x.dout[(40 * 2 + 0) * 16 + 2] = INFINITY; /* row 40 of head 0 */
-    grads got, want;
-    grads_alloc(&got, &d);
-    grads_alloc(&want, &d);
-    ck_assert_int_eq(dipole_attention_backward_host(tu_ctx(), &d, x.q, x.k, x.v, x.v2, x.dout,
-                                                    got.dq, got.dk, got.dv, got.dv2, NULL, NULL),
-                     DIPOLE_SUCCESS);
-    ck_assert_int_eq(dipole_reference_backward(&d, x.q, x.k, x.v, x.v2, x.dout, want.dq, want.dk,
-                                               want.dv, want.dv2, NULL, NULL),
-                     DIPOLE_SUCCESS);
-    const size_t nq = tu_q_elems(&d), nk = tu_kv_elems(&d);
-    size_t finite = 0;
-    for (size_t e = 0; e < nq; e++)
-        finite += isfinite(want.dq[e]) != 0;
-    ck_assert_msg(finite > nq / 4 && finite < nq, "the case must mix finite and non-finite dq");
-    const char *what = dipole_variant_name(d.variant);
-    expect_same_nonfinite(what, "dq", got.dq, want.dq, nq);
-    expect_same_nonfinite(what, "dk", got.dk, want.dk, nk);
-    expect_same_nonfinite(what, "dv", got.dv, want.dv, nk);
-    if (d.variant == DIPOLE_ROUTED || d.variant == DIPOLE_TWO_POLE)
-        expect_same_nonfinite(what, "dv2", got.dv2, want.dv2, nk);
-    grads_free(&got);
-    grads_free(&want);
-    inputs_free(&x);
+    for (int which = 0; which < 2; which++) {
+        dipole_attn_desc d;
+        dipole_attn_desc_default(&d);
+        d.variant = (dipole_variant)_i;
+        d.batch = 1, d.heads_q = 2, d.heads_kv = 1, d.seq_q = 70, d.seq_k = 70, d.head_dim = 16;
+        d.causal = 1;
+        fwd_inputs x;
+        inputs_make(&x, &d, 555);
+        if (which == 0) {
+            x.k[50 * 16 + 3] = NAN;           /* key 50: rows < 50 do not see it */
+            x.q[(10 * 2 + 1) * 16 + 5] = NAN; /* row 10 of head 1: keys > 10 do not see it */
+        }
+        /* row 40 of head 0; alone (which = 1), ROUTED's dv and dv2 stay finite for the keys
+         * the row routes to the other value */
+        x.dout[(40 * 2 + 0) * 16 + 2] = INFINITY;
+        grads got, want;
+        grads_alloc(&got, &d);
+        grads_alloc(&want, &d);
+        ck_assert_int_eq(dipole_attention_backward_host(tu_ctx(), &d, x.q, x.k, x.v, x.v2, x.dout,
+                                                        got.dq, got.dk, got.dv, got.dv2, NULL,
+                                                        NULL),
+                         DIPOLE_SUCCESS);
+        ck_assert_int_eq(dipole_reference_backward(&d, x.q, x.k, x.v, x.v2, x.dout, want.dq,
+                                                   want.dk, want.dv, want.dv2, NULL, NULL),
+                         DIPOLE_SUCCESS);
+        const size_t nq = tu_q_elems(&d), nk = tu_kv_elems(&d);
+        size_t finite = 0;
+        for (size_t e = 0; e < nq; e++)
+            finite += isfinite(want.dq[e]) != 0;
+        ck_assert_msg(finite > nq / 4 && finite < nq, "the case must mix finite and non-finite dq");
+        char what[64];
+        snprintf(what, sizeof what, "%s, case %d", dipole_variant_name(d.variant), which);
+        expect_same_nonfinite(what, "dq", got.dq, want.dq, nq);
+        expect_same_nonfinite(what, "dk", got.dk, want.dk, nk);
+        expect_same_nonfinite(what, "dv", got.dv, want.dv, nk);
+        if (d.variant == DIPOLE_ROUTED || d.variant == DIPOLE_TWO_POLE)
+            expect_same_nonfinite(what, "dv2", got.dv2, want.dv2, nk);
+        grads_free(&got);
+        grads_free(&want);
+        inputs_free(&x);
+    }
 }
 END_TEST
 

@@ -117,7 +117,7 @@ void dipole_fwd(__global const float *q, dp_layout lq,
     const bool has_keys = mine.x < mine.y; /* a row that sees no key outputs 0, never NaN */
     float pole_w[NPOLES];
     for (int p = 0; p < NPOLES; p++)
-        pole_w[p] = (VARIANT == DIPOLE_TWO_POLE && pole_weights) ? pole_weights[p * heads_q + h] : 1.0f;
+        pole_w[p] = dp_pole_weight(pole_weights, p, h, heads_q);
     const long o_at = DP_ROW(lout, b, i, h);
     for (int c = 0; c < HEAD_DIM; c++) {
         float o = 0.0f;
@@ -127,6 +127,6 @@ void dipole_fwd(__global const float *q, dp_layout lq,
     }
     if (lse)
         for (int p = 0; p < NPOLES; p++)
-            lse[(((long)p * batch + b) * heads_q + h) * seq_q + i] =
+            lse[DP_STAT(p, b, h, i)] =
                 has_keys ? m[p] + log(l[p]) : -INFINITY;
 }

@@ -358,7 +358,7 @@ void dipole_fwd_cpu(__global const float *q, dp_layout lq,
      * key outputs 0, never NaN. */
     float pw[NPOLES];
     for (int p = 0; p < NPOLES; p++)
-        pw[p] = (VARIANT == DIPOLE_TWO_POLE && pole_weights) ? pole_weights[p * heads_q + h] : 1.0f;
+        pw[p] = dp_pole_weight(pole_weights, p, h, heads_q);
     for (int g = 0; g < NG; g++) {
         const int grow0 = row0 + g * GROUP_ROWS;
         const int rows = min(GROUP_ROWS, seq_q - grow0);
@@ -389,7 +389,7 @@ void dipole_fwd_cpu(__global const float *q, dp_layout lq,
                 for (int r = 0; r < rows; r++) {
                     const float mm = ((float *)m[g][p])[r], ll = ((float *)l[g][p])[r];
                     const bool has = ((int *)lo)[g * GROUP_ROWS + r] < ((int *)hi)[g * GROUP_ROWS + r];
-                    lse[(((long)p * batch + b) * heads_q + h) * seq_q + grow0 + r] =
+                    lse[DP_STAT(p, b, h, grow0 + r)] =
                         has ? mm + log(ll) : -INFINITY;
                 }
     }
@@ -565,8 +565,7 @@ __kernel void dipole_fwd_merge(__global const float *part, int chunks,
                    dp_rescale(src[(c * NPOLES + p) * PART_STRIDE], mx);
         mm[p] = mx;
         ll[p] = sum;
-        const float pw =
-            (VARIANT == DIPOLE_TWO_POLE && pole_weights) ? pole_weights[p * heads_q + h] : 1.0f;
+        const float pw = dp_pole_weight(pole_weights, p, h, heads_q);
         coef[p] = has_keys ? pw / sum : 0.0f;
     }
     __global float *orow = out + DP_ROW(lout, b, i, h);
@@ -583,6 +582,6 @@ __kernel void dipole_fwd_merge(__global const float *part, int chunks,
     }
     if (lse)
         for (int p = 0; p < NPOLES; p++)
-            lse[(((long)p * batch + b) * heads_q + h) * seq_q + i] =
+            lse[DP_STAT(p, b, h, i)] =
                 has_keys ? mm[p] + log(ll[p]) : -INFINITY;
 }

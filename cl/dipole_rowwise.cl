@@ -84,8 +84,7 @@ void dipole_rowwise(__global float *p1,                 /* scores in, weights on
     const bool has_keys = lo < hi;
     float scale[NPOLES];
     for (int p = 0; p < NPOLES; p++) {
-        const float pw =
-            (VARIANT == DIPOLE_TWO_POLE && pole_weights) ? pole_weights[p * heads_q + h] : 1.0f;
+        const float pw = dp_pole_weight(pole_weights, p, h, heads_q);
         scale[p] = has_keys ? pw / l[p] : 0.0f;
     }
     for (int jj = lc; jj < ncols; jj += BLOCK_N) {
@@ -111,7 +110,7 @@ void dipole_rowwise(__global float *p1,                 /* scores in, weights on
 
     if (lse && lc == 0)
         for (int p = 0; p < NPOLES; p++)
-            lse[(((long)p * batch + b) * heads_q + h) * seq_q + i] =
+            lse[DP_STAT(p, b, h, i)] =
                 has_keys ? m[p] + log(l[p]) : -INFINITY;
 }
 
@@ -152,9 +151,8 @@ void dipole_rowwise_bwd(__global float *sp,                 /* S in, P (on v) ou
     float row_lse[NPOLES], pw[NPOLES], dot[NPOLES];
     for (int p = 0; p < NPOLES; p++) {
         /* lse is -inf for a row without keys; such a row never reads it (lo == hi). */
-        row_lse[p] = lo < hi ? lse[(((long)p * batch + b) * heads_q + h) * seq_q + i] : 0.0f;
-        pw[p] = (VARIANT == DIPOLE_TWO_POLE && pole_weights) ? pole_weights[p * heads_q + h]
-                                                             : 1.0f;
+        row_lse[p] = lo < hi ? lse[DP_STAT(p, b, h, i)] : 0.0f;
+        pw[p] = dp_pole_weight(pole_weights, p, h, heads_q);
         dot[p] = 0.0f;
     }
     for (int jj = lo + lc; jj < hi; jj += BLOCK_N) {
@@ -222,7 +220,7 @@ void dipole_rowwise_bwd(__global float *sp,                 /* S in, P (on v) ou
 
     if (rowdot && lc == 0)
         for (int p = 0; p < NPOLES; p++)
-            rowdot[(((long)p * batch + b) * heads_q + h) * seq_q + i] = dot[p];
+            rowdot[DP_STAT(p, b, h, i)] = dot[p];
 }
 
 /* Zeroes a strided [batch, seq, heads, head_dim] tensor (layout: offset and batch, seq, head

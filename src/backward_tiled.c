@@ -219,26 +219,34 @@ static dipole_status enqueue(dipole_ctx *ctx, cl_kernel kernel, const char *name
     return dp_cl_fail(ctx, err, call);
 }
 
-/* One launch: the kernel, its arguments in order, its grid. */
+/* The kernels the two layouts launch; each has its own argument list (launch()). */
+typedef enum bwd_kernel { K_PRE, K_DQ, K_DKDV, K_DQ_CPU, K_DKDV_CPU, K_DWEIGHTS } bwd_kernel;
+
+static const char *const kernel_names[] = {
+    [K_PRE] = "dipole_bwd_pre",         [K_DQ] = "dipole_bwd_dq",
+    [K_DKDV] = "dipole_bwd_dkdv",       [K_DQ_CPU] = "dipole_bwd_dq_cpu",
+    [K_DKDV_CPU] = "dipole_bwd_dkdv_cpu", [K_DWEIGHTS] = "dipole_bwd_dweights",
+};
+
+/* One launch: which kernel, the program it is built in, its grid. */
 typedef struct bwd_launch {
+    bwd_kernel which;
     dp_kernel_config cfg;
-    const char *name;
     size_t global[3], local[3];
 } bwd_launch;
-
-/* Sets the arguments of launch `which` (pre, dq, dkdv, dq_cpu, dkdv_cpu, dweights) and
- * enqueues it. */
-enum { K_PRE, K_DQ, K_DKDV, K_DQ_CPU, K_DKDV_CPU, K_DWEIGHTS };
 
 typedef struct bwd_bufs {
     cl_mem key_lengths, pole_weights, delta, rowdot;
 } bwd_bufs;
 
+/* Sets the launch's kernel arguments and enqueues it. */
 static dipole_status launch(dipole_ctx *ctx, const dp_problem *p, const dp_bwd_args *a,
-                            const bwd_bufs *s, int which, const bwd_launch *ln, cl_event *event)
+                            const bwd_bufs *s, const bwd_launch *ln, cl_event *event)
 {
+    const bwd_kernel which = ln->which;
+    const char *name = kernel_names[which];
     cl_kernel kernel;
-    dipole_status st = dp_get_kernel(ctx, &ln->cfg, ln->name, &kernel);
+    dipole_status st = dp_get_kernel(ctx, &ln->cfg, name, &kernel);
     if (st != DIPOLE_SUCCESS)
         return st;
     /* v2 / dv2 are never touched when the variant has no v2; bind v / dv so the argument is
@@ -293,10 +301,10 @@ static dipole_status launch(dipole_ctx *ctx, const dp_problem *p, const dp_bwd_a
     }
     if (l.err != CL_SUCCESS) {
         char call[96];
-        snprintf(call, sizeof call, "clSetKernelArg(%s, %u)", ln->name, l.n - 1);
+        snprintf(call, sizeof call, "clSetKernelArg(%s, %u)", name, l.n - 1);
         return dp_cl_fail(ctx, l.err, call);
     }
-    return enqueue(ctx, kernel, ln->name, ln->global, ln->local, event);
+    return enqueue(ctx, kernel, name, ln->global, ln->local, event);
 }
 
 dipole_status dp_bwd_tiled_run(dipole_ctx *ctx, const dp_problem *p, const dp_bwd_args *a,
@@ -323,34 +331,24 @@ dipole_status dp_bwd_tiled_run(dipole_ctx *ctx, const dp_problem *p, const dp_bw
                : group;
     const size_t sums_wg = (size_t)sums.block_m;
     bwd_launch plan[4];
-    int which[4], n = 0;
+    int n = 0;
     if (t->cpu) {
         const dp_kernel_config cpu = dp_kernel_config_for(p, DP_KERNEL_BWD_CPU, t->block_m,
                                                           t->block_n, 1);
-        plan[n] = (bwd_launch){cpu, "dipole_bwd_dq_cpu",
-                               {round_up((size_t)d->seq_q, bm) / bm, hq, b}, {1, 1, 1}};
-        which[n++] = K_DQ_CPU;
-        plan[n] = (bwd_launch){cpu, "dipole_bwd_dkdv_cpu",
-                               {round_up((size_t)d->seq_k, bn) / bn, hkv, b}, {1, 1, 1}};
-        which[n++] = K_DKDV_CPU;
+        plan[n++] = (bwd_launch){K_DQ_CPU, cpu, {round_up((size_t)d->seq_q, bm) / bm, hq, b},
+                                 {1, 1, 1}};
+        plan[n++] = (bwd_launch){K_DKDV_CPU, cpu, {round_up((size_t)d->seq_k, bn) / bn, hkv, b},
+                                 {1, 1, 1}};
     } else {
-        plan[n] = (bwd_launch){group, "dipole_bwd_pre",
-                               {round_up((size_t)d->seq_q, bm), hq, b}, {bm, 1, 1}};
-        which[n++] = K_PRE;
-        plan[n] = (bwd_launch){group, "dipole_bwd_dkdv",
-                               {round_up((size_t)d->seq_k, bn), hkv, b}, {bn, 1, 1}};
-        which[n++] = K_DKDV;
-        plan[n] = (bwd_launch){group, "dipole_bwd_dq",
-                               {round_up((size_t)d->seq_q, bm), hq, b}, {bm, 1, 1}};
-        which[n++] = K_DQ;
+        plan[n++] = (bwd_launch){K_PRE, group, {round_up((size_t)d->seq_q, bm), hq, b}, {bm, 1, 1}};
+        plan[n++] = (bwd_launch){K_DKDV, group, {round_up((size_t)d->seq_k, bn), hkv, b}, {bn, 1, 1}};
+        plan[n++] = (bwd_launch){K_DQ, group, {round_up((size_t)d->seq_q, bm), hq, b}, {bm, 1, 1}};
     }
-    if (want_dw) { /* group (0, h, pole) */
-        plan[n] = (bwd_launch){sums, "dipole_bwd_dweights",
-                               {sums_wg, hq, (size_t)p->npoles}, {sums_wg, 1, 1}};
-        which[n++] = K_DWEIGHTS;
-    }
+    if (want_dw) /* group (0, h, pole) */
+        plan[n++] = (bwd_launch){K_DWEIGHTS, sums, {sums_wg, hq, (size_t)p->npoles},
+                                 {sums_wg, 1, 1}};
     for (int i = 0; i < n && st == DIPOLE_SUCCESS; i++)
-        st = launch(ctx, p, a, &s, which[i], &plan[i], i == n - 1 ? event : NULL);
+        st = launch(ctx, p, a, &s, &plan[i], i == n - 1 ? event : NULL);
     if (st == DIPOLE_SUCCESS)
         dp_log(ctx, "backward %s: tiled/%s, %d x %d tiles", dipole_variant_name(d->variant),
                t->cpu ? "cpu" : "group", t->block_m, t->block_n);

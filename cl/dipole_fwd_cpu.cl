@@ -45,36 +45,81 @@
 #define VSTORE_RB vstore8
 #endif
 
-/* Copies a tile of value rows into vt, blocked by output block: vt[(c0 / RB) * N_PAD * RB +
- * jj * RB + t] = row jj, dim c0 + t (0 past the head dim). Reading a block of RB dims down
- * the tile is then sequential; straight from the tensor, rows H * d apart alias in L1. */
-inline bool dp_pack_v(__local float *vt, __global const float *src, long stride, int n)
+/* Copies key row jj of a tile into kt, row-major. */
+inline void dp_pack_k_row(__local float *kt, __global const float *row, int jj)
+{
+    int c = 0;
+    for (; c + 16 <= HEAD_DIM; c += 16)
+        vstore16(vload16(0, row + c), 0, kt + jj * HEAD_DIM + c);
+    for (; c < HEAD_DIM; c++)
+        kt[jj * HEAD_DIM + c] = row[c];
+}
+
+/* Copies value row jj of a tile into vt, blocked by output block: vt[(c0 / RB) * N_PAD * RB +
+ * jj * RB + t] = dim c0 + t (0 past the head dim). Reading a block of RB dims down the tile is
+ * then sequential; straight from the tensor, rows H * d apart alias in L1. Returns whether the
+ * row was finite. */
+inline bool dp_pack_v_row(__local float *vt, __global const float *row, int jj)
 {
     /* Non-finite values are packed as 0 and reported: in the accumulation a key that does not
      * reach a lane (masked for its row, or routed to the other value) has weight 0 there, and
-     * 0 x NaN would spread a NaN to rows that never see it. dp_acc_nonfinite adds such values
+     * 0 x NaN would spread a NaN to rows that never see it. DP_ACC_NONFINITE adds such values
      * back, only to the lanes that do see them. */
     int finite = 1;
     INT_RB all_ok = (INT_RB)(-1);
-    for (int jj = 0; jj < n; jj++) {
-        __global const float *row = src + (long)jj * stride;
-        for (int c0 = 0; c0 + RB <= HEAD_DIM; c0 += RB) {
-            const FLOAT_RB x = VLOAD_RB(0, row + c0);
-            const INT_RB ok = DP_FINITE_RB(x);
-            all_ok &= ok;
-            VSTORE_RB(select((FLOAT_RB)0.0f, x, ok), 0, vt + (c0 / RB) * N_PAD * RB + jj * RB);
-        }
-#if HEAD_DIM % RB
-        for (int t = 0; t < RB; t++) {
-            const int c = HEAD_DIM / RB * RB + t;
-            const float x = c < HEAD_DIM ? row[c] : 0.0f;
-            finite &= isfinite(x);
-            vt[(HEAD_DIM / RB) * N_PAD * RB + jj * RB + t] = isfinite(x) ? x : 0.0f;
-        }
-#endif
+    for (int c0 = 0; c0 + RB <= HEAD_DIM; c0 += RB) {
+        const FLOAT_RB x = VLOAD_RB(0, row + c0);
+        const INT_RB ok = DP_FINITE_RB(x);
+        all_ok &= ok;
+        VSTORE_RB(select((FLOAT_RB)0.0f, x, ok), 0, vt + (c0 / RB) * N_PAD * RB + jj * RB);
     }
+#if HEAD_DIM % RB
+    for (int t = 0; t < RB; t++) {
+        const int c = HEAD_DIM / RB * RB + t;
+        const float x = c < HEAD_DIM ? row[c] : 0.0f;
+        finite &= isfinite(x);
+        vt[(HEAD_DIM / RB) * N_PAD * RB + jj * RB + t] = isfinite(x) ? x : 0.0f;
+    }
+#endif
     return finite && all(all_ok);
 }
+
+/* A hint to fetch the cache line at p. clang (PoCL's compiler) has __builtin_prefetch; the
+ * OpenCL prefetch() is empty in PoCL, so it is only the fallback. */
+#if defined(__clang__)
+#define DP_PREFETCH(p) __builtin_prefetch((p), 0, 3)
+#else
+#define DP_PREFETCH(p) prefetch((p), 1)
+#endif
+
+/* Asks for every line of a row of HEAD_DIM floats. */
+inline void dp_prefetch_row(__global const float *row)
+{
+    for (int c = 0; c < HEAD_DIM; c += 16)
+        DP_PREFETCH(row + c);
+    DP_PREFETCH(row + HEAD_DIM - 1); /* a row that does not start on a line ends on one more */
+}
+
+/* The next tile's rows are fetched while the current tile is computed, one key row after each
+ * score block and one value row after each output block: packed all at once from the outer
+ * caches, a tile stalled the kernel for ~8 % of its time, and one row between blocks of
+ * multiply-adds has its lines arrive while they run. */
+#define DP_FETCH_NEXT_K()                                                                      \
+    if (k_next < n1) {                                                                         \
+        dp_prefetch_row(k + k_base + (long)(j0 + BLOCK_N + k_next) * lk.z);                    \
+        k_next++;                                                                              \
+    }
+#if READS_V2
+#define DP_FETCH_NEXT_V2() dp_prefetch_row(v2 + v2_base + (long)(j0 + BLOCK_N + v_next) * lv2.z);
+#else
+#define DP_FETCH_NEXT_V2()
+#endif
+#define DP_FETCH_NEXT_V()                                                                      \
+    if (v_next < n1) {                                                                         \
+        dp_prefetch_row(v + v_base + (long)(j0 + BLOCK_N + v_next) * lv.z);                    \
+        DP_FETCH_NEXT_V2()                                                                     \
+        v_next++;                                                                              \
+    }
 
 /* The rare path after a tile whose values were not all finite: acc += weight x value for those
  * values alone, in the lanes whose weight is not 0 (the lanes whose rows see the key). A macro,
@@ -148,8 +193,8 @@ void dipole_fwd_cpu(__global const float *q, dp_layout lq,
      * of group g's rows 16r .. 16r + 15, times scale. */
     __local float16 qT[NG * HEAD_DIM * RV];
     __local float16 acc[NG * NPOLES * D_PAD * RV];
-    __local float kt[N_PAD * HEAD_DIM];   /* the tile's keys, packed row-major */
-    __local float vt[D_PAD * N_PAD];      /* the tile's values, see dp_pack_v */
+    __local float kt[N_PAD * HEAD_DIM]; /* the tile's keys, packed row-major */
+    __local float vt[D_PAD * N_PAD];    /* the tile's values, see dp_pack_v_row */
 #if READS_V2
     __local float v2t[D_PAD * N_PAD];
 #endif
@@ -185,18 +230,20 @@ void dipole_fwd_cpu(__global const float *q, dp_layout lq,
         const int n = min(BLOCK_N, j_end - j0);
 
         /* Pack the tile; keys past it repeat its last key (their weights are never used). */
-        for (int jj = 0; jj < N_PAD; jj++) {
-            __global const float *row = k + k_base + (long)min(j0 + jj, j_end - 1) * lk.z;
-            int c = 0;
-            for (; c + 16 <= HEAD_DIM; c += 16)
-                vstore16(vload16(0, row + c), 0, kt + jj * HEAD_DIM + c);
-            for (; c < HEAD_DIM; c++)
-                kt[jj * HEAD_DIM + c] = row[c];
-        }
-        const bool v_finite = dp_pack_v(vt, v + v_base + (long)j0 * lv.z, lv.z, n);
+        for (int jj = 0; jj < N_PAD; jj++)
+            dp_pack_k_row(kt, k + k_base + (long)min(j0 + jj, j_end - 1) * lk.z, jj);
+        bool v_finite = true;
 #if READS_V2
-        const bool v2_finite = dp_pack_v(v2t, v2 + v2_base + (long)j0 * lv2.z, lv2.z, n);
+        bool v2_finite = true;
 #endif
+        for (int jj = 0; jj < n; jj++) {
+            v_finite &= dp_pack_v_row(vt, v + v_base + (long)(j0 + jj) * lv.z, jj);
+#if READS_V2
+            v2_finite &= dp_pack_v_row(v2t, v2 + v2_base + (long)(j0 + jj) * lv2.z, jj);
+#endif
+        }
+        const int n1 = min(BLOCK_N, j_end - j0 - BLOCK_N); /* the next tile's size */
+        int k_next = 0, v_next = 0; /* its rows fetched so far */
 
         for (int g = 0; g < NG; g++) {
             if (j0 >= g_hi[g] || j0 + n <= g_lo[g])
@@ -235,6 +282,7 @@ void dipole_fwd_cpu(__global const float *q, dp_layout lq,
 #pragma unroll
                     for (int r = 0; r < RV; r++)
                         s[(jb + t) * RV + r] = sa[t][r];
+                DP_FETCH_NEXT_K()
             }
 
             /* Online softmax per pole, lane-wise. */
@@ -250,7 +298,9 @@ void dipole_fwd_cpu(__global const float *q, dp_layout lq,
                         float16 lg = POLE_LOGIT(p, s[jj * RV + r]);
                         if (masked)
                             lg = select((float16)(-INFINITY), lg, LANE_VIS(jj, r));
-                        tmax[r] = fmax(tmax[r], lg);
+                        /* Not fmax: its NaN rule costs 3 more operations per score, and lg
+                         * > tmax is false for a NaN lg, which fmax would ignore too. */
+                        tmax[r] = select(tmax[r], lg, lg > tmax[r]);
                     }
                 float16 mn[RV];
                 int changed = 0;
@@ -283,7 +333,7 @@ void dipole_fwd_cpu(__global const float *q, dp_layout lq,
                     for (int r = 0; r < RV; r++) {
                         const float16 sv = s[jj * RV + r];
                         float16 w = dp_exp_nonpos(POLE_LOGIT(p, sv) - mn[r]);
-                        float16 a = w * POLE_COEF(p, sv);
+                        float16 a = POLE_WEIGHTED(p, w, sv);
                         /* Masked after the coefficient: sign(NaN) is NaN, and 0 x NaN too. */
                         if (masked) {
                             w = select((float16)0.0f, w, LANE_VIS(jj, r));
@@ -343,6 +393,7 @@ void dipole_fwd_cpu(__global const float *q, dp_layout lq,
 #pragma unroll
                         for (int r = 0; r < RV; r++)
                             ap[(c0 + t) * RV + r] = o[t][r];
+                    DP_FETCH_NEXT_V()
                 }
                 if (POLE_MAY_V(p) && !v_finite)
                     DP_ACC_NONFINITE(ap, v + v_base + (long)j0 * lv.z, lv.z, wv[p]);

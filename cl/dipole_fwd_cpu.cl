@@ -137,6 +137,10 @@ inline void dp_prefetch_row(__global const float *row)
             }                                                                                  \
         }
 
+/* max(m, lg) where a NaN lg is left out, as fmax would; not fmax itself, whose NaN rule for
+ * either operand costs 3 more operations per score (m is never NaN). */
+#define DP_MAX_LOGIT(m, lg) select((m), (lg), (lg) > (m))
+
 /* Whether key jj of the tile is visible to the lanes of row vector r of the current group
  * (only evaluated in tiles that some row of the group sees partly). */
 #define LANE_VIS(jj, r) (((j0 + (jj)) >= glo[r]) & ((j0 + (jj)) < ghi[r]))
@@ -198,14 +202,16 @@ void dipole_fwd_cpu(__global const float *q, dp_layout lq,
 #if READS_V2
     __local float v2t[D_PAD * N_PAD];
 #endif
-    for (int g = 0; g < NG; g++)
+    for (int g = 0; g < NG; g++) {
+        __global const float *qr[GROUP_ROWS];
         for (int r = 0; r < GROUP_ROWS; r++) {
-            __global const float *qr =
-                q + DP_ROW(lq, b, min(row0 + g * GROUP_ROWS + r, seq_q - 1), h);
-            for (int c = 0; c < HEAD_DIM; c++)
-                ((__local float *)qT)[((g * HEAD_DIM + c) * RV + r / 16) * 16 + r % 16] =
-                    qr[c] * scale;
+            qr[r] = q + DP_ROW(lq, b, min(row0 + g * GROUP_ROWS + r, seq_q - 1), h);
+            dp_prefetch_row(qr[r]);
         }
+        for (int c = 0; c < HEAD_DIM; c++)
+            for (int r = 0; r < GROUP_ROWS; r++)
+                ((__local float *)qT)[(g * HEAD_DIM + c) * GROUP_ROWS + r] = qr[r][c] * scale;
+    }
     for (int e = 0; e < NG * NPOLES * D_PAD * RV; e++)
         acc[e] = (float16)0.0f;
     float16 m[NG][NPOLES][RV], l[NG][NPOLES][RV];
@@ -252,6 +258,15 @@ void dipole_fwd_cpu(__global const float *q, dp_layout lq,
             __local const float16 *qg = qT + g * HEAD_DIM * RV;
             const int16 *glo = lo + g * RV, *ghi = hi + g * RV;
 
+            /* Each pole's tile max of its logit, per lane: taken from the score registers in
+             * a tile that every row of the group sees whole (keys past the tile repeat its
+             * last key, which changes no max), by a pass over the masked scores otherwise. */
+            float16 tmax[NPOLES][RV];
+            for (int p = 0; p < NPOLES; p++)
+#pragma unroll
+                for (int r = 0; r < RV; r++)
+                    tmax[p][r] = (float16)(-INFINITY);
+
             /* Scores: RB keys x RV row vectors of accumulators. */
             for (int jb = 0; jb < n; jb += RB) {
                 __local const float *kr[RB];
@@ -282,31 +297,32 @@ void dipole_fwd_cpu(__global const float *q, dp_layout lq,
 #pragma unroll
                     for (int r = 0; r < RV; r++)
                         s[(jb + t) * RV + r] = sa[t][r];
+                if (!masked)
+                    for (int p = 0; p < NPOLES; p++)
+#pragma unroll
+                        for (int t = 0; t < RB; t++)
+#pragma unroll
+                            for (int r = 0; r < RV; r++)
+                                tmax[p][r] = DP_MAX_LOGIT(tmax[p][r], POLE_LOGIT(p, sa[t][r]));
                 DP_FETCH_NEXT_K()
             }
 
             /* Online softmax per pole, lane-wise. */
             for (int p = 0; p < NPOLES; p++) {
                 __local float16 *ap = acc + (g * NPOLES + p) * D_PAD * RV;
-                float16 tmax[RV];
+                if (masked)
+                    for (int jj = 0; jj < n; jj++)
 #pragma unroll
-                for (int r = 0; r < RV; r++)
-                    tmax[r] = (float16)(-INFINITY);
-                for (int jj = 0; jj < n; jj++)
-#pragma unroll
-                    for (int r = 0; r < RV; r++) {
-                        float16 lg = POLE_LOGIT(p, s[jj * RV + r]);
-                        if (masked)
-                            lg = select((float16)(-INFINITY), lg, LANE_VIS(jj, r));
-                        /* Not fmax: its NaN rule costs 3 more operations per score, and lg
-                         * > tmax is false for a NaN lg, which fmax would ignore too. */
-                        tmax[r] = select(tmax[r], lg, lg > tmax[r]);
-                    }
+                        for (int r = 0; r < RV; r++) {
+                            const float16 lg = select((float16)(-INFINITY),
+                                                      POLE_LOGIT(p, s[jj * RV + r]), LANE_VIS(jj, r));
+                            tmax[p][r] = DP_MAX_LOGIT(tmax[p][r], lg);
+                        }
                 float16 mn[RV];
                 int changed = 0;
 #pragma unroll
                 for (int r = 0; r < RV; r++) {
-                    mn[r] = fmax(m[g][p][r], tmax[r]);
+                    mn[r] = fmax(m[g][p][r], tmax[p][r]);
                     changed |= any(mn[r] != m[g][p][r]);
                 }
                 if (changed) {

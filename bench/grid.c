@@ -62,13 +62,14 @@ int bench_grid_expand(const bench_opts *o, int device, bench_point **points)
         return -1;
     int n = 0;
     /* Decode rows use one causal value: with bottom-right alignment a single query row sees
-     * every key either way. */
+     * every key either way. The variants of a shape run back to back, so that their ratios
+     * (x_sm) come from one stretch of time on a shared or throttling machine. */
     for (int decode = 0; decode <= (o->decode ? 1 : 0); decode++)
-        for (int a = 0; a < o->variants.n; a++)
-            for (int b = 0; b < o->head_dims.n; b++)
-                for (int c = 0; c < o->bh.n; c++)
-                    for (int e = 0; e < (decode ? 1 : o->causal.n); e++)
-                        for (int f = 0; f < o->seqs.n; f++)
+        for (int b = 0; b < o->head_dims.n; b++)
+            for (int c = 0; c < o->bh.n; c++)
+                for (int e = 0; e < (decode ? 1 : o->causal.n); e++)
+                    for (int f = 0; f < o->seqs.n; f++)
+                        for (int a = 0; a < o->variants.n; a++)
                             for (int g = 0; g < o->paths.n; g++)
                                 for (int pass = 0; pass < npass; pass++) {
                                     bench_point *q = &p[n++];

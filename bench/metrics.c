@@ -81,21 +81,36 @@ void bench_row_key(const char *device_label, const bench_point *p, char *buf, si
              p->heads_kv, p->seq_q, p->seq_k, p->head_dim, p->causal);
 }
 
+static bool same_shape(const bench_point *a, const bench_point *b)
+{
+    return a->device == b->device && a->pass == b->pass && a->batch == b->batch &&
+           a->heads_q == b->heads_q && a->heads_kv == b->heads_kv && a->seq_q == b->seq_q &&
+           a->seq_k == b->seq_k && a->head_dim == b->head_dim && a->causal == b->causal;
+}
+
 static bool same_but_path(const bench_point *a, const bench_point *b)
 {
-    return a->device == b->device && a->pass == b->pass && a->variant == b->variant &&
-           a->batch == b->batch && a->heads_q == b->heads_q && a->heads_kv == b->heads_kv &&
-           a->seq_q == b->seq_q && a->seq_k == b->seq_k && a->head_dim == b->head_dim &&
-           a->causal == b->causal;
+    return same_shape(a, b) && a->variant == b->variant;
+}
+
+static bool same_but_variant(const bench_point *a, const bench_point *b)
+{
+    return same_shape(a, b) && a->path == b->path;
 }
 
 void bench_derive(bench_run *run)
 {
     for (int i = 0; i < run->nrows; i++) {
         bench_row *r = &run->rows[i];
-        r->pct_fma = r->pct_sgemm = r->pct_copy = r->tiled_over_gemm = NAN;
+        r->pct_fma = r->pct_sgemm = r->pct_copy = r->tiled_over_gemm = r->over_softmax = NAN;
         if (r->status != BENCH_OK)
             continue;
+        for (int j = 0; j < run->nrows; j++) {
+            const bench_row *s = &run->rows[j];
+            if (s->status == BENCH_OK && s->pt.variant == DIPOLE_SOFTMAX &&
+                same_but_variant(&r->pt, &s->pt) && s->median_ms > 0)
+                r->over_softmax = r->median_ms / s->median_ms;
+        }
         const bench_ceilings *c = &run->dev[r->pt.device].ceil;
         if (c->fma_gflops > 0)
             r->pct_fma = 100 * r->gflops / c->fma_gflops;

@@ -116,7 +116,8 @@ int bench_write_json(FILE *f, const bench_run *run)
         kv_num(f, "pct_fma", r->pct_fma, ", ");
         kv_num(f, "pct_sgemm", r->pct_sgemm, ", ");
         kv_num(f, "pct_copy", r->pct_copy, ", ");
-        kv_num(f, "tiled_over_gemm", r->tiled_over_gemm, ",\n     ");
+        kv_num(f, "tiled_over_gemm", r->tiled_over_gemm, ", ");
+        kv_num(f, "time_over_softmax", r->over_softmax, ",\n     ");
         fprintf(f, "\"checked_rows\": %d, ", r->checked_rows);
         kv_num(f, "max_abs_err", r->checked_rows ? r->max_abs_err : NAN, ", ");
         kv_num(f, "worst_tolerance_ratio", r->checked_rows ? r->worst_ratio : NAN, "}");

@@ -394,7 +394,7 @@ static bench_row *new_row(bench_run *run)
     memset(r, 0, sizeof *r);
     snprintf(r->cache, sizeof r->cache, "-");
     snprintf(r->timer, sizeof r->timer, "-");
-    r->pct_fma = r->pct_sgemm = r->pct_copy = r->tiled_over_gemm = NAN;
+    r->pct_fma = r->pct_sgemm = r->pct_copy = r->tiled_over_gemm = r->over_softmax = NAN;
     return r;
 }
 

@@ -90,6 +90,20 @@ START_TEST(derive_ratios_and_percentages)
     ck_assert_double_eq_tol(run.rows[0].pct_copy, 10 * run.rows[0].gbps, 1e-9);
     ck_assert_double_eq_tol(run.rows[0].tiled_over_gemm, 2.0, 1e-12);
     ck_assert(isnan(run.rows[1].tiled_over_gemm));
+    /* SOFTMAX rows are their own reference; another path is not */
+    ck_assert_double_eq_tol(run.rows[0].over_softmax, 1.0, 1e-12);
+    ck_assert_double_eq_tol(run.rows[1].over_softmax, 1.0, 1e-12);
+    /* a variant row against the SOFTMAX row of its point and path */
+    run.rows[1].pt.path = DIPOLE_PATH_TILED;
+    run.rows[1].pt.variant = DIPOLE_SIGNEXP;
+    bench_derive(&run);
+    ck_assert_double_eq_tol(run.rows[1].over_softmax, 2.0, 1e-12);
+    run.rows[1].pt.causal = 1; /* another point: no reference */
+    bench_derive(&run);
+    ck_assert(isnan(run.rows[1].over_softmax));
+    run.rows[1].pt.causal = 0;
+    run.rows[1].pt.path = DIPOLE_PATH_GEMM;
+    run.rows[1].pt.variant = DIPOLE_SOFTMAX;
     ck_assert(!bench_any_error(&run));
     run.rows[1].status = BENCH_ERROR;
     ck_assert(bench_any_error(&run));

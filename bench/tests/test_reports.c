@@ -28,7 +28,7 @@ void bt_sample_run(bench_run *run)
         p->variant = DIPOLE_SOFTMAX;
         p->path = i ? DIPOLE_PATH_GEMM : DIPOLE_PATH_TILED;
         p->batch = 1, p->heads_q = p->heads_kv = 4, p->seq_q = p->seq_k = 128, p->head_dim = 64;
-        r->pct_fma = r->pct_sgemm = r->pct_copy = r->tiled_over_gemm = NAN;
+        r->pct_fma = r->pct_sgemm = r->pct_copy = r->tiled_over_gemm = r->over_softmax = NAN;
         snprintf(r->cache, sizeof r->cache, "-");
         snprintf(r->timer, sizeof r->timer, "-");
     }

@@ -84,22 +84,6 @@ inline bool dp_pack_v_row(__local float *vt, __global const float *row, int jj)
     return finite && all(all_ok);
 }
 
-/* A hint to fetch the cache line at p. clang (PoCL's compiler) has __builtin_prefetch; the
- * OpenCL prefetch() is empty in PoCL, so it is only the fallback. */
-#if defined(__clang__)
-#define DP_PREFETCH(p) __builtin_prefetch((p), 0, 3)
-#else
-#define DP_PREFETCH(p) prefetch((p), 1)
-#endif
-
-/* Asks for every line of a row of HEAD_DIM floats. */
-inline void dp_prefetch_row(__global const float *row)
-{
-    for (int c = 0; c < HEAD_DIM; c += 16)
-        DP_PREFETCH(row + c);
-    DP_PREFETCH(row + HEAD_DIM - 1); /* a row that does not start on a line ends on one more */
-}
-
 /* The next tile's rows are fetched while the current tile is computed, one key row after each
  * score block and one value row after each output block: packed all at once from the outer
  * caches, a tile stalled the kernel for ~8 % of its time, and one row between blocks of

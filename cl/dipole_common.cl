@@ -133,14 +133,12 @@ inline float16 dp_exp_nonpos(float16 x)
 }
 
 /* A hint to fetch the cache line at p (the CPU forward fetches its next tile while computing
- * one; the CPU backward kernels measured no gain from it). clang (PoCL's compiler) has
- * __builtin_prefetch; the OpenCL prefetch() is empty in PoCL, so it is only the fallback. */
-#if defined(__has_builtin)
-#if __has_builtin(__builtin_prefetch)
+ * one; the CPU backward kernels measured no gain from it). The runtime defines
+ * DP_BUILTIN_PREFETCH where the compiler turns clang's builtin into prefetch instructions
+ * (PoCL, whose OpenCL prefetch() is empty); elsewhere prefetch() is the portable hint. */
+#if DP_BUILTIN_PREFETCH
 #define DP_PREFETCH(p) __builtin_prefetch((p), 0, 3)
-#endif
-#endif
-#ifndef DP_PREFETCH
+#else
 #define DP_PREFETCH(p) prefetch((p), 1)
 #endif
 

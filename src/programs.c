@@ -49,17 +49,23 @@ dp_kernel_config dp_kernel_config_for(const dp_problem *p, dp_kernel_kind kind, 
 
 void dp_build_options(const dipole_ctx *ctx, const dp_kernel_config *cfg, char *buf, size_t cap)
 {
-    /* Vendor quirks (extra flags by vendor substring) live here and nowhere else. */
+    /* Vendor and platform quirks (extra flags by substring) live here and nowhere else. */
     static const struct {
-        const char *vendor;
+        bool platform; /* match the platform name rather than the device vendor */
+        const char *name;
         const char *flags;
     } quirk_table[] = {
-        {"NVIDIA", " -cl-nv-opt-level=3"},
+        {false, "NVIDIA", " -cl-nv-opt-level=3"},
+        /* PoCL turns clang's __builtin_prefetch into prefetch instructions, while its OpenCL
+         * prefetch() is empty; other clang-based compilers (oclgrind's) reject the builtin. */
+        {true, "Portable Computing Language", " -DDP_BUILTIN_PREFETCH=1"},
     };
-    const char *quirks = "";
-    for (size_t i = 0; i < sizeof quirk_table / sizeof quirk_table[0]; i++)
-        if (strstr(ctx->props.vendor, quirk_table[i].vendor))
-            quirks = quirk_table[i].flags;
+    char quirks[128] = "";
+    for (size_t i = 0; i < sizeof quirk_table / sizeof quirk_table[0]; i++) {
+        const char *field = quirk_table[i].platform ? ctx->props.platform_name : ctx->props.vendor;
+        if (strstr(field, quirk_table[i].name))
+            strncat(quirks, quirk_table[i].flags, sizeof quirks - strlen(quirks) - 1);
+    }
     snprintf(buf, cap,
              "-cl-std=CL1.2 -DVARIANT=%d -DHEAD_DIM=%d -DIS_CAUSAL=%d -DHAS_WINDOW=%d "
              "-DBLOCK_M=%d -DBLOCK_N=%d -DWORK_GROUP=%d%s",

@@ -154,7 +154,7 @@ typedef struct bench_row {
     double gflops, gbps; /* from the median */
     /* filled after the sweep from the device's ceilings; NaN when not applicable */
     double pct_fma, pct_sgemm, pct_copy, tiled_over_gemm;
-    double over_softmax; /* median time / the SOFTMAX row's at the same point and path */
+    double over_softmax; /* median time / the SOFTMAX row's at the same point and requested path */
     int checked_rows;
     double max_abs_err, worst_ratio; /* worst |got-ref| / (atol + rtol |ref|) */
 } bench_row;

@@ -84,25 +84,26 @@ inline bool dp_pack_v_row(__local float *vt, __global const float *row, int jj)
     return finite && all(all_ok);
 }
 
-/* The next tile's rows are fetched while the current tile is computed, one key row after each
- * score block and one value row after each output block: packed all at once from the outer
- * caches, a tile stalled the kernel for ~8 % of its time, and one row between blocks of
- * multiply-adds has its lines arrive while they run. */
+/* The next tile's rows are fetched while the current tile is computed, a few key rows after
+ * each score block and a few value rows after each output block: packed all at once from the
+ * outer caches, a tile stalled the kernel for ~8 % of its time, and a row or two between blocks
+ * of multiply-adds has its lines arrive while they run. The counts spread a whole tile over the
+ * blocks of a tile that every group computes; where groups skip it (causal edges) the rest of
+ * the next tile is packed without a prefetch. */
+#define FETCH_K_ROWS ((BLOCK_N + NG * (N_PAD / RB) - 1) / (NG * (N_PAD / RB)))
+#define FETCH_V_ROWS ((BLOCK_N + NG * NPOLES * (D_PAD / RB) - 1) / (NG * NPOLES * (D_PAD / RB)))
 #define DP_FETCH_NEXT_K()                                                                      \
-    if (k_next < n1) {                                                                         \
-        dp_prefetch_row(k + k_base + (long)(j0 + BLOCK_N + k_next) * lk.z);                    \
-        k_next++;                                                                              \
-    }
+    for (int u = 0; u < FETCH_K_ROWS && k_next < n1; u++, k_next++)                            \
+        dp_prefetch_row(k + k_base + (long)(j0 + BLOCK_N + k_next) * lk.z);
 #if READS_V2
 #define DP_FETCH_NEXT_V2() dp_prefetch_row(v2 + v2_base + (long)(j0 + BLOCK_N + v_next) * lv2.z);
 #else
 #define DP_FETCH_NEXT_V2()
 #endif
 #define DP_FETCH_NEXT_V()                                                                      \
-    if (v_next < n1) {                                                                         \
+    for (int u = 0; u < FETCH_V_ROWS && v_next < n1; u++, v_next++) {                          \
         dp_prefetch_row(v + v_base + (long)(j0 + BLOCK_N + v_next) * lv.z);                    \
         DP_FETCH_NEXT_V2()                                                                     \
-        v_next++;                                                                              \
     }
 
 /* The rare path after a tile whose values were not all finite: acc += weight x value for those
@@ -219,9 +220,10 @@ void dipole_fwd_cpu(__global const float *q, dp_layout lq,
     for (int j0 = j_begin; j0 < j_end; j0 += BLOCK_N) {
         const int n = min(BLOCK_N, j_end - j0);
 
-        /* Pack the tile; keys past it repeat its last key (their weights are never used). */
+        /* Pack the tile; keys past it (up to a whole score block) repeat its own last key:
+         * their weights are never used, and a duplicate changes no tile max. */
         for (int jj = 0; jj < N_PAD; jj++)
-            dp_pack_k_row(kt, k + k_base + (long)min(j0 + jj, j_end - 1) * lk.z, jj);
+            dp_pack_k_row(kt, k + k_base + (long)(j0 + min(jj, n - 1)) * lk.z, jj);
         bool v_finite = true;
 #if READS_V2
         bool v2_finite = true;
@@ -243,8 +245,9 @@ void dipole_fwd_cpu(__global const float *q, dp_layout lq,
             const int16 *glo = lo + g * RV, *ghi = hi + g * RV;
 
             /* Each pole's tile max of its logit, per lane: taken from the score registers in
-             * a tile that every row of the group sees whole (keys past the tile repeat its
-             * last key, which changes no max), by a pass over the masked scores otherwise. */
+             * a tile that every row of the group sees whole (the padding keys of the last
+             * score block repeat the tile's last key, which changes no max), by a pass over
+             * the masked scores otherwise. */
             float16 tmax[NPOLES][RV];
             for (int p = 0; p < NPOLES; p++)
 #pragma unroll

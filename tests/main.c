@@ -5,24 +5,6 @@
 
 #include "testutil.h"
 
-#if defined(__has_feature)
-#if __has_feature(address_sanitizer)
-#include <sanitizer/lsan_interface.h>
-#define DP_HAVE_LSAN 1
-#endif
-#endif
-
-/* Under LeakSanitizer, the leak check runs here, before the libraries' destructors and while
- * PoCL's worker threads are idle: at exit its tracer crashed in CI ("Tracer caught signal 11")
- * after every check had passed, a leak check that never ran. The exit-time check is then
- * skipped. */
-static void dp_leak_check_now(void)
-{
-#ifdef DP_HAVE_LSAN
-    __lsan_do_leak_check();
-#endif
-}
-
 int main(int argc, char **argv)
 {
     static const struct {
@@ -58,7 +40,6 @@ int main(int argc, char **argv)
         int failed = srunner_ntests_failed(sr);
         srunner_free(sr);
         tu_ctx_release();
-        dp_leak_check_now();
         return failed ? 1 : 0;
     }
     fprintf(stderr, "unknown suite %s\n", argv[1]);

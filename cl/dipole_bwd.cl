@@ -19,7 +19,6 @@
 #define BLOCK_N 32 /* keys per tile; work-items of dkdv */
 #endif
 
-
 /* Stages keys [j0, j0 + n) of K/V head hk (and V2) into local tiles; all BLOCK_M items call it. */
 inline void dp_stage_keys(__local float *k_tile, __local float *v_tile, __local float *v2_tile,
                           __global const float *k, dp_layout lk, __global const float *v,

@@ -66,8 +66,8 @@ ninja -C build-asan >&2
 # LeakSanitizer's tracer has crashed during the leak check of a suite whose every check passed
 # ("Tracer caught signal 11 ... LeakSanitizer has encountered a fatal error"; seen in
 # backward-group on a fresh clone, not on reruns, and not cured by running the check from main
-# before exit): the leak check never ran, which is not a leak. Suites that failed that way and no other run
-# once more; a leak report, a sanitizer error or a failed check still fails the step.
+# before exit): the leak check never ran, which is not a leak. Suites that failed that way and
+# no other run once more; a leak report, a sanitizer error or a failed check still fails the step.
 lsan_crashed_only() {
     python3 - build-asan/meson-logs/testlog-sanitize.json <<'PY'
 import json, re, sys

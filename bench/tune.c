@@ -142,21 +142,6 @@ static void print_row(FILE *f, const char *name, const tune_result *r, double ba
     fflush(f);
 }
 
-/* Where the library keeps its cache (mirrors its rule, for the message only). */
-static void cache_dir_name(char *buf, size_t cap)
-{
-    const char *dir = getenv("DIPOLE_CACHE_DIR"), *xdg = getenv("XDG_CACHE_HOME"),
-               *home = getenv("HOME");
-    if (dir && *dir)
-        snprintf(buf, cap, "%s", dir);
-    else if (xdg && *xdg)
-        snprintf(buf, cap, "%s/dipole", xdg);
-    else if (home && *home)
-        snprintf(buf, cap, "%s/.cache/dipole", home);
-    else
-        snprintf(buf, cap, "the cache directory");
-}
-
 /* A new context on the same device must now plan with the tuned configuration. */
 static int check_fresh(const char *selector, const bench_point *p, FILE *f)
 {
@@ -297,9 +282,7 @@ int bench_tune(dipole_ctx *ctx, const char *selector, const bench_opts *o,
         fprintf(f, "saving the tuned configuration failed: %s\n", dipole_ctx_last_error(ctx));
         return BENCH_EXIT_ERROR;
     }
-    char dir[1024];
-    cache_dir_name(dir, sizeof dir);
     fprintf(f, "saved: \"%s\" as the tuned configuration of %s in %s (tuned-*.conf)\n", cand[best],
-            dev->label, dir);
+            dev->label, dipole_ctx_cache_dir(ctx));
     return check_fresh(selector, &pts[0], f);
 }

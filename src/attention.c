@@ -6,21 +6,16 @@
 
 #include "internal.h"
 
-dipole_path dp_requested_path(const dp_problem *p)
+dipole_path dp_requested_path(const dipole_ctx *ctx, const dp_problem *p)
 {
-    const char *env = getenv("DIPOLE_PATH");
-    if (env && !strcmp(env, "tiled"))
-        return DIPOLE_PATH_TILED;
-    if (env && !strcmp(env, "gemm"))
-        return DIPOLE_PATH_GEMM;
-    return p->d.path;
+    return ctx->settings.path != DIPOLE_PATH_AUTO ? ctx->settings.path : p->d.path;
 }
 
 /* The ordered list: tiled, then GEMM. Each rejects with a reason; the last reason wins. */
 static dipole_status choose_path(dipole_ctx *ctx, const dp_problem *p, dipole_plan *plan)
 {
     memset(plan, 0, sizeof *plan);
-    const dipole_path want = dp_requested_path(p);
+    const dipole_path want = dp_requested_path(ctx, p);
     dipole_status st;
     if (want == DIPOLE_PATH_TILED)
         return dp_tiled_plan(ctx, p, plan);

@@ -103,7 +103,7 @@ static const char *tile_config_for(dipole_ctx *ctx, dp_tile_config *cfg)
             (!tile_table[i].vendor || strstr(dev->vendor, tile_table[i].vendor)))
             break;
     *cfg = tile_table[i].cfg;
-    const char *env = getenv("DIPOLE_TILE_CONFIG");
+    const char *env = ctx->settings.tile_config;
     const struct {
         const char *text;
         const char *label;

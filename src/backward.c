@@ -107,7 +107,7 @@ static dipole_status check_args(dipole_ctx *ctx, const dp_problem *p, const dp_b
  * path. A forced tiled path that does not fit fails with the tiled plan's reason. */
 static dipole_status bwd_choose(dipole_ctx *ctx, const dp_problem *p, dp_bwd_tiles *t, bool *gemm)
 {
-    const dipole_path want = dp_requested_path(p);
+    const dipole_path want = dp_requested_path(ctx, p);
     *gemm = true;
     if (want == DIPOLE_PATH_GEMM || (want == DIPOLE_PATH_AUTO && p->d.head_dim > DP_BWD_MAX_HEAD_DIM))
         return DIPOLE_SUCCESS;
@@ -217,7 +217,7 @@ dipole_status dipole_attention_backward_host(dipole_ctx *ctx, const dipole_attn_
                              : "dv2 (the variant reads v2)");
         goto unlock;
     }
-    if (dp_requested_path(&p) == DIPOLE_PATH_TILED && p.d.head_dim > DP_BWD_MAX_HEAD_DIM) {
+    if (dp_requested_path(ctx, &p) == DIPOLE_PATH_TILED && p.d.head_dim > DP_BWD_MAX_HEAD_DIM) {
         /* fail before running a forward for nothing */
         dp_bwd_tiles tiles;
         st = dp_bwd_tiled_plan(ctx, &p, &tiles);

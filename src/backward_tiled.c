@@ -14,16 +14,6 @@
 #define DP_BWD_CPU_ROWS 128
 #define DP_BWD_CPU_KEYS 128
 
-static int env_block(const char *name, int fallback)
-{
-    const char *s = getenv(name);
-    if (!s || !*s)
-        return fallback;
-    char *end;
-    long v = strtol(s, &end, 10);
-    return (*end == '\0' && v > 0 && v <= 1024) ? (int)v : fallback;
-}
-
 static dipole_status kernel_wg(dipole_ctx *ctx, const dp_kernel_config *cfg, const char *name,
                                size_t *wg)
 {
@@ -45,8 +35,8 @@ static dipole_status plan_group(dipole_ctx *ctx, const dp_problem *p, int *bm, i
     const dp_device_props *dev = &ctx->props;
     const size_t d = (size_t)p->d.head_dim;
     const bool gpu = (dev->type & CL_DEVICE_TYPE_GPU) != 0;
-    int block_m = env_block("DIPOLE_BWD_BLOCK_M", gpu ? 64 : 32);
-    int block_n = env_block("DIPOLE_BWD_BLOCK_N", gpu ? 64 : 32);
+    int block_m = ctx->settings.bwd_block_m ? ctx->settings.bwd_block_m : gpu ? 64 : 32;
+    int block_n = ctx->settings.bwd_block_n ? ctx->settings.bwd_block_n : gpu ? 64 : 32;
     while (block_m > 1 && (size_t)block_m > dev->max_work_group)
         block_m /= 2;
     while (block_n > 1 && (size_t)block_n > dev->max_work_group)

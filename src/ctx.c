@@ -13,7 +13,7 @@ static void stderr_log(void *user, const char *message)
     fprintf(stderr, "dipole: %s\n", message);
 }
 
-/* Shared tail of both constructors: properties, label, settings from the environment. */
+/* Shared tail of both constructors: properties, label, what the settings ask for. */
 static dipole_status ctx_finish(dipole_ctx *ctx)
 {
     dipole_status st = dp_query_props(ctx->platform, ctx->device, &ctx->props);
@@ -31,28 +31,27 @@ static dipole_status ctx_finish(dipole_ctx *ctx)
     snprintf(ctx->device_label, sizeof ctx->device_label, "%s / %s", ctx->props.platform_name,
              ctx->props.name);
 
-    ctx->workspace_limit = DP_DEFAULT_WORKSPACE;
-    const char *ws = getenv("DIPOLE_WORKSPACE_MB");
-    if (ws && *ws) {
-        char *end;
-        unsigned long long mb = strtoull(ws, &end, 10);
-        if (*end == '\0' && mb > 0 && mb < ((unsigned long long)SIZE_MAX >> 20))
-            ctx->workspace_limit = (size_t)mb << 20;
-    }
-    const char *lg = getenv("DIPOLE_LOG");
-    if (lg && *lg && strcmp(lg, "0") != 0)
+    ctx->workspace_limit =
+        ctx->settings.workspace_limit ? ctx->settings.workspace_limit : DP_DEFAULT_WORKSPACE;
+    if (ctx->settings.log)
         ctx->log_fn = stderr_log;
     dp_cache_dir_init(ctx);
     dp_tuned_config_load(ctx);
     return DIPOLE_SUCCESS;
 }
 
+/* A context with its lock and the settings read from the environment, or NULL. */
 static dipole_ctx *ctx_alloc(void)
 {
     dipole_ctx *ctx = calloc(1, sizeof *ctx);
     if (!ctx)
         return NULL;
+    if (!dp_settings_read(&ctx->settings)) {
+        free(ctx);
+        return NULL;
+    }
     if (pthread_mutex_init(&ctx->lock, NULL) != 0) {
+        dp_settings_release(&ctx->settings);
         free(ctx);
         return NULL;
     }
@@ -64,14 +63,16 @@ dipole_status dipole_ctx_create(dipole_ctx **out, const char *device_selector)
     if (!out)
         return dp_fail(NULL, DIPOLE_ERR_INVALID_ARG, "dipole_ctx_create: out is NULL");
     *out = NULL;
+    dipole_ctx *ctx = ctx_alloc();
+    if (!ctx)
+        return dp_fail(NULL, DIPOLE_ERR_OUT_OF_HOST_MEMORY, "dipole_ctx_create: out of memory");
+    if (!device_selector || !*device_selector)
+        device_selector = ctx->settings.device;
     cl_platform_id platform;
     cl_device_id device;
     dipole_status st = dp_select_device(device_selector, &platform, &device);
     if (st != DIPOLE_SUCCESS)
-        return st;
-    dipole_ctx *ctx = ctx_alloc();
-    if (!ctx)
-        return dp_fail(NULL, DIPOLE_ERR_OUT_OF_HOST_MEMORY, "dipole_ctx_create: out of memory");
+        goto fail;
     ctx->platform = platform;
     ctx->device = device;
     cl_context_properties cprops[] = {CL_CONTEXT_PLATFORM, (cl_context_properties)platform, 0};
@@ -146,6 +147,7 @@ void dipole_ctx_destroy(dipole_ctx *ctx)
     dp_programs_release(ctx);
     if (ctx->context)
         clReleaseContext(ctx->context);
+    dp_settings_release(&ctx->settings);
     pthread_mutex_destroy(&ctx->lock);
     free(ctx->last_error);
     free(ctx);
@@ -169,6 +171,11 @@ cl_device_id dipole_ctx_device(const dipole_ctx *ctx)
 const char *dipole_ctx_device_name(const dipole_ctx *ctx)
 {
     return ctx ? ctx->device_label : "";
+}
+
+const char *dipole_ctx_cache_dir(const dipole_ctx *ctx)
+{
+    return ctx ? ctx->cache_dir : "";
 }
 
 void dipole_ctx_set_log(dipole_ctx *ctx, dipole_log_fn fn, void *user)

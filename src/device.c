@@ -107,10 +107,8 @@ dipole_status dp_select_device(const char *selector, cl_platform_id *platform, c
     if (n < 0)
         return (dipole_status)n;
 
-    if (!selector || !*selector) {
-        const char *env = getenv("DIPOLE_DEVICE");
-        selector = (env && *env) ? env : NULL;
-    }
+    if (selector && !*selector)
+        selector = NULL;
     int pick = -1;
     if (!selector) {
         /* The GPU with the most compute units, else the first device. */

@@ -82,25 +82,16 @@ static bool mkdir_p(const char *path)
 void dp_cache_dir_init(dipole_ctx *ctx)
 {
     ctx->cache_dir[0] = '\0';
-    const char *dir = getenv("DIPOLE_CACHE_DIR");
-    char buf[1024];
-    if (dir && *dir) {
-        if (!strcmp(dir, "off"))
-            return;
-        if (snprintf(buf, sizeof buf, "%s", dir) >= (int)sizeof buf) {
-            dp_log(ctx, "DIPOLE_CACHE_DIR is longer than %zu characters; caching off",
-                   sizeof buf - 1);
-            return;
-        }
-    } else {
-        const char *xdg = getenv("XDG_CACHE_HOME");
-        const char *home = getenv("HOME");
-        if (xdg && *xdg)
-            snprintf(buf, sizeof buf, "%s/dipole", xdg);
-        else if (home && *home)
-            snprintf(buf, sizeof buf, "%s/.cache/dipole", home);
-        else
-            return;
+    const char *dir = ctx->settings.cache_dir;
+    char buf[sizeof ctx->cache_dir];
+    if (!dir) {
+        dp_log(ctx, "disk cache off: %s", ctx->settings.cache_off_why);
+        return;
+    }
+    if (snprintf(buf, sizeof buf, "%s", dir) >= (int)sizeof buf) {
+        dp_log(ctx, "cache directory %.64s... is longer than %zu characters; caching off", dir,
+               sizeof buf - 1);
+        return;
     }
     if (!mkdir_p(buf)) {
         dp_log(ctx, "cache directory %s is not usable (%s); caching off", buf, strerror(errno));

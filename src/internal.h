@@ -8,6 +8,7 @@
 #include <stdint.h>
 
 #include "dipole/dipole.h"
+#include "settings.h"
 
 #if defined(__GNUC__)
 #define DP_PRINTF(a, b) __attribute__((format(printf, a, b)))
@@ -70,6 +71,7 @@ struct dipole_ctx {
     char device_label[520];
     char *last_error; /* heap, grows to hold build logs */
     size_t last_error_cap;
+    dp_settings settings; /* the environment as it was when the context was created */
     dipole_log_fn log_fn;
     void *log_user;
     size_t workspace_limit;
@@ -148,9 +150,9 @@ dipole_status dp_tile_config_check(const char *text, char *why, size_t cap);
 void dp_tuned_config_load(dipole_ctx *ctx);
 
 /* ---- paths */
-/* desc->path, unless env DIPOLE_PATH=tiled|gemm forces one for the whole process (attention.c;
- * the backward honours it too). */
-dipole_path dp_requested_path(const dp_problem *p);
+/* desc->path, unless the context's DIPOLE_PATH=tiled|gemm forces one (attention.c; the
+ * backward honours it too). */
+dipole_path dp_requested_path(const dipole_ctx *ctx, const dp_problem *p);
 typedef struct dp_args {
     const dipole_tensor *q, *k, *v, *v2, *out;
     cl_mem lse;

@@ -98,8 +98,8 @@ static char *read_file(const char *path, size_t *len)
 dipole_status dp_load_source(dipole_ctx *ctx, const char *file, char **text)
 {
     *text = NULL;
-    const char *dir = getenv("DIPOLE_KERNEL_DIR");
-    if (dir && *dir) {
+    const char *dir = ctx->settings.kernel_dir;
+    if (dir) {
         char path[1024];
         size_t len;
         snprintf(path, sizeof path, "%s/%s", dir, file);

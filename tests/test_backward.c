@@ -960,11 +960,13 @@ END_TEST
 static void env_gemm_on(void)
 {
     ck_assert_int_eq(setenv("DIPOLE_PATH", "gemm", 1), 0);
+    tu_ctx_release(); /* a context reads the environment when it is created */
 }
 
 static void env_gemm_off(void)
 {
     unsetenv("DIPOLE_PATH");
+    tu_ctx_release();
 }
 
 /* The env line is honoured: a head_dim the tiled kernels take runs on the GEMM path. */

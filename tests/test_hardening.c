@@ -2,6 +2,7 @@
  * names the field and its value, never crashes, and a failed call leaves the context usable.
  * Also the data edge cases: NaN and inf reach exactly the rows they touch, and large scores
  * stay finite. test_api.c holds the first, basic cases; these go further. */
+#include <dirent.h>
 #include <limits.h>
 #include <math.h>
 #include <signal.h>
@@ -156,17 +157,36 @@ START_TEST(test_forced_path_beyond_its_range)
     ASSERT_MSG_HAS(dipole_ctx_last_error(ctx), "head_dim 300");
     const size_t nq = tu_q_elems(&d), nk = tu_kv_elems(&d);
     float *q = tu_random(nq, 1, 1), *k = tu_random(nk, 2, 1), *v = tu_random(nk, 3, 1);
-    float *out = malloc(sizeof(float) * nq), *ref = malloc(sizeof(float) * nq);
+    float *out = malloc(sizeof(float) * nq);
     ck_assert_int_eq(dipole_attention_host(ctx, &d, q, k, v, NULL, out), DIPOLE_ERR_UNSUPPORTED);
     ASSERT_MSG_HAS(dipole_ctx_last_error(ctx), "head_dim 300");
-    /* The environment override forces it for an AUTO descriptor too. */
+    /* The environment override (read when a context is created) forces it for an AUTO
+     * descriptor too. */
     d.path = DIPOLE_PATH_AUTO;
     setenv("DIPOLE_PATH", "tiled", 1);
-    dipole_status st = dipole_attention_plan(ctx, &d, &plan);
+    dipole_ctx *forced;
+    ck_assert_int_eq(dipole_ctx_create(&forced, NULL), DIPOLE_SUCCESS);
     unsetenv("DIPOLE_PATH");
+    dipole_status st = dipole_attention_plan(forced, &d, &plan);
+    dipole_ctx_destroy(forced);
     ck_assert_int_eq(st, DIPOLE_ERR_UNSUPPORTED);
-    /* AUTO may find another path (GEMM) or none; if it computes, it computes right. */
-    st = dipole_attention_host(ctx, &d, q, k, v, NULL, out);
+    free(q), free(k), free(v), free(out);
+    d = base_desc();
+    tu_check_against_reference(&d, 12, 1.0f, 1e-5, 1e-4);
+}
+END_TEST
+
+/* Beyond the tiled range AUTO may find another path (GEMM) or none; if it computes, it
+ * computes right. (In the data cases: CLBlast's kernels are many, and slow under memcheck.) */
+START_TEST(test_auto_beyond_tiled_range)
+{
+    dipole_ctx *ctx = tu_ctx();
+    dipole_attn_desc d = base_desc();
+    d.head_dim = 300;
+    const size_t nq = tu_q_elems(&d), nk = tu_kv_elems(&d);
+    float *q = tu_random(nq, 1, 1), *k = tu_random(nk, 2, 1), *v = tu_random(nk, 3, 1);
+    float *out = malloc(sizeof(float) * nq), *ref = malloc(sizeof(float) * nq);
+    dipole_status st = dipole_attention_host(ctx, &d, q, k, v, NULL, out);
     ck_assert_msg(st == DIPOLE_SUCCESS || st == DIPOLE_ERR_UNSUPPORTED, "%s: %s",
                   dipole_status_string(st), dipole_ctx_last_error(ctx));
     if (st == DIPOLE_SUCCESS) {
@@ -174,8 +194,6 @@ START_TEST(test_forced_path_beyond_its_range)
         ck_assert(tu_compare(out, ref, nq, 1e-5, 1e-4).worst_ratio <= 1);
     }
     free(q), free(k), free(v), free(out), free(ref);
-    d = base_desc();
-    tu_check_against_reference(&d, 12, 1.0f, 1e-5, 1e-4);
 }
 END_TEST
 
@@ -680,26 +698,62 @@ static void remove_file(const char *dir, const char *name)
     unlink(path);
 }
 
-/* Broken kernel directories (beyond test_api.c's): a missing directory, an #error in the
- * common header, a source without the kernel. Each gives a status and a message; afterwards
- * the same context builds the embedded sources and computes correctly. */
+/* DIPOLE_KERNEL_DIR, read when a context is created: a missing directory, a broken header, a
+ * file without the kernel and an empty file each fail with a clear status; then the real
+ * sources, put in the same directory, build and compute correctly in the same context (no
+ * failed build stayed cached under its key). */
+static dipole_ctx *ctx_with_kernel_dir(const char *dir)
+{
+    setenv("DIPOLE_KERNEL_DIR", dir, 1);
+    dipole_ctx *ctx;
+    ck_assert_int_eq(dipole_ctx_create(&ctx, NULL), DIPOLE_SUCCESS);
+    unsetenv("DIPOLE_KERNEL_DIR");
+    return ctx;
+}
+
+/* Copies every kernel source of the tree into dir. */
+static void copy_kernel_sources(const char *dir)
+{
+    DIR *src = opendir(DIPOLE_SOURCE_CL_DIR);
+    ck_assert_ptr_nonnull(src);
+    int copied = 0;
+    for (struct dirent *e; (e = readdir(src));) {
+        const size_t n = strlen(e->d_name);
+        if (n < 4 || strcmp(e->d_name + n - 3, ".cl") != 0)
+            continue;
+        char path[1024];
+        snprintf(path, sizeof path, "%s/%s", DIPOLE_SOURCE_CL_DIR, e->d_name);
+        FILE *f = fopen(path, "rb");
+        ck_assert_ptr_nonnull(f);
+        fseek(f, 0, SEEK_END);
+        const long len = ftell(f);
+        fseek(f, 0, SEEK_SET);
+        char *text = calloc((size_t)len + 1, 1);
+        ck_assert(text && fread(text, 1, (size_t)len, f) == (size_t)len);
+        fclose(f);
+        write_file(dir, e->d_name, text);
+        free(text);
+        copied++;
+    }
+    closedir(src);
+    ck_assert_int_ge(copied, 2);
+}
+
 START_TEST(test_broken_kernel_dirs)
 {
     tu_ctx();
     /* The disk cache stays on: broken sources hash to their own keys, and a failed build
      * stores nothing. */
-    dipole_ctx *ctx;
-    ck_assert_int_eq(dipole_ctx_create(&ctx, NULL), DIPOLE_SUCCESS);
     dipole_attn_desc d = base_desc();
     dipole_plan plan;
-
-    setenv("DIPOLE_KERNEL_DIR", "/nonexistent/dipole-kernels", 1);
+    dipole_ctx *ctx = ctx_with_kernel_dir("/nonexistent/dipole-kernels");
     ck_assert_int_eq(dipole_attention_plan(ctx, &d, &plan), DIPOLE_ERR_KERNEL_SOURCE);
     ASSERT_MSG_HAS(dipole_ctx_last_error(ctx), "/nonexistent/dipole-kernels/dipole_common.cl");
+    dipole_ctx_destroy(ctx);
 
     char dir[] = "/tmp/dipole-kdir2-XXXXXX";
     ck_assert_ptr_nonnull(mkdtemp(dir));
-    setenv("DIPOLE_KERNEL_DIR", dir, 1);
+    ctx = ctx_with_kernel_dir(dir);
     /* Both forward layouts' files: the plan picks one by device type. */
     write_file(dir, "dipole_common.cl", "#error \"dipole-broken-header\"\n");
     write_file(dir, "dipole_fwd.cl", "__kernel void dipole_fwd(void) {}\n");
@@ -720,12 +774,8 @@ START_TEST(test_broken_kernel_dirs)
     write_file(dir, "dipole_fwd_cpu.cl", "");
     ck_assert_int_ne(dipole_attention_plan(ctx, &d, &plan), DIPOLE_SUCCESS);
 
-    unsetenv("DIPOLE_KERNEL_DIR");
-    remove_file(dir, "dipole_common.cl");
-    remove_file(dir, "dipole_fwd.cl");
-    remove_file(dir, "dipole_fwd_cpu.cl");
-    rmdir(dir);
     /* The failures left nothing behind in the context. */
+    copy_kernel_sources(dir);
     const size_t nq = tu_q_elems(&d), nk = tu_kv_elems(&d);
     float *q = tu_random(nq, 1, 1), *k = tu_random(nk, 2, 1), *v = tu_random(nk, 3, 1);
     float *out = malloc(nq * 4), *ref = malloc(nq * 4);
@@ -734,6 +784,42 @@ START_TEST(test_broken_kernel_dirs)
     ck_assert(tu_compare(out, ref, nq, 1e-5, 1e-4).worst_ratio <= 1);
     free(q), free(k), free(v), free(out), free(ref);
     dipole_ctx_destroy(ctx);
+    DIR *left = opendir(dir);
+    ck_assert_ptr_nonnull(left);
+    for (struct dirent *e; (e = readdir(left));)
+        if (e->d_name[0] != '.')
+            remove_file(dir, e->d_name);
+    closedir(left);
+    rmdir(dir);
+}
+END_TEST
+
+/* Settings are read once, when a context is created: a later change of the environment moves
+ * neither that context nor its plans; a context created after it follows the change. */
+START_TEST(test_settings_read_once)
+{
+    tu_ctx();
+    dipole_attn_desc d = base_desc();
+    dipole_plan plan;
+    dipole_ctx *before;
+    ck_assert_int_eq(dipole_ctx_create(&before, NULL), DIPOLE_SUCCESS);
+    const size_t limit = dipole_ctx_workspace_limit(before);
+    setenv("DIPOLE_PATH", "gemm", 1);
+    setenv("DIPOLE_WORKSPACE_MB", "7", 1);
+    setenv("DIPOLE_KERNEL_DIR", "/nonexistent/dipole-kernels", 1);
+    ck_assert_int_eq(dipole_attention_plan(before, &d, &plan), DIPOLE_SUCCESS);
+    ck_assert_int_eq(plan.path, DIPOLE_PATH_TILED);
+    ck_assert_uint_eq(dipole_ctx_workspace_limit(before), limit);
+    unsetenv("DIPOLE_KERNEL_DIR");
+    dipole_ctx *after;
+    ck_assert_int_eq(dipole_ctx_create(&after, NULL), DIPOLE_SUCCESS);
+    unsetenv("DIPOLE_PATH");
+    unsetenv("DIPOLE_WORKSPACE_MB");
+    ck_assert_int_eq(dipole_attention_plan(after, &d, &plan), DIPOLE_SUCCESS);
+    ck_assert_int_eq(plan.path, DIPOLE_PATH_GEMM);
+    ck_assert_uint_eq(dipole_ctx_workspace_limit(after), (size_t)7 << 20);
+    dipole_ctx_destroy(after);
+    dipole_ctx_destroy(before);
 }
 END_TEST
 
@@ -792,6 +878,7 @@ Suite *hardening_suite(void)
     tcase_set_tags(td, "many-kernels"); /* left out under valgrind: see tests/meson.build */
     tcase_set_timeout(td, 600);
     tcase_add_test(td, test_edge_shapes);
+    tcase_add_test(td, test_auto_beyond_tiled_range);
     tcase_add_test(td, test_nan_propagates_to_exactly_the_rows_it_touches);
     tcase_add_test(td, test_infinite_scores_stay_in_their_rows);
     tcase_add_test(td, test_large_scores);
@@ -806,6 +893,7 @@ Suite *hardening_suite(void)
     tcase_set_timeout(te, 600);
     tcase_add_test(te, test_broken_kernel_dirs);
     tcase_add_test(te, test_garbage_environment);
+    tcase_add_test(te, test_settings_read_once);
     suite_add_tcase(s, te);
     return s;
 }

@@ -27,6 +27,7 @@ START_TEST(test_small_sweep)
     };
     for (size_t b = 0; b < sizeof blocks / sizeof blocks[0]; b++) {
         setenv("DIPOLE_TILE_CONFIG", blocks[b].config, 1);
+        tu_ctx_release(); /* the next context reads the setting */
         for (int variant = 0; variant < 4; variant++)
             for (int mask = 0; mask < 4; mask++) {
                 dipole_attn_desc d;
@@ -48,6 +49,7 @@ START_TEST(test_small_sweep)
             }
     }
     unsetenv("DIPOLE_TILE_CONFIG");
+    tu_ctx_release();
 }
 END_TEST
 
@@ -78,6 +80,7 @@ START_TEST(test_backward_sweep)
         setenv("DIPOLE_TILE_CONFIG", layouts[l], 1);
         setenv("DIPOLE_BWD_BLOCK_M", "4", 1);
         setenv("DIPOLE_BWD_BLOCK_N", "8", 1);
+        tu_ctx_release();
         for (int variant = 0; variant < 3; variant++)
             for (int mask = 0; mask < 4; mask++) {
                 dipole_attn_desc d;
@@ -149,6 +152,7 @@ START_TEST(test_backward_sweep)
     unsetenv("DIPOLE_TILE_CONFIG");
     unsetenv("DIPOLE_BWD_BLOCK_M");
     unsetenv("DIPOLE_BWD_BLOCK_N");
+    tu_ctx_release();
 }
 END_TEST
 

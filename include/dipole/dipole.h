@@ -17,6 +17,9 @@
  * carrying the kernel build log — is kept on the context (dipole_ctx_last_error) and on the
  * calling thread (dipole_thread_last_error, also for calls without a context).
  *
+ * Settings: the DIPOLE_* environment variables are read once, when a context is created; later
+ * changes of the environment do not reach an existing context.
+ *
  * Threads: a dipole_ctx may be used from several threads; calls on one context are serialised
  * by a lock inside it. Different contexts are independent.
  */
@@ -155,6 +158,11 @@ DIPOLE_API cl_device_id dipole_ctx_device(const dipole_ctx *ctx);
 
 /* "platform name / device name" of the context's device. */
 DIPOLE_API const char *dipole_ctx_device_name(const dipole_ctx *ctx);
+
+/* The directory of the context's on-disk cache (compiled kernels, tuned configurations), or ""
+ * when the cache is off or unusable. Chosen when the context is created: env DIPOLE_CACHE_DIR
+ * ("off" turns it off), else $XDG_CACHE_HOME/dipole, else $HOME/.cache/dipole. */
+DIPOLE_API const char *dipole_ctx_cache_dir(const dipole_ctx *ctx);
 
 /* Receives diagnostics (one line each, no newline): cache misses, path choices, failures.
  * NULL turns logging off (the default). Also enabled to stderr by env DIPOLE_LOG=1.

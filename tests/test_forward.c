@@ -14,6 +14,14 @@
 
 static const int head_dims[] = {1, 8, 16, 24, 32, 64, 80, 96, 128, 256};
 #define N_HEAD_DIMS (int)(sizeof head_dims / sizeof head_dims[0])
+/* By class (indices into head_dims): below any vector width (1), a multiple of 8 but not of 16
+ * (24), a multiple of 16 that is no power of two (80), the common power of two (128), the
+ * largest (256); 64 runs every shape in test_all_shapes_d64. A class sweep runs exactly the
+ * cases (shapes, seeds) the whole sweep runs at those head dims. */
+static const int class_dims[] = {0, 3, 6, 8, 9};
+static const int all_dims[] = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9};
+static const int *swept = all_dims;
+static int n_swept = N_HEAD_DIMS;
 
 typedef struct shape {
     int batch, heads_q, heads_kv, seq_q, seq_k;
@@ -70,13 +78,14 @@ static void run_shape(dipole_variant variant, int head_dim, int causal, const sh
  * meets every variant and many head dims. */
 START_TEST(test_matrix)
 {
-    const int variant = _i / (N_HEAD_DIMS * 2);
-    const int hd = (_i / 2) % N_HEAD_DIMS;
+    const int variant = _i / (n_swept * 2);
+    const int hd = swept[(_i / 2) % n_swept];
     const int causal = _i % 2;
+    const int whole_i = (variant * N_HEAD_DIMS + hd) * 2 + causal; /* _i of the whole sweep */
     for (int s = 0; s < N_SHAPES; s++)
         if ((s + hd + variant) % 3 == 0)
             run_shape((dipole_variant)variant, head_dims[hd], causal, &shapes[s],
-                      (uint64_t)(_i * 100 + s));
+                      (uint64_t)(whole_i * 100 + s));
 }
 END_TEST
 
@@ -208,9 +217,13 @@ END_TEST
 Suite *forward_suite(void)
 {
     Suite *s = suite_create("forward");
+    if (tu_sweep_classes()) {
+        swept = class_dims;
+        n_swept = (int)(sizeof class_dims / sizeof class_dims[0]);
+    }
     TCase *tc = tcase_create("tiled");
     tcase_set_timeout(tc, 1800);
-    tcase_add_loop_test(tc, test_matrix, 0, 4 * N_HEAD_DIMS * 2);
+    tcase_add_loop_test(tc, test_matrix, 0, 4 * n_swept * 2);
     tcase_add_loop_test(tc, test_all_shapes_d64, 0, 4 * 2);
     tcase_add_test(tc, test_exact_zero_scores);
     tcase_add_loop_test(tc, test_large_scores, 0, 4);

@@ -3,6 +3,7 @@
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 static dipole_ctx *shared_ctx;
 
@@ -21,6 +22,12 @@ dipole_ctx *tu_ctx(void)
         exit(1);
     }
     return shared_ctx;
+}
+
+bool tu_sweep_classes(void)
+{
+    const char *e = getenv("DIPOLE_TEST_SWEEP");
+    return e && !strcmp(e, "classes");
 }
 
 void tu_ctx_release(void)

@@ -3,6 +3,7 @@
 #define DIPOLE_TESTUTIL_H
 
 #include <check.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -11,6 +12,11 @@
 /* The context every device test uses; created once. Exits 77 (skipped) without a device. */
 dipole_ctx *tu_ctx(void);
 void tu_ctx_release(void);
+
+/* DIPOLE_TEST_SWEEP=classes: a suite covers head dims by class instead of every value, which
+ * spares the kernel builds (each head dim is its own program). The plain `forward` suite keeps
+ * the whole sweep; tests/meson.build sets classes where a layout or checker runs it again. */
+bool tu_sweep_classes(void);
 
 /* Deterministic inputs: normal(0, 1) * mult from a seeded generator. */
 float *tu_random(size_t n, uint64_t seed, float mult);

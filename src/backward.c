@@ -204,17 +204,10 @@ dipole_status dipole_attention_backward_host(dipole_ctx *ctx, const dipole_attn_
     dipole_status st = dp_problem_init(ctx, desc, &p);
     if (st != DIPOLE_SUCCESS)
         goto unlock;
-    if (!q || !k || !v || !dout || !dq || !dk || !dv || (p.reads_v2 && (!v2 || !dv2))) {
+    const char *missing = dp_bwd_host_missing(&p, q, k, v, v2, dout, dq, dk, dv, dv2);
+    if (missing) {
         st = dp_fail(ctx, DIPOLE_ERR_INVALID_ARG, "dipole_attention_backward_host: %s is NULL",
-                     !q      ? "q"
-                     : !k    ? "k"
-                     : !v    ? "v"
-                     : !dout ? "dout"
-                     : !dq   ? "dq"
-                     : !dk   ? "dk"
-                     : !dv   ? "dv"
-                     : !v2   ? "v2 (the variant reads it)"
-                             : "dv2 (the variant reads v2)");
+                     missing);
         goto unlock;
     }
     if (dp_requested_path(ctx, &p) == DIPOLE_PATH_TILED && p.d.head_dim > DP_BWD_MAX_HEAD_DIM) {

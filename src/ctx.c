@@ -13,8 +13,8 @@ static void stderr_log(void *user, const char *message)
     fprintf(stderr, "dipole: %s\n", message);
 }
 
-/* Shared tail of both constructors: properties, label, what the settings ask for. */
-static dipole_status ctx_finish(dipole_ctx *ctx)
+/* Properties, label, what the settings ask for. */
+static dipole_status ctx_setup(dipole_ctx *ctx)
 {
     dipole_status st = dp_query_props(ctx->platform, ctx->device, &ctx->props);
     if (st != DIPOLE_SUCCESS)
@@ -37,6 +37,19 @@ static dipole_status ctx_finish(dipole_ctx *ctx)
         ctx->log_fn = stderr_log;
     dp_cache_dir_init(ctx);
     dp_tuned_config_load(ctx);
+    return DIPOLE_SUCCESS;
+}
+
+/* Shared tail of both constructors: set up, then the context is the caller's (*out), or
+ * destroyed. */
+static dipole_status ctx_finish(dipole_ctx *ctx, dipole_ctx **out)
+{
+    dipole_status st = ctx_setup(ctx);
+    if (st != DIPOLE_SUCCESS) {
+        dipole_ctx_destroy(ctx);
+        return st;
+    }
+    *out = ctx;
     return DIPOLE_SUCCESS;
 }
 
@@ -91,11 +104,7 @@ dipole_status dipole_ctx_create(dipole_ctx **out, const char *device_selector)
             goto fail;
         }
     }
-    st = ctx_finish(ctx);
-    if (st != DIPOLE_SUCCESS)
-        goto fail;
-    *out = ctx;
-    return DIPOLE_SUCCESS;
+    return ctx_finish(ctx, out);
 fail:
     dipole_ctx_destroy(ctx);
     return st;
@@ -126,11 +135,7 @@ dipole_status dipole_ctx_create_from_queue(dipole_ctx **out, cl_command_queue qu
     clRetainContext(ctx->context);
     clRetainCommandQueue(queue);
     ctx->queue = queue;
-    st = ctx_finish(ctx);
-    if (st != DIPOLE_SUCCESS)
-        goto fail;
-    *out = ctx;
-    return DIPOLE_SUCCESS;
+    return ctx_finish(ctx, out);
 fail:
     dipole_ctx_destroy(ctx);
     return st;

@@ -191,3 +191,23 @@ bool dp_tensor_self_overlaps(const dipole_tensor *t, int batch, int seq, int hea
     }
     return false;
 }
+
+const char *dp_bwd_host_missing(const dp_problem *p, const void *q, const void *k, const void *v,
+                                const void *v2, const void *dout, const void *dq, const void *dk,
+                                const void *dv, const void *dv2)
+{
+    const struct {
+        const void *ptr;
+        bool needed;
+        const char *name;
+    } arrays[] = {
+        {q, true, "q"},   {k, true, "k"},   {v, true, "v"},
+        {dout, true, "dout"}, {dq, true, "dq"}, {dk, true, "dk"},
+        {dv, true, "dv"}, {v2, p->reads_v2, "v2 (the variant reads it)"},
+        {dv2, p->reads_v2, "dv2 (the variant reads v2)"},
+    };
+    for (size_t i = 0; i < sizeof arrays / sizeof arrays[0]; i++)
+        if (arrays[i].needed && !arrays[i].ptr)
+            return arrays[i].name;
+    return NULL;
+}

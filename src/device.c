@@ -181,7 +181,6 @@ dipole_status dp_query_props(cl_platform_id platform, cl_device_id device, dp_de
         size_t size;
     } q[] = {
         {CL_DEVICE_MAX_COMPUTE_UNITS, &p->compute_units, sizeof p->compute_units},
-        {CL_DEVICE_MAX_CLOCK_FREQUENCY, &p->clock_mhz, sizeof p->clock_mhz},
         {CL_DEVICE_LOCAL_MEM_SIZE, &p->local_mem, sizeof p->local_mem},
         {CL_DEVICE_GLOBAL_MEM_SIZE, &p->global_mem, sizeof p->global_mem},
         {CL_DEVICE_MAX_MEM_ALLOC_SIZE, &p->max_alloc, sizeof p->max_alloc},
@@ -194,15 +193,5 @@ dipole_status dp_query_props(cl_platform_id platform, cl_device_id device, dp_de
             return dp_cl_fail(NULL, err, "clGetDeviceInfo");
     }
     p->local_mem_is_global = lmt == CL_GLOBAL;
-    size_t ext_len = 0;
-    if (clGetDeviceInfo(device, CL_DEVICE_EXTENSIONS, 0, NULL, &ext_len) == CL_SUCCESS && ext_len) {
-        char *ext = malloc(ext_len + 1);
-        if (ext && clGetDeviceInfo(device, CL_DEVICE_EXTENSIONS, ext_len, ext, NULL) == CL_SUCCESS) {
-            ext[ext_len] = '\0';
-            p->has_fp64 = strstr(ext, "cl_khr_fp64") != NULL;
-            p->has_fp16 = strstr(ext, "cl_khr_fp16") != NULL;
-        }
-        free(ext);
-    }
     return DIPOLE_SUCCESS;
 }

@@ -16,7 +16,8 @@
 #define DP_PRINTF(a, b)
 #endif
 
-/* What the runtime needs to know about a device, queried once at context creation. */
+/* What the runtime needs to know about a device, queried once at context creation; every field
+ * is read somewhere (a new one comes with its first reader). */
 typedef struct dp_device_props {
     cl_device_type type;
     char name[256];
@@ -26,14 +27,11 @@ typedef struct dp_device_props {
     char driver_version[256];
     char device_version[256];
     cl_uint compute_units;
-    cl_uint clock_mhz;
     cl_ulong local_mem;
     cl_ulong global_mem;
     cl_ulong max_alloc;
     size_t max_work_group;
     bool local_mem_is_global; /* CL_GLOBAL local memory: CPUs emulate it */
-    bool has_fp64;
-    bool has_fp16;
     bool profiling;           /* the context's queue records profiling timestamps */
 } dp_device_props;
 
@@ -106,6 +104,11 @@ typedef struct dp_problem {
 } dp_problem;
 /* Validates desc (message via dp_fail on ctx, which may be NULL) and resolves defaults. */
 dipole_status dp_problem_init(dipole_ctx *ctx, const dipole_attn_desc *desc, dp_problem *p);
+/* The name of the first missing host array of a backward call (v2 and dv2 count only where
+ * the variant reads v2), or NULL when none is missing. */
+const char *dp_bwd_host_missing(const dp_problem *p, const void *q, const void *k, const void *v,
+                                const void *v2, const void *dout, const void *dq, const void *dk,
+                                const void *dv, const void *dv2);
 /* Checks that a device tensor holds [batch, seq, heads, head_dim] inside its buffer. */
 dipole_status dp_check_tensor(dipole_ctx *ctx, const char *name, const dipole_tensor *t,
                               int batch, int seq, int heads, int head_dim);

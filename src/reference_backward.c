@@ -49,17 +49,10 @@ dipole_status dipole_reference_backward(const dipole_attn_desc *desc, const floa
     dipole_status st = dp_problem_init(NULL, desc, &p);
     if (st != DIPOLE_SUCCESS)
         return st;
-    if (!q || !k || !v || !dout || !dq || !dk || !dv || (p.reads_v2 && (!v2 || !dv2)))
+    const char *missing = dp_bwd_host_missing(&p, q, k, v, v2, dout, dq, dk, dv, dv2);
+    if (missing)
         return dp_fail(NULL, DIPOLE_ERR_INVALID_ARG, "dipole_reference_backward: %s is NULL",
-                       !q      ? "q"
-                       : !k    ? "k"
-                       : !v    ? "v"
-                       : !dout ? "dout"
-                       : !dq   ? "dq"
-                       : !dk   ? "dk"
-                       : !dv   ? "dv"
-                       : !v2   ? "v2 (the variant reads it)"
-                               : "dv2 (the variant reads v2)");
+                       missing);
     const dipole_variant var = p.d.variant;
     const int B = p.d.batch, Hq = p.d.heads_q, Hkv = p.d.heads_kv, Nq = p.d.seq_q,
               Nk = p.d.seq_k, D = p.d.head_dim, NP = p.npoles;

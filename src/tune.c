@@ -46,17 +46,23 @@ void dp_tuned_config_load(dipole_ctx *ctx)
     fclose(f);
 }
 
+/* NULL or "" (no configuration) passes; anything else must parse. */
+static dipole_status check_config(dipole_ctx *ctx, const char *config)
+{
+    char why[160];
+    if (config && *config && dp_tile_config_check(config, why, sizeof why) != DIPOLE_SUCCESS)
+        return dp_fail(ctx, DIPOLE_ERR_INVALID_ARG, "tile config \"%s\": %s", config, why);
+    return DIPOLE_SUCCESS;
+}
+
 dipole_status dipole_ctx_set_tile_config(dipole_ctx *ctx, const char *config)
 {
     if (!ctx)
         return dp_fail(NULL, DIPOLE_ERR_INVALID_ARG, "dipole_ctx_set_tile_config: ctx is NULL");
     pthread_mutex_lock(&ctx->lock);
     dp_clear_error(ctx);
-    dipole_status st = DIPOLE_SUCCESS;
-    char why[160];
-    if (config && *config && dp_tile_config_check(config, why, sizeof why) != DIPOLE_SUCCESS)
-        st = dp_fail(ctx, DIPOLE_ERR_INVALID_ARG, "tile config \"%s\": %s", config, why);
-    else
+    dipole_status st = check_config(ctx, config);
+    if (st == DIPOLE_SUCCESS)
         snprintf(ctx->tile_config, sizeof ctx->tile_config, "%s", config ? config : "");
     pthread_mutex_unlock(&ctx->lock);
     return st;
@@ -68,12 +74,10 @@ dipole_status dipole_ctx_save_tuned_config(dipole_ctx *ctx, const char *config)
         return dp_fail(NULL, DIPOLE_ERR_INVALID_ARG, "dipole_ctx_save_tuned_config: ctx is NULL");
     pthread_mutex_lock(&ctx->lock);
     dp_clear_error(ctx);
-    dipole_status st = DIPOLE_SUCCESS;
-    char why[160], path[1200], tmp[1200];
-    if (config && *config && dp_tile_config_check(config, why, sizeof why) != DIPOLE_SUCCESS) {
-        st = dp_fail(ctx, DIPOLE_ERR_INVALID_ARG, "tile config \"%s\": %s", config, why);
+    char path[1200], tmp[1200];
+    dipole_status st = check_config(ctx, config);
+    if (st != DIPOLE_SUCCESS)
         goto done;
-    }
     if (!ctx->cache_dir[0]) {
         st = dp_fail(ctx, DIPOLE_ERR_UNSUPPORTED,
                      "the cache directory is off or unusable; nowhere to save a tuned config");

@@ -145,6 +145,45 @@ START_TEST(test_null_arguments)
 }
 END_TEST
 
+/* The backward's host twin and reference name the first missing array (v2 and dv2 count only
+ * where the variant reads v2), before any work: no gradient is written. */
+START_TEST(test_backward_missing_arrays)
+{
+    dipole_ctx *ctx = tu_ctx();
+    static const char *const names[] = {"q", "k", "v", "v2", "dout", "dq", "dk", "dv", "dv2"};
+    enum { N = sizeof names / sizeof names[0] };
+    float a[N][1024];
+    for (int variant = 0; variant < 4; variant++)
+        for (int miss = 0; miss < N; miss++) {
+            dipole_attn_desc d = base_desc();
+            d.variant = (dipole_variant)variant;
+            const bool reads_v2 = variant == DIPOLE_ROUTED || variant == DIPOLE_TWO_POLE;
+            if (!reads_v2 && (miss == 3 || miss == 8))
+                continue; /* allowed: the backward suites run such calls */
+            float *p[N];
+            for (int i = 0; i < N; i++) {
+                for (int x = 0; x < 1024; x++)
+                    a[i][x] = 0.25f;
+                p[i] = i == miss ? NULL : a[i];
+            }
+            dipole_status st = dipole_attention_backward_host(ctx, &d, p[0], p[1], p[2], p[3],
+                                                              p[4], p[5], p[6], p[7], p[8],
+                                                              NULL, NULL);
+            dipole_status rst = dipole_reference_backward(&d, p[0], p[1], p[2], p[3], p[4], p[5],
+                                                          p[6], p[7], p[8], NULL, NULL);
+            char want[32];
+            snprintf(want, sizeof want, ": %s", names[miss]);
+            ck_assert_int_eq(st, DIPOLE_ERR_INVALID_ARG);
+            ASSERT_MSG_HAS(dipole_ctx_last_error(ctx), want);
+            ck_assert_int_eq(rst, DIPOLE_ERR_INVALID_ARG);
+            ASSERT_MSG_HAS(dipole_thread_last_error(), want);
+            for (int i = 5; i < N; i++) /* the gradients */
+                if (p[i])
+                    ck_assert(a[i][0] == 0.25f && a[i][1023] == 0.25f);
+        }
+}
+END_TEST
+
 /* A forced path that cannot serve the shape says so; the context is unharmed. */
 START_TEST(test_forced_path_beyond_its_range)
 {
@@ -869,6 +908,7 @@ Suite *hardening_suite(void)
     tcase_set_timeout(tc, 600);
     tcase_add_test(tc, test_desc_fields_name_field_and_value);
     tcase_add_test(tc, test_null_arguments);
+    tcase_add_test(tc, test_backward_missing_arrays);
     tcase_add_test(tc, test_forced_path_beyond_its_range);
     tcase_add_test(tc, test_bad_tensors);
     tcase_add_test(tc, test_selector_forms);

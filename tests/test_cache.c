@@ -202,6 +202,62 @@ START_TEST(test_tile_config_overrides)
 }
 END_TEST
 
+/* dipole_ctx_cache_dir names the directory a context chose: DIPOLE_CACHE_DIR, else
+ * $XDG_CACHE_HOME/dipole, else $HOME/.cache/dipole; "" when off, unusable or too long for a
+ * path (and the context still computes, uncached). */
+static void expect_cache_dir(const char *want)
+{
+    dipole_ctx *ctx;
+    ck_assert_int_eq(dipole_ctx_create(&ctx, NULL), DIPOLE_SUCCESS);
+    ck_assert_str_eq(dipole_ctx_cache_dir(ctx), want);
+    dipole_ctx_destroy(ctx);
+}
+
+START_TEST(test_cache_dir_rule)
+{
+    tu_ctx();
+    char dir[] = "/tmp/dipole-rule-XXXXXX";
+    ck_assert_ptr_nonnull(mkdtemp(dir));
+    char *saved_xdg = getenv("XDG_CACHE_HOME") ? strdup(getenv("XDG_CACHE_HOME")) : NULL;
+    char *saved_home = getenv("HOME") ? strdup(getenv("HOME")) : NULL;
+    char want[700];
+    setenv("DIPOLE_CACHE_DIR", dir, 1);
+    expect_cache_dir(dir);
+    unsetenv("DIPOLE_CACHE_DIR");
+    setenv("XDG_CACHE_HOME", dir, 1);
+    snprintf(want, sizeof want, "%s/dipole", dir);
+    expect_cache_dir(want);
+    unsetenv("XDG_CACHE_HOME");
+    setenv("HOME", dir, 1);
+    snprintf(want, sizeof want, "%s/.cache/dipole", dir);
+    expect_cache_dir(want);
+    unsetenv("HOME");
+    expect_cache_dir(""); /* none of the three */
+    setenv("DIPOLE_CACHE_DIR", "off", 1);
+    expect_cache_dir("");
+    static char longdir[3000];
+    memset(longdir, 'a', sizeof longdir - 1);
+    longdir[0] = '/';
+    setenv("DIPOLE_CACHE_DIR", longdir, 1);
+    expect_cache_dir("");
+    log_counts c = run_fresh();
+    ck_assert_int_eq(c.hits, 0);
+    unsetenv("DIPOLE_CACHE_DIR");
+    if (saved_xdg)
+        setenv("XDG_CACHE_HOME", saved_xdg, 1);
+    if (saved_home)
+        setenv("HOME", saved_home, 1);
+    free(saved_xdg);
+    free(saved_home);
+    const char *made[] = {"dipole", ".cache/dipole", ".cache"}; /* by the contexts, empty */
+    for (size_t i = 0; i < sizeof made / sizeof made[0]; i++) {
+        snprintf(want, sizeof want, "%s/%s", dir, made[i]);
+        ck_assert_int_eq(rmdir(want), 0);
+    }
+    clean_dir(dir);
+}
+END_TEST
+
 Suite *cache_suite(void)
 {
     Suite *s = suite_create("cache");
@@ -210,6 +266,7 @@ Suite *cache_suite(void)
     tcase_add_test(tc, test_disk_cache_roundtrip_and_corruption);
     tcase_add_test(tc, test_disk_cache_off_and_unwritable);
     tcase_add_test(tc, test_tile_config_overrides);
+    tcase_add_test(tc, test_cache_dir_rule);
     suite_add_tcase(s, tc);
     return s;
 }

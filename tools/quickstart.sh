@@ -54,8 +54,9 @@ step() {
     echo "== $name: $((SECONDS - t0)) s" >&2
 }
 step "suites" meson test -C build --print-errorlogs
-# AddressSanitizer + UBSan (clang build) over every suite, then the fuzz harness for a bounded
-# time. The caches the first run filled spare the slow checkers most kernel builds.
+# AddressSanitizer + UBSan (clang build) over every suite but the large one (minutes of device
+# GEMMs whose host side the gemm suite's chunking cases cover), then the fuzz harness for a
+# bounded time. The caches the first run filled spare the slow checkers most kernel builds.
 if [ -d build-asan ]; then
     meson setup --reconfigure build-asan >/dev/null
 else
@@ -86,7 +87,7 @@ print(" ".join(crashed))
 PY
 }
 asan_suites() {
-    meson test -C build-asan --setup=sanitize --print-errorlogs --no-suite fuzz && return 0
+    meson test -C build-asan --setup=sanitize --print-errorlogs --no-suite fuzz --no-suite large && return 0
     local again
     again=$(lsan_crashed_only) && [ -n "$again" ] || return 1
     echo "LeakSanitizer's tracer crashed in: $again; running them once more" >&2

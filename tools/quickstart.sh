@@ -55,8 +55,8 @@ step() {
 }
 step "suites" meson test -C build --print-errorlogs
 # AddressSanitizer + UBSan (clang build) over every suite but the large one (minutes of device
-# GEMMs whose host side the gemm suite's chunking cases cover), then the fuzz harness for a
-# bounded time. The caches the first run filled spare the slow checkers most kernel builds.
+# GEMMs whose host side the gemm suite's chunking cases cover) and the install check (it links
+# a plain program against the library), then the fuzz harness for a bounded time. The caches the first run filled spare the slow checkers most kernel builds.
 if [ -d build-asan ]; then
     meson setup --reconfigure build-asan >/dev/null
 else
@@ -87,7 +87,8 @@ print(" ".join(crashed))
 PY
 }
 asan_suites() {
-    meson test -C build-asan --setup=sanitize --print-errorlogs --no-suite fuzz --no-suite large && return 0
+    meson test -C build-asan --setup=sanitize --print-errorlogs --no-suite fuzz --no-suite large \
+        --no-suite install && return 0
     local again
     again=$(lsan_crashed_only) && [ -n "$again" ] || return 1
     echo "LeakSanitizer's tracer crashed in: $again; running them once more" >&2

@@ -2,8 +2,8 @@
  * args.c (command line), grid.c (points to run), metrics.c (flops, bytes, ratios),
  * devices.c (listing and describing devices), timer.c (clocks and events), peak.c (device
  * ceilings), sweep.c (running points), validate.c (sampled rows against dipole_reference),
- * report_table.c / report_csv.c / report_json.c / plot.c (outputs), json.c (reading a saved
- * run), compare.c (--compare), main.c. */
+ * report_table.c / report_csv.c / report_json.c / plot.c (outputs), compare.c (--compare: a
+ * saved run read with jansson), main.c. */
 #ifndef DIPOLE_BENCH_H
 #define DIPOLE_BENCH_H
 
@@ -219,23 +219,6 @@ int bench_plot(const bench_run *run, const char *path, char *err, size_t cap);
 int bench_plot_script(FILE *f, const bench_run *run, const char *path);
 /* Prints each row's speed ratio to the matching row of a saved JSON run. Returns 0 or -1. */
 int bench_compare(FILE *f, const bench_run *run, const char *old_json, char *err, size_t cap);
-
-/* ---- json.c: a small reader for saved runs (--compare). */
-typedef enum bench_jtype { BENCH_JNULL, BENCH_JBOOL, BENCH_JNUM, BENCH_JSTR, BENCH_JARR,
-                           BENCH_JOBJ } bench_jtype;
-typedef struct bench_json {
-    bench_jtype type;
-    double num;                /* BENCH_JNUM; BENCH_JBOOL as 0/1 */
-    char *str;                 /* BENCH_JSTR */
-    int n;                     /* items of an array or object */
-    struct bench_json *items;
-    char **keys;               /* BENCH_JOBJ: keys[i] names items[i] */
-} bench_json;
-/* Parses a whole document. Returns NULL with a message (and byte offset) in err. */
-bench_json *bench_json_parse(const char *text, char *err, size_t cap);
-void bench_json_free(bench_json *j);
-/* The member of an object, or NULL. */
-const bench_json *bench_json_get(const bench_json *obj, const char *key);
 
 /* Unique key of a row for matching runs: "device|pass|variant|path|B|Hq|Hkv|Nq|Nk|d|causal". */
 void bench_row_key(const char *device_label, const bench_point *p, char *buf, size_t cap);

@@ -4,50 +4,21 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <jansson.h>
+
 #include "bench.h"
 
-static char *slurp(const char *path, char *err, size_t cap)
+/* A member's number (true counts as 1), or NaN where it is missing or of another type. */
+static double num(const json_t *o, const char *k)
 {
-    FILE *f = fopen(path, "rb");
-    if (!f) {
-        snprintf(err, cap, "--compare: cannot open %s", path);
-        return NULL;
-    }
-    size_t n = 0, size = 1 << 16;
-    char *text = malloc(size);
-    while (text) {
-        n += fread(text + n, 1, size - n - 1, f);
-        if (n < size - 1)
-            break;
-        char *grown = realloc(text, size *= 2);
-        if (!grown) {
-            free(text);
-            text = NULL;
-        } else {
-            text = grown;
-        }
-    }
-    const bool bad = ferror(f);
-    fclose(f);
-    if (!text || bad) {
-        free(text);
-        snprintf(err, cap, "--compare: cannot read %s", path);
-        return NULL;
-    }
-    text[n] = '\0';
-    return text;
+    const json_t *v = json_object_get(o, k);
+    return json_is_number(v) ? json_number_value(v) : json_is_boolean(v) ? json_is_true(v) : NAN;
 }
 
-static double num(const bench_json *o, const char *k)
+static const char *str(const json_t *o, const char *k)
 {
-    const bench_json *v = bench_json_get(o, k);
-    return v && (v->type == BENCH_JNUM || v->type == BENCH_JBOOL) ? v->num : NAN;
-}
-
-static const char *str(const bench_json *o, const char *k)
-{
-    const bench_json *v = bench_json_get(o, k);
-    return v && v->type == BENCH_JSTR ? v->str : "";
+    const char *s = json_string_value(json_object_get(o, k));
+    return s ? s : "";
 }
 
 static int name_index(const char *s, const char *const names[], int n)
@@ -59,7 +30,7 @@ static int name_index(const char *s, const char *const names[], int n)
 }
 
 /* Rebuilds a saved row's point; false if the row is not ok or malformed. */
-static bool old_point(const bench_json *row, bench_point *p)
+static bool old_point(const json_t *row, bench_point *p)
 {
     static const char *const variants[] = {"softmax", "signexp", "routed", "two_pole"};
     static const char *const paths[] = {"auto", "tiled", "gemm"};
@@ -83,38 +54,46 @@ static bool old_point(const bench_json *row, bench_point *p)
 
 int bench_compare(FILE *f, const bench_run *run, const char *old_json, char *err, size_t cap)
 {
-    char *text = slurp(old_json, err, cap);
-    if (!text)
-        return -1;
-    bench_json *doc = bench_json_parse(text, err, cap);
-    free(text);
-    if (!doc)
-        return -1;
-    const bench_json *devs = bench_json_get(doc, "devices"), *rows = bench_json_get(doc, "rows");
-    if (num(doc, "format_version") != BENCH_FORMAT_VERSION || !devs || devs->type != BENCH_JARR ||
-        !rows || rows->type != BENCH_JARR) {
-        snprintf(err, cap, "--compare: %s is not a dipole-bench run of format version %d",
-                 old_json, BENCH_FORMAT_VERSION);
-        bench_json_free(doc);
+    FILE *in = fopen(old_json, "rb");
+    if (!in) {
+        snprintf(err, cap, "--compare: cannot open %s", old_json);
         return -1;
     }
+    json_error_t jerr;
+    json_t *doc = json_loadf(in, 0, &jerr);
+    fclose(in);
+    if (!doc) {
+        snprintf(err, cap, "--compare: %s: %s (line %d, column %d)", old_json, jerr.text,
+                 jerr.line, jerr.column);
+        return -1;
+    }
+    const json_t *devs = json_object_get(doc, "devices"), *rows = json_object_get(doc, "rows");
+    if (num(doc, "format_version") != BENCH_FORMAT_VERSION || !json_is_array(devs) ||
+        !json_is_array(rows)) {
+        snprintf(err, cap, "--compare: %s is not a dipole-bench run of format version %d",
+                 old_json, BENCH_FORMAT_VERSION);
+        json_decref(doc);
+        return -1;
+    }
+    const size_t nold = json_array_size(rows), ndev = json_array_size(devs);
     /* Old keys once, then each new row looks its key up. */
-    char (*keys)[768] = calloc((size_t)rows->n + 1, sizeof *keys);
-    double *old_ms = calloc((size_t)rows->n + 1, sizeof *old_ms);
+    char (*keys)[768] = calloc(nold + 1, sizeof *keys);
+    double *old_ms = calloc(nold + 1, sizeof *old_ms);
     if (!keys || !old_ms) {
         free(keys);
         free(old_ms);
-        bench_json_free(doc);
+        json_decref(doc);
         snprintf(err, cap, "--compare: out of memory");
         return -1;
     }
-    for (int i = 0; i < rows->n; i++) {
+    for (size_t i = 0; i < nold; i++) {
         bench_point p;
-        const int d = (int)num(&rows->items[i], "device");
-        if (!old_point(&rows->items[i], &p) || d < 0 || d >= devs->n)
+        const json_t *row = json_array_get(rows, i);
+        const double d = num(row, "device");
+        if (!old_point(row, &p) || !(d >= 0) || d >= (double)ndev)
             continue;
-        bench_row_key(str(&devs->items[d], "label"), &p, keys[i], sizeof keys[i]);
-        old_ms[i] = num(&rows->items[i], "median_ms");
+        bench_row_key(str(json_array_get(devs, (size_t)d), "label"), &p, keys[i], sizeof keys[i]);
+        old_ms[i] = num(row, "median_ms");
     }
     fprintf(f, "\ncompared with %s (ratio = old median / new median; > 1 is faster now)\n",
             old_json);
@@ -128,8 +107,8 @@ int bench_compare(FILE *f, const bench_run *run, const char *old_json, char *err
             continue;
         char key[768], bh[32];
         bench_row_key(run->dev[row->pt.device].label, &row->pt, key, sizeof key);
-        int i = 0;
-        while (i < rows->n && (!old_ms[i] || strcmp(keys[i], key) != 0))
+        size_t i = 0;
+        while (i < nold && (!old_ms[i] || strcmp(keys[i], key) != 0))
             i++;
         const bench_point *p = &row->pt;
         snprintf(bh, sizeof bh, "%dx%d:%d", p->batch, p->heads_q, p->heads_kv);
@@ -137,7 +116,7 @@ int bench_compare(FILE *f, const bench_run *run, const char *old_json, char *err
                 bench_pass_name(p->pass), dipole_variant_name(p->variant),
                 dipole_path_name(p->path), bh, p->seq_q, p->seq_k, p->head_dim,
                 p->causal ? "on" : "off");
-        if (i == rows->n) {
+        if (i == nold) {
             fprintf(f, "%10s %10.3f %7s\n", "-", row->median_ms, "new");
             unmatched++;
             continue;
@@ -155,6 +134,6 @@ int bench_compare(FILE *f, const bench_run *run, const char *old_json, char *err
     fprintf(f, "; %d row(s) without a counterpart\n", unmatched);
     free(keys);
     free(old_ms);
-    bench_json_free(doc);
+    json_decref(doc);
     return 0;
 }

@@ -15,7 +15,7 @@ bench | test) ;;
 esac
 
 packages=(build-essential meson ninja-build pkg-config python3 ocl-icd-opencl-dev opencl-headers
-    pocl-opencl-icd libclblast-dev check clinfo)
+    pocl-opencl-icd libclblast-dev check libjansson-dev clinfo)
 # The checkers that `test` runs after the suites: sanitizers and libFuzzer (clang), memcheck,
 # and the OpenCL simulator for the kernels.
 [ "$mode" = test ] && packages+=(clang-14 libclang-rt-14-dev valgrind oclgrind)

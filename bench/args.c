@@ -1,6 +1,7 @@
 /* dipole-bench's command line: flags into a bench_opts, and --help. */
 #include <ctype.h>
 #include <errno.h>
+#include <getopt.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
@@ -232,6 +233,40 @@ int bench_parse_args(int argc, char **argv, bench_opts *o, char *err, size_t cap
     static const char *const path_names[] = {"tiled", "gemm", "auto"};
     static const int path_values[] = {DIPOLE_PATH_TILED, DIPOLE_PATH_GEMM, DIPOLE_PATH_AUTO};
 
+    enum { O_HELP = 256, O_LIST, O_ALL, O_QUICK, O_BACKWARD, O_INJECT, O_TUNE, O_NO_PEAKS,
+           O_DEVICE, O_VARIANTS, O_HEAD_DIMS, O_SEQ, O_BH, O_CAUSAL, O_PATH, O_DECODE,
+           O_BUDGET, O_MAX_CALL, O_ROWS, O_ATOL, O_RTOL, O_TUNE_PRIOR, O_CSV, O_JSON, O_PLOT,
+           O_COMPARE };
+    static const struct option longopts[] = {
+        {"help", no_argument, NULL, O_HELP},
+        {"list", no_argument, NULL, O_LIST},
+        {"all", no_argument, NULL, O_ALL},
+        {"quick", no_argument, NULL, O_QUICK},
+        {"backward", no_argument, NULL, O_BACKWARD},
+        {"inject-error", no_argument, NULL, O_INJECT},
+        {"tune", no_argument, NULL, O_TUNE},
+        {"no-peaks", no_argument, NULL, O_NO_PEAKS},
+        {"device", required_argument, NULL, O_DEVICE},
+        {"variants", required_argument, NULL, O_VARIANTS},
+        {"head-dims", required_argument, NULL, O_HEAD_DIMS},
+        {"seq", required_argument, NULL, O_SEQ},
+        {"batch-heads", required_argument, NULL, O_BH},
+        {"causal", required_argument, NULL, O_CAUSAL},
+        {"path", required_argument, NULL, O_PATH},
+        {"decode", required_argument, NULL, O_DECODE},
+        {"budget-ms", required_argument, NULL, O_BUDGET},
+        {"max-call-ms", required_argument, NULL, O_MAX_CALL},
+        {"rows", required_argument, NULL, O_ROWS},
+        {"atol", required_argument, NULL, O_ATOL},
+        {"rtol", required_argument, NULL, O_RTOL},
+        {"tune-prior", required_argument, NULL, O_TUNE_PRIOR},
+        {"csv", required_argument, NULL, O_CSV},
+        {"json", required_argument, NULL, O_JSON},
+        {"plot", required_argument, NULL, O_PLOT},
+        {"compare", required_argument, NULL, O_COMPARE},
+        {NULL, 0, NULL, 0},
+    };
+
     memset(o, 0, sizeof *o);
     o->peaks = true;
     o->decode = true;
@@ -239,96 +274,93 @@ int bench_parse_args(int argc, char **argv, bench_opts *o, char *err, size_t cap
     o->atol = 5e-5;
     o->rtol = 5e-4;
     err[0] = '\0';
-    for (int i = 1; i < argc; i++) {
+    /* '+': stop at the first operand (there are none); ':': report a missing value ourselves.
+     * optind = 0 makes glibc start afresh, since the tests parse many command lines. */
+    opterr = 0;
+    optind = 0;
+    for (int c; (c = getopt_long(argc, argv, "+:", longopts, NULL)) != -1;) {
         char flag[64];
-        const char *a = argv[i], *val = NULL;
-        const char *eq = strchr(a, '=');
-        if (strncmp(a, "--", 2) != 0)
-            return fail(err, cap, "unexpected argument '%s' (see --help)", a);
-        if (eq) {
-            snprintf(flag, sizeof flag, "%.*s", (int)(eq - a), a);
-            val = eq + 1;
-        } else {
-            snprintf(flag, sizeof flag, "%s", a);
-        }
-        /* Flags without a value. */
-        bool *sw = !strcmp(flag, "--help")           ? &o->help
-                   : !strcmp(flag, "--list")         ? &o->list
-                   : !strcmp(flag, "--all")          ? &o->all
-                   : !strcmp(flag, "--quick")        ? &o->quick
-                   : !strcmp(flag, "--backward")     ? &o->backward
-                   : !strcmp(flag, "--inject-error") ? &o->inject_error
-                   : !strcmp(flag, "--tune")         ? &o->tune
-                                                     : NULL;
-        if (sw || !strcmp(flag, "--no-peaks")) {
-            if (val)
-                return fail(err, cap, "%s takes no value", flag);
-            if (sw)
-                *sw = true;
-            else
-                o->peaks = false;
-            continue;
-        }
-        if (!val) {
-            if (i + 1 >= argc)
-                return fail(err, cap, "%s needs a value", flag);
-            val = argv[++i];
-        }
+        const char *given = argv[optind - 1];
+        snprintf(flag, sizeof flag, "%.*s", (int)strcspn(given, "="), given);
+        const char *val = optarg;
         int rc = 0;
-        if (!strcmp(flag, "--device")) {
+        switch (c) {
+        case ':':
+            return fail(err, cap, "%s needs a value", flag);
+        case '?':
+            if (optopt >= O_HELP && optopt <= O_NO_PEAKS)
+                return fail(err, cap, "%s takes no value", flag);
+            return fail(err, cap, "unknown option '%s' (see --help)", flag);
+        case O_HELP: o->help = true; break;
+        case O_LIST: o->list = true; break;
+        case O_ALL: o->all = true; break;
+        case O_QUICK: o->quick = true; break;
+        case O_BACKWARD: o->backward = true; break;
+        case O_INJECT: o->inject_error = true; break;
+        case O_TUNE: o->tune = true; break;
+        case O_NO_PEAKS: o->peaks = false; break;
+        case O_DEVICE:
             if (o->ndevices == BENCH_MAX_DEVICES)
                 return fail(err, cap, "--device: at most %d devices", BENCH_MAX_DEVICES);
             if (!*val)
                 return fail(err, cap, "--device: empty selector");
             o->devices[o->ndevices++] = val;
-        } else if (!strcmp(flag, "--variants")) {
-            rc = parse_names(flag, val, variant_names, variant_values, 4, &o->variants, err, cap);
-        } else if (!strcmp(flag, "--head-dims")) {
-            rc = parse_ilist(flag, val, 1, 4096, &o->head_dims, err, cap);
-        } else if (!strcmp(flag, "--seq")) {
-            rc = parse_ilist(flag, val, 1, 1 << 22, &o->seqs, err, cap);
-        } else if (!strcmp(flag, "--batch-heads")) {
-            rc = parse_bh(val, &o->bh, err, cap);
-        } else if (!strcmp(flag, "--causal")) {
-            rc = parse_names(flag, val, causal_names, causal_values, 4, &o->causal, err, cap);
-        } else if (!strcmp(flag, "--path")) {
-            rc = parse_names(flag, val, path_names, path_values, 3, &o->paths, err, cap);
-        } else if (!strcmp(flag, "--decode")) {
-            rc = parse_onoff(flag, val, &o->decode, err, cap);
-        } else if (!strcmp(flag, "--budget-ms")) {
+            break;
+        case O_VARIANTS:
+            rc = parse_names("--variants", val, variant_names, variant_values, 4, &o->variants,
+                             err, cap);
+            break;
+        case O_HEAD_DIMS:
+            rc = parse_ilist("--head-dims", val, 1, 4096, &o->head_dims, err, cap);
+            break;
+        case O_SEQ: rc = parse_ilist("--seq", val, 1, 1 << 22, &o->seqs, err, cap); break;
+        case O_BH: rc = parse_bh(val, &o->bh, err, cap); break;
+        case O_CAUSAL:
+            rc = parse_names("--causal", val, causal_names, causal_values, 4, &o->causal, err,
+                             cap);
+            break;
+        case O_PATH:
+            rc = parse_names("--path", val, path_names, path_values, 3, &o->paths, err, cap);
+            break;
+        case O_DECODE: rc = parse_onoff("--decode", val, &o->decode, err, cap); break;
+        case O_BUDGET:
             if (!parse_double(val, 0.1, 1e6, &o->budget_ms))
                 return fail(err, cap, "--budget-ms: '%s' is not a number in [0.1, 1e6]", val);
             o->budget_set = true;
-        } else if (!strcmp(flag, "--max-call-ms")) {
+            break;
+        case O_MAX_CALL:
             if (!parse_double(val, 0.1, 1e8, &o->max_call_ms))
                 return fail(err, cap, "--max-call-ms: '%s' is not a number in [0.1, 1e8]", val);
             o->max_call_set = true;
-        } else if (!strcmp(flag, "--rows")) {
+            break;
+        case O_ROWS:
             if (!parse_int(val, 1, 4096, &o->sample_rows))
                 return fail(err, cap, "--rows: '%s' is not an integer in [1, 4096]", val);
-        } else if (!strcmp(flag, "--atol") || !strcmp(flag, "--rtol")) {
-            double *t = flag[2] == 'a' ? &o->atol : &o->rtol;
-            if (!parse_double(val, 0, 1e3, t))
-                return fail(err, cap, "%s: '%s' is not a number in [0, 1000]", flag, val);
-        } else if (!strcmp(flag, "--tune-prior")) {
+            break;
+        case O_ATOL:
+        case O_RTOL:
+            if (!parse_double(val, 0, 1e3, c == O_ATOL ? &o->atol : &o->rtol))
+                return fail(err, cap, "%s: '%s' is not a number in [0, 1000]",
+                            c == O_ATOL ? "--atol" : "--rtol", val);
+            break;
+        case O_TUNE_PRIOR:
             if (!*val)
                 return fail(err, cap, "--tune-prior: empty configuration");
             o->tune_prior = val;
-        } else if (!strcmp(flag, "--csv") || !strcmp(flag, "--json") ||
-                   !strcmp(flag, "--plot") || !strcmp(flag, "--compare")) {
+            break;
+        default: { /* the output files */
+            static const char *const names[] = {"--csv", "--json", "--plot", "--compare"};
+            const char **dst[] = {&o->csv, &o->json, &o->plot, &o->compare};
             if (!*val)
-                return fail(err, cap, "%s: empty file name", flag);
-            const char **dst = !strcmp(flag, "--csv")    ? &o->csv
-                               : !strcmp(flag, "--json") ? &o->json
-                               : !strcmp(flag, "--plot") ? &o->plot
-                                                         : &o->compare;
-            *dst = val;
-        } else {
-            return fail(err, cap, "unknown option '%s' (see --help)", flag);
+                return fail(err, cap, "%s: empty file name", names[c - O_CSV]);
+            *dst[c - O_CSV] = val;
+        }
         }
         if (rc)
             return rc;
     }
+    if (optind < argc)
+        return fail(err, cap, "unexpected argument '%s' (see --help)", argv[optind]);
     if (o->all && o->ndevices)
         return fail(err, cap, "--all and --device exclude each other");
     if (o->tune_prior && !o->tune)

@@ -193,17 +193,8 @@ dipole_status dipole_attention_host_lse(dipole_ctx *ctx, const dipole_attn_desc 
     for (int i = 0; i < 6 && st == DIPOLE_SUCCESS; i++) {
         if (!spec[i].wanted)
             continue;
-        cl_int err;
-        bufs[i] = clCreateBuffer(ctx->context,
-                                 spec[i].input ? CL_MEM_READ_ONLY | CL_MEM_COPY_HOST_PTR
-                                               : CL_MEM_READ_WRITE, /* the GEMM path reads out (beta = 1) */
-                                 spec[i].n * sizeof(float), spec[i].input ? (void *)spec[i].host : NULL,
-                                 &err);
-        if (err != CL_SUCCESS) {
-            char call[96];
-            snprintf(call, sizeof call, "clCreateBuffer(%zu bytes)", spec[i].n * sizeof(float));
-            st = dp_cl_fail(ctx, err, call);
-        }
+        st = dp_stage(ctx, spec[i].input ? spec[i].host : NULL, spec[i].n * sizeof(float),
+                      &bufs[i]); /* out is READ_WRITE: the GEMM path reads it (beta = 1) */
     }
     if (st != DIPOLE_SUCCESS)
         goto done;

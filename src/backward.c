@@ -243,17 +243,7 @@ dipole_status dipole_attention_backward_host(dipole_ctx *ctx, const dipole_attn_
     for (int i = 0; i < NBUF && st == DIPOLE_SUCCESS; i++) {
         if (!spec[i].wanted)
             continue;
-        cl_int err;
-        const cl_mem_flags flags = spec[i].host ? CL_MEM_READ_ONLY | CL_MEM_COPY_HOST_PTR
-                                                : CL_MEM_READ_WRITE;
-        bufs[i] = clCreateBuffer(ctx->context, flags, spec[i].n * sizeof(float),
-                                 (void *)spec[i].host, &err);
-        if (err != CL_SUCCESS) {
-            bufs[i] = NULL;
-            char call[96];
-            snprintf(call, sizeof call, "clCreateBuffer(%zu bytes)", spec[i].n * sizeof(float));
-            st = dp_cl_fail(ctx, err, call);
-        }
+        st = dp_stage(ctx, spec[i].host, spec[i].n * sizeof(float), &bufs[i]);
     }
     pthread_mutex_unlock(&ctx->lock);
     if (st != DIPOLE_SUCCESS)

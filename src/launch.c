@@ -86,6 +86,13 @@ dipole_status dp_launch(dipole_ctx *ctx, const dp_launch_args *l, cl_uint dims,
     dipole_status st = dp_launch_args_status(ctx, l);
     if (st != DIPOLE_SUCCESS)
         return st;
+    size_t items = 1;
+    for (cl_uint i = 0; local && i < dims; i++)
+        items *= local[i];
+    if (items > ctx->props.max_work_group)
+        return dp_fail(ctx, DIPOLE_ERR_UNSUPPORTED,
+                       "%s: a work-group of %zu work-items exceeds the device's %zu", l->name,
+                       items, ctx->props.max_work_group);
     const cl_int err =
         clEnqueueNDRangeKernel(ctx->queue, l->kernel, dims, NULL, global, local, 0, NULL, event);
     if (err == CL_SUCCESS)
@@ -188,6 +195,19 @@ dipole_status dp_upload(dipole_ctx *ctx, const void *host, size_t bytes, const c
         return dp_cl_fail(ctx, err, call);
     }
     return DIPOLE_SUCCESS;
+}
+
+dipole_status dp_stage(dipole_ctx *ctx, const void *host, size_t bytes, cl_mem *out)
+{
+    cl_int err;
+    const cl_mem_flags flags = host ? CL_MEM_READ_ONLY | CL_MEM_COPY_HOST_PTR : CL_MEM_READ_WRITE;
+    *out = clCreateBuffer(ctx->context, flags, bytes, (void *)host, &err);
+    if (err == CL_SUCCESS)
+        return DIPOLE_SUCCESS;
+    *out = NULL;
+    char call[96];
+    snprintf(call, sizeof call, "clCreateBuffer(%zu bytes)", bytes);
+    return dp_cl_fail(ctx, err, call);
 }
 
 dipole_status dp_call_buffers_upload(dipole_ctx *ctx, const dp_problem *p, dp_call_buffers *b)

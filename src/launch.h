@@ -77,6 +77,10 @@ dipole_status dp_scratch(dipole_ctx *ctx, size_t bytes, const char *what, cl_mem
 dipole_status dp_upload(dipole_ctx *ctx, const void *host, size_t bytes, const char *what,
                         cl_mem *out);
 
+/* A host twin's staging buffer of `bytes`: a READ_ONLY copy of host, or (host NULL) an
+ * uninitialised READ_WRITE buffer; fails as "clCreateBuffer(N bytes)". */
+dipole_status dp_stage(dipole_ctx *ctx, const void *host, size_t bytes, cl_mem *out);
+
 /* The small per-call arrays both passes read: key_lengths (int [batch]) and the pole weights
  * (float [2 * heads_q], alpha then beta; TWO_POLE with weights given only). NULL when absent. */
 typedef struct dp_call_buffers {

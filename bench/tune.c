@@ -97,10 +97,8 @@ static void measure(dipole_ctx *ctx, const bench_opts *o, const bench_device *de
     }
     r->block_m = plan.block_m;
     r->block_n = plan.block_n;
-    r->cpu_layout = !strncmp(plan.reason, "tiled/cpu", 9);
-    const char *open = strchr(plan.reason, '('), *close = open ? strchr(open, ')') : NULL;
-    if (open && close)
-        snprintf(r->source, sizeof r->source, "%.*s", (int)(close - open - 1), open + 1);
+    r->cpu_layout = plan.layout == DIPOLE_LAYOUT_CPU || plan.layout == DIPOLE_LAYOUT_SPLITK;
+    snprintf(r->source, sizeof r->source, "%s", plan.config_label);
 
     bench_run *run = calloc(1, sizeof *run);
     int done = 0;

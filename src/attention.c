@@ -4,7 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "internal.h"
+#include "launch.h"
 
 dipole_path dp_requested_path(const dipole_ctx *ctx, const dp_problem *p)
 {
@@ -12,7 +12,7 @@ dipole_path dp_requested_path(const dipole_ctx *ctx, const dp_problem *p)
 }
 
 /* The ordered list: tiled, then GEMM. Each rejects with a reason; the last reason wins. */
-static dipole_status choose_path(dipole_ctx *ctx, const dp_problem *p, dipole_plan *plan)
+static dipole_status choose_path(dipole_ctx *ctx, const dp_problem *p, dp_fwd_plan *plan)
 {
     memset(plan, 0, sizeof *plan);
     const dipole_path want = dp_requested_path(ctx, p);
@@ -24,13 +24,15 @@ static dipole_status choose_path(dipole_ctx *ctx, const dp_problem *p, dipole_pl
     st = dp_tiled_plan(ctx, p, plan);
     if (st != DIPOLE_ERR_UNSUPPORTED)
         return st;
-    char tiled_reason[sizeof plan->reason];
-    snprintf(tiled_reason, sizeof tiled_reason, "%s", plan->reason);
+    char tiled_reason[sizeof plan->pub.reason];
+    snprintf(tiled_reason, sizeof tiled_reason, "%s", plan->pub.reason);
+    memset(plan, 0, sizeof *plan);
     st = dp_gemm_plan(ctx, p, plan);
     if (st == DIPOLE_SUCCESS) {
-        char chosen[sizeof plan->reason];
-        snprintf(chosen, sizeof chosen, "%s", plan->reason);
-        snprintf(plan->reason, sizeof plan->reason, "%.120s -> %.120s", tiled_reason, chosen);
+        char chosen[sizeof plan->pub.reason];
+        snprintf(chosen, sizeof chosen, "%s", plan->pub.reason);
+        snprintf(plan->pub.reason, sizeof plan->pub.reason, "%.120s -> %.120s", tiled_reason,
+                 chosen);
     }
     return st;
 }
@@ -43,25 +45,18 @@ dipole_status dipole_attention_plan(dipole_ctx *ctx, const dipole_attn_desc *des
     pthread_mutex_lock(&ctx->lock);
     dp_clear_error(ctx);
     dp_problem p;
+    dp_fwd_plan fp;
+    memset(&fp, 0, sizeof fp);
     dipole_status st = dp_problem_init(ctx, desc, &p);
     if (st == DIPOLE_SUCCESS) {
-        st = choose_path(ctx, &p, plan);
+        st = choose_path(ctx, &p, &fp);
         if (st == DIPOLE_ERR_UNSUPPORTED)
-            dp_fail(ctx, st, "%s", plan->reason);
+            dp_fail(ctx, st, "%s", fp.pub.reason);
     }
+    *plan = fp.pub;
     pthread_mutex_unlock(&ctx->lock);
     return st;
 }
-
-/* First and last element a tensor touches, to detect out overlapping an input. */
-static void span_of(const dipole_tensor *t, int batch, int seq, int heads, int d, size_t *lo,
-                    size_t *hi)
-{
-    *lo = t->offset;
-    *hi = t->offset + (size_t)(batch - 1) * t->stride_batch + (size_t)(seq - 1) * t->stride_seq +
-          (size_t)(heads - 1) * t->stride_head + (size_t)d;
-}
-
 
 static dipole_status check_args(dipole_ctx *ctx, const dp_problem *p, const dp_args *a)
 {
@@ -89,7 +84,7 @@ static dipole_status check_args(dipole_ctx *ctx, const dp_problem *p, const dp_a
                                         (size_t)p->npoles * d->batch * d->heads_q * d->seq_q)))
         return st;
     size_t olo, ohi;
-    span_of(a->out, d->batch, d->seq_q, d->heads_q, d->head_dim, &olo, &ohi);
+    dp_span_of(a->out, d->batch, d->seq_q, d->heads_q, d->head_dim, &olo, &ohi);
     const dipole_tensor *in[4] = {a->q, a->k, a->v, p->reads_v2 ? a->v2 : NULL};
     const char *names[4] = {"q", "k", "v", "v2"};
     for (int i = 0; i < 4; i++) {
@@ -97,7 +92,7 @@ static dipole_status check_args(dipole_ctx *ctx, const dp_problem *p, const dp_a
             continue;
         size_t lo, hi;
         const int seq = i == 0 ? d->seq_q : d->seq_k, heads = i == 0 ? d->heads_q : d->heads_kv;
-        span_of(in[i], d->batch, seq, heads, d->head_dim, &lo, &hi);
+        dp_span_of(in[i], d->batch, seq, heads, d->head_dim, &lo, &hi);
         if (lo < ohi && olo < hi)
             return dp_fail(ctx, DIPOLE_ERR_INVALID_ARG, "out overlaps %s in the same buffer",
                            names[i]);
@@ -115,41 +110,22 @@ static dipole_status attention_locked(dipole_ctx *ctx, const dp_problem *p, dp_a
     dipole_status st = check_args(ctx, p, a);
     if (st != DIPOLE_SUCCESS)
         return st;
-    dipole_plan plan;
+    dp_fwd_plan plan;
     st = choose_path(ctx, p, &plan);
     if (st == DIPOLE_ERR_UNSUPPORTED)
-        return dp_fail(ctx, st, "%s", plan.reason);
+        return dp_fail(ctx, st, "%s", plan.pub.reason);
     if (st != DIPOLE_SUCCESS)
         return st;
-    a->key_lengths = NULL;
-    a->pole_weights = NULL;
-    if (p->d.key_lengths)
-        st = dp_upload(ctx, p->d.key_lengths, sizeof(int) * (size_t)p->d.batch, "key_lengths",
-                       &a->key_lengths);
-    if (st == DIPOLE_SUCCESS && p->d.variant == DIPOLE_TWO_POLE &&
-        (p->d.pos_weight || p->d.neg_weight)) {
-        const size_t hq = (size_t)p->d.heads_q;
-        float *w = malloc(sizeof(float) * 2 * hq);
-        if (!w)
-            st = dp_fail(ctx, DIPOLE_ERR_OUT_OF_HOST_MEMORY, "out of memory");
-        for (size_t h = 0; w && h < hq; h++) {
-            w[h] = p->d.pos_weight ? p->d.pos_weight[h] : 1.0f;
-            w[hq + h] = p->d.neg_weight ? p->d.neg_weight[h] : 1.0f;
-        }
-        if (st == DIPOLE_SUCCESS)
-            st = dp_upload(ctx, w, sizeof(float) * 2 * hq, "pole weights", &a->pole_weights);
-        free(w);
-    }
+    dp_call_buffers cb;
+    st = dp_call_buffers_upload(ctx, p, &cb);
+    a->key_lengths = cb.key_lengths;
+    a->pole_weights = cb.pole_weights;
     if (st == DIPOLE_SUCCESS) {
-        dp_log(ctx, "attention %s: %s", dipole_variant_name(p->d.variant), plan.reason);
-        st = plan.path == DIPOLE_PATH_TILED ? dp_tiled_run(ctx, p, &plan, a, event)
-                                            : dp_gemm_run(ctx, p, &plan, a, event);
+        dp_log(ctx, "attention %s: %s", dipole_variant_name(p->d.variant), plan.pub.reason);
+        st = plan.pub.path == DIPOLE_PATH_TILED ? dp_tiled_run(ctx, p, &plan, a, event)
+                                                : dp_gemm_run(ctx, p, &plan, a, event);
     }
-    /* Released objects live on until the enqueued kernels that use them finish. */
-    if (a->key_lengths)
-        clReleaseMemObject(a->key_lengths);
-    if (a->pole_weights)
-        clReleaseMemObject(a->pole_weights);
+    dp_call_buffers_release(&cb);
     return st;
 }
 
@@ -217,17 +193,8 @@ dipole_status dipole_attention_host_lse(dipole_ctx *ctx, const dipole_attn_desc 
     for (int i = 0; i < 6 && st == DIPOLE_SUCCESS; i++) {
         if (!spec[i].wanted)
             continue;
-        cl_int err;
-        bufs[i] = clCreateBuffer(ctx->context,
-                                 spec[i].input ? CL_MEM_READ_ONLY | CL_MEM_COPY_HOST_PTR
-                                               : CL_MEM_READ_WRITE, /* the GEMM path reads out (beta = 1) */
-                                 spec[i].n * sizeof(float), spec[i].input ? (void *)spec[i].host : NULL,
-                                 &err);
-        if (err != CL_SUCCESS) {
-            char call[96];
-            snprintf(call, sizeof call, "clCreateBuffer(%zu bytes)", spec[i].n * sizeof(float));
-            st = dp_cl_fail(ctx, err, call);
-        }
+        st = dp_stage(ctx, spec[i].input ? spec[i].host : NULL, spec[i].n * sizeof(float),
+                      &bufs[i]); /* out is READ_WRITE: the GEMM path reads it (beta = 1) */
     }
     if (st != DIPOLE_SUCCESS)
         goto done;

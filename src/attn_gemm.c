@@ -14,21 +14,31 @@
 #include <string.h>
 
 #include "gemm.h"
+#include "launch.h"
 
-dipole_status dp_gemm_plan(dipole_ctx *ctx, const dp_problem *p, dipole_plan *plan)
+dipole_status dp_gemm_plan(dipole_ctx *ctx, const dp_problem *p, dp_fwd_plan *plan)
 {
-    dp_gemm_chunking ch;
-    if (!dp_gemm_chunking_choose(ctx, p, p->reads_v2 ? 2 : 1, false, &ch, plan->reason,
-                                 sizeof plan->reason))
+    dipole_plan *pub = &plan->pub;
+    dp_gemm_chunking *ch = &plan->chunking;
+    if (!dp_gemm_chunking_choose(ctx, p, p->reads_v2 ? 2 : 1, false, ch, pub->reason,
+                                 sizeof pub->reason))
         return DIPOLE_ERR_UNSUPPORTED;
-    plan->path = DIPOLE_PATH_GEMM;
-    plan->block_m = 0;
-    plan->block_n = 0;
-    plan->work_group = DP_ROWWISE_ROWS * DP_ROWWISE_LANES;
-    plan->workspace_bytes = ch.peak_bytes;
-    snprintf(plan->reason, sizeof plan->reason,
-             "gemm: %zu chunk%s of %zu rows x %zu heads, peak %.1f of %.1f MiB", ch.nchunks,
-             ch.nchunks == 1 ? "" : "s", ch.rows, ch.slices, (double)ch.peak_bytes / 1048576.0,
+    const dipole_status st = dp_rowwise_plan_make(ctx, p, "dipole_rowwise", &plan->rowwise,
+                                                  pub->reason, sizeof pub->reason);
+    if (st != DIPOLE_SUCCESS)
+        return st;
+    pub->path = DIPOLE_PATH_GEMM;
+    pub->layout = DIPOLE_LAYOUT_NONE;
+    pub->block_m = 0;
+    pub->block_n = 0;
+    pub->work_group = DP_ROWWISE_ROWS * DP_ROWWISE_LANES;
+    pub->workspace_bytes = ch->peak_bytes;
+    pub->chunk_rows = ch->rows;
+    pub->chunk_slices = ch->slices;
+    pub->chunks = ch->nchunks;
+    snprintf(pub->reason, sizeof pub->reason,
+             "gemm: %zu chunk%s of %zu rows x %zu heads, peak %.1f of %.1f MiB", ch->nchunks,
+             ch->nchunks == 1 ? "" : "s", ch->rows, ch->slices, (double)ch->peak_bytes / 1048576.0,
              (double)ctx->workspace_limit / 1048576.0);
     return DIPOLE_SUCCESS;
 }
@@ -50,22 +60,18 @@ static void work_free(gemm_work *w)
 }
 
 static dipole_status launch_rowwise(dipole_ctx *ctx, const dp_problem *p,
-                                    const dp_rowwise_launch *rw, const gemm_work *w, const dp_args *a, size_t s0, size_t ns,
+                                    const dp_rowwise_plan *rw, const gemm_work *w, const dp_args *a, size_t s0, size_t ns,
                                     size_t r0, size_t nr, size_t j0, size_t nc)
 {
     const cl_mem bufs[5] = {w->s, w->s2 ? w->s2 : w->s, a->lse, a->key_lengths, a->pole_weights};
     return dp_rowwise_enqueue(ctx, rw, "dipole_rowwise", bufs, 5, p, s0, ns, r0, nr, j0, nc);
 }
 
-dipole_status dp_gemm_run(dipole_ctx *ctx, const dp_problem *p, const dipole_plan *plan,
+dipole_status dp_gemm_run(dipole_ctx *ctx, const dp_problem *p, const dp_fwd_plan *plan,
                           const dp_args *a, cl_event *event)
 {
-    (void)plan; /* the chunking is recomputed: the plan carries no field for it */
     const dipole_attn_desc *d = &p->d;
-    char reason[256];
-    dp_gemm_chunking ch;
-    if (!dp_gemm_chunking_choose(ctx, p, p->reads_v2 ? 2 : 1, false, &ch, reason, sizeof reason))
-        return dp_fail(ctx, DIPOLE_ERR_UNSUPPORTED, "%s", reason);
+    const dp_gemm_chunking *ch = &plan->chunking;
     const dipole_tensor *ins[4] = {a->q, a->k, a->v, p->reads_v2 ? a->v2 : NULL};
     const char *names[5] = {"q", "k", "v", "v2", "out"};
     dipole_status st = DIPOLE_SUCCESS;
@@ -75,29 +81,24 @@ dipole_status dp_gemm_run(dipole_ctx *ctx, const dp_problem *p, const dipole_pla
         st = dp_gemm_check_int_range(ctx, names[i], t, d->batch, is_q ? d->seq_q : d->seq_k,
                                      is_q ? d->heads_q : d->heads_kv, d->head_dim);
     }
-    dp_rowwise_launch rw;
-    if (st == DIPOLE_SUCCESS)
-        st = dp_rowwise_kernel(ctx, p, "dipole_rowwise", &rw);
+    const dp_rowwise_plan *rw = &plan->rowwise;
     if (st != DIPOLE_SUCCESS)
         return st;
 
     gemm_work w;
     memset(&w, 0, sizeof w);
-    const size_t ns_max = ch.slices, nr_max = ch.rows;
+    const size_t ns_max = ch->slices, nr_max = ch->rows;
     if (!dp_gemm_batch_alloc(&w.g, ns_max)) {
         work_free(&w);
         return dp_fail(ctx, DIPOLE_ERR_OUT_OF_HOST_MEMORY, "gemm: out of host memory");
     }
     const size_t s_bytes = sizeof(float) * ns_max * nr_max * (size_t)d->seq_k;
-    cl_int err;
-    w.s = clCreateBuffer(ctx->context, CL_MEM_READ_WRITE, s_bytes, NULL, &err);
-    if (err == CL_SUCCESS && p->reads_v2)
-        w.s2 = clCreateBuffer(ctx->context, CL_MEM_READ_WRITE, s_bytes, NULL, &err);
-    if (err != CL_SUCCESS) {
+    dipole_status bst = dp_scratch(ctx, s_bytes, "gemm scores", &w.s);
+    if (bst == DIPOLE_SUCCESS && p->reads_v2)
+        bst = dp_scratch(ctx, s_bytes, "gemm scores 2", &w.s2);
+    if (bst != DIPOLE_SUCCESS) {
         work_free(&w);
-        char call[96];
-        snprintf(call, sizeof call, "clCreateBuffer(gemm scores, %zu bytes)", s_bytes);
-        return dp_cl_fail(ctx, err, call);
+        return bst;
     }
 
     const size_t bh = (size_t)d->batch * (size_t)d->heads_q, nq = (size_t)d->seq_q;
@@ -128,7 +129,7 @@ dipole_status dp_gemm_run(dipole_ctx *ctx, const dp_problem *p, const dipole_pla
                 st = dp_clblast_fail(ctx, cs, "CLBlastSgemmBatched(S = scale Q K^T)");
                 break;
             }
-            st = launch_rowwise(ctx, p, &rw, &w, a, s0, ns, r0, nr, j0, nc);
+            st = launch_rowwise(ctx, p, rw, &w, a, s0, ns, r0, nr, j0, nc);
             if (st != DIPOLE_SUCCESS)
                 break;
 

@@ -3,7 +3,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "internal.h"
+#include "launch.h"
 
 #define DP_TILED_MAX_HEAD_DIM 256
 #define DP_CPU_MAX_PRIVATE (1u << 20)
@@ -92,8 +92,9 @@ dipole_status dp_tile_config_check(const char *text, char *why, size_t cap)
 /* The device class's configuration, then whichever override applies, strongest first: the
  * environment, the context's own (dipole_ctx_set_tile_config), the tuned one saved in the
  * cache directory (dipole-bench --tune). An override that does not parse is logged and
- * skipped. */
-static const char *tile_config_for(dipole_ctx *ctx, dp_tile_config *cfg)
+ * skipped. Returns the configuration's label; *source says which of them it is. */
+static const char *tile_config_for(dipole_ctx *ctx, dp_tile_config *cfg,
+                                   dipole_config_source *source)
 {
     const dp_device_props *dev = &ctx->props;
     size_t i = 0;
@@ -107,10 +108,11 @@ static const char *tile_config_for(dipole_ctx *ctx, dp_tile_config *cfg)
     const struct {
         const char *text;
         const char *label;
+        dipole_config_source source;
     } overrides[] = {
-        {env, "DIPOLE_TILE_CONFIG"},
-        {ctx->tile_config, "context tile config"},
-        {ctx->tuned_config, "tuned"},
+        {env, "DIPOLE_TILE_CONFIG", DIPOLE_CONFIG_ENV},
+        {ctx->tile_config, "context tile config", DIPOLE_CONFIG_CONTEXT},
+        {ctx->tuned_config, "tuned", DIPOLE_CONFIG_TUNED},
     };
     for (size_t o = 0; o < sizeof overrides / sizeof overrides[0]; o++) {
         if (!overrides[o].text || !overrides[o].text[0])
@@ -119,17 +121,20 @@ static const char *tile_config_for(dipole_ctx *ctx, dp_tile_config *cfg)
         char why[160];
         if (parse_tile_config(overrides[o].text, &c, why, sizeof why)) {
             *cfg = c;
+            *source = overrides[o].source;
             return overrides[o].label;
         }
         dp_log(ctx, "%s \"%s\" ignored: %s", overrides[o].label, overrides[o].text, why);
     }
+    *source = DIPOLE_CONFIG_TABLE;
     return tile_table[i].label;
 }
 
 bool dp_tiled_cpu_layout(dipole_ctx *ctx)
 {
     dp_tile_config tc;
-    tile_config_for(ctx, &tc);
+    dipole_config_source source;
+    tile_config_for(ctx, &tc, &source);
     return tc.layout == DP_LAYOUT_CPU;
 }
 
@@ -157,129 +162,112 @@ static bool use_splitk(const dipole_ctx *ctx, const dp_tile_config *tc, const dp
     return bytes != 0 && bytes <= ctx->props.max_alloc && bytes <= ctx->workspace_limit;
 }
 
-/* The kernel configuration a plan stands for (split-K builds with the CPU program's rows). */
-static dp_kernel_config plan_kernel_config(const dipole_ctx *ctx, const dp_problem *p,
-                                           const dipole_plan *plan,
-                                           const dp_tile_config *tc)
+static dipole_status reject(dp_fwd_plan *plan, const char *fmt, int a, int b)
 {
-    if (tc->layout == DP_LAYOUT_GROUP)
-        return dp_kernel_config_for(p, DP_KERNEL_FWD_TILED, plan->block_m, plan->block_n, plan->block_m);
-    if (use_splitk(ctx, tc, p))
-        return dp_kernel_config_for(p, DP_KERNEL_FWD_SPLITK, 16, plan->block_n, 1);
-    return dp_kernel_config_for(p, DP_KERNEL_FWD_CPU, plan->block_m, plan->block_n, 1);
-}
-
-static dipole_status reject(dipole_plan *plan, const char *fmt, int a, int b)
-{
-    snprintf(plan->reason, sizeof plan->reason, fmt, a, b);
+    snprintf(plan->pub.reason, sizeof plan->pub.reason, fmt, a, b);
     return DIPOLE_ERR_UNSUPPORTED;
 }
 
-/* Work-items the compiled kernel allows, and its private memory per work-item (for the
- * CPU layout, which keeps its large arrays in local memory, private plus local). */
-static dipole_status kernel_fit(dipole_ctx *ctx, cl_kernel kernel, size_t *wg, cl_ulong *priv)
+/* The fit searches: the kernels' configuration at a size of rows, and whether they fit. */
+typedef struct fit_user {
+    const dp_problem *p;
+    int block_n;
+} fit_user;
+
+static dp_kernel_config cpu_config(const void *user, int block_m)
 {
-    cl_int err = clGetKernelWorkGroupInfo(kernel, ctx->device, CL_KERNEL_WORK_GROUP_SIZE,
-                                          sizeof *wg, wg, NULL);
-    if (err != CL_SUCCESS)
-        return dp_cl_fail(ctx, err, "clGetKernelWorkGroupInfo(CL_KERNEL_WORK_GROUP_SIZE)");
-    *priv = 0;
-    err = clGetKernelWorkGroupInfo(kernel, ctx->device, CL_KERNEL_PRIVATE_MEM_SIZE, sizeof *priv,
-                                   priv, NULL);
-    if (err != CL_SUCCESS)
-        return dp_cl_fail(ctx, err, "clGetKernelWorkGroupInfo(CL_KERNEL_PRIVATE_MEM_SIZE)");
-    return DIPOLE_SUCCESS;
+    const fit_user *u = user;
+    return dp_kernel_config_for(u->p, DP_KERNEL_FWD_CPU, block_m, u->block_n, 1);
 }
 
-static dipole_status kernel_local_mem(dipole_ctx *ctx, cl_kernel kernel, cl_ulong *local)
+static dp_kernel_config group_config(const void *user, int block_m)
 {
-    cl_int err = clGetKernelWorkGroupInfo(kernel, ctx->device, CL_KERNEL_LOCAL_MEM_SIZE,
-                                          sizeof *local, local, NULL);
-    if (err != CL_SUCCESS)
-        return dp_cl_fail(ctx, err, "clGetKernelWorkGroupInfo(CL_KERNEL_LOCAL_MEM_SIZE)");
-    return DIPOLE_SUCCESS;
+    const fit_user *u = user;
+    return dp_kernel_config_for(u->p, DP_KERNEL_FWD_TILED, block_m, u->block_n, block_m);
+}
+
+/* Private arrays live on a worker thread's stack: stay well inside it. */
+static bool cpu_fits(const void *user, const dipole_ctx *ctx, int block_m, const dp_kernel_fit *f)
+{
+    (void)user;
+    (void)block_m;
+    return f->work_group >= 1 && f->private_mem <= DP_CPU_MAX_PRIVATE &&
+           f->local_mem <= ctx->props.local_mem;
+}
+
+/* The CPU kernel takes 16 rows or whole groups of 32 (see cl/dipole_fwd_cpu.cl). */
+static int cpu_smaller(int block_m)
+{
+    return block_m > 32 ? block_m / 64 * 32 : 16;
 }
 
 /* The CPU layout: one work-item per block of rows, or split-K for decode. */
 static dipole_status plan_cpu(dipole_ctx *ctx, const dp_problem *p, const dp_tile_config *tc,
-                              const char *source, dipole_plan *plan)
+                              const char *source, dp_fwd_plan *plan)
 {
     const int d = p->d.head_dim;
+    dipole_plan *pub = &plan->pub;
     if (use_splitk(ctx, tc, p)) {
-        dipole_plan trial = *plan;
-        trial.block_n = tc->splitk_chunk;
-        dp_kernel_config cfg = plan_kernel_config(ctx, p, &trial, tc);
+        /* split-K builds with the CPU program's 16 rows */
+        const dp_kernel_config cfg =
+            dp_kernel_config_for(p, DP_KERNEL_FWD_SPLITK, 16, tc->splitk_chunk, 1);
         static const char *const names[2] = {"dipole_fwd_splitk", "dipole_fwd_merge"};
-        for (int i = 0; i < 2; i++) {
-            cl_kernel kernel;
-            size_t wg;
-            cl_ulong priv;
-            dipole_status st = dp_get_kernel(ctx, &cfg, names[i], &kernel);
-            if (st == DIPOLE_SUCCESS)
-                st = kernel_fit(ctx, kernel, &wg, &priv);
-            if (st != DIPOLE_SUCCESS)
-                return st;
-            if (wg < 1)
-                return reject(plan, "tiled: the split-K kernel allows %d work-items (head_dim %d)",
-                              (int)wg, d);
-        }
+        dp_kernel_fit fit;
+        const dipole_status st = dp_kernel_fit_query(ctx, &cfg, names, 2, &fit);
+        if (st != DIPOLE_SUCCESS)
+            return st;
+        if (fit.work_group < 1)
+            return reject(plan, "tiled: the split-K kernel allows %d work-items (head_dim %d)",
+                          (int)fit.work_group, d);
         const int chunks = (p->d.seq_k + tc->splitk_chunk - 1) / tc->splitk_chunk;
-        plan->path = DIPOLE_PATH_TILED;
-        plan->block_m = 1;
-        plan->block_n = tc->splitk_chunk;
-        plan->work_group = 1;
-        plan->workspace_bytes = splitk_bytes(tc, p);
-        snprintf(plan->reason, sizeof plan->reason,
+        plan->kernel = cfg;
+        pub->path = DIPOLE_PATH_TILED;
+        pub->layout = DIPOLE_LAYOUT_SPLITK;
+        pub->block_m = 1;
+        pub->block_n = tc->splitk_chunk;
+        pub->work_group = 1;
+        pub->splitk_chunks = chunks;
+        pub->workspace_bytes = splitk_bytes(tc, p);
+        snprintf(pub->reason, sizeof pub->reason,
                  "tiled/cpu split-K (%s): seq_q %d, %d chunks of %d keys per row, merged", source,
                  p->d.seq_q, chunks, tc->splitk_chunk);
         return DIPOLE_SUCCESS;
     }
-    /* The kernel takes 16 rows or whole groups of 32 (see cl/dipole_fwd_cpu.cl). */
+    static const char *const name[1] = {"dipole_fwd_cpu"};
+    const fit_user u = {p, tc->block_n};
+    const dp_fit_search search = {name, 1, cpu_config, cpu_fits, cpu_smaller, 16, &u};
     int block_m = tc->block_m < 32 ? 16 : tc->block_m > 256 ? 256 : tc->block_m / 32 * 32;
-    for (;;) {
-        dipole_plan trial = *plan;
-        trial.block_m = block_m;
-        trial.block_n = tc->block_n;
-        dp_kernel_config cfg = plan_kernel_config(ctx, p, &trial, tc);
-        cl_kernel kernel;
-        size_t wg;
-        cl_ulong priv, local = 0;
-        dipole_status st = dp_get_kernel(ctx, &cfg, "dipole_fwd_cpu", &kernel);
-        if (st == DIPOLE_SUCCESS)
-            st = kernel_fit(ctx, kernel, &wg, &priv);
-        if (st == DIPOLE_SUCCESS)
-            st = kernel_local_mem(ctx, kernel, &local);
-        if (st != DIPOLE_SUCCESS)
-            return st;
-        /* Private arrays live on a worker thread's stack: stay well inside it. */
-        if (wg >= 1 && priv <= DP_CPU_MAX_PRIVATE && local <= ctx->props.local_mem)
-            break;
-        if (block_m == 16)
-            return reject(plan, "tiled: the CPU kernel needs %d KiB of private and local memory "
-                                "(head_dim %d)",
-                          (int)((priv + local) >> 10), d);
-        block_m = block_m > 32 ? block_m / 64 * 32 : 16;
-    }
-    plan->path = DIPOLE_PATH_TILED;
-    plan->block_m = block_m;
-    plan->block_n = tc->block_n;
-    plan->work_group = 1;
-    plan->workspace_bytes = 0;
-    snprintf(plan->reason, sizeof plan->reason,
+    dp_kernel_fit fit;
+    const dipole_status st = dp_fit_search_run(ctx, &search, &block_m, &plan->kernel, &fit);
+    if (st == DIPOLE_ERR_UNSUPPORTED)
+        return reject(plan, "tiled: the CPU kernel needs %d KiB of private and local memory "
+                            "(head_dim %d)",
+                      (int)((fit.private_mem + fit.local_mem) >> 10), d);
+    if (st != DIPOLE_SUCCESS)
+        return st;
+    pub->path = DIPOLE_PATH_TILED;
+    pub->layout = DIPOLE_LAYOUT_CPU;
+    pub->block_m = block_m;
+    pub->block_n = tc->block_n;
+    pub->work_group = 1;
+    pub->workspace_bytes = 0;
+    snprintf(pub->reason, sizeof pub->reason,
              "tiled/cpu (%s): head_dim %d fits; %d rows x %d keys per tile, one work-item each",
              source, d, block_m, tc->block_n);
     return DIPOLE_SUCCESS;
 }
 
-dipole_status dp_tiled_plan(dipole_ctx *ctx, const dp_problem *p, dipole_plan *plan)
+dipole_status dp_tiled_plan(dipole_ctx *ctx, const dp_problem *p, dp_fwd_plan *plan)
 {
     const dp_device_props *dev = &ctx->props;
     const int d = p->d.head_dim;
+    dipole_plan *pub = &plan->pub;
     if (d > DP_TILED_MAX_HEAD_DIM)
         return reject(plan, "tiled: head_dim %d exceeds the tiled kernel's maximum %d", d,
                       DP_TILED_MAX_HEAD_DIM);
     dp_tile_config tc;
-    const char *source = tile_config_for(ctx, &tc);
+    const char *source = tile_config_for(ctx, &tc, &pub->config_source);
+    snprintf(pub->config_label, sizeof pub->config_label, "%s", source);
     if (tc.layout == DP_LAYOUT_CPU)
         return plan_cpu(ctx, p, &tc, source, plan);
 
@@ -298,188 +286,124 @@ dipole_status dp_tiled_plan(dipole_ctx *ctx, const dp_problem *p, dipole_plan *p
                       d, (int)(dev->local_mem >> 10));
 
     /* The compiled kernel may allow fewer work-items than the device (registers, spills). */
-    for (;;) {
-        dipole_plan trial = *plan;
-        trial.block_m = block_m;
-        trial.block_n = block_n;
-        dp_kernel_config cfg = plan_kernel_config(ctx, p, &trial, &tc);
-        cl_kernel kernel;
-        size_t wg;
-        cl_ulong priv;
-        dipole_status st = dp_get_kernel(ctx, &cfg, "dipole_fwd", &kernel);
-        if (st == DIPOLE_SUCCESS)
-            st = kernel_fit(ctx, kernel, &wg, &priv);
-        if (st != DIPOLE_SUCCESS)
-            return st;
-        if ((size_t)block_m <= wg)
-            break;
-        if (block_m == 1)
-            return reject(plan, "tiled: the compiled kernel allows %d work-items (head_dim %d)",
-                          (int)wg, d);
-        block_m /= 2;
-    }
-    plan->path = DIPOLE_PATH_TILED;
-    plan->block_m = block_m;
-    plan->block_n = block_n;
-    plan->work_group = block_m;
-    plan->workspace_bytes = 0;
-    snprintf(plan->reason, sizeof plan->reason,
+    static const char *const name[1] = {"dipole_fwd"};
+    const fit_user u = {p, block_n};
+    const dp_fit_search search = {name, 1, group_config, NULL, NULL, 1, &u};
+    dp_kernel_fit fit;
+    const dipole_status st = dp_fit_search_run(ctx, &search, &block_m, &plan->kernel, &fit);
+    if (st == DIPOLE_ERR_UNSUPPORTED)
+        return reject(plan, "tiled: the compiled kernel allows %d work-items (head_dim %d)",
+                      (int)fit.work_group, d);
+    if (st != DIPOLE_SUCCESS)
+        return st;
+    pub->path = DIPOLE_PATH_TILED;
+    pub->layout = DIPOLE_LAYOUT_GROUP;
+    pub->block_m = block_m;
+    pub->block_n = block_n;
+    pub->work_group = block_m;
+    pub->workspace_bytes = 0;
+    snprintf(pub->reason, sizeof pub->reason,
              "tiled (%s): head_dim %d fits; %d rows x %d keys per tile, %d work-items per group",
              source, d, block_m, block_n, block_m);
     return DIPOLE_SUCCESS;
 }
 
-static cl_long4 layout_of(const dipole_tensor *t)
+/* The tensor arguments q, k, v, v2 as (buffer, layout) pairs. v2 is never read when the
+ * variant has no v2; v is bound in its place so that the argument is valid. */
+static void arg_inputs(dp_launch_args *l, const dp_problem *p, const dp_args *a)
 {
-    cl_long4 l;
-    l.s[0] = (cl_long)t->offset;
-    l.s[1] = (cl_long)t->stride_batch;
-    l.s[2] = (cl_long)t->stride_seq;
-    l.s[3] = (cl_long)t->stride_head;
-    return l;
-}
-
-/* Sets the tensor arguments q, k, v, v2 (and out when with_out) as (buffer, layout) pairs from
- * argument *arg on. v2 is never read when the variant has no v2; v is bound in its place so
- * that the argument is valid. */
-static cl_int set_tensor_args(cl_kernel kernel, cl_uint *arg, const dp_problem *p,
-                              const dp_args *a, bool with_out)
-{
-    const dipole_tensor *v2 = p->reads_v2 ? a->v2 : a->v;
-    const dipole_tensor *t[5] = {a->q, a->k, a->v, v2, a->out};
-    cl_int err = CL_SUCCESS;
-    for (int i = 0; i < (with_out ? 5 : 4) && err == CL_SUCCESS; i++) {
-        cl_long4 l = layout_of(t[i]);
-        err = clSetKernelArg(kernel, (*arg)++, sizeof(cl_mem), &t[i]->buffer);
-        if (err == CL_SUCCESS)
-            err = clSetKernelArg(kernel, (*arg)++, sizeof l, &l);
-    }
-    return err;
-}
-
-static cl_int set_int_args(cl_kernel kernel, cl_uint *arg, const cl_int *v, int n)
-{
-    cl_int err = CL_SUCCESS;
-    for (int i = 0; i < n && err == CL_SUCCESS; i++)
-        err = clSetKernelArg(kernel, (*arg)++, sizeof(cl_int), &v[i]);
-    return err;
+    dp_arg_tensor(l, a->q);
+    dp_arg_tensor(l, a->k);
+    dp_arg_tensor(l, a->v);
+    dp_arg_tensor(l, p->reads_v2 ? a->v2 : a->v);
 }
 
 /* Decode: partials per (row, chunk of keys), then the merge into out and lse. */
-static dipole_status run_splitk(dipole_ctx *ctx, const dp_problem *p, const dipole_plan *plan,
-                                const dp_tile_config *tc, const dp_args *a, cl_event *event)
+static dipole_status run_splitk(dipole_ctx *ctx, const dp_problem *p, const dp_fwd_plan *plan,
+                                const dp_args *a, cl_event *event)
 {
-    dp_kernel_config cfg = plan_kernel_config(ctx, p, plan, tc);
     cl_kernel split, merge;
-    dipole_status st = dp_get_kernel(ctx, &cfg, "dipole_fwd_splitk", &split);
+    dipole_status st = dp_get_kernel(ctx, &plan->kernel, "dipole_fwd_splitk", &split);
     if (st == DIPOLE_SUCCESS)
-        st = dp_get_kernel(ctx, &cfg, "dipole_fwd_merge", &merge);
+        st = dp_get_kernel(ctx, &plan->kernel, "dipole_fwd_merge", &merge);
     if (st != DIPOLE_SUCCESS)
         return st;
-    const cl_int chunks = (p->d.seq_k + plan->block_n - 1) / plan->block_n;
-    cl_int err;
-    cl_mem part = clCreateBuffer(ctx->context, CL_MEM_READ_WRITE,
-                                 plan->workspace_bytes ? plan->workspace_bytes : sizeof(float),
-                                 NULL, &err);
-    if (err != CL_SUCCESS)
-        return dp_cl_fail(ctx, err, "clCreateBuffer(split-K partials)");
+    const int chunks = plan->pub.splitk_chunks;
+    cl_mem part;
+    st = dp_scratch(ctx, plan->pub.workspace_bytes ? plan->pub.workspace_bytes : sizeof(float),
+                    "split-K partials", &part);
+    if (st != DIPOLE_SUCCESS)
+        return st;
 
-    cl_uint arg = 0;
-    err = set_tensor_args(split, &arg, p, a, false);
-    if (err == CL_SUCCESS)
-        err = clSetKernelArg(split, arg++, sizeof(cl_mem), &part);
-    if (err == CL_SUCCESS)
-        err = clSetKernelArg(split, arg++, sizeof(cl_mem), &a->key_lengths);
-    const cl_int ints[4] = {p->d.heads_q, p->d.heads_kv, p->d.seq_q, p->d.seq_k};
-    if (err == CL_SUCCESS)
-        err = set_int_args(split, &arg, ints, 4);
-    const cl_float scale = p->d.scale;
-    if (err == CL_SUCCESS)
-        err = clSetKernelArg(split, arg++, sizeof scale, &scale);
-    const cl_int tail[3] = {p->d.window_left, p->d.window_right, chunks};
-    if (err == CL_SUCCESS)
-        err = set_int_args(split, &arg, tail, 3);
-    if (err != CL_SUCCESS) {
-        clReleaseMemObject(part);
-        return dp_cl_fail(ctx, err, "clSetKernelArg(dipole_fwd_splitk)");
-    }
+    dp_launch_args l = dp_launch_args_begin(split, "dipole_fwd_splitk");
+    arg_inputs(&l, p, a);
+    dp_arg_buffer(&l, part);
+    dp_arg_buffer(&l, a->key_lengths);
+    dp_arg_int(&l, p->d.heads_q);
+    dp_arg_int(&l, p->d.heads_kv);
+    dp_arg_int(&l, p->d.seq_q);
+    dp_arg_int(&l, p->d.seq_k);
+    dp_arg_float(&l, p->d.scale);
+    dp_arg_int(&l, p->d.window_left);
+    dp_arg_int(&l, p->d.window_right);
+    dp_arg_int(&l, chunks);
 
-    arg = 0;
-    const cl_long4 lout = layout_of(a->out);
-    err = clSetKernelArg(merge, arg++, sizeof(cl_mem), &part);
-    if (err == CL_SUCCESS)
-        err = set_int_args(merge, &arg, &chunks, 1);
-    if (err == CL_SUCCESS)
-        err = clSetKernelArg(merge, arg++, sizeof(cl_mem), &a->out->buffer);
-    if (err == CL_SUCCESS)
-        err = clSetKernelArg(merge, arg++, sizeof lout, &lout);
-    const cl_mem bufs[3] = {a->lse, a->key_lengths, a->pole_weights};
-    for (int i = 0; i < 3 && err == CL_SUCCESS; i++)
-        err = clSetKernelArg(merge, arg++, sizeof(cl_mem), &bufs[i]);
-    const cl_int mints[6] = {p->d.batch, p->d.heads_q, p->d.seq_q, p->d.seq_k, p->d.window_left,
-                             p->d.window_right};
-    if (err == CL_SUCCESS)
-        err = set_int_args(merge, &arg, mints, 6);
-    if (err != CL_SUCCESS) {
-        clReleaseMemObject(part);
-        return dp_cl_fail(ctx, err, "clSetKernelArg(dipole_fwd_merge)");
-    }
+    dp_launch_args m = dp_launch_args_begin(merge, "dipole_fwd_merge");
+    dp_arg_buffer(&m, part);
+    dp_arg_int(&m, chunks);
+    dp_arg_tensor(&m, a->out);
+    dp_arg_buffer(&m, a->lse);
+    dp_arg_buffer(&m, a->key_lengths);
+    dp_arg_buffer(&m, a->pole_weights);
+    dp_arg_int(&m, p->d.batch);
+    dp_arg_int(&m, p->d.heads_q);
+    dp_arg_int(&m, p->d.seq_q);
+    dp_arg_int(&m, p->d.seq_k);
+    dp_arg_int(&m, p->d.window_left);
+    dp_arg_int(&m, p->d.window_right);
 
     const size_t bh = (size_t)p->d.batch * (size_t)p->d.heads_q;
     const size_t g1[3] = {(size_t)chunks, (size_t)p->d.seq_q, bh}, l1[3] = {1, 1, 1};
-    err = clEnqueueNDRangeKernel(ctx->queue, split, 3, NULL, g1, l1, 0, NULL, NULL);
-    if (err != CL_SUCCESS) {
-        clReleaseMemObject(part);
-        return dp_cl_fail(ctx, err, "clEnqueueNDRangeKernel(dipole_fwd_splitk)");
-    }
     const size_t g2[2] = {(size_t)p->d.seq_q, bh};
-    err = clEnqueueNDRangeKernel(ctx->queue, merge, 2, NULL, g2, NULL, 0, NULL, event);
+    st = dp_launch_args_status(ctx, &m);
+    if (st == DIPOLE_SUCCESS)
+        st = dp_launch(ctx, &l, 3, g1, l1, NULL);
+    if (st == DIPOLE_SUCCESS)
+        st = dp_launch(ctx, &m, 2, g2, NULL, event);
     /* The buffer lives on until the enqueued kernels that use it finish. */
     clReleaseMemObject(part);
-    if (err != CL_SUCCESS)
-        return dp_cl_fail(ctx, err, "clEnqueueNDRangeKernel(dipole_fwd_merge)");
-    return DIPOLE_SUCCESS;
+    return st;
 }
 
-dipole_status dp_tiled_run(dipole_ctx *ctx, const dp_problem *p, const dipole_plan *plan,
+dipole_status dp_tiled_run(dipole_ctx *ctx, const dp_problem *p, const dp_fwd_plan *plan,
                            const dp_args *a, cl_event *event)
 {
-    dp_tile_config tc;
-    tile_config_for(ctx, &tc);
-    if (use_splitk(ctx, &tc, p))
-        return run_splitk(ctx, p, plan, &tc, a, event);
-    const bool cpu = tc.layout == DP_LAYOUT_CPU;
+    if (plan->pub.layout == DIPOLE_LAYOUT_SPLITK)
+        return run_splitk(ctx, p, plan, a, event);
+    const bool cpu = plan->pub.layout == DIPOLE_LAYOUT_CPU;
     const char *name = cpu ? "dipole_fwd_cpu" : "dipole_fwd";
-    dp_kernel_config cfg = plan_kernel_config(ctx, p, plan, &tc);
     cl_kernel kernel;
-    dipole_status st = dp_get_kernel(ctx, &cfg, name, &kernel);
+    dipole_status st = dp_get_kernel(ctx, &plan->kernel, name, &kernel);
     if (st != DIPOLE_SUCCESS)
         return st;
-    cl_uint arg = 0;
-    cl_int err = set_tensor_args(kernel, &arg, p, a, true);
-    const cl_mem bufs[3] = {a->lse, a->key_lengths, a->pole_weights};
-    for (int i = 0; i < 3 && err == CL_SUCCESS; i++)
-        err = clSetKernelArg(kernel, arg++, sizeof(cl_mem), &bufs[i]);
-    const cl_int ints[5] = {p->d.batch, p->d.heads_q, p->d.heads_kv, p->d.seq_q, p->d.seq_k};
-    if (err == CL_SUCCESS)
-        err = set_int_args(kernel, &arg, ints, 5);
-    const cl_float scale = p->d.scale;
-    const cl_int win[2] = {p->d.window_left, p->d.window_right};
-    if (err == CL_SUCCESS)
-        err = clSetKernelArg(kernel, arg++, sizeof scale, &scale);
-    if (err == CL_SUCCESS)
-        err = set_int_args(kernel, &arg, win, 2);
-    if (err != CL_SUCCESS)
-        return dp_cl_fail(ctx, err, cpu ? "clSetKernelArg(dipole_fwd_cpu)"
-                                        : "clSetKernelArg(dipole_fwd)");
+    dp_launch_args l = dp_launch_args_begin(kernel, name);
+    arg_inputs(&l, p, a);
+    dp_arg_tensor(&l, a->out);
+    dp_arg_buffer(&l, a->lse);
+    dp_arg_buffer(&l, a->key_lengths);
+    dp_arg_buffer(&l, a->pole_weights);
+    dp_arg_int(&l, p->d.batch);
+    dp_arg_int(&l, p->d.heads_q);
+    dp_arg_int(&l, p->d.heads_kv);
+    dp_arg_int(&l, p->d.seq_q);
+    dp_arg_int(&l, p->d.seq_k);
+    dp_arg_float(&l, p->d.scale);
+    dp_arg_int(&l, p->d.window_left);
+    dp_arg_int(&l, p->d.window_right);
 
-    const size_t bm = (size_t)plan->block_m, blocks = ((size_t)p->d.seq_q + bm - 1) / bm;
+    const size_t bm = (size_t)plan->pub.block_m, blocks = ((size_t)p->d.seq_q + bm - 1) / bm;
     const size_t global[3] = {cpu ? blocks : blocks * bm, (size_t)p->d.heads_q,
                               (size_t)p->d.batch};
     const size_t local[3] = {cpu ? 1 : bm, 1, 1};
-    err = clEnqueueNDRangeKernel(ctx->queue, kernel, 3, NULL, global, local, 0, NULL, event);
-    if (err != CL_SUCCESS)
-        return dp_cl_fail(ctx, err, cpu ? "clEnqueueNDRangeKernel(dipole_fwd_cpu)"
-                                        : "clEnqueueNDRangeKernel(dipole_fwd)");
-    return DIPOLE_SUCCESS;
+    return dp_launch(ctx, &l, 3, global, local, event);
 }

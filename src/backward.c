@@ -7,15 +7,6 @@
 
 #include "gemm.h"
 
-/* First and one-past-last element a tensor touches. */
-static void span_of(const dipole_tensor *t, int batch, int seq, int heads, int d, size_t *lo,
-                    size_t *hi)
-{
-    *lo = t->offset;
-    *hi = t->offset + (size_t)(batch - 1) * t->stride_batch + (size_t)(seq - 1) * t->stride_seq +
-          (size_t)(heads - 1) * t->stride_head + (size_t)d;
-}
-
 /* Whether two tensors in one buffer may share an element. Beyond disjoint spans, this accepts
  * the packed layouts (QKV interleaved per sequence position): same seq stride, whole batches of
  * positions, and disjoint column ranges within a position that neither wraps. */
@@ -66,7 +57,7 @@ static dipole_status check_args(dipole_ctx *ctx, const dp_problem *p, const dp_b
         const int heads = t[i].query ? d->heads_q : d->heads_kv;
         if ((st = dp_check_tensor(ctx, t[i].name, t[i].t, d->batch, seq, heads, d->head_dim)))
             return st;
-        span_of(t[i].t, d->batch, seq, heads, d->head_dim, &lo[i], &hi[i]);
+        dp_span_of(t[i].t, d->batch, seq, heads, d->head_dim, &lo[i], &hi[i]);
         if (i >= FIRST_OUT &&
             dp_tensor_self_overlaps(t[i].t, d->batch, seq, heads, d->head_dim))
             return dp_fail(ctx, DIPOLE_ERR_INVALID_ARG,
@@ -105,19 +96,42 @@ static dipole_status check_args(dipole_ctx *ctx, const dp_problem *p, const dp_b
 
 /* The ordered list: the tiled kernels where they fit (unless GEMM is asked for), then the GEMM
  * path. A forced tiled path that does not fit fails with the tiled plan's reason. */
-static dipole_status bwd_choose(dipole_ctx *ctx, const dp_problem *p, dp_bwd_tiles *t, bool *gemm)
+static dipole_status bwd_choose(dipole_ctx *ctx, const dp_problem *p, dp_bwd_plan *plan)
 {
+    memset(plan, 0, sizeof *plan);
     const dipole_path want = dp_requested_path(ctx, p);
-    *gemm = true;
-    if (want == DIPOLE_PATH_GEMM || (want == DIPOLE_PATH_AUTO && p->d.head_dim > DP_BWD_MAX_HEAD_DIM))
-        return DIPOLE_SUCCESS;
-    dipole_status st = dp_bwd_tiled_plan(ctx, p, t);
-    if (st == DIPOLE_ERR_UNSUPPORTED && want == DIPOLE_PATH_AUTO) {
+    if (want != DIPOLE_PATH_GEMM &&
+        !(want == DIPOLE_PATH_AUTO && p->d.head_dim > DP_BWD_MAX_HEAD_DIM)) {
+        const dipole_status st = dp_bwd_tiled_plan(ctx, p, plan);
+        if (st != DIPOLE_ERR_UNSUPPORTED || want != DIPOLE_PATH_AUTO)
+            return st;
         dp_log(ctx, "%s -> gemm", ctx->last_error ? ctx->last_error : "backward: tiled unsupported");
         dp_clear_error(ctx);
-        return DIPOLE_SUCCESS;
+        memset(plan, 0, sizeof *plan);
     }
-    *gemm = false;
+    return dp_gemm_backward_plan(ctx, p, plan);
+}
+
+dipole_status dipole_attention_backward_plan(dipole_ctx *ctx, const dipole_attn_desc *desc,
+                                             dipole_plan *plan)
+{
+    if (!ctx || !plan)
+        return dp_fail(ctx, DIPOLE_ERR_INVALID_ARG, "dipole_attention_backward_plan: %s is NULL",
+                       !ctx ? "ctx" : "plan");
+    pthread_mutex_lock(&ctx->lock);
+    dp_clear_error(ctx);
+    dp_problem p;
+    dp_bwd_plan bp;
+    memset(&bp, 0, sizeof bp);
+    dipole_status st = dp_problem_init(ctx, desc, &p);
+    if (st == DIPOLE_SUCCESS) {
+        st = bwd_choose(ctx, &p, &bp);
+        if (st == DIPOLE_ERR_UNSUPPORTED)
+            snprintf(bp.pub.reason, sizeof bp.pub.reason, "%s",
+                     ctx->last_error ? ctx->last_error : "backward: unsupported");
+    }
+    *plan = bp.pub;
+    pthread_mutex_unlock(&ctx->lock);
     return st;
 }
 
@@ -126,38 +140,17 @@ static dipole_status backward_locked(dipole_ctx *ctx, const dp_problem *p, const
                                      cl_event *event)
 {
     dipole_status st = check_args(ctx, p, a);
-    dp_bwd_tiles tiles = {0};
-    bool gemm = false;
+    dp_bwd_plan plan;
     if (st == DIPOLE_SUCCESS)
-        st = bwd_choose(ctx, p, &tiles, &gemm);
+        st = bwd_choose(ctx, p, &plan);
     if (st != DIPOLE_SUCCESS)
         return st;
-    const dipole_attn_desc *d = &p->d;
-    cl_mem key_lengths = NULL, pole_weights = NULL;
-    if (d->key_lengths)
-        st = dp_upload(ctx, d->key_lengths, sizeof(int) * (size_t)d->batch, "key_lengths",
-                       &key_lengths);
-    if (st == DIPOLE_SUCCESS && d->variant == DIPOLE_TWO_POLE && (d->pos_weight || d->neg_weight)) {
-        const size_t hq = (size_t)d->heads_q;
-        float *w = malloc(sizeof(float) * 2 * hq);
-        if (!w)
-            st = dp_fail(ctx, DIPOLE_ERR_OUT_OF_HOST_MEMORY, "out of memory");
-        for (size_t h = 0; w && h < hq; h++) {
-            w[h] = d->pos_weight ? d->pos_weight[h] : 1.0f;
-            w[hq + h] = d->neg_weight ? d->neg_weight[h] : 1.0f;
-        }
-        if (st == DIPOLE_SUCCESS)
-            st = dp_upload(ctx, w, sizeof(float) * 2 * hq, "pole weights", &pole_weights);
-        free(w);
-    }
+    dp_call_buffers cb;
+    st = dp_call_buffers_upload(ctx, p, &cb);
     if (st == DIPOLE_SUCCESS)
-        st = gemm ? dp_gemm_backward(ctx, p, a, key_lengths, pole_weights, event)
-                  : dp_bwd_tiled_run(ctx, p, a, &tiles, key_lengths, pole_weights, event);
-    /* Released objects live on until the enqueued kernels that use them finish. */
-    if (key_lengths)
-        clReleaseMemObject(key_lengths);
-    if (pole_weights)
-        clReleaseMemObject(pole_weights);
+        st = plan.pub.path == DIPOLE_PATH_GEMM ? dp_gemm_backward(ctx, p, a, &plan, &cb, event)
+                                               : dp_bwd_tiled_run(ctx, p, a, &plan, &cb, event);
+    dp_call_buffers_release(&cb);
     return st;
 }
 
@@ -212,8 +205,8 @@ dipole_status dipole_attention_backward_host(dipole_ctx *ctx, const dipole_attn_
     }
     if (dp_requested_path(ctx, &p) == DIPOLE_PATH_TILED && p.d.head_dim > DP_BWD_MAX_HEAD_DIM) {
         /* fail before running a forward for nothing */
-        dp_bwd_tiles tiles;
-        st = dp_bwd_tiled_plan(ctx, &p, &tiles);
+        dp_bwd_plan plan;
+        st = dp_bwd_tiled_plan(ctx, &p, &plan);
         goto unlock;
     }
     const dipole_attn_desc *d = &p.d;
@@ -243,17 +236,7 @@ dipole_status dipole_attention_backward_host(dipole_ctx *ctx, const dipole_attn_
     for (int i = 0; i < NBUF && st == DIPOLE_SUCCESS; i++) {
         if (!spec[i].wanted)
             continue;
-        cl_int err;
-        const cl_mem_flags flags = spec[i].host ? CL_MEM_READ_ONLY | CL_MEM_COPY_HOST_PTR
-                                                : CL_MEM_READ_WRITE;
-        bufs[i] = clCreateBuffer(ctx->context, flags, spec[i].n * sizeof(float),
-                                 (void *)spec[i].host, &err);
-        if (err != CL_SUCCESS) {
-            bufs[i] = NULL;
-            char call[96];
-            snprintf(call, sizeof call, "clCreateBuffer(%zu bytes)", spec[i].n * sizeof(float));
-            st = dp_cl_fail(ctx, err, call);
-        }
+        st = dp_stage(ctx, spec[i].host, spec[i].n * sizeof(float), &bufs[i]);
     }
     pthread_mutex_unlock(&ctx->lock);
     if (st != DIPOLE_SUCCESS)

@@ -5,6 +5,7 @@
 #define DIPOLE_BACKWARD_H
 
 #include "internal.h"
+#include "launch.h"
 
 typedef struct dp_bwd_args {
     const dipole_tensor *q, *k, *v, *v2, *out, *dout, *dq, *dk, *dv, *dv2;
@@ -26,14 +27,30 @@ typedef struct dp_bwd_tiles {
     int block_n; /* group: keys per work-group; cpu: keys per dkdv work-item */
 } dp_bwd_tiles;
 
-/* Tiles that fit the device and the compiled kernels; DIPOLE_ERR_UNSUPPORTED with the reason
- * otherwise. */
-dipole_status dp_bwd_tiled_plan(dipole_ctx *ctx, const dp_problem *p, dp_bwd_tiles *t);
+/* A backward call's plan: every decision, made once (backward.c, backward_tiled.c,
+ * backward_gemm.c); the run functions execute it and decide nothing. */
+typedef struct dp_bwd_plan {
+    dipole_plan pub;           /* what dipole_attention_backward_plan returns */
+    dp_bwd_tiles tiles;        /* tiled */
+    dp_kernel_config kernels;  /* tiled: the program of the layout's kernels */
+    dp_kernel_config dweights; /* dipole_bwd_dweights' program (TWO_POLE) */
+    dp_gemm_chunking chunking; /* gemm */
+    dp_rowwise_plan rowwise;   /* gemm */
+} dp_bwd_plan;
 
-/* Launches the tiled backward (validated arguments). key_lengths and pole_weights are the
- * per-call device copies (or NULL). */
+/* dipole_bwd_dweights' program: the one place it is built. standalone: a program of its own
+ * (it never reads HEAD_DIM or the mask, so one small program serves every head_dim); else
+ * the group layout's program (group), which holds it. */
+dp_kernel_config dp_bwd_dweights_config(const dp_problem *p, const dp_kernel_config *group,
+                                        int work_group, bool standalone);
+
+/* Tiles that fit the device and the compiled kernels (filling plan); DIPOLE_ERR_UNSUPPORTED
+ * with the reason on ctx otherwise. */
+dipole_status dp_bwd_tiled_plan(dipole_ctx *ctx, const dp_problem *p, dp_bwd_plan *plan);
+
+/* Launches the tiled backward (validated arguments). */
 dipole_status dp_bwd_tiled_run(dipole_ctx *ctx, const dp_problem *p, const dp_bwd_args *a,
-                               const dp_bwd_tiles *t, cl_mem key_lengths, cl_mem pole_weights,
+                               const dp_bwd_plan *plan, const dp_call_buffers *cb,
                                cl_event *event);
 
 #endif

@@ -31,45 +31,21 @@ static void work_free(bwd_work *w)
     dp_gemm_batch_free(&w->g);
 }
 
-static dipole_status device_buffer(dipole_ctx *ctx, size_t bytes, const char *what, cl_mem *out)
-{
-    cl_int err;
-    *out = clCreateBuffer(ctx->context, CL_MEM_READ_WRITE, bytes, NULL, &err);
-    if (err == CL_SUCCESS)
-        return DIPOLE_SUCCESS;
-    *out = NULL;
-    char call[96];
-    snprintf(call, sizeof call, "clCreateBuffer(%s, %zu bytes)", what, bytes);
-    return dp_cl_fail(ctx, err, call);
-}
-
 static dipole_status zero_tensor(dipole_ctx *ctx, cl_kernel kernel, const dp_problem *p,
                                  const dipole_tensor *t)
 {
-    cl_long4 lay;
-    lay.s[0] = (cl_long)t->offset;
-    lay.s[1] = (cl_long)t->stride_batch;
-    lay.s[2] = (cl_long)t->stride_seq;
-    lay.s[3] = (cl_long)t->stride_head;
-    const cl_int seq = p->d.seq_k, dim = p->d.head_dim;
-    cl_int err = clSetKernelArg(kernel, 0, sizeof(cl_mem), &t->buffer);
-    if (err == CL_SUCCESS)
-        err = clSetKernelArg(kernel, 1, sizeof lay, &lay);
-    if (err == CL_SUCCESS)
-        err = clSetKernelArg(kernel, 2, sizeof seq, &seq);
-    if (err == CL_SUCCESS)
-        err = clSetKernelArg(kernel, 3, sizeof dim, &dim);
-    if (err != CL_SUCCESS)
-        return dp_cl_fail(ctx, err, "clSetKernelArg(dipole_zero_rows)");
+    const int seq = p->d.seq_k, dim = p->d.head_dim;
+    dp_launch_args l = dp_launch_args_begin(kernel, "dipole_zero_rows");
+    dp_arg_tensor(&l, t);
+    dp_arg_int(&l, seq);
+    dp_arg_int(&l, dim);
     const size_t global[3] = {(size_t)dim, (size_t)seq * (size_t)p->d.heads_kv,
                               (size_t)p->d.batch};
-    err = clEnqueueNDRangeKernel(ctx->queue, kernel, 3, NULL, global, NULL, 0, NULL, NULL);
-    return err == CL_SUCCESS ? DIPOLE_SUCCESS
-                             : dp_cl_fail(ctx, err, "clEnqueueNDRangeKernel(dipole_zero_rows)");
+    return dp_launch(ctx, &l, 3, global, NULL, NULL);
 }
 
 static dipole_status launch_rowwise_bwd(dipole_ctx *ctx, const dp_problem *p,
-                                        const dp_rowwise_launch *rw, const bwd_work *w,
+                                        const dp_rowwise_plan *rw, const bwd_work *w,
                                         const dp_bwd_args *a, cl_mem key_lengths,
                                         cl_mem pole_weights, size_t s0, size_t ns, size_t r0,
                                         size_t nr, size_t j0, size_t nc)
@@ -79,51 +55,46 @@ static dipole_status launch_rowwise_bwd(dipole_ctx *ctx, const dp_problem *p,
     return dp_rowwise_enqueue(ctx, rw, "dipole_rowwise_bwd", bufs, 7, p, s0, ns, r0, nr, j0, nc);
 }
 
-/* d alpha, d beta with the tiled backward's kernel. It never reads HEAD_DIM, so it is built at
- * head_dim 1 and needs no mask defines: one small program serves every head_dim. */
-static dipole_status launch_dweights(dipole_ctx *ctx, const dp_problem *p, const bwd_work *w,
-                                     const dp_bwd_args *a, cl_event *event)
+static dp_kernel_config dweights_config(const void *user, int size)
 {
-    dp_kernel_config cfg =
-        dp_kernel_config_for(p, DP_KERNEL_BWD, DP_DWEIGHTS_WG, DP_DWEIGHTS_WG, DP_DWEIGHTS_WG);
-    cfg.head_dim = 1;
-    cfg.causal = 0;
-    cfg.has_window = 0;
+    return dp_bwd_dweights_config(user, NULL, size, true);
+}
+
+/* dweights' work-group: what the compiled kernel allows (GEMM path: a program of its own). */
+static dipole_status plan_dweights(dipole_ctx *ctx, const dp_problem *p, dp_kernel_config *cfg)
+{
+    int size = DP_DWEIGHTS_WG;
+    while ((size_t)size > ctx->props.max_work_group && size > 1)
+        size /= 2;
+    static const char *const name[1] = {"dipole_bwd_dweights"};
+    const dp_fit_search search = {name, 1, dweights_config, NULL, NULL, 1, p};
+    dp_kernel_fit fit;
+    const dipole_status st = dp_fit_search_run(ctx, &search, &size, cfg, &fit);
+    if (st == DIPOLE_ERR_UNSUPPORTED)
+        return dp_fail(ctx, DIPOLE_ERR_UNSUPPORTED,
+                       "backward: the compiled dweights kernel allows no work-item");
+    return st;
+}
+
+/* d alpha, d beta with the tiled backward's kernel. */
+static dipole_status launch_dweights(dipole_ctx *ctx, const dp_problem *p, const bwd_work *w,
+                                     const dp_bwd_args *a, const dp_kernel_config *cfg,
+                                     cl_event *event)
+{
     cl_kernel kernel;
-    for (;;) {
-        while ((size_t)cfg.block_m > ctx->props.max_work_group && cfg.block_m > 1)
-            cfg.block_m /= 2;
-        cfg.work_group = cfg.block_m;
-        dipole_status st = dp_get_kernel(ctx, &cfg, "dipole_bwd_dweights", &kernel);
-        if (st != DIPOLE_SUCCESS)
-            return st;
-        size_t wg = 0;
-        cl_int err = clGetKernelWorkGroupInfo(kernel, ctx->device, CL_KERNEL_WORK_GROUP_SIZE,
-                                              sizeof wg, &wg, NULL);
-        if (err != CL_SUCCESS)
-            return dp_cl_fail(ctx, err, "clGetKernelWorkGroupInfo(dipole_bwd_dweights)");
-        if ((size_t)cfg.block_m <= wg)
-            break;
-        if (cfg.block_m == 1)
-            return dp_fail(ctx, DIPOLE_ERR_UNSUPPORTED,
-                           "backward: the compiled dweights kernel allows no work-item");
-        cfg.block_m /= 2;
-    }
-    const cl_int ints[3] = {p->d.batch, p->d.heads_q, p->d.seq_q};
-    const cl_mem bufs[3] = {w->rowdot, a->dpos, a->dneg};
-    cl_int err = CL_SUCCESS;
-    cl_uint arg = 0;
-    for (int i = 0; i < 3 && err == CL_SUCCESS; i++)
-        err = clSetKernelArg(kernel, arg++, sizeof(cl_mem), &bufs[i]);
-    for (int i = 0; i < 3 && err == CL_SUCCESS; i++)
-        err = clSetKernelArg(kernel, arg++, sizeof(cl_int), &ints[i]);
-    if (err != CL_SUCCESS)
-        return dp_cl_fail(ctx, err, "clSetKernelArg(dipole_bwd_dweights)");
-    const size_t global[3] = {(size_t)cfg.block_m, (size_t)p->d.heads_q, (size_t)p->npoles};
-    const size_t local[3] = {(size_t)cfg.block_m, 1, 1};
-    err = clEnqueueNDRangeKernel(ctx->queue, kernel, 3, NULL, global, local, 0, NULL, event);
-    return err == CL_SUCCESS ? DIPOLE_SUCCESS
-                             : dp_cl_fail(ctx, err, "clEnqueueNDRangeKernel(dipole_bwd_dweights)");
+    dipole_status st = dp_get_kernel(ctx, cfg, "dipole_bwd_dweights", &kernel);
+    if (st != DIPOLE_SUCCESS)
+        return st;
+    dp_launch_args l = dp_launch_args_begin(kernel, "dipole_bwd_dweights");
+    dp_arg_buffer(&l, w->rowdot);
+    dp_arg_buffer(&l, a->dpos);
+    dp_arg_buffer(&l, a->dneg);
+    dp_arg_int(&l, p->d.batch);
+    dp_arg_int(&l, p->d.heads_q);
+    dp_arg_int(&l, p->d.seq_q);
+    const size_t global[3] = {(size_t)cfg->block_m, (size_t)p->d.heads_q, (size_t)p->npoles};
+    const size_t local[3] = {(size_t)cfg->block_m, 1, 1};
+    return dp_launch(ctx, &l, 3, global, local, event);
 }
 
 /* One batched GEMM over the chunk's slices t with t % group == g (every slice when g < 0),
@@ -188,7 +159,7 @@ static dipole_status batched(dipole_ctx *ctx, const dp_problem *p, bwd_work *w, 
 
 /* The GEMMs and the row-wise kernel of one chunk, in a fixed order. */
 static dipole_status run_chunk(dipole_ctx *ctx, const dp_problem *p, const dp_bwd_args *a,
-                               const dp_rowwise_launch *rw, bwd_work *w, const chunk *c,
+                               const dp_rowwise_plan *rw, bwd_work *w, const chunk *c,
                                cl_mem key_lengths, cl_mem pole_weights)
 {
     const size_t dim = (size_t)p->d.head_dim, nr = c->nr, nc = c->nc;
@@ -241,16 +212,45 @@ static dipole_status run_chunk(dipole_ctx *ctx, const dp_problem *p, const dp_bw
     return st;
 }
 
-dipole_status dp_gemm_backward(dipole_ctx *ctx, const dp_problem *p, const dp_bwd_args *a,
-                               cl_mem key_lengths, cl_mem pole_weights, cl_event *event)
+dipole_status dp_gemm_backward_plan(dipole_ctx *ctx, const dp_problem *p, dp_bwd_plan *plan)
 {
-    const dipole_attn_desc *d = &p->d;
     /* S, dP (and dP2) per chunk; CLBlast may copy a score chunk in the dV / dK / dQ GEMMs,
      * whose orientations its fast kernel does not take directly. */
     char reason[256];
-    dp_gemm_chunking ch;
-    if (!dp_gemm_chunking_choose(ctx, p, p->reads_v2 ? 3 : 2, true, &ch, reason, sizeof reason))
+    dp_gemm_chunking *ch = &plan->chunking;
+    if (!dp_gemm_chunking_choose(ctx, p, p->reads_v2 ? 3 : 2, true, ch, reason, sizeof reason))
         return dp_fail(ctx, DIPOLE_ERR_UNSUPPORTED, "backward %s", reason);
+    dipole_status st = dp_rowwise_plan_make(ctx, p, "dipole_rowwise_bwd", &plan->rowwise,
+                                            reason, sizeof reason);
+    if (st == DIPOLE_ERR_UNSUPPORTED)
+        return dp_fail(ctx, st, "%s", reason);
+    if (st == DIPOLE_SUCCESS && p->d.variant == DIPOLE_TWO_POLE)
+        st = plan_dweights(ctx, p, &plan->dweights);
+    if (st != DIPOLE_SUCCESS)
+        return st;
+    dipole_plan *pub = &plan->pub;
+    pub->path = DIPOLE_PATH_GEMM;
+    pub->layout = DIPOLE_LAYOUT_NONE;
+    pub->work_group = (int)(plan->rowwise.block_m * plan->rowwise.block_n);
+    pub->workspace_bytes = ch->peak_bytes;
+    pub->chunk_rows = ch->rows;
+    pub->chunk_slices = ch->slices;
+    pub->chunks = ch->nchunks;
+    snprintf(pub->reason, sizeof pub->reason,
+             "backward gemm: %zu chunk%s of %zu rows x %zu heads, peak %.1f of %.1f MiB",
+             ch->nchunks, ch->nchunks == 1 ? "" : "s", ch->rows, ch->slices,
+             (double)ch->peak_bytes / 1048576.0, (double)ctx->workspace_limit / 1048576.0);
+    return DIPOLE_SUCCESS;
+}
+
+dipole_status dp_gemm_backward(dipole_ctx *ctx, const dp_problem *p, const dp_bwd_args *a,
+                               const dp_bwd_plan *plan, const dp_call_buffers *cb,
+                               cl_event *event)
+{
+    const dipole_attn_desc *d = &p->d;
+    const dp_gemm_chunking *ch = &plan->chunking;
+    const dp_rowwise_plan *rw = &plan->rowwise;
+    cl_mem key_lengths = cb->key_lengths, pole_weights = cb->pole_weights;
     const struct {
         const char *name;
         const dipole_tensor *t;
@@ -264,31 +264,28 @@ dipole_status dp_gemm_backward(dipole_ctx *ctx, const dp_problem *p, const dp_bw
         st = dp_gemm_check_int_range(ctx, ts[i].name, ts[i].t, d->batch,
                                      ts[i].query ? d->seq_q : d->seq_k,
                                      ts[i].query ? d->heads_q : d->heads_kv, d->head_dim);
-    dp_rowwise_launch rw;
-    if (st == DIPOLE_SUCCESS)
-        st = dp_rowwise_kernel(ctx, p, "dipole_rowwise_bwd", &rw);
     cl_kernel zero = NULL;
     if (st == DIPOLE_SUCCESS)
-        st = dp_get_kernel(ctx, &rw.cfg, "dipole_zero_rows", &zero);
+        st = dp_get_kernel(ctx, &rw->cfg, "dipole_zero_rows", &zero);
     if (st != DIPOLE_SUCCESS)
         return st;
 
     const bool want_dw = d->variant == DIPOLE_TWO_POLE && (a->dpos || a->dneg);
     bwd_work w;
     memset(&w, 0, sizeof w);
-    const size_t ns_max = ch.slices, nr_max = ch.rows;
+    const size_t ns_max = ch->slices, nr_max = ch->rows;
     if (!dp_gemm_batch_alloc(&w.g, ns_max)) {
         work_free(&w);
         return dp_fail(ctx, DIPOLE_ERR_OUT_OF_HOST_MEMORY, "backward gemm: out of host memory");
     }
     const size_t s_bytes = sizeof(float) * ns_max * nr_max * (size_t)d->seq_k;
-    st = device_buffer(ctx, s_bytes, "gemm backward S", &w.s);
+    st = dp_scratch(ctx, s_bytes, "gemm backward S", &w.s);
     if (st == DIPOLE_SUCCESS)
-        st = device_buffer(ctx, s_bytes, "gemm backward dP", &w.dp);
+        st = dp_scratch(ctx, s_bytes, "gemm backward dP", &w.dp);
     if (st == DIPOLE_SUCCESS && p->reads_v2)
-        st = device_buffer(ctx, s_bytes, "gemm backward dP2", &w.dp2);
+        st = dp_scratch(ctx, s_bytes, "gemm backward dP2", &w.dp2);
     if (st == DIPOLE_SUCCESS && want_dw)
-        st = device_buffer(ctx,
+        st = dp_scratch(ctx,
                            sizeof(float) * (size_t)p->npoles * (size_t)d->batch *
                                (size_t)d->heads_q * (size_t)d->seq_q,
                            "rowdot", &w.rowdot);
@@ -304,11 +301,11 @@ dipole_status dp_gemm_backward(dipole_ctx *ctx, const dp_problem *p, const dp_bw
             chunk c = {s0, bh - s0 < ns_max ? bh - s0 : ns_max, r0,
                        nq - r0 < nr_max ? nq - r0 : nr_max, 0, 0};
             dp_gemm_key_span(p, c.s0, c.ns, c.r0, c.nr, &c.j0, &c.nc);
-            st = run_chunk(ctx, p, a, &rw, &w, &c, key_lengths, pole_weights);
+            st = run_chunk(ctx, p, a, rw, &w, &c, key_lengths, pole_weights);
         }
     }
     if (st == DIPOLE_SUCCESS && want_dw)
-        st = launch_dweights(ctx, p, &w, a, event);
+        st = launch_dweights(ctx, p, &w, a, &plan->dweights, event);
     else if (st == DIPOLE_SUCCESS && event) {
         /* CLBlast's calls each end in their own event; a marker stands for the whole call. */
         cl_int err = clEnqueueMarkerWithWaitList(ctx->queue, 0, NULL, event);
@@ -317,8 +314,8 @@ dipole_status dp_gemm_backward(dipole_ctx *ctx, const dp_problem *p, const dp_bw
     }
     if (st == DIPOLE_SUCCESS)
         dp_log(ctx, "backward %s: gemm, %zu chunk%s of %zu rows x %zu heads, peak %.1f MiB",
-               dipole_variant_name(d->variant), ch.nchunks, ch.nchunks == 1 ? "" : "s", ch.rows,
-               ch.slices, (double)ch.peak_bytes / 1048576.0);
+               dipole_variant_name(d->variant), ch->nchunks, ch->nchunks == 1 ? "" : "s", ch->rows,
+               ch->slices, (double)ch->peak_bytes / 1048576.0);
     /* The buffers live on until the enqueued commands that use them finish. */
     work_free(&w);
     return st;

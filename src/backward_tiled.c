@@ -14,17 +14,28 @@
 #define DP_BWD_CPU_ROWS 128
 #define DP_BWD_CPU_KEYS 128
 
+dp_kernel_config dp_bwd_dweights_config(const dp_problem *p, const dp_kernel_config *group,
+                                        int work_group, bool standalone)
+{
+    if (group)
+        return *group;
+    dp_kernel_config cfg = dp_kernel_config_for(p, DP_KERNEL_BWD, work_group, DP_DWEIGHTS_WG,
+                                                work_group);
+    if (standalone) {
+        cfg.head_dim = 1;
+        cfg.causal = 0;
+        cfg.has_window = 0;
+    }
+    return cfg;
+}
+
 static dipole_status kernel_wg(dipole_ctx *ctx, const dp_kernel_config *cfg, const char *name,
                                size_t *wg)
 {
-    cl_kernel kernel;
-    dipole_status st = dp_get_kernel(ctx, cfg, name, &kernel);
-    if (st != DIPOLE_SUCCESS)
-        return st;
-    cl_int err = clGetKernelWorkGroupInfo(kernel, ctx->device, CL_KERNEL_WORK_GROUP_SIZE,
-                                          sizeof *wg, wg, NULL);
-    return err == CL_SUCCESS ? DIPOLE_SUCCESS
-                             : dp_cl_fail(ctx, err, "clGetKernelWorkGroupInfo(CL_KERNEL_WORK_GROUP_SIZE)");
+    dp_kernel_fit fit;
+    const dipole_status st = dp_kernel_fit_query(ctx, cfg, &name, 1, &fit);
+    *wg = fit.work_group;
+    return st;
 }
 
 /* Group layout: tile sizes that fit the device's local memory and the compiled kernels'
@@ -95,15 +106,11 @@ static dipole_status plan_cpu(dipole_ctx *ctx, const dp_problem *p, dp_bwd_tiles
         dp_kernel_config_for(p, DP_KERNEL_BWD_CPU, t->block_m, t->block_n, 1);
     static const char *const names[2] = {"dipole_bwd_dq_cpu", "dipole_bwd_dkdv_cpu"};
     for (int i = 0; i < 2; i++) {
-        cl_kernel kernel;
-        dipole_status st = dp_get_kernel(ctx, &cfg, names[i], &kernel);
+        dp_kernel_fit fit;
+        const dipole_status st = dp_kernel_fit_query(ctx, &cfg, &names[i], 1, &fit);
         if (st != DIPOLE_SUCCESS)
             return st;
-        cl_ulong local = 0;
-        cl_int err = clGetKernelWorkGroupInfo(kernel, ctx->device, CL_KERNEL_LOCAL_MEM_SIZE,
-                                              sizeof local, &local, NULL);
-        if (err != CL_SUCCESS)
-            return dp_cl_fail(ctx, err, "clGetKernelWorkGroupInfo(CL_KERNEL_LOCAL_MEM_SIZE)");
+        const cl_ulong local = fit.local_mem;
         if (local > ctx->props.local_mem)
             return dp_fail(ctx, DIPOLE_ERR_UNSUPPORTED,
                            "backward: %s needs %llu KiB of local memory at head_dim %d, the "
@@ -114,99 +121,62 @@ static dipole_status plan_cpu(dipole_ctx *ctx, const dp_problem *p, dp_bwd_tiles
     return DIPOLE_SUCCESS;
 }
 
-dipole_status dp_bwd_tiled_plan(dipole_ctx *ctx, const dp_problem *p, dp_bwd_tiles *t)
+dipole_status dp_bwd_tiled_plan(dipole_ctx *ctx, const dp_problem *p, dp_bwd_plan *plan)
 {
+    dp_bwd_tiles *t = &plan->tiles;
     if (p->d.head_dim > DP_BWD_MAX_HEAD_DIM)
         return dp_fail(ctx, DIPOLE_ERR_UNSUPPORTED,
                        "backward: head_dim %d exceeds the tiled backward kernels' maximum %d "
                        "(the GEMM path has no such limit)",
                        p->d.head_dim, DP_BWD_MAX_HEAD_DIM);
     t->cpu = dp_tiled_cpu_layout(ctx);
+    dipole_status st = DIPOLE_ERR_UNSUPPORTED;
     if (t->cpu) {
-        const dipole_status st = plan_cpu(ctx, p, t);
-        if (st != DIPOLE_ERR_UNSUPPORTED)
+        st = plan_cpu(ctx, p, t);
+        if (st != DIPOLE_ERR_UNSUPPORTED && st != DIPOLE_SUCCESS)
             return st;
-        /* a CPU runtime with little local memory: the work-group kernels still fit */
-        dp_log(ctx, "%s -> group layout", ctx->last_error ? ctx->last_error : "backward: cpu layout");
-        dp_clear_error(ctx);
-        t->cpu = false;
+        if (st == DIPOLE_ERR_UNSUPPORTED) {
+            /* a CPU runtime with little local memory: the work-group kernels still fit */
+            dp_log(ctx, "%s -> group layout",
+                   ctx->last_error ? ctx->last_error : "backward: cpu layout");
+            dp_clear_error(ctx);
+            t->cpu = false;
+        }
     }
-    return plan_group(ctx, p, &t->block_m, &t->block_n);
-}
-
-/* Sets a kernel's arguments in order; the first failure sticks. */
-typedef struct arg_list {
-    cl_kernel kernel;
-    cl_uint n;
-    cl_int err;
-} arg_list;
-
-static void arg_raw(arg_list *l, size_t size, const void *value)
-{
-    if (l->err == CL_SUCCESS)
-        l->err = clSetKernelArg(l->kernel, l->n++, size, value);
-}
-
-static void arg_mem(arg_list *l, cl_mem m)
-{
-    arg_raw(l, sizeof m, &m);
-}
-
-static void arg_int(arg_list *l, int v)
-{
-    const cl_int x = v;
-    arg_raw(l, sizeof x, &x);
-}
-
-static void arg_tensor(arg_list *l, const dipole_tensor *t)
-{
-    cl_long4 lay;
-    lay.s[0] = (cl_long)t->offset;
-    lay.s[1] = (cl_long)t->stride_batch;
-    lay.s[2] = (cl_long)t->stride_seq;
-    lay.s[3] = (cl_long)t->stride_head;
-    arg_mem(l, t->buffer);
-    arg_raw(l, sizeof lay, &lay);
+    if (!t->cpu && (st = plan_group(ctx, p, &t->block_m, &t->block_n)) != DIPOLE_SUCCESS)
+        return st;
+    plan->kernels = t->cpu ? dp_kernel_config_for(p, DP_KERNEL_BWD_CPU, t->block_m, t->block_n, 1)
+                           : dp_kernel_config_for(p, DP_KERNEL_BWD, t->block_m, t->block_n,
+                                                  t->block_m);
+    /* dweights is a row kernel of the group program: on the CPU layout it gets a program of
+     * its own. */
+    plan->dweights = t->cpu ? dp_bwd_dweights_config(p, NULL, DP_DWEIGHTS_WG, false)
+                            : dp_bwd_dweights_config(p, &plan->kernels, 0, false);
+    dipole_plan *pub = &plan->pub;
+    pub->path = DIPOLE_PATH_TILED;
+    pub->layout = t->cpu ? DIPOLE_LAYOUT_CPU : DIPOLE_LAYOUT_GROUP;
+    pub->block_m = t->block_m;
+    pub->block_n = t->block_n;
+    pub->work_group = t->cpu ? 1 : t->block_m;
+    snprintf(pub->reason, sizeof pub->reason, "backward tiled/%s: head_dim %d fits; %d x %d tiles",
+             t->cpu ? "cpu" : "group", p->d.head_dim, t->block_m, t->block_n);
+    return DIPOLE_SUCCESS;
 }
 
 /* The problem-size tail every kernel but dweights ends with. */
-static void arg_problem(arg_list *l, const dp_problem *p)
+static void arg_problem(dp_launch_args *l, const dp_problem *p)
 {
     const int ints[5] = {p->d.batch, p->d.heads_q, p->d.heads_kv, p->d.seq_q, p->d.seq_k};
     for (int i = 0; i < 5; i++)
-        arg_int(l, ints[i]);
-    const cl_float scale = p->d.scale;
-    arg_raw(l, sizeof scale, &scale);
-    arg_int(l, p->d.window_left);
-    arg_int(l, p->d.window_right);
+        dp_arg_int(l, ints[i]);
+    dp_arg_float(l, p->d.scale);
+    dp_arg_int(l, p->d.window_left);
+    dp_arg_int(l, p->d.window_right);
 }
 
 static size_t round_up(size_t n, size_t m)
 {
     return (n + m - 1) / m * m;
-}
-
-static dipole_status scratch(dipole_ctx *ctx, size_t floats, const char *what, cl_mem *out)
-{
-    cl_int err;
-    *out = clCreateBuffer(ctx->context, CL_MEM_READ_WRITE, floats * sizeof(float), NULL, &err);
-    if (err == CL_SUCCESS)
-        return DIPOLE_SUCCESS;
-    *out = NULL;
-    char call[96];
-    snprintf(call, sizeof call, "clCreateBuffer(%s, %zu bytes)", what, floats * sizeof(float));
-    return dp_cl_fail(ctx, err, call);
-}
-
-static dipole_status enqueue(dipole_ctx *ctx, cl_kernel kernel, const char *name,
-                             const size_t global[3], const size_t local[3], cl_event *event)
-{
-    cl_int err = clEnqueueNDRangeKernel(ctx->queue, kernel, 3, NULL, global, local, 0, NULL, event);
-    if (err == CL_SUCCESS)
-        return DIPOLE_SUCCESS;
-    char call[96];
-    snprintf(call, sizeof call, "clEnqueueNDRangeKernel(%s)", name);
-    return dp_cl_fail(ctx, err, call);
 }
 
 /* The kernels the two layouts launch; each has its own argument list (launch()). */
@@ -242,97 +212,84 @@ static dipole_status launch(dipole_ctx *ctx, const dp_problem *p, const dp_bwd_a
     /* v2 / dv2 are never touched when the variant has no v2; bind v / dv so the argument is
      * valid. */
     const dipole_tensor *v2 = p->reads_v2 ? a->v2 : a->v, *dv2 = p->reads_v2 ? a->dv2 : a->dv;
-    arg_list l = {kernel, 0, CL_SUCCESS};
+    dp_launch_args l = dp_launch_args_begin(kernel, name);
     if (which == K_DWEIGHTS) {
-        arg_mem(&l, s->rowdot);
-        arg_mem(&l, a->dpos);
-        arg_mem(&l, a->dneg);
-        arg_int(&l, p->d.batch);
-        arg_int(&l, p->d.heads_q);
-        arg_int(&l, p->d.seq_q);
+        dp_arg_buffer(&l, s->rowdot);
+        dp_arg_buffer(&l, a->dpos);
+        dp_arg_buffer(&l, a->dneg);
+        dp_arg_int(&l, p->d.batch);
+        dp_arg_int(&l, p->d.heads_q);
+        dp_arg_int(&l, p->d.seq_q);
     } else {
-        arg_tensor(&l, a->q);
-        arg_tensor(&l, a->k);
-        arg_tensor(&l, a->v);
-        arg_tensor(&l, v2);
+        dp_arg_tensor(&l, a->q);
+        dp_arg_tensor(&l, a->k);
+        dp_arg_tensor(&l, a->v);
+        dp_arg_tensor(&l, v2);
         switch (which) {
         case K_PRE:
         case K_DQ_CPU: /* the CPU dq kernel takes pre's arguments, then dq */
-            arg_tensor(&l, a->out);
-            arg_tensor(&l, a->dout);
-            arg_mem(&l, a->lse);
-            arg_mem(&l, s->key_lengths);
-            arg_mem(&l, s->pole_weights);
-            arg_mem(&l, s->delta);
-            arg_mem(&l, s->rowdot);
+            dp_arg_tensor(&l, a->out);
+            dp_arg_tensor(&l, a->dout);
+            dp_arg_buffer(&l, a->lse);
+            dp_arg_buffer(&l, s->key_lengths);
+            dp_arg_buffer(&l, s->pole_weights);
+            dp_arg_buffer(&l, s->delta);
+            dp_arg_buffer(&l, s->rowdot);
             if (which == K_DQ_CPU)
-                arg_tensor(&l, a->dq);
+                dp_arg_tensor(&l, a->dq);
             break;
         case K_DQ:
-            arg_tensor(&l, a->dout);
-            arg_mem(&l, a->lse);
-            arg_mem(&l, s->delta);
-            arg_mem(&l, s->key_lengths);
-            arg_mem(&l, s->pole_weights);
-            arg_tensor(&l, a->dq);
+            dp_arg_tensor(&l, a->dout);
+            dp_arg_buffer(&l, a->lse);
+            dp_arg_buffer(&l, s->delta);
+            dp_arg_buffer(&l, s->key_lengths);
+            dp_arg_buffer(&l, s->pole_weights);
+            dp_arg_tensor(&l, a->dq);
             break;
         default: /* dkdv, both layouts */
-            arg_tensor(&l, a->dout);
-            arg_mem(&l, a->lse);
-            arg_mem(&l, s->delta);
-            arg_mem(&l, s->key_lengths);
-            arg_mem(&l, s->pole_weights);
-            arg_tensor(&l, a->dk);
-            arg_tensor(&l, a->dv);
-            arg_tensor(&l, dv2);
+            dp_arg_tensor(&l, a->dout);
+            dp_arg_buffer(&l, a->lse);
+            dp_arg_buffer(&l, s->delta);
+            dp_arg_buffer(&l, s->key_lengths);
+            dp_arg_buffer(&l, s->pole_weights);
+            dp_arg_tensor(&l, a->dk);
+            dp_arg_tensor(&l, a->dv);
+            dp_arg_tensor(&l, dv2);
             break;
         }
         arg_problem(&l, p);
     }
-    if (l.err != CL_SUCCESS) {
-        char call[96];
-        snprintf(call, sizeof call, "clSetKernelArg(%s, %u)", name, l.n - 1);
-        return dp_cl_fail(ctx, l.err, call);
-    }
-    return enqueue(ctx, kernel, name, ln->global, ln->local, event);
+    return dp_launch(ctx, &l, 3, ln->global, ln->local, event);
 }
 
 dipole_status dp_bwd_tiled_run(dipole_ctx *ctx, const dp_problem *p, const dp_bwd_args *a,
-                               const dp_bwd_tiles *t, cl_mem key_lengths, cl_mem pole_weights,
+                               const dp_bwd_plan *bp, const dp_call_buffers *cb,
                                cl_event *event)
 {
     const dipole_attn_desc *d = &p->d;
+    const dp_bwd_tiles *t = &bp->tiles;
     const bool want_dw = d->variant == DIPOLE_TWO_POLE && (a->dpos || a->dneg);
     const size_t nstat = (size_t)p->npoles * d->batch * d->heads_q * d->seq_q;
-    bwd_bufs s = {key_lengths, pole_weights, NULL, NULL};
-    dipole_status st = scratch(ctx, nstat, "delta", &s.delta);
+    bwd_bufs s = {cb->key_lengths, cb->pole_weights, NULL, NULL};
+    dipole_status st = dp_scratch(ctx, nstat * sizeof(float), "delta", &s.delta);
     if (st == DIPOLE_SUCCESS && want_dw)
-        st = scratch(ctx, nstat, "rowdot", &s.rowdot);
+        st = dp_scratch(ctx, nstat * sizeof(float), "rowdot", &s.rowdot);
 
     const size_t bm = (size_t)t->block_m, bn = (size_t)t->block_n;
     const size_t hq = (size_t)d->heads_q, hkv = (size_t)d->heads_kv, b = (size_t)d->batch;
-    const dp_kernel_config group = dp_kernel_config_for(p, DP_KERNEL_BWD, t->block_m,
-                                                        t->block_n, t->block_m);
-    /* dweights is a row kernel of the group program: on the CPU layout it gets a program of
-     * its own, the one the GEMM path uses (it only sums per-row terms). */
-    const dp_kernel_config sums =
-        t->cpu ? dp_kernel_config_for(p, DP_KERNEL_BWD, DP_DWEIGHTS_WG, DP_DWEIGHTS_WG,
-                                      DP_DWEIGHTS_WG)
-               : group;
+    const dp_kernel_config main = bp->kernels, sums = bp->dweights;
     const size_t sums_wg = (size_t)sums.block_m;
     bwd_launch plan[4];
     int n = 0;
     if (t->cpu) {
-        const dp_kernel_config cpu = dp_kernel_config_for(p, DP_KERNEL_BWD_CPU, t->block_m,
-                                                          t->block_n, 1);
-        plan[n++] = (bwd_launch){K_DQ_CPU, cpu, {round_up((size_t)d->seq_q, bm) / bm, hq, b},
+        plan[n++] = (bwd_launch){K_DQ_CPU, main, {round_up((size_t)d->seq_q, bm) / bm, hq, b},
                                  {1, 1, 1}};
-        plan[n++] = (bwd_launch){K_DKDV_CPU, cpu, {round_up((size_t)d->seq_k, bn) / bn, hkv, b},
+        plan[n++] = (bwd_launch){K_DKDV_CPU, main, {round_up((size_t)d->seq_k, bn) / bn, hkv, b},
                                  {1, 1, 1}};
     } else {
-        plan[n++] = (bwd_launch){K_PRE, group, {round_up((size_t)d->seq_q, bm), hq, b}, {bm, 1, 1}};
-        plan[n++] = (bwd_launch){K_DKDV, group, {round_up((size_t)d->seq_k, bn), hkv, b}, {bn, 1, 1}};
-        plan[n++] = (bwd_launch){K_DQ, group, {round_up((size_t)d->seq_q, bm), hq, b}, {bm, 1, 1}};
+        plan[n++] = (bwd_launch){K_PRE, main, {round_up((size_t)d->seq_q, bm), hq, b}, {bm, 1, 1}};
+        plan[n++] = (bwd_launch){K_DKDV, main, {round_up((size_t)d->seq_k, bn), hkv, b}, {bn, 1, 1}};
+        plan[n++] = (bwd_launch){K_DQ, main, {round_up((size_t)d->seq_q, bm), hq, b}, {bm, 1, 1}};
     }
     if (want_dw) /* group (0, h, pole) */
         plan[n++] = (bwd_launch){K_DWEIGHTS, sums, {sums_wg, hq, (size_t)p->npoles},

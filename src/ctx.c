@@ -218,17 +218,3 @@ size_t dipole_ctx_workspace_limit(const dipole_ctx *ctx)
     pthread_mutex_unlock(&mut->lock);
     return limit;
 }
-
-dipole_status dp_upload(dipole_ctx *ctx, const void *host, size_t bytes, const char *what, cl_mem *out)
-{
-    cl_int err;
-    *out = clCreateBuffer(ctx->context, CL_MEM_READ_ONLY | CL_MEM_COPY_HOST_PTR, bytes,
-                          (void *)host, &err);
-    if (err != CL_SUCCESS) {
-        *out = NULL;
-        char call[128];
-        snprintf(call, sizeof call, "clCreateBuffer(%s, %zu bytes)", what, bytes);
-        return dp_cl_fail(ctx, err, call);
-    }
-    return DIPOLE_SUCCESS;
-}

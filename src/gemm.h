@@ -13,14 +13,6 @@
 #define DP_ROWWISE_ROWS 32
 #define DP_ROWWISE_LANES 8
 
-typedef struct dp_gemm_chunking {
-    size_t slices;      /* (batch, head) slices per chunk */
-    size_t rows;        /* query rows per chunk */
-    size_t nchunks;
-    size_t score_bytes; /* our score-sized buffers */
-    size_t peak_bytes;  /* score_bytes plus CLBlast's temporary copies, bounded above */
-} dp_gemm_chunking;
-
 /* Chooses chunk sizes for nbuf score-sized buffers [rows, seq_k] per slice; score_copied says
  * CLBlast may copy a score matrix even when its sizes are tile multiples (orientations its
  * kernel does not take directly). Returns false with a reason when not even one row fits. */
@@ -62,28 +54,27 @@ dipole_status dp_gemm_check_int_range(dipole_ctx *ctx, const char *name, const d
 void dp_gemm_key_span(const dp_problem *p, size_t s0, size_t ns, size_t r0, size_t nr,
                       size_t *j0, size_t *nc);
 
-typedef struct dp_rowwise_launch {
-    cl_kernel kernel;
-    dp_kernel_config cfg;    /* the program's configuration (other kernels of the file) */
-    size_t block_m, block_n; /* rows per work-group, work-items per row */
-} dp_rowwise_launch;
-
 /* Sets a row-wise kernel's arguments (nbufs buffers, then the chunk and problem ints shared by
  * both row-wise kernels) and enqueues it over rows [r0, r0+nr) of slices [s0, s0+ns) and key
  * columns [j0, j0+nc). */
-dipole_status dp_rowwise_enqueue(dipole_ctx *ctx, const dp_rowwise_launch *rw, const char *name,
+dipole_status dp_rowwise_enqueue(dipole_ctx *ctx, const dp_rowwise_plan *rw, const char *name,
                                  const cl_mem *bufs, int nbufs, const dp_problem *p, size_t s0,
                                  size_t ns, size_t r0, size_t nr, size_t j0, size_t nc);
 
-/* Kernel `name` of cl/dipole_rowwise.cl with a work-group the compiled kernel allows. */
-dipole_status dp_rowwise_kernel(dipole_ctx *ctx, const dp_problem *p, const char *name,
-                                dp_rowwise_launch *rw);
+/* Kernel `name` of cl/dipole_rowwise.cl with a work-group the compiled kernel allows;
+ * DIPOLE_ERR_UNSUPPORTED with the reason when none does. */
+dipole_status dp_rowwise_plan_make(dipole_ctx *ctx, const dp_problem *p, const char *name,
+                                   dp_rowwise_plan *rw, char *reason, size_t reason_cap);
 
 /* ---- backward */
-/* The GEMM-path backward: any head_dim, workspace bounded by ctx->workspace_limit. key_lengths
- * and pole_weights are the per-call device copies (or NULL). Scratch: S, dP (and dP2) per
- * chunk, plus [NPOLES, B, Hq, Nq] row sums when pole-weight gradients are asked for. */
+/* The GEMM-path backward's plan: chunking under ctx->workspace_limit (S, dP and dP2 per
+ * chunk), the row-wise kernel and dweights' work-group. DIPOLE_ERR_UNSUPPORTED with the reason
+ * on ctx when not even one row fits. */
+dipole_status dp_gemm_backward_plan(dipole_ctx *ctx, const dp_problem *p, dp_bwd_plan *plan);
+/* Runs it: any head_dim. Scratch: S, dP (and dP2) per chunk, plus [NPOLES, B, Hq, Nq] row
+ * sums when pole-weight gradients are asked for. */
 dipole_status dp_gemm_backward(dipole_ctx *ctx, const dp_problem *p, const dp_bwd_args *a,
-                               cl_mem key_lengths, cl_mem pole_weights, cl_event *event);
+                               const dp_bwd_plan *plan, const dp_call_buffers *cb,
+                               cl_event *event);
 
 #endif

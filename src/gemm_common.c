@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "gemm.h"
+#include "launch.h"
 
 /* CLBlast pads a matrix it copies to its tile sizes; 128 bounds every tile in its database. */
 #define DP_GEMM_PAD 128
@@ -211,74 +212,56 @@ void dp_gemm_key_span(const dp_problem *p, size_t s0, size_t ns, size_t r0, size
     *nc = (e < nk ? e : nk) - a;
 }
 
-/* The row-wise kernel, with a work-group the compiled kernel allows: fewer work-items per row
- * first (the rows keep the reads coalesced), then fewer rows. */
-dipole_status dp_rowwise_kernel(dipole_ctx *ctx, const dp_problem *p, const char *name,
-                                dp_rowwise_launch *rw)
+/* The row-wise work-group at `size` work-items: fewer work-items per row first (the rows keep
+ * the reads coalesced), then fewer rows. */
+static dp_kernel_config rowwise_config(const void *user, int size)
 {
-    dp_kernel_config cfg =
-        dp_kernel_config_for(p, DP_KERNEL_ROWWISE, DP_ROWWISE_ROWS, DP_ROWWISE_LANES, 0);
+    const dp_problem *p = user;
+    const int rows = size < DP_ROWWISE_ROWS ? size : DP_ROWWISE_ROWS;
+    dp_kernel_config cfg = dp_kernel_config_for(p, DP_KERNEL_ROWWISE, rows, size / rows, size);
     cfg.head_dim = 1; /* the kernel never sees head_dim: one program serves all of them */
-    while ((size_t)cfg.block_m * (size_t)cfg.block_n > ctx->props.max_work_group) {
-        if (cfg.block_n > 1)
-            cfg.block_n /= 2;
-        else
-            cfg.block_m /= 2;
-    }
-    for (;;) {
-        cfg.work_group = cfg.block_m * cfg.block_n;
-        dipole_status st = dp_get_kernel(ctx, &cfg, name, &rw->kernel);
-        if (st != DIPOLE_SUCCESS)
-            return st;
-        size_t wg = 0;
-        cl_int err = clGetKernelWorkGroupInfo(rw->kernel, ctx->device, CL_KERNEL_WORK_GROUP_SIZE,
-                                              sizeof wg, &wg, NULL);
-        if (err != CL_SUCCESS)
-            return dp_cl_fail(ctx, err, "clGetKernelWorkGroupInfo(row-wise kernel)");
-        if ((size_t)cfg.work_group <= wg)
-            break;
-        if (cfg.work_group == 1)
-            return dp_fail(ctx, DIPOLE_ERR_UNSUPPORTED,
-                           "gemm: the compiled row-wise kernel allows no work-item");
-        if (cfg.block_n > 1)
-            cfg.block_n /= 2;
-        else
-            cfg.block_m /= 2;
-    }
-    rw->cfg = cfg;
-    rw->block_m = (size_t)cfg.block_m;
-    rw->block_n = (size_t)cfg.block_n;
+    return cfg;
+}
+
+dipole_status dp_rowwise_plan_make(dipole_ctx *ctx, const dp_problem *p, const char *name,
+                                   dp_rowwise_plan *rw, char *reason, size_t reason_cap)
+{
+    int size = DP_ROWWISE_ROWS * DP_ROWWISE_LANES;
+    while (size > 1 && (size_t)size > ctx->props.max_work_group)
+        size /= 2;
+    const char *const names[1] = {name};
+    const dp_fit_search search = {names, 1, rowwise_config, NULL, NULL, 1, p};
+    dp_kernel_fit fit;
+    const dipole_status st = dp_fit_search_run(ctx, &search, &size, &rw->cfg, &fit);
+    if (st == DIPOLE_ERR_UNSUPPORTED)
+        snprintf(reason, reason_cap, "gemm: the compiled row-wise kernel allows no work-item");
+    if (st != DIPOLE_SUCCESS)
+        return st;
+    rw->block_m = (size_t)rw->cfg.block_m;
+    rw->block_n = (size_t)rw->cfg.block_n;
     return DIPOLE_SUCCESS;
 }
 
-
-dipole_status dp_rowwise_enqueue(dipole_ctx *ctx, const dp_rowwise_launch *rw, const char *name,
+dipole_status dp_rowwise_enqueue(dipole_ctx *ctx, const dp_rowwise_plan *rw, const char *name,
                                  const cl_mem *bufs, int nbufs, const dp_problem *p, size_t s0,
                                  size_t ns, size_t r0, size_t nr, size_t j0, size_t nc)
 {
+    cl_kernel kernel;
+    dipole_status st = dp_get_kernel(ctx, &rw->cfg, name, &kernel);
+    if (st != DIPOLE_SUCCESS)
+        return st;
     /* Both row-wise kernels take their buffers first, then this same tail of ints. */
-    const cl_int ints[11] = {(cl_int)nr, (cl_int)nc,   (cl_int)r0,   (cl_int)j0,
-                             (cl_int)s0, p->d.batch,   p->d.heads_q, p->d.seq_q,
-                             p->d.seq_k, p->d.window_left, p->d.window_right};
-    char call[96];
-    cl_int err = CL_SUCCESS;
-    cl_uint arg = 0;
-    for (int i = 0; i < nbufs && err == CL_SUCCESS; i++)
-        err = clSetKernelArg(rw->kernel, arg++, sizeof(cl_mem), &bufs[i]);
-    for (int i = 0; i < 11 && err == CL_SUCCESS; i++)
-        err = clSetKernelArg(rw->kernel, arg++, sizeof(cl_int), &ints[i]);
-    if (err != CL_SUCCESS) {
-        snprintf(call, sizeof call, "clSetKernelArg(%s)", name);
-        return dp_cl_fail(ctx, err, call);
-    }
+    const int ints[11] = {(int)nr,    (int)nc,        (int)r0,         (int)j0,
+                          (int)s0,    p->d.batch,     p->d.heads_q,    p->d.seq_q,
+                          p->d.seq_k, p->d.window_left, p->d.window_right};
+    dp_launch_args l = dp_launch_args_begin(kernel, name);
+    for (int i = 0; i < nbufs; i++)
+        dp_arg_buffer(&l, bufs[i]);
+    for (int i = 0; i < 11; i++)
+        dp_arg_int(&l, ints[i]);
     const size_t global[3] = {(nr + rw->block_m - 1) / rw->block_m * rw->block_m, rw->block_n, ns};
     const size_t local[3] = {rw->block_m, rw->block_n, 1};
-    err = clEnqueueNDRangeKernel(ctx->queue, rw->kernel, 3, NULL, global, local, 0, NULL, NULL);
-    if (err != CL_SUCCESS) {
-        snprintf(call, sizeof call, "clEnqueueNDRangeKernel(%s)", name);
-        return dp_cl_fail(ctx, err, call);
-    }
-    return DIPOLE_SUCCESS;
+    return dp_launch(ctx, &l, 3, global, local, NULL);
 }
 
 bool dp_gemm_batch_alloc(dp_gemm_batch *g, size_t n)

@@ -163,14 +163,38 @@ typedef struct dp_args {
     cl_mem pole_weights; /* float [2 * heads_q] alpha then beta, or NULL */
 } dp_args;
 
+/* How a GEMM-path call is cut under the workspace limit (gemm_common.c chooses it). */
+typedef struct dp_gemm_chunking {
+    size_t slices;      /* (batch, head) slices per chunk */
+    size_t rows;        /* query rows per chunk */
+    size_t nchunks;
+    size_t score_bytes; /* our score-sized buffers */
+    size_t peak_bytes;  /* score_bytes plus CLBlast's temporary copies, bounded above */
+} dp_gemm_chunking;
+
+/* The row-wise kernels' program and work-group: block_m rows x block_n work-items per row. */
+typedef struct dp_rowwise_plan {
+    dp_kernel_config cfg;
+    size_t block_m, block_n;
+} dp_rowwise_plan;
+
+/* A forward call's plan: every decision, made once by the path's plan function; the run
+ * functions execute it and decide nothing. */
+typedef struct dp_fwd_plan {
+    dipole_plan pub;          /* what dipole_attention_plan returns */
+    dp_kernel_config kernel;  /* tiled: the program of the kernel(s) it launches */
+    dp_gemm_chunking chunking; /* gemm */
+    dp_rowwise_plan rowwise;   /* gemm */
+} dp_fwd_plan;
+
 /* Each path says whether it can serve p (filling plan) — the ordered list of attention.c. */
-dipole_status dp_tiled_plan(dipole_ctx *ctx, const dp_problem *p, dipole_plan *plan);
+dipole_status dp_tiled_plan(dipole_ctx *ctx, const dp_problem *p, dp_fwd_plan *plan);
 /* Whether the tiled kernels use the CPU layout on this context (device class and overrides). */
 bool dp_tiled_cpu_layout(dipole_ctx *ctx);
-dipole_status dp_tiled_run(dipole_ctx *ctx, const dp_problem *p, const dipole_plan *plan,
+dipole_status dp_tiled_run(dipole_ctx *ctx, const dp_problem *p, const dp_fwd_plan *plan,
                            const dp_args *a, cl_event *event);
-dipole_status dp_gemm_plan(dipole_ctx *ctx, const dp_problem *p, dipole_plan *plan);
-dipole_status dp_gemm_run(dipole_ctx *ctx, const dp_problem *p, const dipole_plan *plan,
+dipole_status dp_gemm_plan(dipole_ctx *ctx, const dp_problem *p, dp_fwd_plan *plan);
+dipole_status dp_gemm_run(dipole_ctx *ctx, const dp_problem *p, const dp_fwd_plan *plan,
                           const dp_args *a, cl_event *event);
 
 /* ---- util */
@@ -182,9 +206,5 @@ static inline bool dp_mul_ok(size_t a, size_t b, size_t *r)
     *r = a * b;
     return true;
 }
-
-/* Per-call device scratch: small host arrays copied to the device. */
-dipole_status dp_upload(dipole_ctx *ctx, const void *host, size_t bytes, const char *what,
-                        cl_mem *out);
 
 #endif

@@ -3,6 +3,7 @@
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <stdbool.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -118,6 +119,83 @@ START_TEST(test_plan)
     ck_assert_int_eq(dipole_attention_plan(ctx, &d, &plan), DIPOLE_ERR_UNSUPPORTED);
     ck_assert_ptr_nonnull(strstr(plan.reason, "head_dim 512"));
     ck_assert_ptr_nonnull(strstr(dipole_ctx_last_error(ctx), "head_dim 512"));
+}
+END_TEST
+
+/* The plan's fields say what was decided: path, layout, where the tiles came from, split-K
+ * and GEMM chunking; the backward plan likewise, with the same argument checks. */
+START_TEST(test_plan_fields)
+{
+    dipole_ctx *ctx = tu_ctx();
+    cl_device_type type = 0;
+    ck_assert_int_eq(clGetDeviceInfo(dipole_ctx_device(ctx), CL_DEVICE_TYPE, sizeof type, &type,
+                                     NULL),
+                     CL_SUCCESS);
+    const bool cpu = (type & CL_DEVICE_TYPE_CPU) != 0;
+    dipole_attn_desc d = small_desc();
+    dipole_plan plan;
+    memset(&plan, 0x5a, sizeof plan);
+    ck_assert_int_eq(dipole_attention_plan(ctx, &d, &plan), DIPOLE_SUCCESS);
+    ck_assert_int_eq(plan.path, DIPOLE_PATH_TILED);
+    ck_assert_int_eq(plan.layout, cpu ? DIPOLE_LAYOUT_CPU : DIPOLE_LAYOUT_GROUP);
+    ck_assert_int_eq(plan.config_source, DIPOLE_CONFIG_TABLE);
+    ck_assert_str_eq(plan.config_label, cpu ? "CPU" : plan.config_label);
+    ck_assert_int_eq(plan.splitk_chunks, 0);
+    ck_assert_uint_eq(plan.chunks, 0);
+    for (int i = 0; i < 16; i++)
+        ck_assert_int_eq(plan.reserved[i], 0);
+
+    /* Decode on the CPU table: keys split over work-items (512 per chunk, so 3 chunks). */
+    d.seq_q = 1, d.seq_k = 1100;
+    ck_assert_int_eq(dipole_attention_plan(ctx, &d, &plan), DIPOLE_SUCCESS);
+    if (cpu) {
+        ck_assert_int_eq(plan.layout, DIPOLE_LAYOUT_SPLITK);
+        ck_assert_int_eq(plan.splitk_chunks, 3);
+        ck_assert_int_eq(plan.block_n, 512);
+        ck_assert_uint_gt(plan.workspace_bytes, 0);
+    }
+
+    /* Forced GEMM: no layout, no tile configuration, its chunking. */
+    d = small_desc();
+    d.path = DIPOLE_PATH_GEMM;
+    ck_assert_int_eq(dipole_attention_plan(ctx, &d, &plan), DIPOLE_SUCCESS);
+    ck_assert_int_eq(plan.path, DIPOLE_PATH_GEMM);
+    ck_assert_int_eq(plan.layout, DIPOLE_LAYOUT_NONE);
+    ck_assert_int_eq(plan.config_source, DIPOLE_CONFIG_NONE);
+    ck_assert_str_eq(plan.config_label, "");
+    ck_assert_uint_eq(plan.chunks, 1);
+    ck_assert_uint_eq(plan.chunk_rows, (size_t)d.seq_q);
+    ck_assert_uint_eq(plan.chunk_slices, (size_t)(d.batch * d.heads_q));
+
+    /* Backward: the tiled layout of the device, GEMM when forced or beyond its head_dim. */
+    d = small_desc();
+    ck_assert_int_eq(dipole_attention_backward_plan(ctx, &d, &plan), DIPOLE_SUCCESS);
+    ck_assert_int_eq(plan.path, DIPOLE_PATH_TILED);
+    ck_assert(plan.layout == DIPOLE_LAYOUT_CPU || plan.layout == DIPOLE_LAYOUT_GROUP);
+    if (!cpu)
+        ck_assert_int_eq(plan.layout, DIPOLE_LAYOUT_GROUP);
+    ck_assert_int_ge(plan.block_m, 1);
+    ck_assert_int_ge(plan.block_n, 1);
+    d.path = DIPOLE_PATH_GEMM;
+    ck_assert_int_eq(dipole_attention_backward_plan(ctx, &d, &plan), DIPOLE_SUCCESS);
+    ck_assert_int_eq(plan.path, DIPOLE_PATH_GEMM);
+    ck_assert_int_eq(plan.layout, DIPOLE_LAYOUT_NONE);
+    ck_assert_uint_ge(plan.chunks, 1);
+    ck_assert_uint_gt(plan.workspace_bytes, 0);
+    d.path = DIPOLE_PATH_AUTO;
+    d.head_dim = 512;
+    ck_assert_int_eq(dipole_attention_backward_plan(ctx, &d, &plan), DIPOLE_SUCCESS);
+    ck_assert_int_eq(plan.path, DIPOLE_PATH_GEMM);
+    d.path = DIPOLE_PATH_TILED;
+    ck_assert_int_eq(dipole_attention_backward_plan(ctx, &d, &plan), DIPOLE_ERR_UNSUPPORTED);
+    ck_assert_ptr_nonnull(strstr(plan.reason, "head_dim 512"));
+    d = small_desc();
+    d.head_dim = 0;
+    ck_assert_int_eq(dipole_attention_backward_plan(ctx, &d, &plan), DIPOLE_ERR_INVALID_ARG);
+    d = small_desc();
+    ck_assert_int_eq(dipole_attention_backward_plan(ctx, &d, NULL), DIPOLE_ERR_INVALID_ARG);
+    ck_assert_int_eq(dipole_attention_backward_plan(NULL, &d, &plan), DIPOLE_ERR_INVALID_ARG);
+    ck_assert_int_eq(dipole_attention_backward_plan(ctx, NULL, &plan), DIPOLE_ERR_INVALID_ARG);
 }
 END_TEST
 
@@ -303,6 +381,7 @@ Suite *api_suite(void)
     tcase_add_test(tc, test_invalid_descriptors);
     tcase_add_test(tc, test_selectors);
     tcase_add_test(tc, test_plan);
+    tcase_add_test(tc, test_plan_fields);
     tcase_add_test(tc, test_bad_buffers_keep_ctx_usable);
     tcase_add_test(tc, test_packed_qkv_interop);
     tcase_add_test(tc, test_build_failure_returns_log);

@@ -167,7 +167,9 @@ START_TEST(test_tile_config_overrides)
     ck_assert_int_eq(dipole_ctx_set_tile_config(ctx, "layout=group,block_m=8,block_n=16"),
                      DIPOLE_SUCCESS);
     ck_assert_int_eq(dipole_attention_plan(ctx, &d, &plan), DIPOLE_SUCCESS);
-    ck_assert_msg(strstr(plan.reason, "context tile config"), "%s", plan.reason);
+    ck_assert_msg(plan.config_source == DIPOLE_CONFIG_CONTEXT, "%s", plan.reason);
+    ck_assert_str_eq(plan.config_label, "context tile config");
+    ck_assert_int_eq(plan.layout, DIPOLE_LAYOUT_GROUP);
     ck_assert_int_eq(plan.block_m, 8);
     ck_assert_int_eq(plan.block_n, 16);
 
@@ -177,7 +179,7 @@ START_TEST(test_tile_config_overrides)
     dipole_ctx_destroy(ctx);
     ck_assert_int_eq(dipole_ctx_create(&ctx, NULL), DIPOLE_SUCCESS);
     ck_assert_int_eq(dipole_attention_plan(ctx, &d, &plan), DIPOLE_SUCCESS);
-    ck_assert_msg(strstr(plan.reason, "tuned"), "%s", plan.reason);
+    ck_assert_msg(plan.config_source == DIPOLE_CONFIG_TUNED, "%s", plan.reason);
     ck_assert_int_eq(plan.block_m, 4);
     ck_assert_int_eq(plan.block_n, 8);
     dipole_ctx_destroy(ctx);
@@ -187,7 +189,7 @@ START_TEST(test_tile_config_overrides)
     setenv("DIPOLE_TILE_CONFIG", "layout=group,block_m=2,block_n=4", 1);
     ck_assert_int_eq(dipole_ctx_create(&ctx, NULL), DIPOLE_SUCCESS);
     ck_assert_int_eq(dipole_attention_plan(ctx, &d, &plan), DIPOLE_SUCCESS);
-    ck_assert_msg(strstr(plan.reason, "DIPOLE_TILE_CONFIG"), "%s", plan.reason);
+    ck_assert_msg(plan.config_source == DIPOLE_CONFIG_ENV, "%s", plan.reason);
     ck_assert_int_eq(plan.block_m, 2);
     unsetenv("DIPOLE_TILE_CONFIG");
     /* Removing it restores the built-in table. */
@@ -195,7 +197,7 @@ START_TEST(test_tile_config_overrides)
     dipole_ctx_destroy(ctx);
     ck_assert_int_eq(dipole_ctx_create(&ctx, NULL), DIPOLE_SUCCESS);
     ck_assert_int_eq(dipole_attention_plan(ctx, &d, &plan), DIPOLE_SUCCESS);
-    ck_assert_ptr_null(strstr(plan.reason, "tuned"));
+    ck_assert_msg(plan.config_source == DIPOLE_CONFIG_TABLE, "%s", plan.reason);
     dipole_ctx_destroy(ctx);
     unsetenv("DIPOLE_CACHE_DIR");
     clean_dir(dir);

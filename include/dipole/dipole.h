@@ -192,21 +192,61 @@ DIPOLE_API dipole_status dipole_ctx_save_tuned_config(dipole_ctx *ctx, const cha
 
 /* ---------------------------------------------------------------- planning */
 
+/* How the chosen path lays its kernels out. */
+typedef enum dipole_layout {
+    DIPOLE_LAYOUT_NONE = 0, /* the GEMM path (CLBlast GEMMs and row-wise kernels) */
+    DIPOLE_LAYOUT_CPU,      /* tiled: a GEMM micro-kernel per work-item (CPU devices) */
+    DIPOLE_LAYOUT_GROUP,    /* tiled: work-groups sharing local-memory tiles (GPUs) */
+    DIPOLE_LAYOUT_SPLITK    /* tiled forward, decode: keys split over work-items, then merged */
+} dipole_layout;
+
+/* Where the tiled path's tile configuration came from, strongest override first. */
+typedef enum dipole_config_source {
+    DIPOLE_CONFIG_NONE = 0, /* no tile configuration applies (the GEMM path) */
+    DIPOLE_CONFIG_TABLE,    /* the built-in table for the device class */
+    DIPOLE_CONFIG_ENV,      /* env DIPOLE_TILE_CONFIG */
+    DIPOLE_CONFIG_CONTEXT,  /* dipole_ctx_set_tile_config */
+    DIPOLE_CONFIG_TUNED     /* the tuned configuration in the cache directory */
+} dipole_config_source;
+
+/* Every decision a call would make. Fields after `reason` came later; `reserved` keeps
+ * room for more without changing the struct's size (it is written as zeros). */
 typedef struct dipole_plan {
     dipole_path path;       /* DIPOLE_PATH_TILED or DIPOLE_PATH_GEMM */
-    int block_m;            /* tiled: query rows per work-group tile */
-    int block_n;            /* tiled: keys per local-memory tile */
+    int block_m;            /* tiled: query rows per work-group tile (per work-item on CPU;
+                             * 1 for split-K) */
+    int block_n;            /* tiled: keys per local-memory tile (split-K: keys per chunk) */
     int work_group;         /* work-items per work-group */
-    size_t workspace_bytes; /* GEMM: peak scratch memory the call allocates */
+    size_t workspace_bytes; /* peak scratch memory the call allocates (GEMM: chunks;
+                             * split-K: partials) */
     char reason[256];       /* why this path, in words */
+    dipole_layout layout;   /* how the path's kernels are laid out */
+    dipole_config_source config_source; /* tiled: where the tile configuration came from */
+    char config_label[32];  /* tiled: its name ("CPU", "GPU/NVIDIA", "tuned", ...), else "" */
+    int splitk_chunks;      /* split-K: key chunks per query row, else 0 */
+    size_t chunk_rows;      /* GEMM: query rows per chunk, else 0 */
+    size_t chunk_slices;    /* GEMM: (batch, head) slices per chunk, else 0 */
+    size_t chunks;          /* GEMM: chunks the call runs in, else 0 */
+    int reserved[16];
 } dipole_plan;
 
 /* Says which path (and configuration) dipole_attention would use for desc on this context,
- * honouring desc->path and env DIPOLE_PATH=tiled|gemm. Returns DIPOLE_SUCCESS,
- * DIPOLE_ERR_INVALID_ARG, or DIPOLE_ERR_UNSUPPORTED when the forced path cannot serve desc
- * (plan->reason says why). */
+ * honouring desc->path and env DIPOLE_PATH=tiled|gemm. Builds (or loads) the kernels it needs
+ * to check that they fit the device. Returns DIPOLE_SUCCESS, DIPOLE_ERR_INVALID_ARG (ctx,
+ * desc or plan NULL, or desc invalid), DIPOLE_ERR_UNSUPPORTED when the forced path cannot
+ * serve desc (plan->reason says why), DIPOLE_ERR_BUILD or an OpenCL error from building
+ * or querying a kernel. */
 DIPOLE_API dipole_status dipole_attention_plan(dipole_ctx *ctx, const dipole_attn_desc *desc,
                                                dipole_plan *plan);
+
+/* The same for dipole_attention_backward: its path, layout and tiles (block_m: query rows per
+ * tile or per dq work-item, block_n: keys per tile or per dkdv work-item), or for the GEMM path
+ * its chunking. Returns DIPOLE_SUCCESS, DIPOLE_ERR_INVALID_ARG (ctx, desc or plan NULL, or
+ * desc invalid), DIPOLE_ERR_UNSUPPORTED when the forced path cannot serve desc (plan->reason
+ * says why), DIPOLE_ERR_BUILD or an OpenCL error from building or querying a kernel. */
+DIPOLE_API dipole_status dipole_attention_backward_plan(dipole_ctx *ctx,
+                                                        const dipole_attn_desc *desc,
+                                                        dipole_plan *plan);
 
 /* ---------------------------------------------------------------- forward */
 

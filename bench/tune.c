@@ -158,7 +158,7 @@ static int check_fresh(const char *selector, const bench_point *p, FILE *f)
     }
     dipole_ctx_destroy(fresh);
     fprintf(f, "check: a new context plans \"%s\"\n", plan.reason);
-    if (!strstr(plan.reason, "(tuned)")) {
+    if (plan.config_source != DIPOLE_CONFIG_TUNED) {
         fprintf(f, "check failed: the new context does not use the tuned configuration\n");
         return BENCH_EXIT_ERROR;
     }

@@ -37,25 +37,48 @@ static dipole_status choose_path(dipole_ctx *ctx, const dp_problem *p, dp_fwd_pl
     return st;
 }
 
-dipole_status dipole_attention_plan(dipole_ctx *ctx, const dipole_attn_desc *desc, dipole_plan *plan)
+dipole_status dp_call_begin(dipole_ctx *ctx, const char *name, const dipole_attn_desc *desc,
+                            cl_event *event, dp_problem *p)
 {
-    if (!ctx || !plan)
-        return dp_fail(ctx, DIPOLE_ERR_INVALID_ARG, "dipole_attention_plan: %s is NULL",
-                       !ctx ? "ctx" : "plan");
+    if (!ctx)
+        return dp_fail(NULL, DIPOLE_ERR_INVALID_ARG, "%s: ctx is NULL", name);
+    if (event)
+        *event = NULL;
     pthread_mutex_lock(&ctx->lock);
     dp_clear_error(ctx);
+    return dp_problem_init(ctx, desc, p);
+}
+
+dipole_status dp_plan_query(dipole_ctx *ctx, const dipole_attn_desc *desc, dipole_plan *plan,
+                            const char *name, dp_plan_fn fn)
+{
+    if (!ctx || !plan)
+        return dp_fail(ctx, DIPOLE_ERR_INVALID_ARG, "%s: %s is NULL", name, !ctx ? "ctx" : "plan");
+    pthread_mutex_lock(&ctx->lock);
+    dp_clear_error(ctx);
+    memset(plan, 0, sizeof *plan);
     dp_problem p;
-    dp_fwd_plan fp;
-    memset(&fp, 0, sizeof fp);
     dipole_status st = dp_problem_init(ctx, desc, &p);
-    if (st == DIPOLE_SUCCESS) {
-        st = choose_path(ctx, &p, &fp);
-        if (st == DIPOLE_ERR_UNSUPPORTED)
-            dp_fail(ctx, st, "%s", fp.pub.reason);
-    }
-    *plan = fp.pub;
+    if (st == DIPOLE_SUCCESS)
+        st = fn(ctx, &p, plan);
     pthread_mutex_unlock(&ctx->lock);
     return st;
+}
+
+static dipole_status forward_plan(dipole_ctx *ctx, const dp_problem *p, dipole_plan *plan)
+{
+    dp_fwd_plan fp;
+    memset(&fp, 0, sizeof fp);
+    dipole_status st = choose_path(ctx, p, &fp);
+    if (st == DIPOLE_ERR_UNSUPPORTED)
+        dp_fail(ctx, st, "%s", fp.pub.reason);
+    *plan = fp.pub;
+    return st;
+}
+
+dipole_status dipole_attention_plan(dipole_ctx *ctx, const dipole_attn_desc *desc, dipole_plan *plan)
+{
+    return dp_plan_query(ctx, desc, plan, "dipole_attention_plan", forward_plan);
 }
 
 static dipole_status check_args(dipole_ctx *ctx, const dp_problem *p, const dp_args *a)
@@ -134,14 +157,10 @@ dipole_status dipole_attention(dipole_ctx *ctx, const dipole_attn_desc *desc, co
                                const dipole_tensor *v2, const dipole_tensor *out, cl_mem lse,
                                cl_event *event)
 {
-    if (!ctx)
-        return dp_fail(NULL, DIPOLE_ERR_INVALID_ARG, "dipole_attention: ctx is NULL");
-    if (event)
-        *event = NULL;
-    pthread_mutex_lock(&ctx->lock);
-    dp_clear_error(ctx);
     dp_problem p;
-    dipole_status st = dp_problem_init(ctx, desc, &p);
+    dipole_status st = dp_call_begin(ctx, "dipole_attention", desc, event, &p);
+    if (!ctx)
+        return st;
     if (st == DIPOLE_SUCCESS) {
         dp_args a = {q, k, v, v2, out, lse, NULL, NULL};
         st = attention_locked(ctx, &p, &a, event);

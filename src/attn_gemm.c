@@ -88,12 +88,8 @@ dipole_status dp_gemm_run(dipole_ctx *ctx, const dp_problem *p, const dp_fwd_pla
     gemm_work w;
     memset(&w, 0, sizeof w);
     const size_t ns_max = ch->slices, nr_max = ch->rows;
-    if (!dp_gemm_batch_alloc(&w.g, ns_max)) {
-        work_free(&w);
-        return dp_fail(ctx, DIPOLE_ERR_OUT_OF_HOST_MEMORY, "gemm: out of host memory");
-    }
     const size_t s_bytes = sizeof(float) * ns_max * nr_max * (size_t)d->seq_k;
-    dipole_status bst = dp_scratch(ctx, s_bytes, "gemm scores", &w.s);
+    dipole_status bst = dp_gemm_scores_alloc(ctx, &w.g, ns_max, s_bytes, "gemm", &w.s);
     if (bst == DIPOLE_SUCCESS && p->reads_v2)
         bst = dp_scratch(ctx, s_bytes, "gemm scores 2", &w.s2);
     if (bst != DIPOLE_SUCCESS) {

@@ -318,6 +318,28 @@ static void arg_inputs(dp_launch_args *l, const dp_problem *p, const dp_args *a)
     dp_arg_tensor(l, p->reads_v2 ? a->v2 : a->v);
 }
 
+/* What every forward kernel writes: out, and the per-row lse; with the key lengths and pole
+ * weights they are computed with. */
+static void arg_outputs(dp_launch_args *l, const dp_args *a)
+{
+    dp_arg_tensor(l, a->out);
+    dp_arg_buffer(l, a->lse);
+    dp_arg_buffer(l, a->key_lengths);
+    dp_arg_buffer(l, a->pole_weights);
+}
+
+/* The sizes, scale and window that a score kernel's rows and keys come from. */
+static void arg_scores(dp_launch_args *l, const dp_problem *p)
+{
+    dp_arg_int(l, p->d.heads_q);
+    dp_arg_int(l, p->d.heads_kv);
+    dp_arg_int(l, p->d.seq_q);
+    dp_arg_int(l, p->d.seq_k);
+    dp_arg_float(l, p->d.scale);
+    dp_arg_int(l, p->d.window_left);
+    dp_arg_int(l, p->d.window_right);
+}
+
 /* Decode: partials per (row, chunk of keys), then the merge into out and lse. */
 static dipole_status run_splitk(dipole_ctx *ctx, const dp_problem *p, const dp_fwd_plan *plan,
                                 const dp_args *a, cl_event *event)
@@ -339,22 +361,13 @@ static dipole_status run_splitk(dipole_ctx *ctx, const dp_problem *p, const dp_f
     arg_inputs(&l, p, a);
     dp_arg_buffer(&l, part);
     dp_arg_buffer(&l, a->key_lengths);
-    dp_arg_int(&l, p->d.heads_q);
-    dp_arg_int(&l, p->d.heads_kv);
-    dp_arg_int(&l, p->d.seq_q);
-    dp_arg_int(&l, p->d.seq_k);
-    dp_arg_float(&l, p->d.scale);
-    dp_arg_int(&l, p->d.window_left);
-    dp_arg_int(&l, p->d.window_right);
+    arg_scores(&l, p);
     dp_arg_int(&l, chunks);
 
     dp_launch_args m = dp_launch_args_begin(merge, "dipole_fwd_merge");
     dp_arg_buffer(&m, part);
     dp_arg_int(&m, chunks);
-    dp_arg_tensor(&m, a->out);
-    dp_arg_buffer(&m, a->lse);
-    dp_arg_buffer(&m, a->key_lengths);
-    dp_arg_buffer(&m, a->pole_weights);
+    arg_outputs(&m, a);
     dp_arg_int(&m, p->d.batch);
     dp_arg_int(&m, p->d.heads_q);
     dp_arg_int(&m, p->d.seq_q);
@@ -388,18 +401,9 @@ dipole_status dp_tiled_run(dipole_ctx *ctx, const dp_problem *p, const dp_fwd_pl
         return st;
     dp_launch_args l = dp_launch_args_begin(kernel, name);
     arg_inputs(&l, p, a);
-    dp_arg_tensor(&l, a->out);
-    dp_arg_buffer(&l, a->lse);
-    dp_arg_buffer(&l, a->key_lengths);
-    dp_arg_buffer(&l, a->pole_weights);
+    arg_outputs(&l, a);
     dp_arg_int(&l, p->d.batch);
-    dp_arg_int(&l, p->d.heads_q);
-    dp_arg_int(&l, p->d.heads_kv);
-    dp_arg_int(&l, p->d.seq_q);
-    dp_arg_int(&l, p->d.seq_k);
-    dp_arg_float(&l, p->d.scale);
-    dp_arg_int(&l, p->d.window_left);
-    dp_arg_int(&l, p->d.window_right);
+    arg_scores(&l, p);
 
     const size_t bm = (size_t)plan->pub.block_m, blocks = ((size_t)p->d.seq_q + bm - 1) / bm;
     const size_t global[3] = {cpu ? blocks : blocks * bm, (size_t)p->d.heads_q,

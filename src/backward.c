@@ -112,27 +112,22 @@ static dipole_status bwd_choose(dipole_ctx *ctx, const dp_problem *p, dp_bwd_pla
     return dp_gemm_backward_plan(ctx, p, plan);
 }
 
+static dipole_status backward_plan(dipole_ctx *ctx, const dp_problem *p, dipole_plan *plan)
+{
+    dp_bwd_plan bp;
+    memset(&bp, 0, sizeof bp);
+    dipole_status st = bwd_choose(ctx, p, &bp);
+    if (st == DIPOLE_ERR_UNSUPPORTED)
+        snprintf(bp.pub.reason, sizeof bp.pub.reason, "%s",
+                 ctx->last_error ? ctx->last_error : "backward: unsupported");
+    *plan = bp.pub;
+    return st;
+}
+
 dipole_status dipole_attention_backward_plan(dipole_ctx *ctx, const dipole_attn_desc *desc,
                                              dipole_plan *plan)
 {
-    if (!ctx || !plan)
-        return dp_fail(ctx, DIPOLE_ERR_INVALID_ARG, "dipole_attention_backward_plan: %s is NULL",
-                       !ctx ? "ctx" : "plan");
-    pthread_mutex_lock(&ctx->lock);
-    dp_clear_error(ctx);
-    dp_problem p;
-    dp_bwd_plan bp;
-    memset(&bp, 0, sizeof bp);
-    dipole_status st = dp_problem_init(ctx, desc, &p);
-    if (st == DIPOLE_SUCCESS) {
-        st = bwd_choose(ctx, &p, &bp);
-        if (st == DIPOLE_ERR_UNSUPPORTED)
-            snprintf(bp.pub.reason, sizeof bp.pub.reason, "%s",
-                     ctx->last_error ? ctx->last_error : "backward: unsupported");
-    }
-    *plan = bp.pub;
-    pthread_mutex_unlock(&ctx->lock);
-    return st;
+    return dp_plan_query(ctx, desc, plan, "dipole_attention_backward_plan", backward_plan);
 }
 
 /* With the lock held: validate, choose a path, upload the small per-call arrays, launch. */
@@ -163,14 +158,10 @@ dipole_status dipole_attention_backward(dipole_ctx *ctx, const dipole_attn_desc 
                                         const dipole_tensor *dv, const dipole_tensor *dv2,
                                         cl_mem dpos_weight, cl_mem dneg_weight, cl_event *event)
 {
-    if (!ctx)
-        return dp_fail(NULL, DIPOLE_ERR_INVALID_ARG, "dipole_attention_backward: ctx is NULL");
-    if (event)
-        *event = NULL;
-    pthread_mutex_lock(&ctx->lock);
-    dp_clear_error(ctx);
     dp_problem p;
-    dipole_status st = dp_problem_init(ctx, desc, &p);
+    dipole_status st = dp_call_begin(ctx, "dipole_attention_backward", desc, event, &p);
+    if (!ctx)
+        return st;
     if (st == DIPOLE_SUCCESS) {
         const dp_bwd_args a = {q, k, v, v2, out, dout, dq, dk, dv, dv2, lse, dpos_weight, dneg_weight};
         st = backward_locked(ctx, &p, &a, event);

@@ -274,12 +274,8 @@ dipole_status dp_gemm_backward(dipole_ctx *ctx, const dp_problem *p, const dp_bw
     bwd_work w;
     memset(&w, 0, sizeof w);
     const size_t ns_max = ch->slices, nr_max = ch->rows;
-    if (!dp_gemm_batch_alloc(&w.g, ns_max)) {
-        work_free(&w);
-        return dp_fail(ctx, DIPOLE_ERR_OUT_OF_HOST_MEMORY, "backward gemm: out of host memory");
-    }
     const size_t s_bytes = sizeof(float) * ns_max * nr_max * (size_t)d->seq_k;
-    st = dp_scratch(ctx, s_bytes, "gemm backward S", &w.s);
+    st = dp_gemm_scores_alloc(ctx, &w.g, ns_max, s_bytes, "gemm backward", &w.s);
     if (st == DIPOLE_SUCCESS)
         st = dp_scratch(ctx, s_bytes, "gemm backward dP", &w.dp);
     if (st == DIPOLE_SUCCESS && p->reads_v2)

@@ -28,6 +28,10 @@ typedef struct dp_gemm_batch {
 
 /* Room for n slices; false, with nothing held, when the host is out of memory. */
 bool dp_gemm_batch_alloc(dp_gemm_batch *g, size_t n);
+/* A chunk's batch arrays for n slices and its score scratch of s_bytes; what names the path
+ * in a failure. On failure the caller frees what was made, as after any later step. */
+dipole_status dp_gemm_scores_alloc(dipole_ctx *ctx, dp_gemm_batch *g, size_t n, size_t s_bytes,
+                                   const char *what, cl_mem *s);
 void dp_gemm_batch_free(dp_gemm_batch *g);
 
 dipole_status dp_clblast_fail(dipole_ctx *ctx, CLBlastStatusCode s, const char *call);

@@ -286,3 +286,13 @@ void dp_gemm_batch_free(dp_gemm_batch *g)
     free(g->beta);
     memset(g, 0, sizeof *g);
 }
+
+dipole_status dp_gemm_scores_alloc(dipole_ctx *ctx, dp_gemm_batch *g, size_t n, size_t s_bytes,
+                                   const char *what, cl_mem *s)
+{
+    if (!dp_gemm_batch_alloc(g, n))
+        return dp_fail(ctx, DIPOLE_ERR_OUT_OF_HOST_MEMORY, "%s: out of host memory", what);
+    char name[64];
+    snprintf(name, sizeof name, "%s scores", what);
+    return dp_scratch(ctx, s_bytes, name, s);
+}

@@ -152,6 +152,18 @@ dipole_status dp_tile_config_check(const char *text, char *why, size_t cap);
 /* Loads the tuned configuration saved for this device, if any, into ctx->tuned_config. */
 void dp_tuned_config_load(dipole_ctx *ctx);
 
+/* The entry points' common start (attention.c): ctx checked, *event (if any) cleared, the
+ * context's lock taken and its error cleared, desc validated into *p. The lock is held on
+ * return whenever ctx is not NULL, whatever the status: the caller releases it. */
+dipole_status dp_call_begin(dipole_ctx *ctx, const char *name, const dipole_attn_desc *desc,
+                            cl_event *event, dp_problem *p);
+
+/* ---- plan queries (attention.c): the public plan functions' shared frame — arguments,
+ * lock, descriptor — around the pass's own choice. */
+typedef dipole_status (*dp_plan_fn)(dipole_ctx *ctx, const dp_problem *p, dipole_plan *plan);
+dipole_status dp_plan_query(dipole_ctx *ctx, const dipole_attn_desc *desc, dipole_plan *plan,
+                            const char *name, dp_plan_fn fn);
+
 /* ---- paths */
 /* desc->path, unless the context's DIPOLE_PATH=tiled|gemm forces one (attention.c; the
  * backward honours it too). */

@@ -6,14 +6,14 @@
  * beta for TWO_POLE, else 1). With g = w_p dO and delta_p = g . O_p:
  *   du_j += P_j c_j g,   ds_j += P_j (c_j g . u_j - delta_p) dlogit_p/ds,
  *   dq_i = scale sum_j ds_j k_j,   dk_j = scale sum_i ds_j q_i.
- * Four kernels: dipole_bwd_pre (delta per row and pole), dipole_bwd_dkdv (a work-group per key
+ * Three kernels: dipole_bwd_pre (delta per row and pole), dipole_bwd_dkdv (a work-group per key
  * block walks the query rows of every query head that reads its K/V head: each key's gradient
  * is summed by one work-item in a fixed order — no atomics, bit-for-bit repeatable),
- * dipole_bwd_dq (a work-group per query block walks its keys, as the forward does), and
- * dipole_bwd_dweights (d alpha, d beta: per-row terms summed in a fixed order). */
+ * and dipole_bwd_dq (a work-group per query block walks its keys, as the forward does). d alpha,
+ * d beta (dipole_bwd_dweights, per-row terms summed in a fixed order) are in cl/dipole_util.cl. */
 
 #ifndef BLOCK_M
-#define BLOCK_M 32 /* query rows per tile; work-items of pre, dq and dweights */
+#define BLOCK_M 32 /* query rows per tile; work-items of pre and dq */
 #endif
 #ifndef BLOCK_N
 #define BLOCK_N 32 /* keys per tile; work-items of dkdv */
@@ -344,31 +344,4 @@ void dipole_bwd_dq(__global const float *q, dp_layout lq,
     const long dq_at = DP_ROW(ldq, b, i, h);
     for (int c = 0; c < HEAD_DIM; c++)
         dq[dq_at + c] = dq_acc[c] * scale;
-}
-
-/* d alpha_h and d beta_h: group (h, p) sums rowdot[p, :, h, :] — BLOCK_M strided partial sums,
- * then one work-item adds them in order, so the result never depends on scheduling. */
-__kernel __attribute__((reqd_work_group_size(BLOCK_M, 1, 1)))
-void dipole_bwd_dweights(__global const float *rowdot, __global float *dpos,
-                         __global float *dneg, int batch, int heads_q, int seq_q)
-{
-    const int lid = get_local_id(0);
-    const int h = get_group_id(1);
-    const int p = get_group_id(2);
-    __local float part[BLOCK_M];
-    const long n = (long)batch * seq_q;
-    float sum = 0.0f;
-    for (long e = lid; e < n; e += BLOCK_M) {
-        const int b = (int)(e / seq_q), i = (int)(e % seq_q);
-        sum += rowdot[DP_STAT(p, b, h, i)];
-    }
-    part[lid] = sum;
-    barrier(CLK_LOCAL_MEM_FENCE);
-    __global float *dst = p == 0 ? dpos : dneg;
-    if (lid == 0 && dst) {
-        float total = 0.0f;
-        for (int e = 0; e < BLOCK_M; e++)
-            total += part[e];
-        dst[h] = total;
-    }
 }

@@ -222,12 +222,3 @@ void dipole_rowwise_bwd(__global float *sp,                 /* S in, P (on v) ou
         for (int p = 0; p < NPOLES; p++)
             rowdot[DP_STAT(p, b, h, i)] = dot[p];
 }
-
-/* Zeroes a strided [batch, seq, heads, head_dim] tensor (layout: offset and batch, seq, head
- * strides), which the GEMM backward then accumulates into with beta = 1. Any work-group size. */
-__kernel void dipole_zero_rows(__global float *t, dp_layout lay, int seq, int head_dim)
-{
-    const int c = get_global_id(0), row = get_global_id(1), b = get_global_id(2);
-    if (c < head_dim) /* row runs over seq x heads */
-        t[DP_ROW(lay, b, row % seq, row / seq) + c] = 0.0f;
-}

@@ -79,16 +79,13 @@ static dipole_status launch_rowwise_bwd(dipole_ctx *ctx, const dp_problem *p,
     return dp_rowwise_enqueue(ctx, rw, "dipole_rowwise_bwd", bufs, 7, p, s0, ns, r0, nr, j0, nc);
 }
 
-/* d alpha, d beta with the tiled backward's kernel. It never reads HEAD_DIM, so it is built at
- * head_dim 1 and needs no mask defines: one small program serves every head_dim. */
+/* d alpha, d beta with the util program's kernel (the tiled backward's too): its options are
+ * the work-group alone, so one small program serves every head_dim, variant and mask. */
 static dipole_status launch_dweights(dipole_ctx *ctx, const dp_problem *p, const bwd_work *w,
                                      const dp_bwd_args *a, cl_event *event)
 {
     dp_kernel_config cfg =
-        dp_kernel_config_for(p, DP_KERNEL_BWD, DP_DWEIGHTS_WG, DP_DWEIGHTS_WG, DP_DWEIGHTS_WG);
-    cfg.head_dim = 1;
-    cfg.causal = 0;
-    cfg.has_window = 0;
+        dp_kernel_config_for(p, DP_KERNEL_UTIL, DP_DWEIGHTS_WG, DP_DWEIGHTS_WG, DP_DWEIGHTS_WG);
     cl_kernel kernel;
     for (;;) {
         while ((size_t)cfg.block_m > ctx->props.max_work_group && cfg.block_m > 1)
@@ -268,8 +265,10 @@ dipole_status dp_gemm_backward(dipole_ctx *ctx, const dp_problem *p, const dp_bw
     if (st == DIPOLE_SUCCESS)
         st = dp_rowwise_kernel(ctx, p, "dipole_rowwise_bwd", &rw);
     cl_kernel zero = NULL;
+    const dp_kernel_config util =
+        dp_kernel_config_for(p, DP_KERNEL_UTIL, DP_DWEIGHTS_WG, DP_DWEIGHTS_WG, DP_DWEIGHTS_WG);
     if (st == DIPOLE_SUCCESS)
-        st = dp_get_kernel(ctx, &rw.cfg, "dipole_zero_rows", &zero);
+        st = dp_get_kernel(ctx, &util, "dipole_zero_rows", &zero);
     if (st != DIPOLE_SUCCESS)
         return st;
 

@@ -59,10 +59,12 @@ static dipole_status plan_group(dipole_ctx *ctx, const dp_problem *p, int *bm, i
                                               "dipole_bwd_dweights"};
     for (;;) {
         dp_kernel_config cfg = dp_kernel_config_for(p, DP_KERNEL_BWD, block_m, block_n, block_m);
+        /* dweights runs on block_m work-items too, from the util program */
+        const dp_kernel_config sums = dp_kernel_config_for(p, DP_KERNEL_UTIL, block_m, 0, block_m);
         size_t wg_rows = SIZE_MAX, wg;
         dipole_status st;
         for (size_t i = 0; i < sizeof row_kernels / sizeof row_kernels[0]; i++) {
-            if ((st = kernel_wg(ctx, &cfg, row_kernels[i], &wg)))
+            if ((st = kernel_wg(ctx, i == 2 ? &sums : &cfg, row_kernels[i], &wg)))
                 return st;
             wg_rows = wg < wg_rows ? wg : wg_rows;
         }
@@ -313,12 +315,10 @@ dipole_status dp_bwd_tiled_run(dipole_ctx *ctx, const dp_problem *p, const dp_bw
     const size_t hq = (size_t)d->heads_q, hkv = (size_t)d->heads_kv, b = (size_t)d->batch;
     const dp_kernel_config group = dp_kernel_config_for(p, DP_KERNEL_BWD, t->block_m,
                                                         t->block_n, t->block_m);
-    /* dweights is a row kernel of the group program: on the CPU layout it gets a program of
-     * its own, the one the GEMM path uses (it only sums per-row terms). */
-    const dp_kernel_config sums =
-        t->cpu ? dp_kernel_config_for(p, DP_KERNEL_BWD, DP_DWEIGHTS_WG, DP_DWEIGHTS_WG,
-                                      DP_DWEIGHTS_WG)
-               : group;
+    /* dweights (the util program) runs on the group layout's block_m work-items, on the CPU
+     * layout on the GEMM path's work-group (it only sums per-row terms). */
+    const int sums_m = t->cpu ? DP_DWEIGHTS_WG : t->block_m;
+    const dp_kernel_config sums = dp_kernel_config_for(p, DP_KERNEL_UTIL, sums_m, 0, sums_m);
     const size_t sums_wg = (size_t)sums.block_m;
     bwd_launch plan[4];
     int n = 0;

@@ -6,34 +6,18 @@
  * beta for TWO_POLE, else 1). With g = w_p dO and delta_p = g . O_p:
  *   du_j += P_j c_j g,   ds_j += P_j (c_j g . u_j - delta_p) dlogit_p/ds,
  *   dq_i = scale sum_j ds_j k_j,   dk_j = scale sum_i ds_j q_i.
- * Four kernels: dipole_bwd_pre (delta per row and pole), dipole_bwd_dkdv (a work-group per key
+ * Three kernels: dipole_bwd_pre (delta per row and pole), dipole_bwd_dkdv (a work-group per key
  * block walks the query rows of every query head that reads its K/V head: each key's gradient
  * is summed by one work-item in a fixed order — no atomics, bit-for-bit repeatable),
- * dipole_bwd_dq (a work-group per query block walks its keys, as the forward does), and
- * dipole_bwd_dweights (d alpha, d beta: per-row terms summed in a fixed order). */
+ * and dipole_bwd_dq (a work-group per query block walks its keys, as the forward does). d alpha,
+ * d beta (dipole_bwd_dweights, per-row terms summed in a fixed order) are in cl/dipole_util.cl. */
 
 #ifndef BLOCK_M
-#define BLOCK_M 32 /* query rows per tile; work-items of pre, dq and dweights */
+#define BLOCK_M 32 /* query rows per tile; work-items of pre and dq */
 #endif
 #ifndef BLOCK_N
 #define BLOCK_N 32 /* keys per tile; work-items of dkdv */
 #endif
-
-/* Stages keys [j0, j0 + n) of K/V head hk (and V2) into local tiles; all BLOCK_M items call it. */
-inline void dp_stage_keys(__local float *k_tile, __local float *v_tile, __local float *v2_tile,
-                          __global const float *k, dp_layout lk, __global const float *v,
-                          dp_layout lv, __global const float *v2, dp_layout lv2, int b, int hk,
-                          int j0, int n, int lid)
-{
-    for (int e = lid; e < n * HEAD_DIM; e += BLOCK_M) {
-        const int jj = e / HEAD_DIM, c = e % HEAD_DIM;
-        k_tile[e] = k[DP_ROW(lk, b, j0 + jj, hk) + c];
-        v_tile[e] = v[DP_ROW(lv, b, j0 + jj, hk) + c];
-#if READS_V2
-        v2_tile[e] = v2[DP_ROW(lv2, b, j0 + jj, hk) + c];
-#endif
-    }
-}
 
 /* delta_p = w_p dO . O_p per row (and rowdot_p = dO . O_p for the pole-weight gradients). With
  * one pole O_p is the forward output; TWO_POLE recomputes O+ and O- from q, k and lse. */
@@ -52,12 +36,7 @@ void dipole_bwd_pre(__global const float *q, dp_layout lq,
                     int batch, int heads_q, int heads_kv, int seq_q, int seq_k,
                     float scale, int window_left, int window_right)
 {
-    const int lid = get_local_id(0);
-    const int row0 = get_group_id(0) * BLOCK_M;
-    const int i = row0 + lid;
-    const int h = get_group_id(1);
-    const int b = get_group_id(2);
-    const bool live = i < seq_q;
+    DP_GROUP_QUERY_TILE(BLOCK_M);
     const long do_at = DP_ROW(ldout, b, live ? i : 0, h);
 #if NPOLES == 1
     if (!live)
@@ -70,17 +49,9 @@ void dipole_bwd_pre(__global const float *q, dp_layout lq,
     if (rowdot)
         rowdot[DP_STAT(0, b, h, i)] = dot;
 #else
-    const int hk = h / (heads_q / heads_kv);
-    const int kl = key_lengths ? key_lengths[b] : seq_k;
-    const int2 first = dp_visible_range(row0, kl, seq_q, window_left, window_right);
-    const int2 last = dp_visible_range(min(row0 + BLOCK_M, seq_q) - 1, kl, seq_q, window_left,
-                                       window_right);
-    const int j_begin = first.x, j_end = max(last.y, first.y);
-    const int2 mine = dp_visible_range(i, kl, seq_q, window_left, window_right);
+    const int j_begin = keys.x, j_end = keys.y;
 
-    __local float k_tile[BLOCK_N * HEAD_DIM];
-    __local float v_tile[BLOCK_N * HEAD_DIM];
-    __local float v2_tile[BLOCK_N * HEAD_DIM];
+    DP_KV_TILES(BLOCK_N); /* TWO_POLE reads v2 */
 
     float q_row[HEAD_DIM];
     const long q_at = DP_ROW(lq, b, live ? i : 0, h);
@@ -95,9 +66,10 @@ void dipole_bwd_pre(__global const float *q, dp_layout lq,
     for (int j0 = j_begin; j0 < j_end; j0 += BLOCK_N) {
         const int n = min(BLOCK_N, j_end - j0);
         barrier(CLK_LOCAL_MEM_FENCE);
-        dp_stage_keys(k_tile, v_tile, v2_tile, k, lk, v, lv, v2, lv2, b, hk, j0, n, lid);
+        dp_stage_keys(k_tile, v_tile, v2_tile, k, lk, v, lv, v2, lv2, b, hk, j0, n, lid, BLOCK_M);
         barrier(CLK_LOCAL_MEM_FENCE);
-        const int jj_lo = clamp(mine.x - j0, 0, n), jj_hi = clamp(mine.y - j0, 0, n);
+        const int2 tr = dp_range_in_tile(mine, j0, n);
+        const int jj_lo = tr.x, jj_hi = tr.y;
         if (!live)
             continue;
         for (int jj = jj_lo; jj < jj_hi; jj++) {
@@ -149,7 +121,7 @@ void dipole_bwd_dkdv(__global const float *q, dp_layout lq,
     const int hk = get_group_id(1);
     const int b = get_group_id(2);
     const int group = heads_q / heads_kv;
-    const int kl = key_lengths ? key_lengths[b] : seq_k;
+    const int kl = DP_KEY_LENGTH(b);
     const bool live = j < seq_k;
     const int j_last = min(j0 + BLOCK_N, kl) - 1; /* the block's last key any row can see */
 
@@ -188,9 +160,9 @@ void dipole_bwd_dkdv(__global const float *q, dp_layout lq,
             const int m = min(BLOCK_M, seq_q - i0);
             /* Rows' visible ranges only grow with i: skip tiles that cannot see this block
              * (a uniform decision, so the barriers below stay uniform). */
-            const int2 first = dp_visible_range(i0, kl, seq_q, window_left, window_right);
-            const int2 last = dp_visible_range(i0 + m - 1, kl, seq_q, window_left, window_right);
-            if (j_last < j0 || last.y <= j0 || first.x > j_last || first.x >= last.y)
+            const int2 seen = dp_tile_visible_range(i0, i0 + m, kl, seq_q, window_left,
+                                                    window_right);
+            if (j_last < j0 || seen.y <= j0 || seen.x > j_last || seen.x >= seen.y)
                 continue;
             barrier(CLK_LOCAL_MEM_FENCE);
             for (int e = lid; e < m * HEAD_DIM; e += BLOCK_N) {
@@ -276,27 +248,10 @@ void dipole_bwd_dq(__global const float *q, dp_layout lq,
                    int batch, int heads_q, int heads_kv, int seq_q, int seq_k,
                    float scale, int window_left, int window_right)
 {
-    const int lid = get_local_id(0);
-    const int row0 = get_group_id(0) * BLOCK_M;
-    const int i = row0 + lid;
-    const int h = get_group_id(1);
-    const int b = get_group_id(2);
-    const int hk = h / (heads_q / heads_kv);
-    const int kl = key_lengths ? key_lengths[b] : seq_k;
-    const bool live = i < seq_q;
-    const int2 first = dp_visible_range(row0, kl, seq_q, window_left, window_right);
-    const int2 last = dp_visible_range(min(row0 + BLOCK_M, seq_q) - 1, kl, seq_q, window_left,
-                                       window_right);
-    const int j_begin = first.x, j_end = max(last.y, first.y);
-    const int2 mine = dp_visible_range(i, kl, seq_q, window_left, window_right);
+    DP_GROUP_QUERY_TILE(BLOCK_M);
+    const int j_begin = keys.x, j_end = keys.y;
 
-    __local float k_tile[BLOCK_N * HEAD_DIM];
-    __local float v_tile[BLOCK_N * HEAD_DIM];
-#if READS_V2
-    __local float v2_tile[BLOCK_N * HEAD_DIM];
-#else
-    __local float *v2_tile = v_tile;
-#endif
+    DP_KV_TILES(BLOCK_N);
 
     float q_row[HEAD_DIM], do_row[HEAD_DIM], dq_acc[HEAD_DIM];
     const long q_at = DP_ROW(lq, b, live ? i : 0, h);
@@ -316,9 +271,10 @@ void dipole_bwd_dq(__global const float *q, dp_layout lq,
     for (int j0 = j_begin; j0 < j_end; j0 += BLOCK_N) {
         const int n = min(BLOCK_N, j_end - j0);
         barrier(CLK_LOCAL_MEM_FENCE);
-        dp_stage_keys(k_tile, v_tile, v2_tile, k, lk, v, lv, v2, lv2, b, hk, j0, n, lid);
+        dp_stage_keys(k_tile, v_tile, v2_tile, k, lk, v, lv, v2, lv2, b, hk, j0, n, lid, BLOCK_M);
         barrier(CLK_LOCAL_MEM_FENCE);
-        const int jj_lo = clamp(mine.x - j0, 0, n), jj_hi = clamp(mine.y - j0, 0, n);
+        const int2 tr = dp_range_in_tile(mine, j0, n);
+        const int jj_lo = tr.x, jj_hi = tr.y;
         if (!live)
             continue;
         for (int jj = jj_lo; jj < jj_hi; jj++) {
@@ -344,31 +300,4 @@ void dipole_bwd_dq(__global const float *q, dp_layout lq,
     const long dq_at = DP_ROW(ldq, b, i, h);
     for (int c = 0; c < HEAD_DIM; c++)
         dq[dq_at + c] = dq_acc[c] * scale;
-}
-
-/* d alpha_h and d beta_h: group (h, p) sums rowdot[p, :, h, :] — BLOCK_M strided partial sums,
- * then one work-item adds them in order, so the result never depends on scheduling. */
-__kernel __attribute__((reqd_work_group_size(BLOCK_M, 1, 1)))
-void dipole_bwd_dweights(__global const float *rowdot, __global float *dpos,
-                         __global float *dneg, int batch, int heads_q, int seq_q)
-{
-    const int lid = get_local_id(0);
-    const int h = get_group_id(1);
-    const int p = get_group_id(2);
-    __local float part[BLOCK_M];
-    const long n = (long)batch * seq_q;
-    float sum = 0.0f;
-    for (long e = lid; e < n; e += BLOCK_M) {
-        const int b = (int)(e / seq_q), i = (int)(e % seq_q);
-        sum += rowdot[DP_STAT(p, b, h, i)];
-    }
-    part[lid] = sum;
-    barrier(CLK_LOCAL_MEM_FENCE);
-    __global float *dst = p == 0 ? dpos : dneg;
-    if (lid == 0 && dst) {
-        float total = 0.0f;
-        for (int e = 0; e < BLOCK_M; e++)
-            total += part[e];
-        dst[h] = total;
-    }
 }

@@ -141,13 +141,10 @@ void dipole_bwd_dq_cpu(__global const float *q, dp_layout lq,
                        int batch, int heads_q, int heads_kv, int seq_q, int seq_k,
                        float scale, int window_left, int window_right)
 {
-    const int row0 = get_global_id(0) * BLOCK_M;
-    const int h = get_global_id(1);
-    const int b = get_global_id(2);
+    const int row0 = get_global_id(0) * BLOCK_M, h = get_global_id(1), b = get_global_id(2);
     if (row0 >= seq_q)
         return;
-    const int hk = h / (heads_q / heads_kv);
-    const int kl = key_lengths ? key_lengths[b] : seq_k;
+    const int hk = DP_KV_HEAD(h), kl = DP_KEY_LENGTH(b);
     const int rows = min(BLOCK_M, seq_q - row0);
     const int groups = (rows + LANES - 1) / LANES; /* groups with a live row */
 
@@ -355,7 +352,7 @@ void dipole_bwd_dkdv_cpu(__global const float *q, dp_layout lq,
     if (kb0 >= seq_k)
         return;
     const int group = heads_q / heads_kv;
-    const int kl = key_lengths ? key_lengths[b] : seq_k;
+    const int kl = DP_KEY_LENGTH(b);
     const int keys = min(BLOCK_N, seq_k - kb0);
     const int kb_hi = min(kb0 + BLOCK_N, kl); /* the block's keys that rows can see */
     const int key_groups = min(KG, (min(keys, max(kl - kb0, 0)) + LANES - 1) / LANES);
@@ -403,9 +400,9 @@ void dipole_bwd_dkdv_cpu(__global const float *q, dp_layout lq,
         for (int i0 = 0; i0 < seq_q; i0 += TILE) {
             const int m = min(TILE, seq_q - i0);
             /* Visible ranges only grow with the row: skip tiles that miss the block. */
-            const int2 first = dp_visible_range(i0, kl, seq_q, window_left, window_right);
-            const int2 last = dp_visible_range(i0 + m - 1, kl, seq_q, window_left, window_right);
-            if (last.y <= kb0 || first.x >= kb_hi)
+            const int2 seen = dp_tile_visible_range(i0, i0 + m, kl, seq_q, window_left,
+                                                    window_right);
+            if (seen.y <= kb0 || seen.x >= kb_hi)
                 continue;
             const int m_pad = (m + RB - 1) / RB * RB;
             const bool q_finite = dp_pack_rows(qt, q + DP_ROW(lq, b, i0, h), lq.z, m, m_pad, scale);

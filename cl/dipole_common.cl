@@ -182,6 +182,80 @@ inline int2 dp_visible_range(int i, int kl, int seq_q, int window_left, int wind
     return (int2)((int)lo, (int)hi);
 }
 
+/* ---- Tiles. Keys that any row of the query tile [i0, i1) sees (i0 < i1): the visible range
+ * only grows with the row, so the union runs from the first row's lo to the last row's hi. */
+inline int2 dp_tile_visible_range(int i0, int i1, int kl, int seq_q, int window_left,
+                                  int window_right)
+{
+    const int2 first = dp_visible_range(i0, kl, seq_q, window_left, window_right);
+    const int2 last = dp_visible_range(i1 - 1, kl, seq_q, window_left, window_right);
+    return (int2)(first.x, max(last.y, first.y));
+}
+
+/* A row's visible keys [range.x, range.y) as offsets into the key tile [j0, j0 + n). */
+inline int2 dp_range_in_tile(int2 range, int j0, int n)
+{
+    return (int2)(clamp(range.x - j0, 0, n), clamp(range.y - j0, 0, n));
+}
+
+/* The K/V head that query head h reads, and batch b's key length (key_lengths [B] or NULL),
+ * from the kernel's own arguments heads_q, heads_kv, key_lengths and seq_k. */
+#define DP_KV_HEAD(h) ((h) / (heads_q / heads_kv))
+#define DP_KEY_LENGTH(b) (key_lengths ? key_lengths[b] : seq_k)
+
+/* The group layout's query tile, for a kernel with the forward's arguments: the work-group
+ * (tile, h, b) owns `rows` query rows from row0 of query head h in batch b, one work-item (lid)
+ * per row i, which exists where live; hk is the K/V head it reads, kl the batch's key length.
+ * keys: the keys any row of the tile sees (uniform, for the loops around barriers); mine: row
+ * i's visible keys. */
+#define DP_GROUP_QUERY_TILE(rows)                                                              \
+    const int lid = get_local_id(0);                                                           \
+    const int row0 = get_group_id(0) * (rows);                                                 \
+    const int i = row0 + lid;                                                                  \
+    const int h = get_group_id(1);                                                             \
+    const int b = get_group_id(2);                                                             \
+    const int hk = DP_KV_HEAD(h);                                                              \
+    const int kl = DP_KEY_LENGTH(b);                                                           \
+    const bool live = i < seq_q;                                                               \
+    const int2 keys = dp_tile_visible_range(row0, min(row0 + (rows), seq_q), kl, seq_q,        \
+                                            window_left, window_right);                        \
+    const int2 mine = dp_visible_range(i, kl, seq_q, window_left, window_right)
+
+/* ---- Poles' online softmax: the merge of n partial (max, sum) pairs M(c), L(c) of one pole
+ * into (mm, sum), the max first, then each sum rescaled to it, in order c = 0 .. n - 1. */
+#define DP_MERGE_POLE(n, M, L, mm, sum)                                                            do {                                                                                               mm = -INFINITY;                                                                                for (int c_ = 0; c_ < (n); c_++)                                                                   mm = fmax(mm, M(c_));                                                                      sum = 0.0f;                                                                                    for (int c_ = 0; c_ < (n); c_++)                                                                   sum += L(c_) * dp_rescale(M(c_), mm);                                                  } while (0)
+
 /* A tensor's element offset and strides (batch, seq, head), in elements. */
 typedef long4 dp_layout;
 #define DP_ROW(t, b, s, h) ((t).x + (long)(b) * (t).y + (long)(s) * (t).z + (long)(h) * (t).w)
+
+/* The local tiles of `keys` K, V (and V2) rows that dp_stage_keys fills; where the variant
+ * reads no v2, v2_tile aliases v_tile. At kernel scope (local memory). */
+#if READS_V2
+#define DP_KV_TILES(keys)                                                                      \
+    __local float k_tile[(keys) * HEAD_DIM];                                                   \
+    __local float v_tile[(keys) * HEAD_DIM];                                                   \
+    __local float v2_tile[(keys) * HEAD_DIM]
+#else
+#define DP_KV_TILES(keys)                                                                      \
+    __local float k_tile[(keys) * HEAD_DIM];                                                   \
+    __local float v_tile[(keys) * HEAD_DIM];                                                   \
+    __local float *v2_tile = v_tile
+#endif
+
+/* Stages keys [j0, j0 + n) of K/V head hk (and V2 where the variant reads it) into local
+ * tiles of n x HEAD_DIM floats; all `items` work-items of the group call it, item lid. */
+inline void dp_stage_keys(__local float *k_tile, __local float *v_tile, __local float *v2_tile,
+                          __global const float *k, dp_layout lk, __global const float *v,
+                          dp_layout lv, __global const float *v2, dp_layout lv2, int b, int hk,
+                          int j0, int n, int lid, int items)
+{
+    for (int e = lid; e < n * HEAD_DIM; e += items) {
+        const int jj = e / HEAD_DIM, c = e % HEAD_DIM;
+        k_tile[e] = k[DP_ROW(lk, b, j0 + jj, hk) + c];
+        v_tile[e] = v[DP_ROW(lv, b, j0 + jj, hk) + c];
+#if READS_V2
+        v2_tile[e] = v2[DP_ROW(lv2, b, j0 + jj, hk) + c];
+#endif
+    }
+}

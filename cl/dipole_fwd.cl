@@ -22,27 +22,10 @@ void dipole_fwd(__global const float *q, dp_layout lq,
                 int batch, int heads_q, int heads_kv, int seq_q, int seq_k,
                 float scale, int window_left, int window_right)
 {
-    const int lid = get_local_id(0);
-    const int row0 = get_group_id(0) * BLOCK_M;
-    const int i = row0 + lid;
-    const int h = get_group_id(1);
-    const int b = get_group_id(2);
-    const int hk = h / (heads_q / heads_kv);
-    const int kl = key_lengths ? key_lengths[b] : seq_k;
-    const bool live = i < seq_q;
+    DP_GROUP_QUERY_TILE(BLOCK_M);
+    const int j_begin = keys.x, j_end = keys.y;
 
-    /* Keys any row of this tile sees: the loop bounds must be uniform for the barriers. */
-    const int2 first = dp_visible_range(row0, kl, seq_q, window_left, window_right);
-    const int2 last = dp_visible_range(min(row0 + BLOCK_M, seq_q) - 1, kl, seq_q, window_left,
-                                       window_right);
-    const int j_begin = first.x, j_end = max(last.y, first.y);
-    const int2 mine = dp_visible_range(i, kl, seq_q, window_left, window_right);
-
-    __local float k_tile[BLOCK_N * HEAD_DIM];
-    __local float v_tile[BLOCK_N * HEAD_DIM];
-#if READS_V2
-    __local float v2_tile[BLOCK_N * HEAD_DIM];
-#endif
+    DP_KV_TILES(BLOCK_N);
 
     float q_row[HEAD_DIM];
     const long q_at = DP_ROW(lq, b, live ? i : 0, h);
@@ -60,18 +43,12 @@ void dipole_fwd(__global const float *q, dp_layout lq,
     for (int j0 = j_begin; j0 < j_end; j0 += BLOCK_N) {
         const int n = min(BLOCK_N, j_end - j0);
         barrier(CLK_LOCAL_MEM_FENCE);
-        for (int e = lid; e < n * HEAD_DIM; e += BLOCK_M) {
-            const int jj = e / HEAD_DIM, c = e % HEAD_DIM;
-            k_tile[e] = k[DP_ROW(lk, b, j0 + jj, hk) + c];
-            v_tile[e] = v[DP_ROW(lv, b, j0 + jj, hk) + c];
-#if READS_V2
-            v2_tile[e] = v2[DP_ROW(lv2, b, j0 + jj, hk) + c];
-#endif
-        }
+        dp_stage_keys(k_tile, v_tile, v2_tile, k, lk, v, lv, v2, lv2, b, hk, j0, n, lid, BLOCK_M);
         barrier(CLK_LOCAL_MEM_FENCE);
 
         /* This row's visible part of the tile. */
-        const int jj_lo = clamp(mine.x - j0, 0, n), jj_hi = clamp(mine.y - j0, 0, n);
+        const int2 tr = dp_range_in_tile(mine, j0, n);
+        const int jj_lo = tr.x, jj_hi = tr.y;
         if (!live || jj_lo >= jj_hi)
             continue;
 

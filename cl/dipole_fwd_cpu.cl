@@ -142,13 +142,10 @@ void dipole_fwd_cpu(__global const float *q, dp_layout lq,
                     int batch, int heads_q, int heads_kv, int seq_q, int seq_k,
                     float scale, int window_left, int window_right)
 {
-    const int row0 = get_global_id(0) * BLOCK_M;
-    const int h = get_global_id(1);
-    const int b = get_global_id(2);
+    const int row0 = get_global_id(0) * BLOCK_M, h = get_global_id(1), b = get_global_id(2);
     if (row0 >= seq_q)
         return;
-    const int hk = h / (heads_q / heads_kv);
-    const int kl = key_lengths ? key_lengths[b] : seq_k;
+    const int hk = DP_KV_HEAD(h), kl = DP_KEY_LENGTH(b);
 
     /* Per-lane visible key ranges, and per group the union and intersection of its rows'
      * ranges. Rows past seq_q copy the last live row's range, so that they never force the
@@ -502,8 +499,8 @@ void dipole_fwd_splitk(__global const float *q, dp_layout lq,
     const int i = get_global_id(1);
     const int bh = get_global_id(2);
     const int b = bh / heads_q, h = bh % heads_q;
-    const int hk = h / (heads_q / heads_kv);
-    const int kl = key_lengths ? key_lengths[b] : seq_k;
+    const int hk = DP_KV_HEAD(h);
+    const int kl = DP_KEY_LENGTH(b);
     const int2 range = dp_visible_range(i, kl, seq_q, window_left, window_right);
     const int j_lo = max(range.x, chunk * BLOCK_N);
     const int j_hi = min(range.y, chunk * BLOCK_N + BLOCK_N);
@@ -603,20 +600,19 @@ __kernel void dipole_fwd_merge(__global const float *part, int chunks,
     if (i >= seq_q)
         return;
     const int b = bh / heads_q, h = bh % heads_q;
-    const int kl = key_lengths ? key_lengths[b] : seq_k;
+    const int kl = DP_KEY_LENGTH(b);
     const int2 range = dp_visible_range(i, kl, seq_q, window_left, window_right);
     const bool has_keys = range.x < range.y;
     __global const float *src = part + ((long)bh * seq_q + i) * chunks * NPOLES * PART_STRIDE;
 
     float mm[NPOLES], ll[NPOLES], coef[NPOLES];
     for (int p = 0; p < NPOLES; p++) {
-        float mx = -INFINITY;
-        for (int c = 0; c < chunks; c++)
-            mx = fmax(mx, src[(c * NPOLES + p) * PART_STRIDE]);
-        float sum = 0.0f;
-        for (int c = 0; c < chunks; c++)
-            sum += src[(c * NPOLES + p) * PART_STRIDE + 1] *
-                   dp_rescale(src[(c * NPOLES + p) * PART_STRIDE], mx);
+        float mx, sum;
+#define PART_M(c) src[((c) * NPOLES + p) * PART_STRIDE]
+#define PART_L(c) src[((c) * NPOLES + p) * PART_STRIDE + 1]
+        DP_MERGE_POLE(chunks, PART_M, PART_L, mx, sum);
+#undef PART_M
+#undef PART_L
         mm[p] = mx;
         ll[p] = sum;
         const float pw = dp_pole_weight(pole_weights, p, h, heads_q);

@@ -17,6 +17,29 @@
 #define BLOCK_N 8 /* work-items sharing one row's keys */
 #endif
 
+/* Stores a weight on v2 where the variant reads v2 (the GEMM then multiplies it with V2). */
+#if READS_V2
+#define DP_STORE_P2(buf, e, w) ((buf)[e] = (w))
+#else
+#define DP_STORE_P2(buf, e, w) ((void)(buf), (void)(w))
+#endif
+
+/* Work-item (lr, lc) of group (row block, 0, slice sl): chunk row r (query row i, if live) of
+ * slice b * Hq + h; [lo, hi): the row's visible columns of the chunk; at: its element 0. */
+#define DP_CHUNK_ROW()                                                                         \
+    const int lr = get_local_id(0), lc = get_local_id(1);                                      \
+    const int r = get_group_id(0) * BLOCK_M + lr;                                              \
+    const int sl = get_group_id(2);                                                            \
+    const bool live = r < rows;                                                                \
+    const int flat = slice0 + sl;                                                              \
+    const int b = flat / heads_q, h = flat % heads_q;                                          \
+    const int i = row0 + r;                                                                    \
+    const int kl = DP_KEY_LENGTH(b);                                                           \
+    const int2 vis = dp_visible_range(i, kl, seq_q, window_left, window_right);                \
+    const int2 tr = live ? dp_range_in_tile(vis, col0, ncols) : (int2)(0, 0);                  \
+    const int lo = tr.x, hi = tr.y;                                                            \
+    const long at = (long)sl * rows * ncols + r
+
 __kernel __attribute__((reqd_work_group_size(BLOCK_M, BLOCK_N, 1)))
 void dipole_rowwise(__global float *p1,                 /* scores in, weights on v out */
                     __global float *p2,                 /* weights on v2 (READS_V2) */
@@ -27,18 +50,7 @@ void dipole_rowwise(__global float *p1,                 /* scores in, weights on
                     int batch, int heads_q, int seq_q, int seq_k,
                     int window_left, int window_right)
 {
-    const int lr = get_local_id(0), lc = get_local_id(1);
-    const int r = get_group_id(0) * BLOCK_M + lr;
-    const int sl = get_group_id(2);
-    const bool live = r < rows;
-    const int flat = slice0 + sl;
-    const int b = flat / heads_q, h = flat % heads_q;
-    const int i = row0 + r;
-    const int kl = key_lengths ? key_lengths[b] : seq_k;
-    const int2 vis = dp_visible_range(i, kl, seq_q, window_left, window_right);
-    const int lo = live ? clamp(vis.x - col0, 0, ncols) : 0;
-    const int hi = live ? clamp(vis.y - col0, 0, ncols) : 0;
-    const long at = (long)sl * rows * ncols + r;
+    DP_CHUNK_ROW();
 
     /* This work-item's share of the row: keys lo + lc, lo + lc + BLOCK_N, ... */
     float m[NPOLES], l[NPOLES];
@@ -65,11 +77,12 @@ void dipole_rowwise(__global float *p1,                 /* scores in, weights on
     barrier(CLK_LOCAL_MEM_FENCE);
     if (lc == 0)
         for (int p = 0; p < NPOLES; p++) {
-            float mm = -INFINITY, sum = 0.0f;
-            for (int c = 0; c < BLOCK_N; c++)
-                mm = fmax(mm, lm[p][lr][c]);
-            for (int c = 0; c < BLOCK_N; c++)
-                sum += ll[p][lr][c] * dp_rescale(lm[p][lr][c], mm);
+            float mm, sum;
+#define PART_M(c) lm[p][lr][c]
+#define PART_L(c) ll[p][lr][c]
+            DP_MERGE_POLE(BLOCK_N, PART_M, PART_L, mm, sum);
+#undef PART_M
+#undef PART_L
             lm[p][lr][0] = mm;
             ll[p][lr][0] = sum;
         }
@@ -101,11 +114,7 @@ void dipole_rowwise(__global float *p1,                 /* scores in, weights on
             }
         }
         p1[e] = w1;
-#if READS_V2
-        p2[e] = w2;
-#else
-        (void)w2;
-#endif
+        DP_STORE_P2(p2, e, w2);
     }
 
     if (lse && lc == 0)
@@ -135,18 +144,7 @@ void dipole_rowwise_bwd(__global float *sp,                 /* S in, P (on v) ou
                         int batch, int heads_q, int seq_q, int seq_k,
                         int window_left, int window_right)
 {
-    const int lr = get_local_id(0), lc = get_local_id(1);
-    const int r = get_group_id(0) * BLOCK_M + lr;
-    const int sl = get_group_id(2);
-    const bool live = r < rows;
-    const int flat = slice0 + sl;
-    const int b = flat / heads_q, h = flat % heads_q;
-    const int i = row0 + r;
-    const int kl = key_lengths ? key_lengths[b] : seq_k;
-    const int2 vis = dp_visible_range(i, kl, seq_q, window_left, window_right);
-    const int lo = live ? clamp(vis.x - col0, 0, ncols) : 0;
-    const int hi = live ? clamp(vis.y - col0, 0, ncols) : 0;
-    const long at = (long)sl * rows * ncols + r;
+    DP_CHUNK_ROW();
 
     float row_lse[NPOLES], pw[NPOLES], dot[NPOLES];
     for (int p = 0; p < NPOLES; p++) {
@@ -211,23 +209,10 @@ void dipole_rowwise_bwd(__global float *sp,                 /* S in, P (on v) ou
         }
         sp[e] = w1;
         dp[e] = ds;
-#if READS_V2
-        dp2[e] = w2;
-#else
-        (void)w2;
-#endif
+        DP_STORE_P2(dp2, e, w2);
     }
 
     if (rowdot && lc == 0)
         for (int p = 0; p < NPOLES; p++)
             rowdot[DP_STAT(p, b, h, i)] = dot[p];
-}
-
-/* Zeroes a strided [batch, seq, heads, head_dim] tensor (layout: offset and batch, seq, head
- * strides), which the GEMM backward then accumulates into with beta = 1. Any work-group size. */
-__kernel void dipole_zero_rows(__global float *t, dp_layout lay, int seq, int head_dim)
-{
-    const int c = get_global_id(0), row = get_global_id(1), b = get_global_id(2);
-    if (c < head_dim) /* row runs over seq x heads */
-        t[DP_ROW(lay, b, row % seq, row / seq) + c] = 0.0f;
 }

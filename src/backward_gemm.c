@@ -57,7 +57,7 @@ static dipole_status launch_rowwise_bwd(dipole_ctx *ctx, const dp_problem *p,
 
 static dp_kernel_config dweights_config(const void *user, int size)
 {
-    return dp_bwd_dweights_config(user, NULL, size, true);
+    return dp_bwd_dweights_config(user, size);
 }
 
 /* dweights' work-group: what the compiled kernel allows (GEMM path: a program of its own). */
@@ -76,7 +76,7 @@ static dipole_status plan_dweights(dipole_ctx *ctx, const dp_problem *p, dp_kern
     return st;
 }
 
-/* d alpha, d beta with the tiled backward's kernel. */
+/* d alpha, d beta with the util program's kernel (the tiled backward's too). */
 static dipole_status launch_dweights(dipole_ctx *ctx, const dp_problem *p, const bwd_work *w,
                                      const dp_bwd_args *a, const dp_kernel_config *cfg,
                                      cl_event *event)
@@ -265,8 +265,9 @@ dipole_status dp_gemm_backward(dipole_ctx *ctx, const dp_problem *p, const dp_bw
                                      ts[i].query ? d->seq_q : d->seq_k,
                                      ts[i].query ? d->heads_q : d->heads_kv, d->head_dim);
     cl_kernel zero = NULL;
+    const dp_kernel_config util = dp_bwd_dweights_config(p, DP_DWEIGHTS_WG); /* the util program */
     if (st == DIPOLE_SUCCESS)
-        st = dp_get_kernel(ctx, &rw->cfg, "dipole_zero_rows", &zero);
+        st = dp_get_kernel(ctx, &util, "dipole_zero_rows", &zero);
     if (st != DIPOLE_SUCCESS)
         return st;
 

@@ -14,19 +14,9 @@
 #define DP_BWD_CPU_ROWS 128
 #define DP_BWD_CPU_KEYS 128
 
-dp_kernel_config dp_bwd_dweights_config(const dp_problem *p, const dp_kernel_config *group,
-                                        int work_group, bool standalone)
+dp_kernel_config dp_bwd_dweights_config(const dp_problem *p, int work_group)
 {
-    if (group)
-        return *group;
-    dp_kernel_config cfg = dp_kernel_config_for(p, DP_KERNEL_BWD, work_group, DP_DWEIGHTS_WG,
-                                                work_group);
-    if (standalone) {
-        cfg.head_dim = 1;
-        cfg.causal = 0;
-        cfg.has_window = 0;
-    }
-    return cfg;
+    return dp_kernel_config_for(p, DP_KERNEL_UTIL, work_group, 0, work_group);
 }
 
 static dipole_status kernel_wg(dipole_ctx *ctx, const dp_kernel_config *cfg, const char *name,
@@ -70,10 +60,12 @@ static dipole_status plan_group(dipole_ctx *ctx, const dp_problem *p, int *bm, i
                                               "dipole_bwd_dweights"};
     for (;;) {
         dp_kernel_config cfg = dp_kernel_config_for(p, DP_KERNEL_BWD, block_m, block_n, block_m);
+        /* dweights runs on block_m work-items too, from the util program */
+        const dp_kernel_config sums = dp_kernel_config_for(p, DP_KERNEL_UTIL, block_m, 0, block_m);
         size_t wg_rows = SIZE_MAX, wg;
         dipole_status st;
         for (size_t i = 0; i < sizeof row_kernels / sizeof row_kernels[0]; i++) {
-            if ((st = kernel_wg(ctx, &cfg, row_kernels[i], &wg)))
+            if ((st = kernel_wg(ctx, i == 2 ? &sums : &cfg, row_kernels[i], &wg)))
                 return st;
             wg_rows = wg < wg_rows ? wg : wg_rows;
         }
@@ -148,10 +140,9 @@ dipole_status dp_bwd_tiled_plan(dipole_ctx *ctx, const dp_problem *p, dp_bwd_pla
     plan->kernels = t->cpu ? dp_kernel_config_for(p, DP_KERNEL_BWD_CPU, t->block_m, t->block_n, 1)
                            : dp_kernel_config_for(p, DP_KERNEL_BWD, t->block_m, t->block_n,
                                                   t->block_m);
-    /* dweights is a row kernel of the group program: on the CPU layout it gets a program of
-     * its own. */
-    plan->dweights = t->cpu ? dp_bwd_dweights_config(p, NULL, DP_DWEIGHTS_WG, false)
-                            : dp_bwd_dweights_config(p, &plan->kernels, 0, false);
+    /* dweights (the util program) runs on the group layout's block_m work-items, on the CPU
+     * layout on the GEMM path's work-group (it only sums per-row terms). */
+    plan->dweights = dp_bwd_dweights_config(p, t->cpu ? DP_DWEIGHTS_WG : plan->kernels.block_m);
     dipole_plan *pub = &plan->pub;
     pub->path = DIPOLE_PATH_TILED;
     pub->layout = t->cpu ? DIPOLE_LAYOUT_CPU : DIPOLE_LAYOUT_GROUP;

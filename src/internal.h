@@ -43,6 +43,7 @@ typedef enum dp_kernel_kind {
     DP_KERNEL_ROWWISE,       /* cl/dipole_rowwise.cl: GEMM path's row-wise weights */
     DP_KERNEL_BWD,           /* cl/dipole_bwd.cl */
     DP_KERNEL_BWD_CPU,       /* cl/dipole_bwd_cpu.cl */
+    DP_KERNEL_UTIL,          /* cl/dipole_util.cl: dweights, zeroing; options: BLOCK_M only */
     DP_KERNEL_COUNT
 } dp_kernel_kind;
 

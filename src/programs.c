@@ -27,6 +27,7 @@ const char *dp_kernel_file(dp_kernel_kind kind)
         [DP_KERNEL_FWD_TILED] = "dipole_fwd.cl",   [DP_KERNEL_FWD_CPU] = "dipole_fwd_cpu.cl",
         [DP_KERNEL_FWD_SPLITK] = "dipole_fwd_cpu.cl", [DP_KERNEL_ROWWISE] = "dipole_rowwise.cl",
         [DP_KERNEL_BWD] = "dipole_bwd.cl",    [DP_KERNEL_BWD_CPU] = "dipole_bwd_cpu.cl",
+        [DP_KERNEL_UTIL] = "dipole_util.cl",
     };
     return (unsigned)kind < DP_KERNEL_COUNT ? files[kind] : NULL;
 }
@@ -66,7 +67,10 @@ void dp_build_options(const dipole_ctx *ctx, const dp_kernel_config *cfg, char *
         if (strstr(field, quirk_table[i].name))
             strncat(quirks, quirk_table[i].flags, sizeof quirks - strlen(quirks) - 1);
     }
-    snprintf(buf, cap,
+    if (cfg->kind == DP_KERNEL_UTIL) /* no head dim, variant, mask or tiles: one program */
+        snprintf(buf, cap, "-cl-std=CL1.2 -DBLOCK_M=%d%s", cfg->block_m, quirks);
+    else
+        snprintf(buf, cap,
              "-cl-std=CL1.2 -DVARIANT=%d -DHEAD_DIM=%d -DIS_CAUSAL=%d -DHAS_WINDOW=%d "
              "-DBLOCK_M=%d -DBLOCK_N=%d -DWORK_GROUP=%d%s",
              (int)cfg->variant, cfg->head_dim, cfg->causal ? 1 : 0, cfg->has_window ? 1 : 0,

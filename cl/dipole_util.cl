@@ -1,0 +1,42 @@
+/* Utility kernels: no head dim, variant, mask or tiles of their own. The one define they read
+ * is BLOCK_M, the work-group of dipole_bwd_dweights (the runtime passes only that). */
+
+#ifndef BLOCK_M
+#define BLOCK_M 32 /* work-items of dipole_bwd_dweights */
+#endif
+
+/* d alpha_h and d beta_h: group (h, p) sums rowdot[p, :, h, :] — BLOCK_M strided partial sums,
+ * then one work-item adds them in order, so the result never depends on scheduling. */
+__kernel __attribute__((reqd_work_group_size(BLOCK_M, 1, 1)))
+void dipole_bwd_dweights(__global const float *rowdot, __global float *dpos,
+                         __global float *dneg, int batch, int heads_q, int seq_q)
+{
+    const int lid = get_local_id(0);
+    const int h = get_group_id(1);
+    const int p = get_group_id(2);
+    __local float part[BLOCK_M];
+    const long n = (long)batch * seq_q;
+    float sum = 0.0f;
+    for (long e = lid; e < n; e += BLOCK_M) {
+        const int b = (int)(e / seq_q), i = (int)(e % seq_q);
+        sum += rowdot[DP_STAT(p, b, h, i)];
+    }
+    part[lid] = sum;
+    barrier(CLK_LOCAL_MEM_FENCE);
+    __global float *dst = p == 0 ? dpos : dneg;
+    if (lid == 0 && dst) {
+        float total = 0.0f;
+        for (int e = 0; e < BLOCK_M; e++)
+            total += part[e];
+        dst[h] = total;
+    }
+}
+
+/* Zeroes a strided [batch, seq, heads, head_dim] tensor (layout: offset and batch, seq, head
+ * strides), which the GEMM backward then accumulates into with beta = 1. Any work-group size. */
+__kernel void dipole_zero_rows(__global float *t, dp_layout lay, int seq, int head_dim)
+{
+    const int c = get_global_id(0), row = get_global_id(1), b = get_global_id(2);
+    if (c < head_dim) /* row runs over seq x heads */
+        t[DP_ROW(lay, b, row % seq, row / seq) + c] = 0.0f;
+}

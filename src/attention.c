@@ -217,12 +217,10 @@ dipole_status dipole_attention_host_lse(dipole_ctx *ctx, const dipole_attn_desc 
     }
     if (st != DIPOLE_SUCCESS)
         goto done;
-    dipole_tensor tq = dipole_tensor_dense(bufs[Q], d->seq_q, d->heads_q, d->head_dim);
-    dipole_tensor tk = dipole_tensor_dense(bufs[K], d->seq_k, d->heads_kv, d->head_dim);
-    dipole_tensor tv = dipole_tensor_dense(bufs[V], d->seq_k, d->heads_kv, d->head_dim);
-    dipole_tensor tv2 = dipole_tensor_dense(bufs[V2], d->seq_k, d->heads_kv, d->head_dim);
-    dipole_tensor to = dipole_tensor_dense(bufs[OUT], d->seq_q, d->heads_q, d->head_dim);
-    dp_args a = {&tq, &tk, &tv, p.reads_v2 ? &tv2 : NULL, &to, bufs[LSE], NULL, NULL};
+    static const bool query_side[LSE] = {[Q] = true, [OUT] = true};
+    dipole_tensor t[LSE];
+    dp_dense_tensors(d, bufs, query_side, LSE, t);
+    dp_args a = {&t[Q], &t[K], &t[V], p.reads_v2 ? &t[V2] : NULL, &t[OUT], bufs[LSE], NULL, NULL};
     st = attention_locked(ctx, &p, &a, NULL);
     if (st == DIPOLE_SUCCESS) {
         cl_int err = clEnqueueReadBuffer(ctx->queue, bufs[OUT], CL_TRUE, 0, nq * sizeof(float), out,

@@ -233,23 +233,18 @@ dipole_status dipole_attention_backward_host(dipole_ctx *ctx, const dipole_attn_
     if (st != DIPOLE_SUCCESS)
         goto release;
 
-    dipole_tensor tq = dipole_tensor_dense(bufs[Q], d->seq_q, d->heads_q, d->head_dim);
-    dipole_tensor tk = dipole_tensor_dense(bufs[K], d->seq_k, d->heads_kv, d->head_dim);
-    dipole_tensor tv = dipole_tensor_dense(bufs[V], d->seq_k, d->heads_kv, d->head_dim);
-    dipole_tensor tv2 = dipole_tensor_dense(bufs[V2], d->seq_k, d->heads_kv, d->head_dim);
-    dipole_tensor tdo = dipole_tensor_dense(bufs[DOUT], d->seq_q, d->heads_q, d->head_dim);
-    dipole_tensor to = dipole_tensor_dense(bufs[OUT], d->seq_q, d->heads_q, d->head_dim);
-    dipole_tensor tdq = dipole_tensor_dense(bufs[DQ], d->seq_q, d->heads_q, d->head_dim);
-    dipole_tensor tdk = dipole_tensor_dense(bufs[DK], d->seq_k, d->heads_kv, d->head_dim);
-    dipole_tensor tdv = dipole_tensor_dense(bufs[DV], d->seq_k, d->heads_kv, d->head_dim);
-    dipole_tensor tdv2 = dipole_tensor_dense(bufs[DV2], d->seq_k, d->heads_kv, d->head_dim);
-    const dipole_tensor *pv2 = p.reads_v2 ? &tv2 : NULL;
-    st = dipole_attention(ctx, desc, &tq, &tk, &tv, pv2, &to, bufs[LSE], NULL);
+    /* Entries for lse and the weight gradients are filled too and never read as tensors. */
+    static const bool query_side[NBUF] = {[Q] = true, [DOUT] = true, [OUT] = true, [DQ] = true};
+    dipole_tensor t[NBUF];
+    dp_dense_tensors(d, bufs, query_side, NBUF, t);
+    const dipole_tensor *pv2 = p.reads_v2 ? &t[V2] : NULL;
+    st = dipole_attention(ctx, desc, &t[Q], &t[K], &t[V], pv2, &t[OUT], bufs[LSE], NULL);
 
     pthread_mutex_lock(&ctx->lock);
     if (st == DIPOLE_SUCCESS) {
-        const dp_bwd_args a = {&tq, &tk, &tv, pv2, &to, &tdo, &tdq, &tdk, &tdv,
-                               p.reads_v2 ? &tdv2 : NULL, bufs[LSE], bufs[DPOS], bufs[DNEG]};
+        const dp_bwd_args a = {&t[Q],  &t[K],  &t[V],  pv2,
+                               &t[OUT], &t[DOUT], &t[DQ], &t[DK], &t[DV],
+                               p.reads_v2 ? &t[DV2] : NULL, bufs[LSE], bufs[DPOS], bufs[DNEG]};
         st = backward_locked(ctx, &p, &a, NULL);
     }
     float *const dst[NBUF] = {[DQ] = dq, [DK] = dk, [DV] = dv, [DV2] = dv2,

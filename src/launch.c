@@ -246,3 +246,11 @@ void dp_call_buffers_release(dp_call_buffers *b)
     b->key_lengths = NULL;
     b->pole_weights = NULL;
 }
+
+void dp_dense_tensors(const dipole_attn_desc *d, const cl_mem *bufs, const bool *query_side,
+                      int n, dipole_tensor *t)
+{
+    for (int i = 0; i < n; i++)
+        t[i] = query_side[i] ? dipole_tensor_dense(bufs[i], d->seq_q, d->heads_q, d->head_dim)
+                             : dipole_tensor_dense(bufs[i], d->seq_k, d->heads_kv, d->head_dim);
+}

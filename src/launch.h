@@ -14,6 +14,11 @@ cl_long4 dp_tensor_layout(const dipole_tensor *t);
 void dp_span_of(const dipole_tensor *t, int batch, int seq, int heads, int d, size_t *lo,
                 size_t *hi);
 
+/* The host twins' staged buffers as dense tensors: bufs[i] holds the query side
+ * ([batch, seq_q, heads_q, head_dim]) where query_side[i], else the key side. */
+void dp_dense_tensors(const dipole_attn_desc *d, const cl_mem *bufs, const bool *query_side,
+                      int n, dipole_tensor *t);
+
 /* ---- arguments: appended in order; the first failure sticks and is reported by dp_launch */
 typedef struct dp_launch_args {
     cl_kernel kernel;

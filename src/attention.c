@@ -52,13 +52,13 @@ dipole_status dp_call_begin(dipole_ctx *ctx, const char *name, const dipole_attn
 dipole_status dp_plan_query(dipole_ctx *ctx, const dipole_attn_desc *desc, dipole_plan *plan,
                             const char *name, dp_plan_fn fn)
 {
-    if (!ctx || !plan)
-        return dp_fail(ctx, DIPOLE_ERR_INVALID_ARG, "%s: %s is NULL", name, !ctx ? "ctx" : "plan");
-    pthread_mutex_lock(&ctx->lock);
-    dp_clear_error(ctx);
-    memset(plan, 0, sizeof *plan);
+    if (ctx && !plan)
+        return dp_fail(ctx, DIPOLE_ERR_INVALID_ARG, "%s: plan is NULL", name);
     dp_problem p;
-    dipole_status st = dp_problem_init(ctx, desc, &p);
+    dipole_status st = dp_call_begin(ctx, name, desc, NULL, &p);
+    if (!ctx)
+        return st;
+    memset(plan, 0, sizeof *plan);
     if (st == DIPOLE_SUCCESS)
         st = fn(ctx, &p, plan);
     pthread_mutex_unlock(&ctx->lock);
@@ -174,12 +174,10 @@ dipole_status dipole_attention_host_lse(dipole_ctx *ctx, const dipole_attn_desc 
                                         const float *q, const float *k, const float *v,
                                         const float *v2, float *out, float *lse)
 {
-    if (!ctx)
-        return dp_fail(NULL, DIPOLE_ERR_INVALID_ARG, "dipole_attention_host: ctx is NULL");
-    pthread_mutex_lock(&ctx->lock);
-    dp_clear_error(ctx);
     dp_problem p;
-    dipole_status st = dp_problem_init(ctx, desc, &p);
+    dipole_status st = dp_call_begin(ctx, "dipole_attention_host", desc, NULL, &p);
+    if (!ctx)
+        return st;
     cl_mem bufs[6] = {NULL};
     enum { Q, K, V, V2, OUT, LSE };
     if (st != DIPOLE_SUCCESS)

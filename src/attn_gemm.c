@@ -46,6 +46,7 @@ dipole_status dp_gemm_plan(dipole_ctx *ctx, const dp_problem *p, dp_fwd_plan *pl
 /* ---------------------------------------------------------------- run */
 
 typedef struct gemm_work {
+    cl_kernel rowwise; /* owned by the context */
     cl_mem s, s2;
     dp_gemm_batch g; /* per-slice arguments of one batched GEMM */
 } gemm_work;
@@ -64,7 +65,8 @@ static dipole_status launch_rowwise(dipole_ctx *ctx, const dp_problem *p,
                                     size_t r0, size_t nr, size_t j0, size_t nc)
 {
     const cl_mem bufs[5] = {w->s, w->s2 ? w->s2 : w->s, a->lse, a->key_lengths, a->pole_weights};
-    return dp_rowwise_enqueue(ctx, rw, "dipole_rowwise", bufs, 5, p, s0, ns, r0, nr, j0, nc);
+    return dp_rowwise_enqueue(ctx, rw, w->rowwise, "dipole_rowwise", bufs, 5, p, s0, ns, r0, nr,
+                              j0, nc);
 }
 
 dipole_status dp_gemm_run(dipole_ctx *ctx, const dp_problem *p, const dp_fwd_plan *plan,
@@ -82,11 +84,13 @@ dipole_status dp_gemm_run(dipole_ctx *ctx, const dp_problem *p, const dp_fwd_pla
                                      is_q ? d->heads_q : d->heads_kv, d->head_dim);
     }
     const dp_rowwise_plan *rw = &plan->rowwise;
+    gemm_work w;
+    memset(&w, 0, sizeof w);
+    if (st == DIPOLE_SUCCESS)
+        st = dp_get_kernel(ctx, &rw->cfg, "dipole_rowwise", &w.rowwise);
     if (st != DIPOLE_SUCCESS)
         return st;
 
-    gemm_work w;
-    memset(&w, 0, sizeof w);
     const size_t ns_max = ch->slices, nr_max = ch->rows;
     const size_t s_bytes = sizeof(float) * ns_max * nr_max * (size_t)d->seq_k;
     dipole_status bst = dp_gemm_scores_alloc(ctx, &w.g, ns_max, s_bytes, "gemm", &w.s);

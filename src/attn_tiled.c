@@ -328,18 +328,6 @@ static void arg_outputs(dp_launch_args *l, const dp_args *a)
     dp_arg_buffer(l, a->pole_weights);
 }
 
-/* The sizes, scale and window that a score kernel's rows and keys come from. */
-static void arg_scores(dp_launch_args *l, const dp_problem *p)
-{
-    dp_arg_int(l, p->d.heads_q);
-    dp_arg_int(l, p->d.heads_kv);
-    dp_arg_int(l, p->d.seq_q);
-    dp_arg_int(l, p->d.seq_k);
-    dp_arg_float(l, p->d.scale);
-    dp_arg_int(l, p->d.window_left);
-    dp_arg_int(l, p->d.window_right);
-}
-
 /* Decode: partials per (row, chunk of keys), then the merge into out and lse. */
 static dipole_status run_splitk(dipole_ctx *ctx, const dp_problem *p, const dp_fwd_plan *plan,
                                 const dp_args *a, cl_event *event)
@@ -361,7 +349,7 @@ static dipole_status run_splitk(dipole_ctx *ctx, const dp_problem *p, const dp_f
     arg_inputs(&l, p, a);
     dp_arg_buffer(&l, part);
     dp_arg_buffer(&l, a->key_lengths);
-    arg_scores(&l, p);
+    dp_arg_scores(&l, p);
     dp_arg_int(&l, chunks);
 
     dp_launch_args m = dp_launch_args_begin(merge, "dipole_fwd_merge");
@@ -403,7 +391,7 @@ dipole_status dp_tiled_run(dipole_ctx *ctx, const dp_problem *p, const dp_fwd_pl
     arg_inputs(&l, p, a);
     arg_outputs(&l, a);
     dp_arg_int(&l, p->d.batch);
-    arg_scores(&l, p);
+    dp_arg_scores(&l, p);
 
     const size_t bm = (size_t)plan->pub.block_m, blocks = ((size_t)p->d.seq_q + bm - 1) / bm;
     const size_t global[3] = {cpu ? blocks : blocks * bm, (size_t)p->d.heads_q,

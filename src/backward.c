@@ -178,14 +178,12 @@ dipole_status dipole_attention_backward_host(dipole_ctx *ctx, const dipole_attn_
                                              float *dk, float *dv, float *dv2, float *dpos_weight,
                                              float *dneg_weight)
 {
-    if (!ctx)
-        return dp_fail(NULL, DIPOLE_ERR_INVALID_ARG, "dipole_attention_backward_host: ctx is NULL");
     enum { Q, K, V, V2, DOUT, OUT, LSE, DQ, DK, DV, DV2, DPOS, DNEG, NBUF };
     cl_mem bufs[NBUF] = {NULL};
-    pthread_mutex_lock(&ctx->lock);
-    dp_clear_error(ctx);
     dp_problem p;
-    dipole_status st = dp_problem_init(ctx, desc, &p);
+    dipole_status st = dp_call_begin(ctx, "dipole_attention_backward_host", desc, NULL, &p);
+    if (!ctx)
+        return st;
     if (st != DIPOLE_SUCCESS)
         goto unlock;
     const char *missing = dp_bwd_host_missing(&p, q, k, v, v2, dout, dq, dk, dv, dv2);

@@ -38,10 +38,6 @@ typedef struct dp_bwd_plan {
     dp_rowwise_plan rowwise;   /* gemm */
 } dp_bwd_plan;
 
-/* dipole_bwd_dweights' program (cl/dipole_util.cl), the one place it is configured: its
- * options are the work-group alone, so one small program serves every head_dim and mask. */
-dp_kernel_config dp_bwd_dweights_config(const dp_problem *p, int work_group);
-
 /* Tiles that fit the device and the compiled kernels (filling plan); DIPOLE_ERR_UNSUPPORTED
  * with the reason on ctx otherwise. */
 dipole_status dp_bwd_tiled_plan(dipole_ctx *ctx, const dp_problem *p, dp_bwd_plan *plan);

@@ -18,6 +18,7 @@
 #include "gemm.h"
 
 typedef struct bwd_work {
+    cl_kernel rowwise; /* owned by the context */
     cl_mem s, dp, dp2, rowdot;
     dp_gemm_batch g; /* per-slice arguments of one batched GEMM */
 } bwd_work;
@@ -52,12 +53,13 @@ static dipole_status launch_rowwise_bwd(dipole_ctx *ctx, const dp_problem *p,
 {
     const cl_mem bufs[7] = {w->s,      w->dp,      w->dp2 ? w->dp2 : w->dp, a->lse,
                             w->rowdot, key_lengths, pole_weights};
-    return dp_rowwise_enqueue(ctx, rw, "dipole_rowwise_bwd", bufs, 7, p, s0, ns, r0, nr, j0, nc);
+    return dp_rowwise_enqueue(ctx, rw, w->rowwise, "dipole_rowwise_bwd", bufs, 7, p, s0, ns, r0,
+                              nr, j0, nc);
 }
 
 static dp_kernel_config dweights_config(const void *user, int size)
 {
-    return dp_bwd_dweights_config(user, size);
+    return dp_util_config(user, size);
 }
 
 /* dweights' work-group: what the compiled kernel allows (GEMM path: a program of its own). */
@@ -264,16 +266,18 @@ dipole_status dp_gemm_backward(dipole_ctx *ctx, const dp_problem *p, const dp_bw
         st = dp_gemm_check_int_range(ctx, ts[i].name, ts[i].t, d->batch,
                                      ts[i].query ? d->seq_q : d->seq_k,
                                      ts[i].query ? d->heads_q : d->heads_kv, d->head_dim);
+    bwd_work w;
+    memset(&w, 0, sizeof w);
     cl_kernel zero = NULL;
-    const dp_kernel_config util = dp_bwd_dweights_config(p, DP_DWEIGHTS_WG); /* the util program */
+    const dp_kernel_config util = dp_util_config(p, DP_DWEIGHTS_WG);
     if (st == DIPOLE_SUCCESS)
         st = dp_get_kernel(ctx, &util, "dipole_zero_rows", &zero);
+    if (st == DIPOLE_SUCCESS)
+        st = dp_get_kernel(ctx, &rw->cfg, "dipole_rowwise_bwd", &w.rowwise);
     if (st != DIPOLE_SUCCESS)
         return st;
 
     const bool want_dw = d->variant == DIPOLE_TWO_POLE && (a->dpos || a->dneg);
-    bwd_work w;
-    memset(&w, 0, sizeof w);
     const size_t ns_max = ch->slices, nr_max = ch->rows;
     const size_t s_bytes = sizeof(float) * ns_max * nr_max * (size_t)d->seq_k;
     st = dp_gemm_scores_alloc(ctx, &w.g, ns_max, s_bytes, "gemm backward", &w.s);

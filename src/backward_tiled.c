@@ -14,11 +14,6 @@
 #define DP_BWD_CPU_ROWS 128
 #define DP_BWD_CPU_KEYS 128
 
-dp_kernel_config dp_bwd_dweights_config(const dp_problem *p, int work_group)
-{
-    return dp_kernel_config_for(p, DP_KERNEL_UTIL, work_group, 0, work_group);
-}
-
 static dipole_status kernel_wg(dipole_ctx *ctx, const dp_kernel_config *cfg, const char *name,
                                size_t *wg)
 {
@@ -61,7 +56,7 @@ static dipole_status plan_group(dipole_ctx *ctx, const dp_problem *p, int *bm, i
     for (;;) {
         dp_kernel_config cfg = dp_kernel_config_for(p, DP_KERNEL_BWD, block_m, block_n, block_m);
         /* dweights runs on block_m work-items too, from the util program */
-        const dp_kernel_config sums = dp_kernel_config_for(p, DP_KERNEL_UTIL, block_m, 0, block_m);
+        const dp_kernel_config sums = dp_util_config(p, block_m);
         size_t wg_rows = SIZE_MAX, wg;
         dipole_status st;
         for (size_t i = 0; i < sizeof row_kernels / sizeof row_kernels[0]; i++) {
@@ -122,18 +117,14 @@ dipole_status dp_bwd_tiled_plan(dipole_ctx *ctx, const dp_problem *p, dp_bwd_pla
                        "(the GEMM path has no such limit)",
                        p->d.head_dim, DP_BWD_MAX_HEAD_DIM);
     t->cpu = dp_tiled_cpu_layout(ctx);
-    dipole_status st = DIPOLE_ERR_UNSUPPORTED;
-    if (t->cpu) {
-        st = plan_cpu(ctx, p, t);
-        if (st != DIPOLE_ERR_UNSUPPORTED && st != DIPOLE_SUCCESS)
+    dipole_status st;
+    if (t->cpu && (st = plan_cpu(ctx, p, t)) != DIPOLE_SUCCESS) {
+        if (st != DIPOLE_ERR_UNSUPPORTED)
             return st;
-        if (st == DIPOLE_ERR_UNSUPPORTED) {
-            /* a CPU runtime with little local memory: the work-group kernels still fit */
-            dp_log(ctx, "%s -> group layout",
-                   ctx->last_error ? ctx->last_error : "backward: cpu layout");
-            dp_clear_error(ctx);
-            t->cpu = false;
-        }
+        /* a CPU runtime with little local memory: the work-group kernels still fit */
+        dp_log(ctx, "%s -> group layout", ctx->last_error ? ctx->last_error : "backward: cpu layout");
+        dp_clear_error(ctx);
+        t->cpu = false;
     }
     if (!t->cpu && (st = plan_group(ctx, p, &t->block_m, &t->block_n)) != DIPOLE_SUCCESS)
         return st;
@@ -142,7 +133,7 @@ dipole_status dp_bwd_tiled_plan(dipole_ctx *ctx, const dp_problem *p, dp_bwd_pla
                                                   t->block_m);
     /* dweights (the util program) runs on the group layout's block_m work-items, on the CPU
      * layout on the GEMM path's work-group (it only sums per-row terms). */
-    plan->dweights = dp_bwd_dweights_config(p, t->cpu ? DP_DWEIGHTS_WG : plan->kernels.block_m);
+    plan->dweights = dp_util_config(p, t->cpu ? DP_DWEIGHTS_WG : plan->kernels.block_m);
     dipole_plan *pub = &plan->pub;
     pub->path = DIPOLE_PATH_TILED;
     pub->layout = t->cpu ? DIPOLE_LAYOUT_CPU : DIPOLE_LAYOUT_GROUP;
@@ -157,12 +148,8 @@ dipole_status dp_bwd_tiled_plan(dipole_ctx *ctx, const dp_problem *p, dp_bwd_pla
 /* The problem-size tail every kernel but dweights ends with. */
 static void arg_problem(dp_launch_args *l, const dp_problem *p)
 {
-    const int ints[5] = {p->d.batch, p->d.heads_q, p->d.heads_kv, p->d.seq_q, p->d.seq_k};
-    for (int i = 0; i < 5; i++)
-        dp_arg_int(l, ints[i]);
-    dp_arg_float(l, p->d.scale);
-    dp_arg_int(l, p->d.window_left);
-    dp_arg_int(l, p->d.window_right);
+    dp_arg_int(l, p->d.batch);
+    dp_arg_scores(l, p);
 }
 
 static size_t round_up(size_t n, size_t m)
@@ -189,6 +176,17 @@ typedef struct bwd_launch {
 typedef struct bwd_bufs {
     cl_mem key_lengths, pole_weights, delta, rowdot;
 } bwd_bufs;
+
+/* What the gradient kernels read of each query row after pre (or dq_cpu) ran: dout, the
+ * forward's lse, delta, and the key lengths and pole weights. */
+static void arg_row_stats(dp_launch_args *l, const dp_bwd_args *a, const bwd_bufs *s)
+{
+    dp_arg_tensor(l, a->dout);
+    dp_arg_buffer(l, a->lse);
+    dp_arg_buffer(l, s->delta);
+    dp_arg_buffer(l, s->key_lengths);
+    dp_arg_buffer(l, s->pole_weights);
+}
 
 /* Sets the launch's kernel arguments and enqueues it. */
 static dipole_status launch(dipole_ctx *ctx, const dp_problem *p, const dp_bwd_args *a,
@@ -230,19 +228,11 @@ static dipole_status launch(dipole_ctx *ctx, const dp_problem *p, const dp_bwd_a
                 dp_arg_tensor(&l, a->dq);
             break;
         case K_DQ:
-            dp_arg_tensor(&l, a->dout);
-            dp_arg_buffer(&l, a->lse);
-            dp_arg_buffer(&l, s->delta);
-            dp_arg_buffer(&l, s->key_lengths);
-            dp_arg_buffer(&l, s->pole_weights);
+            arg_row_stats(&l, a, s);
             dp_arg_tensor(&l, a->dq);
             break;
         default: /* dkdv, both layouts */
-            dp_arg_tensor(&l, a->dout);
-            dp_arg_buffer(&l, a->lse);
-            dp_arg_buffer(&l, s->delta);
-            dp_arg_buffer(&l, s->key_lengths);
-            dp_arg_buffer(&l, s->pole_weights);
+            arg_row_stats(&l, a, s);
             dp_arg_tensor(&l, a->dk);
             dp_arg_tensor(&l, a->dv);
             dp_arg_tensor(&l, dv2);

@@ -60,8 +60,9 @@ void dp_gemm_key_span(const dp_problem *p, size_t s0, size_t ns, size_t r0, size
 
 /* Sets a row-wise kernel's arguments (nbufs buffers, then the chunk and problem ints shared by
  * both row-wise kernels) and enqueues it over rows [r0, r0+nr) of slices [s0, s0+ns) and key
- * columns [j0, j0+nc). */
-dipole_status dp_rowwise_enqueue(dipole_ctx *ctx, const dp_rowwise_plan *rw, const char *name,
+ * columns [j0, j0+nc). kernel is `name` of rw's program, fetched once per call. */
+dipole_status dp_rowwise_enqueue(dipole_ctx *ctx, const dp_rowwise_plan *rw, cl_kernel kernel,
+                                 const char *name,
                                  const cl_mem *bufs, int nbufs, const dp_problem *p, size_t s0,
                                  size_t ns, size_t r0, size_t nr, size_t j0, size_t nc);
 

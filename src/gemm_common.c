@@ -242,14 +242,11 @@ dipole_status dp_rowwise_plan_make(dipole_ctx *ctx, const dp_problem *p, const c
     return DIPOLE_SUCCESS;
 }
 
-dipole_status dp_rowwise_enqueue(dipole_ctx *ctx, const dp_rowwise_plan *rw, const char *name,
-                                 const cl_mem *bufs, int nbufs, const dp_problem *p, size_t s0,
-                                 size_t ns, size_t r0, size_t nr, size_t j0, size_t nc)
+dipole_status dp_rowwise_enqueue(dipole_ctx *ctx, const dp_rowwise_plan *rw, cl_kernel kernel,
+                                 const char *name, const cl_mem *bufs, int nbufs,
+                                 const dp_problem *p, size_t s0, size_t ns, size_t r0, size_t nr,
+                                 size_t j0, size_t nc)
 {
-    cl_kernel kernel;
-    dipole_status st = dp_get_kernel(ctx, &rw->cfg, name, &kernel);
-    if (st != DIPOLE_SUCCESS)
-        return st;
     /* Both row-wise kernels take their buffers first, then this same tail of ints. */
     const int ints[11] = {(int)nr,    (int)nc,        (int)r0,         (int)j0,
                           (int)s0,    p->d.batch,     p->d.heads_q,    p->d.seq_q,

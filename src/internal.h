@@ -126,6 +126,9 @@ int dp_key_length(const dp_problem *p, int b);
 /* The configuration of kernel `kind` for problem p: variant, head_dim and mask kinds from p. */
 dp_kernel_config dp_kernel_config_for(const dp_problem *p, dp_kernel_kind kind, int block_m,
                                       int block_n, int work_group);
+/* The utility program (cl/dipole_util.cl: dweights, zero-fill) at a work-group size: its
+ * options are the work-group alone, so one small program serves every head_dim and mask. */
+dp_kernel_config dp_util_config(const dp_problem *p, int work_group);
 /* The ONE place that turns a configuration and device into compiler options. */
 void dp_build_options(const dipole_ctx *ctx, const dp_kernel_config *cfg, char *buf, size_t cap);
 const char *dp_kernel_file(dp_kernel_kind kind);

@@ -66,6 +66,17 @@ void dp_arg_float(dp_launch_args *l, float v)
     arg_raw(l, sizeof x, &x);
 }
 
+void dp_arg_scores(dp_launch_args *l, const dp_problem *p)
+{
+    dp_arg_int(l, p->d.heads_q);
+    dp_arg_int(l, p->d.heads_kv);
+    dp_arg_int(l, p->d.seq_q);
+    dp_arg_int(l, p->d.seq_k);
+    dp_arg_float(l, p->d.scale);
+    dp_arg_int(l, p->d.window_left);
+    dp_arg_int(l, p->d.window_right);
+}
+
 void dp_arg_local(dp_launch_args *l, size_t bytes)
 {
     arg_raw(l, bytes, NULL);
@@ -86,13 +97,6 @@ dipole_status dp_launch(dipole_ctx *ctx, const dp_launch_args *l, cl_uint dims,
     dipole_status st = dp_launch_args_status(ctx, l);
     if (st != DIPOLE_SUCCESS)
         return st;
-    size_t items = 1;
-    for (cl_uint i = 0; local && i < dims; i++)
-        items *= local[i];
-    if (items > ctx->props.max_work_group)
-        return dp_fail(ctx, DIPOLE_ERR_UNSUPPORTED,
-                       "%s: a work-group of %zu work-items exceeds the device's %zu", l->name,
-                       items, ctx->props.max_work_group);
     const cl_int err =
         clEnqueueNDRangeKernel(ctx->queue, l->kernel, dims, NULL, global, local, 0, NULL, event);
     if (err == CL_SUCCESS)
@@ -171,33 +175,10 @@ dipole_status dp_fit_search_run(dipole_ctx *ctx, const dp_fit_search *s, int *si
 
 /* ---------------------------------------------------------------- buffers */
 
-dipole_status dp_scratch(dipole_ctx *ctx, size_t bytes, const char *what, cl_mem *out)
-{
-    cl_int err;
-    *out = clCreateBuffer(ctx->context, CL_MEM_READ_WRITE, bytes, NULL, &err);
-    if (err == CL_SUCCESS)
-        return DIPOLE_SUCCESS;
-    *out = NULL;
-    char call[128];
-    snprintf(call, sizeof call, "clCreateBuffer(%s, %zu bytes)", what, bytes);
-    return dp_cl_fail(ctx, err, call);
-}
-
-dipole_status dp_upload(dipole_ctx *ctx, const void *host, size_t bytes, const char *what, cl_mem *out)
-{
-    cl_int err;
-    *out = clCreateBuffer(ctx->context, CL_MEM_READ_ONLY | CL_MEM_COPY_HOST_PTR, bytes,
-                          (void *)host, &err);
-    if (err != CL_SUCCESS) {
-        *out = NULL;
-        char call[128];
-        snprintf(call, sizeof call, "clCreateBuffer(%s, %zu bytes)", what, bytes);
-        return dp_cl_fail(ctx, err, call);
-    }
-    return DIPOLE_SUCCESS;
-}
-
-dipole_status dp_stage(dipole_ctx *ctx, const void *host, size_t bytes, cl_mem *out)
+/* Every buffer the runtime creates: a copy of host (read-only) or an uninitialised
+ * read-write buffer; what, when given, names it in the failure. */
+static dipole_status create_buffer(dipole_ctx *ctx, const void *host, size_t bytes,
+                                   const char *what, cl_mem *out)
 {
     cl_int err;
     const cl_mem_flags flags = host ? CL_MEM_READ_ONLY | CL_MEM_COPY_HOST_PTR : CL_MEM_READ_WRITE;
@@ -205,9 +186,27 @@ dipole_status dp_stage(dipole_ctx *ctx, const void *host, size_t bytes, cl_mem *
     if (err == CL_SUCCESS)
         return DIPOLE_SUCCESS;
     *out = NULL;
-    char call[96];
-    snprintf(call, sizeof call, "clCreateBuffer(%zu bytes)", bytes);
+    char call[128];
+    if (what)
+        snprintf(call, sizeof call, "clCreateBuffer(%s, %zu bytes)", what, bytes);
+    else
+        snprintf(call, sizeof call, "clCreateBuffer(%zu bytes)", bytes);
     return dp_cl_fail(ctx, err, call);
+}
+
+dipole_status dp_scratch(dipole_ctx *ctx, size_t bytes, const char *what, cl_mem *out)
+{
+    return create_buffer(ctx, NULL, bytes, what, out);
+}
+
+dipole_status dp_upload(dipole_ctx *ctx, const void *host, size_t bytes, const char *what, cl_mem *out)
+{
+    return create_buffer(ctx, host, bytes, what, out);
+}
+
+dipole_status dp_stage(dipole_ctx *ctx, const void *host, size_t bytes, cl_mem *out)
+{
+    return create_buffer(ctx, host, bytes, NULL, out);
 }
 
 dipole_status dp_call_buffers_upload(dipole_ctx *ctx, const dp_problem *p, dp_call_buffers *b)

@@ -34,12 +34,16 @@ void dp_arg_buffer(dp_launch_args *l, cl_mem m);
 void dp_arg_tensor(dp_launch_args *l, const dipole_tensor *t);
 void dp_arg_int(dp_launch_args *l, int v);
 void dp_arg_float(dp_launch_args *l, float v);
+/* The sizes, scale and window a score kernel's rows and keys come from: heads_q, heads_kv,
+ * seq_q, seq_k, scale, window_left, window_right (the attention kernels' shared tail). */
+void dp_arg_scores(dp_launch_args *l, const dp_problem *p);
 /* A __local argument of `bytes` bytes. */
 void dp_arg_local(dp_launch_args *l, size_t bytes);
 /* The arguments' status: DIPOLE_SUCCESS, or the failure as "clSetKernelArg(name, arg N)". */
 dipole_status dp_launch_args_status(dipole_ctx *ctx, const dp_launch_args *l);
 
-/* Checks the arguments, then enqueues the kernel over dims dimensions (local may be NULL).
+/* Checks the arguments, then enqueues the kernel over dims dimensions (local may be NULL; the
+ * planners chose it within the device's limits, and the driver checks it again).
  * Fails with "clSetKernelArg(name, ...)" or "clEnqueueNDRangeKernel(name)". */
 dipole_status dp_launch(dipole_ctx *ctx, const dp_launch_args *l, cl_uint dims,
                         const size_t *global, const size_t *local, cl_event *event);

@@ -48,6 +48,11 @@ dp_kernel_config dp_kernel_config_for(const dp_problem *p, dp_kernel_kind kind, 
     return cfg;
 }
 
+dp_kernel_config dp_util_config(const dp_problem *p, int work_group)
+{
+    return dp_kernel_config_for(p, DP_KERNEL_UTIL, work_group, 0, work_group);
+}
+
 void dp_build_options(const dipole_ctx *ctx, const dp_kernel_config *cfg, char *buf, size_t cap)
 {
     /* Vendor and platform quirks (extra flags by substring) live here and nowhere else. */

@@ -38,6 +38,11 @@ typedef struct dp_bwd_plan {
     dp_rowwise_plan rowwise;   /* gemm */
 } dp_bwd_plan;
 
+/* d alpha, d beta from the per-row sums rowdot [NPOLES, B, Hq, Nq] (both paths): the util
+ * program's dipole_bwd_dweights at cfg's work-group, one group per (head, pole). */
+dipole_status dp_bwd_dweights_launch(dipole_ctx *ctx, const dp_problem *p, const dp_bwd_args *a,
+                                     const dp_kernel_config *cfg, cl_mem rowdot, cl_event *event);
+
 /* Tiles that fit the device and the compiled kernels (filling plan); DIPOLE_ERR_UNSUPPORTED
  * with the reason on ctx otherwise. */
 dipole_status dp_bwd_tiled_plan(dipole_ctx *ctx, const dp_problem *p, dp_bwd_plan *plan);

@@ -78,26 +78,6 @@ static dipole_status plan_dweights(dipole_ctx *ctx, const dp_problem *p, dp_kern
     return st;
 }
 
-/* d alpha, d beta with the util program's kernel (the tiled backward's too). */
-static dipole_status launch_dweights(dipole_ctx *ctx, const dp_problem *p, const bwd_work *w,
-                                     const dp_bwd_args *a, const dp_kernel_config *cfg,
-                                     cl_event *event)
-{
-    cl_kernel kernel;
-    dipole_status st = dp_get_kernel(ctx, cfg, "dipole_bwd_dweights", &kernel);
-    if (st != DIPOLE_SUCCESS)
-        return st;
-    dp_launch_args l = dp_launch_args_begin(kernel, "dipole_bwd_dweights");
-    dp_arg_buffer(&l, w->rowdot);
-    dp_arg_buffer(&l, a->dpos);
-    dp_arg_buffer(&l, a->dneg);
-    dp_arg_int(&l, p->d.batch);
-    dp_arg_int(&l, p->d.heads_q);
-    dp_arg_int(&l, p->d.seq_q);
-    const size_t global[3] = {(size_t)cfg->block_m, (size_t)p->d.heads_q, (size_t)p->npoles};
-    const size_t local[3] = {(size_t)cfg->block_m, 1, 1};
-    return dp_launch(ctx, &l, 3, global, local, event);
-}
 
 /* One batched GEMM over the chunk's slices t with t % group == g (every slice when g < 0),
  * C [m, n] = alpha op(A) op(B) + beta C, with A and B taken per slice from tensors or the
@@ -306,7 +286,7 @@ dipole_status dp_gemm_backward(dipole_ctx *ctx, const dp_problem *p, const dp_bw
         }
     }
     if (st == DIPOLE_SUCCESS && want_dw)
-        st = launch_dweights(ctx, p, &w, a, &plan->dweights, event);
+        st = dp_bwd_dweights_launch(ctx, p, a, &plan->dweights, w.rowdot, event);
     else if (st == DIPOLE_SUCCESS && event) {
         /* CLBlast's calls each end in their own event; a marker stands for the whole call. */
         cl_int err = clEnqueueMarkerWithWaitList(ctx->queue, 0, NULL, event);

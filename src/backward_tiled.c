@@ -1,7 +1,7 @@
 /* The tiled backward: tile plans for its two layouts and their launches. The CPU layout
  * (cl/dipole_bwd_cpu.cl) runs dq first, which also writes the per-row delta, then dkdv; the
  * group layout (cl/dipole_bwd.cl) runs pre (delta), dkdv, then dq. Both end with dweights
- * (cl/dipole_bwd.cl) when TWO_POLE's weight gradients are asked for. */
+ * (cl/dipole_util.cl, shared with the GEMM path) when TWO_POLE's weight gradients are asked for. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -157,13 +157,33 @@ static size_t round_up(size_t n, size_t m)
     return (n + m - 1) / m * m;
 }
 
+dipole_status dp_bwd_dweights_launch(dipole_ctx *ctx, const dp_problem *p, const dp_bwd_args *a,
+                                     const dp_kernel_config *cfg, cl_mem rowdot, cl_event *event)
+{
+    cl_kernel kernel;
+    dipole_status st = dp_get_kernel(ctx, cfg, "dipole_bwd_dweights", &kernel);
+    if (st != DIPOLE_SUCCESS)
+        return st;
+    dp_launch_args l = dp_launch_args_begin(kernel, "dipole_bwd_dweights");
+    dp_arg_buffer(&l, rowdot);
+    dp_arg_buffer(&l, a->dpos);
+    dp_arg_buffer(&l, a->dneg);
+    dp_arg_int(&l, p->d.batch);
+    dp_arg_int(&l, p->d.heads_q);
+    dp_arg_int(&l, p->d.seq_q);
+    /* group (0, h, pole) sums its (head, pole) */
+    const size_t global[3] = {(size_t)cfg->block_m, (size_t)p->d.heads_q, (size_t)p->npoles};
+    const size_t local[3] = {(size_t)cfg->block_m, 1, 1};
+    return dp_launch(ctx, &l, 3, global, local, event);
+}
+
 /* The kernels the two layouts launch; each has its own argument list (launch()). */
-typedef enum bwd_kernel { K_PRE, K_DQ, K_DKDV, K_DQ_CPU, K_DKDV_CPU, K_DWEIGHTS } bwd_kernel;
+typedef enum bwd_kernel { K_PRE, K_DQ, K_DKDV, K_DQ_CPU, K_DKDV_CPU } bwd_kernel;
 
 static const char *const kernel_names[] = {
     [K_PRE] = "dipole_bwd_pre",         [K_DQ] = "dipole_bwd_dq",
     [K_DKDV] = "dipole_bwd_dkdv",       [K_DQ_CPU] = "dipole_bwd_dq_cpu",
-    [K_DKDV_CPU] = "dipole_bwd_dkdv_cpu", [K_DWEIGHTS] = "dipole_bwd_dweights",
+    [K_DKDV_CPU] = "dipole_bwd_dkdv_cpu",
 };
 
 /* One launch: which kernel, the program it is built in, its grid. */
@@ -202,44 +222,35 @@ static dipole_status launch(dipole_ctx *ctx, const dp_problem *p, const dp_bwd_a
      * valid. */
     const dipole_tensor *v2 = p->reads_v2 ? a->v2 : a->v, *dv2 = p->reads_v2 ? a->dv2 : a->dv;
     dp_launch_args l = dp_launch_args_begin(kernel, name);
-    if (which == K_DWEIGHTS) {
+    dp_arg_tensor(&l, a->q);
+    dp_arg_tensor(&l, a->k);
+    dp_arg_tensor(&l, a->v);
+    dp_arg_tensor(&l, v2);
+    switch (which) {
+    case K_PRE:
+    case K_DQ_CPU: /* the CPU dq kernel takes pre's arguments, then dq */
+        dp_arg_tensor(&l, a->out);
+        dp_arg_tensor(&l, a->dout);
+        dp_arg_buffer(&l, a->lse);
+        dp_arg_buffer(&l, s->key_lengths);
+        dp_arg_buffer(&l, s->pole_weights);
+        dp_arg_buffer(&l, s->delta);
         dp_arg_buffer(&l, s->rowdot);
-        dp_arg_buffer(&l, a->dpos);
-        dp_arg_buffer(&l, a->dneg);
-        dp_arg_int(&l, p->d.batch);
-        dp_arg_int(&l, p->d.heads_q);
-        dp_arg_int(&l, p->d.seq_q);
-    } else {
-        dp_arg_tensor(&l, a->q);
-        dp_arg_tensor(&l, a->k);
-        dp_arg_tensor(&l, a->v);
-        dp_arg_tensor(&l, v2);
-        switch (which) {
-        case K_PRE:
-        case K_DQ_CPU: /* the CPU dq kernel takes pre's arguments, then dq */
-            dp_arg_tensor(&l, a->out);
-            dp_arg_tensor(&l, a->dout);
-            dp_arg_buffer(&l, a->lse);
-            dp_arg_buffer(&l, s->key_lengths);
-            dp_arg_buffer(&l, s->pole_weights);
-            dp_arg_buffer(&l, s->delta);
-            dp_arg_buffer(&l, s->rowdot);
-            if (which == K_DQ_CPU)
-                dp_arg_tensor(&l, a->dq);
-            break;
-        case K_DQ:
-            arg_row_stats(&l, a, s);
+        if (which == K_DQ_CPU)
             dp_arg_tensor(&l, a->dq);
-            break;
-        default: /* dkdv, both layouts */
-            arg_row_stats(&l, a, s);
-            dp_arg_tensor(&l, a->dk);
-            dp_arg_tensor(&l, a->dv);
-            dp_arg_tensor(&l, dv2);
-            break;
-        }
-        arg_problem(&l, p);
+        break;
+    case K_DQ:
+        arg_row_stats(&l, a, s);
+        dp_arg_tensor(&l, a->dq);
+        break;
+    default: /* dkdv, both layouts */
+        arg_row_stats(&l, a, s);
+        dp_arg_tensor(&l, a->dk);
+        dp_arg_tensor(&l, a->dv);
+        dp_arg_tensor(&l, dv2);
+        break;
     }
+    arg_problem(&l, p);
     return dp_launch(ctx, &l, 3, ln->global, ln->local, event);
 }
 
@@ -258,9 +269,8 @@ dipole_status dp_bwd_tiled_run(dipole_ctx *ctx, const dp_problem *p, const dp_bw
 
     const size_t bm = (size_t)t->block_m, bn = (size_t)t->block_n;
     const size_t hq = (size_t)d->heads_q, hkv = (size_t)d->heads_kv, b = (size_t)d->batch;
-    const dp_kernel_config main = bp->kernels, sums = bp->dweights;
-    const size_t sums_wg = (size_t)sums.block_m;
-    bwd_launch plan[4];
+    const dp_kernel_config main = bp->kernels;
+    bwd_launch plan[3];
     int n = 0;
     if (t->cpu) {
         plan[n++] = (bwd_launch){K_DQ_CPU, main, {round_up((size_t)d->seq_q, bm) / bm, hq, b},
@@ -272,11 +282,10 @@ dipole_status dp_bwd_tiled_run(dipole_ctx *ctx, const dp_problem *p, const dp_bw
         plan[n++] = (bwd_launch){K_DKDV, main, {round_up((size_t)d->seq_k, bn), hkv, b}, {bn, 1, 1}};
         plan[n++] = (bwd_launch){K_DQ, main, {round_up((size_t)d->seq_q, bm), hq, b}, {bm, 1, 1}};
     }
-    if (want_dw) /* group (0, h, pole) */
-        plan[n++] = (bwd_launch){K_DWEIGHTS, sums, {sums_wg, hq, (size_t)p->npoles},
-                                 {sums_wg, 1, 1}};
     for (int i = 0; i < n && st == DIPOLE_SUCCESS; i++)
-        st = launch(ctx, p, a, &s, &plan[i], i == n - 1 ? event : NULL);
+        st = launch(ctx, p, a, &s, &plan[i], i == n - 1 && !want_dw ? event : NULL);
+    if (st == DIPOLE_SUCCESS && want_dw)
+        st = dp_bwd_dweights_launch(ctx, p, a, &bp->dweights, s.rowdot, event);
     if (st == DIPOLE_SUCCESS)
         dp_log(ctx, "backward %s: tiled/%s, %d x %d tiles", dipole_variant_name(d->variant),
                t->cpu ? "cpu" : "group", t->block_m, t->block_n);

@@ -26,6 +26,28 @@
 #error "HEAD_DIM must be >= 1"
 #endif
 
+/* ---- Storage. Every global tensor (q, k, v, v2, out, dout and the gradients) is an array of
+ * dp_storage, read and written only through dp_load / dp_store (n lanes: dp_load4/8/16,
+ * dp_store4/8/16) at an element index; arithmetic is always float. A half or bfloat16 build
+ * changes these lines and nothing in the kernels. Per-row statistics (lse, delta), pole
+ * weights and GEMM scratch stay float. */
+#ifndef DP_STORAGE_FLOAT
+#define DP_STORAGE_FLOAT 1
+#endif
+#if DP_STORAGE_FLOAT
+typedef float dp_storage;
+#define dp_load(p, i) ((p)[i])
+#define dp_store(p, i, x) ((p)[i] = (x))
+#define dp_load4(p, i) vload4(0, (p) + (i))
+#define dp_load8(p, i) vload8(0, (p) + (i))
+#define dp_load16(p, i) vload16(0, (p) + (i))
+#define dp_store4(p, i, x) vstore4((x), 0, (p) + (i))
+#define dp_store8(p, i, x) vstore8((x), 0, (p) + (i))
+#define dp_store16(p, i, x) vstore16((x), 0, (p) + (i))
+#else
+#error "only float storage is built (DP_STORAGE_FLOAT=1)"
+#endif
+
 /* ---- The variants. A variant is a set of poles; each pole runs its own online softmax over
  * a logit of the score s, and each key's weight in a pole lands on one value row (v or v2),
  * times a coefficient. Everything a kernel needs to know about the variant is here. */
@@ -144,7 +166,7 @@ inline float16 dp_exp_nonpos(float16 x)
 #endif
 
 /* Asks for every line of a row of HEAD_DIM floats. */
-inline void dp_prefetch_row(__global const float *row)
+inline void dp_prefetch_row(__global const dp_storage *row)
 {
     for (int c = 0; c < HEAD_DIM; c += 16)
         DP_PREFETCH(row + c);
@@ -246,16 +268,17 @@ typedef long4 dp_layout;
 /* Stages keys [j0, j0 + n) of K/V head hk (and V2 where the variant reads it) into local
  * tiles of n x HEAD_DIM floats; all `items` work-items of the group call it, item lid. */
 inline void dp_stage_keys(__local float *k_tile, __local float *v_tile, __local float *v2_tile,
-                          __global const float *k, dp_layout lk, __global const float *v,
-                          dp_layout lv, __global const float *v2, dp_layout lv2, int b, int hk,
+                          __global const dp_storage *k, dp_layout lk,
+                          __global const dp_storage *v, dp_layout lv,
+                          __global const dp_storage *v2, dp_layout lv2, int b, int hk,
                           int j0, int n, int lid, int items)
 {
     for (int e = lid; e < n * HEAD_DIM; e += items) {
         const int jj = e / HEAD_DIM, c = e % HEAD_DIM;
-        k_tile[e] = k[DP_ROW(lk, b, j0 + jj, hk) + c];
-        v_tile[e] = v[DP_ROW(lv, b, j0 + jj, hk) + c];
+        k_tile[e] = dp_load(k, DP_ROW(lk, b, j0 + jj, hk) + c);
+        v_tile[e] = dp_load(v, DP_ROW(lv, b, j0 + jj, hk) + c);
 #if READS_V2
-        v2_tile[e] = v2[DP_ROW(lv2, b, j0 + jj, hk) + c];
+        v2_tile[e] = dp_load(v2, DP_ROW(lv2, b, j0 + jj, hk) + c);
 #endif
     }
 }

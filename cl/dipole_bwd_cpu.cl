@@ -18,24 +18,24 @@
 
 #define LANE_IDS ((int16)(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15))
 
-/* Copies n rows of HEAD_DIM floats (times mul) into a contiguous tile and zero-fills it up to
- * n_pad rows; returns whether every value copied is finite. */
-inline bool dp_pack_rows(__local float *dst, __global const float *src, long stride, int n,
+/* Copies n rows of HEAD_DIM values (times mul) into a contiguous float tile and zero-fills it
+ * up to n_pad rows; returns whether every value copied is finite. */
+inline bool dp_pack_rows(__local float *dst, __global const dp_storage *src, long stride, int n,
                          int n_pad, float mul)
 {
     int finite = 1;
     int16 ok = (int16)(-1);
     for (int r = 0; r < n; r++) {
-        __global const float *row = src + (long)r * stride;
+        __global const dp_storage *row = src + (long)r * stride;
         __local float *to = dst + r * HEAD_DIM;
         int c = 0;
         for (; c + 16 <= HEAD_DIM; c += 16) {
-            const float16 x = vload16(0, row + c) * mul;
+            const float16 x = dp_load16(row, c) * mul;
             ok &= DP_FINITE16(x);
             vstore16(x, 0, to + c);
         }
         for (; c < HEAD_DIM; c++) {
-            to[c] = row[c] * mul;
+            to[c] = dp_load(row, c) * mul;
             finite &= isfinite(to[c]);
         }
     }
@@ -126,18 +126,18 @@ inline float16 dp_pole_grad(int p, float16 s, float16 gv, float16 gv2, float16 l
 #define DP_T(g, c, l) ((((g) * HEAD_DIM + (c)) * NV + (l) / 16) * 16 + (l) % 16)
 
 __kernel __attribute__((reqd_work_group_size(1, 1, 1)))
-void dipole_bwd_dq_cpu(__global const float *q, dp_layout lq,
-                       __global const float *k, dp_layout lk,
-                       __global const float *v, dp_layout lv,
-                       __global const float *v2, dp_layout lv2,
-                       __global const float *out, dp_layout lout,
-                       __global const float *dout, dp_layout ldout,
+void dipole_bwd_dq_cpu(__global const dp_storage *q, dp_layout lq,
+                       __global const dp_storage *k, dp_layout lk,
+                       __global const dp_storage *v, dp_layout lv,
+                       __global const dp_storage *v2, dp_layout lv2,
+                       __global const dp_storage *out, dp_layout lout,
+                       __global const dp_storage *dout, dp_layout ldout,
                        __global const float *lse,          /* [NPOLES, B, Hq, Nq] */
                        __global const int *key_lengths,    /* [B] or NULL */
                        __global const float *pole_weights, /* [2, Hq] or NULL */
                        __global float *delta,              /* [NPOLES, B, Hq, Nq], written */
                        __global float *rowdot,             /* [NPOLES, B, Hq, Nq] or NULL */
-                       __global float *dq, dp_layout ldq,
+                       __global dp_storage *dq, dp_layout ldq,
                        int batch, int heads_q, int heads_kv, int seq_q, int seq_k,
                        float scale, int window_left, int window_right)
 {
@@ -181,18 +181,18 @@ void dipole_bwd_dq_cpu(__global const float *q, dp_layout lq,
         }
         g_max_lo[g] = max(g_max_lo[g], range.x);
         g_min_hi[g] = min(g_min_hi[g], range.y);
-        __global const float *qr = q + DP_ROW(lq, b, i, h);
-        __global const float *dor = dout + DP_ROW(ldout, b, i, h);
+        __global const dp_storage *qr = q + DP_ROW(lq, b, i, h);
+        __global const dp_storage *dor = dout + DP_ROW(ldout, b, i, h);
         float dot = 0.0f;
 #if NPOLES == 1
-        __global const float *orow = out + DP_ROW(lout, b, i, h);
+        __global const dp_storage *orow = out + DP_ROW(lout, b, i, h);
 #endif
         for (int c = 0; c < HEAD_DIM; c++) {
-            ((__local float *)qT)[DP_T(g, c, l)] = qr[c] * scale;
-            ((__local float *)doT)[DP_T(g, c, l)] = dor[c];
+            ((__local float *)qT)[DP_T(g, c, l)] = dp_load(qr, c) * scale;
+            ((__local float *)doT)[DP_T(g, c, l)] = dp_load(dor, c);
             ((__local float *)dqT)[DP_T(g, c, l)] = 0.0f;
 #if NPOLES == 1
-            dot = fma(dor[c], orow[c], dot);
+            dot = fma(dp_load(dor, c), dp_load(orow, c), dot);
 #endif
         }
         for (int p = 0; p < NPOLES; p++) {
@@ -308,9 +308,9 @@ void dipole_bwd_dq_cpu(__global const float *q, dp_layout lq,
             }
     for (int r = 0; r < rows; r++) {
         const int i = row0 + r;
-        __global float *dqr = dq + DP_ROW(ldq, b, i, h);
+        __global dp_storage *dqr = dq + DP_ROW(ldq, b, i, h);
         for (int c = 0; c < HEAD_DIM; c++)
-            dqr[c] = ((__local float *)dqT)[DP_T(r / LANES, c, r % LANES)] * scale;
+            dp_store(dqr, c, ((__local float *)dqT)[DP_T(r / LANES, c, r % LANES)] * scale);
         for (int p = 0; p < NPOLES; p++) {
             delta[DP_STAT(p, b, h, i)] = delta_s[p * BLOCK_M + r];
             if (rowdot)
@@ -331,18 +331,18 @@ void dipole_bwd_dq_cpu(__global const float *q, dp_layout lq,
 #define KG (BLOCK_N / LANES)
 
 __kernel __attribute__((reqd_work_group_size(1, 1, 1)))
-void dipole_bwd_dkdv_cpu(__global const float *q, dp_layout lq,
-                         __global const float *k, dp_layout lk,
-                         __global const float *v, dp_layout lv,
-                         __global const float *v2, dp_layout lv2,
-                         __global const float *dout, dp_layout ldout,
+void dipole_bwd_dkdv_cpu(__global const dp_storage *q, dp_layout lq,
+                         __global const dp_storage *k, dp_layout lk,
+                         __global const dp_storage *v, dp_layout lv,
+                         __global const dp_storage *v2, dp_layout lv2,
+                         __global const dp_storage *dout, dp_layout ldout,
                          __global const float *lse,
                          __global const float *delta,
                          __global const int *key_lengths,
                          __global const float *pole_weights,
-                         __global float *dk, dp_layout ldk,
-                         __global float *dv, dp_layout ldv,
-                         __global float *dv2, dp_layout ldv2,
+                         __global dp_storage *dk, dp_layout ldk,
+                         __global dp_storage *dv, dp_layout ldv,
+                         __global dp_storage *dv2, dp_layout ldv2,
                          int batch, int heads_q, int heads_kv, int seq_q, int seq_k,
                          float scale, int window_left, int window_right)
 {
@@ -370,19 +370,19 @@ void dipole_bwd_dkdv_cpu(__global const float *q, dp_layout lq,
     __local int2 range_t[TILE];
     for (int r = 0; r < BLOCK_N; r++) {
         const int j = min(kb0 + r, seq_k - 1);
-        __global const float *kr = k + DP_ROW(lk, b, j, hk);
-        __global const float *vr = v + DP_ROW(lv, b, j, hk);
+        __global const dp_storage *kr = k + DP_ROW(lk, b, j, hk);
+        __global const dp_storage *vr = v + DP_ROW(lv, b, j, hk);
 #if READS_V2
-        __global const float *v2r = v2 + DP_ROW(lv2, b, j, hk);
+        __global const dp_storage *v2r = v2 + DP_ROW(lv2, b, j, hk);
 #endif
         for (int c = 0; c < HEAD_DIM; c++) {
             const int at = DP_T(r / LANES, c, r % LANES);
-            ((__local float *)kT)[at] = kr[c];
-            ((__local float *)vT)[at] = vr[c];
+            ((__local float *)kT)[at] = dp_load(kr, c);
+            ((__local float *)vT)[at] = dp_load(vr, c);
             ((__local float *)dkT)[at] = 0.0f;
             ((__local float *)dvT)[at] = 0.0f;
 #if READS_V2
-            ((__local float *)v2T)[at] = v2r[c];
+            ((__local float *)v2T)[at] = dp_load(v2r, c);
             ((__local float *)dv2T)[at] = 0.0f;
 #endif
         }
@@ -531,17 +531,17 @@ void dipole_bwd_dkdv_cpu(__global const float *q, dp_layout lq,
 
     for (int r = 0; r < keys; r++) {
         const int j = kb0 + r;
-        __global float *dkr = dk + DP_ROW(ldk, b, j, hk);
-        __global float *dvr = dv + DP_ROW(ldv, b, j, hk);
+        __global dp_storage *dkr = dk + DP_ROW(ldk, b, j, hk);
+        __global dp_storage *dvr = dv + DP_ROW(ldv, b, j, hk);
 #if READS_V2
-        __global float *dv2r = dv2 + DP_ROW(ldv2, b, j, hk);
+        __global dp_storage *dv2r = dv2 + DP_ROW(ldv2, b, j, hk);
 #endif
         for (int c = 0; c < HEAD_DIM; c++) {
             const int at = DP_T(r / LANES, c, r % LANES);
-            dkr[c] = ((__local float *)dkT)[at];
-            dvr[c] = ((__local float *)dvT)[at];
+            dp_store(dkr, c, ((__local float *)dkT)[at]);
+            dp_store(dvr, c, ((__local float *)dvT)[at]);
 #if READS_V2
-            dv2r[c] = ((__local float *)dv2T)[at];
+            dp_store(dv2r, c, ((__local float *)dv2T)[at]);
 #endif
         }
     }

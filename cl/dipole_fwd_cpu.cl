@@ -35,31 +35,31 @@
 #define FLOAT_RB float16
 #define INT_RB int16
 #define DP_FINITE_RB DP_FINITE16
-#define VLOAD_RB vload16
+#define DP_LOAD_RB dp_load16
 #define VSTORE_RB vstore16
 #else
 #define FLOAT_RB float8
 #define INT_RB int8
 #define DP_FINITE_RB DP_FINITE8
-#define VLOAD_RB vload8
+#define DP_LOAD_RB dp_load8
 #define VSTORE_RB vstore8
 #endif
 
 /* Copies key row jj of a tile into kt, row-major. */
-inline void dp_pack_k_row(__local float *kt, __global const float *row, int jj)
+inline void dp_pack_k_row(__local float *kt, __global const dp_storage *row, int jj)
 {
     int c = 0;
     for (; c + 16 <= HEAD_DIM; c += 16)
-        vstore16(vload16(0, row + c), 0, kt + jj * HEAD_DIM + c);
+        vstore16(dp_load16(row, c), 0, kt + jj * HEAD_DIM + c);
     for (; c < HEAD_DIM; c++)
-        kt[jj * HEAD_DIM + c] = row[c];
+        kt[jj * HEAD_DIM + c] = dp_load(row, c);
 }
 
 /* Copies value row jj of a tile into vt, blocked by output block: vt[(c0 / RB) * N_PAD * RB +
  * jj * RB + t] = dim c0 + t (0 past the head dim). Reading a block of RB dims down the tile is
  * then sequential; straight from the tensor, rows H * d apart alias in L1. Returns whether the
  * row was finite. */
-inline bool dp_pack_v_row(__local float *vt, __global const float *row, int jj)
+inline bool dp_pack_v_row(__local float *vt, __global const dp_storage *row, int jj)
 {
     /* Non-finite values are packed as 0 and reported: in the accumulation a key that does not
      * reach a lane (masked for its row, or routed to the other value) has weight 0 there, and
@@ -68,7 +68,7 @@ inline bool dp_pack_v_row(__local float *vt, __global const float *row, int jj)
     int finite = 1;
     INT_RB all_ok = (INT_RB)(-1);
     for (int c0 = 0; c0 + RB <= HEAD_DIM; c0 += RB) {
-        const FLOAT_RB x = VLOAD_RB(0, row + c0);
+        const FLOAT_RB x = DP_LOAD_RB(row, c0);
         const INT_RB ok = DP_FINITE_RB(x);
         all_ok &= ok;
         VSTORE_RB(select((FLOAT_RB)0.0f, x, ok), 0, vt + (c0 / RB) * N_PAD * RB + jj * RB);
@@ -76,7 +76,7 @@ inline bool dp_pack_v_row(__local float *vt, __global const float *row, int jj)
 #if HEAD_DIM % RB
     for (int t = 0; t < RB; t++) {
         const int c = HEAD_DIM / RB * RB + t;
-        const float x = c < HEAD_DIM ? row[c] : 0.0f;
+        const float x = c < HEAD_DIM ? dp_load(row, c) : 0.0f;
         finite &= isfinite(x);
         vt[(HEAD_DIM / RB) * N_PAD * RB + jj * RB + t] = isfinite(x) ? x : 0.0f;
     }
@@ -112,7 +112,7 @@ inline bool dp_pack_v_row(__local float *vt, __global const float *row, int jj)
 #define DP_ACC_NONFINITE(ap, src, stride, W)                                                   \
     for (int jj = 0; jj < n; jj++)                                                             \
         for (int c = 0; c < HEAD_DIM; c++) {                                                   \
-            const float x = (src)[(long)jj * (stride) + c];                                    \
+            const float x = dp_load((src), (long)jj * (stride) + c);                           \
             if (isfinite(x))                                                                   \
                 continue;                                                                      \
             for (int r = 0; r < RV; r++) {                                                     \
@@ -131,11 +131,11 @@ inline bool dp_pack_v_row(__local float *vt, __global const float *row, int jj)
 #define LANE_VIS(jj, r) (((j0 + (jj)) >= glo[r]) & ((j0 + (jj)) < ghi[r]))
 
 __kernel __attribute__((reqd_work_group_size(1, 1, 1)))
-void dipole_fwd_cpu(__global const float *q, dp_layout lq,
-                    __global const float *k, dp_layout lk,
-                    __global const float *v, dp_layout lv,
-                    __global const float *v2, dp_layout lv2,
-                    __global float *out, dp_layout lout,
+void dipole_fwd_cpu(__global const dp_storage *q, dp_layout lq,
+                    __global const dp_storage *k, dp_layout lk,
+                    __global const dp_storage *v, dp_layout lv,
+                    __global const dp_storage *v2, dp_layout lv2,
+                    __global dp_storage *out, dp_layout lout,
                     __global float *lse,                  /* [NPOLES, B, Hq, Nq] or NULL */
                     __global const int *key_lengths,      /* [B] or NULL */
                     __global const float *pole_weights,   /* [2, Hq] or NULL */
@@ -185,14 +185,15 @@ void dipole_fwd_cpu(__global const float *q, dp_layout lq,
     __local float v2t[D_PAD * N_PAD];
 #endif
     for (int g = 0; g < NG; g++) {
-        __global const float *qr[GROUP_ROWS];
+        __global const dp_storage *qr[GROUP_ROWS];
         for (int r = 0; r < GROUP_ROWS; r++) {
             qr[r] = q + DP_ROW(lq, b, min(row0 + g * GROUP_ROWS + r, seq_q - 1), h);
             dp_prefetch_row(qr[r]);
         }
         for (int c = 0; c < HEAD_DIM; c++)
             for (int r = 0; r < GROUP_ROWS; r++)
-                ((__local float *)qT)[(g * HEAD_DIM + c) * GROUP_ROWS + r] = qr[r][c] * scale;
+                ((__local float *)qT)[(g * HEAD_DIM + c) * GROUP_ROWS + r] =
+                    dp_load(qr[r], c) * scale;
     }
     for (int e = 0; e < NG * NPOLES * D_PAD * RV; e++)
         acc[e] = (float16)0.0f;
@@ -431,9 +432,9 @@ void dipole_fwd_cpu(__global const float *q, dp_layout lq,
                 a0[c * RV + r] = o;
             }
         for (int r = 0; r < rows; r++) {
-            __global float *orow = out + DP_ROW(lout, b, grow0 + r, h);
+            __global dp_storage *orow = out + DP_ROW(lout, b, grow0 + r, h);
             for (int c = 0; c < HEAD_DIM; c++)
-                orow[c] = ((__local float *)a0)[(c * RV + r / 16) * 16 + r % 16];
+                dp_store(orow, c, ((__local float *)a0)[(c * RV + r / 16) * 16 + r % 16]);
         }
         if (lse)
             for (int p = 0; p < NPOLES; p++)
@@ -456,17 +457,17 @@ void dipole_fwd_cpu(__global const float *q, dp_layout lq,
 
 /* Piece c16 of a row; the last piece of a head dim that 16 does not divide is zero-padded
  * (never read past the row: it may end the buffer). */
-inline float16 dp_row_piece(__global const float *row, int c16)
+inline float16 dp_row_piece(__global const dp_storage *row, int c16)
 {
 #if HEAD_DIM % 16
     if (c16 == DV - 1) {
         float x[16];
         for (int c = 0; c < 16; c++)
-            x[c] = c < HEAD_DIM % 16 ? row[c16 * 16 + c] : 0.0f;
+            x[c] = c < HEAD_DIM % 16 ? dp_load(row, c16 * 16 + c) : 0.0f;
         return vload16(0, x);
     }
 #endif
-    return vload16(c16, row);
+    return dp_load16(row, c16 * 16);
 }
 
 inline float dp_sum16(float16 x)
@@ -486,10 +487,10 @@ inline float dp_max16(float16 x)
 }
 
 __kernel __attribute__((reqd_work_group_size(1, 1, 1)))
-void dipole_fwd_splitk(__global const float *q, dp_layout lq,
-                       __global const float *k, dp_layout lk,
-                       __global const float *v, dp_layout lv,
-                       __global const float *v2, dp_layout lv2,
+void dipole_fwd_splitk(__global const dp_storage *q, dp_layout lq,
+                       __global const dp_storage *k, dp_layout lk,
+                       __global const dp_storage *v, dp_layout lv,
+                       __global const dp_storage *v2, dp_layout lv2,
                        __global float *part,
                        __global const int *key_lengths,
                        int heads_q, int heads_kv, int seq_q, int seq_k,
@@ -506,7 +507,7 @@ void dipole_fwd_splitk(__global const float *q, dp_layout lq,
     const int j_hi = min(range.y, chunk * BLOCK_N + BLOCK_N);
 
     float16 qv[DV];
-    __global const float *qr = q + DP_ROW(lq, b, i, h);
+    __global const dp_storage *qr = q + DP_ROW(lq, b, i, h);
     for (int c16 = 0; c16 < DV; c16++)
         qv[c16] = dp_row_piece(qr, c16) * scale;
     float16 acc[NPOLES][DV];
@@ -526,7 +527,7 @@ void dipole_fwd_splitk(__global const float *q, dp_layout lq,
     for (int j0 = j_lo; j0 < j_hi; j0 += 16) {
         float scs[16];
         for (int t = 0; t < 16; t++) {
-            __global const float *kr = k + k_base + (long)min(j0 + t, j_hi - 1) * lk.z;
+            __global const dp_storage *kr = k + k_base + (long)min(j0 + t, j_hi - 1) * lk.z;
             float16 d = (float16)0.0f;
             for (int c16 = 0; c16 < DV; c16++)
                 d = fma(qv[c16], dp_row_piece(kr, c16), d);
@@ -560,9 +561,9 @@ void dipole_fwd_splitk(__global const float *q, dp_layout lq,
         }
         const int nt = min(16, j_hi - j0);
         for (int t = 0; t < nt; t++) {
-            __global const float *vr = v + v_base + (long)(j0 + t) * lv.z;
+            __global const dp_storage *vr = v + v_base + (long)(j0 + t) * lv.z;
 #if READS_V2
-            __global const float *v2r = v2 + v2_base + (long)(j0 + t) * lv2.z;
+            __global const dp_storage *v2r = v2 + v2_base + (long)(j0 + t) * lv2.z;
 #endif
             for (int p = 0; p < NPOLES; p++) {
                 if (POLE_MAY_V(p))
@@ -588,7 +589,7 @@ void dipole_fwd_splitk(__global const float *q, dp_layout lq,
 
 /* Combines the chunks of one query row: work-item (i, b * Hq + h). */
 __kernel void dipole_fwd_merge(__global const float *part, int chunks,
-                               __global float *out, dp_layout lout,
+                               __global dp_storage *out, dp_layout lout,
                                __global float *lse,
                                __global const int *key_lengths,
                                __global const float *pole_weights,
@@ -618,7 +619,7 @@ __kernel void dipole_fwd_merge(__global const float *part, int chunks,
         const float pw = dp_pole_weight(pole_weights, p, h, heads_q);
         coef[p] = has_keys ? pw / sum : 0.0f;
     }
-    __global float *orow = out + DP_ROW(lout, b, i, h);
+    __global dp_storage *orow = out + DP_ROW(lout, b, i, h);
     for (int c = 0; c < HEAD_DIM; c++) {
         float o = 0.0f;
         for (int p = 0; p < NPOLES; p++) {
@@ -628,7 +629,7 @@ __kernel void dipole_fwd_merge(__global const float *part, int chunks,
                      dp_rescale(src[(ch * NPOLES + p) * PART_STRIDE], mm[p]);
             o += has_keys ? coef[p] * a : 0.0f;
         }
-        orow[c] = o;
+        dp_store(orow, c, o);
     }
     if (lse)
         for (int p = 0; p < NPOLES; p++)

@@ -89,6 +89,27 @@ inline bool dp_pack_rows(__local float *dst, __global const dp_storage *src, lon
         (acc)[t][1] = (float16)0.0f;                                                           \
     }
 
+/* The products every gradient register block starts from, in dq and dkdv alike: the scores s
+ * (DP_RB_DOTS of s_tile and s_vecs), dO . v as gv (g_tile, g_vecs) and, where the variant reads
+ * v2, dO . v2 as gv2 (g2_tile, g2_vecs; otherwise those are not evaluated). They are declared
+ * here as float16 [RB][NV] so that they stay private registers, for the reason above. dq tiles
+ * key rows against its query rows' vectors, dkdv query rows against its keys'. */
+#if READS_V2
+#define DP_RB_GV2(gv2, g2_tile, g2_vecs)                                                       \
+    float16 gv2[RB][NV];                                                                       \
+    DP_RB_ZERO(gv2);                                                                           \
+    DP_RB_DOTS(gv2, g2_tile, g2_vecs)
+#else
+#define DP_RB_GV2(gv2, g2_tile, g2_vecs)
+#endif
+#define DP_RB_SCORES(s, s_tile, s_vecs, gv, g_tile, g_vecs, gv2, g2_tile, g2_vecs)             \
+    float16 s[RB][NV], gv[RB][NV];                                                             \
+    DP_RB_ZERO(s);                                                                             \
+    DP_RB_ZERO(gv);                                                                            \
+    DP_RB_DOTS(s, s_tile, s_vecs);                                                             \
+    DP_RB_DOTS(gv, g_tile, g_vecs);                                                            \
+    DP_RB_GV2(gv2, g2_tile, g2_vecs)
+
 /* dp_exp_nonpos for x that may exceed 0: rounding puts logit - lse a little above 0, masked
  * lanes (discarded later) anything, and an lse passed in that does not belong to q and k
  * anything; above 88 the exponent bits of 2^n would wrap to a negative number, so x is held
@@ -111,6 +132,12 @@ inline float16 dp_pole_grad(int p, float16 s, float16 gv, float16 gv2, float16 l
     *a = prob * coef;
     return prob * (coef * gu - delta) * POLE_LOGIT_DS(p, s);
 }
+
+/* A variant that reads no v2 has no dO . v2: there gv2 stands for gv, so that the per-lane code
+ * is one text for every variant (POLE_TO_V2 never picks it). */
+#if !READS_V2
+#define gv2 gv
+#endif
 
 /* dq (and delta): work-item (row block, h, b). Its BLOCK_M rows come in NG groups of 32 lanes;
  * each packed K/V tile serves every group, so that a tile's trip through the caches pays for NG
@@ -245,19 +272,9 @@ void dipole_bwd_dq_cpu(__global const dp_storage *q, dp_layout lq,
                 __local float16 *dqg = dqT + g * HEAD_DIM * NV;
 
                 for (int jb = 0; jb < n; jb += RB) {
-                    float16 s[RB][NV], gv[RB][NV];
-                    __local const float *kb = kt + jb * HEAD_DIM, *vb = vt + jb * HEAD_DIM;
-                    DP_RB_ZERO(s);
-                    DP_RB_ZERO(gv);
-                    DP_RB_DOTS(s, kb, qg);
-                    DP_RB_DOTS(gv, vb, dog);
-#if READS_V2
-                    float16 gv2[RB][NV];
-                    DP_RB_ZERO(gv2);
-                    DP_RB_DOTS(gv2, v2t + jb * HEAD_DIM, dog);
-#else
-#define gv2 gv
-#endif
+                    __local const float *kb = kt + jb * HEAD_DIM;
+                    DP_RB_SCORES(s, kb, qg, gv, vt + jb * HEAD_DIM, dog,
+                                 gv2, v2t + jb * HEAD_DIM, dog);
                     /* dS per lane, into s (selected, not multiplied, to 0 where a row does not
                      * see the key: a masked NaN stays out). */
 #pragma unroll
@@ -283,7 +300,6 @@ void dipole_bwd_dq_cpu(__global const dp_storage *q, dp_layout lq,
                                                    delta_v[g][p][r], w[p], &a);
                             s[t][r] = masked ? select((float16)0.0f, ds, vis) : ds;
                         }
-#undef gv2
                     if (walk == 0)
                         continue;
                     /* dq += dS x key. Where a row does not see a key its dS is 0, but 0 x inf
@@ -440,17 +456,8 @@ void dipole_bwd_dkdv_cpu(__global const dp_storage *q, dp_layout lq,
                         continue;
                     const bool masked = !full;
 
-                    float16 s[RB][NV], gv[RB][NV];
                     __local const float *qb = qt + r0 * HEAD_DIM, *dob = dot_ + r0 * HEAD_DIM;
-                    DP_RB_ZERO(s);
-                    DP_RB_ZERO(gv);
-                    DP_RB_DOTS(s, qb, kg);
-                    DP_RB_DOTS(gv, dob, vg);
-#if READS_V2
-                    float16 gv2[RB][NV];
-                    DP_RB_ZERO(gv2);
-                    DP_RB_DOTS(gv2, dob, v2g);
-#endif
+                    DP_RB_SCORES(s, qb, kg, gv, dob, vg, gv2, dob, v2g);
                     /* Per lane: dS into s, the factors on dO into av (value v) and av2 (value v2);
                      * for ROUTED, which of the two each (row, key) feeds (rt: v2). */
                     float16 av[RB][NV];
@@ -459,8 +466,6 @@ void dipole_bwd_dkdv_cpu(__global const dp_storage *q, dp_layout lq,
 #endif
 #if READS_V2
                     float16 av2[RB][NV];
-#else
-#define gv2 gv
 #endif
 #pragma unroll
                     for (int t = 0; t < RB; t++)
@@ -494,7 +499,6 @@ void dipole_bwd_dkdv_cpu(__global const dp_storage *q, dp_layout lq,
                             av2[t][r] = masked ? select((float16)0.0f, to_v2, vis) : to_v2;
 #endif
                         }
-#undef gv2
                     /* du += a x dO, dk += dS x q. A row that does not see a key has a = dS = 0
                      * there, but 0 x inf is NaN: a tile with non-finite rows selects per lane. */
 #define DKDV_VIS(t, r) ((jv[e][r] >= (int16)range_t[r0 + (t)].x) & (jv[e][r] < (int16)range_t[r0 + (t)].y))

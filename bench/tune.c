@@ -6,34 +6,54 @@
 
 #include "bench.h"
 
+/* Adds cand unless it is already in out. */
+static int add_unique(char out[][BENCH_TUNE_LEN], int n, int cap, const char *cand)
+{
+    for (int k = 0; k < n; k++)
+        if (!strcmp(out[k], cand))
+            return n;
+    if (n < cap)
+        snprintf(out[n++], BENCH_TUNE_LEN, "%s", cand);
+    return n;
+}
+
 int bench_tune_candidates(bool cpu, size_t max_work_group, const char *current,
                           char out[][BENCH_TUNE_LEN], int cap)
 {
-    static const int cpu_m[] = {64, 128, 256}, cpu_n[] = {32, 64, 128};
-    static const int gpu_m[] = {32, 64, 128, 256}, gpu_n[] = {16, 32, 64};
-    const int *ms = cpu ? cpu_m : gpu_m, *ns = cpu ? cpu_n : gpu_n;
-    const int nm = cpu ? 3 : 4, nn = 3;
     int n = 0;
-    /* A device below 32 work-items per group still gets its largest power of two. */
-    int small = 1;
-    while (!cpu && (size_t)small * 2 <= max_work_group && small * 2 < gpu_m[0])
-        small *= 2;
-    const bool none_fit = !cpu && (size_t)gpu_m[0] > max_work_group;
-    for (int i = 0; i < (none_fit ? 1 : nm); i++) {
-        const int m = none_fit ? small : ms[i];
-        if (!cpu && (size_t)m > max_work_group)
-            continue;
-        for (int j = 0; j < nn && n < cap; j++)
-            snprintf(out[n++], BENCH_TUNE_LEN, "layout=%s,block_m=%d,block_n=%d",
-                     cpu ? "cpu" : "group", m, ns[j]);
+    char c[BENCH_TUNE_LEN];
+    if (cpu) {
+        static const int ms[] = {64, 128, 256}, ns[] = {32, 64, 128};
+        for (int i = 0; i < 3; i++)
+            for (int j = 0; j < 3; j++) {
+                snprintf(c, sizeof c, "layout=cpu,block_m=%d,block_n=%d", ms[i], ns[j]);
+                n = add_unique(out, n, cap, c);
+            }
+    } else {
+        /* Around the GPU table's entries (a 16-column grid of 4-row items on 64 x 32 tiles):
+         * query tiles, key tiles and rows per item; a work-group is block_m / rpi x 16. */
+        static const int ms[] = {32, 64, 128}, ns[] = {32, 64}, rpis[] = {2, 4};
+        for (int i = 0; i < 3; i++)
+            for (int j = 0; j < 2; j++)
+                for (int r = 0; r < 2; r++) {
+                    if ((size_t)(ms[i] / rpis[r] * 16) > max_work_group)
+                        continue;
+                    snprintf(c, sizeof c, "layout=group,block_m=%d,block_n=%d,wg_cols=16,rpi=%d",
+                             ms[i], ns[j], rpis[r]);
+                    n = add_unique(out, n, cap, c);
+                }
+        /* A device below 128 work-items per group: the narrowest grid that fits. */
+        if (n == 0) {
+            int cols = 16;
+            while (cols > 1 && (size_t)cols > max_work_group)
+                cols /= 2;
+            snprintf(c, sizeof c, "layout=group,block_m=4,block_n=%d,wg_cols=%d,rpi=4", cols,
+                     cols);
+            n = add_unique(out, n, cap, c);
+        }
     }
-    if (current && *current && n < cap) {
-        int k = 0;
-        while (k < n && strcmp(out[k], current) != 0)
-            k++;
-        if (k == n)
-            snprintf(out[n++], BENCH_TUNE_LEN, "%s", current);
-    }
+    if (current && *current)
+        n = add_unique(out, n, cap, current);
     return n;
 }
 

@@ -1,33 +1,116 @@
-/* Tiled dipole attention backward, FlashAttention-2 style: scores and weights are recomputed
- * from q, k and the forward's log-sum-exp, never stored as a matrix.
+/* Tiled dipole attention backward, work-group layout (GPUs), in the manner of FlashAttention-2:
+ * scores and weights are recomputed from q, k and the forward's log-sum-exp, never stored.
  *
  * Per pole p a row has weights P_j = exp(logit_p(s_j) - lse_p), a coefficient c_j
  * (POLE_COEF), a target value u_j (v, or v2 where POLE_TO_V2) and a pole weight w_p (alpha,
  * beta for TWO_POLE, else 1). With g = w_p dO and delta_p = g . O_p:
  *   du_j += P_j c_j g,   ds_j += P_j (c_j g . u_j - delta_p) dlogit_p/ds,
  *   dq_i = scale sum_j ds_j k_j,   dk_j = scale sum_i ds_j q_i.
- * Three kernels: dipole_bwd_pre (delta per row and pole), dipole_bwd_dkdv (a work-group per key
- * block walks the query rows of every query head that reads its K/V head: each key's gradient
- * is summed by one work-item in a fixed order — no atomics, bit-for-bit repeatable),
- * and dipole_bwd_dq (a work-group per query block walks its keys, as the forward does). d alpha,
- * d beta (dipole_bwd_dweights, per-row terms summed in a fixed order) are in cl/dipole_util.cl. */
+ * Three kernels on the forward's WG_ROWS x WG_COLS grid of work-items (cl/dipole_common.cl):
+ * dipole_bwd_pre (delta per row and pole), dipole_bwd_dkdv (a work-group per key block walks
+ * the query tiles of every query head that reads its K/V head, each key's gradient summed by
+ * the same items in a fixed order: no atomics, bit-for-bit repeatable) and dipole_bwd_dq (a
+ * work-group per query tile walks its key tiles). Both gradient kernels compute two products
+ * of dot products per tile — S = Q K^T and, per value stream, G = dO U^T — then the weights
+ * P and dS into local tiles, then the sums dU += P^T dO, dK += dS^T Q or dQ += dS K.
+ * d alpha, d beta (dipole_bwd_dweights) are in cl/dipole_util.cl. */
 
 #ifndef BLOCK_M
-#define BLOCK_M 32 /* query rows per tile; work-items of pre and dq */
+#define BLOCK_M 16 /* query rows per tile */
 #endif
 #ifndef BLOCK_N
-#define BLOCK_N 32 /* keys per tile; work-items of dkdv */
+#define BLOCK_N 32 /* keys per tile */
+#endif
+#ifndef WORK_GROUP
+#define WORK_GROUP 128
+#endif
+/* dq and pre: rows per item x keys per item; dkdv: keys per item x rows per item. */
+#define Q_RPI (BLOCK_M / WG_ROWS)
+#define Q_KPI (BLOCK_N / WG_COLS)
+#define K_KPI (BLOCK_N / WG_ROWS)
+#define K_RPI (BLOCK_M / WG_COLS)
+#if WG_ROWS * WG_COLS != WORK_GROUP || Q_RPI * WG_ROWS != BLOCK_M || Q_KPI * WG_COLS != BLOCK_N \
+    || K_KPI * WG_ROWS != BLOCK_N || K_RPI * WG_COLS != BLOCK_M
+#error "WG_ROWS and WG_COLS must both divide BLOCK_M and BLOCK_N"
 #endif
 
+/* Local strides: rows of HD4 + 1 chunks (bank-conflict-free dot products), weight rows 4
+ * floats longer than their tile. */
+#define K_STRIDE (HD4 + 1)
+#define W_STRIDE_Q (BLOCK_N + 4)
+#define W_STRIDE_K (BLOCK_M + 4)
+
+/* Per stream t, g[t][a][b] = dO row (ty + WG_ROWS a) . U_t row (tx + WG_COLS b), then
+ * s[a][b] = Q row . K row, for keys [j0, j0 + n) staged in turn into kv (K stays there).
+ * rows_ty: whether the grid's ty side holds query rows (dq, pre) or keys (dkdv). */
+#define DP_TILE_DOTS(NA, NB, rows_ty, q_tile, do_tile, kv, j0, n)                             \
+    do {                                                                                       \
+        DP_UNROLL for (int t_ = 0; t_ < NSTREAMS; t_++) {                                                \
+            barrier(CLK_LOCAL_MEM_FENCE);                                                      \
+            dp_stage_rows4(kv, K_STRIDE, STREAM_V2(t_) ? v2 : v, STREAM_V2(t_) ? lv2 : lv, b,  \
+                           j0, BLOCK_N, n, hk, 1.0f, lid, WORK_GROUP);                         \
+            barrier(CLK_LOCAL_MEM_FENCE);                                                      \
+            if (rows_ty)                                                                       \
+                DP_MICRO_DOTS(g[t_], NA, do_tile, K_STRIDE, NB, kv, K_STRIDE);                 \
+            else                                                                               \
+                DP_MICRO_DOTS(g[t_], NA, kv, K_STRIDE, NB, do_tile, K_STRIDE);                 \
+        }                                                                                      \
+        barrier(CLK_LOCAL_MEM_FENCE);                                                          \
+        dp_stage_rows4(kv, K_STRIDE, k, lk, b, j0, BLOCK_N, n, hk, 1.0f, lid, WORK_GROUP);     \
+        barrier(CLK_LOCAL_MEM_FENCE);                                                          \
+        if (rows_ty)                                                                           \
+            DP_MICRO_DOTS(s, NA, q_tile, K_STRIDE, NB, kv, K_STRIDE);                          \
+        else                                                                                   \
+            DP_MICRO_DOTS(s, NA, kv, K_STRIDE, NB, q_tile, K_STRIDE);                          \
+    } while (0)
+
+/* One key's terms in one row, given its score sc, value dots gt[t] (G per stream), the row's
+ * lse and delta per pole and the head's pole weights: its weight per stream into pw[t]
+ * (P c w_p, which multiplies dO into du; STREAM_AWAY on a stream it does not land on) and its
+ * score gradient (ds, without scale). */
+#define DP_KEY_TERMS(sc, gt, row_lse, row_delta, pole_w, pw, ds)                               \
+    do {                                                                                       \
+        ds = 0.0f;                                                                             \
+        DP_UNROLL for (int t_ = 0; t_ < NSTREAMS; t_++)                                        \
+            pw[t_] = STREAM_AWAY;                                                              \
+        DP_UNROLL for (int p_ = 0; p_ < NPOLES; p_++) {                                        \
+            const float w_ = exp(POLE_LOGIT(p_, sc) - row_lse[p_]);                            \
+            const float c_ = POLE_COEF(p_, sc) * pole_w[p_];                                   \
+            /* the stream by comparison, not as an index: ROUTED's depends on the data, and \
+             * an array indexed at run time leaves the registers */                            \
+            float g_ = gt[0];                                                                  \
+            DP_UNROLL for (int t_ = 0; t_ < NSTREAMS; t_++)                                    \
+                if (t_ == STREAM_OF(p_, sc)) {                                                 \
+                    pw[t_] += w_ * c_;                                                         \
+                    g_ = gt[t_];                                                               \
+                }                                                                              \
+            ds += w_ * (c_ * g_ - row_delta[p_]) * POLE_LOGIT_DS(p_, sc);                      \
+        }                                                                                      \
+    } while (0)
+
+/* The group's query tile: rows [row0, row0 + rows) of head h in batch b, the keys any of them
+ * sees, and (first, last) the visible ranges of its first and last rows. */
+#define DP_QUERY_TILE()                                                                        \
+    const int lid = get_local_id(0), ty = lid / WG_COLS, tx = lid % WG_COLS;                   \
+    const int row0 = get_group_id(0) * BLOCK_M;                                                \
+    const int h = get_group_id(1), b = get_group_id(2);                                        \
+    const int hk = DP_KV_HEAD(h), kl = DP_KEY_LENGTH(b);                                       \
+    const int rows = min(BLOCK_M, seq_q - row0);                                               \
+    const int2 keys = dp_tile_visible_range(row0, row0 + rows, kl, seq_q, window_left,         \
+                                            window_right);                                     \
+    const int2 first = dp_visible_range(row0, kl, seq_q, window_left, window_right);           \
+    const int2 last = dp_visible_range(row0 + rows - 1, kl, seq_q, window_left, window_right)
+
 /* delta_p = w_p dO . O_p per row (and rowdot_p = dO . O_p for the pole-weight gradients). With
- * one pole O_p is the forward output; TWO_POLE recomputes O+ and O- from q, k and lse. */
-__kernel __attribute__((reqd_work_group_size(BLOCK_M, 1, 1)))
-void dipole_bwd_pre(__global const float *q, dp_layout lq,
-                    __global const float *k, dp_layout lk,
-                    __global const float *v, dp_layout lv,
-                    __global const float *v2, dp_layout lv2,
-                    __global const float *out, dp_layout lout,
-                    __global const float *dout, dp_layout ldout,
+ * one pole O_p is the forward output; TWO_POLE recomputes dO . O+ and dO . O- from q, k, v, v2
+ * and lse as sum_j P_j (dO . u_j). */
+__kernel __attribute__((reqd_work_group_size(WORK_GROUP, 1, 1)))
+void dipole_bwd_pre(__global const dp_storage *q, dp_layout lq,
+                    __global const dp_storage *k, dp_layout lk,
+                    __global const dp_storage *v, dp_layout lv,
+                    __global const dp_storage *v2, dp_layout lv2,
+                    __global const dp_storage *out, dp_layout lout,
+                    __global const dp_storage *dout, dp_layout ldout,
                     __global const float *lse,          /* [NPOLES, B, Hq, Nq] */
                     __global const int *key_lengths,    /* [B] or NULL */
                     __global const float *pole_weights, /* [2, Hq] or NULL */
@@ -36,268 +119,271 @@ void dipole_bwd_pre(__global const float *q, dp_layout lq,
                     int batch, int heads_q, int heads_kv, int seq_q, int seq_k,
                     float scale, int window_left, int window_right)
 {
-    DP_GROUP_QUERY_TILE(BLOCK_M);
-    const long do_at = DP_ROW(ldout, b, live ? i : 0, h);
+    DP_QUERY_TILE();
+    __local float red[NPOLES][BLOCK_M * WG_COLS]; /* per-item parts of each row's dot */
+    float part[NPOLES][Q_RPI];
+    (void)first, (void)last; /* pre tests each key against its row: no whole-tile shortcut */
 #if NPOLES == 1
-    if (!live)
-        return;
-    const long o_at = DP_ROW(lout, b, i, h);
-    float dot = 0.0f;
-    for (int c = 0; c < HEAD_DIM; c++)
-        dot = fma(dout[do_at + c], out[o_at + c], dot);
-    delta[DP_STAT(0, b, h, i)] = dot;
-    if (rowdot)
-        rowdot[DP_STAT(0, b, h, i)] = dot;
-#else
-    const int j_begin = keys.x, j_end = keys.y;
-
-    DP_KV_TILES(BLOCK_N); /* TWO_POLE reads v2 */
-
-    float q_row[HEAD_DIM];
-    const long q_at = DP_ROW(lq, b, live ? i : 0, h);
-    for (int c = 0; c < HEAD_DIM; c++)
-        q_row[c] = live ? q[q_at + c] * scale : 0.0f;
-    float row_lse[NPOLES], acc[NPOLES][HEAD_DIM];
-    for (int p = 0; p < NPOLES; p++) {
-        row_lse[p] = live ? lse[DP_STAT(p, b, h, i)] : 0.0f;
-        for (int c = 0; c < HEAD_DIM; c++)
-            acc[p][c] = 0.0f;
-    }
-    for (int j0 = j_begin; j0 < j_end; j0 += BLOCK_N) {
-        const int n = min(BLOCK_N, j_end - j0);
-        barrier(CLK_LOCAL_MEM_FENCE);
-        dp_stage_keys(k_tile, v_tile, v2_tile, k, lk, v, lv, v2, lv2, b, hk, j0, n, lid, BLOCK_M);
-        barrier(CLK_LOCAL_MEM_FENCE);
-        const int2 tr = dp_range_in_tile(mine, j0, n);
-        const int jj_lo = tr.x, jj_hi = tr.y;
-        if (!live)
+    (void)keys, (void)hk;
+    DP_UNROLL for (int a = 0; a < Q_RPI; a++) {
+        const int r = ty + WG_ROWS * a;
+        part[0][a] = 0.0f;
+        if (r >= rows)
             continue;
-        for (int jj = jj_lo; jj < jj_hi; jj++) {
-            float s = 0.0f;
-            for (int c = 0; c < HEAD_DIM; c++)
-                s = fma(q_row[c], k_tile[jj * HEAD_DIM + c], s);
-            for (int p = 0; p < NPOLES; p++) {
-                const float a = exp(POLE_LOGIT(p, s) - row_lse[p]) * POLE_COEF(p, s);
-                __local const float *val = (POLE_TO_V2(p, s) ? v2_tile : v_tile) + jj * HEAD_DIM;
-                for (int c = 0; c < HEAD_DIM; c++)
-                    acc[p][c] = fma(a, val[c], acc[p][c]);
-            }
+        const long do_at = DP_ROW(ldout, b, row0 + r, h), o_at = DP_ROW(lout, b, row0 + r, h);
+        for (int c = tx; c < HEAD_DIM; c += WG_COLS)
+            part[0][a] = fma(dp_load(dout, do_at + c), dp_load(out, o_at + c), part[0][a]);
+    }
+#else
+    __local float4 q_tile[BLOCK_M * K_STRIDE]; /* q * scale */
+    __local float4 do_tile[BLOCK_M * K_STRIDE];
+    __local float4 kv[BLOCK_N * K_STRIDE];
+    dp_stage_rows4(q_tile, K_STRIDE, q, lq, b, row0, BLOCK_M, rows, h, scale, lid, WORK_GROUP);
+    dp_stage_rows4(do_tile, K_STRIDE, dout, ldout, b, row0, BLOCK_M, rows, h, 1.0f, lid,
+                   WORK_GROUP);
+    int2 mine[Q_RPI];
+    float row_lse[Q_RPI][NPOLES];
+    DP_UNROLL for (int a = 0; a < Q_RPI; a++) {
+        const int r = ty + WG_ROWS * a;
+        mine[a] = r < rows ? dp_visible_range(row0 + r, kl, seq_q, window_left, window_right)
+                           : (int2)(0, 0);
+        DP_UNROLL for (int p = 0; p < NPOLES; p++) {
+            row_lse[a][p] = r < rows ? lse[DP_STAT(p, b, h, row0 + r)] : 0.0f;
+            part[p][a] = 0.0f;
         }
     }
-    if (!live)
-        return;
-    for (int p = 0; p < NPOLES; p++) {
-        float dot = 0.0f;
-        for (int c = 0; c < HEAD_DIM; c++)
-            dot = fma(dout[do_at + c], acc[p][c], dot);
-        delta[DP_STAT(p, b, h, i)] = dp_pole_weight(pole_weights, p, h, heads_q) * dot;
-        if (rowdot)
-            rowdot[DP_STAT(p, b, h, i)] = dot;
+    for (int j0 = keys.x; j0 < keys.y; j0 += BLOCK_N) {
+        const int n = min(BLOCK_N, keys.y - j0);
+        float s[Q_RPI][Q_KPI], g[NSTREAMS][Q_RPI][Q_KPI];
+        DP_TILE_DOTS(Q_RPI, Q_KPI, 1, q_tile, do_tile, kv, j0, n);
+        DP_UNROLL for (int a = 0; a < Q_RPI; a++)
+            DP_UNROLL for (int e = 0; e < Q_KPI; e++) {
+                const int j = j0 + tx + WG_COLS * e;
+                if (j < mine[a].x || j >= mine[a].y)
+                    continue;
+                DP_UNROLL for (int p = 0; p < NPOLES; p++)
+                    part[p][a] += exp(POLE_LOGIT(p, s[a][e]) - row_lse[a][p]) *
+                                  POLE_COEF(p, s[a][e]) * g[STREAM_OF(p, s[a][e])][a][e];
+            }
     }
 #endif
+    DP_UNROLL for (int a = 0; a < Q_RPI; a++)
+        DP_UNROLL for (int p = 0; p < NPOLES; p++)
+            red[p][(ty + WG_ROWS * a) * WG_COLS + tx] = part[p][a];
+    barrier(CLK_LOCAL_MEM_FENCE);
+    DP_UNROLL for (int a = 0; a < Q_RPI; a++) {
+        const int r = ty + WG_ROWS * a;
+        if (r >= rows || tx != 0)
+            continue;
+        DP_UNROLL for (int p = 0; p < NPOLES; p++) {
+            const float dot = dp_row_sum(red[p], r, WG_COLS);
+            delta[DP_STAT(p, b, h, row0 + r)] = dp_pole_weight(pole_weights, p, h, heads_q) * dot;
+            if (rowdot)
+                rowdot[DP_STAT(p, b, h, row0 + r)] = dot;
+        }
+    }
 }
 
-/* dK, dV (and dV2): a work-group owns BLOCK_N keys of one K/V head, one work-item per key,
- * and walks BLOCK_M-row query tiles of each query head in the group, staged in local memory. */
-__kernel __attribute__((reqd_work_group_size(BLOCK_N, 1, 1)))
-void dipole_bwd_dkdv(__global const float *q, dp_layout lq,
-                     __global const float *k, dp_layout lk,
-                     __global const float *v, dp_layout lv,
-                     __global const float *v2, dp_layout lv2,
-                     __global const float *dout, dp_layout ldout,
+/* dK, dV (and dV2): a work-group owns BLOCK_N keys of one K/V head; item (ty, tx) owns keys
+ * ty + WG_ROWS a and, of each query tile, rows tx + WG_COLS e (for S^T and G^T) and head-dim
+ * chunks tx + WG_COLS ci (of its keys' gradients). */
+__kernel __attribute__((reqd_work_group_size(WORK_GROUP, 1, 1)))
+void dipole_bwd_dkdv(__global const dp_storage *q, dp_layout lq,
+                     __global const dp_storage *k, dp_layout lk,
+                     __global const dp_storage *v, dp_layout lv,
+                     __global const dp_storage *v2, dp_layout lv2,
+                     __global const dp_storage *dout, dp_layout ldout,
                      __global const float *lse,
                      __global const float *delta,
                      __global const int *key_lengths,
                      __global const float *pole_weights,
-                     __global float *dk, dp_layout ldk,
-                     __global float *dv, dp_layout ldv,
-                     __global float *dv2, dp_layout ldv2,
+                     __global dp_storage *dk, dp_layout ldk,
+                     __global dp_storage *dv, dp_layout ldv,
+                     __global dp_storage *dv2, dp_layout ldv2,
                      int batch, int heads_q, int heads_kv, int seq_q, int seq_k,
                      float scale, int window_left, int window_right)
 {
-    const int lid = get_local_id(0);
+    const int lid = get_local_id(0), ty = lid / WG_COLS, tx = lid % WG_COLS;
     const int j0 = get_group_id(0) * BLOCK_N;
-    const int j = j0 + lid;
-    const int hk = get_group_id(1);
-    const int b = get_group_id(2);
+    const int hk = get_group_id(1), b = get_group_id(2);
     const int group = heads_q / heads_kv;
     const int kl = DP_KEY_LENGTH(b);
-    const bool live = j < seq_k;
+    const int n = min(BLOCK_N, seq_k - j0);
     const int j_last = min(j0 + BLOCK_N, kl) - 1; /* the block's last key any row can see */
 
-    __local float q_tile[BLOCK_M * HEAD_DIM];  /* q * scale */
-    __local float do_tile[BLOCK_M * HEAD_DIM];
-    __local float lse_tile[NPOLES * BLOCK_M];
-    __local float delta_tile[NPOLES * BLOCK_M];
+    __local float4 q_tile[BLOCK_M * K_STRIDE]; /* q * scale */
+    __local float4 do_tile[BLOCK_M * K_STRIDE];
+    __local float4 kv[BLOCK_N * K_STRIDE];
+    __local float w_tile[NSTREAMS + 1][BLOCK_N * W_STRIDE_K]; /* P per stream, then dS */
     __local int2 range_tile[BLOCK_M];
 
-    float k_row[HEAD_DIM], v_row[HEAD_DIM], dk_acc[HEAD_DIM], dv_acc[HEAD_DIM];
-#if READS_V2
-    float v2_row[HEAD_DIM], dv2_acc[HEAD_DIM];
-#endif
-    const long k_at = DP_ROW(lk, b, live ? j : 0, hk);
-    const long v_at = DP_ROW(lv, b, live ? j : 0, hk);
-#if READS_V2
-    const long v2_at = DP_ROW(lv2, b, live ? j : 0, hk);
-#endif
-    for (int c = 0; c < HEAD_DIM; c++) {
-        k_row[c] = live ? k[k_at + c] : 0.0f;
-        v_row[c] = live ? v[v_at + c] : 0.0f;
-        dk_acc[c] = 0.0f;
-        dv_acc[c] = 0.0f;
-#if READS_V2
-        v2_row[c] = live ? v2[v2_at + c] : 0.0f;
-        dv2_acc[c] = 0.0f;
-#endif
-    }
+    float4 dk_acc[K_KPI][CPI], du_acc[NSTREAMS][K_KPI][CPI];
+    DP_UNROLL for (int a = 0; a < K_KPI; a++)
+        DP_UNROLL for (int ci = 0; ci < CPI; ci++) {
+            dk_acc[a][ci] = (float4)0.0f;
+            DP_UNROLL for (int t = 0; t < NSTREAMS; t++)
+                du_acc[t][a][ci] = (float4)0.0f;
+        }
 
-    for (int g = 0; g < group; g++) {
-        const int h = hk * group + g;
+    for (int gi = 0; gi < group; gi++) {
+        const int h = hk * group + gi;
         float pole_w[NPOLES];
-        for (int p = 0; p < NPOLES; p++)
+        DP_UNROLL for (int p = 0; p < NPOLES; p++)
             pole_w[p] = dp_pole_weight(pole_weights, p, h, heads_q);
         for (int i0 = 0; i0 < seq_q; i0 += BLOCK_M) {
             const int m = min(BLOCK_M, seq_q - i0);
             /* Rows' visible ranges only grow with i: skip tiles that cannot see this block
-             * (a uniform decision, so the barriers below stay uniform). */
+             * (uniform over the group, so the barriers below stay uniform). */
             const int2 seen = dp_tile_visible_range(i0, i0 + m, kl, seq_q, window_left,
                                                     window_right);
             if (j_last < j0 || seen.y <= j0 || seen.x > j_last || seen.x >= seen.y)
                 continue;
+            const int2 first = dp_visible_range(i0, kl, seq_q, window_left, window_right);
+            const int2 last = dp_visible_range(i0 + m - 1, kl, seq_q, window_left, window_right);
+            const bool full = m == BLOCK_M && n == BLOCK_N && last.x <= j0 &&
+                              first.y >= j0 + BLOCK_N;
             barrier(CLK_LOCAL_MEM_FENCE);
-            for (int e = lid; e < m * HEAD_DIM; e += BLOCK_N) {
-                const int r = e / HEAD_DIM, c = e % HEAD_DIM;
-                q_tile[e] = q[DP_ROW(lq, b, i0 + r, h) + c] * scale;
-                do_tile[e] = dout[DP_ROW(ldout, b, i0 + r, h) + c];
-            }
-            for (int r = lid; r < m; r += BLOCK_N) {
-                range_tile[r] = dp_visible_range(i0 + r, kl, seq_q, window_left, window_right);
-                for (int p = 0; p < NPOLES; p++) {
-                    lse_tile[p * BLOCK_M + r] = lse[DP_STAT(p, b, h, i0 + r)];
-                    delta_tile[p * BLOCK_M + r] = delta[DP_STAT(p, b, h, i0 + r)];
-                }
-            }
-            barrier(CLK_LOCAL_MEM_FENCE);
-            if (!live)
-                continue;
-            for (int r = 0; r < m; r++) {
+            dp_stage_rows4(q_tile, K_STRIDE, q, lq, b, i0, BLOCK_M, m, h, scale, lid, WORK_GROUP);
+            dp_stage_rows4(do_tile, K_STRIDE, dout, ldout, b, i0, BLOCK_M, m, h, 1.0f, lid,
+                           WORK_GROUP);
+            for (int r = lid; r < BLOCK_M; r += WORK_GROUP)
+                range_tile[r] = r < m ? dp_visible_range(i0 + r, kl, seq_q, window_left,
+                                                         window_right)
+                                      : (int2)(0, 0);
+            float s[K_KPI][K_RPI], g[NSTREAMS][K_KPI][K_RPI];
+            DP_TILE_DOTS(K_KPI, K_RPI, 0, q_tile, do_tile, kv, j0, n);
+
+            DP_UNROLL for (int e = 0; e < K_RPI; e++) {
+                const int r = tx + WG_COLS * e;
                 const int2 rg = range_tile[r];
-                if (j < rg.x || j >= rg.y)
-                    continue;
-                __local const float *qr = q_tile + r * HEAD_DIM;
-                __local const float *dor = do_tile + r * HEAD_DIM;
-                float s = 0.0f;
-                for (int c = 0; c < HEAD_DIM; c++)
-                    s = fma(qr[c], k_row[c], s);
-                float ds = 0.0f;
-                for (int p = 0; p < NPOLES; p++) {
-                    const float w = exp(POLE_LOGIT(p, s) - lse_tile[p * BLOCK_M + r]);
-                    const float coef = POLE_COEF(p, s);
-                    const float a = w * coef * pole_w[p]; /* du += a dO */
-                    float gu = 0.0f;
-#if READS_V2
-                    if (POLE_TO_V2(p, s)) {
-                        for (int c = 0; c < HEAD_DIM; c++) {
-                            gu = fma(dor[c], v2_row[c], gu);
-                            dv2_acc[c] = fma(a, dor[c], dv2_acc[c]);
-                        }
-                    } else
-#endif
-                    {
-                        for (int c = 0; c < HEAD_DIM; c++) {
-                            gu = fma(dor[c], v_row[c], gu);
-                            dv_acc[c] = fma(a, dor[c], dv_acc[c]);
-                        }
-                    }
-                    ds += w * (coef * pole_w[p] * gu - delta_tile[p * BLOCK_M + r]) *
-                          POLE_LOGIT_DS(p, s);
+                float row_lse[NPOLES], row_delta[NPOLES];
+                DP_UNROLL for (int p = 0; p < NPOLES; p++) {
+                    row_lse[p] = r < m ? lse[DP_STAT(p, b, h, i0 + r)] : 0.0f;
+                    row_delta[p] = r < m ? delta[DP_STAT(p, b, h, i0 + r)] : 0.0f;
                 }
-                for (int c = 0; c < HEAD_DIM; c++)
-                    dk_acc[c] = fma(ds, qr[c], dk_acc[c]);
+                DP_UNROLL for (int a = 0; a < K_KPI; a++) {
+                    const int jj = ty + WG_ROWS * a, j = j0 + jj;
+                    float pw[NSTREAMS], gt[NSTREAMS], ds = 0.0f;
+                    DP_UNROLL for (int t = 0; t < NSTREAMS; t++) {
+                        gt[t] = g[t][a][e];
+                        pw[t] = 0.0f;
+                    }
+                    if (full || (j >= rg.x && j < rg.y))
+                        DP_KEY_TERMS(s[a][e], gt, row_lse, row_delta, pole_w, pw, ds);
+                    DP_UNROLL for (int t = 0; t < NSTREAMS; t++)
+                        w_tile[t][jj * W_STRIDE_K + r] = pw[t];
+                    w_tile[NSTREAMS][jj * W_STRIDE_K + r] = ds;
+                }
+            }
+            barrier(CLK_LOCAL_MEM_FENCE);
+#define UNSEEN(a, r)                                                                           \
+    (!full && (j0 + ty + WG_ROWS * (a) < range_tile[r].x || j0 + ty + WG_ROWS * (a) >= range_tile[r].y))
+#define UNSEEN_OR_AWAY(a, r, w) (DP_AWAY(w) || UNSEEN(a, r))
+#define UNSEEN_W(a, r, w) UNSEEN(a, r)
+            DP_UNROLL for (int t = 0; t < NSTREAMS; t++)
+                DP_MICRO_ACC(du_acc[t], K_KPI, CPI, w_tile[t], W_STRIDE_K, m, do_tile, K_STRIDE,
+                             UNSEEN_OR_AWAY);
+            DP_MICRO_ACC(dk_acc, K_KPI, CPI, w_tile[NSTREAMS], W_STRIDE_K, m, q_tile, K_STRIDE,
+                         UNSEEN_W);
+#undef UNSEEN_W
+#undef UNSEEN_OR_AWAY
+#undef UNSEEN
+        }
+    }
+
+    DP_UNROLL for (int a = 0; a < K_KPI; a++) {
+        const int j = j0 + ty + WG_ROWS * a;
+        if (j >= seq_k)
+            continue;
+        DP_UNROLL for (int ci = 0; ci < CPI; ci++) {
+            const int c4 = tx + WG_COLS * ci;
+            if (c4 >= HD4)
+                break;
+            dp_store_chunk4(dk, DP_ROW(ldk, b, j, hk) + 4 * c4, c4, dk_acc[a][ci]);
+            DP_UNROLL for (int t = 0; t < NSTREAMS; t++) {
+                if (STREAM_V2(t))
+                    dp_store_chunk4(dv2, DP_ROW(ldv2, b, j, hk) + 4 * c4, c4, du_acc[t][a][ci]);
+                else
+                    dp_store_chunk4(dv, DP_ROW(ldv, b, j, hk) + 4 * c4, c4, du_acc[t][a][ci]);
             }
         }
     }
-    if (!live)
-        return;
-    const long dk_at = DP_ROW(ldk, b, j, hk), dv_at = DP_ROW(ldv, b, j, hk);
-#if READS_V2
-    const long dv2_at = DP_ROW(ldv2, b, j, hk);
-#endif
-    for (int c = 0; c < HEAD_DIM; c++) {
-        dk[dk_at + c] = dk_acc[c];
-        dv[dv_at + c] = dv_acc[c];
-#if READS_V2
-        dv2[dv2_at + c] = dv2_acc[c];
-#endif
-    }
 }
 
-/* dQ: a work-group owns BLOCK_M query rows, one work-item per row, and walks K/V tiles of
- * BLOCK_N keys in local memory, as the forward does. */
-__kernel __attribute__((reqd_work_group_size(BLOCK_M, 1, 1)))
-void dipole_bwd_dq(__global const float *q, dp_layout lq,
-                   __global const float *k, dp_layout lk,
-                   __global const float *v, dp_layout lv,
-                   __global const float *v2, dp_layout lv2,
-                   __global const float *dout, dp_layout ldout,
+/* dQ: a work-group owns BLOCK_M query rows and walks their key tiles, as the forward does. */
+__kernel __attribute__((reqd_work_group_size(WORK_GROUP, 1, 1)))
+void dipole_bwd_dq(__global const dp_storage *q, dp_layout lq,
+                   __global const dp_storage *k, dp_layout lk,
+                   __global const dp_storage *v, dp_layout lv,
+                   __global const dp_storage *v2, dp_layout lv2,
+                   __global const dp_storage *dout, dp_layout ldout,
                    __global const float *lse,
                    __global const float *delta,
                    __global const int *key_lengths,
                    __global const float *pole_weights,
-                   __global float *dq, dp_layout ldq,
+                   __global dp_storage *dq, dp_layout ldq,
                    int batch, int heads_q, int heads_kv, int seq_q, int seq_k,
                    float scale, int window_left, int window_right)
 {
-    DP_GROUP_QUERY_TILE(BLOCK_M);
-    const int j_begin = keys.x, j_end = keys.y;
+    DP_QUERY_TILE();
+    __local float4 q_tile[BLOCK_M * K_STRIDE]; /* q * scale */
+    __local float4 do_tile[BLOCK_M * K_STRIDE];
+    __local float4 kv[BLOCK_N * K_STRIDE];
+    __local float ds_tile[BLOCK_M * W_STRIDE_Q];
+    dp_stage_rows4(q_tile, K_STRIDE, q, lq, b, row0, BLOCK_M, rows, h, scale, lid, WORK_GROUP);
+    dp_stage_rows4(do_tile, K_STRIDE, dout, ldout, b, row0, BLOCK_M, rows, h, 1.0f, lid,
+                   WORK_GROUP);
 
-    DP_KV_TILES(BLOCK_N);
-
-    float q_row[HEAD_DIM], do_row[HEAD_DIM], dq_acc[HEAD_DIM];
-    const long q_at = DP_ROW(lq, b, live ? i : 0, h);
-    const long do_at = DP_ROW(ldout, b, live ? i : 0, h);
-    for (int c = 0; c < HEAD_DIM; c++) {
-        q_row[c] = live ? q[q_at + c] * scale : 0.0f;
-        do_row[c] = live ? dout[do_at + c] : 0.0f;
-        dq_acc[c] = 0.0f;
-    }
-    float row_lse[NPOLES], row_delta[NPOLES], pole_w[NPOLES];
-    for (int p = 0; p < NPOLES; p++) {
-        row_lse[p] = live ? lse[DP_STAT(p, b, h, i)] : 0.0f;
-        row_delta[p] = live ? delta[DP_STAT(p, b, h, i)] : 0.0f;
+    int2 mine[Q_RPI];
+    float row_lse[Q_RPI][NPOLES], row_delta[Q_RPI][NPOLES], pole_w[NPOLES];
+    float4 dq_acc[Q_RPI][CPI];
+    DP_UNROLL for (int p = 0; p < NPOLES; p++)
         pole_w[p] = dp_pole_weight(pole_weights, p, h, heads_q);
+    DP_UNROLL for (int a = 0; a < Q_RPI; a++) {
+        const int r = ty + WG_ROWS * a;
+        mine[a] = r < rows ? dp_visible_range(row0 + r, kl, seq_q, window_left, window_right)
+                           : (int2)(0, 0);
+        DP_UNROLL for (int p = 0; p < NPOLES; p++) {
+            row_lse[a][p] = r < rows ? lse[DP_STAT(p, b, h, row0 + r)] : 0.0f;
+            row_delta[a][p] = r < rows ? delta[DP_STAT(p, b, h, row0 + r)] : 0.0f;
+        }
+        DP_UNROLL for (int ci = 0; ci < CPI; ci++)
+            dq_acc[a][ci] = (float4)0.0f;
     }
 
-    for (int j0 = j_begin; j0 < j_end; j0 += BLOCK_N) {
-        const int n = min(BLOCK_N, j_end - j0);
-        barrier(CLK_LOCAL_MEM_FENCE);
-        dp_stage_keys(k_tile, v_tile, v2_tile, k, lk, v, lv, v2, lv2, b, hk, j0, n, lid, BLOCK_M);
-        barrier(CLK_LOCAL_MEM_FENCE);
-        const int2 tr = dp_range_in_tile(mine, j0, n);
-        const int jj_lo = tr.x, jj_hi = tr.y;
-        if (!live)
-            continue;
-        for (int jj = jj_lo; jj < jj_hi; jj++) {
-            __local const float *kr = k_tile + jj * HEAD_DIM;
-            float s = 0.0f;
-            for (int c = 0; c < HEAD_DIM; c++)
-                s = fma(q_row[c], kr[c], s);
-            float ds = 0.0f;
-            for (int p = 0; p < NPOLES; p++) {
-                const float w = exp(POLE_LOGIT(p, s) - row_lse[p]);
-                __local const float *val = (POLE_TO_V2(p, s) ? v2_tile : v_tile) + jj * HEAD_DIM;
-                float gu = 0.0f;
-                for (int c = 0; c < HEAD_DIM; c++)
-                    gu = fma(do_row[c], val[c], gu);
-                ds += w * (POLE_COEF(p, s) * pole_w[p] * gu - row_delta[p]) * POLE_LOGIT_DS(p, s);
+    for (int j0 = keys.x; j0 < keys.y; j0 += BLOCK_N) {
+        const int n = min(BLOCK_N, keys.y - j0);
+        const bool full = rows == BLOCK_M && n == BLOCK_N && last.x <= j0 && first.y >= j0 + n;
+        float s[Q_RPI][Q_KPI], g[NSTREAMS][Q_RPI][Q_KPI];
+        DP_TILE_DOTS(Q_RPI, Q_KPI, 1, q_tile, do_tile, kv, j0, n);
+        DP_UNROLL for (int a = 0; a < Q_RPI; a++) {
+            const int r = ty + WG_ROWS * a;
+            DP_UNROLL for (int e = 0; e < Q_KPI; e++) {
+                const int j = j0 + tx + WG_COLS * e;
+                float pw[NSTREAMS], gt[NSTREAMS], ds = 0.0f;
+                DP_UNROLL for (int t = 0; t < NSTREAMS; t++)
+                    gt[t] = g[t][a][e];
+                if (full || (j >= mine[a].x && j < mine[a].y))
+                    DP_KEY_TERMS(s[a][e], gt, row_lse[a], row_delta[a], pole_w, pw, ds);
+                ds_tile[r * W_STRIDE_Q + tx + WG_COLS * e] = ds;
             }
-            for (int c = 0; c < HEAD_DIM; c++)
-                dq_acc[c] = fma(ds, kr[c], dq_acc[c]);
+        }
+        barrier(CLK_LOCAL_MEM_FENCE);
+        /* K is still in kv: the last thing DP_TILE_DOTS staged. */
+#define UNSEEN(a, jj, w) (!full && (j0 + (jj) < mine[a].x || j0 + (jj) >= mine[a].y))
+        DP_MICRO_ACC(dq_acc, Q_RPI, CPI, ds_tile, W_STRIDE_Q, n, kv, K_STRIDE, UNSEEN);
+#undef UNSEEN
+    }
+
+    DP_UNROLL for (int a = 0; a < Q_RPI; a++) {
+        const int r = ty + WG_ROWS * a;
+        if (r >= rows)
+            continue;
+        DP_UNROLL for (int ci = 0; ci < CPI; ci++) {
+            const int c4 = tx + WG_COLS * ci;
+            if (c4 >= HD4)
+                break;
+            dp_store_chunk4(dq, DP_ROW(ldq, b, row0 + r, h) + 4 * c4, c4, dq_acc[a][ci] * scale);
         }
     }
-    if (!live)
-        return;
-    const long dq_at = DP_ROW(ldq, b, i, h);
-    for (int c = 0; c < HEAD_DIM; c++)
-        dq[dq_at + c] = dq_acc[c] * scale;
 }

@@ -115,6 +115,27 @@ typedef float dp_storage;
 #define POLE_MAY_V2(p) 0
 #endif
 
+/* The value streams: the (pole, value tensor) pairs a key's weight can land on. A kernel that
+ * multiplies weights into values as a GEMM (the group layout) keeps one weight tile per stream:
+ * stream t belongs to pole STREAM_POLE(t) and reads v2 where STREAM_V2(t); a key of score s
+ * lands in pole p on stream STREAM_OF(p, s) (scalar s), with weight STREAM_WEIGHT(t, w, s)
+ * on stream t (w: its weight in t's pole; 0 where it lands on the other stream). */
+#if VARIANT == DIPOLE_ROUTED || VARIANT == DIPOLE_TWO_POLE
+#define NSTREAMS 2
+#else
+#define NSTREAMS 1
+#endif
+#define STREAM_POLE(t) (VARIANT == DIPOLE_TWO_POLE ? (t) : 0)
+#define STREAM_V2(t) (READS_V2 && (t) == 1)
+#define STREAM_OF(p, s) (VARIANT == DIPOLE_TWO_POLE ? (p) : (int)(READS_V2 && POLE_TO_V2(p, s)))
+#define STREAM_WEIGHT(t, w, s)                                                                    \
+    (STREAM_OF(STREAM_POLE(t), s) == (t) ? POLE_WEIGHTED(STREAM_POLE(t), w, s) : STREAM_AWAY)
+/* A weight tile's entry for a key routed to the other stream (ROUTED only): -0, which ROUTED's
+ * real weights (w >= 0) never are. A product over the tile skips it (DP_AWAY), as the
+ * reference never multiplies a value it does not route to: 0 x inf would be NaN. */
+#define STREAM_AWAY -0.0f
+#define DP_AWAY(w) (VARIANT == DIPOLE_ROUTED && as_uint(w) == 0x80000000u)
+
 /* All the macros above (POLE_LOGIT, POLE_COEF, POLE_TO_V2) also take a float vector s and then
  * act per lane; POLE_TO_V2 then yields a lane mask (or a scalar, where it depends on p only)
  * that is meant for the ?: operator. */
@@ -230,17 +251,17 @@ inline int2 dp_range_in_tile(int2 range, int j0, int n)
  * per row i, which exists where live; hk is the K/V head it reads, kl the batch's key length.
  * keys: the keys any row of the tile sees (uniform, for the loops around barriers); mine: row
  * i's visible keys. */
-#define DP_GROUP_QUERY_TILE(rows)                                                              \
-    const int lid = get_local_id(0);                                                           \
-    const int row0 = get_group_id(0) * (rows);                                                 \
-    const int i = row0 + lid;                                                                  \
-    const int h = get_group_id(1);                                                             \
-    const int b = get_group_id(2);                                                             \
-    const int hk = DP_KV_HEAD(h);                                                              \
-    const int kl = DP_KEY_LENGTH(b);                                                           \
-    const bool live = i < seq_q;                                                               \
-    const int2 keys = dp_tile_visible_range(row0, min(row0 + (rows), seq_q), kl, seq_q,        \
-                                            window_left, window_right);                        \
+#define DP_GROUP_QUERY_TILE(rows)                                                                 \
+    const int lid = get_local_id(0);                                                              \
+    const int row0 = get_group_id(0) * (rows);                                                    \
+    const int i = row0 + lid;                                                                     \
+    const int h = get_group_id(1);                                                                \
+    const int b = get_group_id(2);                                                                \
+    const int hk = DP_KV_HEAD(h);                                                                 \
+    const int kl = DP_KEY_LENGTH(b);                                                              \
+    const bool live = i < seq_q;                                                                  \
+    const int2 keys = dp_tile_visible_range(row0, min(row0 + (rows), seq_q), kl, seq_q,           \
+                                            window_left, window_right);                           \
     const int2 mine = dp_visible_range(i, kl, seq_q, window_left, window_right)
 
 /* ---- Poles' online softmax: the merge of n partial (max, sum) pairs M(c), L(c) of one pole
@@ -251,17 +272,69 @@ inline int2 dp_range_in_tile(int2 range, int j0, int n)
 typedef long4 dp_layout;
 #define DP_ROW(t, b, s, h) ((t).x + (long)(b) * (t).y + (long)(s) * (t).z + (long)(h) * (t).w)
 
+/* Head-dim rows as float4 chunks: HD4 of them, the last zero-padded. */
+#define HD4 ((HEAD_DIM + 3) / 4)
+
+/* Stages rows [row0, row0 + count) of head hh of tensor t (layout lt) into local rows of
+ * `stride` float4s, times mul; rows at or past `valid` and the padding past HEAD_DIM become 0,
+ * so that a tile's dot products and value sums need no bounds. All `items` work-items of the
+ * group call it, item lid: consecutive items read consecutive chunks of a row (coalesced). */
+inline void dp_stage_rows4(__local float4 *dst, int stride, __global const dp_storage *t,
+                           dp_layout lt, int b, int row0, int count, int valid, int hh,
+                           float mul, int lid, int items)
+{
+    for (int e = lid; e < count * HD4; e += items) {
+        const int r = e / HD4, c4 = e % HD4;
+        float4 x = (float4)0.0f;
+        if (r < valid) {
+            const long at = DP_ROW(lt, b, row0 + r, hh) + 4 * c4;
+#if HEAD_DIM % 4 == 0
+            x = dp_load4(t, at);
+#else
+            if (4 * c4 + 3 < HEAD_DIM) {
+                x = dp_load4(t, at);
+            } else {
+                x.x = dp_load(t, at);
+                if (4 * c4 + 1 < HEAD_DIM)
+                    x.y = dp_load(t, at + 1);
+                if (4 * c4 + 2 < HEAD_DIM)
+                    x.z = dp_load(t, at + 2);
+            }
+#endif
+        }
+        dst[r * stride + c4] = x * mul;
+    }
+}
+
+/* Writes the first HEAD_DIM - 4 c4 (at most 4) lanes of x at element `at` of t. */
+inline void dp_store_chunk4(__global dp_storage *t, long at, int c4, float4 x)
+{
+#if HEAD_DIM % 4 == 0
+    dp_store4(t, at, x);
+#else
+    if (4 * c4 + 3 < HEAD_DIM) {
+        dp_store4(t, at, x);
+    } else {
+        dp_store(t, at, x.x);
+        if (4 * c4 + 1 < HEAD_DIM)
+            dp_store(t, at + 1, x.y);
+        if (4 * c4 + 2 < HEAD_DIM)
+            dp_store(t, at + 2, x.z);
+    }
+#endif
+}
+
 /* The local tiles of `keys` K, V (and V2) rows that dp_stage_keys fills; where the variant
  * reads no v2, v2_tile aliases v_tile. At kernel scope (local memory). */
 #if READS_V2
-#define DP_KV_TILES(keys)                                                                      \
-    __local float k_tile[(keys) * HEAD_DIM];                                                   \
-    __local float v_tile[(keys) * HEAD_DIM];                                                   \
+#define DP_KV_TILES(keys)                                                                         \
+    __local float k_tile[(keys) * HEAD_DIM];                                                      \
+    __local float v_tile[(keys) * HEAD_DIM];                                                      \
     __local float v2_tile[(keys) * HEAD_DIM]
 #else
-#define DP_KV_TILES(keys)                                                                      \
-    __local float k_tile[(keys) * HEAD_DIM];                                                   \
-    __local float v_tile[(keys) * HEAD_DIM];                                                   \
+#define DP_KV_TILES(keys)                                                                         \
+    __local float k_tile[(keys) * HEAD_DIM];                                                      \
+    __local float v_tile[(keys) * HEAD_DIM];                                                      \
     __local float *v2_tile = v_tile
 #endif
 
@@ -281,4 +354,74 @@ inline void dp_stage_keys(__local float *k_tile, __local float *v_tile, __local 
         v2_tile[e] = dp_load(v2, DP_ROW(lv2, b, j0 + jj, hk) + c);
 #endif
     }
+}
+
+/* Loops over an item's rows, keys, chunks, poles and streams are unrolled whole, so that the
+ * arrays they index stay in registers (a loop left rolled indexes them at run time, and a GPU
+ * compiler then puts them on the stack). */
+#define DP_UNROLL _Pragma("unroll")
+
+/* ---- The group layout's micro-GEMMs. A work-group's WORK_GROUP items form a WG_ROWS x
+ * WG_COLS grid, item (ty, tx); an item's a-th row of a tile is ty + WG_ROWS a and its b-th
+ * column tx + WG_COLS b. Tiles are local rows of float4 chunks (HD4 of data, zero-padded). */
+
+#ifndef WG_COLS
+#define WG_COLS 16
+#endif
+#define WG_ROWS (WORK_GROUP / WG_COLS)
+/* Float4 chunks of a head-dim row per item (a slice of O or of a gradient row). */
+#define CPI ((HD4 + WG_COLS - 1) / WG_COLS)
+
+/* out[a][b] = A row (ty + WG_ROWS a) . B row (tx + WG_COLS b), a < NA, b < NB: S = Q K^T, and
+ * the value products dO V^T. Strides in chunks. The loop over chunks stays rolled: unrolled,
+ * AMD's compiler hoists every chunk's loads and runs out of registers (256 VGPRs, occupancy 1,
+ * for dq at head dim 64, against 70 rolled). */
+#define DP_MICRO_DOTS(out, NA, A, a_stride, NB, B, b_stride)                                      \
+    do {                                                                                          \
+        DP_UNROLL for (int a_ = 0; a_ < (NA); a_++)                                               \
+            DP_UNROLL for (int b_ = 0; b_ < (NB); b_++)                                           \
+                out[a_][b_] = 0.0f;                                                               \
+        _Pragma("unroll 1") for (int c4_ = 0; c4_ < HD4; c4_++) {                                 \
+            float4 bc_[NB];                                                                       \
+            DP_UNROLL for (int b_ = 0; b_ < (NB); b_++)                                           \
+                bc_[b_] = (B)[(tx + WG_COLS * b_) * (b_stride) + c4_];                            \
+            DP_UNROLL for (int a_ = 0; a_ < (NA); a_++) {                                         \
+                const float4 ac_ = (A)[(ty + WG_ROWS * a_) * (a_stride) + c4_];                   \
+                DP_UNROLL for (int b_ = 0; b_ < (NB); b_++) {                                     \
+                    out[a_][b_] = fma(ac_.x, bc_[b_].x, out[a_][b_]);                             \
+                    out[a_][b_] = fma(ac_.y, bc_[b_].y, out[a_][b_]);                             \
+                    out[a_][b_] = fma(ac_.z, bc_[b_].z, out[a_][b_]);                             \
+                    out[a_][b_] = fma(ac_.w, bc_[b_].w, out[a_][b_]);                             \
+                }                                                                                 \
+            }                                                                                     \
+        }                                                                                         \
+    } while (0)
+
+/* acc[a][ci] += sum over k < n of W[row ty + WG_ROWS a][k] B[k][chunk tx + WG_COLS ci]: O += P V,
+ * dQ += dS K, dV += P^T dO, dK += dS^T Q. W rows are w_stride floats, B rows b_stride chunks;
+ * a chunk past HD4 reads the last one (its lanes are never stored). Terms where SKIP(a, k, w)
+ * are left out rather than multiplied by a zero weight, which an inf would turn to NaN. */
+#define DP_MICRO_ACC(acc, NA, NC, W, w_stride, n, B, b_stride, SKIP)                              \
+    do {                                                                                          \
+        for (int k_ = 0; k_ < (n); k_++) {                                                        \
+            float4 bc_[NC];                                                                       \
+            DP_UNROLL for (int c_ = 0; c_ < (NC); c_++)                                           \
+                bc_[c_] = (B)[k_ * (b_stride) + min(tx + WG_COLS * c_, HD4 - 1)];                 \
+            DP_UNROLL for (int a_ = 0; a_ < (NA); a_++) {                                         \
+                const float w_ = (W)[(ty + WG_ROWS * a_) * (w_stride) + k_];                      \
+                if (SKIP(a_, k_, w_))                                                             \
+                    continue;                                                                     \
+                DP_UNROLL for (int c_ = 0; c_ < (NC); c_++)                                       \
+                    acc[a_][c_] = fma((float4)w_, bc_[c_], acc[a_][c_]);                          \
+            }                                                                                     \
+        }                                                                                         \
+    } while (0)
+
+/* Sums the `cols` per-item parts of row r (red: rows of cols floats) in a fixed order. */
+inline float dp_row_sum(__local const float *red, int r, int cols)
+{
+    float sum = 0.0f;
+    for (int x = 0; x < cols; x++)
+        sum += red[r * cols + x];
+    return sum;
 }

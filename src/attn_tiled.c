@@ -4,106 +4,18 @@
 #include <string.h>
 
 #include "launch.h"
+#include "tiles.h"
 
 #define DP_TILED_MAX_HEAD_DIM 256
 #define DP_CPU_MAX_PRIVATE (1u << 20)
-
-/* How the tiled forward is laid out on a device class. */
-typedef enum dp_tile_layout {
-    DP_LAYOUT_GROUP, /* cl/dipole_fwd.cl: a work-item per row, K/V tiles in local memory */
-    DP_LAYOUT_CPU,   /* cl/dipole_fwd_cpu.cl: a GEMM micro-kernel per work-item */
-} dp_tile_layout;
-
-typedef struct dp_tile_config {
-    dp_tile_layout layout;
-    int block_m;      /* rows per work-group (group) or per work-item (cpu: 16 or 32) */
-    int block_n;      /* keys per tile */
-    int splitk_max_q; /* cpu: seq_q up to which keys are split across work-items (0: never) */
-    int splitk_chunk; /* cpu: keys per split-K work-item */
-} dp_tile_config;
-
-/* Tile configurations by device class, most specific first: device type and vendor, then the
- * type's default, then the default for anything. Measured on PoCL (AVX-512, 2 cores): 8 groups
- * of 32 rows (two float16 vectors) per work-item sharing 64-key tiles beat 1 group by ~1.6x
- * and 4 groups by ~5-10% (each tile's trip from L3 pays for 8x the arithmetic); split-K
- * decode with 512-key chunks. */
-static const struct {
-    cl_device_type type; /* 0: any */
-    const char *vendor;  /* substring of CL_DEVICE_VENDOR, NULL: any */
-    const char *label;
-    dp_tile_config cfg;
-} tile_table[] = {
-    {CL_DEVICE_TYPE_GPU, "NVIDIA", "GPU/NVIDIA", {DP_LAYOUT_GROUP, 64, 32, 0, 0}},
-    {CL_DEVICE_TYPE_GPU, NULL, "GPU", {DP_LAYOUT_GROUP, 64, 32, 0, 0}},
-    {CL_DEVICE_TYPE_CPU, NULL, "CPU", {DP_LAYOUT_CPU, 256, 64, 4, 512}},
-    {0, NULL, "default", {DP_LAYOUT_GROUP, 16, 64, 0, 0}},
-};
-
-/* Applies "layout=cpu|group,block_m=N,block_n=N,splitk_q=N,splitk_chunk=N" to cfg. Returns
- * false, with the offending item in why, at the first unknown key or bad value (cfg is then
- * partly changed: callers parse into a copy). */
-static bool parse_tile_config(const char *text, dp_tile_config *cfg, char *why, size_t cap)
-{
-    char buf[256];
-    if (snprintf(buf, sizeof buf, "%s", text) >= (int)sizeof buf) {
-        snprintf(why, cap, "longer than %zu characters", sizeof buf - 1);
-        return false;
-    }
-    char *save = NULL;
-    for (char *item = strtok_r(buf, ",", &save); item; item = strtok_r(NULL, ",", &save)) {
-        char *eq = strchr(item, '=');
-        if (!eq) {
-            snprintf(why, cap, "\"%s\" has no '='", item);
-            return false;
-        }
-        *eq = '\0';
-        const char *key = item, *val = eq + 1;
-        if (!strcmp(key, "layout")) {
-            if (strcmp(val, "cpu") != 0 && strcmp(val, "group") != 0) {
-                snprintf(why, cap, "layout must be cpu or group, not \"%s\"", val);
-                return false;
-            }
-            cfg->layout = !strcmp(val, "cpu") ? DP_LAYOUT_CPU : DP_LAYOUT_GROUP;
-            continue;
-        }
-        char *end;
-        const long n = strtol(val, &end, 10);
-        int *field = !strcmp(key, "block_m")        ? &cfg->block_m
-                     : !strcmp(key, "block_n")      ? &cfg->block_n
-                     : !strcmp(key, "splitk_q")     ? &cfg->splitk_max_q
-                     : !strcmp(key, "splitk_chunk") ? &cfg->splitk_chunk
-                                                    : NULL;
-        if (!field || end == val || *end != '\0' || n < 0 || n > 4096 ||
-            (n == 0 && field != &cfg->splitk_max_q)) {
-            snprintf(why, cap, "bad item %s=%s", key, val);
-            return false;
-        }
-        *field = (int)n;
-    }
-    return true;
-}
-
-dipole_status dp_tile_config_check(const char *text, char *why, size_t cap)
-{
-    dp_tile_config scratch = tile_table[0].cfg;
-    return parse_tile_config(text, &scratch, why, cap) ? DIPOLE_SUCCESS : DIPOLE_ERR_INVALID_ARG;
-}
 
 /* The device class's configuration, then whichever override applies, strongest first: the
  * environment, the context's own (dipole_ctx_set_tile_config), the tuned one saved in the
  * cache directory (dipole-bench --tune). An override that does not parse is logged and
  * skipped. Returns the configuration's label; *source says which of them it is. */
-static const char *tile_config_for(dipole_ctx *ctx, dp_tile_config *cfg,
-                                   dipole_config_source *source)
+const char *dp_tile_config_for(dipole_ctx *ctx, dp_tile_config *cfg, dipole_config_source *source)
 {
-    const dp_device_props *dev = &ctx->props;
-    size_t i = 0;
-    const size_t n = sizeof tile_table / sizeof tile_table[0];
-    for (; i + 1 < n; i++)
-        if ((!tile_table[i].type || (dev->type & tile_table[i].type)) &&
-            (!tile_table[i].vendor || strstr(dev->vendor, tile_table[i].vendor)))
-            break;
-    *cfg = tile_table[i].cfg;
+    const char *label = dp_tile_table_entry(&ctx->props, cfg);
     const char *env = ctx->settings.tile_config;
     const struct {
         const char *text;
@@ -119,7 +31,7 @@ static const char *tile_config_for(dipole_ctx *ctx, dp_tile_config *cfg,
             continue;
         dp_tile_config c = *cfg;
         char why[160];
-        if (parse_tile_config(overrides[o].text, &c, why, sizeof why)) {
+        if (dp_tile_config_parse(overrides[o].text, &c, why, sizeof why)) {
             *cfg = c;
             *source = overrides[o].source;
             return overrides[o].label;
@@ -127,14 +39,14 @@ static const char *tile_config_for(dipole_ctx *ctx, dp_tile_config *cfg,
         dp_log(ctx, "%s \"%s\" ignored: %s", overrides[o].label, overrides[o].text, why);
     }
     *source = DIPOLE_CONFIG_TABLE;
-    return tile_table[i].label;
+    return label;
 }
 
 bool dp_tiled_cpu_layout(dipole_ctx *ctx)
 {
     dp_tile_config tc;
     dipole_config_source source;
-    tile_config_for(ctx, &tc, &source);
+    dp_tile_config_for(ctx, &tc, &source);
     return tc.layout == DP_LAYOUT_CPU;
 }
 
@@ -178,12 +90,6 @@ static dp_kernel_config cpu_config(const void *user, int block_m)
 {
     const fit_user *u = user;
     return dp_kernel_config_for(u->p, DP_KERNEL_FWD_CPU, block_m, u->block_n, 1);
-}
-
-static dp_kernel_config group_config(const void *user, int block_m)
-{
-    const fit_user *u = user;
-    return dp_kernel_config_for(u->p, DP_KERNEL_FWD_TILED, block_m, u->block_n, block_m);
 }
 
 /* Private arrays live on a worker thread's stack: stay well inside it. */
@@ -266,45 +172,42 @@ dipole_status dp_tiled_plan(dipole_ctx *ctx, const dp_problem *p, dp_fwd_plan *p
         return reject(plan, "tiled: head_dim %d exceeds the tiled kernel's maximum %d", d,
                       DP_TILED_MAX_HEAD_DIM);
     dp_tile_config tc;
-    const char *source = tile_config_for(ctx, &tc, &pub->config_source);
+    const char *source = dp_tile_config_for(ctx, &tc, &pub->config_source);
     snprintf(pub->config_label, sizeof pub->config_label, "%s", source);
     if (tc.layout == DP_LAYOUT_CPU)
         return plan_cpu(ctx, p, &tc, source, plan);
 
-    int block_m = tc.block_m;
-    int block_n = tc.block_n;
-    while (block_m > 1 && (size_t)block_m > dev->max_work_group)
-        block_m /= 2;
-    /* K, V (and V2) tiles must fit in local memory, with room left for a second group. */
-    const size_t tiles = p->reads_v2 ? 3 : 2;
-    const size_t budget = dev->local_mem_is_global ? dev->local_mem : dev->local_mem / 2;
-    while (block_n > 1 && (size_t)block_n * (size_t)d * sizeof(float) * tiles > budget)
-        block_n /= 2;
-    if ((size_t)block_n * (size_t)d * sizeof(float) * tiles > dev->local_mem)
-        return reject(plan, "tiled: one key row of head_dim %d needs more local memory than "
-                            "the device's %d KiB",
-                      d, (int)(dev->local_mem >> 10));
-
-    /* The compiled kernel may allow fewer work-items than the device (registers, spills). */
+    char why[160];
+    dp_kernel_config cfg;
+    if (!dp_group_fwd_config(&tc, p, dev, &cfg, why, sizeof why)) {
+        snprintf(pub->reason, sizeof pub->reason, "tiled: %s", why);
+        return DIPOLE_ERR_UNSUPPORTED;
+    }
+    /* The compiled kernel may allow fewer work-items than its grid (registers, spills). */
     static const char *const name[1] = {"dipole_fwd"};
-    const fit_user u = {p, block_n};
-    const dp_fit_search search = {name, 1, group_config, NULL, NULL, 1, &u};
     dp_kernel_fit fit;
-    const dipole_status st = dp_fit_search_run(ctx, &search, &block_m, &plan->kernel, &fit);
-    if (st == DIPOLE_ERR_UNSUPPORTED)
-        return reject(plan, "tiled: the compiled kernel allows %d work-items (head_dim %d)",
-                      (int)fit.work_group, d);
+    const dipole_status st = dp_kernel_fit_query(ctx, &cfg, name, 1, &fit);
     if (st != DIPOLE_SUCCESS)
         return st;
+    if (fit.work_group < (size_t)cfg.work_group)
+        return reject(plan, "tiled: the compiled kernel allows %d work-items, its grid needs %d",
+                      (int)fit.work_group, cfg.work_group);
+    if (fit.local_mem > dev->local_mem)
+        return reject(plan, "tiled: the compiled kernel needs %d KiB of local memory, the "
+                            "device has %d KiB",
+                      (int)(fit.local_mem >> 10), (int)(dev->local_mem >> 10));
+    plan->kernel = cfg;
     pub->path = DIPOLE_PATH_TILED;
     pub->layout = DIPOLE_LAYOUT_GROUP;
-    pub->block_m = block_m;
-    pub->block_n = block_n;
-    pub->work_group = block_m;
+    pub->block_m = cfg.block_m;
+    pub->block_n = cfg.block_n;
+    pub->work_group = cfg.work_group;
     pub->workspace_bytes = 0;
     snprintf(pub->reason, sizeof pub->reason,
-             "tiled (%s): head_dim %d fits; %d rows x %d keys per tile, %d work-items per group",
-             source, d, block_m, block_n, block_m);
+             "tiled (%s): head_dim %d fits; %d rows x %d keys per tile, %d x %d work-items of "
+             "%d rows",
+             source, d, cfg.block_m, cfg.block_n, cfg.work_group / cfg.wg_cols, cfg.wg_cols,
+             cfg.block_m / (cfg.work_group / cfg.wg_cols));
     return DIPOLE_SUCCESS;
 }
 
@@ -394,8 +297,9 @@ dipole_status dp_tiled_run(dipole_ctx *ctx, const dp_problem *p, const dp_fwd_pl
     dp_arg_scores(&l, p);
 
     const size_t bm = (size_t)plan->pub.block_m, blocks = ((size_t)p->d.seq_q + bm - 1) / bm;
-    const size_t global[3] = {cpu ? blocks : blocks * bm, (size_t)p->d.heads_q,
+    const size_t global[3] = {cpu ? blocks : blocks * (size_t)plan->pub.work_group,
+                              (size_t)p->d.heads_q,
                               (size_t)p->d.batch};
-    const size_t local[3] = {cpu ? 1 : bm, 1, 1};
+    const size_t local[3] = {cpu ? 1 : (size_t)plan->pub.work_group, 1, 1};
     return dp_launch(ctx, &l, 3, global, local, event);
 }

@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "backward.h"
+#include "tiles.h"
 
 /* The CPU kernels: query rows per dq work-item and keys per dkdv work-item, each in groups of
  * 32 lanes that share every packed tile of the other side (4 groups made the whole backward
@@ -14,73 +15,36 @@
 #define DP_BWD_CPU_ROWS 128
 #define DP_BWD_CPU_KEYS 128
 
-static dipole_status kernel_wg(dipole_ctx *ctx, const dp_kernel_config *cfg, const char *name,
-                               size_t *wg)
+/* Group layout: tile sizes that fit the device's local memory and work-group (tiles.c), then
+ * the compiled kernels' own limits (registers, spills). block_m: query rows per tile, block_n:
+ * keys per tile; one grid of work-items for pre, dkdv and dq. */
+static dipole_status plan_group(dipole_ctx *ctx, const dp_problem *p, dp_kernel_config *cfg)
 {
+    dp_tile_config tc;
+    dipole_config_source source;
+    dp_tile_config_for(ctx, &tc, &source);
+    if (ctx->settings.bwd_block_m)
+        tc.bwd_block_m = ctx->settings.bwd_block_m;
+    if (ctx->settings.bwd_block_n)
+        tc.bwd_block_n = ctx->settings.bwd_block_n;
+    char why[200];
+    if (!dp_group_bwd_config(&tc, p, &ctx->props, cfg, why, sizeof why))
+        return dp_fail(ctx, DIPOLE_ERR_UNSUPPORTED, "%s", why);
+    static const char *const names[] = {"dipole_bwd_pre", "dipole_bwd_dkdv", "dipole_bwd_dq"};
     dp_kernel_fit fit;
-    const dipole_status st = dp_kernel_fit_query(ctx, cfg, &name, 1, &fit);
-    *wg = fit.work_group;
-    return st;
-}
-
-/* Group layout: tile sizes that fit the device's local memory and the compiled kernels'
- * work-group limits. block_m: query rows per tile (work-items of the row kernels), block_n:
- * keys per tile (work-items of dkdv). */
-static dipole_status plan_group(dipole_ctx *ctx, const dp_problem *p, int *bm, int *bn)
-{
-    const dp_device_props *dev = &ctx->props;
-    const size_t d = (size_t)p->d.head_dim;
-    const bool gpu = (dev->type & CL_DEVICE_TYPE_GPU) != 0;
-    int block_m = ctx->settings.bwd_block_m ? ctx->settings.bwd_block_m : gpu ? 64 : 32;
-    int block_n = ctx->settings.bwd_block_n ? ctx->settings.bwd_block_n : gpu ? 64 : 32;
-    while (block_m > 1 && (size_t)block_m > dev->max_work_group)
-        block_m /= 2;
-    while (block_n > 1 && (size_t)block_n > dev->max_work_group)
-        block_n /= 2;
-    const size_t budget = dev->local_mem_is_global ? dev->local_mem : dev->local_mem / 2;
-    /* dkdv stages q and dO rows plus per-row statistics; dq and pre stage K, V (and V2). */
-    const size_t row_bytes = (2 * d + 4 * (size_t)p->npoles + 2) * sizeof(float);
-    const size_t key_bytes = (p->reads_v2 ? 3 : 2) * d * sizeof(float);
-    while (block_m > 1 && (size_t)block_m * row_bytes > budget)
-        block_m /= 2;
-    while (block_n > 1 && (size_t)block_n * key_bytes > budget)
-        block_n /= 2;
-    if ((size_t)block_m * row_bytes > dev->local_mem || (size_t)block_n * key_bytes > dev->local_mem)
+    const dipole_status st = dp_kernel_fit_query(ctx, cfg, names, 3, &fit);
+    if (st != DIPOLE_SUCCESS)
+        return st;
+    if (fit.work_group < (size_t)cfg->work_group)
         return dp_fail(ctx, DIPOLE_ERR_UNSUPPORTED,
-                       "backward: one row of head_dim %d needs more local memory than the "
-                       "device's %d KiB",
-                       p->d.head_dim, (int)(dev->local_mem >> 10));
-    /* The compiled kernels may allow fewer work-items than the device (registers, spills). */
-    static const char *const row_kernels[] = {"dipole_bwd_pre", "dipole_bwd_dq",
-                                              "dipole_bwd_dweights"};
-    for (;;) {
-        dp_kernel_config cfg = dp_kernel_config_for(p, DP_KERNEL_BWD, block_m, block_n, block_m);
-        /* dweights runs on block_m work-items too, from the util program */
-        const dp_kernel_config sums = dp_util_config(p, block_m);
-        size_t wg_rows = SIZE_MAX, wg;
-        dipole_status st;
-        for (size_t i = 0; i < sizeof row_kernels / sizeof row_kernels[0]; i++) {
-            if ((st = kernel_wg(ctx, i == 2 ? &sums : &cfg, row_kernels[i], &wg)))
-                return st;
-            wg_rows = wg < wg_rows ? wg : wg_rows;
-        }
-        size_t wg_keys;
-        if ((st = kernel_wg(ctx, &cfg, "dipole_bwd_dkdv", &wg_keys)))
-            return st;
-        const bool rows_ok = (size_t)block_m <= wg_rows, keys_ok = (size_t)block_n <= wg_keys;
-        if (rows_ok && keys_ok)
-            break;
-        if ((!rows_ok && block_m == 1) || (!keys_ok && block_n == 1))
-            return dp_fail(ctx, DIPOLE_ERR_UNSUPPORTED,
-                           "backward: the compiled kernels allow %zu / %zu work-items (head_dim %d)",
-                           wg_rows, wg_keys, p->d.head_dim);
-        if (!rows_ok)
-            block_m /= 2;
-        if (!keys_ok)
-            block_n /= 2;
-    }
-    *bm = block_m;
-    *bn = block_n;
+                       "backward: the compiled kernels allow %zu work-items, their grid needs %d "
+                       "(head_dim %d)",
+                       fit.work_group, cfg->work_group, p->d.head_dim);
+    if (fit.local_mem > ctx->props.local_mem)
+        return dp_fail(ctx, DIPOLE_ERR_UNSUPPORTED,
+                       "backward: the compiled kernels need %llu KiB of local memory, the device "
+                       "has %d KiB",
+                       (unsigned long long)(fit.local_mem >> 10), (int)(ctx->props.local_mem >> 10));
     return DIPOLE_SUCCESS;
 }
 
@@ -126,11 +90,14 @@ dipole_status dp_bwd_tiled_plan(dipole_ctx *ctx, const dp_problem *p, dp_bwd_pla
         dp_clear_error(ctx);
         t->cpu = false;
     }
-    if (!t->cpu && (st = plan_group(ctx, p, &t->block_m, &t->block_n)) != DIPOLE_SUCCESS)
-        return st;
-    plan->kernels = t->cpu ? dp_kernel_config_for(p, DP_KERNEL_BWD_CPU, t->block_m, t->block_n, 1)
-                           : dp_kernel_config_for(p, DP_KERNEL_BWD, t->block_m, t->block_n,
-                                                  t->block_m);
+    if (t->cpu) {
+        plan->kernels = dp_kernel_config_for(p, DP_KERNEL_BWD_CPU, t->block_m, t->block_n, 1);
+    } else {
+        if ((st = plan_group(ctx, p, &plan->kernels)) != DIPOLE_SUCCESS)
+            return st;
+        t->block_m = plan->kernels.block_m;
+        t->block_n = plan->kernels.block_n;
+    }
     /* dweights (the util program) runs on the group layout's block_m work-items, on the CPU
      * layout on the GEMM path's work-group (it only sums per-row terms). */
     plan->dweights = dp_util_config(p, t->cpu ? DP_DWEIGHTS_WG : plan->kernels.block_m);
@@ -139,7 +106,7 @@ dipole_status dp_bwd_tiled_plan(dipole_ctx *ctx, const dp_problem *p, dp_bwd_pla
     pub->layout = t->cpu ? DIPOLE_LAYOUT_CPU : DIPOLE_LAYOUT_GROUP;
     pub->block_m = t->block_m;
     pub->block_n = t->block_n;
-    pub->work_group = t->cpu ? 1 : t->block_m;
+    pub->work_group = t->cpu ? 1 : plan->kernels.work_group;
     snprintf(pub->reason, sizeof pub->reason, "backward tiled/%s: head_dim %d fits; %d x %d tiles",
              t->cpu ? "cpu" : "group", p->d.head_dim, t->block_m, t->block_n);
     return DIPOLE_SUCCESS;
@@ -278,9 +245,13 @@ dipole_status dp_bwd_tiled_run(dipole_ctx *ctx, const dp_problem *p, const dp_bw
         plan[n++] = (bwd_launch){K_DKDV_CPU, main, {round_up((size_t)d->seq_k, bn) / bn, hkv, b},
                                  {1, 1, 1}};
     } else {
-        plan[n++] = (bwd_launch){K_PRE, main, {round_up((size_t)d->seq_q, bm), hq, b}, {bm, 1, 1}};
-        plan[n++] = (bwd_launch){K_DKDV, main, {round_up((size_t)d->seq_k, bn), hkv, b}, {bn, 1, 1}};
-        plan[n++] = (bwd_launch){K_DQ, main, {round_up((size_t)d->seq_q, bm), hq, b}, {bm, 1, 1}};
+        /* a grid of work-items per query tile (pre, dq) or key block (dkdv) */
+        const size_t wg = (size_t)main.work_group;
+        const size_t q_tiles = round_up((size_t)d->seq_q, bm) / bm;
+        const size_t k_blocks = round_up((size_t)d->seq_k, bn) / bn;
+        plan[n++] = (bwd_launch){K_PRE, main, {q_tiles * wg, hq, b}, {wg, 1, 1}};
+        plan[n++] = (bwd_launch){K_DKDV, main, {k_blocks * wg, hkv, b}, {wg, 1, 1}};
+        plan[n++] = (bwd_launch){K_DQ, main, {q_tiles * wg, hq, b}, {wg, 1, 1}};
     }
     for (int i = 0; i < n && st == DIPOLE_SUCCESS; i++)
         st = launch(ctx, p, a, &s, &plan[i], i == n - 1 && !want_dw ? event : NULL);

@@ -56,6 +56,7 @@ typedef struct dp_kernel_config {
     int block_m;    /* query rows per work-group (or per work-item on the CPU layout) */
     int block_n;    /* keys per tile */
     int work_group; /* work-items per work-group */
+    int wg_cols;    /* group layout: work-items that share a row (0: the kernel has no grid) */
 } dp_kernel_config;
 
 typedef struct dp_program_entry dp_program_entry;

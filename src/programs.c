@@ -74,12 +74,16 @@ void dp_build_options(const dipole_ctx *ctx, const dp_kernel_config *cfg, char *
     }
     if (cfg->kind == DP_KERNEL_UTIL) /* no head dim, variant, mask or tiles: one program */
         snprintf(buf, cap, "-cl-std=CL1.2 -DBLOCK_M=%d%s", cfg->block_m, quirks);
-    else
+    else {
+        char grid[32] = "";
+        if (cfg->wg_cols > 0)
+            snprintf(grid, sizeof grid, " -DWG_COLS=%d", cfg->wg_cols);
         snprintf(buf, cap,
              "-cl-std=CL1.2 -DVARIANT=%d -DHEAD_DIM=%d -DIS_CAUSAL=%d -DHAS_WINDOW=%d "
-             "-DBLOCK_M=%d -DBLOCK_N=%d -DWORK_GROUP=%d%s",
+             "-DBLOCK_M=%d -DBLOCK_N=%d -DWORK_GROUP=%d%s%s",
              (int)cfg->variant, cfg->head_dim, cfg->causal ? 1 : 0, cfg->has_window ? 1 : 0,
-             cfg->block_m, cfg->block_n, cfg->work_group, quirks);
+             cfg->block_m, cfg->block_n, cfg->work_group, grid, quirks);
+    }
 }
 
 static char *read_file(const char *path, size_t *len)

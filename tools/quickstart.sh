@@ -17,8 +17,11 @@ esac
 packages=(build-essential meson ninja-build pkg-config python3 ocl-icd-opencl-dev opencl-headers
     pocl-opencl-icd libclblast-dev check libjansson-dev clinfo)
 # The checkers that `test` runs after the suites: sanitizers and libFuzzer (clang), memcheck,
-# and the OpenCL simulator for the kernels.
-[ "$mode" = test ] && packages+=(clang-14 libclang-rt-14-dev valgrind oclgrind)
+# the OpenCL simulator for the kernels, and the GPU compilers of the static GPU check
+# (clang-15 with libclc for NVIDIA and AMD; ptxas comes with the CUDA toolkit where there is
+# one, and Intel's compiler is unpacked by the check itself).
+[ "$mode" = test ] && packages+=(clang-14 libclang-rt-14-dev valgrind oclgrind clang-15 llvm-15
+    libclc-15)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -56,7 +59,8 @@ step() {
 step "suites" meson test -C build --print-errorlogs
 # AddressSanitizer + UBSan (clang build) over every suite but the large one (minutes of device
 # GEMMs whose host side the gemm suite's chunking cases cover) and the install check (it links
-# a plain program against the library), then the fuzz harness for a bounded time. The caches the first run filled spare the slow checkers most kernel builds.
+# a plain program against the library) and the static GPU check (it runs no library code),
+# then the fuzz harness for a bounded time. The caches the first run filled spare the slow checkers most kernel builds.
 if [ -d build-asan ]; then
     meson setup --reconfigure build-asan >/dev/null
 else
@@ -88,7 +92,7 @@ PY
 }
 asan_suites() {
     meson test -C build-asan --setup=sanitize --print-errorlogs --no-suite fuzz --no-suite large \
-        --no-suite install && return 0
+        --no-suite install --no-suite gpu-isa && return 0
     local again
     again=$(lsan_crashed_only) && [ -n "$again" ] || return 1
     echo "LeakSanitizer's tracer crashed in: $again; running them once more" >&2

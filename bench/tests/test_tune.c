@@ -68,20 +68,24 @@ START_TEST(gpu_candidates)
     char c[BENCH_TUNE_MAX][BENCH_TUNE_LEN];
     int n = bench_tune_candidates(false, 1024, "layout=group,block_m=64,block_n=32", c,
                                   BENCH_TUNE_MAX);
-    ck_assert_int_eq(n, 12);
-    ck_assert_int_eq(count_with(c, n, "layout=group,"), 12);
-    ck_assert_int_eq(count_with(c, n, "block_m=256,"), 3);
-    ck_assert_int_eq(count_with(c, n, "block_n=16"), 4);
-    ck_assert_str_eq(c[0], "layout=group,block_m=32,block_n=16");
-    /* Work-groups beyond the device's limit are left out. */
-    n = bench_tune_candidates(false, 64, "", c, BENCH_TUNE_MAX);
+    /* 3 query tiles x 2 key tiles x 2 rows per item, then the current one */
+    ck_assert_int_eq(n, 13);
+    ck_assert_int_eq(count_with(c, n, "layout=group,"), 13);
+    ck_assert_int_eq(count_with(c, n, "block_m=128,"), 4);
+    ck_assert_int_eq(count_with(c, n, "rpi=2"), 6);
+    ck_assert_str_eq(c[0], "layout=group,block_m=32,block_n=32,wg_cols=16,rpi=2");
+    ck_assert_str_eq(c[12], "layout=group,block_m=64,block_n=32");
+    /* Work-groups beyond the device's limit are left out: 256 work-items take 32 rows in
+     * 2-row items or up to 64 in 4-row items. */
+    n = bench_tune_candidates(false, 256, "", c, BENCH_TUNE_MAX);
     ck_assert_int_eq(n, 6);
-    ck_assert_int_eq(count_with(c, n, "block_m=128"), 0);
-    ck_assert_int_eq(count_with(c, n, "block_m=64,"), 3);
-    /* Below 32 work-items: the largest power of two that fits. */
-    n = bench_tune_candidates(false, 24, "", c, BENCH_TUNE_MAX);
-    ck_assert_int_eq(n, 3);
-    ck_assert_int_eq(count_with(c, n, "layout=group,block_m=16,"), 3);
+    ck_assert_int_eq(count_with(c, n, "block_m=128,"), 0);
+    ck_assert_int_eq(count_with(c, n, "block_m=64,block_n=32,wg_cols=16,rpi=2"), 0);
+    ck_assert_int_eq(count_with(c, n, "block_m=64,block_n=32,wg_cols=16,rpi=4"), 1);
+    /* Below every grid: the narrowest that fits. */
+    n = bench_tune_candidates(false, 8, "", c, BENCH_TUNE_MAX);
+    ck_assert_int_eq(n, 1);
+    ck_assert_str_eq(c[0], "layout=group,block_m=4,block_n=8,wg_cols=8,rpi=4");
 }
 END_TEST
 

@@ -1,0 +1,80 @@
+/* Prints the group-layout kernel builds that each GPU class would compile — the tile table's
+ * entry for the class, fitted to the class's limits by the library's own planner functions
+ * (tiles.c) and turned into options by dp_build_options — as lines CLASS|FILE|OPTIONS for
+ * tests/gpu_isa.sh. Each variant, head dims 32, 64, 128, 256, causal. Links the library's
+ * objects: these functions are not exported. */
+#include <stdio.h>
+#include <string.h>
+
+#include "tiles.h"
+
+typedef struct gpu_class {
+    const char *name;
+    const char *vendor, *platform;
+    cl_ulong local_mem;
+    size_t max_work_group;
+} gpu_class;
+
+/* What the drivers report: 48 KiB of local memory per work-group on NVIDIA's OpenCL, 64 KiB on
+ * AMD's (ROCm) and Intel's (DG2, compute-runtime); 1024 work-items. */
+static const gpu_class classes[] = {
+    {"nvidia", "NVIDIA Corporation", "NVIDIA CUDA", 48 << 10, 1024},
+    {"amd", "Advanced Micro Devices, Inc.", "AMD Accelerated Parallel Processing", 64 << 10, 1024},
+    {"intel", "Intel(R) Corporation", "Intel(R) OpenCL Graphics", 64 << 10, 1024},
+};
+
+static dipole_ctx ctx; /* dp_build_options reads the device's vendor and platform only */
+
+static int print_build(const char *cls, const dp_kernel_config *cfg)
+{
+    char opts[512];
+    dp_build_options(&ctx, cfg, opts, sizeof opts);
+    printf("%s|%s|%s\n", cls, dp_kernel_file(cfg->kind), opts);
+    return 0;
+}
+
+int main(void)
+{
+    static const int head_dims[] = {32, 64, 128, 256};
+    int failed = 0;
+    for (size_t c = 0; c < sizeof classes / sizeof classes[0]; c++) {
+        memset(&ctx, 0, sizeof ctx);
+        dp_device_props *dev = &ctx.props;
+        dev->type = CL_DEVICE_TYPE_GPU;
+        snprintf(dev->vendor, sizeof dev->vendor, "%s", classes[c].vendor);
+        snprintf(dev->platform_name, sizeof dev->platform_name, "%s", classes[c].platform);
+        dev->local_mem = classes[c].local_mem;
+        dev->max_work_group = classes[c].max_work_group;
+        dp_tile_config tc;
+        dp_tile_table_entry(dev, &tc);
+        for (int v = 0; v <= DIPOLE_TWO_POLE; v++)
+            for (size_t i = 0; i < sizeof head_dims / sizeof head_dims[0]; i++) {
+                dipole_attn_desc d;
+                dipole_attn_desc_default(&d);
+                d.variant = (dipole_variant)v;
+                d.head_dim = head_dims[i];
+                d.causal = 1;
+                d.batch = d.heads_q = d.heads_kv = 1;
+                d.seq_q = d.seq_k = 4096;
+                dp_problem p;
+                if (dp_problem_init(NULL, &d, &p) != DIPOLE_SUCCESS) {
+                    fprintf(stderr, "kernel-options: bad problem (variant %d, d %d)\n", v,
+                            head_dims[i]);
+                    return 1;
+                }
+                char why[200];
+                dp_kernel_config cfg;
+                if (dp_group_fwd_config(&tc, &p, dev, &cfg, why, sizeof why))
+                    print_build(classes[c].name, &cfg);
+                else
+                    fprintf(stderr, "%s: forward, variant %d, d %d: %s\n", classes[c].name, v,
+                            head_dims[i], why), failed = 1;
+                if (dp_group_bwd_config(&tc, &p, dev, &cfg, why, sizeof why))
+                    print_build(classes[c].name, &cfg);
+                else
+                    fprintf(stderr, "%s: backward, variant %d, d %d: %s\n", classes[c].name, v,
+                            head_dims[i], why), failed = 1;
+            }
+    }
+    return failed;
+}

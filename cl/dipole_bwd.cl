@@ -88,19 +88,6 @@
         }                                                                                      \
     } while (0)
 
-/* The group's query tile: rows [row0, row0 + rows) of head h in batch b, the keys any of them
- * sees, and (first, last) the visible ranges of its first and last rows. */
-#define DP_QUERY_TILE()                                                                        \
-    const int lid = get_local_id(0), ty = lid / WG_COLS, tx = lid % WG_COLS;                   \
-    const int row0 = get_group_id(0) * BLOCK_M;                                                \
-    const int h = get_group_id(1), b = get_group_id(2);                                        \
-    const int hk = DP_KV_HEAD(h), kl = DP_KEY_LENGTH(b);                                       \
-    const int rows = min(BLOCK_M, seq_q - row0);                                               \
-    const int2 keys = dp_tile_visible_range(row0, row0 + rows, kl, seq_q, window_left,         \
-                                            window_right);                                     \
-    const int2 first = dp_visible_range(row0, kl, seq_q, window_left, window_right);           \
-    const int2 last = dp_visible_range(row0 + rows - 1, kl, seq_q, window_left, window_right)
-
 /* delta_p = w_p dO . O_p per row (and rowdot_p = dO . O_p for the pole-weight gradients). With
  * one pole O_p is the forward output; TWO_POLE recomputes dO . O+ and dO . O- from q, k, v, v2
  * and lse as sum_j P_j (dO . u_j). */

@@ -246,23 +246,20 @@ inline int2 dp_range_in_tile(int2 range, int j0, int n)
 #define DP_KV_HEAD(h) ((h) / (heads_q / heads_kv))
 #define DP_KEY_LENGTH(b) (key_lengths ? key_lengths[b] : seq_k)
 
-/* The group layout's query tile, for a kernel with the forward's arguments: the work-group
- * (tile, h, b) owns `rows` query rows from row0 of query head h in batch b, one work-item (lid)
- * per row i, which exists where live; hk is the K/V head it reads, kl the batch's key length.
- * keys: the keys any row of the tile sees (uniform, for the loops around barriers); mine: row
- * i's visible keys. */
-#define DP_GROUP_QUERY_TILE(rows)                                                                 \
-    const int lid = get_local_id(0);                                                              \
-    const int row0 = get_group_id(0) * (rows);                                                    \
-    const int i = row0 + lid;                                                                     \
-    const int h = get_group_id(1);                                                                \
-    const int b = get_group_id(2);                                                                \
-    const int hk = DP_KV_HEAD(h);                                                                 \
-    const int kl = DP_KEY_LENGTH(b);                                                              \
-    const bool live = i < seq_q;                                                                  \
-    const int2 keys = dp_tile_visible_range(row0, min(row0 + (rows), seq_q), kl, seq_q,           \
-                                            window_left, window_right);                           \
-    const int2 mine = dp_visible_range(i, kl, seq_q, window_left, window_right)
+/* The group layout's query tile, for a kernel with the forward's arguments: work-group
+ * (tile, h, b) owns rows [row0, row0 + rows) of query head h in batch b; item lid sits at
+ * (ty, tx) of the grid; hk is the K/V head it reads, kl the batch's key length, keys the keys
+ * any of its rows sees, and first, last the visible ranges of its first and last rows. */
+#define DP_QUERY_TILE()                                                                        \
+    const int lid = get_local_id(0), ty = lid / WG_COLS, tx = lid % WG_COLS;                   \
+    const int row0 = get_group_id(0) * BLOCK_M;                                                \
+    const int h = get_group_id(1), b = get_group_id(2);                                        \
+    const int hk = DP_KV_HEAD(h), kl = DP_KEY_LENGTH(b);                                       \
+    const int rows = min(BLOCK_M, seq_q - row0);                                               \
+    const int2 keys = dp_tile_visible_range(row0, row0 + rows, kl, seq_q, window_left,         \
+                                            window_right);                                     \
+    const int2 first = dp_visible_range(row0, kl, seq_q, window_left, window_right);           \
+    const int2 last = dp_visible_range(row0 + rows - 1, kl, seq_q, window_left, window_right)
 
 /* ---- Poles' online softmax: the merge of n partial (max, sum) pairs M(c), L(c) of one pole
  * into (mm, sum), the max first, then each sum rescaled to it, in order c = 0 .. n - 1. */
@@ -306,7 +303,8 @@ inline void dp_stage_rows4(__local float4 *dst, int stride, __global const dp_st
     }
 }
 
-/* Writes the first HEAD_DIM - 4 c4 (at most 4) lanes of x at element `at` of t. */
+/* Writes the lanes of x that chunk c4 holds of a head-dim row (4, or fewer in a last, partial
+ * chunk) at element `at` of t. */
 inline void dp_store_chunk4(__global dp_storage *t, long at, int c4, float4 x)
 {
 #if HEAD_DIM % 4 == 0
@@ -322,38 +320,6 @@ inline void dp_store_chunk4(__global dp_storage *t, long at, int c4, float4 x)
             dp_store(t, at + 2, x.z);
     }
 #endif
-}
-
-/* The local tiles of `keys` K, V (and V2) rows that dp_stage_keys fills; where the variant
- * reads no v2, v2_tile aliases v_tile. At kernel scope (local memory). */
-#if READS_V2
-#define DP_KV_TILES(keys)                                                                         \
-    __local float k_tile[(keys) * HEAD_DIM];                                                      \
-    __local float v_tile[(keys) * HEAD_DIM];                                                      \
-    __local float v2_tile[(keys) * HEAD_DIM]
-#else
-#define DP_KV_TILES(keys)                                                                         \
-    __local float k_tile[(keys) * HEAD_DIM];                                                      \
-    __local float v_tile[(keys) * HEAD_DIM];                                                      \
-    __local float *v2_tile = v_tile
-#endif
-
-/* Stages keys [j0, j0 + n) of K/V head hk (and V2 where the variant reads it) into local
- * tiles of n x HEAD_DIM floats; all `items` work-items of the group call it, item lid. */
-inline void dp_stage_keys(__local float *k_tile, __local float *v_tile, __local float *v2_tile,
-                          __global const dp_storage *k, dp_layout lk,
-                          __global const dp_storage *v, dp_layout lv,
-                          __global const dp_storage *v2, dp_layout lv2, int b, int hk,
-                          int j0, int n, int lid, int items)
-{
-    for (int e = lid; e < n * HEAD_DIM; e += items) {
-        const int jj = e / HEAD_DIM, c = e % HEAD_DIM;
-        k_tile[e] = dp_load(k, DP_ROW(lk, b, j0 + jj, hk) + c);
-        v_tile[e] = dp_load(v, DP_ROW(lv, b, j0 + jj, hk) + c);
-#if READS_V2
-        v2_tile[e] = dp_load(v2, DP_ROW(lv2, b, j0 + jj, hk) + c);
-#endif
-    }
 }
 
 /* Loops over an item's rows, keys, chunks, poles and streams are unrolled whole, so that the

@@ -47,16 +47,7 @@ void dipole_fwd(__global const dp_storage *q, dp_layout lq,
                 int batch, int heads_q, int heads_kv, int seq_q, int seq_k,
                 float scale, int window_left, int window_right)
 {
-    const int lid = get_local_id(0), ty = lid / WG_COLS, tx = lid % WG_COLS;
-    const int row0 = get_group_id(0) * BLOCK_M;
-    const int h = get_group_id(1), b = get_group_id(2);
-    const int hk = DP_KV_HEAD(h), kl = DP_KEY_LENGTH(b);
-    const int rows = min(BLOCK_M, seq_q - row0);
-    const int2 keys = dp_tile_visible_range(row0, row0 + rows, kl, seq_q, window_left,
-                                            window_right);
-    /* The fewest keys any row sees start at the last row's lo and end at the first row's hi. */
-    const int2 first = dp_visible_range(row0, kl, seq_q, window_left, window_right);
-    const int2 last = dp_visible_range(row0 + rows - 1, kl, seq_q, window_left, window_right);
+    DP_QUERY_TILE();
 
     __local float4 q_tile[BLOCK_M * K_STRIDE]; /* q * scale */
     __local float4 kv_tile[KV_CHUNKS];         /* K, then V, then V2 */
@@ -82,7 +73,8 @@ void dipole_fwd(__global const dp_storage *q, dp_layout lq,
 
     for (int j0 = keys.x; j0 < keys.y; j0 += BLOCK_N) {
         const int n = min(BLOCK_N, keys.y - j0);
-        /* Every row sees every key of the tile: no per-key mask (uniform over the group). */
+        /* Every row sees every key of the tile: no per-key mask (uniform over the group; the
+         * fewest keys a row sees run from the last row's lo to the first row's hi). */
         const bool full = rows == BLOCK_M && n == BLOCK_N && last.x <= j0 && first.y >= j0 + n;
         barrier(CLK_LOCAL_MEM_FENCE);
         dp_stage_rows4(kv_tile, K_STRIDE, k, lk, b, j0, BLOCK_N, n, hk, 1.0f, lid, WORK_GROUP);

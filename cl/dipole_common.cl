@@ -391,3 +391,18 @@ inline float dp_row_sum(__local const float *red, int r, int cols)
         sum += red[r * cols + x];
     return sum;
 }
+
+/* The max of m and the `cols` per-item maxima of row r: read 4 at a time where cols allows
+ * (the per-tile reduction of the forward, one broadcast read per 4 items; red 16-byte aligned). */
+inline float dp_row_max(__local const float *red, int r, int cols, float m)
+{
+    if (cols % 4 == 0) {
+        float4 x = (float4)m;
+        for (int c4 = 0; c4 < cols / 4; c4++)
+            x = fmax(x, vload4(0, red + r * cols + 4 * c4));
+        return fmax(fmax(x.x, x.y), fmax(x.z, x.w));
+    }
+    for (int x = 0; x < cols; x++)
+        m = fmax(m, red[r * cols + x]);
+    return m;
+}

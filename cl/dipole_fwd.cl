@@ -52,7 +52,8 @@ void dipole_fwd(__global const dp_storage *q, dp_layout lq,
     __local float4 q_tile[BLOCK_M * K_STRIDE]; /* q * scale */
     __local float4 kv_tile[KV_CHUNKS];         /* K, then V, then V2 */
     __local float p_tile[NSTREAMS][BLOCK_M * P_STRIDE];
-    __local float red[NPOLES][BLOCK_M * WG_COLS]; /* per-item row maxima, then row sums */
+    /* per-item row maxima, then row sums */
+    __local float red[NPOLES][BLOCK_M * WG_COLS] __attribute__((aligned(16)));
 
     dp_stage_rows4(q_tile, K_STRIDE, q, lq, b, row0, BLOCK_M, rows, h, scale, lid, WORK_GROUP);
 
@@ -106,9 +107,7 @@ void dipole_fwd(__global const dp_storage *q, dp_layout lq,
             const int r = ty + WG_ROWS * mi;
             float w[NPOLES][KPI];
             DP_UNROLL for (int p = 0; p < NPOLES; p++) {
-                float mx = m[p][mi];
-                for (int x = 0; x < WG_COLS; x++)
-                    mx = fmax(mx, red[p][r * WG_COLS + x]);
+                const float mx = dp_row_max(red[p], r, WG_COLS, m[p][mi]);
                 const float f = dp_rescale(m[p][mi], mx);
                 m[p][mi] = mx;
                 l[p][mi] *= f;

@@ -189,13 +189,10 @@ dipole_status dp_tiled_plan(dipole_ctx *ctx, const dp_problem *p, dp_fwd_plan *p
     const dipole_status st = dp_kernel_fit_query(ctx, &cfg, name, 1, &fit);
     if (st != DIPOLE_SUCCESS)
         return st;
-    if (fit.work_group < (size_t)cfg.work_group)
-        return reject(plan, "tiled: the compiled kernel allows %d work-items, its grid needs %d",
-                      (int)fit.work_group, cfg.work_group);
-    if (fit.local_mem > dev->local_mem)
-        return reject(plan, "tiled: the compiled kernel needs %d KiB of local memory, the "
-                            "device has %d KiB",
-                      (int)(fit.local_mem >> 10), (int)(dev->local_mem >> 10));
+    if (!dp_kernel_fit_holds(ctx, &fit, &cfg, why, sizeof why)) {
+        snprintf(pub->reason, sizeof pub->reason, "tiled: %s (head_dim %d)", why, d);
+        return DIPOLE_ERR_UNSUPPORTED;
+    }
     plan->kernel = cfg;
     pub->path = DIPOLE_PATH_TILED;
     pub->layout = DIPOLE_LAYOUT_GROUP;

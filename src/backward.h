@@ -38,6 +38,10 @@ typedef struct dp_bwd_plan {
     dp_rowwise_plan rowwise;   /* gemm */
 } dp_bwd_plan;
 
+/* dipole_bwd_dweights' configuration (both paths): DP_DWEIGHTS_WG work-items, fewer where the
+ * device or the compiled kernel allows fewer. */
+dipole_status dp_bwd_dweights_plan(dipole_ctx *ctx, const dp_problem *p, dp_kernel_config *cfg);
+
 /* d alpha, d beta from the per-row sums rowdot [NPOLES, B, Hq, Nq] (both paths): the util
  * program's dipole_bwd_dweights at cfg's work-group, one group per (head, pole). */
 dipole_status dp_bwd_dweights_launch(dipole_ctx *ctx, const dp_problem *p, const dp_bwd_args *a,

@@ -57,28 +57,6 @@ static dipole_status launch_rowwise_bwd(dipole_ctx *ctx, const dp_problem *p,
                               nr, j0, nc);
 }
 
-static dp_kernel_config dweights_config(const void *user, int size)
-{
-    return dp_util_config(user, size);
-}
-
-/* dweights' work-group: what the compiled kernel allows (GEMM path: a program of its own). */
-static dipole_status plan_dweights(dipole_ctx *ctx, const dp_problem *p, dp_kernel_config *cfg)
-{
-    int size = DP_DWEIGHTS_WG;
-    while ((size_t)size > ctx->props.max_work_group && size > 1)
-        size /= 2;
-    static const char *const name[1] = {"dipole_bwd_dweights"};
-    const dp_fit_search search = {name, 1, dweights_config, NULL, NULL, 1, p};
-    dp_kernel_fit fit;
-    const dipole_status st = dp_fit_search_run(ctx, &search, &size, cfg, &fit);
-    if (st == DIPOLE_ERR_UNSUPPORTED)
-        return dp_fail(ctx, DIPOLE_ERR_UNSUPPORTED,
-                       "backward: the compiled dweights kernel allows no work-item");
-    return st;
-}
-
-
 /* One batched GEMM over the chunk's slices t with t % group == g (every slice when g < 0),
  * C [m, n] = alpha op(A) op(B) + beta C, with A and B taken per slice from tensors or the
  * score chunk. The offset callbacks keep the six GEMMs of a chunk in one loop shape. */
@@ -207,7 +185,7 @@ dipole_status dp_gemm_backward_plan(dipole_ctx *ctx, const dp_problem *p, dp_bwd
     if (st == DIPOLE_ERR_UNSUPPORTED)
         return dp_fail(ctx, st, "%s", reason);
     if (st == DIPOLE_SUCCESS && p->d.variant == DIPOLE_TWO_POLE)
-        st = plan_dweights(ctx, p, &plan->dweights);
+        st = dp_bwd_dweights_plan(ctx, p, &plan->dweights);
     if (st != DIPOLE_SUCCESS)
         return st;
     dipole_plan *pub = &plan->pub;

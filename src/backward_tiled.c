@@ -35,16 +35,9 @@ static dipole_status plan_group(dipole_ctx *ctx, const dp_problem *p, dp_kernel_
     const dipole_status st = dp_kernel_fit_query(ctx, cfg, names, 3, &fit);
     if (st != DIPOLE_SUCCESS)
         return st;
-    if (fit.work_group < (size_t)cfg->work_group)
-        return dp_fail(ctx, DIPOLE_ERR_UNSUPPORTED,
-                       "backward: the compiled kernels allow %zu work-items, their grid needs %d "
-                       "(head_dim %d)",
-                       fit.work_group, cfg->work_group, p->d.head_dim);
-    if (fit.local_mem > ctx->props.local_mem)
-        return dp_fail(ctx, DIPOLE_ERR_UNSUPPORTED,
-                       "backward: the compiled kernels need %llu KiB of local memory, the device "
-                       "has %d KiB",
-                       (unsigned long long)(fit.local_mem >> 10), (int)(ctx->props.local_mem >> 10));
+    if (!dp_kernel_fit_holds(ctx, &fit, cfg, why, sizeof why))
+        return dp_fail(ctx, DIPOLE_ERR_UNSUPPORTED, "backward: %s (head_dim %d)", why,
+                       p->d.head_dim);
     return DIPOLE_SUCCESS;
 }
 
@@ -98,9 +91,10 @@ dipole_status dp_bwd_tiled_plan(dipole_ctx *ctx, const dp_problem *p, dp_bwd_pla
         t->block_m = plan->kernels.block_m;
         t->block_n = plan->kernels.block_n;
     }
-    /* dweights (the util program) runs on the group layout's block_m work-items, on the CPU
-     * layout on the GEMM path's work-group (it only sums per-row terms). */
-    plan->dweights = dp_util_config(p, t->cpu ? DP_DWEIGHTS_WG : plan->kernels.block_m);
+    /* d alpha, d beta (TWO_POLE): the util program's kernel, fitted as on the GEMM path */
+    if (p->d.variant == DIPOLE_TWO_POLE &&
+        (st = dp_bwd_dweights_plan(ctx, p, &plan->dweights)) != DIPOLE_SUCCESS)
+        return st;
     dipole_plan *pub = &plan->pub;
     pub->path = DIPOLE_PATH_TILED;
     pub->layout = t->cpu ? DIPOLE_LAYOUT_CPU : DIPOLE_LAYOUT_GROUP;
@@ -122,6 +116,26 @@ static void arg_problem(dp_launch_args *l, const dp_problem *p)
 static size_t round_up(size_t n, size_t m)
 {
     return (n + m - 1) / m * m;
+}
+
+static dp_kernel_config dweights_config(const void *user, int size)
+{
+    return dp_util_config(user, size);
+}
+
+dipole_status dp_bwd_dweights_plan(dipole_ctx *ctx, const dp_problem *p, dp_kernel_config *cfg)
+{
+    int size = DP_DWEIGHTS_WG;
+    while ((size_t)size > ctx->props.max_work_group && size > 1)
+        size /= 2;
+    static const char *const name[1] = {"dipole_bwd_dweights"};
+    const dp_fit_search search = {name, 1, dweights_config, NULL, NULL, 1, p};
+    dp_kernel_fit fit;
+    const dipole_status st = dp_fit_search_run(ctx, &search, &size, cfg, &fit);
+    if (st == DIPOLE_ERR_UNSUPPORTED)
+        return dp_fail(ctx, DIPOLE_ERR_UNSUPPORTED,
+                       "backward: the compiled dweights kernel allows no work-item");
+    return st;
 }
 
 dipole_status dp_bwd_dweights_launch(dipole_ctx *ctx, const dp_problem *p, const dp_bwd_args *a,

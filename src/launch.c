@@ -149,6 +149,24 @@ dipole_status dp_kernel_fit_query(dipole_ctx *ctx, const dp_kernel_config *cfg,
     return DIPOLE_SUCCESS;
 }
 
+bool dp_kernel_fit_holds(const dipole_ctx *ctx, const dp_kernel_fit *fit,
+                         const dp_kernel_config *cfg, char *why, size_t cap)
+{
+    if (fit->work_group < (size_t)cfg->work_group) {
+        snprintf(why, cap, "the compiled kernels allow %zu work-items, their grid needs %d",
+                 fit->work_group, cfg->work_group);
+        return false;
+    }
+    if (fit->local_mem > ctx->props.local_mem) {
+        snprintf(why, cap,
+                 "the compiled kernels need %llu KiB of local memory, the device has %llu KiB",
+                 (unsigned long long)(fit->local_mem >> 10),
+                 (unsigned long long)(ctx->props.local_mem >> 10));
+        return false;
+    }
+    return true;
+}
+
 dipole_status dp_fit_search_run(dipole_ctx *ctx, const dp_fit_search *s, int *size,
                                 dp_kernel_config *cfg, dp_kernel_fit *fit)
 {

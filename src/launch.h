@@ -59,6 +59,11 @@ typedef struct dp_kernel_fit {
 dipole_status dp_kernel_fit_query(dipole_ctx *ctx, const dp_kernel_config *cfg,
                                   const char *const *names, int n, dp_kernel_fit *fit);
 
+/* Whether the compiled kernels of a fit hold cfg's work-group and the device's local memory;
+ * false, with what does not hold in why. */
+bool dp_kernel_fit_holds(const dipole_ctx *ctx, const dp_kernel_fit *fit,
+                         const dp_kernel_config *cfg, char *why, size_t cap);
+
 /* A search for the largest size (rows, keys, work-items) whose configuration the compiled
  * kernels allow: size starts at *size and steps down (halving unless `smaller` says otherwise)
  * to `floor`. */

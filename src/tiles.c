@@ -95,7 +95,6 @@ dipole_status dp_tile_config_check(const char *text, char *why, size_t cap)
     return dp_tile_config_parse(text, &scratch, why, cap) ? DIPOLE_SUCCESS : DIPOLE_ERR_INVALID_ARG;
 }
 
-
 /* The largest divisor of n that is at most cap (>= 1). */
 static int divisor_at_most(int n, int cap)
 {

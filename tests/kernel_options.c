@@ -25,12 +25,11 @@ static const gpu_class classes[] = {
 
 static dipole_ctx ctx; /* dp_build_options reads the device's vendor and platform only */
 
-static int print_build(const char *cls, const dp_kernel_config *cfg)
+static void print_build(const char *cls, const dp_kernel_config *cfg)
 {
     char opts[512];
     dp_build_options(&ctx, cfg, opts, sizeof opts);
     printf("%s|%s|%s\n", cls, dp_kernel_file(cfg->kind), opts);
-    return 0;
 }
 
 int main(void)

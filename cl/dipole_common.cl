@@ -28,13 +28,18 @@
 
 /* ---- Storage. Every global tensor (q, k, v, v2, out, dout and the gradients) is an array of
  * dp_storage, read and written only through dp_load / dp_store (n lanes: dp_load4/8/16,
- * dp_store4/8/16) at an element index; arithmetic is always float. A half or bfloat16 build
- * changes these lines and nothing in the kernels. Per-row statistics (lse, delta), pole
- * weights and GEMM scratch stay float. */
-#ifndef DP_STORAGE_FLOAT
-#define DP_STORAGE_FLOAT 1
+ * dp_store4/8/16) at an element index; arithmetic is always float. DP_STORAGE is the host's
+ * dipole_dtype: float, IEEE half through vload_half / vstore_half_rte (core OpenCL 1.2, no
+ * cl_khr_fp16), or bfloat16 as the upper 16 bits of a float. Loads widen exactly; stores round
+ * to nearest even, as the host's dipole_convert. Per-row statistics (lse, delta), pole weights
+ * and GEMM scratch stay float. */
+#define DP_F32 0
+#define DP_F16 1
+#define DP_BF16 2
+#ifndef DP_STORAGE
+#define DP_STORAGE DP_F32
 #endif
-#if DP_STORAGE_FLOAT
+#if DP_STORAGE == DP_F32
 typedef float dp_storage;
 #define dp_load(p, i) ((p)[i])
 #define dp_store(p, i, x) ((p)[i] = (x))
@@ -44,8 +49,46 @@ typedef float dp_storage;
 #define dp_store4(p, i, x) vstore4((x), 0, (p) + (i))
 #define dp_store8(p, i, x) vstore8((x), 0, (p) + (i))
 #define dp_store16(p, i, x) vstore16((x), 0, (p) + (i))
+#elif DP_STORAGE == DP_F16
+typedef half dp_storage;
+#define dp_load(p, i) vload_half((i), (p))
+#define dp_store(p, i, x) vstore_half_rte((x), (i), (p))
+#define dp_load4(p, i) vload_half4(0, (p) + (i))
+#define dp_load8(p, i) vload_half8(0, (p) + (i))
+#define dp_load16(p, i) vload_half16(0, (p) + (i))
+#define dp_store4(p, i, x) vstore_half4_rte((x), 0, (p) + (i))
+#define dp_store8(p, i, x) vstore_half8_rte((x), 0, (p) + (i))
+#define dp_store16(p, i, x) vstore_half16_rte((x), 0, (p) + (i))
+#elif DP_STORAGE == DP_BF16
+typedef ushort dp_storage;
+/* A NaN keeps its sign and top payload bits and is made quiet (a plain round could carry it
+ * into inf); everything else adds half an ulp of bfloat16, plus one where the kept part is odd
+ * (ties to even), and drops the low half. inf and overflow come out as inf. */
+#define DP_BF16_NARROW(n)                                                                         \
+    inline ushort##n dp_bf16_narrow##n(float##n x)                                                \
+    {                                                                                             \
+        const uint##n u = as_uint##n(x);                                                          \
+        const uint##n rounded = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;                           \
+        return convert_ushort##n(select(rounded, (u >> 16) | 0x40u, as_uint##n(isnan(x))));      \
+    }
+DP_BF16_NARROW(4)
+DP_BF16_NARROW(8)
+DP_BF16_NARROW(16)
+inline ushort dp_bf16_narrow(float x)
+{
+    const uint u = as_uint(x);
+    return (ushort)(isnan(x) ? (u >> 16) | 0x40u : (u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+}
+#define dp_load(p, i) as_float((uint)(p)[i] << 16)
+#define dp_store(p, i, x) ((p)[i] = dp_bf16_narrow(x))
+#define dp_load4(p, i) as_float4(convert_uint4(vload4(0, (p) + (i))) << 16)
+#define dp_load8(p, i) as_float8(convert_uint8(vload8(0, (p) + (i))) << 16)
+#define dp_load16(p, i) as_float16(convert_uint16(vload16(0, (p) + (i))) << 16)
+#define dp_store4(p, i, x) vstore4(dp_bf16_narrow4(x), 0, (p) + (i))
+#define dp_store8(p, i, x) vstore8(dp_bf16_narrow8(x), 0, (p) + (i))
+#define dp_store16(p, i, x) vstore16(dp_bf16_narrow16(x), 0, (p) + (i))
 #else
-#error "only float storage is built (DP_STORAGE_FLOAT=1)"
+#error "DP_STORAGE must be DP_F32, DP_F16 or DP_BF16"
 #endif
 
 /* ---- The variants. A variant is a set of poles; each pole runs its own online softmax over

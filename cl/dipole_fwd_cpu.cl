@@ -552,11 +552,13 @@ void dipole_fwd_splitk(__global const dp_storage *q, dp_layout lq,
             const float16 w = select((float16)0.0f, dp_exp_nonpos(lg - mn), vis);
             l[p] += dp_sum16(w);
             const float16 a = w * POLE_COEF(p, sc);
+            /* A key routed to the other stream gets STREAM_AWAY, which the product below skips:
+             * its value may be non-finite, and the reference never multiplies it. */
             if (POLE_MAY_V(p))
-                vstore16(POLE_TO_V2(p, sc) ? (float16)0.0f : a, 0, av[p]);
+                vstore16(POLE_TO_V2(p, sc) ? (float16)STREAM_AWAY : a, 0, av[p]);
 #if READS_V2
             if (POLE_MAY_V2(p))
-                vstore16(POLE_TO_V2(p, sc) ? a : (float16)0.0f, 0, av2[p]);
+                vstore16(POLE_TO_V2(p, sc) ? a : (float16)STREAM_AWAY, 0, av2[p]);
 #endif
         }
         const int nt = min(16, j_hi - j0);
@@ -566,11 +568,11 @@ void dipole_fwd_splitk(__global const dp_storage *q, dp_layout lq,
             __global const dp_storage *v2r = v2 + v2_base + (long)(j0 + t) * lv2.z;
 #endif
             for (int p = 0; p < NPOLES; p++) {
-                if (POLE_MAY_V(p))
+                if (POLE_MAY_V(p) && !DP_AWAY(av[p][t]))
                     for (int c16 = 0; c16 < DV; c16++)
                         acc[p][c16] = fma((float16)av[p][t], dp_row_piece(vr, c16), acc[p][c16]);
 #if READS_V2
-                if (POLE_MAY_V2(p))
+                if (POLE_MAY_V2(p) && !DP_AWAY(av2[p][t]))
                     for (int c16 = 0; c16 < DV; c16++)
                         acc[p][c16] = fma((float16)av2[p][t], dp_row_piece(v2r, c16), acc[p][c16]);
 #endif

@@ -1,5 +1,6 @@
-/* Utility kernels: no head dim, variant, mask or tiles of their own. The one define they read
- * is BLOCK_M, the work-group of dipole_bwd_dweights (the runtime passes only that). */
+/* Utility kernels: no head dim, variant, mask or tiles of their own. The defines they read are
+ * BLOCK_M, the work-group of dipole_bwd_dweights, and DP_STORAGE (the runtime passes only
+ * those). */
 
 #ifndef BLOCK_M
 #define BLOCK_M 32 /* work-items of dipole_bwd_dweights */
@@ -39,4 +40,27 @@ __kernel void dipole_zero_rows(__global float *t, dp_layout lay, int seq, int he
     const int c = get_global_id(0), row = get_global_id(1), b = get_global_id(2);
     if (c < head_dim) /* row runs over seq x heads */
         t[DP_ROW(lay, b, row % seq, row / seq) + c] = 0.0f;
+}
+
+/* The GEMM path over half storage works on dense float copies ([batch, seq, heads, head_dim],
+ * row-major): widening is exact, narrowing rounds once, as a kernel's own store would. Any
+ * work-group size; rows run over seq x heads as in dipole_zero_rows. */
+#define DP_DENSE(b, s, h, c) ((((long)(b) * seq + (s)) * heads + (h)) * head_dim + (c))
+
+__kernel void dipole_widen_rows(__global const dp_storage *src, dp_layout lay,
+                                __global float *dst, int seq, int heads, int head_dim)
+{
+    const int c = get_global_id(0), row = get_global_id(1), b = get_global_id(2);
+    const int s = row % seq, h = row / seq;
+    if (c < head_dim)
+        dst[DP_DENSE(b, s, h, c)] = dp_load(src, DP_ROW(lay, b, s, h) + c);
+}
+
+__kernel void dipole_narrow_rows(__global const float *src, __global dp_storage *dst,
+                                 dp_layout lay, int seq, int heads, int head_dim)
+{
+    const int c = get_global_id(0), row = get_global_id(1), b = get_global_id(2);
+    const int s = row % seq, h = row / seq;
+    if (c < head_dim)
+        dp_store(dst, DP_ROW(lay, b, s, h) + c, src[DP_DENSE(b, s, h, c)]);
 }

@@ -85,16 +85,19 @@ static dipole_status check_args(dipole_ctx *ctx, const dp_problem *p, const dp_a
 {
     const dipole_attn_desc *d = &p->d;
     dipole_status st;
-    if ((st = dp_check_tensor(ctx, "q", a->q, d->batch, d->seq_q, d->heads_q, d->head_dim)) ||
-        (st = dp_check_tensor(ctx, "k", a->k, d->batch, d->seq_k, d->heads_kv, d->head_dim)) ||
-        (st = dp_check_tensor(ctx, "v", a->v, d->batch, d->seq_k, d->heads_kv, d->head_dim)) ||
-        (st = dp_check_tensor(ctx, "out", a->out, d->batch, d->seq_q, d->heads_q, d->head_dim)))
+    const dipole_dtype dt = d->dtype;
+    if ((st = dp_check_tensor(ctx, "q", a->q, dt, d->batch, d->seq_q, d->heads_q, d->head_dim)) ||
+        (st = dp_check_tensor(ctx, "k", a->k, dt, d->batch, d->seq_k, d->heads_kv, d->head_dim)) ||
+        (st = dp_check_tensor(ctx, "v", a->v, dt, d->batch, d->seq_k, d->heads_kv, d->head_dim)) ||
+        (st = dp_check_tensor(ctx, "out", a->out, dt, d->batch, d->seq_q, d->heads_q,
+                              d->head_dim)))
         return st;
     if (p->reads_v2) {
         if (!a->v2)
             return dp_fail(ctx, DIPOLE_ERR_INVALID_ARG, "v2 is NULL but variant %s reads it",
                            dipole_variant_name(d->variant));
-        if ((st = dp_check_tensor(ctx, "v2", a->v2, d->batch, d->seq_k, d->heads_kv, d->head_dim)))
+        if ((st = dp_check_tensor(ctx, "v2", a->v2, dt, d->batch, d->seq_k, d->heads_kv,
+                                  d->head_dim)))
             return st;
     }
     if (dp_tensor_self_overlaps(a->out, d->batch, d->seq_q, d->heads_q, d->head_dim))
@@ -171,8 +174,8 @@ dipole_status dipole_attention(dipole_ctx *ctx, const dipole_attn_desc *desc, co
 
 /* Host twin: stage dense arrays in device buffers, run, read back. */
 dipole_status dipole_attention_host_lse(dipole_ctx *ctx, const dipole_attn_desc *desc,
-                                        const float *q, const float *k, const float *v,
-                                        const float *v2, float *out, float *lse)
+                                        const void *q, const void *k, const void *v,
+                                        const void *v2, void *out, float *lse)
 {
     dp_problem p;
     dipole_status st = dp_call_begin(ctx, "dipole_attention_host", desc, NULL, &p);
@@ -191,27 +194,28 @@ dipole_status dipole_attention_host_lse(dipole_ctx *ctx, const dipole_attn_desc 
     const size_t nq = (size_t)d->batch * d->seq_q * d->heads_q * d->head_dim;
     const size_t nk = (size_t)d->batch * d->seq_k * d->heads_kv * d->head_dim;
     const size_t nl = (size_t)p.npoles * d->batch * d->heads_q * d->seq_q;
+    const size_t es = dipole_dtype_size(d->dtype);
     const struct {
-        const float *host;
-        size_t n;
+        const void *host;
+        size_t bytes;
         bool input;
         bool wanted;
-    } spec[6] = {{q, nq, true, true},       {k, nk, true, true},  {v, nk, true, true},
-                 {v2, nk, true, p.reads_v2}, {out, nq, false, true}, {lse, nl, false, lse != NULL}};
+    } spec[6] = {{q, nq * es, true, true},        {k, nk * es, true, true},
+                 {v, nk * es, true, true},        {v2, nk * es, true, p.reads_v2},
+                 {out, nq * es, false, true},     {lse, nl * sizeof(float), false, lse != NULL}};
     /* Refuse before clCreateBuffer: a driver may accept an oversized request and then read
      * host memory it has no business reading, or fail deep inside a later call. */
     for (int i = 0; i < 6 && st == DIPOLE_SUCCESS; i++)
-        if (spec[i].wanted && (cl_ulong)spec[i].n * sizeof(float) > ctx->props.max_alloc)
+        if (spec[i].wanted && (cl_ulong)spec[i].bytes > ctx->props.max_alloc)
             st = dp_fail(ctx, (dipole_status)CL_INVALID_BUFFER_SIZE,
                          "dipole_attention_host: %s needs %zu bytes, more than the device's "
                          "CL_DEVICE_MAX_MEM_ALLOC_SIZE %llu",
                          (const char *[]){"q", "k", "v", "v2", "out", "lse"}[i],
-                         spec[i].n * sizeof(float), (unsigned long long)ctx->props.max_alloc);
+                         spec[i].bytes, (unsigned long long)ctx->props.max_alloc);
     for (int i = 0; i < 6 && st == DIPOLE_SUCCESS; i++) {
         if (!spec[i].wanted)
             continue;
-        st = dp_stage(ctx, spec[i].input ? spec[i].host : NULL, spec[i].n * sizeof(float),
-                      &bufs[i]); /* out is READ_WRITE: the GEMM path reads it (beta = 1) */
+        st = dp_stage(ctx, spec[i].input ? spec[i].host : NULL, spec[i].bytes, &bufs[i]); /* out is READ_WRITE: the GEMM path reads it (beta = 1) */
     }
     if (st != DIPOLE_SUCCESS)
         goto done;
@@ -221,10 +225,10 @@ dipole_status dipole_attention_host_lse(dipole_ctx *ctx, const dipole_attn_desc 
     dp_args a = {&t[Q], &t[K], &t[V], p.reads_v2 ? &t[V2] : NULL, &t[OUT], bufs[LSE], NULL, NULL};
     st = attention_locked(ctx, &p, &a, NULL);
     if (st == DIPOLE_SUCCESS) {
-        cl_int err = clEnqueueReadBuffer(ctx->queue, bufs[OUT], CL_TRUE, 0, nq * sizeof(float), out,
-                                         0, NULL, NULL);
+        cl_int err = clEnqueueReadBuffer(ctx->queue, bufs[OUT], CL_TRUE, 0, spec[OUT].bytes,
+                                         out, 0, NULL, NULL);
         if (err == CL_SUCCESS && lse)
-            err = clEnqueueReadBuffer(ctx->queue, bufs[LSE], CL_TRUE, 0, nl * sizeof(float), lse, 0,
+            err = clEnqueueReadBuffer(ctx->queue, bufs[LSE], CL_TRUE, 0, spec[LSE].bytes, lse, 0,
                                       NULL, NULL);
         if (err != CL_SUCCESS)
             st = dp_cl_fail(ctx, err, "clEnqueueReadBuffer(out)");
@@ -239,8 +243,8 @@ done:
     return st;
 }
 
-dipole_status dipole_attention_host(dipole_ctx *ctx, const dipole_attn_desc *desc, const float *q,
-                                    const float *k, const float *v, const float *v2, float *out)
+dipole_status dipole_attention_host(dipole_ctx *ctx, const dipole_attn_desc *desc, const void *q,
+                                    const void *k, const void *v, const void *v2, void *out)
 {
     return dipole_attention_host_lse(ctx, desc, q, k, v, v2, out, NULL);
 }

@@ -3,6 +3,7 @@
  *   P, P2 = rowwise(S)         (cl/dipole_rowwise.cl: mask, per-pole softmax, in place)
  *   O = P V (+ P2 V2)          (CLBlast batched GEMM, beta = 1 for the second)
  * Any head_dim works, and the score memory stays under ctx->workspace_limit by chunking.
+ * Half storage runs this on float copies of the tensors (gemm_stage.c).
  *
  * Everything is column-major in CLBlast's terms: a row-major [seq, head_dim] tensor slice with
  * leading dimension stride_seq is a column-major [head_dim, seq] matrix, and each score chunk
@@ -16,11 +17,15 @@
 #include "gemm.h"
 #include "launch.h"
 
-dipole_status dp_gemm_plan(dipole_ctx *ctx, const dp_problem *p, dp_fwd_plan *plan)
+dipole_status dp_gemm_plan(dipole_ctx *ctx, const dp_problem *p_in, dp_fwd_plan *plan)
 {
     dipole_plan *pub = &plan->pub;
     dp_gemm_chunking *ch = &plan->chunking;
-    if (!dp_gemm_chunking_choose(ctx, p, p->reads_v2 ? 2 : 1, false, ch, pub->reason,
+    if (!dp_gemm_stage_fits(ctx, p_in, false, pub->reason, sizeof pub->reason))
+        return DIPOLE_ERR_UNSUPPORTED;
+    const double staged = dp_gemm_stage_bytes(p_in, false);
+    const dp_problem p32 = dp_gemm_f32_problem(p_in), *p = &p32;
+    if (!dp_gemm_chunking_choose(ctx, p, p->reads_v2 ? 2 : 1, false, staged, ch, pub->reason,
                                  sizeof pub->reason))
         return DIPOLE_ERR_UNSUPPORTED;
     const dipole_status st = dp_rowwise_plan_make(ctx, p, "dipole_rowwise", &plan->rowwise,
@@ -32,14 +37,17 @@ dipole_status dp_gemm_plan(dipole_ctx *ctx, const dp_problem *p, dp_fwd_plan *pl
     pub->block_m = 0;
     pub->block_n = 0;
     pub->work_group = DP_ROWWISE_ROWS * DP_ROWWISE_LANES;
-    pub->workspace_bytes = ch->peak_bytes;
+    pub->workspace_bytes = ch->peak_bytes + (size_t)staged;
     pub->chunk_rows = ch->rows;
     pub->chunk_slices = ch->slices;
     pub->chunks = ch->nchunks;
+    char copies[64] = "";
+    if (staged > 0)
+        snprintf(copies, sizeof copies, " + %.1f MiB of float copies", staged / 1048576.0);
     snprintf(pub->reason, sizeof pub->reason,
-             "gemm: %zu chunk%s of %zu rows x %zu heads, peak %.1f of %.1f MiB", ch->nchunks,
+             "gemm: %zu chunk%s of %zu rows x %zu heads, peak %.1f%s of %.1f MiB", ch->nchunks,
              ch->nchunks == 1 ? "" : "s", ch->rows, ch->slices, (double)ch->peak_bytes / 1048576.0,
-             (double)ctx->workspace_limit / 1048576.0);
+             copies, (double)ctx->workspace_limit / 1048576.0);
     return DIPOLE_SUCCESS;
 }
 
@@ -69,8 +77,8 @@ static dipole_status launch_rowwise(dipole_ctx *ctx, const dp_problem *p,
                               j0, nc);
 }
 
-dipole_status dp_gemm_run(dipole_ctx *ctx, const dp_problem *p, const dp_fwd_plan *plan,
-                          const dp_args *a, cl_event *event)
+static dipole_status run_f32(dipole_ctx *ctx, const dp_problem *p, const dp_fwd_plan *plan,
+                             const dp_args *a, cl_event *event)
 {
     const dipole_attn_desc *d = &p->d;
     const dp_gemm_chunking *ch = &plan->chunking;
@@ -161,4 +169,48 @@ dipole_status dp_gemm_run(dipole_ctx *ctx, const dp_problem *p, const dp_fwd_pla
     /* The buffers live on until the enqueued commands that use them finish. */
     work_free(&w);
     return st;
+}
+
+/* Half storage: widen q, k, v (v2) into float copies, run the float path into a float out,
+ * narrow it into the caller's out. */
+static dipole_status run_staged(dipole_ctx *ctx, const dp_problem *p, const dp_fwd_plan *plan,
+                                const dp_args *a, cl_event *event)
+{
+    const dp_problem p32 = dp_gemm_f32_problem(p);
+    enum { Q, K, V, V2, OUT, N };
+    cl_mem bufs[N] = {NULL};
+    dipole_tensor t[N];
+    const dipole_tensor *src[OUT] = {a->q, a->k, a->v, p->reads_v2 ? a->v2 : NULL};
+    static const char *const what[N] = {"gemm float q", "gemm float k", "gemm float v",
+                                        "gemm float v2", "gemm float out"};
+    dipole_status st = DIPOLE_SUCCESS;
+    for (int i = 0; i < OUT && st == DIPOLE_SUCCESS; i++)
+        if (src[i])
+            st = dp_gemm_stage_widen(ctx, p, src[i], i == Q, what[i], &bufs[i], &t[i]);
+    if (st == DIPOLE_SUCCESS)
+        st = dp_gemm_stage_alloc(ctx, p, true, what[OUT], &bufs[OUT], &t[OUT]);
+    if (st == DIPOLE_SUCCESS) {
+        dp_args a32 = *a;
+        a32.q = &t[Q];
+        a32.k = &t[K];
+        a32.v = &t[V];
+        a32.v2 = src[V2] ? &t[V2] : NULL;
+        a32.out = &t[OUT];
+        st = run_f32(ctx, &p32, plan, &a32, NULL);
+    }
+    if (st == DIPOLE_SUCCESS)
+        st = dp_gemm_stage_narrow(ctx, p, &t[OUT], a->out, true, event);
+    /* The buffers live on until the enqueued commands that use them finish. */
+    for (int i = 0; i < N; i++)
+        if (bufs[i])
+            clReleaseMemObject(bufs[i]);
+    return st;
+}
+
+dipole_status dp_gemm_run(dipole_ctx *ctx, const dp_problem *p, const dp_fwd_plan *plan,
+                          const dp_args *a, cl_event *event)
+{
+    if (p->d.dtype == DIPOLE_F32)
+        return run_f32(ctx, p, plan, a, event);
+    return run_staged(ctx, p, plan, a, event);
 }

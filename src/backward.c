@@ -55,7 +55,8 @@ static dipole_status check_args(dipole_ctx *ctx, const dp_problem *p, const dp_b
                            t[i].name, dipole_variant_name(d->variant));
         const int seq = t[i].query ? d->seq_q : d->seq_k;
         const int heads = t[i].query ? d->heads_q : d->heads_kv;
-        if ((st = dp_check_tensor(ctx, t[i].name, t[i].t, d->batch, seq, heads, d->head_dim)))
+        if ((st = dp_check_tensor(ctx, t[i].name, t[i].t, d->dtype, d->batch, seq, heads,
+                                  d->head_dim)))
             return st;
         dp_span_of(t[i].t, d->batch, seq, heads, d->head_dim, &lo[i], &hi[i]);
         if (i >= FIRST_OUT &&
@@ -173,9 +174,9 @@ dipole_status dipole_attention_backward(dipole_ctx *ctx, const dipole_attn_desc 
 /* Host twin. The ctx lock is not recursive, so the forward (a public call that takes it) runs
  * between two locked sections: staging, then backward and read-back. */
 dipole_status dipole_attention_backward_host(dipole_ctx *ctx, const dipole_attn_desc *desc,
-                                             const float *q, const float *k, const float *v,
-                                             const float *v2, const float *dout, float *dq,
-                                             float *dk, float *dv, float *dv2, float *dpos_weight,
+                                             const void *q, const void *k, const void *v,
+                                             const void *v2, const void *dout, void *dq,
+                                             void *dk, void *dv, void *dv2, float *dpos_weight,
                                              float *dneg_weight)
 {
     enum { Q, K, V, V2, DOUT, OUT, LSE, DQ, DK, DV, DV2, DPOS, DNEG, NBUF };
@@ -203,29 +204,30 @@ dipole_status dipole_attention_backward_host(dipole_ctx *ctx, const dipole_attn_
     const size_t nk = (size_t)d->batch * d->seq_k * d->heads_kv * d->head_dim;
     const size_t nl = (size_t)p.npoles * d->batch * d->heads_q * d->seq_q;
     const bool two_pole = d->variant == DIPOLE_TWO_POLE;
+    const size_t es = dipole_dtype_size(d->dtype), fs = sizeof(float);
     const struct {
-        const float *host; /* copied in, or NULL for a buffer the device writes */
-        size_t n;
+        const void *host; /* copied in, or NULL for a buffer the device writes */
+        size_t bytes;
         bool wanted;
     } spec[NBUF] = {
-        [Q] = {q, nq, true},
-        [K] = {k, nk, true},
-        [V] = {v, nk, true},
-        [V2] = {v2, nk, p.reads_v2},
-        [DOUT] = {dout, nq, true},
-        [OUT] = {NULL, nq, true},
-        [LSE] = {NULL, nl, true},
-        [DQ] = {NULL, nq, true},
-        [DK] = {NULL, nk, true},
-        [DV] = {NULL, nk, true},
-        [DV2] = {NULL, nk, p.reads_v2},
-        [DPOS] = {NULL, (size_t)d->heads_q, two_pole && dpos_weight},
-        [DNEG] = {NULL, (size_t)d->heads_q, two_pole && dneg_weight},
+        [Q] = {q, nq * es, true},
+        [K] = {k, nk * es, true},
+        [V] = {v, nk * es, true},
+        [V2] = {v2, nk * es, p.reads_v2},
+        [DOUT] = {dout, nq * es, true},
+        [OUT] = {NULL, nq * es, true},
+        [LSE] = {NULL, nl * fs, true},
+        [DQ] = {NULL, nq * es, true},
+        [DK] = {NULL, nk * es, true},
+        [DV] = {NULL, nk * es, true},
+        [DV2] = {NULL, nk * es, p.reads_v2},
+        [DPOS] = {NULL, (size_t)d->heads_q * fs, two_pole && dpos_weight},
+        [DNEG] = {NULL, (size_t)d->heads_q * fs, two_pole && dneg_weight},
     };
     for (int i = 0; i < NBUF && st == DIPOLE_SUCCESS; i++) {
         if (!spec[i].wanted)
             continue;
-        st = dp_stage(ctx, spec[i].host, spec[i].n * sizeof(float), &bufs[i]);
+        st = dp_stage(ctx, spec[i].host, spec[i].bytes, &bufs[i]);
     }
     pthread_mutex_unlock(&ctx->lock);
     if (st != DIPOLE_SUCCESS)
@@ -245,13 +247,13 @@ dipole_status dipole_attention_backward_host(dipole_ctx *ctx, const dipole_attn_
                                p.reads_v2 ? &t[DV2] : NULL, bufs[LSE], bufs[DPOS], bufs[DNEG]};
         st = backward_locked(ctx, &p, &a, NULL);
     }
-    float *const dst[NBUF] = {[DQ] = dq, [DK] = dk, [DV] = dv, [DV2] = dv2,
+    void *const dst[NBUF] = {[DQ] = dq, [DK] = dk, [DV] = dv, [DV2] = dv2,
                               [DPOS] = dpos_weight, [DNEG] = dneg_weight};
     for (int i = DQ; i < NBUF && st == DIPOLE_SUCCESS; i++) {
         if (!spec[i].wanted)
             continue;
-        cl_int err = clEnqueueReadBuffer(ctx->queue, bufs[i], CL_TRUE, 0,
-                                         spec[i].n * sizeof(float), dst[i], 0, NULL, NULL);
+        cl_int err = clEnqueueReadBuffer(ctx->queue, bufs[i], CL_TRUE, 0, spec[i].bytes, dst[i],
+                                         0, NULL, NULL);
         if (err != CL_SUCCESS)
             st = dp_cl_fail(ctx, err, "clEnqueueReadBuffer(gradient)");
     }

@@ -172,13 +172,18 @@ static dipole_status run_chunk(dipole_ctx *ctx, const dp_problem *p, const dp_bw
     return st;
 }
 
-dipole_status dp_gemm_backward_plan(dipole_ctx *ctx, const dp_problem *p, dp_bwd_plan *plan)
+dipole_status dp_gemm_backward_plan(dipole_ctx *ctx, const dp_problem *p_in, dp_bwd_plan *plan)
 {
     /* S, dP (and dP2) per chunk; CLBlast may copy a score chunk in the dV / dK / dQ GEMMs,
      * whose orientations its fast kernel does not take directly. */
     char reason[256];
     dp_gemm_chunking *ch = &plan->chunking;
-    if (!dp_gemm_chunking_choose(ctx, p, p->reads_v2 ? 3 : 2, true, ch, reason, sizeof reason))
+    if (!dp_gemm_stage_fits(ctx, p_in, true, reason, sizeof reason))
+        return dp_fail(ctx, DIPOLE_ERR_UNSUPPORTED, "backward %s", reason);
+    const double staged = dp_gemm_stage_bytes(p_in, true);
+    const dp_problem p32 = dp_gemm_f32_problem(p_in), *p = &p32;
+    if (!dp_gemm_chunking_choose(ctx, p, p->reads_v2 ? 3 : 2, true, staged, ch, reason,
+                                 sizeof reason))
         return dp_fail(ctx, DIPOLE_ERR_UNSUPPORTED, "backward %s", reason);
     dipole_status st = dp_rowwise_plan_make(ctx, p, "dipole_rowwise_bwd", &plan->rowwise,
                                             reason, sizeof reason);
@@ -192,20 +197,22 @@ dipole_status dp_gemm_backward_plan(dipole_ctx *ctx, const dp_problem *p, dp_bwd
     pub->path = DIPOLE_PATH_GEMM;
     pub->layout = DIPOLE_LAYOUT_NONE;
     pub->work_group = (int)(plan->rowwise.block_m * plan->rowwise.block_n);
-    pub->workspace_bytes = ch->peak_bytes;
+    pub->workspace_bytes = ch->peak_bytes + (size_t)staged;
     pub->chunk_rows = ch->rows;
     pub->chunk_slices = ch->slices;
     pub->chunks = ch->nchunks;
+    char copies[64] = "";
+    if (staged > 0)
+        snprintf(copies, sizeof copies, " + %.1f MiB of float copies", staged / 1048576.0);
     snprintf(pub->reason, sizeof pub->reason,
-             "backward gemm: %zu chunk%s of %zu rows x %zu heads, peak %.1f of %.1f MiB",
+             "backward gemm: %zu chunk%s of %zu rows x %zu heads, peak %.1f%s of %.1f MiB",
              ch->nchunks, ch->nchunks == 1 ? "" : "s", ch->rows, ch->slices,
-             (double)ch->peak_bytes / 1048576.0, (double)ctx->workspace_limit / 1048576.0);
+             (double)ch->peak_bytes / 1048576.0, copies, (double)ctx->workspace_limit / 1048576.0);
     return DIPOLE_SUCCESS;
 }
 
-dipole_status dp_gemm_backward(dipole_ctx *ctx, const dp_problem *p, const dp_bwd_args *a,
-                               const dp_bwd_plan *plan, const dp_call_buffers *cb,
-                               cl_event *event)
+static dipole_status run_f32(dipole_ctx *ctx, const dp_problem *p, const dp_bwd_args *a,
+                             const dp_bwd_plan *plan, const dp_call_buffers *cb, cl_event *event)
 {
     const dipole_attn_desc *d = &p->d;
     const dp_gemm_chunking *ch = &plan->chunking;
@@ -278,4 +285,77 @@ dipole_status dp_gemm_backward(dipole_ctx *ctx, const dp_problem *p, const dp_bw
     /* The buffers live on until the enqueued commands that use them finish. */
     work_free(&w);
     return st;
+}
+
+/* Half storage: widen q, k, v (v2), out and dout into float copies, run the float path into
+ * float gradients (dK, dV and dV2 then also accumulate in float), narrow them into the
+ * caller's. */
+static dipole_status run_staged(dipole_ctx *ctx, const dp_problem *p, const dp_bwd_args *a,
+                                const dp_bwd_plan *plan, const dp_call_buffers *cb,
+                                cl_event *event)
+{
+    const dp_problem p32 = dp_gemm_f32_problem(p);
+    enum { Q, K, V, V2, OUT, DOUT, DQ, DK, DV, DV2, N };
+    const struct {
+        const dipole_tensor *t; /* the caller's; NULL when the call has none */
+        bool query, input;
+        const char *what;
+    } ts[N] = {{a->q, true, true, "gemm float q"},
+               {a->k, false, true, "gemm float k"},
+               {a->v, false, true, "gemm float v"},
+               {p->reads_v2 ? a->v2 : NULL, false, true, "gemm float v2"},
+               {a->out, true, true, "gemm float out"},
+               {a->dout, true, true, "gemm float dout"},
+               {a->dq, true, false, "gemm float dq"},
+               {a->dk, false, false, "gemm float dk"},
+               {a->dv, false, false, "gemm float dv"},
+               {p->reads_v2 ? a->dv2 : NULL, false, false, "gemm float dv2"}};
+    cl_mem bufs[N] = {NULL};
+    dipole_tensor t[N];
+    const dipole_tensor *use[N] = {NULL};
+    dipole_status st = DIPOLE_SUCCESS;
+    for (int i = 0; i < N && st == DIPOLE_SUCCESS; i++) {
+        if (!ts[i].t)
+            continue;
+        st = ts[i].input ? dp_gemm_stage_widen(ctx, p, ts[i].t, ts[i].query, ts[i].what,
+                                               &bufs[i], &t[i])
+                         : dp_gemm_stage_alloc(ctx, p, ts[i].query, ts[i].what, &bufs[i], &t[i]);
+        use[i] = &t[i];
+    }
+    if (st == DIPOLE_SUCCESS) {
+        dp_bwd_args a32 = *a;
+        a32.q = use[Q];
+        a32.k = use[K];
+        a32.v = use[V];
+        a32.v2 = use[V2];
+        a32.out = use[OUT];
+        a32.dout = use[DOUT];
+        a32.dq = use[DQ];
+        a32.dk = use[DK];
+        a32.dv = use[DV];
+        a32.dv2 = use[DV2];
+        st = run_f32(ctx, &p32, &a32, plan, cb, NULL);
+    }
+    int last = -1;
+    for (int i = DQ; i < N; i++)
+        if (ts[i].t)
+            last = i;
+    for (int i = DQ; i < N && st == DIPOLE_SUCCESS; i++)
+        if (ts[i].t)
+            st = dp_gemm_stage_narrow(ctx, p, &t[i], ts[i].t, ts[i].query,
+                                      i == last ? event : NULL);
+    /* The buffers live on until the enqueued commands that use them finish. */
+    for (int i = 0; i < N; i++)
+        if (bufs[i])
+            clReleaseMemObject(bufs[i]);
+    return st;
+}
+
+dipole_status dp_gemm_backward(dipole_ctx *ctx, const dp_problem *p, const dp_bwd_args *a,
+                               const dp_bwd_plan *plan, const dp_call_buffers *cb,
+                               cl_event *event)
+{
+    if (p->d.dtype == DIPOLE_F32)
+        return run_f32(ctx, p, a, plan, cb, event);
+    return run_staged(ctx, p, a, plan, cb, event);
 }

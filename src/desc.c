@@ -1,6 +1,7 @@
 /* Descriptor defaults and validation, shared by every path and the reference. */
 #include <limits.h>
 #include <math.h>
+#include <stdio.h>
 #include <string.h>
 
 #include "internal.h"
@@ -47,6 +48,10 @@ dipole_status dp_problem_init(dipole_ctx *ctx, const dipole_attn_desc *desc, dp_
     if ((unsigned)desc->variant > DIPOLE_TWO_POLE)
         return dp_fail(ctx, DIPOLE_ERR_INVALID_ARG, "desc.variant = %d is not a dipole_variant",
                        (int)desc->variant);
+    if (!dipole_dtype_size(desc->dtype))
+        return dp_fail(ctx, DIPOLE_ERR_INVALID_ARG,
+                       "desc.dtype = %d is not a dipole_dtype (DIPOLE_F32, DIPOLE_F16, DIPOLE_BF16)",
+                       (int)desc->dtype);
     if ((unsigned)desc->path > DIPOLE_PATH_GEMM)
         return dp_fail(ctx, DIPOLE_ERR_INVALID_ARG, "desc.path = %d is not a dipole_path",
                        (int)desc->path);
@@ -107,7 +112,9 @@ dipole_status dipole_attn_desc_validate(const dipole_attn_desc *desc)
     return dp_problem_init(NULL, desc, &p);
 }
 
-dipole_status dp_check_buffer(dipole_ctx *ctx, const char *name, cl_mem buf, size_t floats)
+/* Checks that buf belongs to ctx and holds n elements of esize bytes (unit names them). */
+static dipole_status check_elems(dipole_ctx *ctx, const char *name, cl_mem buf, size_t n,
+                                 size_t esize, const char *unit)
 {
     if (!buf)
         return dp_fail(ctx, DIPOLE_ERR_INVALID_ARG, "%s buffer is NULL", name);
@@ -124,14 +131,19 @@ dipole_status dp_check_buffer(dipole_ctx *ctx, const char *name, cl_mem buf, siz
                        "%s buffer belongs to another OpenCL context than the dipole context's",
                        name);
     size_t need;
-    if (!dp_mul_ok(floats, sizeof(float), &need) || need > size)
+    if (!dp_mul_ok(n, esize, &need) || need > size)
         return dp_fail(ctx, DIPOLE_ERR_BUFFER_RANGE,
-                       "%s needs %zu floats but its buffer holds %zu bytes", name, floats, size);
+                       "%s needs %zu %s but its buffer holds %zu bytes", name, n, unit, size);
     return DIPOLE_SUCCESS;
 }
 
-dipole_status dp_check_tensor(dipole_ctx *ctx, const char *name, const dipole_tensor *t, int batch,
-                              int seq, int heads, int head_dim)
+dipole_status dp_check_buffer(dipole_ctx *ctx, const char *name, cl_mem buf, size_t floats)
+{
+    return check_elems(ctx, name, buf, floats, sizeof(float), "floats");
+}
+
+dipole_status dp_check_tensor(dipole_ctx *ctx, const char *name, const dipole_tensor *t,
+                              dipole_dtype dtype, int batch, int seq, int heads, int head_dim)
 {
     if (!t)
         return dp_fail(ctx, DIPOLE_ERR_INVALID_ARG, "tensor %s is NULL", name);
@@ -149,7 +161,10 @@ dipole_status dp_check_tensor(dipole_ctx *ctx, const char *name, const dipole_te
     /* Strides beyond int64 cannot be passed to the kernels. */
     if (last + (size_t)head_dim > (size_t)INT64_MAX / 4)
         goto overflow;
-    return dp_check_buffer(ctx, name, t->buffer, last + (size_t)head_dim);
+    char unit[32];
+    snprintf(unit, sizeof unit, "%s elements", dipole_dtype_name(dtype));
+    return check_elems(ctx, name, t->buffer, last + (size_t)head_dim, dipole_dtype_size(dtype),
+                       unit);
 overflow:
     return dp_fail(ctx, DIPOLE_ERR_BUFFER_RANGE,
                    "tensor %s: offset %zu with strides (%zu, %zu, %zu) overflows the address range",

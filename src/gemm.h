@@ -13,12 +13,13 @@
 #define DP_ROWWISE_ROWS 32
 #define DP_ROWWISE_LANES 8
 
-/* Chooses chunk sizes for nbuf score-sized buffers [rows, seq_k] per slice; score_copied says
- * CLBlast may copy a score matrix even when its sizes are tile multiples (orientations its
- * kernel does not take directly). Returns false with a reason when not even one row fits. */
+/* Chooses chunk sizes for nbuf score-sized buffers [rows, seq_k] per slice under the
+ * workspace limit less `reserved` bytes the call already holds; score_copied says CLBlast may
+ * copy a score matrix even when its sizes are tile multiples (orientations its kernel does not
+ * take directly). Returns false with a reason when not even one row fits. */
 bool dp_gemm_chunking_choose(const dipole_ctx *ctx, const dp_problem *p, int nbuf,
-                             bool score_copied, dp_gemm_chunking *ch, char *reason,
-                             size_t reason_cap);
+                             bool score_copied, double reserved, dp_gemm_chunking *ch,
+                             char *reason, size_t reason_cap);
 
 /* The per-slice arrays a batched CLBlast GEMM takes: operand offsets, alpha and beta. */
 typedef struct dp_gemm_batch {
@@ -70,6 +71,27 @@ dipole_status dp_rowwise_enqueue(dipole_ctx *ctx, const dp_rowwise_plan *rw, cl_
  * DIPOLE_ERR_UNSUPPORTED with the reason when none does. */
 dipole_status dp_rowwise_plan_make(dipole_ctx *ctx, const dp_problem *p, const char *name,
                                    dp_rowwise_plan *rw, char *reason, size_t reason_cap);
+
+/* ---- half storage (gemm_stage.c): the float path runs on dense float copies */
+/* p with float32 storage: what the float path plans and runs on. */
+dp_problem dp_gemm_f32_problem(const dp_problem *p);
+/* Bytes of the float copies a half-storage call holds (0 for float32): forward q, k, v, v2,
+ * out; backward also dout and the four gradients. */
+double dp_gemm_stage_bytes(const dp_problem *p, bool backward);
+/* Whether the copies leave room under the workspace limit; false with a reason otherwise. */
+bool dp_gemm_stage_fits(const dipole_ctx *ctx, const dp_problem *p, bool backward,
+                        char *reason, size_t cap);
+/* A dense float copy of a query-side (query) or key-side tensor: uninitialised (alloc), or
+ * widened from src of p's storage (widen). On failure *buf may hold a buffer to release. */
+dipole_status dp_gemm_stage_alloc(dipole_ctx *ctx, const dp_problem *p, bool query,
+                                  const char *what, cl_mem *buf, dipole_tensor *dense);
+dipole_status dp_gemm_stage_widen(dipole_ctx *ctx, const dp_problem *p, const dipole_tensor *src,
+                                  bool query, const char *what, cl_mem *buf,
+                                  dipole_tensor *dense);
+/* Rounds a dense float copy into dst, a tensor of p's storage. */
+dipole_status dp_gemm_stage_narrow(dipole_ctx *ctx, const dp_problem *p,
+                                   const dipole_tensor *dense, const dipole_tensor *dst,
+                                   bool query, cl_event *event);
 
 /* ---- backward */
 /* The GEMM-path backward's plan: chunking under ctx->workspace_limit (S, dP and dP2 per

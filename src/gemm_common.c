@@ -66,18 +66,21 @@ static double peak_of(const dp_problem *p, const chunk_shape *cs, double slices,
 /* Chooses chunk sizes: as many query rows per slice as fit, then as many slices. Returns
  * false (with a reason) when not even one row fits. */
 bool dp_gemm_chunking_choose(const dipole_ctx *ctx, const dp_problem *p, int nbuf_in,
-                             bool score_copied, dp_gemm_chunking *ch, char *reason,
-                             size_t reason_cap)
+                             bool score_copied, double reserved, dp_gemm_chunking *ch,
+                             char *reason, size_t reason_cap)
 {
     const chunk_shape shape = {(double)nbuf_in, score_copied}, *cs = &shape;
-    const double limit = (double)ctx->workspace_limit;
+    const double limit = (double)ctx->workspace_limit - reserved;
     const size_t nq = (size_t)p->d.seq_q, bh = (size_t)p->d.batch * (size_t)p->d.heads_q;
     bool ok;
     double peak = peak_of(p, cs, 1, 1, &ok, ctx);
     if (peak > limit || !ok) {
         snprintf(reason, reason_cap,
                  "gemm: one row of %d scores needs %.0f bytes, over the %s of %.0f bytes",
-                 p->d.seq_k, peak, ok ? "workspace limit" : "device's largest buffer",
+                 p->d.seq_k, peak,
+                 !ok ? "device's largest buffer"
+                 : reserved > 0 ? "workspace limit less the float copies"
+                                : "workspace limit",
                  ok ? limit : (double)ctx->props.max_alloc);
         return false;
     }

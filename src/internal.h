@@ -57,6 +57,7 @@ typedef struct dp_kernel_config {
     int block_n;    /* keys per tile */
     int work_group; /* work-items per work-group */
     int wg_cols;    /* group layout: work-items that share a row (0: the kernel has no grid) */
+    dipole_dtype dtype; /* storage of the global tensors (DP_STORAGE) */
 } dp_kernel_config;
 
 typedef struct dp_program_entry dp_program_entry;
@@ -111,12 +112,19 @@ dipole_status dp_problem_init(dipole_ctx *ctx, const dipole_attn_desc *desc, dp_
 const char *dp_bwd_host_missing(const dp_problem *p, const void *q, const void *k, const void *v,
                                 const void *v2, const void *dout, const void *dq, const void *dk,
                                 const void *dv, const void *dv2);
-/* Checks that a device tensor holds [batch, seq, heads, head_dim] inside its buffer. */
+/* Checks that a device tensor of dtype elements holds [batch, seq, heads, head_dim] inside its
+ * buffer. */
 dipole_status dp_check_tensor(dipole_ctx *ctx, const char *name, const dipole_tensor *t,
-                              int batch, int seq, int heads, int head_dim);
+                              dipole_dtype dtype, int batch, int seq, int heads, int head_dim);
 dipole_status dp_check_buffer(dipole_ctx *ctx, const char *name, cl_mem buf, size_t floats);
 /* Whether two elements of an output tensor may share an address (work-items would race). */
 bool dp_tensor_self_overlaps(const dipole_tensor *t, int batch, int seq, int heads, int d);
+
+/* ---- dtype.c: the host's conversions, bit for bit the kernels' dp_load / dp_store. */
+float dp_f16_to_f32(uint16_t h);
+uint16_t dp_f32_to_f16(float x);
+float dp_bf16_to_f32(uint16_t b);
+uint16_t dp_f32_to_bf16(float x);
 
 /* ---- mask.c: the one definition of which keys a query row sees (host side). */
 /* Half-open range [*lo, *hi) of visible keys for row i of batch b; lo >= hi when none. */

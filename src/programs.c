@@ -45,6 +45,7 @@ dp_kernel_config dp_kernel_config_for(const dp_problem *p, dp_kernel_kind kind, 
     cfg.block_m = block_m;
     cfg.block_n = block_n;
     cfg.work_group = work_group;
+    cfg.dtype = p->d.dtype;
     return cfg;
 }
 
@@ -72,16 +73,18 @@ void dp_build_options(const dipole_ctx *ctx, const dp_kernel_config *cfg, char *
         if (strstr(field, quirk_table[i].name))
             strncat(quirks, quirk_table[i].flags, sizeof quirks - strlen(quirks) - 1);
     }
-    if (cfg->kind == DP_KERNEL_UTIL) /* no head dim, variant, mask or tiles: one program */
-        snprintf(buf, cap, "-cl-std=CL1.2 -DBLOCK_M=%d%s", cfg->block_m, quirks);
+    if (cfg->kind == DP_KERNEL_UTIL) /* no head dim, variant, mask or tiles: one per dtype */
+        snprintf(buf, cap, "-cl-std=CL1.2 -DDP_STORAGE=%d -DBLOCK_M=%d%s", (int)cfg->dtype,
+                 cfg->block_m, quirks);
     else {
         char grid[32] = "";
         if (cfg->wg_cols > 0)
             snprintf(grid, sizeof grid, " -DWG_COLS=%d", cfg->wg_cols);
         snprintf(buf, cap,
-             "-cl-std=CL1.2 -DVARIANT=%d -DHEAD_DIM=%d -DIS_CAUSAL=%d -DHAS_WINDOW=%d "
-             "-DBLOCK_M=%d -DBLOCK_N=%d -DWORK_GROUP=%d%s%s",
-             (int)cfg->variant, cfg->head_dim, cfg->causal ? 1 : 0, cfg->has_window ? 1 : 0,
+             "-cl-std=CL1.2 -DDP_STORAGE=%d -DVARIANT=%d -DHEAD_DIM=%d -DIS_CAUSAL=%d "
+             "-DHAS_WINDOW=%d -DBLOCK_M=%d -DBLOCK_N=%d -DWORK_GROUP=%d%s%s",
+             (int)cfg->dtype, (int)cfg->variant, cfg->head_dim, cfg->causal ? 1 : 0,
+             cfg->has_window ? 1 : 0,
              cfg->block_m, cfg->block_n, cfg->work_group, grid, quirks);
     }
 }

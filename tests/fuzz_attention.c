@@ -67,7 +67,7 @@ static float pick_float(reader *r)
 /* The descriptor rules as the header documents them, written independently of src/desc.c. */
 static bool expect_valid(const dipole_attn_desc *d)
 {
-    if ((unsigned)d->variant > 3 || (unsigned)d->path > 2)
+    if ((unsigned)d->variant > 3 || (unsigned)d->path > 2 || (unsigned)d->dtype > 2)
         return false;
     if (d->batch < 1 || d->heads_q < 1 || d->heads_kv < 1 || d->seq_q < 1 || d->seq_k < 1 ||
         d->head_dim < 1 || d->seq_q > (1 << 28) || d->seq_k > (1 << 28) || d->head_dim > 65536)
@@ -99,24 +99,27 @@ static bool no_device;
 static void finding(const char *what, const dipole_attn_desc *d, dipole_status st)
 {
     fprintf(stderr,
-            "FINDING: %s (status %s: %s)\n  variant %d path %d B %d Hq %d Hkv %d Nq %d Nk %d d %d "
+            "FINDING: %s (status %s: %s)\n  variant %d path %d dtype %d B %d Hq %d Hkv %d Nq %d Nk %d d %d "
             "scale %g causal %d win (%d, %d) kl %s\n",
             what, dipole_status_string(st), ctx ? dipole_ctx_last_error(ctx) : "",
-            (int)d->variant, (int)d->path, d->batch, d->heads_q, d->heads_kv, d->seq_q, d->seq_k,
+            (int)d->variant, (int)d->path, (int)d->dtype, d->batch, d->heads_q, d->heads_kv, d->seq_q, d->seq_k,
             d->head_dim, (double)d->scale, d->causal, d->window_left, d->window_right,
             d->key_lengths ? "yes" : "no");
     abort();
 }
 
-static bool close_enough(const float *got, const float *ref, size_t n)
+/* The fp32 bound, plus the output's own rounding in half storage (the inputs, on a 1/32 grid
+ * in [-2, 2), are exact in every dtype). */
+static bool close_enough(const float *got, const float *ref, size_t n, dipole_dtype dt)
 {
+    const double rtol = dt == DIPOLE_BF16 ? 1e-3 + 1.0 / 256 : dt == DIPOLE_F16 ? 1e-3 + 1.0 / 2048 : 1e-3;
     for (size_t i = 0; i < n; i++) {
         if (isnan(ref[i]) || isnan(got[i])) {
             if (isnan(ref[i]) != isnan(got[i]))
                 return false;
             continue;
         }
-        if (!(fabs((double)got[i] - ref[i]) <= 1e-3 + 1e-3 * fabs((double)ref[i])))
+        if (!(fabs((double)got[i] - ref[i]) <= 1e-3 + rtol * fabs((double)ref[i])))
             return false;
     }
     return true;
@@ -184,10 +187,14 @@ static void device_call(reader *r, const dipole_attn_desc *d)
         inside = inside && last <= CAP;
     }
     const size_t nq = (size_t)B * Nq * Hq * D, nk = (size_t)B * Nk * Hkv * D;
+    const size_t es = dipole_dtype_size(d->dtype);
+    static uint32_t stored[CAP]; /* host in the call's storage (room for float) */
+    if (dipole_convert(d->dtype, stored, DIPOLE_F32, host, CAP) != DIPOLE_SUCCESS)
+        abort();
     cl_int err;
     cl_mem in = clCreateBuffer(dipole_ctx_cl_context(ctx), CL_MEM_READ_ONLY | CL_MEM_COPY_HOST_PTR,
-                               sizeof host, host, &err);
-    cl_mem outb = clCreateBuffer(dipole_ctx_cl_context(ctx), CL_MEM_WRITE_ONLY, nq * 4, NULL, &err);
+                               CAP * es, stored, &err);
+    cl_mem outb = clCreateBuffer(dipole_ctx_cl_context(ctx), CL_MEM_WRITE_ONLY, nq * es, NULL, &err);
     if (!in || !outb)
         abort();
     for (int i = 0; i < 4; i++)
@@ -207,12 +214,13 @@ static void device_call(reader *r, const dipole_attn_desc *d)
         gather(host, &t[1], B, Nk, Hkv, D, k);
         gather(host, &t[2], B, Nk, Hkv, D, v);
         gather(host, &t[3], B, Nk, Hkv, D, v2);
-        if (clEnqueueReadBuffer(dipole_ctx_queue(ctx), outb, CL_TRUE, 0, nq * 4, got, 0, NULL,
-                                NULL) != CL_SUCCESS)
+        if (clEnqueueReadBuffer(dipole_ctx_queue(ctx), outb, CL_TRUE, 0, nq * es, got, 0, NULL,
+                                NULL) != CL_SUCCESS ||
+            dipole_convert(DIPOLE_F32, got, d->dtype, got, nq) != DIPOLE_SUCCESS)
             abort();
         if (dipole_reference(d, q, k, v, v2, ref) != DIPOLE_SUCCESS)
             finding("the reference refused a valid descriptor", d, st);
-        if (!sign_ambiguous(d, q, k) && !close_enough(got, ref, nq))
+        if (!sign_ambiguous(d, q, k) && !close_enough(got, ref, nq, d->dtype))
             finding("device result differs from the reference", d, st);
         free(q), free(k), free(v), free(v2), free(got), free(ref);
     }
@@ -252,6 +260,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         d.pos_weight = pw;
         d.neg_weight = nw;
     }
+    d.dtype = (dipole_dtype)pick_int(&r, 0, 3);
     /* Arrays shorter than the fields claim are the caller's bug, not dipole's: keep them in
      * step for the descriptor the library sees. */
     if (d.key_lengths && !(d.batch >= 1 && d.batch <= 4))

@@ -527,6 +527,11 @@ fails=0
 order() { case "$1" in sm_80) echo 0 ;; sm_90) echo 1 ;; gfx90a) echo 2 ;; gfx1100) echo 3 ;; *) echo 4 ;; esac; }
 while IFS=$'\t' read -r i tgt k regs mem memb occ simd ins st note; do
     v=$(sed -n 's/.*-DVARIANT=\([0-9]*\).*/\1/p' <<<"${opts[$i]}")
+    # half storage shows as v=N/f16, v=N/bf16 (DP_STORAGE is the dipole_dtype)
+    case "$(sed -n 's/.*-DDP_STORAGE=\([0-9]*\).*/\1/p' <<<"${opts[$i]}")" in
+    1) v="$v/f16" ;;
+    2) v="$v/bf16" ;;
+    esac
     d=$(sed -n 's/.*-DHEAD_DIM=\([0-9]*\).*/\1/p' <<<"${opts[$i]}")
     bm=$(sed -n 's/.*-DBLOCK_M=\([0-9]*\).*/\1/p' <<<"${opts[$i]}")
     bn=$(sed -n 's/.*-DBLOCK_N=\([0-9]*\).*/\1/p' <<<"${opts[$i]}")

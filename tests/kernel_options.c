@@ -1,8 +1,10 @@
 /* Prints the group-layout kernel builds that each GPU class would compile — the tile table's
  * entry for the class, fitted to the class's limits by the library's own planner functions
  * (tiles.c) and turned into options by dp_build_options — as lines CLASS|FILE|OPTIONS for
- * tests/gpu_isa.sh. Each variant, head dims 32, 64, 128, 256, causal. Links the library's
- * objects: these functions are not exported. */
+ * tests/gpu_isa.sh. Each variant, head dims 32, 64, 128, 256, causal, in float storage; and in
+ * fp16 and bf16 storage at 64 and 128, the head dims models use (their loads and stores are the
+ * only lines that change, which is what the check would catch: a conversion that spills). Links
+ * the library's objects: these functions are not exported. */
 #include <stdio.h>
 #include <string.h>
 
@@ -34,7 +36,11 @@ static void print_build(const char *cls, const dp_kernel_config *cfg)
 
 int main(void)
 {
-    static const int head_dims[] = {32, 64, 128, 256};
+    static const struct {
+        dipole_dtype dtype;
+        int head_dim;
+    } builds[] = {{DIPOLE_F32, 32},  {DIPOLE_F32, 64},  {DIPOLE_F32, 128}, {DIPOLE_F32, 256},
+                  {DIPOLE_F16, 64},  {DIPOLE_F16, 128}, {DIPOLE_BF16, 64}, {DIPOLE_BF16, 128}};
     int failed = 0;
     for (size_t c = 0; c < sizeof classes / sizeof classes[0]; c++) {
         memset(&ctx, 0, sizeof ctx);
@@ -47,18 +53,19 @@ int main(void)
         dp_tile_config tc;
         dp_tile_table_entry(dev, &tc);
         for (int v = 0; v <= DIPOLE_TWO_POLE; v++)
-            for (size_t i = 0; i < sizeof head_dims / sizeof head_dims[0]; i++) {
+            for (size_t i = 0; i < sizeof builds / sizeof builds[0]; i++) {
                 dipole_attn_desc d;
                 dipole_attn_desc_default(&d);
                 d.variant = (dipole_variant)v;
-                d.head_dim = head_dims[i];
+                d.dtype = builds[i].dtype;
+                d.head_dim = builds[i].head_dim;
                 d.causal = 1;
                 d.batch = d.heads_q = d.heads_kv = 1;
                 d.seq_q = d.seq_k = 4096;
                 dp_problem p;
                 if (dp_problem_init(NULL, &d, &p) != DIPOLE_SUCCESS) {
                     fprintf(stderr, "kernel-options: bad problem (variant %d, d %d)\n", v,
-                            head_dims[i]);
+                            builds[i].head_dim);
                     return 1;
                 }
                 char why[200];
@@ -67,12 +74,12 @@ int main(void)
                     print_build(classes[c].name, &cfg);
                 else
                     fprintf(stderr, "%s: forward, variant %d, d %d: %s\n", classes[c].name, v,
-                            head_dims[i], why), failed = 1;
+                            builds[i].head_dim, why), failed = 1;
                 if (dp_group_bwd_config(&tc, &p, dev, &cfg, why, sizeof why))
                     print_build(classes[c].name, &cfg);
                 else
                     fprintf(stderr, "%s: backward, variant %d, d %d: %s\n", classes[c].name, v,
-                            head_dims[i], why), failed = 1;
+                            builds[i].head_dim, why), failed = 1;
             }
     }
     return failed;

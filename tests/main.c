@@ -24,6 +24,7 @@ int main(int argc, char **argv)
         {"env", env_suite},
         {"noplatform", noplatform_suite},
         {"oclgrind-small", oclgrind_small_suite},
+        {"dtype", dtype_suite},
     };
     if (argc != 2) {
         fprintf(stderr, "usage: %s SUITE\n", argv[0]);

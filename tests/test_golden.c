@@ -1,7 +1,8 @@
 /* The PyTorch golden outputs in ../shared/golden (computed in float64 from the reference
  * codebases' formulas; nobody here wrote them): every case, every variant, on the device and
  * through the CPU reference. Shapes come from the .npy files; a case is causal (bottom-right)
- * exactly when it ships mask.npy, which is checked against dipole's own mask rule. */
+ * exactly when it ships mask.npy, which is checked against dipole's own mask rule. Every case
+ * also runs in fp16 and bf16 storage. */
 #include <dirent.h>
 #include <math.h>
 #include <stdbool.h>
@@ -16,6 +17,15 @@
 /* PyTorch's own float32 run is within ~3e-7 of these outputs (manifest "checks"). */
 #define GOLD_ATOL 2e-6
 #define GOLD_RTOL 2e-5
+/* Half storage (the inputs rounded to f16 / bf16, the device run in that dtype): against the
+ * reference on the same rounded inputs, the output's own rounding (rtol 2^-10 / 2^-7, as the
+ * dtype suite); against PyTorch's outputs of the unrounded inputs, also what rounding the
+ * inputs moved: each score by a few ulps of |q||k| and each value by half an ulp, which the
+ * softmax carries to the output on the scale of the row's values, so that bound is
+ * atol + rtol (|want| + HALF_GOLD_RMS rms(want)) with the same rtol; the worst case of these
+ * cases used 0.53 of it (DIPOLE_TEST_VERBOSE=1 prints each). */
+#define HALF_ATOL 3e-5
+#define HALF_GOLD_RMS 4
 
 static const char *golden_dir(void)
 {
@@ -36,6 +46,107 @@ static bool exists(const char *dir, const char *name)
     struct stat st;
     snprintf(path, sizeof path, "%s/%s", dir, name);
     return stat(path, &st) == 0;
+}
+
+static double rms(const float *x, size_t n)
+{
+    double ss = 0;
+    for (size_t i = 0; i < n; i++)
+        ss += (double)x[i] * x[i];
+    return sqrt(ss / (double)(n ? n : 1));
+}
+
+/* The inputs in storage form and rounded back to float (what the device reads, widened). */
+typedef struct half_inputs {
+    void *bits[4];
+    float *wide[4];
+} half_inputs;
+
+static void half_inputs_make(dipole_dtype dt, npy_array *in[4], half_inputs *h)
+{
+    for (int i = 0; i < 4; i++) {
+        const size_t n = in[i]->count;
+        h->bits[i] = malloc(n * dipole_dtype_size(dt));
+        h->wide[i] = malloc(n * sizeof(float));
+        ck_assert(h->bits[i] && h->wide[i]);
+        ck_assert_int_eq(dipole_convert(dt, h->bits[i], DIPOLE_F32, in[i]->data, n),
+                         DIPOLE_SUCCESS);
+        ck_assert_int_eq(dipole_convert(DIPOLE_F32, h->wide[i], dt, h->bits[i], n),
+                         DIPOLE_SUCCESS);
+    }
+}
+
+static void half_inputs_free(half_inputs *h)
+{
+    for (int i = 0; i < 4; i++)
+        free(h->bits[i]), free(h->wide[i]);
+}
+
+/* Whether rounding the inputs flipped the sign of one of row (b, i, h)'s scores. SIGNEXP and
+ * ROUTED jump there (the weight changes sign, or the key changes value), so against outputs of
+ * the unrounded inputs such a row is not comparable at all; every key is checked, masked or not,
+ * which only skips more. */
+static bool sign_flipped(const dipole_attn_desc *d, const float *q, const float *k,
+                         const float *qr, const float *kr, int b, int i, int h)
+{
+    const int D = d->head_dim, hk = h / (d->heads_q / d->heads_kv);
+    const size_t qo = (((size_t)b * d->seq_q + i) * d->heads_q + h) * D;
+    for (int j = 0; j < d->seq_k; j++) {
+        const size_t ko = (((size_t)b * d->seq_k + j) * d->heads_kv + hk) * D;
+        double s = 0, sr = 0;
+        for (int c = 0; c < D; c++)
+            s += (double)q[qo + c] * k[ko + c], sr += (double)qr[qo + c] * kr[ko + c];
+        if ((s > 0) != (sr > 0) || (s < 0) != (sr < 0))
+            return true;
+    }
+    return false;
+}
+
+/* One variant in half storage: the device against the reference on the rounded inputs, then
+ * against PyTorch's golden output (rows whose sign pattern the rounding changed left out, at
+ * most a tenth of them). */
+static void check_half(const char *dir, const char *file, const dipole_attn_desc *d_in,
+                       dipole_dtype dt, const half_inputs *h, const float *want, size_t nq,
+                       const float *q, const float *k)
+{
+    dipole_attn_desc d = *d_in;
+    d.dtype = dt;
+    const double rtol = dt == DIPOLE_F16 ? 1.0 / 1024 : 1.0 / 128;
+    void *bits = malloc(nq * dipole_dtype_size(dt));
+    float *got = malloc(nq * sizeof(float)), *ref = malloc(nq * sizeof(float));
+    ck_assert(bits && got && ref);
+    dipole_status st = dipole_attention_host(tu_ctx(), &d, h->bits[0], h->bits[1], h->bits[2],
+                                             h->bits[3], bits);
+    ck_assert_msg(st == DIPOLE_SUCCESS, "%s %s %s: %s %s", dir, file, dipole_dtype_name(dt),
+                  dipole_status_string(st), dipole_ctx_last_error(tu_ctx()));
+    ck_assert_int_eq(dipole_convert(DIPOLE_F32, got, dt, bits, nq), DIPOLE_SUCCESS);
+    ck_assert_int_eq(dipole_reference(&d, h->wide[0], h->wide[1], h->wide[2], h->wide[3], ref),
+                     DIPOLE_SUCCESS);
+    tu_err e = tu_compare(got, ref, nq, HALF_ATOL, rtol);
+    ck_assert_msg(e.worst_ratio <= 1, "%s %s %s vs the reference on the rounded inputs: "
+                  "element %zu got %.9g want %.9g", dir, file, dipole_dtype_name(dt), e.worst,
+                  (double)got[e.worst], (double)ref[e.worst]);
+    /* Rows left out compare their golden value with itself. */
+    const bool jumps = d.variant == DIPOLE_SIGNEXP || d.variant == DIPOLE_ROUTED;
+    size_t skipped = 0, rows = 0;
+    for (int b = 0; b < d.batch; b++)
+        for (int i = 0; i < d.seq_q; i++)
+            for (int hh = 0; hh < d.heads_q; hh++, rows++)
+                if (jumps && sign_flipped(&d, q, k, h->wide[0], h->wide[1], b, i, hh)) {
+                    const size_t at = (((size_t)b * d.seq_q + i) * d.heads_q + hh) * d.head_dim;
+                    memcpy(got + at, want + at, sizeof(float) * d.head_dim);
+                    skipped++;
+                }
+    ck_assert_msg(skipped * 10 <= rows, "%s %s %s: rounding flipped a score's sign in %zu of "
+                  "%zu rows", dir, file, dipole_dtype_name(dt), skipped, rows);
+    e = tu_compare(got, want, nq, HALF_ATOL + rtol * HALF_GOLD_RMS * rms(want, nq), rtol);
+    ck_assert_msg(e.worst_ratio <= 1, "%s %s %s vs PyTorch: element %zu got %.9g want %.9g "
+                  "(%.2f of the bound)", dir, file, dipole_dtype_name(dt), e.worst,
+                  (double)got[e.worst], (double)want[e.worst], e.worst_ratio);
+    if (getenv("DIPOLE_TEST_VERBOSE"))
+        fprintf(stderr, "%s %s %s: %.2f of the PyTorch bound (%zu of %zu rows left out)\n",
+                dir, file, dipole_dtype_name(dt), e.worst_ratio, skipped, rows);
+    free(bits), free(got), free(ref);
 }
 
 static int check_case(const char *dir)
@@ -84,6 +195,10 @@ static int check_case(const char *dir)
         {DIPOLE_TWO_POLE, "out_dipole_v2.npy", "lse_softmax.npy"},
     };
     const size_t nq = q.count;
+    npy_array *ins[4] = {&q, &k, &v, &v2};
+    half_inputs half[2];
+    half_inputs_make(DIPOLE_F16, ins, &half[0]);
+    half_inputs_make(DIPOLE_BF16, ins, &half[1]);
     float *got = malloc(nq * sizeof(float));
     float *lse = malloc(sizeof(float) * 2 * (size_t)d.batch * d.heads_q * d.seq_q);
     int checked = 0;
@@ -112,11 +227,15 @@ static int check_case(const char *dir)
                           (double)lse[e.worst], (double)((float *)want_lse.data)[e.worst]);
             checked++;
         }
+        for (int hd = 0; hd < 2; hd++, checked++)
+            check_half(dir, outs[o].file, &d, hd ? DIPOLE_BF16 : DIPOLE_F16, &half[hd],
+                       want.data, nq, q.data, k.data);
         npy_free(&want);
         npy_free(&want_lse);
     }
     free(got);
     free(lse);
+    half_inputs_free(&half[0]), half_inputs_free(&half[1]);
     npy_free(&q), npy_free(&k), npy_free(&v), npy_free(&v2);
     return checked;
 }

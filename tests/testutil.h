@@ -59,5 +59,7 @@ Suite *threads_suite(void);
 Suite *env_suite(void);
 Suite *noplatform_suite(void);
 Suite *oclgrind_small_suite(void);
+/* Half-precision storage: conversions, and the device against the reference in f16 and bf16. */
+Suite *dtype_suite(void);
 
 #endif

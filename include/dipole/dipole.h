@@ -94,6 +94,28 @@ typedef enum dipole_path {
 /* Static name ("auto", "tiled", "gemm"), or "unknown". */
 DIPOLE_API const char *dipole_path_name(dipole_path path);
 
+/* How q, k, v, v2 and out (in the backward also dout, dq, dk, dv and dv2) are stored. Every
+ * path computes in float32 whatever the storage; a store rounds to nearest even. lse, the pole
+ * weights and their gradients are always float32. */
+typedef enum dipole_dtype {
+    DIPOLE_F32 = 0,  /* IEEE binary32 */
+    DIPOLE_F16 = 1,  /* IEEE binary16 (read with vload_half: no cl_khr_fp16 needed) */
+    DIPOLE_BF16 = 2  /* bfloat16: the upper 16 bits of a binary32 */
+} dipole_dtype;
+
+/* Static name ("f32", "f16", "bf16"), or "unknown". */
+DIPOLE_API const char *dipole_dtype_name(dipole_dtype dtype);
+
+/* Bytes per element: 4, 2, 2; 0 for a value that is not a dipole_dtype. */
+DIPOLE_API size_t dipole_dtype_size(dipole_dtype dtype);
+
+/* Converts n elements from one storage type to another on the host (widening is exact;
+ * narrowing rounds to nearest even; NaN stays NaN, and an fp16 overflow becomes inf).
+ * src and dst may not overlap unless they are the same array of the same type. Returns
+ * DIPOLE_SUCCESS or DIPOLE_ERR_INVALID_ARG (an unknown dtype, or NULL with n > 0). */
+DIPOLE_API dipole_status dipole_convert(dipole_dtype dst_dtype, void *dst, dipole_dtype src_dtype,
+                                        const void *src, size_t n);
+
 typedef struct dipole_attn_desc {
     dipole_variant variant;
     int batch;
@@ -112,10 +134,13 @@ typedef struct dipole_attn_desc {
     const float *pos_weight; /* TWO_POLE: host array [heads_q] of alpha_h, NULL = all 1 */
     const float *neg_weight; /* TWO_POLE: host array [heads_q] of beta_h,  NULL = all 1 */
     dipole_path path;
+    /* Storage of q, k, v, v2 and out; in the backward also dout, dq, dk, dv, dv2. Offsets and
+     * strides stay in elements; lse and the pole weights stay float32. */
+    dipole_dtype dtype;
 } dipole_attn_desc;
 
 /* Fills every field with its default: SOFTMAX, sizes 0 (to be set), scale 0 (1/sqrt(d)),
- * no causal mask, windows -1, no key lengths, unit pole weights, DIPOLE_PATH_AUTO. */
+ * no causal mask, windows -1, no key lengths, unit pole weights, DIPOLE_PATH_AUTO, DIPOLE_F32. */
 DIPOLE_API void dipole_attn_desc_default(dipole_attn_desc *desc);
 
 /* Checks a descriptor without a device. DIPOLE_SUCCESS or DIPOLE_ERR_INVALID_ARG (message on
@@ -250,7 +275,8 @@ DIPOLE_API dipole_status dipole_attention_backward_plan(dipole_ctx *ctx,
 
 /* ---------------------------------------------------------------- forward */
 
-/* A float tensor [batch, seq, heads, head_dim] in a cl_mem; offset and strides in elements. */
+/* A tensor [batch, seq, heads, head_dim] of desc.dtype elements in a cl_mem; offset and strides
+ * in elements. */
 typedef struct dipole_tensor {
     cl_mem buffer;
     size_t offset;
@@ -276,20 +302,24 @@ DIPOLE_API dipole_status dipole_attention(dipole_ctx *ctx, const dipole_attn_des
                                           const dipole_tensor *v, const dipole_tensor *v2,
                                           const dipole_tensor *out, cl_mem lse, cl_event *event);
 
-/* Host-memory twin: dense [batch, seq, heads, head_dim] float arrays; blocks until done.
+/* Host-memory twin: dense [batch, seq, heads, head_dim] arrays of desc.dtype elements (fp16:
+ * binary16 bits, bf16: the upper halves of float32s); blocks until done.
  * Same statuses as dipole_attention. */
 DIPOLE_API dipole_status dipole_attention_host(dipole_ctx *ctx, const dipole_attn_desc *desc,
-                                               const float *q, const float *k, const float *v,
-                                               const float *v2, float *out);
+                                               const void *q, const void *k, const void *v,
+                                               const void *v2, void *out);
 
-/* As dipole_attention_host, also writing lse (NULL allowed) as dipole_attention describes. */
+/* As dipole_attention_host, also writing lse (float32, NULL allowed) as dipole_attention
+ * describes. */
 DIPOLE_API dipole_status dipole_attention_host_lse(dipole_ctx *ctx, const dipole_attn_desc *desc,
-                                                   const float *q, const float *k,
-                                                   const float *v, const float *v2, float *out,
+                                                   const void *q, const void *k,
+                                                   const void *v, const void *v2, void *out,
                                                    float *lse);
 
-/* The CPU reference: double accumulation, straightforward loops, dense host layout. lse may be
- * NULL. Returns DIPOLE_SUCCESS, DIPOLE_ERR_INVALID_ARG or DIPOLE_ERR_OUT_OF_HOST_MEMORY. */
+/* The CPU reference: double accumulation, straightforward loops, dense host layout. Its arrays
+ * are float32 whatever desc.dtype says (widen half-precision inputs with dipole_convert, which
+ * is exact). lse may be NULL. Returns DIPOLE_SUCCESS, DIPOLE_ERR_INVALID_ARG or
+ * DIPOLE_ERR_OUT_OF_HOST_MEMORY. */
 DIPOLE_API dipole_status dipole_reference(const dipole_attn_desc *desc, const float *q,
                                           const float *k, const float *v, const float *v2,
                                           float *out);
@@ -315,14 +345,16 @@ DIPOLE_API dipole_status dipole_attention_backward(
     const dipole_tensor *dv, const dipole_tensor *dv2, cl_mem dpos_weight, cl_mem dneg_weight,
     cl_event *event);
 
-/* Host twin of the backward pass (runs the forward itself for out and lse). dv2 may be NULL
- * when the variant reads no v2; dpos_weight/dneg_weight may be NULL. */
+/* Host twin of the backward pass (runs the forward itself for out and lse). q .. dv2 are
+ * desc.dtype arrays, dpos_weight/dneg_weight float32. dv2 may be NULL when the variant reads no
+ * v2; dpos_weight/dneg_weight may be NULL. */
 DIPOLE_API dipole_status dipole_attention_backward_host(
-    dipole_ctx *ctx, const dipole_attn_desc *desc, const float *q, const float *k, const float *v,
-    const float *v2, const float *dout, float *dq, float *dk, float *dv, float *dv2,
+    dipole_ctx *ctx, const dipole_attn_desc *desc, const void *q, const void *k, const void *v,
+    const void *v2, const void *dout, void *dq, void *dk, void *dv, void *dv2,
     float *dpos_weight, float *dneg_weight);
 
-/* The CPU reference backward in double precision (dense host layout). */
+/* The CPU reference backward in double precision (dense host layout, float32 arrays whatever
+ * desc.dtype says). */
 DIPOLE_API dipole_status dipole_reference_backward(
     const dipole_attn_desc *desc, const float *q, const float *k, const float *v, const float *v2,
     const float *dout, float *dq, float *dk, float *dv, float *dv2, float *dpos_weight,

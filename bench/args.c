@@ -30,6 +30,8 @@ void bench_usage(FILE *f)
         "  --batch-heads LIST     BxH or BxHq:Hkv (GQA) items               [GPU 2x16; CPU 1x8]\n"
         "  --causal LIST          off,on                                    [off,on]\n"
         "  --path LIST            tiled,gemm,auto                           [tiled,gemm]\n"
+        "  --dtype LIST           f32,f16,bf16 or all: storage of q, k, v, v2, out and the\n"
+        "                         gradients (compute stays float32)         [f32]\n"
         "  --backward             also time dipole_attention_backward\n"
         "  --quick                small grid (d 64, N 128,256, 1x4) and short budgets\n"
         "timing and checking:\n"
@@ -37,7 +39,11 @@ void bench_usage(FILE *f)
         "  --max-call-ms MS       skip points predicted slower than this per call [GPU 5000;\n"
         "                         CPU 3000]\n"
         "  --rows N               (batch, head, row) triples validated per point [16]\n"
-        "  --atol X --rtol X      validation: |got-ref| <= atol + rtol |ref|  [5e-5, 5e-4]\n"
+        "  --atol X --rtol X      validation: |got-ref| <= atol + rtol |ref|  [5e-5, 5e-4];\n"
+        "                         f16 and bf16 rows raise rtol to at least 2^-10 and 2^-7 (the\n"
+        "                         output's rounding); their backward rows, whose dq carries\n"
+        "                         the rounded forward out, allow atol + rtol (|ref| + 8 rms)\n"
+        "                         with rms over the checked reference row\n"
         "  --no-peaks             skip measuring the device ceilings\n"
         "tuning:\n"
         "  --tune                 instead of the grid: time tile configurations of the tiled\n"
@@ -51,7 +57,8 @@ void bench_usage(FILE *f)
         "GFLOP/s = flops / median time, flops = sum over batch, heads_q and each visible\n"
         "(query, key) pair of 4*d (2d for Q.K^T, 2d for P.V); causal counts only unmasked\n"
         "pairs exactly; TWO_POLE counts its second P.V, 6*d per pair; backward = 2.5 x forward.\n"
-        "GB/s = bytes of q, k, v, (v2), out (backward: + dout and the gradients) once / time.\n"
+        "GB/s = bytes of q, k, v, (v2), out (backward: + dout and the gradients) once / time,\n"
+        "in the row's dtype. x_sm = time / the softmax row's, x_f32 = time / the f32 row's.\n"
         "Exit status: 0 no error rows, 1 an error row (validation or a failed call),\n"
         "2 bad arguments, 3 no OpenCL device.\n",
         f);
@@ -232,9 +239,11 @@ int bench_parse_args(int argc, char **argv, bench_opts *o, char *err, size_t cap
     static const int causal_values[] = {0, 1, 0, 1};
     static const char *const path_names[] = {"tiled", "gemm", "auto"};
     static const int path_values[] = {DIPOLE_PATH_TILED, DIPOLE_PATH_GEMM, DIPOLE_PATH_AUTO};
+    static const char *const dtype_names[] = {"f32", "f16", "bf16"};
+    static const int dtype_values[] = {DIPOLE_F32, DIPOLE_F16, DIPOLE_BF16};
 
     enum { O_HELP = 256, O_LIST, O_ALL, O_QUICK, O_BACKWARD, O_INJECT, O_TUNE, O_NO_PEAKS,
-           O_DEVICE, O_VARIANTS, O_HEAD_DIMS, O_SEQ, O_BH, O_CAUSAL, O_PATH, O_DECODE,
+           O_DEVICE, O_VARIANTS, O_HEAD_DIMS, O_SEQ, O_BH, O_CAUSAL, O_PATH, O_DTYPE, O_DECODE,
            O_BUDGET, O_MAX_CALL, O_ROWS, O_ATOL, O_RTOL, O_TUNE_PRIOR, O_CSV, O_JSON, O_PLOT,
            O_COMPARE };
     static const struct option longopts[] = {
@@ -253,6 +262,7 @@ int bench_parse_args(int argc, char **argv, bench_opts *o, char *err, size_t cap
         {"batch-heads", required_argument, NULL, O_BH},
         {"causal", required_argument, NULL, O_CAUSAL},
         {"path", required_argument, NULL, O_PATH},
+        {"dtype", required_argument, NULL, O_DTYPE},
         {"decode", required_argument, NULL, O_DECODE},
         {"budget-ms", required_argument, NULL, O_BUDGET},
         {"max-call-ms", required_argument, NULL, O_MAX_CALL},
@@ -321,6 +331,9 @@ int bench_parse_args(int argc, char **argv, bench_opts *o, char *err, size_t cap
             break;
         case O_PATH:
             rc = parse_names("--path", val, path_names, path_values, 3, &o->paths, err, cap);
+            break;
+        case O_DTYPE:
+            rc = parse_names("--dtype", val, dtype_names, dtype_values, 3, &o->dtypes, err, cap);
             break;
         case O_DECODE: rc = parse_onoff("--decode", val, &o->decode, err, cap); break;
         case O_BUDGET:

@@ -42,7 +42,7 @@ typedef struct bench_opts {
     bool help, list, all, quick, backward, inject_error, peaks, decode, tune;
     int ndevices;
     const char *devices[BENCH_MAX_DEVICES]; /* selectors; none = dipole_ctx_create(NULL) */
-    bench_ilist variants, head_dims, seqs, causal, paths;
+    bench_ilist variants, head_dims, seqs, causal, paths, dtypes;
     bench_bhlist bh;
     double budget_ms;     /* timed repetitions per point */
     double max_call_ms;   /* points predicted slower than this per call are skipped */
@@ -65,6 +65,7 @@ typedef struct bench_point {
     bench_pass pass;
     dipole_variant variant;
     dipole_path path;
+    dipole_dtype dtype;    /* storage of the tensors (desc.dtype) */
     int batch, heads_q, heads_kv, seq_q, seq_k, head_dim;
     int causal;
 } bench_point;
@@ -81,7 +82,8 @@ double bench_visible_pairs(const bench_point *p);
 /* 4 d per visible pair (2 d for Q.K^T, 2 d for P.V); TWO_POLE 6 d (a second P.V);
  * backward 2.5 times the forward. */
 double bench_flops(const bench_point *p);
-/* Bytes of q, k, v, (v2), out read or written once (backward adds dout and the gradients). */
+/* Bytes of q, k, v, (v2), out read or written once (backward adds dout and the gradients), in
+ * the point's dtype. */
 double bench_bytes(const bench_point *p);
 bool bench_is_decode(const bench_point *p);
 bool bench_reads_v2(dipole_variant v);
@@ -155,6 +157,7 @@ typedef struct bench_row {
     /* filled after the sweep from the device's ceilings; NaN when not applicable */
     double pct_fma, pct_sgemm, pct_copy, tiled_over_gemm;
     double over_softmax; /* median time / the SOFTMAX row's at the same point and requested path */
+    double over_f32;     /* median time / the F32 row's at the same point, variant and path */
     int checked_rows;
     double max_abs_err, worst_ratio; /* worst |got-ref| / (atol + rtol |ref|) */
 } bench_row;
@@ -173,19 +176,22 @@ int bench_sweep(dipole_ctx *ctx, const bench_opts *o, const bench_device *dev,
                 const bench_point *pts, int npts, bench_run *run, int *done, int total,
                 bool progress);
 
-/* Inputs kept on the host for validation. */
+/* Inputs kept on the host for validation: the point's dtype values widened to float, exactly
+ * what the device reads. */
 typedef struct bench_host_inputs {
     const float *q, *k, *v, *v2, *dout;
 } bench_host_inputs;
 
 /* Checks the device output rows against dipole_reference on sampled (batch, head, row)
- * triples; got_row(i) fetches one device row. Fills r's error fields; returns false on
- * a mismatch (r->reason says where). */
+ * triples; got_row(i) fetches one device row, widened to float. The bound is
+ * atol + rtol |ref|; f16 and bf16 points raise rtol to 2^-10 and 2^-7 (their stores' rounding),
+ * and their backward rows add rtol 8 rms(ref row). Fills r's error fields; returns false on a
+ * mismatch (r->reason says where). */
 typedef int (*bench_fetch_row)(void *user, int b, int i, int h, float *dst);
 bool bench_validate(const bench_point *p, const bench_host_inputs *in, bench_fetch_row fetch,
                     void *user, int samples, double atol, double rtol, bool inject, bench_row *r);
 
-/* Derived columns: % of ceilings and tiled/gemm ratios. */
+/* Derived columns: % of ceilings, tiled/gemm, variant/softmax and dtype/f32 ratios. */
 void bench_derive(bench_run *run);
 /* True when any row is an error. */
 bool bench_any_error(const bench_run *run);
@@ -220,7 +226,8 @@ int bench_plot_script(FILE *f, const bench_run *run, const char *path);
 /* Prints each row's speed ratio to the matching row of a saved JSON run. Returns 0 or -1. */
 int bench_compare(FILE *f, const bench_run *run, const char *old_json, char *err, size_t cap);
 
-/* Unique key of a row for matching runs: "device|pass|variant|path|B|Hq|Hkv|Nq|Nk|d|causal". */
+/* Unique key of a row for matching runs: "device|pass|variant|path|B|Hq|Hkv|Nq|Nk|d|causal",
+ * then "|f16" or "|bf16" for those dtypes (so that saved runs from before --dtype still match). */
 void bench_row_key(const char *device_label, const bench_point *p, char *buf, size_t cap);
 const char *bench_pass_name(bench_pass p);
 

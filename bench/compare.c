@@ -29,19 +29,25 @@ static int name_index(const char *s, const char *const names[], int n)
     return -1;
 }
 
-/* Rebuilds a saved row's point; false if the row is not ok or malformed. */
+/* Rebuilds a saved row's point; false if the row is not ok or malformed. Runs saved before
+ * --dtype have no "dtype": they are f32. */
 static bool old_point(const json_t *row, bench_point *p)
 {
     static const char *const variants[] = {"softmax", "signexp", "routed", "two_pole"};
     static const char *const paths[] = {"auto", "tiled", "gemm"};
+    static const char *const dtypes[] = {"f32", "f16", "bf16"};
     const int v = name_index(str(row, "variant"), variants, 4);
     const int path = name_index(str(row, "path"), paths, 3);
-    if (strcmp(str(row, "status"), "ok") != 0 || v < 0 || path < 0 || !(num(row, "median_ms") > 0))
+    const int dt = json_object_get(row, "dtype") ? name_index(str(row, "dtype"), dtypes, 3)
+                                                 : DIPOLE_F32;
+    if (strcmp(str(row, "status"), "ok") != 0 || v < 0 || path < 0 || dt < 0 ||
+        !(num(row, "median_ms") > 0))
         return false;
     memset(p, 0, sizeof *p);
     p->pass = strcmp(str(row, "pass"), "bwd") ? BENCH_FWD : BENCH_BWD;
     p->variant = (dipole_variant)v;
     p->path = (dipole_path)path;
+    p->dtype = (dipole_dtype)dt;
     p->batch = (int)num(row, "batch");
     p->heads_q = (int)num(row, "heads_q");
     p->heads_kv = (int)num(row, "heads_kv");
@@ -97,8 +103,9 @@ int bench_compare(FILE *f, const bench_run *run, const char *old_json, char *err
     }
     fprintf(f, "\ncompared with %s (ratio = old median / new median; > 1 is faster now)\n",
             old_json);
-    fprintf(f, "%-3s %-4s %-8s %-5s %-9s %6s %6s %4s %-3s %10s %10s %7s\n", "dev", "pass",
-            "variant", "path", "BxHq:Hkv", "Nq", "Nk", "d", "cau", "old_ms", "new_ms", "ratio");
+    fprintf(f, "%-3s %-4s %-8s %-5s %-5s %-9s %6s %6s %4s %-3s %10s %10s %7s\n", "dev", "pass",
+            "variant", "path", "dtype", "BxHq:Hkv", "Nq", "Nk", "d", "cau", "old_ms", "new_ms",
+            "ratio");
     double log_sum = 0;
     int matched = 0, unmatched = 0;
     for (int r = 0; r < run->nrows; r++) {
@@ -112,10 +119,10 @@ int bench_compare(FILE *f, const bench_run *run, const char *old_json, char *err
             i++;
         const bench_point *p = &row->pt;
         snprintf(bh, sizeof bh, "%dx%d:%d", p->batch, p->heads_q, p->heads_kv);
-        fprintf(f, "%-3d %-4s %-8s %-5s %-9s %6d %6d %4d %-3s ", p->device,
+        fprintf(f, "%-3d %-4s %-8s %-5s %-5s %-9s %6d %6d %4d %-3s ", p->device,
                 bench_pass_name(p->pass), dipole_variant_name(p->variant),
-                dipole_path_name(p->path), bh, p->seq_q, p->seq_k, p->head_dim,
-                p->causal ? "on" : "off");
+                dipole_path_name(p->path), dipole_dtype_name(p->dtype), bh, p->seq_q, p->seq_k,
+                p->head_dim, p->causal ? "on" : "off");
         if (i == nold) {
             fprintf(f, "%10s %10.3f %7s\n", "-", row->median_ms, "new");
             unmatched++;

@@ -1,5 +1,6 @@
 /* The grid: per-device defaults for every list the user did not give, and its expansion into
- * points in table order (variant, head_dim, batch x heads, causal, seq, path, pass). */
+ * points in table order (prefill then decode, head_dim, batch x heads, causal, seq, variant,
+ * dtype, path, pass). */
 #include <stdlib.h>
 #include <string.h>
 
@@ -26,6 +27,7 @@ void bench_grid_defaults(const bench_opts *o, bool cpu, bench_opts *out)
     static const int variants[] = {DIPOLE_SOFTMAX, DIPOLE_SIGNEXP, DIPOLE_ROUTED, DIPOLE_TWO_POLE};
     static const int causal[] = {0, 1};
     static const int paths[] = {DIPOLE_PATH_TILED, DIPOLE_PATH_GEMM};
+    static const int dtypes[] = {DIPOLE_F32};
     static const int d_gpu[] = {64, 128}, d_cpu[] = {64};
     static const int n_quick[] = {128, 256}, n_cpu[] = {256, 512, 1024};
     static const int n_gpu[] = {512, 1024, 2048, 4096, 8192};
@@ -33,6 +35,7 @@ void bench_grid_defaults(const bench_opts *o, bool cpu, bench_opts *out)
     set_ilist(&out->variants, variants, 4);
     set_ilist(&out->causal, causal, 2);
     set_ilist(&out->paths, paths, 2);
+    set_ilist(&out->dtypes, dtypes, 1);
     if (o->quick) {
         set_ilist(&out->head_dims, d_cpu, 1);
         set_ilist(&out->seqs, n_quick, 2);
@@ -52,39 +55,55 @@ void bench_grid_defaults(const bench_opts *o, bool cpu, bench_opts *out)
         out->max_call_ms = cpu ? 3000 : 5000;
 }
 
+/* The rows of one shape (device, sizes, mask filled in): every variant, dtype, path and pass
+ * back to back, so that their ratios (x_sm, x_f32, t/g) come from one stretch of time on a
+ * shared or throttling machine. Returns the count written to p. */
+static int expand_shape(const bench_opts *o, const bench_point *shape, bench_point *p)
+{
+    const int npass = o->backward ? 2 : 1;
+    int n = 0;
+    for (int a = 0; a < o->variants.n; a++)
+        for (int t = 0; t < o->dtypes.n; t++)
+            for (int g = 0; g < o->paths.n; g++)
+                for (int pass = 0; pass < npass; pass++) {
+                    bench_point *q = &p[n++];
+                    *q = *shape;
+                    q->variant = (dipole_variant)o->variants.v[a];
+                    q->dtype = (dipole_dtype)o->dtypes.v[t];
+                    q->path = (dipole_path)o->paths.v[g];
+                    q->pass = (bench_pass)pass;
+                }
+    return n;
+}
+
 int bench_grid_expand(const bench_opts *o, int device, bench_point **points)
 {
     const int npass = o->backward ? 2 : 1;
-    const int per = o->variants.n * o->head_dims.n * o->bh.n * o->paths.n * o->seqs.n * npass;
+    const int per = o->variants.n * o->dtypes.n * o->head_dims.n * o->bh.n * o->paths.n *
+                    o->seqs.n * npass;
     const size_t cap = (size_t)per * ((size_t)o->causal.n + (o->decode ? 1 : 0)) + 1;
     bench_point *p = calloc(cap, sizeof *p);
     if (!p)
         return -1;
     int n = 0;
     /* Decode rows use one causal value: with bottom-right alignment a single query row sees
-     * every key either way. The variants of a shape run back to back, so that their ratios
-     * (x_sm) come from one stretch of time on a shared or throttling machine. */
+     * every key either way. */
     for (int decode = 0; decode <= (o->decode ? 1 : 0); decode++)
         for (int b = 0; b < o->head_dims.n; b++)
             for (int c = 0; c < o->bh.n; c++)
                 for (int e = 0; e < (decode ? 1 : o->causal.n); e++)
-                    for (int f = 0; f < o->seqs.n; f++)
-                        for (int a = 0; a < o->variants.n; a++)
-                            for (int g = 0; g < o->paths.n; g++)
-                                for (int pass = 0; pass < npass; pass++) {
-                                    bench_point *q = &p[n++];
-                                    q->device = device;
-                                    q->pass = (bench_pass)pass;
-                                    q->variant = (dipole_variant)o->variants.v[a];
-                                    q->head_dim = o->head_dims.v[b];
-                                    q->batch = o->bh.v[c].batch;
-                                    q->heads_q = o->bh.v[c].heads_q;
-                                    q->heads_kv = o->bh.v[c].heads_kv;
-                                    q->causal = o->causal.v[e];
-                                    q->seq_k = o->seqs.v[f];
-                                    q->seq_q = decode ? 1 : o->seqs.v[f];
-                                    q->path = (dipole_path)o->paths.v[g];
-                                }
+                    for (int f = 0; f < o->seqs.n; f++) {
+                        bench_point shape = {0};
+                        shape.device = device;
+                        shape.head_dim = o->head_dims.v[b];
+                        shape.batch = o->bh.v[c].batch;
+                        shape.heads_q = o->bh.v[c].heads_q;
+                        shape.heads_kv = o->bh.v[c].heads_kv;
+                        shape.causal = o->causal.v[e];
+                        shape.seq_k = o->seqs.v[f];
+                        shape.seq_q = decode ? 1 : o->seqs.v[f];
+                        n += expand_shape(o, &shape, p + n);
+                    }
     *points = p;
     return n;
 }

@@ -51,7 +51,7 @@ double bench_bytes(const bench_point *p)
     double elems = 2 * q + kv * (1 + nv); /* q, out; k, v(, v2) */
     if (p->pass == BENCH_BWD)
         elems += 2 * q + kv * (1 + nv); /* dout, dq; dk, dv(, dv2) */
-    return 4.0 * elems;
+    return (double)dipole_dtype_size(p->dtype) * elems;
 }
 
 const char *bench_status_name(bench_status s)
@@ -76,16 +76,24 @@ const char *bench_pass_name(bench_pass p)
 
 void bench_row_key(const char *device_label, const bench_point *p, char *buf, size_t cap)
 {
-    snprintf(buf, cap, "%s|%s|%s|%s|%d|%d|%d|%d|%d|%d|%d", device_label, bench_pass_name(p->pass),
-             dipole_variant_name(p->variant), dipole_path_name(p->path), p->batch, p->heads_q,
-             p->heads_kv, p->seq_q, p->seq_k, p->head_dim, p->causal);
+    const bool f32 = p->dtype == DIPOLE_F32;
+    snprintf(buf, cap, "%s|%s|%s|%s|%d|%d|%d|%d|%d|%d|%d%s%s", device_label,
+             bench_pass_name(p->pass), dipole_variant_name(p->variant), dipole_path_name(p->path),
+             p->batch, p->heads_q, p->heads_kv, p->seq_q, p->seq_k, p->head_dim, p->causal,
+             f32 ? "" : "|", f32 ? "" : dipole_dtype_name(p->dtype));
 }
 
-static bool same_shape(const bench_point *a, const bench_point *b)
+/* The same problem whatever it is stored in. */
+static bool same_sizes(const bench_point *a, const bench_point *b)
 {
     return a->device == b->device && a->pass == b->pass && a->batch == b->batch &&
            a->heads_q == b->heads_q && a->heads_kv == b->heads_kv && a->seq_q == b->seq_q &&
            a->seq_k == b->seq_k && a->head_dim == b->head_dim && a->causal == b->causal;
+}
+
+static bool same_shape(const bench_point *a, const bench_point *b)
+{
+    return same_sizes(a, b) && a->dtype == b->dtype;
 }
 
 static bool same_but_path(const bench_point *a, const bench_point *b)
@@ -98,19 +106,43 @@ static bool same_but_variant(const bench_point *a, const bench_point *b)
     return same_shape(a, b) && a->path == b->path;
 }
 
+static bool same_but_dtype(const bench_point *a, const bench_point *b)
+{
+    return same_sizes(a, b) && a->variant == b->variant && a->path == b->path;
+}
+
+/* Median time over that of the first ok row that is_ref accepts as r's reference, or NaN. */
+static double time_ratio(const bench_run *run, const bench_row *r,
+                         bool (*is_ref)(const bench_point *r, const bench_point *ref))
+{
+    for (int j = 0; j < run->nrows; j++) {
+        const bench_row *s = &run->rows[j];
+        if (s->status == BENCH_OK && s->median_ms > 0 && is_ref(&r->pt, &s->pt))
+            return r->median_ms / s->median_ms;
+    }
+    return NAN;
+}
+
+static bool softmax_ref(const bench_point *r, const bench_point *ref)
+{
+    return ref->variant == DIPOLE_SOFTMAX && same_but_variant(r, ref);
+}
+
+static bool f32_ref(const bench_point *r, const bench_point *ref)
+{
+    return ref->dtype == DIPOLE_F32 && same_but_dtype(r, ref);
+}
+
 void bench_derive(bench_run *run)
 {
     for (int i = 0; i < run->nrows; i++) {
         bench_row *r = &run->rows[i];
-        r->pct_fma = r->pct_sgemm = r->pct_copy = r->tiled_over_gemm = r->over_softmax = NAN;
+        r->pct_fma = r->pct_sgemm = r->pct_copy = r->tiled_over_gemm = NAN;
+        r->over_softmax = r->over_f32 = NAN;
         if (r->status != BENCH_OK)
             continue;
-        for (int j = 0; j < run->nrows; j++) {
-            const bench_row *s = &run->rows[j];
-            if (s->status == BENCH_OK && s->pt.variant == DIPOLE_SOFTMAX &&
-                same_but_variant(&r->pt, &s->pt) && s->median_ms > 0)
-                r->over_softmax = r->median_ms / s->median_ms;
-        }
+        r->over_softmax = time_ratio(run, r, softmax_ref);
+        r->over_f32 = time_ratio(run, r, f32_ref);
         const bench_ceilings *c = &run->dev[r->pt.device].ceil;
         if (c->fma_gflops > 0)
             r->pct_fma = 100 * r->gflops / c->fma_gflops;

@@ -1,5 +1,5 @@
 /* --plot: GFLOP/s against sequence length with gnuplot, one panel per device and head_dim,
- * one line per variant, path, causal mask and batch x heads. Forward prefill rows only. */
+ * one line per variant, path, dtype, causal mask and batch x heads. Forward prefill rows only. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -47,8 +47,9 @@ static void gq(FILE *f, const char *s)
 
 static bool same_series(const bench_point *a, const bench_point *b)
 {
-    return a->variant == b->variant && a->path == b->path && a->causal == b->causal &&
-           a->batch == b->batch && a->heads_q == b->heads_q && a->heads_kv == b->heads_kv;
+    return a->variant == b->variant && a->path == b->path && a->dtype == b->dtype &&
+           a->causal == b->causal && a->batch == b->batch && a->heads_q == b->heads_q &&
+           a->heads_kv == b->heads_kv;
 }
 
 int bench_plot_script(FILE *f, const bench_run *run, const char *path)
@@ -111,12 +112,16 @@ int bench_plot_script(FILE *f, const bench_run *run, const char *path)
         for (int s = 0; s < nseries; s++) {
             const bench_point *p = &run->rows[first[s]].pt;
             char label[128];
-            snprintf(label, sizeof label, "%s %s%s %dx%d:%d", dipole_variant_name(p->variant),
-                     dipole_path_name(p->path), p->causal ? " causal" : "", p->batch, p->heads_q,
-                     p->heads_kv);
+            snprintf(label, sizeof label, "%s %s%s%s%s %dx%d:%d", dipole_variant_name(p->variant),
+                     dipole_path_name(p->path), p->dtype == DIPOLE_F32 ? "" : " ",
+                     p->dtype == DIPOLE_F32 ? "" : dipole_dtype_name(p->dtype),
+                     p->causal ? " causal" : "", p->batch, p->heads_q, p->heads_kv);
+            /* Colour: variant; dashes: mask; point shape: dtype (circle, triangle, square),
+             * open for gemm, filled for tiled. */
+            static const int shape[] = {6, 8, 4};
             fprintf(f, "%s$p%ds%d using 1:2 with linespoints lc %d dt %d pt %d title ",
                     s ? ", " : "", k, s, (int)p->variant + 1, p->causal ? 2 : 1,
-                    p->path == DIPOLE_PATH_GEMM ? 6 : 7);
+                    shape[p->dtype % 3] + (p->path == DIPOLE_PATH_GEMM ? 0 : 1));
             gq(f, label);
         }
         fputc('\n', f);

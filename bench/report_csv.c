@@ -30,7 +30,8 @@ int bench_write_csv(FILE *f, const bench_run *run)
 {
     fputs("device,pass,variant,path,batch,heads_q,heads_kv,seq_q,seq_k,head_dim,causal,status,"
           "reason,first_ms,jit_ms,cache,timer,reps,median_ms,min_ms,gflops,gbps,pct_fma,"
-          "pct_sgemm,pct_copy,tiled_over_gemm,checked_rows,max_abs_err,time_over_softmax\n",
+          "pct_sgemm,pct_copy,tiled_over_gemm,checked_rows,max_abs_err,time_over_softmax,dtype,"
+          "over_f32\n",
           f);
     for (int i = 0; i < run->nrows; i++) {
         const bench_row *r = &run->rows[i];
@@ -60,8 +61,11 @@ int bench_write_csv(FILE *f, const bench_run *run)
         }
         fprintf(f, ",%d,", r->checked_rows);
         cell_num(f, r->checked_rows ? r->max_abs_err : NAN);
-        fputc(',', f); /* last, so that readers of the earlier columns by position still work */
+        /* Later columns go last, so that readers of the earlier ones by position still work. */
+        fputc(',', f);
         cell_num(f, r->over_softmax);
+        fprintf(f, ",%s,", dipole_dtype_name(p->dtype));
+        cell_num(f, r->over_f32);
         fputc('\n', f);
     }
     return ferror(f) ? -1 : 0;

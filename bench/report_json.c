@@ -57,7 +57,9 @@ int bench_write_json(FILE *f, const bench_run *run)
            "sum over batch, heads_q and visible (query, key) pairs of 4*d (TWO_POLE 6*d); "
            "backward 2.5x forward",
            ",\n  ");
-    kv_str(f, "bytes", "q, k, v, (v2), out once (backward: + dout, dq, dk, dv, (dv2))", ",\n");
+    kv_str(f, "bytes",
+           "q, k, v, (v2), out once (backward: + dout, dq, dk, dv, (dv2)), in the row's dtype",
+           ",\n");
     fputs("  \"devices\": [\n", f);
     for (int i = 0; i < run->ndev; i++) {
         const bench_device *d = &run->dev[i];
@@ -95,6 +97,7 @@ int bench_write_json(FILE *f, const bench_run *run)
         kv_str(f, "pass", bench_pass_name(p->pass), ", ");
         kv_str(f, "variant", dipole_variant_name(p->variant), ", ");
         kv_str(f, "path", dipole_path_name(p->path), ", ");
+        kv_str(f, "dtype", dipole_dtype_name(p->dtype), ", ");
         fprintf(f, "\"batch\": %d, \"heads_q\": %d, \"heads_kv\": %d, \"seq_q\": %d, "
                    "\"seq_k\": %d, \"head_dim\": %d, \"causal\": %s,\n     ",
                 p->batch, p->heads_q, p->heads_kv, p->seq_q, p->seq_k, p->head_dim,
@@ -117,7 +120,8 @@ int bench_write_json(FILE *f, const bench_run *run)
         kv_num(f, "pct_sgemm", r->pct_sgemm, ", ");
         kv_num(f, "pct_copy", r->pct_copy, ", ");
         kv_num(f, "tiled_over_gemm", r->tiled_over_gemm, ", ");
-        kv_num(f, "time_over_softmax", r->over_softmax, ",\n     ");
+        kv_num(f, "time_over_softmax", r->over_softmax, ", ");
+        kv_num(f, "over_f32", r->over_f32, ",\n     ");
         fprintf(f, "\"checked_rows\": %d, ", r->checked_rows);
         kv_num(f, "max_abs_err", r->checked_rows ? r->max_abs_err : NAN, ", ");
         kv_num(f, "worst_tolerance_ratio", r->checked_rows ? r->worst_ratio : NAN, "}");

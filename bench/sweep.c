@@ -1,6 +1,6 @@
-/* Running the grid on one device: shared input buffers, then per point the first call (JIT
- * build or cache load, timed apart), warm-up, repetitions calibrated to the time budget,
- * and validation of sampled rows. */
+/* Running the grid on one device: shared input buffers (one copy per dtype), then per point the
+ * first call (JIT build or cache load, timed apart), warm-up, repetitions calibrated to the
+ * time budget, and validation of sampled rows. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -9,6 +9,7 @@
 #include "bench.h"
 
 enum { Q, K, V, V2, OUT, LSE, DOUT, DQ, DK, DV, DV2, NBUF };
+enum { NDTYPE = 3 }; /* DIPOLE_F32, DIPOLE_F16, DIPOLE_BF16 */
 
 typedef struct sweep_state {
     dipole_ctx *ctx;
@@ -16,15 +17,23 @@ typedef struct sweep_state {
     cl_command_queue queue;
     const bench_opts *o;
     const bench_device *dev;
-    cl_mem buf[NBUF];
-    size_t elems[NBUF];
-    float *host[NBUF]; /* Q, K, V, V2, DOUT: the inputs, kept for validation */
+    /* Inputs (Q, K, V, V2, DOUT) per dtype, from the same random floats so that the dtypes time
+     * the same problem; outputs one per slot, 4 bytes an element, which any dtype fits. */
+    cl_mem in[NDTYPE][NBUF], buf[NBUF];
+    size_t elems[NBUF], in_elems[NDTYPE][NBUF]; /* the most any point uses (of that dtype) */
+    float *host[NDTYPE][NBUF]; /* the inputs as each dtype stores them, widened: for validation */
     bool injected;
     /* what the log said during the first call */
     bool log_built, log_disk, log_forward;
-    /* ms per flop of the last ok row per (pass, variant, path, decode): predicts slow points */
-    double rate[2][4][3][2];
+    /* ms per flop of the last ok row per (pass, variant, path, dtype, decode): predicts slow
+     * points */
+    double rate[2][4][3][NDTYPE][2];
 } sweep_state;
+
+static bool is_input(int b)
+{
+    return b == Q || b == K || b == V || b == V2 || b == DOUT;
+}
 
 static void capture_log(void *user, const char *msg)
 {
@@ -68,13 +77,16 @@ static size_t elems_of(const bench_point *p, int which)
     return 0;
 }
 
-/* Why a point cannot run on this device at all, or NULL. */
-static const char *too_big(const bench_device *dev, const bench_point *p, char *buf, size_t cap)
+/* Why a point cannot run on this device at all, or NULL. copies: bytes per input element over
+ * every dtype the run uses, since it keeps the inputs in each of them resident at once. */
+static const char *too_big(const bench_device *dev, const bench_point *p, double copies,
+                           char *buf, size_t cap)
 {
     double total = 0;
     for (int b = 0; b < NBUF; b++) {
-        const double bytes = 4.0 * (double)elems_of(p, b);
-        total += bytes;
+        const double elems = (double)elems_of(p, b);
+        const double bytes = elems * (double)(is_input(b) ? dipole_dtype_size(p->dtype) : 4);
+        total += is_input(b) ? elems * copies : bytes;
         if (bytes > (double)dev->max_alloc) {
             snprintf(buf, cap, "a tensor needs %.0f MiB, over the device's max allocation of "
                                "%llu MiB", bytes / 1048576, dev->max_alloc >> 20);
@@ -99,32 +111,83 @@ static void fill_random(float *x, size_t n, unsigned long long seed)
     }
 }
 
+static cl_int new_buffer(sweep_state *s, size_t bytes, const void *init, cl_mem *m)
+{
+    cl_int e;
+    *m = clCreateBuffer(s->context, CL_MEM_READ_WRITE, bytes, NULL, &e);
+    if (e == CL_SUCCESS && init)
+        e = clEnqueueWriteBuffer(s->queue, *m, CL_TRUE, 0, bytes, init, 0, NULL, NULL);
+    return e;
+}
+
+/* Input b in dtype dt: stored (scratch of 4 bytes an element) receives src rounded to dt and
+ * goes to the device; the host copy is that rounding widened back, what the kernels read. */
+static int upload_input(sweep_state *s, int b, dipole_dtype dt, const float *src, void *stored,
+                        char *err, size_t cap)
+{
+    const size_t n = s->in_elems[dt][b], bytes = n * dipole_dtype_size(dt);
+    float *host = s->host[dt][b] = malloc(n * sizeof *host);
+    if (!host) {
+        snprintf(err, cap, "out of host memory for %zu MiB of inputs", (n * sizeof *host) >> 20);
+        return -1;
+    }
+    if (dipole_convert(dt, stored, DIPOLE_F32, src, n) != DIPOLE_SUCCESS ||
+        dipole_convert(DIPOLE_F32, host, dt, stored, n) != DIPOLE_SUCCESS) {
+        snprintf(err, cap, "dipole_convert to %s: %s", dipole_dtype_name(dt),
+                 dipole_thread_last_error());
+        return -1;
+    }
+    const cl_int e = new_buffer(s, bytes, stored, &s->in[dt][b]);
+    if (e != CL_SUCCESS) {
+        snprintf(err, cap, "allocating %zu MiB on the device failed: %s", bytes >> 20,
+                 dipole_status_string((dipole_status)e));
+        return -1;
+    }
+    return 0;
+}
+
+/* One random input, in every dtype the run uses; a shorter copy holds a prefix of the same
+ * values, so every dtype times the same problem. */
+static int setup_input(sweep_state *s, int b, char *err, size_t cap)
+{
+    const size_t n = s->elems[b];
+    float *src = malloc(n * sizeof *src);
+    void *stored = malloc(n * sizeof(float));
+    int rc = 0;
+    if (!src || !stored) {
+        snprintf(err, cap, "out of host memory for %zu MiB of inputs", (n * sizeof *src) >> 20);
+        rc = -1;
+    } else {
+        fill_random(src, n, (unsigned long long)b + 11);
+    }
+    for (int dt = 0; dt < NDTYPE && rc == 0; dt++)
+        if (s->in_elems[dt][b])
+            rc = upload_input(s, b, (dipole_dtype)dt, src, stored, err, cap);
+    free(src);
+    free(stored);
+    return rc;
+}
+
 static int setup_buffers(sweep_state *s, const bench_point *pts, int n, const bool *skip,
                          char *err, size_t cap)
 {
     for (int i = 0; i < n; i++)
         for (int b = 0; !skip[i] && b < NBUF; b++) {
             const size_t e = elems_of(&pts[i], b);
+            size_t *in = &s->in_elems[pts[i].dtype][b];
             s->elems[b] = e > s->elems[b] ? e : s->elems[b];
+            *in = e > *in ? e : *in;
         }
     for (int b = 0; b < NBUF; b++) {
         if (!s->elems[b])
             continue;
-        cl_int e;
-        const size_t bytes = s->elems[b] * sizeof(float);
-        const bool input = b == Q || b == K || b == V || b == V2 || b == DOUT;
-        if (input) {
-            s->host[b] = malloc(bytes);
-            if (!s->host[b]) {
-                snprintf(err, cap, "out of host memory for %zu MiB of inputs", bytes >> 20);
+        if (is_input(b)) {
+            if (setup_input(s, b, err, cap) != 0)
                 return -1;
-            }
-            fill_random(s->host[b], s->elems[b], (unsigned long long)b + 11);
+            continue;
         }
-        s->buf[b] = clCreateBuffer(s->context, CL_MEM_READ_WRITE, bytes, NULL, &e);
-        if (e == CL_SUCCESS && input)
-            e = clEnqueueWriteBuffer(s->queue, s->buf[b], CL_TRUE, 0, bytes, s->host[b], 0, NULL,
-                                     NULL);
+        const size_t bytes = s->elems[b] * sizeof(float);
+        const cl_int e = new_buffer(s, bytes, NULL, &s->buf[b]);
         if (e != CL_SUCCESS) {
             snprintf(err, cap, "allocating %zu MiB on the device failed: %s", bytes >> 20,
                      dipole_status_string((dipole_status)e));
@@ -139,7 +202,11 @@ static void release_buffers(sweep_state *s)
     for (int b = 0; b < NBUF; b++) {
         if (s->buf[b])
             clReleaseMemObject(s->buf[b]);
-        free(s->host[b]);
+        for (int dt = 0; dt < NDTYPE; dt++) {
+            if (s->in[dt][b])
+                clReleaseMemObject(s->in[dt][b]);
+            free(s->host[dt][b]);
+        }
     }
 }
 
@@ -163,9 +230,11 @@ static void make_args(const sweep_state *s, const bench_point *p, call_args *a)
     a->desc.head_dim = p->head_dim;
     a->desc.causal = p->causal;
     a->desc.path = p->path;
+    a->desc.dtype = p->dtype;
     for (int b = 0; b < NBUF; b++) {
         const bool qshape = b == Q || b == OUT || b == DOUT || b == DQ;
-        a->t[b] = dipole_tensor_dense(s->buf[b], qshape ? p->seq_q : p->seq_k,
+        a->t[b] = dipole_tensor_dense(is_input(b) ? s->in[p->dtype][b] : s->buf[b],
+                                      qshape ? p->seq_q : p->seq_k,
                                       qshape ? p->heads_q : p->heads_kv, p->head_dim);
     }
 }
@@ -197,18 +266,19 @@ typedef struct fetch_ctx {
     sweep_state *s;
     const bench_point *p;
     int buf;
+    void *raw; /* one row in the point's dtype */
 } fetch_ctx;
 
 static int fetch_row(void *user, int b, int i, int h, float *dst)
 {
     const fetch_ctx *f = user;
     const bench_point *p = f->p;
-    const size_t d = (size_t)p->head_dim;
+    const size_t d = (size_t)p->head_dim, es = dipole_dtype_size(p->dtype);
     const size_t at = (((size_t)b * p->seq_q + (size_t)i) * (size_t)p->heads_q + (size_t)h) * d;
-    return clEnqueueReadBuffer(f->s->queue, f->s->buf[f->buf], CL_TRUE, at * sizeof(float),
-                               d * sizeof(float), dst, 0, NULL, NULL) == CL_SUCCESS
-               ? 0
-               : -1;
+    if (clEnqueueReadBuffer(f->s->queue, f->s->buf[f->buf], CL_TRUE, at * es, d * es, f->raw, 0,
+                            NULL, NULL) != CL_SUCCESS)
+        return -1;
+    return dipole_convert(DIPOLE_F32, dst, p->dtype, f->raw, d) == DIPOLE_SUCCESS ? 0 : -1;
 }
 
 static void set_failure(bench_row *r, dipole_ctx *ctx, dipole_status st, const char *what)
@@ -271,7 +341,7 @@ static int time_wall(sweep_state *s, call_args *a, int reps, double *times, dipo
 
 static double *rate_slot(sweep_state *s, const bench_point *p)
 {
-    return &s->rate[p->pass][p->variant & 3][p->path % 3][bench_is_decode(p)];
+    return &s->rate[p->pass][p->variant & 3][p->path % 3][p->dtype % NDTYPE][bench_is_decode(p)];
 }
 
 static void run_point(sweep_state *s, const bench_point *p, bench_row *r)
@@ -328,12 +398,20 @@ static void run_point(sweep_state *s, const bench_point *p, bench_row *r)
              s->log_built ? "built" : s->log_disk ? "disk" : "memory");
 
     /* Validate the first call's output: every later call writes the same values. */
-    bench_host_inputs in = {s->host[Q], s->host[K], s->host[V], s->host[V2], s->host[DOUT]};
-    fetch_ctx fc = {s, p, p->pass == BENCH_FWD ? OUT : DQ};
+    float *const *h = s->host[p->dtype];
+    bench_host_inputs in = {h[Q], h[K], h[V], h[V2], h[DOUT]};
+    fetch_ctx fc = {s, p, p->pass == BENCH_FWD ? OUT : DQ,
+                    malloc(sizeof(float) * (size_t)p->head_dim)};
+    if (!fc.raw) {
+        r->status = BENCH_ERROR;
+        snprintf(r->reason, sizeof r->reason, "out of host memory");
+        return;
+    }
     const bool inject = o->inject_error && !s->injected;
     const bool valid = bench_validate(p, &in, fetch_row, &fc, o->sample_rows, o->atol, o->rtol,
                                       inject, r);
     s->injected |= inject;
+    free(fc.raw);
 
     /* Warm-up: at least one call and a tenth of the budget; calibrates the repetitions. */
     double per_call = first_call, warm = 0;
@@ -394,7 +472,8 @@ static bench_row *new_row(bench_run *run)
     memset(r, 0, sizeof *r);
     snprintf(r->cache, sizeof r->cache, "-");
     snprintf(r->timer, sizeof r->timer, "-");
-    r->pct_fma = r->pct_sgemm = r->pct_copy = r->tiled_over_gemm = r->over_softmax = NAN;
+    r->pct_fma = r->pct_sgemm = r->pct_copy = r->tiled_over_gemm = NAN;
+    r->over_softmax = r->over_f32 = NAN;
     return r;
 }
 
@@ -415,8 +494,14 @@ int bench_sweep(dipole_ctx *ctx, const bench_opts *o, const bench_device *dev,
     bool *skip = calloc((size_t)npts + 1, sizeof *skip);
     if (!skip)
         return -1;
+    bool used[NDTYPE] = {false};
+    double copies = 0;
     for (int i = 0; i < npts; i++)
-        skip[i] = too_big(dev, &pts[i], why, sizeof why) != NULL;
+        used[pts[i].dtype] = true;
+    for (int dt = 0; dt < NDTYPE; dt++)
+        copies += used[dt] ? (double)dipole_dtype_size((dipole_dtype)dt) : 0;
+    for (int i = 0; i < npts; i++)
+        skip[i] = too_big(dev, &pts[i], copies, why, sizeof why) != NULL;
     const int setup = setup_buffers(&s, pts, npts, skip, err, sizeof err);
     dipole_ctx_set_log(ctx, capture_log, &s);
     int rc = 0;
@@ -429,10 +514,10 @@ int bench_sweep(dipole_ctx *ctx, const bench_opts *o, const bench_device *dev,
         r->pt = pts[i];
         if (progress) {
             const bench_point *p = &pts[i];
-            fprintf(stderr, "\r\033[K[%d/%d] %s %s %s N %dx%d d %d%s", ++*done, total,
+            fprintf(stderr, "\r\033[K[%d/%d] %s %s %s %s N %dx%d d %d%s", ++*done, total,
                     bench_pass_name(p->pass), dipole_variant_name(p->variant),
-                    dipole_path_name(p->path), p->seq_q, p->seq_k, p->head_dim,
-                    p->causal ? " causal" : "");
+                    dipole_path_name(p->path), dipole_dtype_name(p->dtype), p->seq_q, p->seq_k,
+                    p->head_dim, p->causal ? " causal" : "");
             fflush(stderr);
         }
         if (setup != 0) {
@@ -440,7 +525,8 @@ int bench_sweep(dipole_ctx *ctx, const bench_opts *o, const bench_device *dev,
             snprintf(r->reason, sizeof r->reason, "%s", err);
         } else if (skip[i]) {
             r->status = BENCH_SKIPPED;
-            snprintf(r->reason, sizeof r->reason, "%s", too_big(dev, &pts[i], why, sizeof why));
+            snprintf(r->reason, sizeof r->reason, "%s",
+                     too_big(dev, &pts[i], copies, why, sizeof why));
         } else {
             run_point(&s, &pts[i], r);
         }

@@ -5,7 +5,15 @@
  * seq_k = the number of keys the row sees in the full problem (the visible keys are always a
  * prefix 0..hi-1 here: no windows, no key lengths), without a mask. That keeps the reference's
  * cost at O(rows * seq_k * d) even for problems far too large to run on the CPU whole, and is
- * exact for causal rows too because the row keeps its own key range. */
+ * exact for causal rows too because the row keeps its own key range.
+ *
+ * The bound is |got - ref| <= atol + rtol |ref|. The host inputs are the device's own (rounded
+ * to the point's dtype and widened back), so with f16 or bf16 storage what remains beyond float
+ * arithmetic is the rounding of the stored result, up to half an ulp: rtol is raised to one ulp,
+ * 2^-10 (f16) or 2^-7 (bf16), leaving the other half for the float differences. A backward row
+ * (dq) also carries the forward's rounded out, through delta = dout . out, into every element
+ * alike; a small element of the row can be swamped by it, so half-precision backward rows use
+ * atol + rtol (|ref| + 8 rms(ref row)). */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -32,6 +40,47 @@ static void pick(const bench_point *p, int s, unsigned long long *state, int *b,
     *h = (int)(x % (unsigned)p->heads_q);
     x /= (unsigned)p->heads_q;
     *i = (int)(x % (unsigned)p->seq_q);
+}
+
+/* The tolerance of one checked row: atol + rtol (|ref| + spread). */
+typedef struct tolerance {
+    double atol, rtol, spread;
+} tolerance;
+
+static double half_rtol(dipole_dtype dt, double rtol)
+{
+    const double ulp = dt == DIPOLE_F16 ? 0x1p-10 : dt == DIPOLE_BF16 ? 0x1p-7 : 0;
+    return rtol > ulp ? rtol : ulp;
+}
+
+static tolerance row_tolerance(const bench_point *p, const float *ref, double atol, double rtol)
+{
+    tolerance t = {atol, half_rtol(p->dtype, rtol), 0};
+    if (p->dtype == DIPOLE_F32 || p->pass != BENCH_BWD)
+        return t;
+    double sq = 0;
+    for (int c = 0; c < p->head_dim; c++)
+        sq += (double)ref[c] * ref[c];
+    t.spread = 8 * sqrt(sq / p->head_dim);
+    return t;
+}
+
+static double bound(const tolerance *t, float ref)
+{
+    return t->atol + t->rtol * (fabs((double)ref) + t->spread);
+}
+
+/* The bound in words, for the mismatch message. */
+static void describe(const tolerance *t, dipole_dtype dt, char *buf, size_t cap)
+{
+    if (t->spread > 0)
+        snprintf(buf, cap, "atol %.1g + rtol %.2g (|ref| + 8 rms %.3g), %s", t->atol, t->rtol,
+                 t->spread / 8, dipole_dtype_name(dt));
+    else if (dt != DIPOLE_F32)
+        snprintf(buf, cap, "atol %.1g + rtol %.2g |ref|, %s", t->atol, t->rtol,
+                 dipole_dtype_name(dt));
+    else
+        snprintf(buf, cap, "atol %.1g + rtol %.1g |ref|", t->atol, t->rtol);
 }
 
 static void gather_keys(const float *src, const bench_point *p, int b, int hk, int n, float *dst)
@@ -118,14 +167,17 @@ bool bench_validate(const bench_point *p, const bench_host_inputs *in, bench_fet
         if (inject && s == 0)
             got[0] += 1.0f; /* --inject-error: validation must catch this */
         r->checked_rows++;
+        const tolerance tol = row_tolerance(p, ref, atol, rtol);
         for (size_t c = 0; c < d; c++) {
             const double diff = fabs((double)got[c] - (double)ref[c]);
-            const double ratio = diff / (atol + rtol * fabs((double)ref[c]));
+            const double ratio = diff / bound(&tol, ref[c]);
             if (!isfinite(got[c]) || !(ratio <= 1.0)) {
+                char words[96];
+                describe(&tol, p->dtype, words, sizeof words);
                 snprintf(r->reason, sizeof r->reason,
                          "mismatch at batch %d, head %d, row %d, column %zu: device %.7g, "
-                         "reference %.7g (|diff| %.3g > atol %.1g + rtol %.1g |ref|)",
-                         b, h, i, c, got[c], ref[c], diff, atol, rtol);
+                         "reference %.7g (|diff| %.3g > %s)",
+                         b, h, i, c, got[c], ref[c], diff, words);
                 ok = false;
             }
             if (diff > r->max_abs_err || !isfinite(diff))

@@ -1,15 +1,43 @@
 #!/usr/bin/env python3
-"""Runs dipole-bench for the meson tests: check_run.py BENCH ok|inject.
+"""Runs dipole-bench for the meson tests: check_run.py BENCH ok|inject|dtype.
 
 ok:     --quick must exit 0, write JSON that parses, and every row must be ok or unsupported
         (with a reason), with at least one ok row.
 inject: --quick --inject-error must exit 1 with exactly one error row whose reason names the
-        mismatch. Exit 77 (skipped) when the machine has no OpenCL device."""
+        mismatch.
+dtype:  --quick --dtype all (softmax, tiled, forward and backward) must exit 0 with every
+        point in f32, f16 and bf16, each ok and validated, half rows counting half the bytes
+        and carrying their time over the f32 row's (over_f32); CSV and table name the dtype.
+Exit 77 (skipped) when the machine has no OpenCL device."""
 import json
 import os
 import subprocess
 import sys
 import tempfile
+
+
+def check_dtypes(proc, rows, csv_path):
+    assert proc.returncode == 0, "exit %d" % proc.returncode
+    shape = ("pass", "variant", "path", "batch", "heads_q", "heads_kv", "seq_q", "seq_k",
+             "head_dim", "causal")
+    by_point = {}
+    for r in rows:
+        assert r["status"] == "ok" and r["checked_rows"] > 0, r
+        by_point.setdefault(tuple(r[k] for k in shape), {})[r["dtype"]] = r
+    for point, rs in by_point.items():
+        assert sorted(rs) == ["bf16", "f16", "f32"], (point, sorted(rs))
+        f32 = rs["f32"]
+        assert f32["over_f32"] == 1, f32
+        for dt in ("f16", "bf16"):
+            r = rs[dt]
+            assert r["bytes"] * 2 == f32["bytes"], (r["bytes"], f32["bytes"])
+            want = r["median_ms"] / f32["median_ms"]
+            assert abs(r["over_f32"] - want) <= 1e-6 * want, (r["over_f32"], want)
+    with open(csv_path, encoding="utf-8") as f:
+        head = f.readline().rstrip("\n").split(",")
+    assert head[-2:] == ["dtype", "over_f32"], head
+    assert " dtype " in proc.stdout and " x_f32 " in proc.stdout, proc.stdout
+    assert " bf16 " in proc.stdout, proc.stdout
 
 
 def main():
@@ -20,6 +48,9 @@ def main():
         if mode == "inject":
             # No ceilings and one variant: the check is about validation, not speed.
             args += ["--inject-error", "--no-peaks", "--variants", "softmax", "--decode", "off"]
+        elif mode == "dtype":
+            args += ["--dtype", "all", "--no-peaks", "--variants", "softmax", "--path", "tiled",
+                     "--decode", "off", "--backward"]
         proc = subprocess.run(args, capture_output=True, text=True)
         sys.stdout.write(proc.stdout)
         sys.stderr.write(proc.stderr)
@@ -36,7 +67,9 @@ def main():
             assert r["status"] in ("ok", "unsupported", "skipped", "error"), r
             if r["status"] != "ok":
                 assert r["reason"], ("a non-ok row without a reason", r)
-        if mode == "ok":
+        if mode == "dtype":
+            check_dtypes(proc, rows, os.path.join(tmp, "r.csv"))
+        elif mode == "ok":
             assert proc.returncode == 0, "exit %d" % proc.returncode
             bad = [r for r in rows if r["status"] not in ("ok", "unsupported")]
             assert not bad, ("rows neither ok nor unsupported", bad)

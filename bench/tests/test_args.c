@@ -24,7 +24,7 @@ START_TEST(defaults)
     ck_assert(!o.quick && !o.all && !o.list && !o.backward && !o.inject_error);
     ck_assert(o.peaks && o.decode);
     ck_assert_int_eq(o.ndevices, 0);
-    ck_assert(!o.seqs.set && !o.variants.set && !o.bh.set);
+    ck_assert(!o.seqs.set && !o.variants.set && !o.bh.set && !o.dtypes.set);
     ck_assert_ptr_null(o.json);
 }
 END_TEST
@@ -98,6 +98,8 @@ START_TEST(rejects)
         {"--batch-heads", "x4", "--batch-heads"},
         {"--causal", "maybe", "--causal"},
         {"--path", "cpu", "--path"},
+        {"--dtype", "f64", "--dtype: unknown value 'f64' (known: f32, f16, bf16)"},
+        {"--dtype", ",", "--dtype: expected a comma list"},
         {"--plot", "r.pdf", ".svg"},
         {"--budget-ms", "-1", "--budget-ms"},
         {"--rows", "0", "--rows"},
@@ -119,6 +121,63 @@ START_TEST(rejects)
     char err[256];
     ck_assert_int_eq(parse(&o, err, 1, "--json"), -1);
     ck_assert_ptr_nonnull(strstr(err, "needs a value"));
+}
+END_TEST
+
+START_TEST(dtypes)
+{
+    bench_opts o;
+    char err[256];
+    ck_assert_int_eq(parse(&o, err, 2, "--dtype", "bf16,F16"), 0);
+    ck_assert(o.dtypes.set);
+    ck_assert_int_eq(o.dtypes.n, 2);
+    ck_assert_int_eq(o.dtypes.v[0], DIPOLE_BF16);
+    ck_assert_int_eq(o.dtypes.v[1], DIPOLE_F16);
+    ck_assert_int_eq(parse(&o, err, 1, "--dtype=all"), 0);
+    ck_assert_int_eq(o.dtypes.n, 3);
+    ck_assert_int_eq(o.dtypes.v[0], DIPOLE_F32);
+    ck_assert_int_eq(o.dtypes.v[2], DIPOLE_BF16);
+    ck_assert_int_eq(parse(&o, err, 2, "--dtype", "f16,all,f16"), 0);
+    ck_assert_int_eq(o.dtypes.n, 3); /* duplicates only repeat rows */
+    ck_assert_int_eq(parse(&o, err, 1, "--dtype"), -1);
+    ck_assert_ptr_nonnull(strstr(err, "--dtype needs a value"));
+
+    /* Unset: f32 only, as before the flag. */
+    bench_opts d;
+    ck_assert_int_eq(parse(&o, err, 3, "--quick", "--decode", "off"), 0);
+    bench_grid_defaults(&o, true, &d);
+    ck_assert_int_eq(d.dtypes.n, 1);
+    ck_assert_int_eq(d.dtypes.v[0], DIPOLE_F32);
+    bench_point *p;
+    int n = bench_grid_expand(&d, 0, &p);
+    for (int i = 0; i < n; i++)
+        ck_assert_int_eq(p[i].dtype, DIPOLE_F32);
+    free(p);
+
+    /* The dtypes of a shape and variant run back to back, just inside the variant. */
+    ck_assert_int_eq(parse(&o, err, 9, "--quick", "--decode", "off", "--dtype", "f32,bf16",
+                           "--variants", "softmax,signexp", "--causal", "off"),
+                     0);
+    bench_grid_defaults(&o, true, &d);
+    n = bench_grid_expand(&d, 0, &p);
+    /* 2 seqs x 2 variants x 2 dtypes x 2 paths */
+    ck_assert_int_eq(n, 2 * 2 * 2 * 2);
+    static const int want[][3] = {
+        {DIPOLE_SOFTMAX, DIPOLE_F32, DIPOLE_PATH_TILED},
+        {DIPOLE_SOFTMAX, DIPOLE_F32, DIPOLE_PATH_GEMM},
+        {DIPOLE_SOFTMAX, DIPOLE_BF16, DIPOLE_PATH_TILED},
+        {DIPOLE_SOFTMAX, DIPOLE_BF16, DIPOLE_PATH_GEMM},
+        {DIPOLE_SIGNEXP, DIPOLE_F32, DIPOLE_PATH_TILED},
+    };
+    for (size_t i = 0; i < sizeof want / sizeof want[0]; i++) {
+        ck_assert_int_eq(p[i].variant, want[i][0]);
+        ck_assert_int_eq(p[i].dtype, want[i][1]);
+        ck_assert_int_eq(p[i].path, want[i][2]);
+        ck_assert_int_eq(p[i].seq_k, 128);
+    }
+    ck_assert_int_eq(p[8].seq_k, 256);
+    ck_assert_int_eq(p[8].dtype, DIPOLE_F32);
+    free(p);
 }
 END_TEST
 
@@ -167,6 +226,7 @@ Suite *bench_args_suite(void)
     tcase_add_test(tc, lists_and_ranges);
     tcase_add_test(tc, devices_outputs_switches);
     tcase_add_test(tc, rejects);
+    tcase_add_test(tc, dtypes);
     tcase_add_test(tc, grid_defaults_and_expansion);
     suite_add_tcase(s, tc);
     return s;

@@ -68,8 +68,31 @@ START_TEST(bytes_formula)
     ck_assert_double_eq(bench_bytes(&p), 4 * (2 * q + 3 * kv));
     p.pass = BENCH_BWD;
     ck_assert_double_eq(bench_bytes(&p), 8 * (2 * q + 3 * kv));
+    /* Half storage: every tensor counted is stored in 2 bytes an element. */
+    p.dtype = DIPOLE_F16;
+    ck_assert_double_eq(bench_bytes(&p), 4 * (2 * q + 3 * kv));
+    p.dtype = DIPOLE_BF16;
+    p.pass = BENCH_FWD;
+    ck_assert_double_eq(bench_bytes(&p), 2 * (2 * q + 3 * kv));
     p = point(16, 16, 1);
     ck_assert(!bench_is_decode(&p));
+}
+END_TEST
+
+START_TEST(row_key)
+{
+    bench_point p = point(64, 128, 1);
+    char key[256];
+    bench_row_key("dev", &p, key, sizeof key);
+    /* f32 keeps the key of runs saved before --dtype */
+    ck_assert_str_eq(key, "dev|fwd|softmax|tiled|2|3|3|64|128|8|1");
+    p.dtype = DIPOLE_F16;
+    bench_row_key("dev", &p, key, sizeof key);
+    ck_assert_str_eq(key, "dev|fwd|softmax|tiled|2|3|3|64|128|8|1|f16");
+    p.dtype = DIPOLE_BF16;
+    p.pass = BENCH_BWD;
+    bench_row_key("dev", &p, key, sizeof key);
+    ck_assert_str_eq(key, "dev|bwd|softmax|tiled|2|3|3|64|128|8|1|bf16");
 }
 END_TEST
 
@@ -104,9 +127,57 @@ START_TEST(derive_ratios_and_percentages)
     run.rows[1].pt.causal = 0;
     run.rows[1].pt.path = DIPOLE_PATH_GEMM;
     run.rows[1].pt.variant = DIPOLE_SOFTMAX;
+    /* every row is f32 here: its own reference */
+    ck_assert_double_eq_tol(run.rows[0].over_f32, 1.0, 1e-12);
     ck_assert(!bench_any_error(&run));
     run.rows[1].status = BENCH_ERROR;
     ck_assert(bench_any_error(&run));
+    free(run.rows);
+}
+END_TEST
+
+/* over_f32 compares a dtype with f32 at the same point, variant and path; the other ratios
+ * stay within one dtype. */
+START_TEST(derive_over_f32)
+{
+    bench_run run;
+    bt_sample_run(&run);
+    bench_row *rows = realloc(run.rows, 4 * sizeof *rows);
+    ck_assert_ptr_nonnull(rows);
+    run.rows = rows;
+    run.nrows = run.cap = 4;
+    /* 0: f32 tiled 2 ms, 1: f32 gemm 4 ms, 2: f16 tiled 1 ms, 3: bf16 signexp tiled 3 ms */
+    rows[1] = rows[0];
+    rows[1].pt.path = DIPOLE_PATH_GEMM;
+    rows[1].median_ms = 4;
+    rows[2] = rows[0];
+    rows[2].pt.dtype = DIPOLE_F16;
+    rows[2].median_ms = 1;
+    rows[3] = rows[0];
+    rows[3].pt.dtype = DIPOLE_BF16;
+    rows[3].pt.variant = DIPOLE_SIGNEXP;
+    rows[3].median_ms = 3;
+    bench_derive(&run);
+    ck_assert_double_eq_tol(rows[0].over_f32, 1.0, 1e-12);
+    ck_assert_double_eq_tol(rows[1].over_f32, 1.0, 1e-12);
+    ck_assert_double_eq_tol(rows[2].over_f32, 0.5, 1e-12);
+    ck_assert(isnan(rows[3].over_f32)); /* no f32 signexp row */
+    ck_assert_double_eq_tol(rows[0].tiled_over_gemm, 2.0, 1e-12);
+    ck_assert(isnan(rows[2].tiled_over_gemm)); /* the gemm row is f32 */
+    ck_assert_double_eq_tol(rows[2].over_softmax, 1.0, 1e-12);
+    ck_assert(isnan(rows[3].over_softmax)); /* no bf16 softmax row */
+    rows[0].status = BENCH_UNSUPPORTED; /* the f32 twin of rows 2 and 3 */
+    rows[3].pt.variant = DIPOLE_SOFTMAX;
+    bench_derive(&run);
+    ck_assert(isnan(rows[0].over_f32));
+    ck_assert(isnan(rows[2].over_f32));
+    ck_assert(isnan(rows[3].over_f32));
+    ck_assert_double_eq_tol(rows[1].over_f32, 1.0, 1e-12);
+    rows[0].status = BENCH_OK;
+    rows[2].pt.causal = 1; /* another point */
+    bench_derive(&run);
+    ck_assert(isnan(rows[2].over_f32));
+    ck_assert_double_eq_tol(rows[3].over_f32, 1.5, 1e-12);
     free(run.rows);
 }
 END_TEST
@@ -119,6 +190,8 @@ Suite *bench_metrics_suite(void)
     tcase_add_test(tc, flops_formula);
     tcase_add_test(tc, bytes_formula);
     tcase_add_test(tc, derive_ratios_and_percentages);
+    tcase_add_test(tc, row_key);
+    tcase_add_test(tc, derive_over_f32);
     suite_add_tcase(s, tc);
     return s;
 }

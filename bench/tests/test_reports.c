@@ -31,6 +31,7 @@ void bt_sample_run(bench_run *run)
         p->path = i ? DIPOLE_PATH_GEMM : DIPOLE_PATH_TILED;
         p->batch = 1, p->heads_q = p->heads_kv = 4, p->seq_q = p->seq_k = 128, p->head_dim = 64;
         r->pct_fma = r->pct_sgemm = r->pct_copy = r->tiled_over_gemm = r->over_softmax = NAN;
+        r->over_f32 = NAN;
         snprintf(r->cache, sizeof r->cache, "-");
         snprintf(r->timer, sizeof r->timer, "-");
     }
@@ -100,6 +101,7 @@ START_TEST(csv_writer)
 {
     bench_run run;
     bt_sample_run(&run);
+    run.rows[1].pt.dtype = DIPOLE_BF16;
     char *text = capture(bench_write_csv, &run);
     static char head[64][256], row[64][256];
     const char *s = text;
@@ -111,12 +113,18 @@ START_TEST(csv_writer)
     ck_assert_str_eq(row[1], "fwd");
     ck_assert_str_eq(row[3], "tiled");
     ck_assert_str_eq(row[11], "ok");
+    /* The columns added later come last: dtype, then over_f32. */
+    ck_assert_str_eq(head[nh - 2], "dtype");
+    ck_assert_str_eq(head[nh - 1], "over_f32");
+    ck_assert_str_eq(row[nh - 2], "f32");
+    ck_assert_str_eq(row[nh - 1], "");
     for (int i = 0; i < nh; i++)
         if (!strcmp(head[i], "median_ms"))
             ck_assert_double_eq(strtod(row[i], NULL), 2.0);
         else if (!strcmp(head[i], "pct_fma"))
             ck_assert_str_eq(row[i], ""); /* NaN: empty cell */
     ck_assert_int_eq(csv_record(&s, row, 64), nh);
+    ck_assert_str_eq(row[nh - 2], "bf16");
     ck_assert_str_eq(row[11], "unsupported");
     ck_assert_str_eq(row[12], run.rows[1].reason); /* the newline survives inside quotes */
     ck_assert_str_eq(s, "");
@@ -129,6 +137,8 @@ START_TEST(json_writer_roundtrip)
 {
     bench_run run;
     bt_sample_run(&run);
+    run.rows[1].pt.dtype = DIPOLE_F16;
+    run.rows[0].over_f32 = 1.0;
     char *text = capture(bench_write_json, &run);
     json_error_t jerr;
     json_t *doc = json_loads(text, 0, &jerr);
@@ -147,6 +157,10 @@ START_TEST(json_writer_roundtrip)
     ck_assert_double_eq(json_number_value(json_object_get(r0, "median_ms")), 2.0);
     ck_assert(json_is_boolean(json_object_get(r0, "causal")));
     ck_assert(json_is_null(json_object_get(r0, "pct_fma")));
+    ck_assert_str_eq(json_string_value(json_object_get(r0, "dtype")), "f32");
+    ck_assert_str_eq(json_string_value(json_object_get(r1, "dtype")), "f16");
+    ck_assert_double_eq(json_number_value(json_object_get(r0, "over_f32")), 1.0);
+    ck_assert(json_is_null(json_object_get(r1, "over_f32")));
     ck_assert_str_eq(json_string_value(json_object_get(r1, "status")), "unsupported");
     ck_assert_str_eq(json_string_value(json_object_get(r1, "reason")), run.rows[1].reason);
     ck_assert(json_is_null(json_object_get(r1, "median_ms")));
@@ -197,6 +211,93 @@ START_TEST(compare_with_saved_run)
 }
 END_TEST
 
+static char *compare_text(const bench_run *run, const char *path)
+{
+    char *out = NULL, err[256];
+    size_t len = 0;
+    FILE *m = open_memstream(&out, &len);
+    ck_assert_ptr_nonnull(m);
+    ck_assert_msg(bench_compare(m, run, path, err, sizeof err) == 0, "%s", err);
+    fclose(m);
+    return out;
+}
+
+/* Rewrites every saved row's "dtype": drops it (a run from before --dtype) or sets it. */
+static void set_saved_dtype(const char *path, const char *dtype)
+{
+    json_error_t jerr;
+    json_t *doc = json_load_file(path, 0, &jerr);
+    ck_assert_ptr_nonnull(doc);
+    const json_t *rows = json_object_get(doc, "rows");
+    for (size_t i = 0; i < json_array_size(rows); i++) {
+        json_t *row = json_array_get(rows, i);
+        if (dtype)
+            json_object_set_new(row, "dtype", json_string(dtype));
+        else
+            json_object_del(row, "dtype");
+    }
+    ck_assert_int_eq(json_dump_file(doc, path, 0), 0);
+    json_decref(doc);
+}
+
+/* Rows match only within their dtype; a saved row without one is f32. */
+START_TEST(compare_by_dtype)
+{
+    bench_run run;
+    bt_sample_run(&run);
+    run.rows[0].pt.dtype = DIPOLE_F16;
+    char path[] = "/tmp/dipole-bench-test-XXXXXX";
+    const int fd = mkstemp(path);
+    ck_assert_int_ge(fd, 0);
+    FILE *f = fdopen(fd, "w");
+    ck_assert_int_eq(bench_write_json(f, &run), 0);
+    fclose(f);
+    run.rows[0].median_ms = 1.0;
+    char *out = compare_text(&run, path);
+    ck_assert_msg(strstr(out, "geometric mean ratio 2.000 over 1") && strstr(out, " f16 "), "%s",
+                  out);
+    free(out);
+    run.rows[0].pt.dtype = DIPOLE_BF16; /* the saved row is f16: no counterpart */
+    out = compare_text(&run, path);
+    ck_assert_msg(strstr(out, "no row matched; 1 row(s) without a counterpart"), "%s", out);
+    free(out);
+    set_saved_dtype(path, NULL);
+    out = compare_text(&run, path);
+    ck_assert_msg(strstr(out, "no row matched"), "%s", out);
+    free(out);
+    run.rows[0].pt.dtype = DIPOLE_F32;
+    out = compare_text(&run, path);
+    ck_assert_msg(strstr(out, "geometric mean ratio 2.000 over 1"), "%s", out);
+    free(out);
+    set_saved_dtype(path, "f64"); /* not a dtype: that saved row is left out */
+    out = compare_text(&run, path);
+    ck_assert_msg(strstr(out, "no row matched"), "%s", out);
+    free(out);
+    unlink(path);
+    free(run.rows);
+}
+END_TEST
+
+START_TEST(table_columns)
+{
+    bench_run run;
+    bt_sample_run(&run);
+    run.rows[0].pt.dtype = DIPOLE_BF16;
+    run.rows[0].over_f32 = 0.625;
+    char *out = NULL;
+    size_t len = 0;
+    FILE *m = open_memstream(&out, &len);
+    bench_print_table(m, &run);
+    fclose(m);
+    /* dtype after path, x_f32 after x_sm */
+    ck_assert_msg(strstr(out, " path  dtype BxHq:Hkv ") && strstr(out, " x_sm x_f32 "), "%s", out);
+    ck_assert_msg(strstr(out, " tiled bf16  1x4:4 ") && strstr(out, " 0.62 "), "%s", out);
+    ck_assert_msg(strstr(out, " gemm  f32   1x4:4 "), "%s", out);
+    free(out);
+    free(run.rows);
+}
+END_TEST
+
 START_TEST(plot_script)
 {
     bench_run run;
@@ -211,9 +312,20 @@ START_TEST(plot_script)
     char data[64];
     snprintf(data, sizeof data, "128 %.6g\n", run.rows[0].gflops);
     ck_assert_msg(strstr(out, data) != NULL, "%s", out);
-    ck_assert_ptr_nonnull(strstr(out, "softmax tiled"));
+    ck_assert_ptr_nonnull(strstr(out, "'softmax tiled 1x4:4'")); /* f32: no dtype */
     ck_assert_ptr_null(strstr(out, "softmax gemm")); /* not ok: not plotted */
     free(out);
+    /* Another dtype is its own line, named. */
+    run.rows[1] = run.rows[0];
+    run.rows[1].pt.dtype = DIPOLE_F16;
+    m = open_memstream(&out, &len);
+    ck_assert_int_eq(bench_plot_script(m, &run, "r.svg"), 0);
+    fclose(m);
+    ck_assert_msg(strstr(out, "'softmax tiled 1x4:4'") && strstr(out, "$p0s1 << EOD") &&
+                      strstr(out, "'softmax tiled f16 1x4:4'"),
+                  "%s", out);
+    free(out);
+    run.rows[1].status = BENCH_UNSUPPORTED;
     m = open_memstream(&out, &len);
     ck_assert_int_eq(bench_plot_script(m, &run, "r.png"), 0);
     fclose(m);
@@ -235,6 +347,8 @@ Suite *bench_reports_suite(void)
     tcase_add_test(tc, csv_writer);
     tcase_add_test(tc, json_writer_roundtrip);
     tcase_add_test(tc, compare_with_saved_run);
+    tcase_add_test(tc, compare_by_dtype);
+    tcase_add_test(tc, table_columns);
     tcase_add_test(tc, plot_script);
     suite_add_tcase(s, tc);
     return s;

@@ -1,6 +1,7 @@
 /* Validation by reduced problems must agree with the full reference (so a correct device
  * passes) and must catch a wrong row, a wrong mask and the injected error. */
 #include <math.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -105,12 +106,110 @@ START_TEST(catches_errors)
 }
 END_TEST
 
+/* x rounded to dt and widened back, as a device storing dt would return it. */
+static void round_to(dipole_dtype dt, float *x, size_t n)
+{
+    uint16_t *h = malloc(n * sizeof *h);
+    ck_assert_ptr_nonnull(h);
+    ck_assert_int_eq(dipole_convert(dt, h, DIPOLE_F32, x, n), DIPOLE_SUCCESS);
+    ck_assert_int_eq(dipole_convert(DIPOLE_F32, x, dt, h, n), DIPOLE_SUCCESS);
+    free(h);
+}
+
+/* A half-precision output is the reference rounded: within its dtype's bound, not f32's. */
+START_TEST(half_forward_tolerance)
+{
+    bench_point p = {0};
+    p.variant = DIPOLE_SOFTMAX;
+    p.batch = 1, p.heads_q = 2, p.heads_kv = 2, p.head_dim = 16, p.seq_q = 20, p.seq_k = 20;
+    const size_t n = (size_t)20 * 2 * 16;
+    float *q = inputs(n, 1), *k = inputs(n, 2), *v = inputs(n, 3);
+    bench_host_inputs in = {q, k, v, NULL, NULL};
+    float *f16 = full_reference(&p, &in, 0), *bf16 = full_reference(&p, &in, 0);
+    round_to(DIPOLE_F16, f16, n);
+    round_to(DIPOLE_BF16, bf16, n);
+    bench_row r;
+    fake_device dev = {&p, f16, 0};
+    const int all = 40;
+    p.dtype = DIPOLE_F16;
+    ck_assert_msg(bench_validate(&p, &in, fetch, &dev, all, 1e-7, 1e-7, false, &r), "%s", r.reason);
+    ck_assert_double_gt(r.worst_ratio, 0); /* the rounding is seen, and bounded */
+    p.dtype = DIPOLE_F32;
+    ck_assert(!bench_validate(&p, &in, fetch, &dev, all, 1e-7, 1e-7, false, &r));
+    ck_assert_msg(strstr(r.reason, "rtol 1e-07 |ref|)"), "%s", r.reason);
+    dev.out = bf16;
+    p.dtype = DIPOLE_BF16;
+    ck_assert_msg(bench_validate(&p, &in, fetch, &dev, all, 1e-7, 1e-7, false, &r), "%s", r.reason);
+    p.dtype = DIPOLE_F16; /* bf16's rounding is coarser than f16's bound */
+    ck_assert(!bench_validate(&p, &in, fetch, &dev, all, 1e-7, 1e-7, false, &r));
+    ck_assert_msg(strstr(r.reason, "rtol 0.00098 |ref|, f16)"), "%s", r.reason);
+    /* Two bf16 ulps off is an error even in bf16. */
+    bf16[n - 1] *= 1 + 0x1p-6f;
+    p.dtype = DIPOLE_BF16;
+    ck_assert(!bench_validate(&p, &in, fetch, &dev, 2, 1e-7, 1e-7, false, &r));
+    ck_assert_msg(strstr(r.reason, "row 19, column 15"), "%s", r.reason);
+    /* A looser --rtol than the dtype's wins. */
+    ck_assert(bench_validate(&p, &in, fetch, &dev, 2, 1e-7, 0.1, false, &r));
+    free(f16), free(bf16), free(q), free(k), free(v);
+}
+END_TEST
+
+/* Half-precision dq rows are bounded relative to the row's rms as well as each element. */
+START_TEST(half_backward_tolerance)
+{
+    bench_point p = {0};
+    p.variant = DIPOLE_SIGNEXP;
+    p.pass = BENCH_BWD;
+    p.batch = 1, p.heads_q = 1, p.heads_kv = 1, p.head_dim = 8, p.seq_q = 12, p.seq_k = 12;
+    p.causal = 1;
+    const size_t n = (size_t)12 * 8;
+    float *q = inputs(n, 1), *k = inputs(n, 2), *v = inputs(n, 3), *dout = inputs(n, 4);
+    float *dq = malloc(n * sizeof *dq), *dk = malloc(n * sizeof *dk), *dv = malloc(n * sizeof *dv);
+    ck_assert(dq && dk && dv);
+    dipole_attn_desc d;
+    dipole_attn_desc_default(&d);
+    d.variant = p.variant;
+    d.batch = d.heads_q = d.heads_kv = 1;
+    d.seq_q = d.seq_k = 12, d.head_dim = 8, d.causal = 1;
+    ck_assert_int_eq(dipole_reference_backward(&d, q, k, v, NULL, dout, dq, dk, dv, NULL, NULL,
+                                               NULL),
+                     DIPOLE_SUCCESS);
+    /* The last row (always sampled): shift its smallest element by 4 bf16 ulps of the row's rms,
+     * far more than that element's own rounding. */
+    float *row = dq + n - 8;
+    double sq = 0;
+    int small = 0;
+    for (int c = 0; c < 8; c++) {
+        sq += (double)row[c] * row[c];
+        small = fabsf(row[c]) < fabsf(row[small]) ? c : small;
+    }
+    const double rms = sqrt(sq / 8);
+    row[small] += (float)(4 * 0x1p-7 * rms);
+    bench_host_inputs in = {q, k, v, NULL, dout};
+    fake_device dev = {&p, dq, 0};
+    bench_row r;
+    p.dtype = DIPOLE_BF16;
+    ck_assert_msg(bench_validate(&p, &in, fetch, &dev, 2, 1e-7, 1e-7, false, &r), "%s", r.reason);
+    p.dtype = DIPOLE_F32; /* f32 rows keep the elementwise bound */
+    ck_assert(!bench_validate(&p, &in, fetch, &dev, 2, 1e-7, 1e-7, false, &r));
+    /* Beyond 8 rms it fails, and the message names the row's rms. */
+    row[small] += (float)(8 * 0x1p-7 * rms);
+    p.dtype = DIPOLE_BF16;
+    ck_assert(!bench_validate(&p, &in, fetch, &dev, 2, 1e-7, 1e-7, false, &r));
+    ck_assert_msg(strstr(r.reason, "(|ref| + 8 rms ") && strstr(r.reason, "bf16)"), "%s",
+                  r.reason);
+    free(q), free(k), free(v), free(dout), free(dq), free(dk), free(dv);
+}
+END_TEST
+
 Suite *bench_validate_suite(void)
 {
     Suite *s = suite_create("validate");
     TCase *tc = tcase_create("validate");
     tcase_add_loop_test(tc, agrees_with_full_reference, 0, 4);
     tcase_add_test(tc, catches_errors);
+    tcase_add_test(tc, half_forward_tolerance);
+    tcase_add_test(tc, half_backward_tolerance);
     suite_add_tcase(s, tc);
     return s;
 }

@@ -26,7 +26,7 @@ void bench_usage(FILE *f)
         "  --head-dims LIST       head_dim values                          [GPU 64,128; CPU 64]\n"
         "  --seq LIST             seq_q = seq_k values; A..B doubles from A to B\n"
         "                         [GPU 512..8192; CPU 256..1024]\n"
-        "  --decode on|off        also decode rows: seq_q = 1, seq_k from --seq  [on]\n"
+        "  --decode on|off|only   also (only) decode rows: seq_q = 1, seq_k from --seq  [on]\n"
         "  --batch-heads LIST     BxH or BxHq:Hkv (GQA) items               [GPU 2x16; CPU 1x8]\n"
         "  --causal LIST          off,on                                    [off,on]\n"
         "  --path LIST            tiled,gemm,auto                           [tiled,gemm]\n"
@@ -335,7 +335,12 @@ int bench_parse_args(int argc, char **argv, bench_opts *o, char *err, size_t cap
         case O_DTYPE:
             rc = parse_names("--dtype", val, dtype_names, dtype_values, 3, &o->dtypes, err, cap);
             break;
-        case O_DECODE: rc = parse_onoff("--decode", val, &o->decode, err, cap); break;
+        case O_DECODE:
+            o->decode_only = !strcasecmp(val, "only");
+            if (!o->decode_only && parse_onoff("--decode", val, &o->decode, err, cap))
+                return fail(err, cap, "--decode: expected on, off or only, got '%s'", val);
+            o->decode |= o->decode_only;
+            break;
         case O_BUDGET:
             if (!parse_double(val, 0.1, 1e6, &o->budget_ms))
                 return fail(err, cap, "--budget-ms: '%s' is not a number in [0.1, 1e6]", val);

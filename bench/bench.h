@@ -40,6 +40,7 @@ typedef struct bench_bhlist {
 
 typedef struct bench_opts {
     bool help, list, all, quick, backward, inject_error, peaks, decode, tune;
+    bool decode_only; /* --decode only: no prefill rows */
     int ndevices;
     const char *devices[BENCH_MAX_DEVICES]; /* selectors; none = dipole_ctx_create(NULL) */
     bench_ilist variants, head_dims, seqs, causal, paths, dtypes;

@@ -88,7 +88,7 @@ int bench_grid_expand(const bench_opts *o, int device, bench_point **points)
     int n = 0;
     /* Decode rows use one causal value: with bottom-right alignment a single query row sees
      * every key either way. */
-    for (int decode = 0; decode <= (o->decode ? 1 : 0); decode++)
+    for (int decode = o->decode_only ? 1 : 0; decode <= (o->decode ? 1 : 0); decode++)
         for (int b = 0; b < o->head_dims.n; b++)
             for (int c = 0; c < o->bh.n; c++)
                 for (int e = 0; e < (decode ? 1 : o->causal.n); e++)

@@ -229,10 +229,10 @@ inline float16 dp_exp_nonpos(float16 x)
 #define DP_PREFETCH(p) prefetch((p), 1)
 #endif
 
-/* Asks for every line of a row of HEAD_DIM floats. */
+/* Asks for every (64-byte) line of a row of HEAD_DIM elements. */
 inline void dp_prefetch_row(__global const dp_storage *row)
 {
-    for (int c = 0; c < HEAD_DIM; c += 16)
+    for (int c = 0; c < HEAD_DIM; c += 64 / (int)sizeof(dp_storage))
         DP_PREFETCH(row + c);
     DP_PREFETCH(row + HEAD_DIM - 1); /* a row that does not start on a line ends on one more */
 }

@@ -447,16 +447,19 @@ void dipole_fwd_cpu(__global const dp_storage *q, dp_layout lq,
     }
 }
 
-/* ---- Split-K decode. Work-item (chunk, row i, b * Hq + h) scans keys
- * [chunk * BLOCK_N, chunk * BLOCK_N + BLOCK_N) of the row's visible range, 16 keys per step
- * (keys across lanes; each score is a dot product along the head dim in float16 pieces).
- * part: [B * Hq, seq_q, chunks, NPOLES, 2 + HEAD_DIM] = (max, sum, acc). */
+/* ---- Split-K decode. Work-item (chunk, row i, batch b) scans keys
+ * [chunk * BLOCK_N, chunk * BLOCK_N + BLOCK_N) of the row's visible range for every query head,
+ * 16 keys per step (keys across lanes; each score is a dot product along the head dim in
+ * float16 pieces) and, within a step, head after head. A key's rows of all KV heads lie side by
+ * side ([B, N, Hkv, d]), so each step reads one stretch of memory instead of a row a seq stride
+ * apart per head, and the query heads of a GQA group, taken in turn, find their K/V rows in L1:
+ * the cache is read once per call, not once per query head. Each head's (max, sum, acc) waits in
+ * the work-item's own slice of part between steps.
+ * part: [B * Hq, seq_q, chunks, NPOLES, PART_STRIDE] = (max, sum, acc padded to DV pieces). */
 
 #define DV ((HEAD_DIM + 15) / 16) /* float16 pieces of a row */
-#define PART_STRIDE (2 + HEAD_DIM)
+#define PART_STRIDE (2 + 16 * DV)
 
-/* Piece c16 of a row; the last piece of a head dim that 16 does not divide is zero-padded
- * (never read past the row: it may end the buffer). */
 inline float16 dp_row_piece(__global const dp_storage *row, int c16)
 {
 #if HEAD_DIM % 16
@@ -498,95 +501,105 @@ void dipole_fwd_splitk(__global const dp_storage *q, dp_layout lq,
 {
     const int chunk = get_global_id(0);
     const int i = get_global_id(1);
-    const int bh = get_global_id(2);
-    const int b = bh / heads_q, h = bh % heads_q;
-    const int hk = DP_KV_HEAD(h);
+    const int b = get_global_id(2);
     const int kl = DP_KEY_LENGTH(b);
     const int2 range = dp_visible_range(i, kl, seq_q, window_left, window_right);
     const int j_lo = max(range.x, chunk * BLOCK_N);
     const int j_hi = min(range.y, chunk * BLOCK_N + BLOCK_N);
-
-    float16 qv[DV];
-    __global const dp_storage *qr = q + DP_ROW(lq, b, i, h);
-    for (int c16 = 0; c16 < DV; c16++)
-        qv[c16] = dp_row_piece(qr, c16) * scale;
-    float16 acc[NPOLES][DV];
-    float m[NPOLES], l[NPOLES];
-    for (int p = 0; p < NPOLES; p++) {
-        m[p] = -INFINITY;
-        l[p] = 0.0f;
-        for (int c16 = 0; c16 < DV; c16++)
-            acc[p][c16] = (float16)0.0f;
-    }
-    const long k_base = DP_ROW(lk, b, 0, hk), v_base = DP_ROW(lv, b, 0, hk);
-#if READS_V2
-    const long v2_base = DP_ROW(lv2, b, 0, hk);
-#endif
+#define DP_PART(h) (part + ((((long)b * heads_q + (h)) * seq_q + i) * chunks + chunk) * NPOLES * PART_STRIDE)
+    for (int h = 0; h < heads_q; h++)
+        for (int p = 0; p < NPOLES; p++) {
+            __global float *st = DP_PART(h) + p * PART_STRIDE;
+            st[0] = -INFINITY;
+            st[1] = 0.0f;
+            for (int c = 0; c < 16 * DV; c++)
+                st[2 + c] = 0.0f;
+        }
     const int16 lane = (int16)(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
 
     for (int j0 = j_lo; j0 < j_hi; j0 += 16) {
-        float scs[16];
-        for (int t = 0; t < 16; t++) {
-            __global const dp_storage *kr = k + k_base + (long)min(j0 + t, j_hi - 1) * lk.z;
-            float16 d = (float16)0.0f;
-            for (int c16 = 0; c16 < DV; c16++)
-                d = fma(qv[c16], dp_row_piece(kr, c16), d);
-            scs[t] = dp_sum16(d);
-        }
-        const float16 sc = vload16(0, scs);
-        const int16 vis = lane < (int16)(j_hi - j0);
-        float av[NPOLES][16];
+        /* The next step's rows, which the hardware prefetcher would not guess: a key is a seq
+         * stride from the last, often a page. */
+        for (int t = 16; t < 32 && j0 + t < j_hi; t++)
+            for (int hk = 0; hk < heads_kv; hk++) {
+                dp_prefetch_row(k + DP_ROW(lk, b, j0 + t, hk));
+                dp_prefetch_row(v + DP_ROW(lv, b, j0 + t, hk));
 #if READS_V2
-        float av2[NPOLES][16];
+                dp_prefetch_row(v2 + DP_ROW(lv2, b, j0 + t, hk));
 #endif
-        for (int p = 0; p < NPOLES; p++) {
-            const float16 lg = select((float16)(-INFINITY), POLE_LOGIT(p, sc), vis);
-            const float mn = fmax(m[p], dp_max16(lg));
-            if (mn != m[p]) {
-                const float f = dp_rescale(m[p], mn);
-                l[p] *= f;
-                for (int c16 = 0; c16 < DV; c16++)
-                    acc[p][c16] *= f;
-                m[p] = mn;
             }
-            const float16 w = select((float16)0.0f, dp_exp_nonpos(lg - mn), vis);
-            l[p] += dp_sum16(w);
-            const float16 a = w * POLE_COEF(p, sc);
-            /* A key routed to the other stream gets STREAM_AWAY, which the product below skips:
-             * its value may be non-finite, and the reference never multiplies it. */
-            if (POLE_MAY_V(p))
-                vstore16(POLE_TO_V2(p, sc) ? (float16)STREAM_AWAY : a, 0, av[p]);
-#if READS_V2
-            if (POLE_MAY_V2(p))
-                vstore16(POLE_TO_V2(p, sc) ? a : (float16)STREAM_AWAY, 0, av2[p]);
-#endif
-        }
         const int nt = min(16, j_hi - j0);
-        for (int t = 0; t < nt; t++) {
-            __global const dp_storage *vr = v + v_base + (long)(j0 + t) * lv.z;
+        const int16 vis = lane < (int16)nt;
+        for (int h = 0; h < heads_q; h++) {
+            const int hk = DP_KV_HEAD(h);
+            float16 qv[DV];
+            __global const dp_storage *qr = q + DP_ROW(lq, b, i, h);
+            for (int c16 = 0; c16 < DV; c16++)
+                qv[c16] = dp_row_piece(qr, c16) * scale;
+            float scs[16];
+            for (int t = 0; t < 16; t++) {
+                __global const dp_storage *kr = k + DP_ROW(lk, b, min(j0 + t, j_hi - 1), hk);
+                float16 d = (float16)0.0f;
+                for (int c16 = 0; c16 < DV; c16++)
+                    d = fma(qv[c16], dp_row_piece(kr, c16), d);
+                scs[t] = dp_sum16(d);
+            }
+            const float16 sc = vload16(0, scs);
+            __global float *st = DP_PART(h);
+            float16 acc[NPOLES][DV];
+            float av[NPOLES][16];
 #if READS_V2
-            __global const dp_storage *v2r = v2 + v2_base + (long)(j0 + t) * lv2.z;
+            float av2[NPOLES][16];
 #endif
             for (int p = 0; p < NPOLES; p++) {
-                if (POLE_MAY_V(p) && !DP_AWAY(av[p][t]))
+                __global float *sp = st + p * PART_STRIDE;
+                float m = sp[0], l = sp[1];
+                for (int c16 = 0; c16 < DV; c16++)
+                    acc[p][c16] = vload16(c16, sp + 2);
+                const float16 lg = select((float16)(-INFINITY), POLE_LOGIT(p, sc), vis);
+                const float mn = fmax(m, dp_max16(lg));
+                if (mn != m) {
+                    const float f = dp_rescale(m, mn);
+                    l *= f;
                     for (int c16 = 0; c16 < DV; c16++)
-                        acc[p][c16] = fma((float16)av[p][t], dp_row_piece(vr, c16), acc[p][c16]);
+                        acc[p][c16] *= f;
+                    m = mn;
+                }
+                const float16 w = select((float16)0.0f, dp_exp_nonpos(lg - mn), vis);
+                sp[0] = m;
+                sp[1] = l + dp_sum16(w);
+                const float16 a = w * POLE_COEF(p, sc);
+                /* A key routed to the other stream gets STREAM_AWAY, which the product below
+                 * skips: its value may be non-finite, and the reference never multiplies it. */
+                if (POLE_MAY_V(p))
+                    vstore16(POLE_TO_V2(p, sc) ? (float16)STREAM_AWAY : a, 0, av[p]);
 #if READS_V2
-                if (POLE_MAY_V2(p) && !DP_AWAY(av2[p][t]))
-                    for (int c16 = 0; c16 < DV; c16++)
-                        acc[p][c16] = fma((float16)av2[p][t], dp_row_piece(v2r, c16), acc[p][c16]);
+                if (POLE_MAY_V2(p))
+                    vstore16(POLE_TO_V2(p, sc) ? a : (float16)STREAM_AWAY, 0, av2[p]);
 #endif
             }
+            for (int t = 0; t < nt; t++) {
+                __global const dp_storage *vr = v + DP_ROW(lv, b, j0 + t, hk);
+#if READS_V2
+                __global const dp_storage *v2r = v2 + DP_ROW(lv2, b, j0 + t, hk);
+#endif
+                for (int p = 0; p < NPOLES; p++) {
+                    if (POLE_MAY_V(p) && !DP_AWAY(av[p][t]))
+                        for (int c16 = 0; c16 < DV; c16++)
+                            acc[p][c16] = fma((float16)av[p][t], dp_row_piece(vr, c16), acc[p][c16]);
+#if READS_V2
+                    if (POLE_MAY_V2(p) && !DP_AWAY(av2[p][t]))
+                        for (int c16 = 0; c16 < DV; c16++)
+                            acc[p][c16] = fma((float16)av2[p][t], dp_row_piece(v2r, c16), acc[p][c16]);
+#endif
+                }
+            }
+            for (int p = 0; p < NPOLES; p++)
+                for (int c16 = 0; c16 < DV; c16++)
+                    vstore16(acc[p][c16], c16, st + p * PART_STRIDE + 2);
         }
     }
-
-    __global float *dst = part + (((long)bh * seq_q + i) * chunks + chunk) * NPOLES * PART_STRIDE;
-    for (int p = 0; p < NPOLES; p++) {
-        dst[p * PART_STRIDE] = m[p];
-        dst[p * PART_STRIDE + 1] = l[p];
-        for (int c = 0; c < HEAD_DIM; c++)
-            dst[p * PART_STRIDE + 2 + c] = ((float *)acc[p])[c];
-    }
+#undef DP_PART
 }
 
 /* Combines the chunks of one query row: work-item (i, b * Hq + h). */
@@ -621,18 +634,23 @@ __kernel void dipole_fwd_merge(__global const float *part, int chunks,
         const float pw = dp_pole_weight(pole_weights, p, h, heads_q);
         coef[p] = has_keys ? pw / sum : 0.0f;
     }
-    __global dp_storage *orow = out + DP_ROW(lout, b, i, h);
-    for (int c = 0; c < HEAD_DIM; c++) {
-        float o = 0.0f;
-        for (int p = 0; p < NPOLES; p++) {
-            float a = 0.0f;
-            for (int ch = 0; ch < chunks; ch++)
-                a += src[(ch * NPOLES + p) * PART_STRIDE + 2 + c] *
-                     dp_rescale(src[(ch * NPOLES + p) * PART_STRIDE], mm[p]);
-            o += has_keys ? coef[p] * a : 0.0f;
+    /* One rescale per chunk and pole, not per element. */
+    float o[HEAD_DIM];
+    for (int c = 0; c < HEAD_DIM; c++)
+        o[c] = 0.0f;
+    for (int p = 0; p < NPOLES && has_keys; p++)
+        for (int ch = 0; ch < chunks; ch++) {
+            __global const float *pc = src + (ch * NPOLES + p) * PART_STRIDE;
+            /* A chunk whose weights all underflow against the row's max adds nothing, as a
+             * key of weight 0 does in the CPU kernel (its values may be non-finite). */
+            const float r = dp_rescale(pc[0], mm[p]);
+            if (r != 0.0f)
+                for (int c = 0; c < HEAD_DIM; c++)
+                    o[c] = fma(coef[p] * r, pc[2 + c], o[c]);
         }
-        dp_store(orow, c, o);
-    }
+    __global dp_storage *orow = out + DP_ROW(lout, b, i, h);
+    for (int c = 0; c < HEAD_DIM; c++)
+        dp_store(orow, c, o[c]);
     if (lse)
         for (int p = 0; p < NPOLES; p++)
             lse[DP_STAT(p, b, h, i)] =

@@ -50,13 +50,14 @@ bool dp_tiled_cpu_layout(dipole_ctx *ctx)
     return tc.layout == DP_LAYOUT_CPU;
 }
 
-/* Split-K's scratch: a (max, sum, acc) partial per chunk, row, head and pole; 0 if it
- * overflows size_t. */
+/* Split-K's scratch: a (max, sum, acc) partial per chunk, row, head and pole, acc padded to
+ * whole float16 pieces (cl/dipole_fwd_cpu.cl's PART_STRIDE); 0 if it overflows size_t. */
 static size_t splitk_bytes(const dp_tile_config *tc, const dp_problem *p)
 {
     const size_t chunks = ((size_t)p->d.seq_k + (size_t)tc->splitk_chunk - 1) / (size_t)tc->splitk_chunk;
+    const size_t stride = 2 + ((size_t)p->d.head_dim + 15) / 16 * 16;
     const size_t f[] = {chunks, (size_t)p->d.seq_q, (size_t)p->d.batch, (size_t)p->d.heads_q,
-                        (size_t)p->npoles, (size_t)p->d.head_dim + 2, sizeof(float)};
+                        (size_t)p->npoles, stride, sizeof(float)};
     size_t r = 1;
     for (size_t i = 0; i < sizeof f / sizeof f[0]; i++)
         if (!dp_mul_ok(r, f[i], &r))
@@ -263,8 +264,10 @@ static dipole_status run_splitk(dipole_ctx *ctx, const dp_problem *p, const dp_f
     dp_arg_int(&m, p->d.window_left);
     dp_arg_int(&m, p->d.window_right);
 
+    /* A split-K work-item takes every head of its batch (see the kernel). */
     const size_t bh = (size_t)p->d.batch * (size_t)p->d.heads_q;
-    const size_t g1[3] = {(size_t)chunks, (size_t)p->d.seq_q, bh}, l1[3] = {1, 1, 1};
+    const size_t g1[3] = {(size_t)chunks, (size_t)p->d.seq_q, (size_t)p->d.batch};
+    const size_t l1[3] = {1, 1, 1};
     const size_t g2[2] = {(size_t)p->d.seq_q, bh};
     st = dp_launch_args_status(ctx, &m);
     if (st == DIPOLE_SUCCESS)

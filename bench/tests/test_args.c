@@ -210,6 +210,14 @@ START_TEST(grid_defaults_and_expansion)
     }
     ck_assert_int_eq(decode, 8);
     free(p);
+    ck_assert_int_eq(parse(&o, err, 5, "--quick", "--seq", "64", "--decode", "only"), 0);
+    bench_grid_defaults(&o, false, &d);
+    ck_assert_int_eq(bench_grid_expand(&d, 0, &p), 4 * 2);
+    for (int i = 0; i < 8; i++)
+        ck_assert_int_eq(p[i].seq_q, 1);
+    free(p);
+    ck_assert_int_eq(parse(&o, err, 2, "--decode", "maybe"), -1);
+    ck_assert_ptr_nonnull(strstr(err, "on, off or only"));
     ck_assert_int_eq(parse(&o, err, 4, "--backward", "--decode", "off", "--quick"), 0);
     bench_grid_defaults(&o, true, &d);
     ck_assert_int_eq(bench_grid_expand(&d, 0, &p), 4 * 2 * 2 * 2 * 2);

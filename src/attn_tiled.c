@@ -108,10 +108,25 @@ static int cpu_smaller(int block_m)
     return block_m > 32 ? block_m / 64 * 32 : 16;
 }
 
+/* Keys per split-K work-item. A work-item takes every head of its batch, so the rows and the
+ * key chunks alone give the parallelism: the configured chunk is halved, down to 64 keys (four
+ * 16-key steps), until there are two work-items per compute unit. */
+static int splitk_chunk_for(const dipole_ctx *ctx, const dp_tile_config *tc, const dp_problem *p)
+{
+    const size_t rows = (size_t)p->d.batch * (size_t)p->d.seq_q, want = 2 * (size_t)ctx->props.compute_units;
+    int chunk = tc->splitk_chunk;
+    while (chunk > 64 && rows * (((size_t)p->d.seq_k + (size_t)chunk - 1) / (size_t)chunk) < want)
+        chunk /= 2;
+    return chunk;
+}
+
 /* The CPU layout: one work-item per block of rows, or split-K for decode. */
-static dipole_status plan_cpu(dipole_ctx *ctx, const dp_problem *p, const dp_tile_config *tc,
+static dipole_status plan_cpu(dipole_ctx *ctx, const dp_problem *p, const dp_tile_config *tc_in,
                               const char *source, dp_fwd_plan *plan)
 {
+    dp_tile_config tcs = *tc_in;
+    tcs.splitk_chunk = splitk_chunk_for(ctx, tc_in, p);
+    const dp_tile_config *tc = &tcs;
     const int d = p->d.head_dim;
     dipole_plan *pub = &plan->pub;
     if (use_splitk(ctx, tc, p)) {

@@ -448,7 +448,7 @@ void dipole_fwd_cpu(__global const dp_storage *q, dp_layout lq,
 }
 
 /* ---- Split-K decode. Work-item (chunk, row i, batch b) scans keys
- * [chunk * BLOCK_N, chunk * BLOCK_N + BLOCK_N) of the row's visible range for every query head,
+ * [chunk * chunk_keys, (chunk + 1) * chunk_keys) of the row's visible range for every query head,
  * 16 keys per step (keys across lanes; each score is a dot product along the head dim in
  * float16 pieces) and, within a step, head after head. A key's rows of all KV heads lie side by
  * side ([B, N, Hkv, d]), so each step reads one stretch of memory instead of a row a seq stride
@@ -497,15 +497,16 @@ void dipole_fwd_splitk(__global const dp_storage *q, dp_layout lq,
                        __global float *part,
                        __global const int *key_lengths,
                        int heads_q, int heads_kv, int seq_q, int seq_k,
-                       float scale, int window_left, int window_right, int chunks)
+                       float scale, int window_left, int window_right, int chunks,
+                       int chunk_keys) /* an argument: one program serves every chunk size */
 {
     const int chunk = get_global_id(0);
     const int i = get_global_id(1);
     const int b = get_global_id(2);
     const int kl = DP_KEY_LENGTH(b);
     const int2 range = dp_visible_range(i, kl, seq_q, window_left, window_right);
-    const int j_lo = max(range.x, chunk * BLOCK_N);
-    const int j_hi = min(range.y, chunk * BLOCK_N + BLOCK_N);
+    const int j_lo = max(range.x, chunk * chunk_keys);
+    const int j_hi = min(range.y, chunk * chunk_keys + chunk_keys);
 #define DP_PART(h) (part + ((((long)b * heads_q + (h)) * seq_q + i) * chunks + chunk) * NPOLES * PART_STRIDE)
     for (int h = 0; h < heads_q; h++)
         for (int p = 0; p < NPOLES; p++) {

@@ -130,9 +130,10 @@ static dipole_status plan_cpu(dipole_ctx *ctx, const dp_problem *p, const dp_til
     const int d = p->d.head_dim;
     dipole_plan *pub = &plan->pub;
     if (use_splitk(ctx, tc, p)) {
-        /* split-K builds with the CPU program's 16 rows */
+        /* split-K builds with the CPU program's 16 rows and the configured chunk; the chunk it
+         * runs (halved for parallelism) is an argument, so that it costs no build */
         const dp_kernel_config cfg =
-            dp_kernel_config_for(p, DP_KERNEL_FWD_SPLITK, 16, tc->splitk_chunk, 1);
+            dp_kernel_config_for(p, DP_KERNEL_FWD_SPLITK, 16, tc_in->splitk_chunk, 1);
         static const char *const names[2] = {"dipole_fwd_splitk", "dipole_fwd_merge"};
         dp_kernel_fit fit;
         const dipole_status st = dp_kernel_fit_query(ctx, &cfg, names, 2, &fit);
@@ -267,6 +268,7 @@ static dipole_status run_splitk(dipole_ctx *ctx, const dp_problem *p, const dp_f
     dp_arg_buffer(&l, a->key_lengths);
     dp_arg_scores(&l, p);
     dp_arg_int(&l, chunks);
+    dp_arg_int(&l, plan->pub.block_n);
 
     dp_launch_args m = dp_launch_args_begin(merge, "dipole_fwd_merge");
     dp_arg_buffer(&m, part);

@@ -56,11 +56,13 @@ step() {
     "$@"
     echo "== $name: $((SECONDS - t0)) s" >&2
 }
-step "suites" meson test -C build --print-errorlogs
+# The oclgrind sweep runs in its own step, below.
+step "suites" meson test -C build --print-errorlogs --no-suite oclgrind
 # AddressSanitizer + UBSan (clang build) over every suite but the large one (minutes of device
 # GEMMs whose host side the gemm suite's chunking cases cover) and the install check (it links
-# a plain program against the library) and the static GPU check (it runs no library code),
-# then the fuzz harness for a bounded time. The caches the first run filled spare the slow checkers most kernel builds.
+# a plain program against the library) and the static GPU check (it runs no library code) and
+# the oclgrind sweep and the suites that only repeat another's host code on other kernels
+# (kernels-only), then the fuzz harness for a bounded time. The caches the first run filled spare the slow checkers most kernel builds.
 if [ -d build-asan ]; then
     meson setup --reconfigure build-asan >/dev/null
 else
@@ -92,7 +94,7 @@ PY
 }
 asan_suites() {
     meson test -C build-asan --setup=sanitize --print-errorlogs --no-suite fuzz --no-suite large \
-        --no-suite install --no-suite gpu-isa && return 0
+        --no-suite install --no-suite gpu-isa --no-suite oclgrind --no-suite kernels-only && return 0
     local again
     again=$(lsan_crashed_only) && [ -n "$again" ] || return 1
     echo "LeakSanitizer's tracer crashed in: $again; running them once more" >&2

@@ -226,7 +226,9 @@ inline float16 dp_exp_nonpos(float16 x)
 #if DP_BUILTIN_PREFETCH
 #define DP_PREFETCH(p) __builtin_prefetch((p), 0, 3)
 #else
-#define DP_PREFETCH(p) prefetch((p), 1)
+/* Through uchar: prefetch() has no half overload where cl_khr_fp16 is off (the call is then
+ * ambiguous), and the hint is for the line anyway. */
+#define DP_PREFETCH(p) prefetch((__global const uchar *)(p), 1)
 #endif
 
 /* Asks for every (64-byte) line of a row of HEAD_DIM elements. */

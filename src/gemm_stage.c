@@ -45,20 +45,32 @@ bool dp_gemm_stage_fits(const dipole_ctx *ctx, const dp_problem *p, bool backwar
     return false;
 }
 
-static dipole_status rows_kernel(dipole_ctx *ctx, const dp_problem *p, const char *name,
-                                 cl_kernel *kernel)
+/* Enqueues the util program's `name` (of the call's storage, at dweights' work-group, the
+ * program the backward already builds) over a tensor's elements; `first` and `second` are its
+ * two tensors in argument order, whichever is the dense float copy. */
+static dipole_status launch_rows(dipole_ctx *ctx, const dp_problem *p, const char *name,
+                                 bool query, const dipole_tensor *strided, bool strided_first,
+                                 cl_mem dense, cl_event *event)
 {
-    /* The util program of the call's storage; its work-group define is dweights' own. */
-    const dp_kernel_config util = dp_util_config(p, 32);
-    return dp_get_kernel(ctx, &util, name, kernel);
-}
-
-static size_t tensor_global(const dipole_attn_desc *d, bool query, size_t *global)
-{
-    global[0] = (size_t)d->head_dim;
-    global[1] = (size_t)(query ? d->seq_q : d->seq_k) * (size_t)(query ? d->heads_q : d->heads_kv);
-    global[2] = (size_t)d->batch;
-    return global[0] * global[1] * global[2];
+    const dipole_attn_desc *d = &p->d;
+    const dp_kernel_config util = dp_util_config(p, DP_DWEIGHTS_WG);
+    cl_kernel kernel = NULL;
+    const dipole_status st = dp_get_kernel(ctx, &util, name, &kernel);
+    if (st != DIPOLE_SUCCESS)
+        return st;
+    dp_launch_args l = dp_launch_args_begin(kernel, name);
+    if (strided_first)
+        dp_arg_tensor(&l, strided);
+    dp_arg_buffer(&l, dense);
+    if (!strided_first)
+        dp_arg_tensor(&l, strided);
+    const int seq = query ? d->seq_q : d->seq_k, heads = query ? d->heads_q : d->heads_kv;
+    dp_arg_int(&l, seq);
+    dp_arg_int(&l, heads);
+    dp_arg_int(&l, d->head_dim);
+    const size_t global[3] = {(size_t)d->head_dim, (size_t)seq * (size_t)heads,
+                              (size_t)d->batch};
+    return dp_launch(ctx, &l, 3, global, NULL, event);
 }
 
 dipole_status dp_gemm_stage_alloc(dipole_ctx *ctx, const dp_problem *p, bool query,
@@ -76,40 +88,15 @@ dipole_status dp_gemm_stage_alloc(dipole_ctx *ctx, const dp_problem *p, bool que
 dipole_status dp_gemm_stage_widen(dipole_ctx *ctx, const dp_problem *p, const dipole_tensor *src,
                                   bool query, const char *what, cl_mem *buf, dipole_tensor *dense)
 {
-    const dipole_attn_desc *d = &p->d;
-    cl_kernel kernel = NULL;
-    dipole_status st = dp_gemm_stage_alloc(ctx, p, query, what, buf, dense);
-    if (st == DIPOLE_SUCCESS)
-        st = rows_kernel(ctx, p, "dipole_widen_rows", &kernel);
+    const dipole_status st = dp_gemm_stage_alloc(ctx, p, query, what, buf, dense);
     if (st != DIPOLE_SUCCESS)
         return st;
-    dp_launch_args l = dp_launch_args_begin(kernel, "dipole_widen_rows");
-    dp_arg_tensor(&l, src);
-    dp_arg_buffer(&l, *buf);
-    dp_arg_int(&l, query ? d->seq_q : d->seq_k);
-    dp_arg_int(&l, query ? d->heads_q : d->heads_kv);
-    dp_arg_int(&l, d->head_dim);
-    size_t global[3];
-    tensor_global(d, query, global);
-    return dp_launch(ctx, &l, 3, global, NULL, NULL);
+    return launch_rows(ctx, p, "dipole_widen_rows", query, src, true, *buf, NULL);
 }
 
 dipole_status dp_gemm_stage_narrow(dipole_ctx *ctx, const dp_problem *p,
                                    const dipole_tensor *dense, const dipole_tensor *dst,
                                    bool query, cl_event *event)
 {
-    const dipole_attn_desc *d = &p->d;
-    cl_kernel kernel = NULL;
-    dipole_status st = rows_kernel(ctx, p, "dipole_narrow_rows", &kernel);
-    if (st != DIPOLE_SUCCESS)
-        return st;
-    dp_launch_args l = dp_launch_args_begin(kernel, "dipole_narrow_rows");
-    dp_arg_buffer(&l, dense->buffer);
-    dp_arg_tensor(&l, dst);
-    dp_arg_int(&l, query ? d->seq_q : d->seq_k);
-    dp_arg_int(&l, query ? d->heads_q : d->heads_kv);
-    dp_arg_int(&l, d->head_dim);
-    size_t global[3];
-    tensor_global(d, query, global);
-    return dp_launch(ctx, &l, 3, global, NULL, event);
+    return launch_rows(ctx, p, "dipole_narrow_rows", query, dst, false, dense->buffer, event);
 }

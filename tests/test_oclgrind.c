@@ -59,12 +59,7 @@ END_TEST
 static cl_mem buffer_of(dipole_dtype dt, float *host, size_t n)
 {
     const size_t es = dipole_dtype_size(dt);
-    void *bits = NULL;
-    if (host) {
-        ck_assert_ptr_nonnull(bits = malloc(n * es));
-        ck_assert_int_eq(dipole_convert(dt, bits, DIPOLE_F32, host, n), DIPOLE_SUCCESS);
-        ck_assert_int_eq(dipole_convert(DIPOLE_F32, host, dt, bits, n), DIPOLE_SUCCESS);
-    }
+    void *bits = host ? tu_round_to(dt, host, n) : NULL;
     cl_int err;
     cl_mem m = clCreateBuffer(dipole_ctx_cl_context(tu_ctx()),
                               host ? CL_MEM_READ_WRITE | CL_MEM_COPY_HOST_PTR : CL_MEM_READ_WRITE,
@@ -225,9 +220,7 @@ START_TEST(test_half_sweep)
                 for (int i = 0; i < 4; i++) {
                     const size_t n = i ? nk : nq;
                     in[i] = tu_random(n, 40 + (uint64_t)(variant * 4 + i), 1.0f);
-                    ck_assert_ptr_nonnull(bits[i] = malloc(n * 2));
-                    dipole_convert(dt, bits[i], DIPOLE_F32, in[i], n);
-                    dipole_convert(DIPOLE_F32, in[i], dt, bits[i], n);
+                    bits[i] = tu_round_to(dt, in[i], n);
                 }
                 ck_assert_ptr_nonnull(bits[4] = malloc(nq * 2));
                 float *got = malloc(nq * sizeof(float)), *want = malloc(nq * sizeof(float));

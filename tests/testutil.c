@@ -44,6 +44,15 @@ static uint64_t splitmix(uint64_t *s)
     return z ^ (z >> 31);
 }
 
+void *tu_round_to(dipole_dtype dt, float *x, size_t n)
+{
+    void *bits = malloc((n ? n : 1) * dipole_dtype_size(dt));
+    ck_assert_ptr_nonnull(bits);
+    ck_assert_int_eq(dipole_convert(dt, bits, DIPOLE_F32, x, n), DIPOLE_SUCCESS);
+    ck_assert_int_eq(dipole_convert(DIPOLE_F32, x, dt, bits, n), DIPOLE_SUCCESS);
+    return bits;
+}
+
 float *tu_random(size_t n, uint64_t seed, float mult)
 {
     float *x = malloc(sizeof(float) * (n ? n : 1));

@@ -20,6 +20,9 @@ bool tu_sweep_classes(void);
 
 /* Deterministic inputs: normal(0, 1) * mult from a seeded generator. */
 float *tu_random(size_t n, uint64_t seed, float mult);
+/* x's n floats in dt's storage (malloc'd); x is rounded in place to the values stored, so that
+ * a reference run on x sees exactly what the device reads. */
+void *tu_round_to(dipole_dtype dt, float *x, size_t n);
 
 /* Element counts of a descriptor's tensors. */
 size_t tu_q_elems(const dipole_attn_desc *d);

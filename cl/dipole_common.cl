@@ -314,22 +314,47 @@ inline int2 dp_range_in_tile(int2 range, int j0, int n)
 typedef long4 dp_layout;
 #define DP_ROW(t, b, s, h) ((t).x + (long)(b) * (t).y + (long)(s) * (t).z + (long)(h) * (t).w)
 
+/* ---- Where a key's rows are. K, V and V2 are [B, N, Hkv, d] tensors, or with DP_PAGED pools
+ * of pages ([pages, page_size, Hkv, d]: a page takes the batch index, a slot the seq index)
+ * where key j of sequence b sits in page block_table[b, j / page_size] at slot j % page_size.
+ * Every forward kernel takes the table and its shape after its inputs (DP_PAGED_ARGS); the
+ * runtime checked every page index a visible key can reach before the launch. */
+#ifndef DP_PAGED
+#define DP_PAGED 0
+#endif
+#define DP_PAGED_ARGS __global const int *block_table, int max_pages, int page_size
+#define DP_PAGED_PASS block_table, max_pages, page_size
+
+/* The element offset of key j's row of head hh of sequence b in K/V tensor t. */
+inline long dp_kv_row(dp_layout t, int b, int j, int hh, DP_PAGED_ARGS)
+{
+#if DP_PAGED
+    const int page = block_table[(long)b * max_pages + j / page_size];
+    return DP_ROW(t, page, j % page_size, hh);
+#else
+    return DP_ROW(t, b, j, hh);
+#endif
+}
+#define DP_KV_ROW(t, b, j, hh) dp_kv_row(t, b, j, hh, DP_PAGED_PASS)
+
 /* Head-dim rows as float4 chunks: HD4 of them, the last zero-padded. */
 #define HD4 ((HEAD_DIM + 3) / 4)
 
 /* Stages rows [row0, row0 + count) of head hh of tensor t (layout lt) into local rows of
  * `stride` float4s, times mul; rows at or past `valid` and the padding past HEAD_DIM become 0,
  * so that a tile's dot products and value sums need no bounds. All `items` work-items of the
- * group call it, item lid: consecutive items read consecutive chunks of a row (coalesced). */
-inline void dp_stage_rows4(__local float4 *dst, int stride, __global const dp_storage *t,
-                           dp_layout lt, int b, int row0, int count, int valid, int hh,
-                           float mul, int lid, int items)
+ * group call it, item lid: consecutive items read consecutive chunks of a row (coalesced).
+ * dp_stage_kv_rows4 finds key rows through the paging arguments. */
+inline void dp_stage_any_rows4(__local float4 *dst, int stride, __global const dp_storage *t,
+                               dp_layout lt, int b, int row0, int count, int valid, int hh,
+                               float mul, int lid, int items, bool kv, DP_PAGED_ARGS)
 {
     for (int e = lid; e < count * HD4; e += items) {
         const int r = e / HD4, c4 = e % HD4;
         float4 x = (float4)0.0f;
         if (r < valid) {
-            const long at = DP_ROW(lt, b, row0 + r, hh) + 4 * c4;
+            const long at = (kv ? dp_kv_row(lt, b, row0 + r, hh, DP_PAGED_PASS)
+                                : DP_ROW(lt, b, row0 + r, hh)) + 4 * c4;
 #if HEAD_DIM % 4 == 0
             x = dp_load4(t, at);
 #else
@@ -347,6 +372,12 @@ inline void dp_stage_rows4(__local float4 *dst, int stride, __global const dp_st
         dst[r * stride + c4] = x * mul;
     }
 }
+#define dp_stage_rows4(dst, stride, t, lt, b, row0, count, valid, hh, mul, lid, items)         \
+    dp_stage_any_rows4(dst, stride, t, lt, b, row0, count, valid, hh, mul, lid, items, false,  \
+                       NULL, 1, 1)
+#define dp_stage_kv_rows4(dst, stride, t, lt, b, row0, count, valid, hh, lid, items)           \
+    dp_stage_any_rows4(dst, stride, t, lt, b, row0, count, valid, hh, 1.0f, lid, items, true,  \
+                       DP_PAGED_PASS)
 
 /* Writes the lanes of x that chunk c4 holds of a head-dim row (4, or fewer in a last, partial
  * chunk) at element `at` of t. */

@@ -40,6 +40,7 @@ void dipole_fwd(__global const dp_storage *q, dp_layout lq,
                 __global const dp_storage *k, dp_layout lk,
                 __global const dp_storage *v, dp_layout lv,
                 __global const dp_storage *v2, dp_layout lv2,
+                DP_PAGED_ARGS,
                 __global dp_storage *out, dp_layout lout,
                 __global float *lse,                  /* [NPOLES, B, Hq, Nq] or NULL */
                 __global const int *key_lengths,      /* [B] or NULL */
@@ -78,7 +79,7 @@ void dipole_fwd(__global const dp_storage *q, dp_layout lq,
          * fewest keys a row sees run from the last row's lo to the first row's hi). */
         const bool full = rows == BLOCK_M && n == BLOCK_N && last.x <= j0 && first.y >= j0 + n;
         barrier(CLK_LOCAL_MEM_FENCE);
-        dp_stage_rows4(kv_tile, K_STRIDE, k, lk, b, j0, BLOCK_N, n, hk, 1.0f, lid, WORK_GROUP);
+        dp_stage_kv_rows4(kv_tile, K_STRIDE, k, lk, b, j0, BLOCK_N, n, hk, lid, WORK_GROUP);
         barrier(CLK_LOCAL_MEM_FENCE);
 
         /* S micro-tile, and each pole's max over this item's keys per row. */
@@ -102,7 +103,7 @@ void dipole_fwd(__global const dp_storage *q, dp_layout lq,
 
         /* V goes where K was (every item is past its S). Meanwhile: the rows' new max, the
          * rescale of what was summed so far, and this item's weights into the P tiles. */
-        dp_stage_rows4(kv_tile, V_STRIDE, v, lv, b, j0, BLOCK_N, n, hk, 1.0f, lid, WORK_GROUP);
+        dp_stage_kv_rows4(kv_tile, V_STRIDE, v, lv, b, j0, BLOCK_N, n, hk, lid, WORK_GROUP);
         DP_UNROLL for (int mi = 0; mi < RPI; mi++) {
             const int r = ty + WG_ROWS * mi;
             float w[NPOLES][KPI];
@@ -129,8 +130,8 @@ void dipole_fwd(__global const dp_storage *q, dp_layout lq,
         DP_UNROLL for (int t = 0; t < NSTREAMS; t++) {
             barrier(CLK_LOCAL_MEM_FENCE);
             if (STREAM_V2(t)) {
-                dp_stage_rows4(kv_tile, V_STRIDE, v2, lv2, b, j0, BLOCK_N, n, hk, 1.0f, lid,
-                               WORK_GROUP);
+                dp_stage_kv_rows4(kv_tile, V_STRIDE, v2, lv2, b, j0, BLOCK_N, n, hk, lid,
+                                  WORK_GROUP);
                 barrier(CLK_LOCAL_MEM_FENCE);
             }
 #define UNSEEN(mi, jj, w) \

@@ -94,25 +94,25 @@ inline bool dp_pack_v_row(__local float *vt, __global const dp_storage *row, int
 #define FETCH_V_ROWS ((BLOCK_N + NG * NPOLES * (D_PAD / RB) - 1) / (NG * NPOLES * (D_PAD / RB)))
 #define DP_FETCH_NEXT_K()                                                                      \
     for (int u = 0; u < FETCH_K_ROWS && k_next < n1; u++, k_next++)                            \
-        dp_prefetch_row(k + k_base + (long)(j0 + BLOCK_N + k_next) * lk.z);
+        dp_prefetch_row(k + DP_KV_ROW(lk, b, j0 + BLOCK_N + k_next, hk));
 #if READS_V2
-#define DP_FETCH_NEXT_V2() dp_prefetch_row(v2 + v2_base + (long)(j0 + BLOCK_N + v_next) * lv2.z);
+#define DP_FETCH_NEXT_V2() dp_prefetch_row(v2 + DP_KV_ROW(lv2, b, j0 + BLOCK_N + v_next, hk));
 #else
 #define DP_FETCH_NEXT_V2()
 #endif
 #define DP_FETCH_NEXT_V()                                                                      \
     for (int u = 0; u < FETCH_V_ROWS && v_next < n1; u++, v_next++) {                          \
-        dp_prefetch_row(v + v_base + (long)(j0 + BLOCK_N + v_next) * lv.z);                    \
+        dp_prefetch_row(v + DP_KV_ROW(lv, b, j0 + BLOCK_N + v_next, hk));                      \
         DP_FETCH_NEXT_V2()                                                                     \
     }
 
 /* The rare path after a tile whose values were not all finite: acc += weight x value for those
  * values alone, in the lanes whose weight is not 0 (the lanes whose rows see the key). A macro,
  * not a function: passing the private weight array by pointer cost ~15% in the hot loop. */
-#define DP_ACC_NONFINITE(ap, src, stride, W)                                                   \
+#define DP_ACC_NONFINITE(ap, src, layout, W)                                                   \
     for (int jj = 0; jj < n; jj++)                                                             \
         for (int c = 0; c < HEAD_DIM; c++) {                                                   \
-            const float x = dp_load((src), (long)jj * (stride) + c);                           \
+            const float x = dp_load((src), DP_KV_ROW(layout, b, j0 + jj, hk) + c);             \
             if (isfinite(x))                                                                   \
                 continue;                                                                      \
             for (int r = 0; r < RV; r++) {                                                     \
@@ -135,6 +135,7 @@ void dipole_fwd_cpu(__global const dp_storage *q, dp_layout lq,
                     __global const dp_storage *k, dp_layout lk,
                     __global const dp_storage *v, dp_layout lv,
                     __global const dp_storage *v2, dp_layout lv2,
+                    DP_PAGED_ARGS,
                     __global dp_storage *out, dp_layout lout,
                     __global float *lse,                  /* [NPOLES, B, Hq, Nq] or NULL */
                     __global const int *key_lengths,      /* [B] or NULL */
@@ -210,10 +211,6 @@ void dipole_fwd_cpu(__global const dp_storage *q, dp_layout lq,
 #if READS_V2
     float16 wv2[NPOLES][N_PAD * RV]; /* ... and on v2 */
 #endif
-    const long k_base = DP_ROW(lk, b, 0, hk), v_base = DP_ROW(lv, b, 0, hk);
-#if READS_V2
-    const long v2_base = DP_ROW(lv2, b, 0, hk);
-#endif
 
     for (int j0 = j_begin; j0 < j_end; j0 += BLOCK_N) {
         const int n = min(BLOCK_N, j_end - j0);
@@ -221,15 +218,15 @@ void dipole_fwd_cpu(__global const dp_storage *q, dp_layout lq,
         /* Pack the tile; keys past it (up to a whole score block) repeat its own last key:
          * their weights are never used, and a duplicate changes no tile max. */
         for (int jj = 0; jj < N_PAD; jj++)
-            dp_pack_k_row(kt, k + k_base + (long)(j0 + min(jj, n - 1)) * lk.z, jj);
+            dp_pack_k_row(kt, k + DP_KV_ROW(lk, b, j0 + min(jj, n - 1), hk), jj);
         bool v_finite = true;
 #if READS_V2
         bool v2_finite = true;
 #endif
         for (int jj = 0; jj < n; jj++) {
-            v_finite &= dp_pack_v_row(vt, v + v_base + (long)(j0 + jj) * lv.z, jj);
+            v_finite &= dp_pack_v_row(vt, v + DP_KV_ROW(lv, b, j0 + jj, hk), jj);
 #if READS_V2
-            v2_finite &= dp_pack_v_row(v2t, v2 + v2_base + (long)(j0 + jj) * lv2.z, jj);
+            v2_finite &= dp_pack_v_row(v2t, v2 + DP_KV_ROW(lv2, b, j0 + jj, hk), jj);
 #endif
         }
         const int n1 = min(BLOCK_N, j_end - j0 - BLOCK_N); /* the next tile's size */
@@ -397,10 +394,10 @@ void dipole_fwd_cpu(__global const dp_storage *q, dp_layout lq,
                     DP_FETCH_NEXT_V()
                 }
                 if (POLE_MAY_V(p) && !v_finite)
-                    DP_ACC_NONFINITE(ap, v + v_base + (long)j0 * lv.z, lv.z, wv[p]);
+                    DP_ACC_NONFINITE(ap, v, lv, wv[p]);
 #if READS_V2
                 if (POLE_MAY_V2(p) && !v2_finite)
-                    DP_ACC_NONFINITE(ap, v2 + v2_base + (long)j0 * lv2.z, lv2.z, wv2[p]);
+                    DP_ACC_NONFINITE(ap, v2, lv2, wv2[p]);
 #endif
             }
         }
@@ -494,6 +491,7 @@ void dipole_fwd_splitk(__global const dp_storage *q, dp_layout lq,
                        __global const dp_storage *k, dp_layout lk,
                        __global const dp_storage *v, dp_layout lv,
                        __global const dp_storage *v2, dp_layout lv2,
+                       DP_PAGED_ARGS,
                        __global float *part,
                        __global const int *key_lengths,
                        int heads_q, int heads_kv, int seq_q, int seq_k,
@@ -523,10 +521,10 @@ void dipole_fwd_splitk(__global const dp_storage *q, dp_layout lq,
          * stride from the last, often a page. */
         for (int t = 16; t < 32 && j0 + t < j_hi; t++)
             for (int hk = 0; hk < heads_kv; hk++) {
-                dp_prefetch_row(k + DP_ROW(lk, b, j0 + t, hk));
-                dp_prefetch_row(v + DP_ROW(lv, b, j0 + t, hk));
+                dp_prefetch_row(k + DP_KV_ROW(lk, b, j0 + t, hk));
+                dp_prefetch_row(v + DP_KV_ROW(lv, b, j0 + t, hk));
 #if READS_V2
-                dp_prefetch_row(v2 + DP_ROW(lv2, b, j0 + t, hk));
+                dp_prefetch_row(v2 + DP_KV_ROW(lv2, b, j0 + t, hk));
 #endif
             }
         const int nt = min(16, j_hi - j0);
@@ -539,7 +537,7 @@ void dipole_fwd_splitk(__global const dp_storage *q, dp_layout lq,
                 qv[c16] = dp_row_piece(qr, c16) * scale;
             float scs[16];
             for (int t = 0; t < 16; t++) {
-                __global const dp_storage *kr = k + DP_ROW(lk, b, min(j0 + t, j_hi - 1), hk);
+                __global const dp_storage *kr = k + DP_KV_ROW(lk, b, min(j0 + t, j_hi - 1), hk);
                 float16 d = (float16)0.0f;
                 for (int c16 = 0; c16 < DV; c16++)
                     d = fma(qv[c16], dp_row_piece(kr, c16), d);
@@ -580,9 +578,9 @@ void dipole_fwd_splitk(__global const dp_storage *q, dp_layout lq,
 #endif
             }
             for (int t = 0; t < nt; t++) {
-                __global const dp_storage *vr = v + DP_ROW(lv, b, j0 + t, hk);
+                __global const dp_storage *vr = v + DP_KV_ROW(lv, b, j0 + t, hk);
 #if READS_V2
-                __global const dp_storage *v2r = v2 + DP_ROW(lv2, b, j0 + t, hk);
+                __global const dp_storage *v2r = v2 + DP_KV_ROW(lv2, b, j0 + t, hk);
 #endif
                 for (int p = 0; p < NPOLES; p++) {
                     if (POLE_MAY_V(p) && !DP_AWAY(av[p][t]))

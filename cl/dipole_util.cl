@@ -47,13 +47,24 @@ __kernel void dipole_zero_rows(__global float *t, dp_layout lay, int seq, int he
  * work-group size; rows run over seq x heads as in dipole_zero_rows. */
 #define DP_DENSE(b, s, h, c) ((((long)(b) * seq + (s)) * heads + (h)) * head_dim + (c))
 
+/* A paged key-side tensor (block_table not NULL: see dipole_common.cl's dp_kv_row) is gathered
+ * too; its rows past the sequence's key length have no page, and become 0. */
 __kernel void dipole_widen_rows(__global const dp_storage *src, dp_layout lay,
-                                __global float *dst, int seq, int heads, int head_dim)
+                                __global float *dst, int seq, int heads, int head_dim,
+                                __global const int *block_table, int max_pages, int page_size,
+                                __global const int *key_lengths)
 {
     const int c = get_global_id(0), row = get_global_id(1), b = get_global_id(2);
     const int s = row % seq, h = row / seq;
-    if (c < head_dim)
+    if (c >= head_dim)
+        return;
+    if (!block_table) {
         dst[DP_DENSE(b, s, h, c)] = dp_load(src, DP_ROW(lay, b, s, h) + c);
+        return;
+    }
+    const bool held = s < key_lengths[b];
+    const int page = held ? block_table[(long)b * max_pages + s / page_size] : 0;
+    dst[DP_DENSE(b, s, h, c)] = held ? dp_load(src, DP_ROW(lay, page, s % page_size, h) + c) : 0.0f;
 }
 
 __kernel void dipole_narrow_rows(__global const float *src, __global dp_storage *dst,
@@ -63,4 +74,30 @@ __kernel void dipole_narrow_rows(__global const float *src, __global dp_storage 
     const int s = row % seq, h = row / seq;
     if (c < head_dim)
         dp_store(dst, DP_ROW(lay, b, s, h) + c, src[DP_DENSE(b, s, h, c)]);
+}
+
+/* The cache write: token t of sequence b (positions [batch, tokens]: its position in the
+ * sequence, or -1 for none) lands in page block_table[b, position / page_size] at slot
+ * position % page_size, bit for bit. The runtime checked every position and page, and that
+ * no two tokens share a slot. Any work-group size; rows run over tokens x heads. */
+/* The storage's bits: copied as they are (a half may not be assigned without cl_khr_fp16). */
+#if DP_STORAGE == DP_F32
+typedef uint dp_bits;
+#else
+typedef ushort dp_bits;
+#endif
+
+__kernel void dipole_paged_write_rows(__global const dp_bits *src, dp_layout ls,
+                                      __global dp_bits *dst, dp_layout ld,
+                                      __global const int *positions,
+                                      __global const int *block_table, int max_pages,
+                                      int page_size, int tokens, int heads, int head_dim)
+{
+    const int c = get_global_id(0), row = get_global_id(1), b = get_global_id(2);
+    const int t = row % tokens, h = row / tokens;
+    const int pos = positions[(long)b * tokens + t];
+    if (c >= head_dim || pos < 0)
+        return;
+    const int page = block_table[(long)b * max_pages + pos / page_size];
+    dst[DP_ROW(ld, page, pos % page_size, h) + c] = src[DP_ROW(ls, b, t, h) + c];
 }

@@ -81,18 +81,21 @@ dipole_status dipole_attention_plan(dipole_ctx *ctx, const dipole_attn_desc *des
     return dp_plan_query(ctx, desc, plan, "dipole_attention_plan", forward_plan);
 }
 
+/* A paged call's page pools were checked page by page (paged.c): here q, out, lse. */
 static dipole_status check_args(dipole_ctx *ctx, const dp_problem *p, const dp_args *a)
 {
     const dipole_attn_desc *d = &p->d;
     dipole_status st;
     const dipole_dtype dt = d->dtype;
     if ((st = dp_check_tensor(ctx, "q", a->q, dt, d->batch, d->seq_q, d->heads_q, d->head_dim)) ||
-        (st = dp_check_tensor(ctx, "k", a->k, dt, d->batch, d->seq_k, d->heads_kv, d->head_dim)) ||
-        (st = dp_check_tensor(ctx, "v", a->v, dt, d->batch, d->seq_k, d->heads_kv, d->head_dim)) ||
+        (!p->paged && (st = dp_check_tensor(ctx, "k", a->k, dt, d->batch, d->seq_k, d->heads_kv,
+                                            d->head_dim))) ||
+        (!p->paged && (st = dp_check_tensor(ctx, "v", a->v, dt, d->batch, d->seq_k, d->heads_kv,
+                                            d->head_dim))) ||
         (st = dp_check_tensor(ctx, "out", a->out, dt, d->batch, d->seq_q, d->heads_q,
                               d->head_dim)))
         return st;
-    if (p->reads_v2) {
+    if (p->reads_v2 && !p->paged) {
         if (!a->v2)
             return dp_fail(ctx, DIPOLE_ERR_INVALID_ARG, "v2 is NULL but variant %s reads it",
                            dipole_variant_name(d->variant));
@@ -113,7 +116,7 @@ static dipole_status check_args(dipole_ctx *ctx, const dp_problem *p, const dp_a
     dp_span_of(a->out, d->batch, d->seq_q, d->heads_q, d->head_dim, &olo, &ohi);
     const dipole_tensor *in[4] = {a->q, a->k, a->v, p->reads_v2 ? a->v2 : NULL};
     const char *names[4] = {"q", "k", "v", "v2"};
-    for (int i = 0; i < 4; i++) {
+    for (int i = 0; i < (p->paged ? 1 : 4); i++) {
         if (!in[i] || in[i]->buffer != a->out->buffer)
             continue;
         size_t lo, hi;
@@ -130,8 +133,8 @@ static dipole_status check_args(dipole_ctx *ctx, const dp_problem *p, const dp_a
 }
 
 /* With the lock held: per-call small uploads, path choice, launch. */
-static dipole_status attention_locked(dipole_ctx *ctx, const dp_problem *p, dp_args *a,
-                                      cl_event *event)
+dipole_status dp_attention_locked(dipole_ctx *ctx, const dp_problem *p, dp_args *a,
+                                  cl_event *event)
 {
     dipole_status st = check_args(ctx, p, a);
     if (st != DIPOLE_SUCCESS)
@@ -165,8 +168,8 @@ dipole_status dipole_attention(dipole_ctx *ctx, const dipole_attn_desc *desc, co
     if (!ctx)
         return st;
     if (st == DIPOLE_SUCCESS) {
-        dp_args a = {q, k, v, v2, out, lse, NULL, NULL};
-        st = attention_locked(ctx, &p, &a, event);
+        dp_args a = {q, k, v, v2, out, lse, NULL, NULL, NULL, 0, 0};
+        st = dp_attention_locked(ctx, &p, &a, event);
     }
     pthread_mutex_unlock(&ctx->lock);
     return st;
@@ -222,8 +225,9 @@ dipole_status dipole_attention_host_lse(dipole_ctx *ctx, const dipole_attn_desc 
     static const bool query_side[LSE] = {[Q] = true, [OUT] = true};
     dipole_tensor t[LSE];
     dp_dense_tensors(d, bufs, query_side, LSE, t);
-    dp_args a = {&t[Q], &t[K], &t[V], p.reads_v2 ? &t[V2] : NULL, &t[OUT], bufs[LSE], NULL, NULL};
-    st = attention_locked(ctx, &p, &a, NULL);
+    dp_args a = {&t[Q], &t[K],    &t[V], p.reads_v2 ? &t[V2] : NULL, &t[OUT], bufs[LSE],
+                 NULL,  NULL,     NULL,  0,                           0};
+    st = dp_attention_locked(ctx, &p, &a, NULL);
     if (st == DIPOLE_SUCCESS) {
         cl_int err = clEnqueueReadBuffer(ctx->queue, bufs[OUT], CL_TRUE, 0, spec[OUT].bytes,
                                          out, 0, NULL, NULL);

@@ -172,7 +172,8 @@ static dipole_status run_f32(dipole_ctx *ctx, const dp_problem *p, const dp_fwd_
 }
 
 /* Half storage: widen q, k, v (v2) into float copies, run the float path into a float out,
- * narrow it into the caller's out. */
+ * narrow it into the caller's out. A paged cache: gather k, v (v2) into dense copies (float32
+ * storage keeps its own q and out). */
 static dipole_status run_staged(dipole_ctx *ctx, const dp_problem *p, const dp_fwd_plan *plan,
                                 const dp_args *a, cl_event *event)
 {
@@ -180,25 +181,27 @@ static dipole_status run_staged(dipole_ctx *ctx, const dp_problem *p, const dp_f
     enum { Q, K, V, V2, OUT, N };
     cl_mem bufs[N] = {NULL};
     dipole_tensor t[N];
-    const dipole_tensor *src[OUT] = {a->q, a->k, a->v, p->reads_v2 ? a->v2 : NULL};
+    const bool half = p->d.dtype != DIPOLE_F32;
+    const dipole_tensor *src[OUT] = {half ? a->q : NULL, a->k, a->v, p->reads_v2 ? a->v2 : NULL};
     static const char *const what[N] = {"gemm float q", "gemm float k", "gemm float v",
                                         "gemm float v2", "gemm float out"};
     dipole_status st = DIPOLE_SUCCESS;
     for (int i = 0; i < OUT && st == DIPOLE_SUCCESS; i++)
         if (src[i])
-            st = dp_gemm_stage_widen(ctx, p, src[i], i == Q, what[i], &bufs[i], &t[i]);
-    if (st == DIPOLE_SUCCESS)
+            st = dp_gemm_stage_widen(ctx, p, src[i], i == Q, a, what[i], &bufs[i], &t[i]);
+    if (st == DIPOLE_SUCCESS && half)
         st = dp_gemm_stage_alloc(ctx, p, true, what[OUT], &bufs[OUT], &t[OUT]);
     if (st == DIPOLE_SUCCESS) {
         dp_args a32 = *a;
-        a32.q = &t[Q];
+        a32.q = half ? &t[Q] : a->q;
         a32.k = &t[K];
         a32.v = &t[V];
         a32.v2 = src[V2] ? &t[V2] : NULL;
-        a32.out = &t[OUT];
-        st = run_f32(ctx, &p32, plan, &a32, NULL);
+        a32.out = half ? &t[OUT] : a->out;
+        a32.block_table = NULL;
+        st = run_f32(ctx, &p32, plan, &a32, half ? NULL : event);
     }
-    if (st == DIPOLE_SUCCESS)
+    if (st == DIPOLE_SUCCESS && half)
         st = dp_gemm_stage_narrow(ctx, p, &t[OUT], a->out, true, event);
     /* The buffers live on until the enqueued commands that use them finish. */
     for (int i = 0; i < N; i++)
@@ -210,7 +213,7 @@ static dipole_status run_staged(dipole_ctx *ctx, const dp_problem *p, const dp_f
 dipole_status dp_gemm_run(dipole_ctx *ctx, const dp_problem *p, const dp_fwd_plan *plan,
                           const dp_args *a, cl_event *event)
 {
-    if (p->d.dtype == DIPOLE_F32)
+    if (p->d.dtype == DIPOLE_F32 && !p->paged)
         return run_f32(ctx, p, plan, a, event);
     return run_staged(ctx, p, plan, a, event);
 }

@@ -225,14 +225,18 @@ dipole_status dp_tiled_plan(dipole_ctx *ctx, const dp_problem *p, dp_fwd_plan *p
     return DIPOLE_SUCCESS;
 }
 
-/* The tensor arguments q, k, v, v2 as (buffer, layout) pairs. v2 is never read when the
- * variant has no v2; v is bound in its place so that the argument is valid. */
+/* The tensor arguments q, k, v, v2 as (buffer, layout) pairs, then where K/V rows are (the
+ * block table and its shape; NULL for contiguous K/V). v2 is never read when the variant has
+ * no v2; v is bound in its place so that the argument is valid. */
 static void arg_inputs(dp_launch_args *l, const dp_problem *p, const dp_args *a)
 {
     dp_arg_tensor(l, a->q);
     dp_arg_tensor(l, a->k);
     dp_arg_tensor(l, a->v);
     dp_arg_tensor(l, p->reads_v2 ? a->v2 : a->v);
+    dp_arg_buffer(l, a->block_table);
+    dp_arg_int(l, a->max_pages);
+    dp_arg_int(l, a->page_size);
 }
 
 /* What every forward kernel writes: out, and the per-row lse; with the key lengths and pole

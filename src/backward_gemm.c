@@ -317,7 +317,7 @@ static dipole_status run_staged(dipole_ctx *ctx, const dp_problem *p, const dp_b
     for (int i = 0; i < N && st == DIPOLE_SUCCESS; i++) {
         if (!ts[i].t)
             continue;
-        st = ts[i].input ? dp_gemm_stage_widen(ctx, p, ts[i].t, ts[i].query, ts[i].what,
+        st = ts[i].input ? dp_gemm_stage_widen(ctx, p, ts[i].t, ts[i].query, NULL, ts[i].what,
                                                &bufs[i], &t[i])
                          : dp_gemm_stage_alloc(ctx, p, ts[i].query, ts[i].what, &bufs[i], &t[i]);
         use[i] = &t[i];

@@ -103,6 +103,7 @@ dipole_status dp_problem_init(dipole_ctx *ctx, const dipole_attn_desc *desc, dp_
     p->reads_v2 = desc->variant == DIPOLE_ROUTED || desc->variant == DIPOLE_TWO_POLE;
     p->group = desc->heads_q / desc->heads_kv;
     p->has_window = desc->window_left >= 0 || desc->window_right >= 0;
+    p->paged = false;
     return DIPOLE_SUCCESS;
 }
 
@@ -140,6 +141,11 @@ static dipole_status check_elems(dipole_ctx *ctx, const char *name, cl_mem buf, 
 dipole_status dp_check_buffer(dipole_ctx *ctx, const char *name, cl_mem buf, size_t floats)
 {
     return check_elems(ctx, name, buf, floats, sizeof(float), "floats");
+}
+
+dipole_status dp_check_int_buffer(dipole_ctx *ctx, const char *name, cl_mem buf, size_t ints)
+{
+    return check_elems(ctx, name, buf, ints, sizeof(cl_int), "int32s");
 }
 
 dipole_status dp_check_tensor(dipole_ctx *ctx, const char *name, const dipole_tensor *t,

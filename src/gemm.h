@@ -75,19 +75,22 @@ dipole_status dp_rowwise_plan_make(dipole_ctx *ctx, const dp_problem *p, const c
 /* ---- half storage (gemm_stage.c): the float path runs on dense float copies */
 /* p with float32 storage: what the float path plans and runs on. */
 dp_problem dp_gemm_f32_problem(const dp_problem *p);
-/* Bytes of the float copies a half-storage call holds (0 for float32): forward q, k, v, v2,
- * out; backward also dout and the four gradients. */
+/* Bytes of the float copies a half-storage or paged call holds (0 for contiguous float32):
+ * forward q, k, v, v2, out (paged float32: k, v, v2 alone); backward also dout and the four
+ * gradients. */
 double dp_gemm_stage_bytes(const dp_problem *p, bool backward);
 /* Whether the copies leave room under the workspace limit; false with a reason otherwise. */
 bool dp_gemm_stage_fits(const dipole_ctx *ctx, const dp_problem *p, bool backward,
                         char *reason, size_t cap);
 /* A dense float copy of a query-side (query) or key-side tensor: uninitialised (alloc), or
- * widened from src of p's storage (widen). On failure *buf may hold a buffer to release. */
+ * widened from src of p's storage (widen; a key-side tensor gathered from its pages through
+ * paged's block table, where paged is not NULL and has one). On failure *buf may hold a
+ * buffer to release. */
 dipole_status dp_gemm_stage_alloc(dipole_ctx *ctx, const dp_problem *p, bool query,
                                   const char *what, cl_mem *buf, dipole_tensor *dense);
 dipole_status dp_gemm_stage_widen(dipole_ctx *ctx, const dp_problem *p, const dipole_tensor *src,
-                                  bool query, const char *what, cl_mem *buf,
-                                  dipole_tensor *dense);
+                                  bool query, const dp_args *paged, const char *what,
+                                  cl_mem *buf, dipole_tensor *dense);
 /* Rounds a dense float copy into dst, a tensor of p's storage. */
 dipole_status dp_gemm_stage_narrow(dipole_ctx *ctx, const dp_problem *p,
                                    const dipole_tensor *dense, const dipole_tensor *dst,

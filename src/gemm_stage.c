@@ -13,6 +13,7 @@ dp_problem dp_gemm_f32_problem(const dp_problem *p)
 {
     dp_problem p32 = *p;
     p32.d.dtype = DIPOLE_F32;
+    p32.paged = false;
     return p32;
 }
 
@@ -26,7 +27,7 @@ static double elems(const dipole_attn_desc *d, bool query)
 double dp_gemm_stage_bytes(const dp_problem *p, bool backward)
 {
     if (p->d.dtype == DIPOLE_F32)
-        return 0;
+        return p->paged ? 4.0 * (p->reads_v2 ? 3 : 2) * elems(&p->d, false) : 0;
     /* forward: q, out | k, v (v2); backward: q, out, dout, dq | k, v, dk, dv (v2, dv2) */
     const int nq = backward ? 4 : 2, nk = (backward ? 4 : 2) + (p->reads_v2 ? (backward ? 2 : 1) : 0);
     return 4.0 * (nq * elems(&p->d, true) + nk * elems(&p->d, false));
@@ -39,18 +40,19 @@ bool dp_gemm_stage_fits(const dipole_ctx *ctx, const dp_problem *p, bool backwar
     if (bytes < (double)ctx->workspace_limit)
         return true;
     snprintf(reason, cap,
-             "gemm: %s storage is widened into float copies of %.0f bytes, not below the "
-             "workspace limit of %zu bytes",
-             dipole_dtype_name(p->d.dtype), bytes, ctx->workspace_limit);
+             "gemm: %s storage%s is copied into dense float tensors of %.0f bytes, not below "
+             "the workspace limit of %zu bytes",
+             dipole_dtype_name(p->d.dtype), p->paged ? " (paged)" : "", bytes,
+             ctx->workspace_limit);
     return false;
 }
 
 /* Enqueues the util program's `name` (of the call's storage, at dweights' work-group, the
- * program the backward already builds) over a tensor's elements; `first` and `second` are its
- * two tensors in argument order, whichever is the dense float copy. */
+ * program the backward already builds) over a tensor's elements; the strided tensor comes
+ * first (widen) or second (narrow), and widen takes the paging of `paged` (NULL: none). */
 static dipole_status launch_rows(dipole_ctx *ctx, const dp_problem *p, const char *name,
                                  bool query, const dipole_tensor *strided, bool strided_first,
-                                 cl_mem dense, cl_event *event)
+                                 cl_mem dense, const dp_args *paged, cl_event *event)
 {
     const dipole_attn_desc *d = &p->d;
     const dp_kernel_config util = dp_util_config(p, DP_DWEIGHTS_WG);
@@ -68,6 +70,12 @@ static dipole_status launch_rows(dipole_ctx *ctx, const dp_problem *p, const cha
     dp_arg_int(&l, seq);
     dp_arg_int(&l, heads);
     dp_arg_int(&l, d->head_dim);
+    if (strided_first) {
+        dp_arg_buffer(&l, paged ? paged->block_table : NULL);
+        dp_arg_int(&l, paged ? paged->max_pages : 0);
+        dp_arg_int(&l, paged ? paged->page_size : 0);
+        dp_arg_buffer(&l, paged ? paged->key_lengths : NULL);
+    }
     const size_t global[3] = {(size_t)d->head_dim, (size_t)seq * (size_t)heads,
                               (size_t)d->batch};
     return dp_launch(ctx, &l, 3, global, NULL, event);
@@ -86,17 +94,19 @@ dipole_status dp_gemm_stage_alloc(dipole_ctx *ctx, const dp_problem *p, bool que
 }
 
 dipole_status dp_gemm_stage_widen(dipole_ctx *ctx, const dp_problem *p, const dipole_tensor *src,
-                                  bool query, const char *what, cl_mem *buf, dipole_tensor *dense)
+                                  bool query, const dp_args *paged, const char *what, cl_mem *buf,
+                                  dipole_tensor *dense)
 {
     const dipole_status st = dp_gemm_stage_alloc(ctx, p, query, what, buf, dense);
     if (st != DIPOLE_SUCCESS)
         return st;
-    return launch_rows(ctx, p, "dipole_widen_rows", query, src, true, *buf, NULL);
+    return launch_rows(ctx, p, "dipole_widen_rows", query, src, true, *buf,
+                       paged && paged->block_table && !query ? paged : NULL, NULL);
 }
 
 dipole_status dp_gemm_stage_narrow(dipole_ctx *ctx, const dp_problem *p,
                                    const dipole_tensor *dense, const dipole_tensor *dst,
                                    bool query, cl_event *event)
 {
-    return launch_rows(ctx, p, "dipole_narrow_rows", query, dst, false, dense->buffer, event);
+    return launch_rows(ctx, p, "dipole_narrow_rows", query, dst, false, dense->buffer, NULL, event);
 }

@@ -58,6 +58,7 @@ typedef struct dp_kernel_config {
     int work_group; /* work-items per work-group */
     int wg_cols;    /* group layout: work-items that share a row (0: the kernel has no grid) */
     dipole_dtype dtype; /* storage of the global tensors (DP_STORAGE) */
+    int paged;          /* forward kernels: K/V rows through a block table (DP_PAGED) */
 } dp_kernel_config;
 
 typedef struct dp_program_entry dp_program_entry;
@@ -104,6 +105,7 @@ typedef struct dp_problem {
     bool reads_v2;
     int group; /* heads_q / heads_kv */
     bool has_window;
+    bool paged; /* K/V are page pools read through a block table (dipole_attention_paged) */
 } dp_problem;
 /* Validates desc (message via dp_fail on ctx, which may be NULL) and resolves defaults. */
 dipole_status dp_problem_init(dipole_ctx *ctx, const dipole_attn_desc *desc, dp_problem *p);
@@ -117,6 +119,7 @@ const char *dp_bwd_host_missing(const dp_problem *p, const void *q, const void *
 dipole_status dp_check_tensor(dipole_ctx *ctx, const char *name, const dipole_tensor *t,
                               dipole_dtype dtype, int batch, int seq, int heads, int head_dim);
 dipole_status dp_check_buffer(dipole_ctx *ctx, const char *name, cl_mem buf, size_t floats);
+dipole_status dp_check_int_buffer(dipole_ctx *ctx, const char *name, cl_mem buf, size_t ints);
 /* Whether two elements of an output tensor may share an address (work-items would race). */
 bool dp_tensor_self_overlaps(const dipole_tensor *t, int batch, int seq, int heads, int d);
 
@@ -186,6 +189,9 @@ typedef struct dp_args {
     cl_mem lse;
     cl_mem key_lengths; /* int [batch] or NULL */
     cl_mem pole_weights; /* float [2 * heads_q] alpha then beta, or NULL */
+    /* A paged call's block table (int [batch, max_pages]) and its shape; NULL, 0, 0 else. */
+    cl_mem block_table;
+    int max_pages, page_size;
 } dp_args;
 
 /* How a GEMM-path call is cut under the workspace limit (gemm_common.c chooses it). */
@@ -219,6 +225,10 @@ bool dp_tiled_cpu_layout(dipole_ctx *ctx);
 dipole_status dp_tiled_run(dipole_ctx *ctx, const dp_problem *p, const dp_fwd_plan *plan,
                            const dp_args *a, cl_event *event);
 dipole_status dp_gemm_plan(dipole_ctx *ctx, const dp_problem *p, dp_fwd_plan *plan);
+/* A forward call with the context's lock held: checks q, out and lse (and, unless p->paged,
+ * k, v and v2), uploads the per-call arrays, plans and runs. */
+dipole_status dp_attention_locked(dipole_ctx *ctx, const dp_problem *p, dp_args *a,
+                                  cl_event *event);
 dipole_status dp_gemm_run(dipole_ctx *ctx, const dp_problem *p, const dp_fwd_plan *plan,
                           const dp_args *a, cl_event *event);
 

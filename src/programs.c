@@ -46,6 +46,8 @@ dp_kernel_config dp_kernel_config_for(const dp_problem *p, dp_kernel_kind kind, 
     cfg.block_n = block_n;
     cfg.work_group = work_group;
     cfg.dtype = p->d.dtype;
+    cfg.paged = p->paged && (kind == DP_KERNEL_FWD_TILED || kind == DP_KERNEL_FWD_CPU ||
+                             kind == DP_KERNEL_FWD_SPLITK);
     return cfg;
 }
 
@@ -77,9 +79,11 @@ void dp_build_options(const dipole_ctx *ctx, const dp_kernel_config *cfg, char *
         snprintf(buf, cap, "-cl-std=CL1.2 -DDP_STORAGE=%d -DBLOCK_M=%d%s", (int)cfg->dtype,
                  cfg->block_m, quirks);
     else {
-        char grid[32] = "";
+        char grid[48] = "";
         if (cfg->wg_cols > 0)
             snprintf(grid, sizeof grid, " -DWG_COLS=%d", cfg->wg_cols);
+        if (cfg->paged) /* only then: every other build keeps its options (and cached binary) */
+            strncat(grid, " -DDP_PAGED=1", sizeof grid - strlen(grid) - 1);
         snprintf(buf, cap,
              "-cl-std=CL1.2 -DDP_STORAGE=%d -DVARIANT=%d -DHEAD_DIM=%d -DIS_CAUSAL=%d "
              "-DHAS_WINDOW=%d -DBLOCK_M=%d -DBLOCK_N=%d -DWORK_GROUP=%d%s%s",

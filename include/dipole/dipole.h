@@ -327,6 +327,59 @@ DIPOLE_API dipole_status dipole_reference_lse(const dipole_attn_desc *desc, cons
                                               const float *k, const float *v, const float *v2,
                                               float *out, float *lse);
 
+/* ---------------------------------------------------------------- paged KV cache */
+
+/* A paged KV cache: K, V (and V2) live in pools of pages, each page holding page_size tokens
+ * of every KV head. A page tensor's batch index is the page and its seq index the slot in
+ * the page: element (page, slot, head, c) sits at offset + page * stride_batch +
+ * slot * stride_seq + head * stride_head + c. Token j of sequence b is in page
+ * block_table[b * max_pages + j / page_size] at slot j % page_size. A pool holds as many pages
+ * as its buffer has room for past the tensor's offset. */
+typedef struct dipole_paged_kv {
+    cl_mem block_table; /* int32 [batch, max_pages]: page indices into the page pools */
+    int max_pages;      /* columns of block_table */
+    int page_size;      /* tokens per page, >= 1 */
+} dipole_paged_kv;
+
+/* dipole_attention over a paged cache (decode, and chunked prefill): q, out and lse as in
+ * dipole_attention; k_pages, v_pages, v2_pages the page pools ([pages, page_size, heads_kv,
+ * head_dim]; v2_pages NULL unless the variant reads v2). desc.key_lengths is required: sequence
+ * b's cache length, at most max_pages * page_size; desc.seq_k is at least the largest. Causal
+ * masks and windows align bottom-right to each sequence's length, as in dipole_attention.
+ * Every page a sequence's keys reach is checked (the call reads the block table back, in
+ * queue order) before any kernel runs: an index that is negative or past a pool is refused
+ * with DIPOLE_ERR_BUFFER_RANGE naming the sequence, column and pool. Both tiled layouts read
+ * the pages in place; the GEMM path gathers them into dense float copies, which count as
+ * workspace. Same statuses as dipole_attention. */
+DIPOLE_API dipole_status dipole_attention_paged(dipole_ctx *ctx, const dipole_attn_desc *desc,
+                                                const dipole_tensor *q,
+                                                const dipole_tensor *k_pages,
+                                                const dipole_tensor *v_pages,
+                                                const dipole_tensor *v2_pages,
+                                                const dipole_paged_kv *paged,
+                                                const dipole_tensor *out, cl_mem lse,
+                                                cl_event *event);
+
+/* Writes new tokens' rows into their pages, the step before attention in every decode loop:
+ * k_new, v_new (v2_new where the variant reads v2) are [batch, new_tokens, heads_kv, head_dim]
+ * tensors of desc.dtype, copied bit for bit; positions is a host array [batch, new_tokens] of
+ * each token's position in its sequence (-1: no token, nothing written), which lands in page
+ * block_table[b, position / page_size] at slot position % page_size. desc is the attention
+ * call's (it must be valid); batch, heads_kv, head_dim, dtype and the variant (whether v2 is
+ * written) are read. new_tokens 0 writes nothing. Refused before anything is written: a
+ * position outside [-1, max_pages * page_size), a page index outside a pool, two tokens on one
+ * slot, a pool or source NULL, out of its buffer or overlapping another where a token is
+ * written (DIPOLE_ERR_INVALID_ARG or DIPOLE_ERR_BUFFER_RANGE, naming the token). Returns those,
+ * DIPOLE_SUCCESS, DIPOLE_ERR_BUILD, DIPOLE_ERR_OUT_OF_HOST_MEMORY or an OpenCL code. */
+DIPOLE_API dipole_status dipole_paged_kv_write(dipole_ctx *ctx, const dipole_attn_desc *desc,
+                                               const dipole_paged_kv *paged, int new_tokens,
+                                               const int *positions, const dipole_tensor *k_new,
+                                               const dipole_tensor *v_new,
+                                               const dipole_tensor *v2_new,
+                                               const dipole_tensor *k_pages,
+                                               const dipole_tensor *v_pages,
+                                               const dipole_tensor *v2_pages, cl_event *event);
+
 /* ---------------------------------------------------------------- backward */
 
 /* Gradients of the forward pass. out and lse are the forward's results for the same inputs;

@@ -27,6 +27,9 @@ void bench_usage(FILE *f)
         "  --seq LIST             seq_q = seq_k values; A..B doubles from A to B\n"
         "                         [GPU 512..8192; CPU 256..1024]\n"
         "  --decode on|off|only   also (only) decode rows: seq_q = 1, seq_k from --seq  [on]\n"
+        "  --paged PAGE_SIZE      each forward decode row also read from a paged KV cache\n"
+        "                         (pages of PAGE_SIZE tokens in shuffled order, written by\n"
+        "                         dipole_paged_kv_write; column kv)          [off]\n"
         "  --batch-heads LIST     BxH or BxHq:Hkv (GQA) items               [GPU 2x16; CPU 1x8]\n"
         "  --causal LIST          off,on                                    [off,on]\n"
         "  --path LIST            tiled,gemm,auto                           [tiled,gemm]\n"
@@ -244,7 +247,7 @@ int bench_parse_args(int argc, char **argv, bench_opts *o, char *err, size_t cap
 
     enum { O_HELP = 256, O_LIST, O_ALL, O_QUICK, O_BACKWARD, O_INJECT, O_TUNE, O_NO_PEAKS,
            O_DEVICE, O_VARIANTS, O_HEAD_DIMS, O_SEQ, O_BH, O_CAUSAL, O_PATH, O_DTYPE, O_DECODE,
-           O_BUDGET, O_MAX_CALL, O_ROWS, O_ATOL, O_RTOL, O_TUNE_PRIOR, O_CSV, O_JSON, O_PLOT,
+           O_PAGED, O_BUDGET, O_MAX_CALL, O_ROWS, O_ATOL, O_RTOL, O_TUNE_PRIOR, O_CSV, O_JSON, O_PLOT,
            O_COMPARE };
     static const struct option longopts[] = {
         {"help", no_argument, NULL, O_HELP},
@@ -264,6 +267,7 @@ int bench_parse_args(int argc, char **argv, bench_opts *o, char *err, size_t cap
         {"path", required_argument, NULL, O_PATH},
         {"dtype", required_argument, NULL, O_DTYPE},
         {"decode", required_argument, NULL, O_DECODE},
+        {"paged", required_argument, NULL, O_PAGED},
         {"budget-ms", required_argument, NULL, O_BUDGET},
         {"max-call-ms", required_argument, NULL, O_MAX_CALL},
         {"rows", required_argument, NULL, O_ROWS},
@@ -340,6 +344,10 @@ int bench_parse_args(int argc, char **argv, bench_opts *o, char *err, size_t cap
             if (!o->decode_only && parse_onoff("--decode", val, &o->decode, err, cap))
                 return fail(err, cap, "--decode: expected on, off or only, got '%s'", val);
             o->decode |= o->decode_only;
+            break;
+        case O_PAGED:
+            if (!parse_int(val, 1, 1 << 20, &o->page_size))
+                return fail(err, cap, "--paged: '%s' is not a page size in [1, 1048576]", val);
             break;
         case O_BUDGET:
             if (!parse_double(val, 0.1, 1e6, &o->budget_ms))

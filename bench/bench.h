@@ -41,6 +41,7 @@ typedef struct bench_bhlist {
 typedef struct bench_opts {
     bool help, list, all, quick, backward, inject_error, peaks, decode, tune;
     bool decode_only; /* --decode only: no prefill rows */
+    int page_size;    /* --paged: decode rows also from a paged cache of these pages; 0 off */
     int ndevices;
     const char *devices[BENCH_MAX_DEVICES]; /* selectors; none = dipole_ctx_create(NULL) */
     bench_ilist variants, head_dims, seqs, causal, paths, dtypes;
@@ -69,6 +70,7 @@ typedef struct bench_point {
     dipole_dtype dtype;    /* storage of the tensors (desc.dtype) */
     int batch, heads_q, heads_kv, seq_q, seq_k, head_dim;
     int causal;
+    int page_size;         /* K/V from a paged cache of pages this size; 0: contiguous */
 } bench_point;
 
 /* Fills o's unset lists with the defaults for a device of this kind (quick, CPU or GPU). */
@@ -133,6 +135,21 @@ double bench_min(const double *v, int n);
 /* Measures the FMA peak, streaming copy and CLBlast SGEMM on ctx's device. */
 void bench_measure_ceilings(dipole_ctx *ctx, bench_device *dev, bool quick);
 
+/* ---- paged.c (--paged) */
+typedef struct bench_paged {
+    cl_mem pool[3], table; /* pools of K, V (V2); block table [batch, pages per sequence] */
+    dipole_tensor t[3];
+    dipole_paged_kv paged;
+    int *kl; /* key lengths: seq_k for every sequence */
+} bench_paged;
+
+/* Page pools for point p (page_size > 0) filled from src (K, V, V2 as contiguous tensors of
+ * the point) through dipole_paged_kv_write. Returns 0, or -1 with a message in err (nothing
+ * left to free). */
+int bench_paged_make(dipole_ctx *ctx, const bench_point *p, const dipole_tensor *src,
+                     bench_paged *pg, char *err, size_t cap);
+void bench_paged_free(bench_paged *pg);
+
 /* ---- sweep.c / validate.c */
 typedef enum bench_status {
     BENCH_OK = 0,
@@ -159,6 +176,7 @@ typedef struct bench_row {
     double pct_fma, pct_sgemm, pct_copy, tiled_over_gemm;
     double over_softmax; /* median time / the SOFTMAX row's at the same point and requested path */
     double over_f32;     /* median time / the F32 row's at the same point, variant and path */
+    double over_dense;   /* a paged row's median time / its contiguous twin's */
     int checked_rows;
     double max_abs_err, worst_ratio; /* worst |got-ref| / (atol + rtol |ref|) */
 } bench_row;
@@ -228,6 +246,7 @@ int bench_plot_script(FILE *f, const bench_run *run, const char *path);
 int bench_compare(FILE *f, const bench_run *run, const char *old_json, char *err, size_t cap);
 
 /* Unique key of a row for matching runs: "device|pass|variant|path|B|Hq|Hkv|Nq|Nk|d|causal",
+ * then "|pagedN" for a paged row,
  * then "|f16" or "|bf16" for those dtypes (so that saved runs from before --dtype still match). */
 void bench_row_key(const char *device_label, const bench_point *p, char *buf, size_t cap);
 const char *bench_pass_name(bench_pass p);

@@ -55,6 +55,7 @@ static bool old_point(const json_t *row, bench_point *p)
     p->seq_k = (int)num(row, "seq_k");
     p->head_dim = (int)num(row, "head_dim");
     p->causal = num(row, "causal") != 0;
+    p->page_size = json_object_get(row, "page_size") ? (int)num(row, "page_size") : 0;
     return true;
 }
 

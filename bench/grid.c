@@ -72,6 +72,11 @@ static int expand_shape(const bench_opts *o, const bench_point *shape, bench_poi
                     q->dtype = (dipole_dtype)o->dtypes.v[t];
                     q->path = (dipole_path)o->paths.v[g];
                     q->pass = (bench_pass)pass;
+                    /* its paged twin right after it, for the ratio in one stretch of time */
+                    if (o->page_size > 0 && shape->seq_q == 1 && pass == BENCH_FWD) {
+                        p[n] = *q;
+                        p[n++].page_size = o->page_size;
+                    }
                 }
     return n;
 }
@@ -81,7 +86,7 @@ int bench_grid_expand(const bench_opts *o, int device, bench_point **points)
     const int npass = o->backward ? 2 : 1;
     const int per = o->variants.n * o->dtypes.n * o->head_dims.n * o->bh.n * o->paths.n *
                     o->seqs.n * npass;
-    const size_t cap = (size_t)per * ((size_t)o->causal.n + (o->decode ? 1 : 0)) + 1;
+    const size_t cap = (size_t)per * ((size_t)o->causal.n + (o->decode ? 2 : 0)) + 1;
     bench_point *p = calloc(cap, sizeof *p);
     if (!p)
         return -1;

@@ -77,10 +77,13 @@ const char *bench_pass_name(bench_pass p)
 void bench_row_key(const char *device_label, const bench_point *p, char *buf, size_t cap)
 {
     const bool f32 = p->dtype == DIPOLE_F32;
-    snprintf(buf, cap, "%s|%s|%s|%s|%d|%d|%d|%d|%d|%d|%d%s%s", device_label,
+    char paged[24] = "";
+    if (p->page_size > 0)
+        snprintf(paged, sizeof paged, "|paged%d", p->page_size);
+    snprintf(buf, cap, "%s|%s|%s|%s|%d|%d|%d|%d|%d|%d|%d%s%s%s", device_label,
              bench_pass_name(p->pass), dipole_variant_name(p->variant), dipole_path_name(p->path),
              p->batch, p->heads_q, p->heads_kv, p->seq_q, p->seq_k, p->head_dim, p->causal,
-             f32 ? "" : "|", f32 ? "" : dipole_dtype_name(p->dtype));
+             f32 ? "" : "|", f32 ? "" : dipole_dtype_name(p->dtype), paged);
 }
 
 /* The same problem whatever it is stored in. */
@@ -88,7 +91,8 @@ static bool same_sizes(const bench_point *a, const bench_point *b)
 {
     return a->device == b->device && a->pass == b->pass && a->batch == b->batch &&
            a->heads_q == b->heads_q && a->heads_kv == b->heads_kv && a->seq_q == b->seq_q &&
-           a->seq_k == b->seq_k && a->head_dim == b->head_dim && a->causal == b->causal;
+           a->seq_k == b->seq_k && a->head_dim == b->head_dim && a->causal == b->causal &&
+           a->page_size == b->page_size;
 }
 
 static bool same_shape(const bench_point *a, const bench_point *b)
@@ -133,16 +137,25 @@ static bool f32_ref(const bench_point *r, const bench_point *ref)
     return ref->dtype == DIPOLE_F32 && same_but_dtype(r, ref);
 }
 
+static bool dense_ref(const bench_point *r, const bench_point *ref)
+{
+    bench_point dense = *r;
+    dense.page_size = 0;
+    return r->page_size > 0 && ref->page_size == 0 && same_but_path(&dense, ref) &&
+           ref->path == r->path;
+}
+
 void bench_derive(bench_run *run)
 {
     for (int i = 0; i < run->nrows; i++) {
         bench_row *r = &run->rows[i];
         r->pct_fma = r->pct_sgemm = r->pct_copy = r->tiled_over_gemm = NAN;
-        r->over_softmax = r->over_f32 = NAN;
+        r->over_softmax = r->over_f32 = r->over_dense = NAN;
         if (r->status != BENCH_OK)
             continue;
         r->over_softmax = time_ratio(run, r, softmax_ref);
         r->over_f32 = time_ratio(run, r, f32_ref);
+        r->over_dense = time_ratio(run, r, dense_ref);
         const bench_ceilings *c = &run->dev[r->pt.device].ceil;
         if (c->fma_gflops > 0)
             r->pct_fma = 100 * r->gflops / c->fma_gflops;

@@ -31,7 +31,7 @@ int bench_write_csv(FILE *f, const bench_run *run)
     fputs("device,pass,variant,path,batch,heads_q,heads_kv,seq_q,seq_k,head_dim,causal,status,"
           "reason,first_ms,jit_ms,cache,timer,reps,median_ms,min_ms,gflops,gbps,pct_fma,"
           "pct_sgemm,pct_copy,tiled_over_gemm,checked_rows,max_abs_err,time_over_softmax,dtype,"
-          "over_f32\n",
+          "over_f32,page_size,over_dense\n",
           f);
     for (int i = 0; i < run->nrows; i++) {
         const bench_row *r = &run->rows[i];
@@ -66,6 +66,8 @@ int bench_write_csv(FILE *f, const bench_run *run)
         cell_num(f, r->over_softmax);
         fprintf(f, ",%s,", dipole_dtype_name(p->dtype));
         cell_num(f, r->over_f32);
+        fprintf(f, ",%d,", p->page_size);
+        cell_num(f, r->over_dense);
         fputc('\n', f);
     }
     return ferror(f) ? -1 : 0;

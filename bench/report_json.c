@@ -98,6 +98,7 @@ int bench_write_json(FILE *f, const bench_run *run)
         kv_str(f, "variant", dipole_variant_name(p->variant), ", ");
         kv_str(f, "path", dipole_path_name(p->path), ", ");
         kv_str(f, "dtype", dipole_dtype_name(p->dtype), ", ");
+        fprintf(f, "\"page_size\": %d, ", p->page_size);
         fprintf(f, "\"batch\": %d, \"heads_q\": %d, \"heads_kv\": %d, \"seq_q\": %d, "
                    "\"seq_k\": %d, \"head_dim\": %d, \"causal\": %s,\n     ",
                 p->batch, p->heads_q, p->heads_kv, p->seq_q, p->seq_k, p->head_dim,
@@ -121,7 +122,8 @@ int bench_write_json(FILE *f, const bench_run *run)
         kv_num(f, "pct_copy", r->pct_copy, ", ");
         kv_num(f, "tiled_over_gemm", r->tiled_over_gemm, ", ");
         kv_num(f, "time_over_softmax", r->over_softmax, ", ");
-        kv_num(f, "over_f32", r->over_f32, ",\n     ");
+        kv_num(f, "over_f32", r->over_f32, ", ");
+        kv_num(f, "over_dense", r->over_dense, ",\n     ");
         fprintf(f, "\"checked_rows\": %d, ", r->checked_rows);
         kv_num(f, "max_abs_err", r->checked_rows ? r->max_abs_err : NAN, ", ");
         kv_num(f, "worst_tolerance_ratio", r->checked_rows ? r->worst_ratio : NAN, "}");

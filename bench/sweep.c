@@ -214,6 +214,7 @@ typedef struct call_args {
     dipole_attn_desc desc;
     dipole_tensor t[NBUF];
     const bench_point *p;
+    bench_paged pg; /* a paged point's pools */
 } call_args;
 
 static void make_args(const sweep_state *s, const bench_point *p, call_args *a)
@@ -242,6 +243,10 @@ static void make_args(const sweep_state *s, const bench_point *p, call_args *a)
 static dipole_status call(sweep_state *s, call_args *a, bool with_lse, cl_event *ev)
 {
     const bool v2 = bench_reads_v2(a->p->variant);
+    if (a->p->page_size > 0)
+        return dipole_attention_paged(s->ctx, &a->desc, &a->t[Q], &a->pg.t[0], &a->pg.t[1],
+                                      v2 ? &a->pg.t[2] : NULL, &a->pg.paged, &a->t[OUT],
+                                      with_lse ? s->buf[LSE] : NULL, ev);
     if (a->p->pass == BENCH_FWD || with_lse)
         return dipole_attention(s->ctx, &a->desc, &a->t[Q], &a->t[K], &a->t[V],
                                 v2 ? &a->t[V2] : NULL, &a->t[OUT], with_lse ? s->buf[LSE] : NULL,
@@ -344,11 +349,10 @@ static double *rate_slot(sweep_state *s, const bench_point *p)
     return &s->rate[p->pass][p->variant & 3][p->path % 3][p->dtype % NDTYPE][bench_is_decode(p)];
 }
 
-static void run_point(sweep_state *s, const bench_point *p, bench_row *r)
+static void run_args(sweep_state *s, const bench_point *p, bench_row *r, const call_args *args)
 {
     const bench_opts *o = s->o;
-    call_args a;
-    make_args(s, p, &a);
+    call_args a = *args;
     const double predicted = *rate_slot(s, p) * bench_flops(p);
     if (predicted > o->max_call_ms) {
         r->status = BENCH_SKIPPED;
@@ -458,6 +462,22 @@ static void run_point(sweep_state *s, const bench_point *p, bench_row *r)
     r->status = valid ? BENCH_OK : BENCH_ERROR;
 }
 
+/* A point: its arguments (and a paged point's pools, made and freed around it), then the run. */
+static void run_point(sweep_state *s, const bench_point *p, bench_row *r)
+{
+    call_args a;
+    make_args(s, p, &a);
+    if (p->page_size > 0) {
+        if (bench_paged_make(s->ctx, p, &a.t[K], &a.pg, r->reason, sizeof r->reason) != 0) {
+            r->status = BENCH_ERROR;
+            return;
+        }
+        a.desc.key_lengths = a.pg.kl;
+    }
+    run_args(s, p, r, &a);
+    bench_paged_free(&a.pg);
+}
+
 static bench_row *new_row(bench_run *run)
 {
     if (run->nrows == run->cap) {
@@ -473,7 +493,7 @@ static bench_row *new_row(bench_run *run)
     snprintf(r->cache, sizeof r->cache, "-");
     snprintf(r->timer, sizeof r->timer, "-");
     r->pct_fma = r->pct_sgemm = r->pct_copy = r->tiled_over_gemm = NAN;
-    r->over_softmax = r->over_f32 = NAN;
+    r->over_softmax = r->over_f32 = r->over_dense = NAN;
     return r;
 }
 

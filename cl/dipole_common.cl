@@ -177,7 +177,11 @@ inline ushort dp_bf16_narrow(float x)
  * real weights (w >= 0) never are. A product over the tile skips it (DP_AWAY), as the
  * reference never multiplies a value it does not route to: 0 x inf would be NaN. */
 #define STREAM_AWAY -0.0f
-#define DP_AWAY(w) (VARIANT == DIPOLE_ROUTED && as_uint(w) == 0x80000000u)
+inline bool dp_away(float w)
+{
+    return VARIANT == DIPOLE_ROUTED && as_uint(w) == 0x80000000u;
+}
+#define DP_AWAY(w) dp_away(w)
 
 /* All the macros above (POLE_LOGIT, POLE_COEF, POLE_TO_V2) also take a float vector s and then
  * act per lane; POLE_TO_V2 then yields a lane mask (or a scalar, where it depends on p only)
@@ -325,15 +329,23 @@ typedef long4 dp_layout;
 #define DP_PAGED_ARGS __global const int *block_table, int max_pages, int page_size
 #define DP_PAGED_PASS block_table, max_pages, page_size
 
+/* Where key j of sequence b is: the (batch or page, seq or slot) indices of its row in every
+ * K/V tensor. A kernel that reads several rows of a key finds it once (a division when paged). */
+inline int2 dp_kv_at(int b, int j, DP_PAGED_ARGS)
+{
+#if DP_PAGED
+    return (int2)(block_table[(long)b * max_pages + j / page_size], j % page_size);
+#else
+    return (int2)(b, j);
+#endif
+}
+#define DP_KV_AT(b, j) dp_kv_at(b, j, DP_PAGED_PASS)
+
 /* The element offset of key j's row of head hh of sequence b in K/V tensor t. */
 inline long dp_kv_row(dp_layout t, int b, int j, int hh, DP_PAGED_ARGS)
 {
-#if DP_PAGED
-    const int page = block_table[(long)b * max_pages + j / page_size];
-    return DP_ROW(t, page, j % page_size, hh);
-#else
-    return DP_ROW(t, b, j, hh);
-#endif
+    const int2 at = dp_kv_at(b, j, DP_PAGED_PASS);
+    return DP_ROW(t, at.x, at.y, hh);
 }
 #define DP_KV_ROW(t, b, j, hh) dp_kv_row(t, b, j, hh, DP_PAGED_PASS)
 

@@ -519,15 +519,20 @@ void dipole_fwd_splitk(__global const dp_storage *q, dp_layout lq,
     for (int j0 = j_lo; j0 < j_hi; j0 += 16) {
         /* The next step's rows, which the hardware prefetcher would not guess: a key is a seq
          * stride from the last, often a page. */
-        for (int t = 16; t < 32 && j0 + t < j_hi; t++)
+        for (int t = 16; t < 32 && j0 + t < j_hi; t++) {
+            const int2 at = DP_KV_AT(b, j0 + t);
             for (int hk = 0; hk < heads_kv; hk++) {
-                dp_prefetch_row(k + DP_KV_ROW(lk, b, j0 + t, hk));
-                dp_prefetch_row(v + DP_KV_ROW(lv, b, j0 + t, hk));
+                dp_prefetch_row(k + DP_ROW(lk, at.x, at.y, hk));
+                dp_prefetch_row(v + DP_ROW(lv, at.x, at.y, hk));
 #if READS_V2
-                dp_prefetch_row(v2 + DP_KV_ROW(lv2, b, j0 + t, hk));
+                dp_prefetch_row(v2 + DP_ROW(lv2, at.x, at.y, hk));
 #endif
             }
+        }
         const int nt = min(16, j_hi - j0);
+        int2 at[16]; /* the step's keys, found once for every head */
+        for (int t = 0; t < 16; t++)
+            at[t] = DP_KV_AT(b, min(j0 + t, j_hi - 1));
         const int16 vis = lane < (int16)nt;
         for (int h = 0; h < heads_q; h++) {
             const int hk = DP_KV_HEAD(h);
@@ -537,7 +542,7 @@ void dipole_fwd_splitk(__global const dp_storage *q, dp_layout lq,
                 qv[c16] = dp_row_piece(qr, c16) * scale;
             float scs[16];
             for (int t = 0; t < 16; t++) {
-                __global const dp_storage *kr = k + DP_KV_ROW(lk, b, min(j0 + t, j_hi - 1), hk);
+                __global const dp_storage *kr = k + DP_ROW(lk, at[t].x, at[t].y, hk);
                 float16 d = (float16)0.0f;
                 for (int c16 = 0; c16 < DV; c16++)
                     d = fma(qv[c16], dp_row_piece(kr, c16), d);
@@ -578,9 +583,9 @@ void dipole_fwd_splitk(__global const dp_storage *q, dp_layout lq,
 #endif
             }
             for (int t = 0; t < nt; t++) {
-                __global const dp_storage *vr = v + DP_KV_ROW(lv, b, j0 + t, hk);
+                __global const dp_storage *vr = v + DP_ROW(lv, at[t].x, at[t].y, hk);
 #if READS_V2
-                __global const dp_storage *v2r = v2 + DP_KV_ROW(lv2, b, j0 + t, hk);
+                __global const dp_storage *v2r = v2 + DP_ROW(lv2, at[t].x, at[t].y, hk);
 #endif
                 for (int p = 0; p < NPOLES; p++) {
                     if (POLE_MAY_V(p) && !DP_AWAY(av[p][t]))

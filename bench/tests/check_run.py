@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Runs dipole-bench for the meson tests: check_run.py BENCH ok|inject|dtype.
+"""Runs dipole-bench for the meson tests: check_run.py BENCH ok|inject|dtype|paged.
 
 ok:     --quick must exit 0, write JSON that parses, and every row must be ok or unsupported
         (with a reason), with at least one ok row.
@@ -8,6 +8,9 @@ inject: --quick --inject-error must exit 1 with exactly one error row whose reas
 dtype:  --quick --dtype all (softmax, tiled, forward and backward) must exit 0 with every
         point in f32, f16 and bf16, each ok and validated, half rows counting half the bytes
         and carrying their time over the f32 row's (over_f32); CSV and table name the dtype.
+paged:  --quick --decode only --paged 16 (every variant, tiled and gemm) must exit 0 with each
+        decode row beside a paged twin, both ok and validated, the twin carrying its time over
+        the contiguous row's (over_dense); CSV and table show it.
 Exit 77 (skipped) when the machine has no OpenCL device."""
 import json
 import os
@@ -35,9 +38,29 @@ def check_dtypes(proc, rows, csv_path):
             assert abs(r["over_f32"] - want) <= 1e-6 * want, (r["over_f32"], want)
     with open(csv_path, encoding="utf-8") as f:
         head = f.readline().rstrip("\n").split(",")
-    assert head[-2:] == ["dtype", "over_f32"], head
+    assert head[-4:-2] == ["dtype", "over_f32"], head
     assert " dtype " in proc.stdout and " x_f32 " in proc.stdout, proc.stdout
     assert " bf16 " in proc.stdout, proc.stdout
+
+
+def check_paged(proc, rows, csv_path):
+    assert proc.returncode == 0, "exit %d" % proc.returncode
+    shape = ("pass", "variant", "path", "dtype", "batch", "heads_q", "heads_kv", "seq_q", "seq_k",
+             "head_dim", "causal")
+    by_point = {}
+    for r in rows:
+        assert r["status"] == "ok" and r["checked_rows"] > 0, r
+        by_point.setdefault(tuple(r[k] for k in shape), {})[r["page_size"]] = r
+    assert len(by_point) == 16, sorted(by_point)  # 4 variants x 2 paths x 2 lengths
+    for point, rs in by_point.items():
+        assert sorted(rs) == [0, 16], (point, sorted(rs))
+        want = rs[16]["median_ms"] / rs[0]["median_ms"]
+        assert abs(rs[16]["over_dense"] - want) <= 1e-6 * want, (rs[16]["over_dense"], want)
+        assert rs[0]["over_dense"] is None, rs[0]
+    with open(csv_path, encoding="utf-8") as f:
+        head = f.readline().rstrip("\n").split(",")
+    assert head[-2:] == ["page_size", "over_dense"], head
+    assert " kv " in proc.stdout and " p16 " in proc.stdout and " x_kv " in proc.stdout, proc.stdout
 
 
 def main():
@@ -51,6 +74,8 @@ def main():
         elif mode == "dtype":
             args += ["--dtype", "all", "--no-peaks", "--variants", "softmax", "--path", "tiled",
                      "--decode", "off", "--backward"]
+        elif mode == "paged":
+            args += ["--no-peaks", "--decode", "only", "--paged", "16"]
         proc = subprocess.run(args, capture_output=True, text=True)
         sys.stdout.write(proc.stdout)
         sys.stderr.write(proc.stderr)
@@ -69,6 +94,8 @@ def main():
                 assert r["reason"], ("a non-ok row without a reason", r)
         if mode == "dtype":
             check_dtypes(proc, rows, os.path.join(tmp, "r.csv"))
+        elif mode == "paged":
+            check_paged(proc, rows, os.path.join(tmp, "r.csv"))
         elif mode == "ok":
             assert proc.returncode == 0, "exit %d" % proc.returncode
             bad = [r for r in rows if r["status"] not in ("ok", "unsupported")]

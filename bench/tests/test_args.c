@@ -216,6 +216,25 @@ START_TEST(grid_defaults_and_expansion)
     for (int i = 0; i < 8; i++)
         ck_assert_int_eq(p[i].seq_q, 1);
     free(p);
+    /* --paged: every forward decode row gets a paged twin right after it */
+    ck_assert_int_eq(parse(&o, err, 7, "--quick", "--seq", "64", "--paged", "16", "--backward",
+                           "--variants=softmax"), 0);
+    bench_grid_defaults(&o, false, &d);
+    ck_assert_int_eq(bench_grid_expand(&d, 0, &p), 2 * 2 * 2 + 2 * 2 + 2);
+    int paged = 0;
+    for (int i = 0; i < 2 * 2 * 2 + 2 * 2 + 2; i++)
+        if (p[i].page_size) {
+            paged++;
+            ck_assert_int_eq(p[i].page_size, 16);
+            ck_assert_int_eq(p[i].seq_q, 1);
+            ck_assert_int_eq(p[i].pass, BENCH_FWD);
+            ck_assert_int_eq(p[i - 1].page_size, 0); /* after its contiguous twin */
+            ck_assert_int_eq(p[i - 1].path, p[i].path);
+        }
+    ck_assert_int_eq(paged, 2);
+    free(p);
+    ck_assert_int_eq(parse(&o, err, 2, "--paged", "0"), -1);
+    ck_assert_ptr_nonnull(strstr(err, "--paged"));
     ck_assert_int_eq(parse(&o, err, 2, "--decode", "maybe"), -1);
     ck_assert_ptr_nonnull(strstr(err, "on, off or only"));
     ck_assert_int_eq(parse(&o, err, 4, "--backward", "--decode", "off", "--quick"), 0);

@@ -136,6 +136,38 @@ START_TEST(derive_ratios_and_percentages)
 }
 END_TEST
 
+/* over_dense compares a paged row with its contiguous twin (same point, variant, dtype and
+ * path); the other ratios stay within one kind of cache, and a paged row has its own key. */
+START_TEST(derive_over_dense)
+{
+    bench_run run;
+    bt_sample_run(&run);
+    bench_row *rows = realloc(run.rows, 3 * sizeof *rows);
+    ck_assert_ptr_nonnull(rows);
+    run.rows = rows;
+    run.nrows = run.cap = 3;
+    /* 0: dense 2 ms, 1: paged 3 ms, 2: paged on the other path 1 ms */
+    rows[1] = rows[0];
+    rows[1].pt.page_size = 16;
+    rows[1].median_ms = 3;
+    rows[2] = rows[1];
+    rows[2].pt.path = DIPOLE_PATH_GEMM;
+    rows[2].median_ms = 1;
+    bench_derive(&run);
+    ck_assert(isnan(rows[0].over_dense));
+    ck_assert_double_eq_tol(rows[1].over_dense, 1.5, 1e-12);
+    ck_assert(isnan(rows[2].over_dense)); /* no dense gemm row */
+    ck_assert_double_eq_tol(rows[1].over_softmax, 1.0, 1e-12); /* its own softmax reference */
+    ck_assert_double_eq_tol(rows[1].tiled_over_gemm, 1.0 / 3, 1e-12); /* paged against paged */
+    char a[256], b[256];
+    bench_row_key("dev", &rows[0].pt, a, sizeof a);
+    bench_row_key("dev", &rows[1].pt, b, sizeof b);
+    ck_assert_str_ne(a, b);
+    ck_assert_ptr_nonnull(strstr(b, "|paged16"));
+    free(run.rows);
+}
+END_TEST
+
 /* over_f32 compares a dtype with f32 at the same point, variant and path; the other ratios
  * stay within one dtype. */
 START_TEST(derive_over_f32)
@@ -192,6 +224,7 @@ Suite *bench_metrics_suite(void)
     tcase_add_test(tc, derive_ratios_and_percentages);
     tcase_add_test(tc, row_key);
     tcase_add_test(tc, derive_over_f32);
+    tcase_add_test(tc, derive_over_dense);
     suite_add_tcase(s, tc);
     return s;
 }

@@ -31,7 +31,7 @@ void bt_sample_run(bench_run *run)
         p->path = i ? DIPOLE_PATH_GEMM : DIPOLE_PATH_TILED;
         p->batch = 1, p->heads_q = p->heads_kv = 4, p->seq_q = p->seq_k = 128, p->head_dim = 64;
         r->pct_fma = r->pct_sgemm = r->pct_copy = r->tiled_over_gemm = r->over_softmax = NAN;
-        r->over_f32 = NAN;
+        r->over_f32 = r->over_dense = NAN;
         snprintf(r->cache, sizeof r->cache, "-");
         snprintf(r->timer, sizeof r->timer, "-");
     }
@@ -113,18 +113,21 @@ START_TEST(csv_writer)
     ck_assert_str_eq(row[1], "fwd");
     ck_assert_str_eq(row[3], "tiled");
     ck_assert_str_eq(row[11], "ok");
-    /* The columns added later come last: dtype, then over_f32. */
-    ck_assert_str_eq(head[nh - 2], "dtype");
-    ck_assert_str_eq(head[nh - 1], "over_f32");
-    ck_assert_str_eq(row[nh - 2], "f32");
-    ck_assert_str_eq(row[nh - 1], "");
+    /* The columns added later come last: dtype, over_f32, page_size, over_dense. */
+    ck_assert_str_eq(head[nh - 4], "dtype");
+    ck_assert_str_eq(head[nh - 3], "over_f32");
+    ck_assert_str_eq(head[nh - 2], "page_size");
+    ck_assert_str_eq(head[nh - 1], "over_dense");
+    ck_assert_str_eq(row[nh - 4], "f32");
+    ck_assert_str_eq(row[nh - 3], "");
+    ck_assert_str_eq(row[nh - 2], "0");
     for (int i = 0; i < nh; i++)
         if (!strcmp(head[i], "median_ms"))
             ck_assert_double_eq(strtod(row[i], NULL), 2.0);
         else if (!strcmp(head[i], "pct_fma"))
             ck_assert_str_eq(row[i], ""); /* NaN: empty cell */
     ck_assert_int_eq(csv_record(&s, row, 64), nh);
-    ck_assert_str_eq(row[nh - 2], "bf16");
+    ck_assert_str_eq(row[nh - 4], "bf16");
     ck_assert_str_eq(row[11], "unsupported");
     ck_assert_str_eq(row[12], run.rows[1].reason); /* the newline survives inside quotes */
     ck_assert_str_eq(s, "");
@@ -289,10 +292,11 @@ START_TEST(table_columns)
     FILE *m = open_memstream(&out, &len);
     bench_print_table(m, &run);
     fclose(m);
-    /* dtype after path, x_f32 after x_sm */
-    ck_assert_msg(strstr(out, " path  dtype BxHq:Hkv ") && strstr(out, " x_sm x_f32 "), "%s", out);
-    ck_assert_msg(strstr(out, " tiled bf16  1x4:4 ") && strstr(out, " 0.62 "), "%s", out);
-    ck_assert_msg(strstr(out, " gemm  f32   1x4:4 "), "%s", out);
+    /* dtype and kv after path, x_f32 and x_kv after x_sm */
+    ck_assert_msg(strstr(out, " path  dtype kv   BxHq:Hkv ") && strstr(out, " x_sm x_f32  x_kv "),
+                  "%s", out);
+    ck_assert_msg(strstr(out, " tiled bf16  -    1x4:4 ") && strstr(out, " 0.62 "), "%s", out);
+    ck_assert_msg(strstr(out, " gemm  f32   -    1x4:4 "), "%s", out);
     free(out);
     free(run.rows);
 }

@@ -25,6 +25,7 @@ int main(int argc, char **argv)
         {"noplatform", noplatform_suite},
         {"oclgrind-small", oclgrind_small_suite},
         {"dtype", dtype_suite},
+        {"host", host_suite},
     };
     if (argc != 2) {
         fprintf(stderr, "usage: %s SUITE\n", argv[0]);

@@ -64,5 +64,7 @@ Suite *noplatform_suite(void);
 Suite *oclgrind_small_suite(void);
 /* Half-precision storage: conversions, and the device against the reference in f16 and bf16. */
 Suite *dtype_suite(void);
+/* The host twins over the caller's arrays: in place, at any address, overlapping outputs. */
+Suite *host_suite(void);
 
 #endif

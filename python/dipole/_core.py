@@ -122,7 +122,7 @@ def _like(kind, arr):
 def forward(q, k, v, v2=None, *, variant="softmax", causal=False, window=(-1, -1), scale=None,
             key_lengths=None, pos_weight=None, neg_weight=None, return_lse=False, context=None):
     ctx = context or default_context()
-    ctx.handle  # a closed context raises here, before any OpenCL call on its objects
+    ctx.handle  # raises for a closed context, before an OpenCL call on its released objects
     views = [_arrays.view(x, n) if x is not None else None
              for x, n in ((q, "q"), (k, "k"), (v, "v"), (v2, "v2"))]
     p = Problem(*views, variant, causal, window, scale, key_lengths, pos_weight, neg_weight)
@@ -146,7 +146,7 @@ def backward(q, k, v, v2, out, dout, lse, *, variant, causal=False, window=(-1, 
     """(dq, dk, dv, dv2 or None, dpos_weight, dneg_weight: float32 numpy [heads_q] or None)
     for the forward's out and lse."""
     ctx = context or default_context()
-    ctx.handle
+    ctx.handle  # raises for a closed context
     names = ("q", "k", "v", "v2", "out", "dout")
     views = [_arrays.view(x, n) if x is not None else None
              for x, n in zip((q, k, v, v2, out, dout), names)]

@@ -88,6 +88,7 @@ class Context:
             raise TypeError(f"device must be a selector string or None, not {type(device)}")
         check(lib.dipole_ctx_create(ctypes.byref(handle), sel))
         self._handle = handle.value
+        self._destroy = lib.dipole_ctx_destroy  # module globals may be gone when __del__ runs
         dev = lib.dipole_ctx_device(self._handle)
         # Whether arrays can be handed to OpenCL in place (see _buffers.py).
         self.host_unified = bool(_info_int(dev, _lib.CL_DEVICE_HOST_UNIFIED_MEMORY, _lib.cl_bool))
@@ -116,7 +117,7 @@ class Context:
 
     def close(self):
         if getattr(self, "_handle", None):
-            lib.dipole_ctx_destroy(self._handle)
+            self._destroy(self._handle)
             self._handle = self.queue = self.cl_context = None
 
     def __enter__(self):

@@ -1,6 +1,6 @@
 /* The host twins over the caller's arrays: in place where the device shares host memory, at
- * any address (aligned, a gap below the alignment, not even element-aligned: the copy), and
- * with an output that overlaps an input. Every placement must give the bits the device-buffer
+ * any address (aligned, a gap below the alignment, not even element-aligned: the copy), on
+ * both paths, and with an output that overlaps an input. Every placement must give the bits the device-buffer
  * call gives, since the same kernels run on the same values. */
 #include <stdlib.h>
 #include <string.h>
@@ -32,7 +32,7 @@ static placed place(const void *src, size_t n, size_t shift)
     if (src)
         memcpy(p.at, src, n);
     else
-        memset(p.at, 0x7f, n); /* outputs start as garbage */
+        memset(p.at, 0xff, n); /* outputs start as NaN: no path may read them before writing */
     return p;
 }
 
@@ -74,9 +74,13 @@ static void device_forward(const dipole_attn_desc *d, const float *const in[4], 
  * and 2 (no float starts there: the copy). */
 static const size_t shifts[] = {0, 4, 36, 68, 2};
 
+/* Both paths: the GEMM path's outputs are CLBlast's C matrices (beta 0, then 1). */
+static const dipole_path paths[] = {DIPOLE_PATH_TILED, DIPOLE_PATH_GEMM};
+
 START_TEST(test_forward_placements)
 {
-    const dipole_attn_desc d = host_desc();
+    dipole_attn_desc d = host_desc();
+    d.path = paths[_i];
     const size_t nq = tu_q_elems(&d), nk = tu_kv_elems(&d), nl = 2 * 2 * 4 * 24;
     float *in[4] = {tu_random(nq, 1, 1), tu_random(nk, 2, 1), tu_random(nk, 3, 1),
                     tu_random(nk, 4, 1)};
@@ -136,6 +140,7 @@ END_TEST
 START_TEST(test_backward_placements)
 {
     dipole_attn_desc d = host_desc();
+    d.path = paths[_i];
     const float alpha[4] = {1.0f, 0.5f, -0.25f, 2.0f}, beta[4] = {0.75f, 1.0f, 1.5f, -1.0f};
     d.pos_weight = alpha, d.neg_weight = beta;
     const size_t nq = tu_q_elems(&d), nk = tu_kv_elems(&d);
@@ -186,9 +191,9 @@ Suite *host_suite(void)
 {
     Suite *s = suite_create("host");
     TCase *tc = tcase_create("host");
-    tcase_add_test(tc, test_forward_placements);
+    tcase_add_loop_test(tc, test_forward_placements, 0, 2);
     tcase_add_test(tc, test_forward_out_overlaps_q);
-    tcase_add_test(tc, test_backward_placements);
+    tcase_add_loop_test(tc, test_backward_placements, 0, 2);
     tcase_set_timeout(tc, 300);
     suite_add_tcase(s, tc);
     return s;

@@ -4,6 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "host_buffers.h"
 #include "launch.h"
 
 dipole_path dp_requested_path(const dipole_ctx *ctx, const dp_problem *p)
@@ -175,7 +176,8 @@ dipole_status dipole_attention(dipole_ctx *ctx, const dipole_attn_desc *desc, co
     return st;
 }
 
-/* Host twin: stage dense arrays in device buffers, run, read back. */
+/* Host twin: the arrays in buffers (the caller's memory in place where the device shares it,
+ * host_buffers.c), run, then the outputs back in the caller's arrays. */
 dipole_status dipole_attention_host_lse(dipole_ctx *ctx, const dipole_attn_desc *desc,
                                         const void *q, const void *k, const void *v,
                                         const void *v2, void *out, float *lse)
@@ -184,8 +186,8 @@ dipole_status dipole_attention_host_lse(dipole_ctx *ctx, const dipole_attn_desc 
     dipole_status st = dp_call_begin(ctx, "dipole_attention_host", desc, NULL, &p);
     if (!ctx)
         return st;
-    cl_mem bufs[6] = {NULL};
-    enum { Q, K, V, V2, OUT, LSE };
+    enum { Q, K, V, V2, OUT, LSE, NBUF };
+    dp_host_buffer bufs[NBUF] = {{0}};
     if (st != DIPOLE_SUCCESS)
         goto done;
     if (!q || !k || !v || !out || (p.reads_v2 && !v2)) {
@@ -201,48 +203,55 @@ dipole_status dipole_attention_host_lse(dipole_ctx *ctx, const dipole_attn_desc 
     const struct {
         const void *host;
         size_t bytes;
-        bool input;
+        size_t elem; /* 0: the kernels take the buffer without an offset (lse) */
         bool wanted;
-    } spec[6] = {{q, nq * es, true, true},        {k, nk * es, true, true},
-                 {v, nk * es, true, true},        {v2, nk * es, true, p.reads_v2},
-                 {out, nq * es, false, true},     {lse, nl * sizeof(float), false, lse != NULL}};
+    } spec[NBUF] = {{q, nq * es, es, true},    {k, nk * es, es, true},
+                    {v, nk * es, es, true},    {v2, nk * es, es, p.reads_v2},
+                    {out, nq * es, es, true},  {lse, nl * sizeof(float), 0, lse != NULL}};
     /* Refuse before clCreateBuffer: a driver may accept an oversized request and then read
      * host memory it has no business reading, or fail deep inside a later call. */
-    for (int i = 0; i < 6 && st == DIPOLE_SUCCESS; i++)
+    for (int i = 0; i < NBUF && st == DIPOLE_SUCCESS; i++)
         if (spec[i].wanted && (cl_ulong)spec[i].bytes > ctx->props.max_alloc)
             st = dp_fail(ctx, (dipole_status)CL_INVALID_BUFFER_SIZE,
                          "dipole_attention_host: %s needs %zu bytes, more than the device's "
                          "CL_DEVICE_MAX_MEM_ALLOC_SIZE %llu",
                          (const char *[]){"q", "k", "v", "v2", "out", "lse"}[i],
                          spec[i].bytes, (unsigned long long)ctx->props.max_alloc);
-    for (int i = 0; i < 6 && st == DIPOLE_SUCCESS; i++) {
+    for (int i = 0; i < NBUF && st == DIPOLE_SUCCESS; i++) {
         if (!spec[i].wanted)
             continue;
-        st = dp_stage(ctx, spec[i].input ? spec[i].host : NULL, spec[i].bytes, &bufs[i]); /* out is READ_WRITE: the GEMM path reads it (beta = 1) */
+        if (i < OUT) {
+            st = dp_host_input(ctx, spec[i].host, spec[i].bytes, spec[i].elem, &bufs[i]);
+            continue;
+        }
+        /* An output that overlaps another array is written to a buffer of its own first, so
+         * the kernels never read what they write. */
+        bool alone = true;
+        for (int j = 0; j < NBUF; j++)
+            if (j != i && spec[j].wanted &&
+                dp_host_overlap(spec[i].host, spec[i].bytes, spec[j].host, spec[j].bytes))
+                alone = false;
+        st = dp_host_output(ctx, (void *)spec[i].host, spec[i].bytes, spec[i].elem, alone,
+                            &bufs[i]);
     }
     if (st != DIPOLE_SUCCESS)
         goto done;
-    static const bool query_side[LSE] = {[Q] = true, [OUT] = true};
     dipole_tensor t[LSE];
-    dp_dense_tensors(d, bufs, query_side, LSE, t);
-    dp_args a = {&t[Q], &t[K],    &t[V], p.reads_v2 ? &t[V2] : NULL, &t[OUT], bufs[LSE],
-                 NULL,  NULL,     NULL,  0,                           0};
+    for (int i = 0; i < LSE; i++)
+        t[i] = i == Q || i == OUT ? dp_host_tensor(&bufs[i], d->seq_q, d->heads_q, d->head_dim)
+                                  : dp_host_tensor(&bufs[i], d->seq_k, d->heads_kv, d->head_dim);
+    dp_args a = {&t[Q], &t[K], &t[V], p.reads_v2 ? &t[V2] : NULL, &t[OUT], bufs[LSE].buffer,
+                 NULL,  NULL,  NULL,  0,                           0};
     st = dp_attention_locked(ctx, &p, &a, NULL);
-    if (st == DIPOLE_SUCCESS) {
-        cl_int err = clEnqueueReadBuffer(ctx->queue, bufs[OUT], CL_TRUE, 0, spec[OUT].bytes,
-                                         out, 0, NULL, NULL);
-        if (err == CL_SUCCESS && lse)
-            err = clEnqueueReadBuffer(ctx->queue, bufs[LSE], CL_TRUE, 0, spec[LSE].bytes, lse, 0,
-                                      NULL, NULL);
-        if (err != CL_SUCCESS)
-            st = dp_cl_fail(ctx, err, "clEnqueueReadBuffer(out)");
-    }
+    if (st == DIPOLE_SUCCESS)
+        st = dp_host_output_finish(ctx, &bufs[OUT], "out");
+    if (st == DIPOLE_SUCCESS && lse)
+        st = dp_host_output_finish(ctx, &bufs[LSE], "lse");
 done:
     if (st != DIPOLE_SUCCESS && ctx->queue)
         clFinish(ctx->queue); /* nothing of a failed call may still be running on our buffers */
-    for (int i = 0; i < 6; i++)
-        if (bufs[i])
-            clReleaseMemObject(bufs[i]);
+    for (int i = 0; i < NBUF; i++)
+        dp_host_buffer_release(&bufs[i]);
     pthread_mutex_unlock(&ctx->lock);
     return st;
 }

@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "gemm.h"
+#include "host_buffers.h"
 
 /* Whether two tensors in one buffer may share an element. Beyond disjoint spans, this accepts
  * the packed layouts (QKV interleaved per sequence position): same seq stride, whole batches of
@@ -172,7 +173,8 @@ dipole_status dipole_attention_backward(dipole_ctx *ctx, const dipole_attn_desc 
 }
 
 /* Host twin. The ctx lock is not recursive, so the forward (a public call that takes it) runs
- * between two locked sections: staging, then backward and read-back. */
+ * between two locked sections: staging, then backward and read-back. The caller's arrays are
+ * handed to OpenCL in place where the device shares host memory (host_buffers.c). */
 dipole_status dipole_attention_backward_host(dipole_ctx *ctx, const dipole_attn_desc *desc,
                                              const void *q, const void *k, const void *v,
                                              const void *v2, const void *dout, void *dq,
@@ -180,7 +182,7 @@ dipole_status dipole_attention_backward_host(dipole_ctx *ctx, const dipole_attn_
                                              float *dneg_weight)
 {
     enum { Q, K, V, V2, DOUT, OUT, LSE, DQ, DK, DV, DV2, DPOS, DNEG, NBUF };
-    cl_mem bufs[NBUF] = {NULL};
+    dp_host_buffer bufs[NBUF] = {{0}};
     dp_problem p;
     dipole_status st = dp_call_begin(ctx, "dipole_attention_backward_host", desc, NULL, &p);
     if (!ctx)
@@ -206,28 +208,40 @@ dipole_status dipole_attention_backward_host(dipole_ctx *ctx, const dipole_attn_
     const bool two_pole = d->variant == DIPOLE_TWO_POLE;
     const size_t es = dipole_dtype_size(d->dtype), fs = sizeof(float);
     const struct {
-        const void *host; /* copied in, or NULL for a buffer the device writes */
+        const void *host; /* the caller's array; NULL for the forward's out and lse */
         size_t bytes;
+        size_t elem; /* 0: the kernels take the buffer without an offset */
         bool wanted;
     } spec[NBUF] = {
-        [Q] = {q, nq * es, true},
-        [K] = {k, nk * es, true},
-        [V] = {v, nk * es, true},
-        [V2] = {v2, nk * es, p.reads_v2},
-        [DOUT] = {dout, nq * es, true},
-        [OUT] = {NULL, nq * es, true},
-        [LSE] = {NULL, nl * fs, true},
-        [DQ] = {NULL, nq * es, true},
-        [DK] = {NULL, nk * es, true},
-        [DV] = {NULL, nk * es, true},
-        [DV2] = {NULL, nk * es, p.reads_v2},
-        [DPOS] = {NULL, (size_t)d->heads_q * fs, two_pole && dpos_weight},
-        [DNEG] = {NULL, (size_t)d->heads_q * fs, two_pole && dneg_weight},
+        [Q] = {q, nq * es, es, true},
+        [K] = {k, nk * es, es, true},
+        [V] = {v, nk * es, es, true},
+        [V2] = {v2, nk * es, es, p.reads_v2},
+        [DOUT] = {dout, nq * es, es, true},
+        [OUT] = {NULL, nq * es, es, true},
+        [LSE] = {NULL, nl * fs, 0, true},
+        [DQ] = {dq, nq * es, es, true},
+        [DK] = {dk, nk * es, es, true},
+        [DV] = {dv, nk * es, es, true},
+        [DV2] = {dv2, nk * es, es, p.reads_v2},
+        [DPOS] = {dpos_weight, (size_t)d->heads_q * fs, 0, two_pole && dpos_weight},
+        [DNEG] = {dneg_weight, (size_t)d->heads_q * fs, 0, two_pole && dneg_weight},
     };
     for (int i = 0; i < NBUF && st == DIPOLE_SUCCESS; i++) {
         if (!spec[i].wanted)
             continue;
-        st = dp_stage(ctx, spec[i].host, spec[i].bytes, &bufs[i]);
+        if (i <= DOUT) {
+            st = dp_host_input(ctx, spec[i].host, spec[i].bytes, spec[i].elem, &bufs[i]);
+            continue;
+        }
+        /* A gradient that overlaps another array is written to a buffer of its own first. */
+        bool alone = true;
+        for (int j = 0; j < NBUF; j++)
+            if (j != i && spec[j].wanted &&
+                dp_host_overlap(spec[i].host, spec[i].bytes, spec[j].host, spec[j].bytes))
+                alone = false;
+        st = dp_host_output(ctx, (void *)spec[i].host, spec[i].bytes, spec[i].elem, alone,
+                            &bufs[i]);
     }
     pthread_mutex_unlock(&ctx->lock);
     if (st != DIPOLE_SUCCESS)
@@ -236,35 +250,31 @@ dipole_status dipole_attention_backward_host(dipole_ctx *ctx, const dipole_attn_
     /* Entries for lse and the weight gradients are filled too and never read as tensors. */
     static const bool query_side[NBUF] = {[Q] = true, [DOUT] = true, [OUT] = true, [DQ] = true};
     dipole_tensor t[NBUF];
-    dp_dense_tensors(d, bufs, query_side, NBUF, t);
+    for (int i = 0; i < NBUF; i++)
+        t[i] = query_side[i] ? dp_host_tensor(&bufs[i], d->seq_q, d->heads_q, d->head_dim)
+                             : dp_host_tensor(&bufs[i], d->seq_k, d->heads_kv, d->head_dim);
     const dipole_tensor *pv2 = p.reads_v2 ? &t[V2] : NULL;
-    st = dipole_attention(ctx, desc, &t[Q], &t[K], &t[V], pv2, &t[OUT], bufs[LSE], NULL);
+    st = dipole_attention(ctx, desc, &t[Q], &t[K], &t[V], pv2, &t[OUT], bufs[LSE].buffer, NULL);
 
     pthread_mutex_lock(&ctx->lock);
     if (st == DIPOLE_SUCCESS) {
         const dp_bwd_args a = {&t[Q],  &t[K],  &t[V],  pv2,
                                &t[OUT], &t[DOUT], &t[DQ], &t[DK], &t[DV],
-                               p.reads_v2 ? &t[DV2] : NULL, bufs[LSE], bufs[DPOS], bufs[DNEG]};
+                               p.reads_v2 ? &t[DV2] : NULL, bufs[LSE].buffer, bufs[DPOS].buffer,
+                               bufs[DNEG].buffer};
         st = backward_locked(ctx, &p, &a, NULL);
     }
-    void *const dst[NBUF] = {[DQ] = dq, [DK] = dk, [DV] = dv, [DV2] = dv2,
-                              [DPOS] = dpos_weight, [DNEG] = dneg_weight};
-    for (int i = DQ; i < NBUF && st == DIPOLE_SUCCESS; i++) {
-        if (!spec[i].wanted)
-            continue;
-        cl_int err = clEnqueueReadBuffer(ctx->queue, bufs[i], CL_TRUE, 0, spec[i].bytes, dst[i],
-                                         0, NULL, NULL);
-        if (err != CL_SUCCESS)
-            st = dp_cl_fail(ctx, err, "clEnqueueReadBuffer(gradient)");
-    }
+    static const char *const names[NBUF] = {[DQ] = "dq", [DK] = "dk", [DV] = "dv", [DV2] = "dv2",
+                                            [DPOS] = "dpos_weight", [DNEG] = "dneg_weight"};
+    for (int i = DQ; i < NBUF && st == DIPOLE_SUCCESS; i++)
+        if (spec[i].wanted)
+            st = dp_host_output_finish(ctx, &bufs[i], names[i]);
     if (st != DIPOLE_SUCCESS)
         clFinish(ctx->queue); /* nothing of a failed call may still be running on our buffers */
 unlock:
     pthread_mutex_unlock(&ctx->lock);
 release:
     for (int i = 0; i < NBUF; i++)
-        if (bufs[i])
-            clReleaseMemObject(bufs[i]);
+        dp_host_buffer_release(&bufs[i]);
     return st;
 }
-

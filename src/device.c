@@ -175,6 +175,8 @@ dipole_status dp_query_props(cl_platform_id platform, cl_device_id device, dp_de
                           p->platform_version, NULL);
     }
     cl_device_local_mem_type lmt = CL_LOCAL;
+    cl_bool unified = CL_FALSE;
+    cl_uint align_bits = 0;
     struct {
         cl_device_info what;
         void *dst;
@@ -186,6 +188,8 @@ dipole_status dp_query_props(cl_platform_id platform, cl_device_id device, dp_de
         {CL_DEVICE_MAX_MEM_ALLOC_SIZE, &p->max_alloc, sizeof p->max_alloc},
         {CL_DEVICE_MAX_WORK_GROUP_SIZE, &p->max_work_group, sizeof p->max_work_group},
         {CL_DEVICE_LOCAL_MEM_TYPE, &lmt, sizeof lmt},
+        {CL_DEVICE_HOST_UNIFIED_MEMORY, &unified, sizeof unified},
+        {CL_DEVICE_MEM_BASE_ADDR_ALIGN, &align_bits, sizeof align_bits},
     };
     for (size_t i = 0; i < sizeof q / sizeof q[0]; i++) {
         err = clGetDeviceInfo(device, q[i].what, q[i].size, q[i].dst, NULL);
@@ -193,5 +197,7 @@ dipole_status dp_query_props(cl_platform_id platform, cl_device_id device, dp_de
             return dp_cl_fail(NULL, err, "clGetDeviceInfo");
     }
     p->local_mem_is_global = lmt == CL_GLOBAL;
+    p->host_unified = unified == CL_TRUE;
+    p->base_align = align_bits / 8 ? align_bits / 8 : 1;
     return DIPOLE_SUCCESS;
 }

@@ -33,6 +33,8 @@ typedef struct dp_device_props {
     size_t max_work_group;
     bool local_mem_is_global; /* CL_GLOBAL local memory: CPUs emulate it */
     bool profiling;           /* the context's queue records profiling timestamps */
+    bool host_unified;        /* CL_DEVICE_HOST_UNIFIED_MEMORY: buffers can live in host memory */
+    cl_uint base_align;       /* CL_DEVICE_MEM_BASE_ADDR_ALIGN, in bytes */
 } dp_device_props;
 
 /* Which kernel source and which specialisation: every define a program is built with. */

@@ -193,7 +193,7 @@ dipole_status dp_fit_search_run(dipole_ctx *ctx, const dp_fit_search *s, int *si
 
 /* ---------------------------------------------------------------- buffers */
 
-/* Every buffer the runtime creates: a copy of host (read-only) or an uninitialised
+/* Every scratch and upload buffer: a copy of host (read-only) or an uninitialised
  * read-write buffer; what, when given, names it in the failure. */
 static dipole_status create_buffer(dipole_ctx *ctx, const void *host, size_t bytes,
                                    const char *what, cl_mem *out)
@@ -220,11 +220,6 @@ dipole_status dp_scratch(dipole_ctx *ctx, size_t bytes, const char *what, cl_mem
 dipole_status dp_upload(dipole_ctx *ctx, const void *host, size_t bytes, const char *what, cl_mem *out)
 {
     return create_buffer(ctx, host, bytes, what, out);
-}
-
-dipole_status dp_stage(dipole_ctx *ctx, const void *host, size_t bytes, cl_mem *out)
-{
-    return create_buffer(ctx, host, bytes, NULL, out);
 }
 
 dipole_status dp_call_buffers_upload(dipole_ctx *ctx, const dp_problem *p, dp_call_buffers *b)
@@ -262,12 +257,4 @@ void dp_call_buffers_release(dp_call_buffers *b)
         clReleaseMemObject(b->pole_weights);
     b->key_lengths = NULL;
     b->pole_weights = NULL;
-}
-
-void dp_dense_tensors(const dipole_attn_desc *d, const cl_mem *bufs, const bool *query_side,
-                      int n, dipole_tensor *t)
-{
-    for (int i = 0; i < n; i++)
-        t[i] = query_side[i] ? dipole_tensor_dense(bufs[i], d->seq_q, d->heads_q, d->head_dim)
-                             : dipole_tensor_dense(bufs[i], d->seq_k, d->heads_kv, d->head_dim);
 }

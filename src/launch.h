@@ -14,11 +14,6 @@ cl_long4 dp_tensor_layout(const dipole_tensor *t);
 void dp_span_of(const dipole_tensor *t, int batch, int seq, int heads, int d, size_t *lo,
                 size_t *hi);
 
-/* The host twins' staged buffers as dense tensors: bufs[i] holds the query side
- * ([batch, seq_q, heads_q, head_dim]) where query_side[i], else the key side. */
-void dp_dense_tensors(const dipole_attn_desc *d, const cl_mem *bufs, const bool *query_side,
-                      int n, dipole_tensor *t);
-
 /* ---- arguments: appended in order; the first failure sticks and is reported by dp_launch */
 typedef struct dp_launch_args {
     cl_kernel kernel;
@@ -90,10 +85,6 @@ dipole_status dp_scratch(dipole_ctx *ctx, size_t bytes, const char *what, cl_mem
 /* A READ_ONLY copy of a small host array. */
 dipole_status dp_upload(dipole_ctx *ctx, const void *host, size_t bytes, const char *what,
                         cl_mem *out);
-
-/* A host twin's staging buffer of `bytes`: a READ_ONLY copy of host, or (host NULL) an
- * uninitialised READ_WRITE buffer; fails as "clCreateBuffer(N bytes)". */
-dipole_status dp_stage(dipole_ctx *ctx, const void *host, size_t bytes, cl_mem *out);
 
 /* The small per-call arrays both passes read: key_lengths (int [batch]) and the pole weights
  * (float [2 * heads_q], alpha then beta; TWO_POLE with weights given only). NULL when absent. */

@@ -26,6 +26,7 @@ int main(int argc, char **argv)
         {"oclgrind-small", oclgrind_small_suite},
         {"dtype", dtype_suite},
         {"paged", paged_suite},
+        {"host", host_suite},
     };
     if (argc != 2) {
         fprintf(stderr, "usage: %s SUITE\n", argv[0]);

@@ -20,8 +20,10 @@ packages=(build-essential meson ninja-build pkg-config python3 ocl-icd-opencl-de
 # the OpenCL simulator for the kernels, and the GPU compilers of the static GPU check
 # (clang-15 with libclc for NVIDIA and AMD; ptxas comes with the CUDA toolkit where there is
 # one, and Intel's compiler is unpacked by the check itself).
+# The Python package's step needs numpy, torch and pytest, and meson-python and venv for its
+# `pip install .` check.
 [ "$mode" = test ] && packages+=(clang-14 libclang-rt-14-dev valgrind oclgrind clang-15 llvm-15
-    libclc-15)
+    libclc-15 python3-numpy python3-pytest python3-torch python3-mesonpy python3-venv)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -58,6 +60,19 @@ step() {
 }
 # The oclgrind sweep runs in its own step, below.
 step "suites" meson test -C build --print-errorlogs --no-suite oclgrind
+# The Python package: its tests on this build's library (Debian's python3 and packages), then
+# `pip install .` into a virtual environment (offline: Debian's meson-python, no build
+# isolation) and the README's check of the installed package.
+python_package() {
+    local py=/usr/bin/python3 venv=build/python-venv cache=build/tests/test-cache
+    PYTHONPATH=python DIPOLE_LIBRARY=build/libdipole.so DIPOLE_CACHE_DIR=$cache \
+        "$py" -m pytest -q -p no:cacheprovider python/tests
+    rm -rf "$venv"
+    "$py" -m venv --system-site-packages "$venv"
+    "$venv/bin/pip" install -q --no-build-isolation --no-deps --no-index . >&2
+    DIPOLE_CACHE_DIR=$cache "$venv/bin/python" -c "import dipole; print(dipole.devices())"
+}
+step "python" python_package
 # AddressSanitizer + UBSan (clang build) over every suite but the large one (minutes of device
 # GEMMs whose host side the gemm suite's chunking cases cover) and the install check (it links
 # a plain program against the library) and the static GPU check (it runs no library code) and

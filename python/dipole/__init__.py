@@ -1,0 +1,46 @@
+"""dipole: dipole attention on OpenCL devices, for numpy arrays and torch CPU tensors.
+
+    import dipole
+    dipole.devices()                                   # every OpenCL platform and device
+    out = dipole.attention(q, k, v, variant="signexp", causal=True)
+
+Tensors use FlashAttention's layout: q [B, Nq, Hq, d], k, v, v2 [B, Nk, Hkv, d] (Hkv divides
+Hq: GQA/MQA), in float32, float16 or bfloat16 (torch only). Strided views whose head_dim is
+contiguous pass without copies. dipole.torch.attention is the differentiable twin (a
+torch.autograd.Function) and dipole.torch.DipoleAttention a multi-head attention module."""
+
+from ._core import Variant, forward as _forward
+from ._lib import lib as _clib
+from .context import Context, Device, default_context, devices
+from .errors import (BadSelectorError, BufferRangeError, BuildError, CLBlastError, Error,
+                     InternalError, InvalidArgError, KernelSourceError, NoDeviceError,
+                     NoPlatformError, OpenCLError, OutOfHostMemoryError, UnsupportedError)
+
+__version__ = _clib.dipole_version().decode()
+
+
+def attention(q, k, v, v2=None, *, variant="softmax", causal=False, window=(-1, -1), scale=None,
+              key_lengths=None, pos_weight=None, neg_weight=None, return_lse=False,
+              context=None):
+    """Dipole attention of q [B, Nq, Hq, d] over k, v (and v2 for ROUTED, TWO_POLE)
+    [B, Nk, Hkv, d]; returns out [B, Nq, Hq, d] of q's kind and dtype, and with return_lse
+    also lse float32 [poles, B, Hq, Nq] (each row's log-sum-exp per pole; -inf for a row that
+    sees no key).
+
+    variant: "softmax", "signexp", "routed", "two_pole" or a dipole.Variant.
+    causal: query i sees keys j <= i + Nk - Nq (bottom-right aligned).
+    window: (left, right), -1 unlimited, relative to the same diagonal.
+    scale: None for 1/sqrt(d).  key_lengths: [B] valid key counts, or None.
+    pos_weight, neg_weight: TWO_POLE's alpha_h, beta_h [Hq] (None: ones).
+    context: a dipole.Context (default: dipole.default_context()).
+    Raises dipole.InvalidArgError for inputs it cannot take and a dipole.Error subclass with
+    the library's message when the call fails. Not differentiable: see dipole.torch."""
+    return _forward(q, k, v, v2, variant=variant, causal=causal, window=window, scale=scale,
+                    key_lengths=key_lengths, pos_weight=pos_weight, neg_weight=neg_weight,
+                    return_lse=return_lse, context=context)
+
+
+__all__ = ["attention", "devices", "Context", "Device", "default_context", "Variant", "Error",
+           "InvalidArgError", "NoPlatformError", "NoDeviceError", "BadSelectorError",
+           "UnsupportedError", "BuildError", "OutOfHostMemoryError", "BufferRangeError",
+           "CLBlastError", "KernelSourceError", "InternalError", "OpenCLError", "__version__"]

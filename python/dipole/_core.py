@@ -1,0 +1,172 @@
+"""The forward and backward calls on numpy arrays and torch CPU tensors (device API, the
+caller's memory in place where the device allows: _buffers.py)."""
+
+import ctypes
+import enum
+
+import numpy as np
+
+from . import _arrays, _lib
+from ._buffers import CallBuffers
+from .context import check, default_context
+from .errors import InvalidArgError
+
+
+class Variant(enum.IntEnum):
+    """dipole_variant. With s = scale * q.k over the visible keys, a row's output is
+    SOFTMAX sum softmax(s) v; SIGNEXP sum sign(s) softmax(|s|) v; ROUTED
+    sum softmax(|s|) (s > 0 ? v : v2); TWO_POLE a_h sum softmax(s) v + b_h sum softmax(-s) v2."""
+    SOFTMAX = 0
+    SIGNEXP = 1
+    ROUTED = 2
+    TWO_POLE = 3
+
+    @property
+    def reads_v2(self):
+        return self in (Variant.ROUTED, Variant.TWO_POLE)
+
+    @property
+    def poles(self):
+        return 2 if self == Variant.TWO_POLE else 1
+
+
+def variant_of(variant):
+    if isinstance(variant, Variant):
+        return variant
+    if isinstance(variant, str):
+        key = variant.strip().upper().replace("-", "_")
+        if key in Variant.__members__:
+            return Variant[key]
+    elif isinstance(variant, int) and variant in Variant._value2member_map_:
+        return Variant(variant)
+    raise InvalidArgError(f"unknown variant {variant!r}; expected one of "
+                          f"{', '.join(m.lower() for m in Variant.__members__)}")
+
+
+class Problem:
+    """One call's descriptor with the host arrays it points to (kept alive here)."""
+
+    def __init__(self, q, k, v, v2, variant, causal, window, scale, key_lengths, pos_weight,
+                 neg_weight):
+        self.variant = variant = variant_of(variant)
+        if q.torch != k.torch or q.torch != v.torch or (v2 and v2.torch != q.torch):
+            raise InvalidArgError("q, k, v and v2 must all be numpy arrays or all torch tensors")
+        for name, t in (("k", k), ("v", v), ("v2", v2)):
+            if t and t.dtype != q.dtype:
+                raise InvalidArgError(f"{name} is {_arrays.DTYPE_NAMES[t.dtype]} but q is "
+                                      f"{_arrays.DTYPE_NAMES[q.dtype]}; all tensors share one "
+                                      "dtype")
+        B, Nq, Hq, D = q.shape
+        if k.shape[0] != B or k.shape[3] != D:
+            raise InvalidArgError(f"k has shape {k.shape}, expected [{B}, seq_k, heads_kv, {D}] "
+                                  f"for q of shape {q.shape}")
+        for name, t in (("v", v), ("v2", v2)):
+            if t and t.shape != k.shape:
+                raise InvalidArgError(f"{name} has shape {t.shape}, expected k's {k.shape}")
+        if variant.reads_v2 and v2 is None:
+            raise InvalidArgError(f"variant {variant.name.lower()} reads v2; pass v2")
+        if not variant.reads_v2 and v2 is not None:
+            raise InvalidArgError(f"v2 is given but variant {variant.name.lower()} does not "
+                                  "read it")
+        if variant != Variant.TWO_POLE and (pos_weight is not None or neg_weight is not None):
+            raise InvalidArgError("pos_weight and neg_weight are TWO_POLE's pole weights")
+        Nk, Hkv = k.shape[1], k.shape[2]
+        self.shape = (B, Nq, Hq, Nk, Hkv, D)
+        d = self.desc = _lib.AttnDesc()
+        _lib.lib.dipole_attn_desc_default(ctypes.byref(d))
+        d.variant, d.batch, d.heads_q, d.heads_kv = int(variant), B, Hq, Hkv
+        d.seq_q, d.seq_k, d.head_dim, d.dtype = Nq, Nk, D, q.dtype
+        d.scale = 0.0 if scale is None else float(scale)
+        if scale is not None and not d.scale > 0:
+            raise InvalidArgError(f"scale must be positive, not {scale}")
+        d.causal = 1 if causal else 0
+        try:
+            d.window_left, d.window_right = (int(w) for w in window)
+        except (TypeError, ValueError):
+            raise InvalidArgError(f"window must be (left, right) with -1 for unlimited, "
+                                  f"not {window!r}") from None
+        self._keep = []
+        if key_lengths is not None:
+            kl = _arrays.host_ints(key_lengths, "key_lengths", B)
+            self._keep.append(kl)
+            d.key_lengths = kl.ctypes.data_as(ctypes.POINTER(ctypes.c_int))
+        for field, w, name in (("pos_weight", pos_weight, "pos_weight"),
+                               ("neg_weight", neg_weight, "neg_weight")):
+            if w is not None:
+                a = _arrays.host_floats(w, name, Hq)
+                self._keep.append(a)
+                setattr(d, field, a.ctypes.data_as(ctypes.POINTER(ctypes.c_float)))
+        check(_lib.lib.dipole_attn_desc_validate(ctypes.byref(d)))
+
+    def lse_array(self):
+        B, Nq, Hq = self.shape[:3]
+        return aligned_floats((self.variant.poles, B, Hq, Nq))
+
+
+def aligned_floats(shape, align=4096):
+    """A float32 numpy array at an aligned address: buffers the kernels take without an offset
+    (lse, pole-weight gradients) can then be handed to OpenCL in place."""
+    n = int(np.prod(shape))
+    raw = np.empty(n + align // 4, dtype=np.float32)
+    skip = (-raw.ctypes.data % align) // 4
+    return raw[skip:skip + n].reshape(shape)
+
+
+def _like(kind, arr):
+    """arr (numpy) as the caller's kind: a torch tensor sharing its memory for torch callers."""
+    if kind.torch:
+        return _arrays._torch().from_numpy(arr)
+    return arr
+
+
+def forward(q, k, v, v2=None, *, variant="softmax", causal=False, window=(-1, -1), scale=None,
+            key_lengths=None, pos_weight=None, neg_weight=None, return_lse=False, context=None):
+    ctx = context or default_context()
+    ctx.handle  # raises for a closed context, before an OpenCL call on its released objects
+    views = [_arrays.view(x, n) if x is not None else None
+             for x, n in ((q, "q"), (k, "k"), (v, "v"), (v2, "v2"))]
+    p = Problem(*views, variant, causal, window, scale, key_lengths, pos_weight, neg_weight)
+    out = _arrays.dense_like(views[0], views[0].shape)
+    lse = p.lse_array() if return_lse else None
+    with CallBuffers(ctx) as bufs:
+        t = [bufs.tensor(x) if x is not None else None for x in views]
+        to = bufs.tensor(out, output=True)
+        lse_mem = bufs.plain(lse.ctypes.data, lse.nbytes, output=True) if return_lse else None
+        ctx.check(_lib.lib.dipole_attention(ctx.handle, ctypes.byref(p.desc), *(
+            ctypes.byref(x) if x is not None else None for x in t), ctypes.byref(to), lse_mem,
+            None))
+        bufs.finish()
+    if return_lse:
+        return out.obj, _like(views[0], lse)
+    return out.obj
+
+
+def backward(q, k, v, v2, out, dout, lse, *, variant, causal=False, window=(-1, -1),
+             scale=None, key_lengths=None, pos_weight=None, neg_weight=None, context=None):
+    """(dq, dk, dv, dv2 or None, dpos_weight, dneg_weight: float32 numpy [heads_q] or None)
+    for the forward's out and lse."""
+    ctx = context or default_context()
+    ctx.handle  # raises for a closed context
+    names = ("q", "k", "v", "v2", "out", "dout")
+    views = [_arrays.view(x, n) if x is not None else None
+             for x, n in zip((q, k, v, v2, out, dout), names)]
+    p = Problem(*views[:4], variant, causal, window, scale, key_lengths, pos_weight, neg_weight)
+    for name, t in (("out", views[4]), ("dout", views[5])):
+        if t.shape != views[0].shape or t.dtype != views[0].dtype or t.torch != views[0].torch:
+            raise InvalidArgError(f"{name} must have q's shape {views[0].shape} and dtype")
+    lse = np.ascontiguousarray(lse.detach().numpy() if _arrays.is_torch(lse) else lse,
+                               dtype=np.float32)
+    grads = [_arrays.dense_like(x, x.shape) if x is not None else None for x in views[:4]]
+    two_pole = p.variant == Variant.TWO_POLE
+    dw = [aligned_floats((p.shape[2],)) for _ in range(2)] if two_pole else [None, None]
+    with CallBuffers(ctx) as bufs:
+        t = [bufs.tensor(x) if x is not None else None for x in views]
+        g = [bufs.tensor(x, output=True) if x is not None else None for x in grads]
+        lse_mem = bufs.plain(lse.ctypes.data, lse.nbytes)
+        w = [bufs.plain(a.ctypes.data, a.nbytes, output=True) if a is not None else None
+             for a in dw]
+        ref = [ctypes.byref(x) if x is not None else None for x in t + g]
+        ctx.check(_lib.lib.dipole_attention_backward(
+            ctx.handle, ctypes.byref(p.desc), *ref[:6], lse_mem, *ref[6:], w[0], w[1], None))
+        bufs.finish()
+    return tuple(x.obj if x is not None else None for x in grads) + tuple(dw)

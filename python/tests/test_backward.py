@@ -73,13 +73,15 @@ def test_gradients(ctx, variant, mask):
         rms_bound(g, w, atol=1e-4, rtol=1e-3)
 
 
-def test_bf16_gradients(ctx):
-    got, want = run_both("signexp", dict(causal=True), dtype=torch.bfloat16)
-    # README, "Storage": bf16 rtol 2^-7, and gradients add 8 rtol rms of the gradient; the
-    # reference runs in float64 on the bf16-rounded inputs.
-    rtol = 2.0 ** -7
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_half_gradients(ctx, dtype):
+    tdt = getattr(torch, dtype)
+    got, want = run_both("signexp", dict(causal=True), dtype=tdt)
+    # README, "Storage": rtol 2^-10 (fp16) or 2^-7 (bf16), and gradients add 8 rtol rms of the
+    # gradient; the reference runs in float64 on the rounded inputs.
+    rtol = 2.0 ** -10 if dtype == "float16" else 2.0 ** -7
     for g, w in zip(got, want):
-        assert g.dtype == torch.bfloat16
+        assert g.dtype == tdt
         rms_bound(g, w, atol=3e-5, rtol=rtol, extra_rms=8 * rtol)
 
 

@@ -314,6 +314,15 @@ inline int2 dp_range_in_tile(int2 range, int j0, int n)
  * into (mm, sum), the max first, then each sum rescaled to it, in order c = 0 .. n - 1. */
 #define DP_MERGE_POLE(n, M, L, mm, sum)                                                            do {                                                                                               mm = -INFINITY;                                                                                for (int c_ = 0; c_ < (n); c_++)                                                                   mm = fmax(mm, M(c_));                                                                      sum = 0.0f;                                                                                    for (int c_ = 0; c_ < (n); c_++)                                                                   sum += L(c_) * dp_rescale(M(c_), mm);                                                  } while (0)
 
+/* ---- Split-K partials. A decode kernel that splits a row's keys into chunks leaves per
+ * (batch * Hq + head, query row, chunk, pole) its unnormalised (max, sum, acc) in part,
+ * [B * Hq, seq_q, chunks, NPOLES, PART_STRIDE] floats, acc padded to whole float16 pieces
+ * (src/attn_tiled.c sizes the buffer by the same rule); a merge kernel combines the chunks.
+ * DP_PART is the start of one row's chunk for a kernel with arguments seq_q and chunks. */
+#define DV ((HEAD_DIM + 15) / 16) /* float16 pieces of a row */
+#define PART_STRIDE (2 + 16 * DV)
+#define DP_PART(bh, i, chunk) ((((long)(bh) * seq_q + (i)) * chunks + (chunk)) * NPOLES * PART_STRIDE)
+
 /* A tensor's element offset and strides (batch, seq, head), in elements. */
 typedef long4 dp_layout;
 #define DP_ROW(t, b, s, h) ((t).x + (long)(b) * (t).y + (long)(s) * (t).z + (long)(h) * (t).w)
@@ -356,17 +365,20 @@ inline long dp_kv_row(dp_layout t, int b, int j, int hh, DP_PAGED_ARGS)
  * `stride` float4s, times mul; rows at or past `valid` and the padding past HEAD_DIM become 0,
  * so that a tile's dot products and value sums need no bounds. All `items` work-items of the
  * group call it, item lid: consecutive items read consecutive chunks of a row (coalesced).
- * dp_stage_kv_rows4 finds key rows through the paging arguments. */
+ * dp_stage_kv_rows4 finds key rows through the paging arguments; dp_stage_head_rows4 stages
+ * a tile whose rows run over `span` query rows of head hh, then of head hh + 1, and so on
+ * (span 0: every row of head hh; a constant, so that the division is left out). */
 inline void dp_stage_any_rows4(__local float4 *dst, int stride, __global const dp_storage *t,
-                               dp_layout lt, int b, int row0, int count, int valid, int hh,
-                               float mul, int lid, int items, bool kv, DP_PAGED_ARGS)
+                               dp_layout lt, int b, int row0, int span, int count, int valid,
+                               int hh, float mul, int lid, int items, bool kv, DP_PAGED_ARGS)
 {
     for (int e = lid; e < count * HD4; e += items) {
         const int r = e / HD4, c4 = e % HD4;
         float4 x = (float4)0.0f;
         if (r < valid) {
-            const long at = (kv ? dp_kv_row(lt, b, row0 + r, hh, DP_PAGED_PASS)
-                                : DP_ROW(lt, b, row0 + r, hh)) + 4 * c4;
+            const int s = span ? r % span : row0 + r, head = span ? hh + r / span : hh;
+            const long at = (kv ? dp_kv_row(lt, b, s, head, DP_PAGED_PASS)
+                                : DP_ROW(lt, b, s, head)) + 4 * c4;
 #if HEAD_DIM % 4 == 0
             x = dp_load4(t, at);
 #else
@@ -385,11 +397,14 @@ inline void dp_stage_any_rows4(__local float4 *dst, int stride, __global const d
     }
 }
 #define dp_stage_rows4(dst, stride, t, lt, b, row0, count, valid, hh, mul, lid, items)         \
-    dp_stage_any_rows4(dst, stride, t, lt, b, row0, count, valid, hh, mul, lid, items, false,  \
-                       NULL, 1, 1)
+    dp_stage_any_rows4(dst, stride, t, lt, b, row0, 0, count, valid, hh, mul, lid, items,       \
+                       false, NULL, 1, 1)
 #define dp_stage_kv_rows4(dst, stride, t, lt, b, row0, count, valid, hh, lid, items)           \
-    dp_stage_any_rows4(dst, stride, t, lt, b, row0, count, valid, hh, 1.0f, lid, items, true,  \
-                       DP_PAGED_PASS)
+    dp_stage_any_rows4(dst, stride, t, lt, b, row0, 0, count, valid, hh, 1.0f, lid, items,     \
+                       true, DP_PAGED_PASS)
+#define dp_stage_head_rows4(dst, stride, t, lt, b, span, count, valid, hh, mul, lid, items)    \
+    dp_stage_any_rows4(dst, stride, t, lt, b, 0, span, count, valid, hh, mul, lid, items,      \
+                       false, NULL, 1, 1)
 
 /* Writes the lanes of x that chunk c4 holds of a head-dim row (4, or fewer in a last, partial
  * chunk) at element `at` of t. */

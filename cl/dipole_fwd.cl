@@ -10,7 +10,12 @@
  * added up once at the end. Per tile:
  *   stage K | S, each pole's tile max | row max, rescale, P per stream, stage V | O += P V
  *   (| stage V2 | O += P2 V2 where the variant reads v2).
- * K, V and V2 take turns in one local tile so that head dim 128 fits 48 KiB. */
+ * K, V and V2 take turns in one local tile so that head dim 128 fits 48 KiB.
+ *
+ * Decode (DP_SPLIT): work-group (chunk, hk, b) takes every query row of every query head that
+ * reads KV head hk (tile row r is row r % seq_q of head hk * group + r / seq_q) over the keys
+ * of one chunk, so each K/V row is read once per call however many heads share it; it leaves
+ * the rows' partials (dipole_common.cl's DP_PART) for dipole_fwd_merge_group. */
 
 #ifndef BLOCK_M
 #define BLOCK_M 32
@@ -35,6 +40,10 @@
 #define P_STRIDE (BLOCK_N + 4)
 #define KV_CHUNKS (BLOCK_N * K_STRIDE)
 
+#ifndef DP_SPLIT
+#define DP_SPLIT 0
+#endif
+
 __kernel __attribute__((reqd_work_group_size(WORK_GROUP, 1, 1)))
 void dipole_fwd(__global const dp_storage *q, dp_layout lq,
                 __global const dp_storage *k, dp_layout lk,
@@ -46,9 +55,25 @@ void dipole_fwd(__global const dp_storage *q, dp_layout lq,
                 __global const int *key_lengths,      /* [B] or NULL */
                 __global const float *pole_weights,   /* [2, Hq] or NULL */
                 int batch, int heads_q, int heads_kv, int seq_q, int seq_k,
-                float scale, int window_left, int window_right)
+                float scale, int window_left, int window_right,
+                __global float *part, int chunks, int chunk_keys) /* DP_SPLIT only */
 {
+#if DP_SPLIT
+    const int lid = get_local_id(0), ty = lid / WG_COLS, tx = lid % WG_COLS;
+    const int chunk = get_group_id(0), hk = get_group_id(1), b = get_group_id(2);
+    const int kl = DP_KEY_LENGTH(b), h0 = hk * (heads_q / heads_kv);
+    const int rows = heads_q / heads_kv * seq_q; /* at most BLOCK_M: the planner's rule */
+    const int2 first = dp_visible_range(0, kl, seq_q, window_left, window_right);
+    const int2 last = dp_visible_range(seq_q - 1, kl, seq_q, window_left, window_right);
+    const int2 keys = (int2)(max(first.x, chunk * chunk_keys),
+                             min(max(last.y, first.y), chunk * chunk_keys + chunk_keys));
+#define ROW_I(r) ((r) % seq_q)
+#define ROW_H(r) (h0 + (r) / seq_q)
+#else
     DP_QUERY_TILE();
+#define ROW_I(r) (row0 + (r))
+#define ROW_H(r) h
+#endif
 
     __local float4 q_tile[BLOCK_M * K_STRIDE]; /* q * scale */
     __local float4 kv_tile[KV_CHUNKS];         /* K, then V, then V2 */
@@ -56,14 +81,19 @@ void dipole_fwd(__global const dp_storage *q, dp_layout lq,
     /* per-item row maxima, then row sums */
     __local float red[NPOLES][BLOCK_M * WG_COLS] __attribute__((aligned(16)));
 
+#if DP_SPLIT
+    dp_stage_head_rows4(q_tile, K_STRIDE, q, lq, b, seq_q, BLOCK_M, rows, h0, scale, lid,
+                        WORK_GROUP);
+#else
     dp_stage_rows4(q_tile, K_STRIDE, q, lq, b, row0, BLOCK_M, rows, h, scale, lid, WORK_GROUP);
+#endif
 
     int2 mine[RPI]; /* each row's visible keys; none for rows past seq_q */
     float m[NPOLES][RPI], l[NPOLES][RPI];
     float4 acc[NPOLES][RPI][CPI];
     DP_UNROLL for (int mi = 0; mi < RPI; mi++) {
         const int r = ty + WG_ROWS * mi;
-        mine[mi] = r < rows ? dp_visible_range(row0 + r, kl, seq_q, window_left, window_right)
+        mine[mi] = r < rows ? dp_visible_range(ROW_I(r), kl, seq_q, window_left, window_right)
                             : (int2)(0, 0);
         DP_UNROLL for (int p = 0; p < NPOLES; p++) {
             m[p][mi] = -INFINITY;
@@ -88,9 +118,11 @@ void dipole_fwd(__global const dp_storage *q, dp_layout lq,
         bool seen[RPI][KPI];
         DP_UNROLL for (int mi = 0; mi < RPI; mi++) {
             const int r = ty + WG_ROWS * mi;
+            /* a key past the tile (n < BLOCK_N) is past the chunk too, which may end inside
+             * the row's visible range */
             DP_UNROLL for (int ni = 0; ni < KPI; ni++) {
                 const int j = j0 + tx + WG_COLS * ni;
-                seen[mi][ni] = full || (j >= mine[mi].x && j < mine[mi].y);
+                seen[mi][ni] = full || (j < j0 + n && j >= mine[mi].x && j < mine[mi].y);
             }
             DP_UNROLL for (int p = 0; p < NPOLES; p++) {
                 float mx = -INFINITY;
@@ -149,9 +181,25 @@ void dipole_fwd(__global const dp_storage *q, dp_layout lq,
             red[p][(ty + WG_ROWS * mi) * WG_COLS + tx] = l[p][mi];
     barrier(CLK_LOCAL_MEM_FENCE);
     DP_UNROLL for (int mi = 0; mi < RPI; mi++) {
-        const int r = ty + WG_ROWS * mi, i = row0 + r;
+        const int r = ty + WG_ROWS * mi, i = ROW_I(r);
         if (r >= rows)
             continue;
+#if DP_SPLIT
+        /* This chunk's partial: the row's max and sum, and this item's slice of acc. */
+        DP_UNROLL for (int p = 0; p < NPOLES; p++) {
+            __global float *pt =
+                part + DP_PART((long)b * heads_q + ROW_H(r), i, chunk) + p * PART_STRIDE;
+            if (tx == 0) {
+                pt[0] = m[p][mi];
+                pt[1] = dp_row_sum(red[p], r, WG_COLS);
+            }
+            DP_UNROLL for (int ci = 0; ci < CPI; ci++) {
+                const int c4 = tx + WG_COLS * ci;
+                if (c4 < HD4)
+                    vstore4(acc[p][mi][ci], 0, pt + 2 + 4 * c4);
+            }
+        }
+#else
         const bool has_keys = mine[mi].x < mine[mi].y; /* a row that sees no key outputs 0 */
         float coef[NPOLES];
         DP_UNROLL for (int p = 0; p < NPOLES; p++) {
@@ -170,5 +218,49 @@ void dipole_fwd(__global const dp_storage *q, dp_layout lq,
                 o += has_keys ? coef[p] * acc[p][mi][ci] : (float4)0.0f;
             dp_store_chunk4(out, o_at + 4 * c4, c4, o);
         }
+#endif
     }
+#undef ROW_I
+#undef ROW_H
+}
+
+/* Combines a decode row's chunks: work-item (c4, i, b * Hq + h) takes float4 chunk c4 of the
+ * row (item c4 0 also writes lse), each merging the chunks' (max, sum) itself: a GPU spreads a
+ * row over its items where the CPU layout's merge walks it in one. */
+__kernel void dipole_fwd_merge_group(__global const float *part, int chunks,
+                                     __global dp_storage *out, dp_layout lout,
+                                     __global float *lse,
+                                     __global const int *key_lengths,
+                                     __global const float *pole_weights,
+                                     int batch, int heads_q, int seq_q, int seq_k,
+                                     int window_left, int window_right)
+{
+    const int c4 = get_global_id(0), i = get_global_id(1), bh = get_global_id(2);
+    if (c4 >= HD4)
+        return;
+    const int b = bh / heads_q, h = bh % heads_q;
+    const int2 range = dp_visible_range(i, DP_KEY_LENGTH(b), seq_q, window_left, window_right);
+    const bool has_keys = range.x < range.y;
+    __global const float *src = part + DP_PART(bh, i, 0);
+    float4 o = (float4)0.0f;
+    DP_UNROLL for (int p = 0; p < NPOLES; p++) {
+        float mm, sum;
+#define PART_M(c) src[((c) * NPOLES + p) * PART_STRIDE]
+#define PART_L(c) src[((c) * NPOLES + p) * PART_STRIDE + 1]
+        DP_MERGE_POLE(chunks, PART_M, PART_L, mm, sum);
+#undef PART_M
+#undef PART_L
+        const float coef = has_keys ? dp_pole_weight(pole_weights, p, h, heads_q) / sum : 0.0f;
+        /* A chunk whose weights all underflow against the row's max adds nothing (its values
+         * may be non-finite), as in the CPU layout's merge. */
+        for (int ch = 0; ch < chunks && has_keys; ch++) {
+            __global const float *pc = src + (ch * NPOLES + p) * PART_STRIDE;
+            const float r = dp_rescale(pc[0], mm);
+            if (r != 0.0f)
+                o = fma((float4)(coef * r), vload4(0, pc + 2 + 4 * c4), o);
+        }
+        if (lse && c4 == 0)
+            lse[DP_STAT(p, b, h, i)] = has_keys ? mm + log(sum) : -INFINITY;
+    }
+    dp_store_chunk4(out, DP_ROW(lout, b, i, h) + 4 * c4, c4, o);
 }

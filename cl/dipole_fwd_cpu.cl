@@ -452,10 +452,7 @@ void dipole_fwd_cpu(__global const dp_storage *q, dp_layout lq,
  * apart per head, and the query heads of a GQA group, taken in turn, find their K/V rows in L1:
  * the cache is read once per call, not once per query head. Each head's (max, sum, acc) waits in
  * the work-item's own slice of part between steps.
- * part: [B * Hq, seq_q, chunks, NPOLES, PART_STRIDE] = (max, sum, acc padded to DV pieces). */
-
-#define DV ((HEAD_DIM + 15) / 16) /* float16 pieces of a row */
-#define PART_STRIDE (2 + 16 * DV)
+ * Partials as dipole_common.cl lays them out (DP_PART). */
 
 inline float16 dp_row_piece(__global const dp_storage *row, int c16)
 {
@@ -505,10 +502,10 @@ void dipole_fwd_splitk(__global const dp_storage *q, dp_layout lq,
     const int2 range = dp_visible_range(i, kl, seq_q, window_left, window_right);
     const int j_lo = max(range.x, chunk * chunk_keys);
     const int j_hi = min(range.y, chunk * chunk_keys + chunk_keys);
-#define DP_PART(h) (part + ((((long)b * heads_q + (h)) * seq_q + i) * chunks + chunk) * NPOLES * PART_STRIDE)
+#define DP_HEAD_PART(h) (part + DP_PART((long)b * heads_q + (h), i, chunk))
     for (int h = 0; h < heads_q; h++)
         for (int p = 0; p < NPOLES; p++) {
-            __global float *st = DP_PART(h) + p * PART_STRIDE;
+            __global float *st = DP_HEAD_PART(h) + p * PART_STRIDE;
             st[0] = -INFINITY;
             st[1] = 0.0f;
             for (int c = 0; c < 16 * DV; c++)
@@ -549,7 +546,7 @@ void dipole_fwd_splitk(__global const dp_storage *q, dp_layout lq,
                 scs[t] = dp_sum16(d);
             }
             const float16 sc = vload16(0, scs);
-            __global float *st = DP_PART(h);
+            __global float *st = DP_HEAD_PART(h);
             float16 acc[NPOLES][DV];
             float av[NPOLES][16];
 #if READS_V2
@@ -603,7 +600,7 @@ void dipole_fwd_splitk(__global const dp_storage *q, dp_layout lq,
                     vstore16(acc[p][c16], c16, st + p * PART_STRIDE + 2);
         }
     }
-#undef DP_PART
+#undef DP_HEAD_PART
 }
 
 /* Combines the chunks of one query row: work-item (i, b * Hq + h). */
@@ -623,7 +620,7 @@ __kernel void dipole_fwd_merge(__global const float *part, int chunks,
     const int kl = DP_KEY_LENGTH(b);
     const int2 range = dp_visible_range(i, kl, seq_q, window_left, window_right);
     const bool has_keys = range.x < range.y;
-    __global const float *src = part + ((long)bh * seq_q + i) * chunks * NPOLES * PART_STRIDE;
+    __global const float *src = part + DP_PART(bh, i, 0);
 
     float mm[NPOLES], ll[NPOLES], coef[NPOLES];
     for (int p = 0; p < NPOLES; p++) {

@@ -108,14 +108,15 @@ static int cpu_smaller(int block_m)
     return block_m > 32 ? block_m / 64 * 32 : 16;
 }
 
-/* Keys per split-K work-item. A work-item takes every head of its batch, so the rows and the
- * key chunks alone give the parallelism: the configured chunk is halved, down to 64 keys (four
- * 16-key steps), until there are two work-items per compute unit. */
-static int splitk_chunk_for(const dipole_ctx *ctx, const dp_tile_config *tc, const dp_problem *p)
+/* Keys per split-K chunk. `units` work-items (CPU) or work-groups (group layout) share each
+ * chunk index, and those with the key chunks give the parallelism: the configured chunk is
+ * halved, down to `floor` keys, until there are `per_unit` of them per compute unit. */
+static int splitk_chunk_for(const dipole_ctx *ctx, const dp_tile_config *tc, const dp_problem *p,
+                            size_t units, size_t per_unit, int floor)
 {
-    const size_t rows = (size_t)p->d.batch * (size_t)p->d.seq_q, want = 2 * (size_t)ctx->props.compute_units;
+    const size_t want = per_unit * (size_t)ctx->props.compute_units;
     int chunk = tc->splitk_chunk;
-    while (chunk > 64 && rows * (((size_t)p->d.seq_k + (size_t)chunk - 1) / (size_t)chunk) < want)
+    while (chunk > floor && units * (((size_t)p->d.seq_k + (size_t)chunk - 1) / (size_t)chunk) < want)
         chunk /= 2;
     return chunk;
 }
@@ -124,8 +125,11 @@ static int splitk_chunk_for(const dipole_ctx *ctx, const dp_tile_config *tc, con
 static dipole_status plan_cpu(dipole_ctx *ctx, const dp_problem *p, const dp_tile_config *tc_in,
                               const char *source, dp_fwd_plan *plan)
 {
+    /* a split-K work-item takes every head of its batch: the rows alone share a chunk index;
+     * 64 keys are four of its 16-key steps */
     dp_tile_config tcs = *tc_in;
-    tcs.splitk_chunk = splitk_chunk_for(ctx, tc_in, p);
+    tcs.splitk_chunk = splitk_chunk_for(ctx, tc_in, p, (size_t)p->d.batch * (size_t)p->d.seq_q,
+                                        2, 64);
     const dp_tile_config *tc = &tcs;
     const int d = p->d.head_dim;
     dipole_plan *pub = &plan->pub;
@@ -180,6 +184,47 @@ static dipole_status plan_cpu(dipole_ctx *ctx, const dp_problem *p, const dp_til
     return DIPOLE_SUCCESS;
 }
 
+/* The group layout's decode: a work-group per (key chunk, KV head, batch) over the tile of
+ * dp_group_split_config, where it fits and the partials fit the workspace; returns
+ * DIPOLE_ERR_UNSUPPORTED (nothing recorded) where not, so that the work-group tiles serve. */
+static dipole_status plan_group_split(dipole_ctx *ctx, const dp_problem *p,
+                                      const dp_tile_config *tc_in, const char *source,
+                                      dp_fwd_plan *plan)
+{
+    dp_tile_config tc = *tc_in;
+    const int floor = tc.block_n > 64 ? tc.block_n : 64;
+    tc.splitk_chunk = splitk_chunk_for(ctx, tc_in, p,
+                                       (size_t)p->d.batch * (size_t)p->d.heads_kv, 4, floor);
+    const size_t bytes = splitk_bytes(&tc, p);
+    dp_kernel_config cfg;
+    char why[160];
+    if (bytes == 0 || bytes > ctx->props.max_alloc || bytes > ctx->workspace_limit ||
+        !dp_group_split_config(&tc, p, &ctx->props, &cfg))
+        return DIPOLE_ERR_UNSUPPORTED;
+    static const char *const names[2] = {"dipole_fwd", "dipole_fwd_merge_group"};
+    dp_kernel_fit fit;
+    const dipole_status st = dp_kernel_fit_query(ctx, &cfg, names, 2, &fit);
+    if (st != DIPOLE_SUCCESS)
+        return st;
+    if (!dp_kernel_fit_holds(ctx, &fit, &cfg, why, sizeof why))
+        return DIPOLE_ERR_UNSUPPORTED;
+    const int chunks = (p->d.seq_k + tc.splitk_chunk - 1) / tc.splitk_chunk;
+    dipole_plan *pub = &plan->pub;
+    plan->kernel = cfg;
+    pub->path = DIPOLE_PATH_TILED;
+    pub->layout = DIPOLE_LAYOUT_SPLITK;
+    pub->block_m = cfg.block_m;
+    pub->block_n = tc.splitk_chunk;
+    pub->work_group = cfg.work_group;
+    pub->splitk_chunks = chunks;
+    pub->workspace_bytes = bytes;
+    snprintf(pub->reason, sizeof pub->reason,
+             "tiled split-K (%s): seq_q %d, a work-group per %d-key chunk (%d chunks) and KV "
+             "head takes its %d query heads' rows, tiles of %d keys, merged",
+             source, p->d.seq_q, tc.splitk_chunk, chunks, p->group, cfg.block_n);
+    return DIPOLE_SUCCESS;
+}
+
 dipole_status dp_tiled_plan(dipole_ctx *ctx, const dp_problem *p, dp_fwd_plan *plan)
 {
     const dp_device_props *dev = &ctx->props;
@@ -193,6 +238,9 @@ dipole_status dp_tiled_plan(dipole_ctx *ctx, const dp_problem *p, dp_fwd_plan *p
     snprintf(pub->config_label, sizeof pub->config_label, "%s", source);
     if (tc.layout == DP_LAYOUT_CPU)
         return plan_cpu(ctx, p, &tc, source, plan);
+    const dipole_status split = plan_group_split(ctx, p, &tc, source, plan);
+    if (split != DIPOLE_ERR_UNSUPPORTED)
+        return split;
 
     char why[160];
     dp_kernel_config cfg;
@@ -249,14 +297,31 @@ static void arg_outputs(dp_launch_args *l, const dp_args *a)
     dp_arg_buffer(l, a->pole_weights);
 }
 
-/* Decode: partials per (row, chunk of keys), then the merge into out and lse. */
+/* The arguments after the inputs that the group kernel takes in both of its modes. */
+static void arg_group_tail(dp_launch_args *l, const dp_problem *p, const dp_args *a, cl_mem part,
+                           int chunks, int chunk_keys)
+{
+    arg_outputs(l, a);
+    dp_arg_int(l, p->d.batch);
+    dp_arg_scores(l, p);
+    dp_arg_buffer(l, part);
+    dp_arg_int(l, chunks);
+    dp_arg_int(l, chunk_keys);
+}
+
+/* Decode: partials per (row, chunk of keys), then the merge into out and lse. The CPU layout's
+ * work-item is (chunk, row, batch) over every head; the group layout's work-group (chunk, KV
+ * head, batch) over the heads that share it. */
 static dipole_status run_splitk(dipole_ctx *ctx, const dp_problem *p, const dp_fwd_plan *plan,
                                 const dp_args *a, cl_event *event)
 {
+    const bool group = plan->kernel.kind == DP_KERNEL_FWD_TILED;
+    const char *split_name = group ? "dipole_fwd" : "dipole_fwd_splitk";
+    const char *merge_name = group ? "dipole_fwd_merge_group" : "dipole_fwd_merge";
     cl_kernel split, merge;
-    dipole_status st = dp_get_kernel(ctx, &plan->kernel, "dipole_fwd_splitk", &split);
+    dipole_status st = dp_get_kernel(ctx, &plan->kernel, split_name, &split);
     if (st == DIPOLE_SUCCESS)
-        st = dp_get_kernel(ctx, &plan->kernel, "dipole_fwd_merge", &merge);
+        st = dp_get_kernel(ctx, &plan->kernel, merge_name, &merge);
     if (st != DIPOLE_SUCCESS)
         return st;
     const int chunks = plan->pub.splitk_chunks;
@@ -266,15 +331,19 @@ static dipole_status run_splitk(dipole_ctx *ctx, const dp_problem *p, const dp_f
     if (st != DIPOLE_SUCCESS)
         return st;
 
-    dp_launch_args l = dp_launch_args_begin(split, "dipole_fwd_splitk");
+    dp_launch_args l = dp_launch_args_begin(split, split_name);
     arg_inputs(&l, p, a);
-    dp_arg_buffer(&l, part);
-    dp_arg_buffer(&l, a->key_lengths);
-    dp_arg_scores(&l, p);
-    dp_arg_int(&l, chunks);
-    dp_arg_int(&l, plan->pub.block_n);
+    if (group) {
+        arg_group_tail(&l, p, a, part, chunks, plan->pub.block_n);
+    } else {
+        dp_arg_buffer(&l, part);
+        dp_arg_buffer(&l, a->key_lengths);
+        dp_arg_scores(&l, p);
+        dp_arg_int(&l, chunks);
+        dp_arg_int(&l, plan->pub.block_n);
+    }
 
-    dp_launch_args m = dp_launch_args_begin(merge, "dipole_fwd_merge");
+    dp_launch_args m = dp_launch_args_begin(merge, merge_name);
     dp_arg_buffer(&m, part);
     dp_arg_int(&m, chunks);
     arg_outputs(&m, a);
@@ -285,16 +354,17 @@ static dipole_status run_splitk(dipole_ctx *ctx, const dp_problem *p, const dp_f
     dp_arg_int(&m, p->d.window_left);
     dp_arg_int(&m, p->d.window_right);
 
-    /* A split-K work-item takes every head of its batch (see the kernel). */
-    const size_t bh = (size_t)p->d.batch * (size_t)p->d.heads_q;
-    const size_t g1[3] = {(size_t)chunks, (size_t)p->d.seq_q, (size_t)p->d.batch};
-    const size_t l1[3] = {1, 1, 1};
-    const size_t g2[2] = {(size_t)p->d.seq_q, bh};
+    const size_t bh = (size_t)p->d.batch * (size_t)p->d.heads_q, wg = (size_t)plan->pub.work_group;
+    const size_t hd4 = ((size_t)p->d.head_dim + 3) / 4;
+    const size_t g1[3] = {(size_t)chunks * (group ? wg : 1),
+                          group ? (size_t)p->d.heads_kv : (size_t)p->d.seq_q, (size_t)p->d.batch};
+    const size_t l1[3] = {group ? wg : 1, 1, 1};
+    const size_t g2_group[3] = {hd4, (size_t)p->d.seq_q, bh}, g2_cpu[2] = {(size_t)p->d.seq_q, bh};
     st = dp_launch_args_status(ctx, &m);
     if (st == DIPOLE_SUCCESS)
         st = dp_launch(ctx, &l, 3, g1, l1, NULL);
     if (st == DIPOLE_SUCCESS)
-        st = dp_launch(ctx, &m, 2, g2, NULL, event);
+        st = dp_launch(ctx, &m, group ? 3 : 2, group ? g2_group : g2_cpu, NULL, event);
     /* The buffer lives on until the enqueued kernels that use it finish. */
     clReleaseMemObject(part);
     return st;
@@ -313,9 +383,13 @@ dipole_status dp_tiled_run(dipole_ctx *ctx, const dp_problem *p, const dp_fwd_pl
         return st;
     dp_launch_args l = dp_launch_args_begin(kernel, name);
     arg_inputs(&l, p, a);
-    arg_outputs(&l, a);
-    dp_arg_int(&l, p->d.batch);
-    dp_arg_scores(&l, p);
+    if (cpu) {
+        arg_outputs(&l, a);
+        dp_arg_int(&l, p->d.batch);
+        dp_arg_scores(&l, p);
+    } else {
+        arg_group_tail(&l, p, a, NULL, 0, 0);
+    }
 
     const size_t bm = (size_t)plan->pub.block_m, blocks = ((size_t)p->d.seq_q + bm - 1) / bm;
     const size_t global[3] = {cpu ? blocks : blocks * (size_t)plan->pub.work_group,

@@ -61,6 +61,7 @@ typedef struct dp_kernel_config {
     int wg_cols;    /* group layout: work-items that share a row (0: the kernel has no grid) */
     dipole_dtype dtype; /* storage of the global tensors (DP_STORAGE) */
     int paged;          /* forward kernels: K/V rows through a block table (DP_PAGED) */
+    int split;          /* group forward: decode over key chunks, into partials (DP_SPLIT) */
 } dp_kernel_config;
 
 typedef struct dp_program_entry dp_program_entry;

@@ -79,11 +79,14 @@ void dp_build_options(const dipole_ctx *ctx, const dp_kernel_config *cfg, char *
         snprintf(buf, cap, "-cl-std=CL1.2 -DDP_STORAGE=%d -DBLOCK_M=%d%s", (int)cfg->dtype,
                  cfg->block_m, quirks);
     else {
-        char grid[48] = "";
+        char grid[64] = "";
         if (cfg->wg_cols > 0)
             snprintf(grid, sizeof grid, " -DWG_COLS=%d", cfg->wg_cols);
-        if (cfg->paged) /* only then: every other build keeps its options (and cached binary) */
+        /* only where set: every other build keeps its options (and its cached binary) */
+        if (cfg->paged)
             strncat(grid, " -DDP_PAGED=1", sizeof grid - strlen(grid) - 1);
+        if (cfg->split)
+            strncat(grid, " -DDP_SPLIT=1", sizeof grid - strlen(grid) - 1);
         snprintf(buf, cap,
              "-cl-std=CL1.2 -DDP_STORAGE=%d -DVARIANT=%d -DHEAD_DIM=%d -DIS_CAUSAL=%d "
              "-DHAS_WINDOW=%d -DBLOCK_M=%d -DBLOCK_N=%d -DWORK_GROUP=%d%s%s",

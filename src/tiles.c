@@ -16,21 +16,23 @@
  * 128 on 48 KiB, and the register rule halves to 2-row items where an item's per-row state
  * (O chunks, scores, max and sum per pole) passes acc floats: 64 keeps NVIDIA free of stack
  * frames, 48 AMD free of scratch on gfx1100 (TWO_POLE spilled at 64), 32 Intel's SIMD8 free of
- * spills; backward tiles of 16 rows x 32 keys (32 x 32 on Intel). */
+ * spills; backward tiles of 16 rows x 32 keys (32 x 32 on Intel). Decode (up to 4 query rows)
+ * splits its keys into chunks of up to 512 on every layout: on the group layout a work-group
+ * per chunk and KV head takes all the heads that share it. */
 static const struct {
     cl_device_type type; /* 0: any */
     const char *vendor;  /* substring of CL_DEVICE_VENDOR, NULL: any */
     const char *label;
     dp_tile_config cfg;
 } tile_table[] = {
-    {CL_DEVICE_TYPE_GPU, "NVIDIA", "GPU/NVIDIA", {DP_LAYOUT_GROUP, 64, 32, 0, 0, 16, 4, 64, 16, 32}},
+    {CL_DEVICE_TYPE_GPU, "NVIDIA", "GPU/NVIDIA", {DP_LAYOUT_GROUP, 64, 32, 4, 512, 16, 4, 64, 16, 32}},
     {CL_DEVICE_TYPE_GPU, "Advanced Micro Devices", "GPU/AMD",
-     {DP_LAYOUT_GROUP, 64, 32, 0, 0, 16, 4, 48, 16, 32}},
-    {CL_DEVICE_TYPE_GPU, "AMD", "GPU/AMD", {DP_LAYOUT_GROUP, 64, 32, 0, 0, 16, 4, 48, 16, 32}},
-    {CL_DEVICE_TYPE_GPU, "Intel", "GPU/Intel", {DP_LAYOUT_GROUP, 32, 32, 0, 0, 16, 4, 32, 32, 32}},
-    {CL_DEVICE_TYPE_GPU, NULL, "GPU", {DP_LAYOUT_GROUP, 32, 32, 0, 0, 16, 4, 32, 16, 32}},
+     {DP_LAYOUT_GROUP, 64, 32, 4, 512, 16, 4, 48, 16, 32}},
+    {CL_DEVICE_TYPE_GPU, "AMD", "GPU/AMD", {DP_LAYOUT_GROUP, 64, 32, 4, 512, 16, 4, 48, 16, 32}},
+    {CL_DEVICE_TYPE_GPU, "Intel", "GPU/Intel", {DP_LAYOUT_GROUP, 32, 32, 4, 512, 16, 4, 32, 32, 32}},
+    {CL_DEVICE_TYPE_GPU, NULL, "GPU", {DP_LAYOUT_GROUP, 32, 32, 4, 512, 16, 4, 32, 16, 32}},
     {CL_DEVICE_TYPE_CPU, NULL, "CPU", {DP_LAYOUT_CPU, 256, 64, 4, 512, 16, 4, 64, 16, 32}},
-    {0, NULL, "default", {DP_LAYOUT_GROUP, 16, 64, 0, 0, 16, 4, 64, 16, 32}},
+    {0, NULL, "default", {DP_LAYOUT_GROUP, 16, 64, 4, 512, 16, 4, 64, 16, 32}},
 };
 
 const char *dp_tile_table_entry(const dp_device_props *dev, dp_tile_config *cfg)
@@ -176,6 +178,23 @@ bool dp_group_fwd_config(const dp_tile_config *tc, const dp_problem *p,
             return nothing_fits(why, cap, "", p, dp_group_fwd_local_bytes(cfg, p), cfg, dev);
         }
     }
+}
+
+bool dp_group_split_config(const dp_tile_config *tc, const dp_problem *p,
+                           const dp_device_props *dev, dp_kernel_config *cfg)
+{
+    const int rows = p->group * p->d.seq_q;
+    if (p->d.seq_q > tc->splitk_max_q || rows > 64)
+        return false;
+    dp_tile_config t = *tc;
+    t.block_m = 1;
+    while (t.block_m < rows)
+        t.block_m *= 2;
+    char why[160];
+    if (!dp_group_fwd_config(&t, p, dev, cfg, why, sizeof why) || cfg->block_m < rows)
+        return false;
+    cfg->split = 1;
+    return true;
 }
 
 /* Greatest common divisor (a, b > 0). */

@@ -16,8 +16,8 @@ typedef struct dp_tile_config {
     dp_tile_layout layout;
     int block_m;      /* rows per work-group (group) or per work-item (cpu: 16 or 32) */
     int block_n;      /* keys per tile */
-    int splitk_max_q; /* cpu: seq_q up to which keys are split across work-items (0: never) */
-    int splitk_chunk; /* cpu: keys per split-K work-item */
+    int splitk_max_q; /* seq_q up to which a decode splits its keys into chunks (0: never) */
+    int splitk_chunk; /* keys per chunk (the most: the planner halves it for parallelism) */
     int wg_cols;      /* group: work-items sharing a row (its keys and head-dim columns) */
     int rows_per_item; /* group: query rows per work-item */
     int acc_floats;   /* group: the register budget, floats of per-row state per work-item */
@@ -41,6 +41,12 @@ bool dp_tile_config_parse(const char *text, dp_tile_config *cfg, char *why, size
  * or local memory, or the per-item register budget, needs. False (why) if nothing fits. */
 bool dp_group_fwd_config(const dp_tile_config *tc, const dp_problem *p,
                          const dp_device_props *dev, dp_kernel_config *cfg, char *why, size_t cap);
+/* The group layout's decode (cl/dipole_fwd.cl with DP_SPLIT): tiles whose rows are the
+ * heads_q / heads_kv query heads x seq_q rows that share a KV head, up to tc's splitk_max_q
+ * rows and 64 tile rows, at the fewest tile rows (a power of two) that hold them. False where
+ * the problem is no decode or the tile does not fit at that many rows. */
+bool dp_group_split_config(const dp_tile_config *tc, const dp_problem *p,
+                           const dp_device_props *dev, dp_kernel_config *cfg);
 /* The local memory that cl/dipole_fwd.cl declares at cfg. */
 size_t dp_group_fwd_local_bytes(const dp_kernel_config *cfg, const dp_problem *p);
 

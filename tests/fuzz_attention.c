@@ -228,6 +228,105 @@ static void device_call(reader *r, const dipole_attn_desc *d)
     clReleaseMemObject(outb);
 }
 
+/* The same problem from a paged cache: pools of random page size laid out in one buffer, a
+ * block table of random entries (some negative or past the pools). The call must run, and
+ * agree with the reference on the keys the table gathers, exactly when every page a
+ * sequence's keys reach is inside the pools (each holds the pages its buffer has room for past
+ * its offset) and every length fits the table; otherwise it must refuse. */
+static void paged_call(reader *r, const dipole_attn_desc *desc)
+{
+    dipole_attn_desc d = *desc;
+    const int B = d.batch, Nq = d.seq_q, Nk = d.seq_k, Hq = d.heads_q, Hkv = d.heads_kv,
+              D = d.head_dim;
+    int kl[4];
+    for (int b = 0; b < B; b++)
+        kl[b] = desc->key_lengths ? desc->key_lengths[b] : Nk;
+    d.key_lengths = kl;
+    const int ps = 1 + u8(r) % 8, max_pages = (Nk + ps - 1) / ps + u8(r) % 2;
+    const int pages = 1 + u8(r) % (B * max_pages + 2);
+    const size_t page = (size_t)ps * Hkv * D, off = u8(r) % 16;
+    /* K, V, V2 pools one after another; the last has exactly `pages` of room */
+    const size_t elems = off + 3 * (size_t)pages * page;
+    /* the fewest pages among the pools the call reads: V2's, or V's (which has room for V2's
+     * pages too) where the variant reads no v2 */
+    const bool v2 = d.variant == DIPOLE_ROUTED || d.variant == DIPOLE_TWO_POLE;
+    const long long pool = (long long)pages * (v2 ? 1 : 2);
+    int table[4 * 41];
+    bool valid = true;
+    for (int b = 0; b < B; b++) {
+        valid = valid && kl[b] <= max_pages * ps;
+        for (int c = 0; c < max_pages; c++) {
+            const int x = u8(r);
+            table[b * max_pages + c] = x < 8 ? -1 - x % 2 : x < 16 ? (int)pool + x % 3 : x % (int)pool;
+            if (c * ps < kl[b])
+                valid = valid && table[b * max_pages + c] >= 0 && table[b * max_pages + c] < pool;
+        }
+    }
+    /* at most 3 pools of 3 * 41 + 2 pages of 8 x 3 x 33, or q's 3 x 40 x 9 x 33 */
+    enum { PAGED_CAP = 3 * 125 * 8 * 3 * 33 + 16 };
+    static float host[PAGED_CAP];
+    static uint32_t stored[PAGED_CAP];
+    const size_t nq_all = (size_t)B * Nq * Hq * D, fill = elems > nq_all ? elems : nq_all;
+    if (fill > PAGED_CAP)
+        abort();
+    for (size_t i = 0; i < fill; i++)
+        host[i] = (float)((int)((i * 2654435761u + 7) % 128) - 64) / 32.0f;
+    const size_t es = dipole_dtype_size(d.dtype), nq = (size_t)B * Nq * Hq * D;
+    if (dipole_convert(d.dtype, stored, DIPOLE_F32, host, fill) != DIPOLE_SUCCESS)
+        abort();
+    cl_int err;
+    cl_context cc = dipole_ctx_cl_context(ctx);
+    cl_mem pb = clCreateBuffer(cc, CL_MEM_READ_ONLY | CL_MEM_COPY_HOST_PTR, elems * es, stored, &err);
+    cl_mem tb = clCreateBuffer(cc, CL_MEM_READ_ONLY | CL_MEM_COPY_HOST_PTR,
+                               sizeof(int) * (size_t)B * max_pages, table, &err);
+    cl_mem qb = clCreateBuffer(cc, CL_MEM_READ_ONLY | CL_MEM_COPY_HOST_PTR, nq * es, stored, &err);
+    cl_mem ob = clCreateBuffer(cc, CL_MEM_WRITE_ONLY, nq * es, NULL, &err);
+    if (!pb || !tb || !qb || !ob)
+        abort();
+    dipole_tensor pools[3];
+    for (int i = 0; i < 3; i++) {
+        pools[i] = dipole_tensor_dense(pb, ps, Hkv, D);
+        pools[i].offset = off + (size_t)i * pages * page;
+    }
+    const dipole_tensor tq = dipole_tensor_dense(qb, Nq, Hq, D), to = dipole_tensor_dense(ob, Nq, Hq, D);
+    const dipole_paged_kv pg = {tb, max_pages, ps};
+    const dipole_status st = dipole_attention_paged(ctx, &d, &tq, &pools[0], &pools[1], &pools[2],
+                                                    &pg, &to, NULL, NULL);
+    if (valid && st != DIPOLE_SUCCESS && st != DIPOLE_ERR_UNSUPPORTED)
+        finding("a paged call inside its pools was refused", &d, st);
+    if (!valid && st == DIPOLE_SUCCESS)
+        finding("a paged call reaching outside its pools or table was accepted", &d, st);
+    if (st == DIPOLE_SUCCESS) {
+        const size_t nk = (size_t)B * Nk * Hkv * D, row = (size_t)Hkv * D;
+        float *q = malloc(nq * 4), *kv[3], *got = malloc(nq * 4), *ref = malloc(nq * 4);
+        for (int i = 0; i < 3; i++)
+            kv[i] = calloc(nk, 4);
+        if (!q || !kv[0] || !kv[1] || !kv[2] || !got || !ref)
+            abort();
+        memcpy(q, host, nq * 4);
+        for (int i = 0; i < (v2 ? 3 : 2); i++)
+            for (int b = 0; b < B; b++)
+                for (int j = 0; j < kl[b]; j++)
+                    memcpy(kv[i] + ((size_t)b * Nk + j) * row,
+                           host + pools[i].offset +
+                               ((size_t)table[b * max_pages + j / ps] * ps + j % ps) * row,
+                           row * 4);
+        if (clEnqueueReadBuffer(dipole_ctx_queue(ctx), ob, CL_TRUE, 0, nq * es, got, 0, NULL,
+                                NULL) != CL_SUCCESS ||
+            dipole_convert(DIPOLE_F32, got, d.dtype, got, nq) != DIPOLE_SUCCESS)
+            abort();
+        if (dipole_reference(&d, q, kv[0], kv[1], kv[2], ref) != DIPOLE_SUCCESS)
+            finding("the reference refused a valid descriptor", &d, st);
+        if (!sign_ambiguous(&d, q, kv[0]) && !close_enough(got, ref, nq, d.dtype))
+            finding("paged result differs from the reference", &d, st);
+        free(q), free(kv[0]), free(kv[1]), free(kv[2]), free(got), free(ref);
+    }
+    clReleaseMemObject(pb);
+    clReleaseMemObject(tb);
+    clReleaseMemObject(qb);
+    clReleaseMemObject(ob);
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     reader r = {data, size};
@@ -287,5 +386,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         return 0;
     }
     device_call(&r, &d);
+    if (u8(&r) < 64)
+        paged_call(&r, &d);
     return 0;
 }

@@ -3,7 +3,9 @@
  * (tiles.c) and turned into options by dp_build_options — as lines CLASS|FILE|OPTIONS for
  * tests/gpu_isa.sh. Each variant, head dims 32, 64, 128, 256, causal, in float storage; and in
  * fp16 and bf16 storage at 64 and 128, the head dims models use (their loads and stores are the
- * only lines that change, which is what the check would catch: a conversion that spills). Links
+ * only lines that change, which is what the check would catch: a conversion that spills); and
+ * the decode build (split over key chunks, GQA 8:1, from a paged cache) at 64 and 128 in float
+ * and fp16 storage. Links
  * the library's objects: these functions are not exported. */
 #include <stdio.h>
 #include <string.h>
@@ -80,6 +82,21 @@ int main(void)
                 else
                     fprintf(stderr, "%s: backward, variant %d, d %d: %s\n", classes[c].name, v,
                             builds[i].head_dim, why), failed = 1;
+                /* decode from a paged cache, GQA 8:1 (the largest tile rows of one query row)
+                 * at the head dims models use */
+                if ((builds[i].head_dim != 64 && builds[i].head_dim != 128) ||
+                    builds[i].dtype == DIPOLE_BF16)
+                    continue;
+                d.seq_q = 1;
+                d.heads_q = 8;
+                if (dp_problem_init(NULL, &d, &p) != DIPOLE_SUCCESS)
+                    return 1;
+                p.paged = true;
+                if (dp_group_split_config(&tc, &p, dev, &cfg))
+                    print_build(classes[c].name, &cfg);
+                else
+                    fprintf(stderr, "%s: split decode, variant %d, d %d: no tile\n",
+                            classes[c].name, v, builds[i].head_dim), failed = 1;
             }
     }
     return failed;

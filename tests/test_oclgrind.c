@@ -23,8 +23,10 @@ START_TEST(test_small_sweep)
         {"layout=group,block_m=8,block_n=16", 8},
         {"layout=cpu,block_m=16,block_n=3,splitk_q=0", 16},
         {"layout=cpu,block_m=32,block_n=8,splitk_q=0", 32},
-        /* split-K decode over every row of these shapes: chunks of 4 keys, merged */
+        /* split-K decode over every row of these shapes: chunks of 4 keys, merged; on the
+         * group layout the 2 heads x 7 rows that share a KV head in one 16-row tile */
         {"layout=cpu,splitk_q=8,splitk_chunk=4", 1},
+        {"layout=group,block_m=8,block_n=4,splitk_q=8,splitk_chunk=4", 16},
     };
     for (size_t b = 0; b < sizeof blocks / sizeof blocks[0]; b++) {
         setenv("DIPOLE_TILE_CONFIG", blocks[b].config, 1);

@@ -527,19 +527,34 @@ void dipole_fwd_splitk(__global const dp_storage *q, dp_layout lq,
             }
         }
         const int nt = min(16, j_hi - j0);
-        int2 at[16]; /* the step's keys, found once for every head */
-        for (int t = 0; t < 16; t++)
-            at[t] = DP_KV_AT(b, min(j0 + t, j_hi - 1));
+        /* The step's keys' rows of KV head 0, found once for every head (a head adds its
+         * stride): a division and a table read per key where the cache is paged. */
+        long k_at[16], v_at[16];
+#if READS_V2
+        long v2_at[16];
+#endif
+        for (int t = 0; t < 16; t++) {
+            const int2 at = DP_KV_AT(b, min(j0 + t, j_hi - 1));
+            k_at[t] = DP_ROW(lk, at.x, at.y, 0);
+            v_at[t] = DP_ROW(lv, at.x, at.y, 0);
+#if READS_V2
+            v2_at[t] = DP_ROW(lv2, at.x, at.y, 0);
+#endif
+        }
         const int16 vis = lane < (int16)nt;
         for (int h = 0; h < heads_q; h++) {
             const int hk = DP_KV_HEAD(h);
+            __global const dp_storage *kh = k + hk * lk.w, *vh = v + hk * lv.w;
+#if READS_V2
+            __global const dp_storage *v2h = v2 + hk * lv2.w;
+#endif
             float16 qv[DV];
             __global const dp_storage *qr = q + DP_ROW(lq, b, i, h);
             for (int c16 = 0; c16 < DV; c16++)
                 qv[c16] = dp_row_piece(qr, c16) * scale;
             float scs[16];
             for (int t = 0; t < 16; t++) {
-                __global const dp_storage *kr = k + DP_ROW(lk, at[t].x, at[t].y, hk);
+                __global const dp_storage *kr = kh + k_at[t];
                 float16 d = (float16)0.0f;
                 for (int c16 = 0; c16 < DV; c16++)
                     d = fma(qv[c16], dp_row_piece(kr, c16), d);
@@ -580,9 +595,9 @@ void dipole_fwd_splitk(__global const dp_storage *q, dp_layout lq,
 #endif
             }
             for (int t = 0; t < nt; t++) {
-                __global const dp_storage *vr = v + DP_ROW(lv, at[t].x, at[t].y, hk);
+                __global const dp_storage *vr = vh + v_at[t];
 #if READS_V2
-                __global const dp_storage *v2r = v2 + DP_ROW(lv2, at[t].x, at[t].y, hk);
+                __global const dp_storage *v2r = v2h + v2_at[t];
 #endif
                 for (int p = 0; p < NPOLES; p++) {
                     if (POLE_MAY_V(p) && !DP_AWAY(av[p][t]))

@@ -204,6 +204,13 @@ static dipole_status plan_group_split(dipole_ctx *ctx, const dp_problem *p,
     static const char *const names[2] = {"dipole_fwd", "dipole_fwd_merge_group"};
     dp_kernel_fit fit;
     const dipole_status st = dp_kernel_fit_query(ctx, &cfg, names, 2, &fit);
+    if (st == DIPOLE_ERR_BUILD) {
+        /* a compiler that rejects the split build leaves decode to the work-group tiles */
+        dp_log(ctx, "the split decode build failed; the work-group tiles serve: %s",
+               ctx->last_error ? ctx->last_error : "");
+        dp_clear_error(ctx);
+        return DIPOLE_ERR_UNSUPPORTED;
+    }
     if (st != DIPOLE_SUCCESS)
         return st;
     if (!dp_kernel_fit_holds(ctx, &fit, &cfg, why, sizeof why))

@@ -134,7 +134,7 @@ static int span_order(const void *a, const void *b)
     return x->lo < y->lo ? -1 : x->lo > y->lo;
 }
 
-#define MAX_OWNERS 6
+#define MAX_OWNERS 7
 
 /* Sorts spans; true with the owners of the first clash found in *a, *b. */
 static bool spans_clash(span *s, size_t n, int *a, int *b)
@@ -159,6 +159,16 @@ static bool spans_clash(span *s, size_t n, int *a, int *b)
     return false;
 }
 
+/* The block table's bytes, in elements of the call's storage (the unit of every other span):
+ * what the kernels read while others write. */
+static span table_span(const paged_view *view, const dp_problem *p, int owner)
+{
+    const size_t es = dipole_dtype_size(p->d.dtype);
+    const size_t bytes = (size_t)p->d.batch * (size_t)view->pg->max_pages * sizeof(cl_int);
+    const span s = {view->pg->block_table, 0, (bytes + es - 1) / es, owner, false};
+    return s;
+}
+
 static span page_span(const dipole_tensor *t, const dp_problem *p, int page_size, int page,
                       int owner, bool written)
 {
@@ -170,14 +180,15 @@ static span page_span(const dipole_tensor *t, const dp_problem *p, int page_size
 
 /* ---------------------------------------------------------------- forward */
 
-/* Every page a sequence's keys reach, checked; out may meet none of them. */
+/* Every page a sequence's keys reach, checked; out may meet none of them, nor the block table
+ * (owners: the pools 0-2, out 3, the table 4). */
 static dipole_status check_reads(dipole_ctx *ctx, const dp_problem *p, const paged_view *view,
                                  const dipole_tensor *const pools[3], const char *const names[3],
                                  const dipole_tensor *out)
 {
     const dipole_attn_desc *d = &p->d;
     const int ps = view->pg->page_size, npools = p->reads_v2 ? 3 : 2;
-    const size_t cap = (size_t)d->batch * (size_t)view->pg->max_pages * (size_t)npools + 1;
+    const size_t cap = (size_t)d->batch * (size_t)view->pg->max_pages * (size_t)npools + 2;
     span *s = malloc(cap * sizeof *s);
     if (!s)
         return dp_fail(ctx, DIPOLE_ERR_OUT_OF_HOST_MEMORY,
@@ -203,10 +214,13 @@ static dipole_status check_reads(dipole_ctx *ctx, const dp_problem *p, const pag
         size_t lo, hi;
         dp_span_of(out, d->batch, d->seq_q, d->heads_q, d->head_dim, &lo, &hi);
         s[n++] = (span){out->buffer, lo, hi, 3, true};
+        s[n++] = table_span(view, p, 4);
         int x, y;
-        if (spans_clash(s, n, &x, &y))
+        if (spans_clash(s, n, &x, &y)) {
+            const int other = x == 3 ? y : x;
             st = dp_fail(ctx, DIPOLE_ERR_INVALID_ARG, "out overlaps %s in the same buffer",
-                         names[x == 3 ? y : x]);
+                         other == 4 ? "paged->block_table" : names[other]);
+        }
     }
     free(s);
     return st;
@@ -235,6 +249,8 @@ dipole_status dipole_attention_paged(dipole_ctx *ctx, const dipole_attn_desc *de
         st = view_open(ctx, &p, call, paged, pools, names, &view);
     if (st == DIPOLE_SUCCESS)
         st = check_reads(ctx, &p, &view, pools, names, out);
+    if (st == DIPOLE_SUCCESS && lse && lse == paged->block_table)
+        st = dp_fail(ctx, DIPOLE_ERR_INVALID_ARG, "%s: lse is the block table's buffer", call);
     view_close(&view);
     if (st == DIPOLE_SUCCESS) {
         p.paged = true;
@@ -261,18 +277,19 @@ static int slot_order(const void *a, const void *b)
 }
 
 /* Every position in range and on a checked page, no slot written twice, the written pages
- * clear of the sources and of each other's pools. */
+ * clear of the sources, of each other's pools and of the block table (owners: the pools 0-2,
+ * the sources 3-5, the table 6). */
 static dipole_status check_writes(dipole_ctx *ctx, const dp_problem *p, const paged_view *view,
                                   int tokens, const int *positions,
                                   const dipole_tensor *const pools[3],
-                                  const dipole_tensor *const srcs[3], const char *const names[6])
+                                  const dipole_tensor *const srcs[3], const char *const names[7])
 {
     const dipole_attn_desc *d = &p->d;
     const int ps = view->pg->page_size, npools = p->reads_v2 ? 3 : 2;
     const long long limit = (long long)view->pg->max_pages * ps;
     const size_t cells = (size_t)d->batch * (size_t)tokens;
     slot_ref *refs = malloc(cells * sizeof *refs);
-    span *s = malloc((cells * (size_t)npools + 3) * sizeof *s);
+    span *s = malloc((cells * (size_t)npools + 4) * sizeof *s);
     dipole_status st = DIPOLE_SUCCESS;
     if (!refs || !s)
         st = dp_fail(ctx, DIPOLE_ERR_OUT_OF_HOST_MEMORY,
@@ -312,6 +329,7 @@ static dipole_status check_writes(dipole_ctx *ctx, const dp_problem *p, const pa
             dp_span_of(srcs[i], d->batch, tokens, d->heads_kv, d->head_dim, &lo, &hi);
             s[n++] = (span){srcs[i]->buffer, lo, hi, 3 + i, false};
         }
+        s[n++] = table_span(view, p, 6);
         int x, y;
         if (spans_clash(s, n, &x, &y))
             st = dp_fail(ctx, DIPOLE_ERR_INVALID_ARG,
@@ -328,7 +346,7 @@ static dipole_status check_write_tensors(dipole_ctx *ctx, const dp_problem *p, i
                                          const paged_view *view,
                                          const dipole_tensor *const pools[3],
                                          const dipole_tensor *const srcs[3],
-                                         const char *const names[6])
+                                         const char *const names[7])
 {
     const dipole_attn_desc *d = &p->d;
     for (int i = 0; i < (p->reads_v2 ? 3 : 2); i++) {
@@ -396,8 +414,8 @@ dipole_status dipole_paged_kv_write(dipole_ctx *ctx, const dipole_attn_desc *des
         return st;
     const dipole_tensor *const pools[3] = {k_pages, v_pages, v2_pages};
     const dipole_tensor *const srcs[3] = {k_new, v_new, v2_new};
-    static const char *const names[6] = {"k_pages", "v_pages", "v2_pages",
-                                         "k_new",   "v_new",   "v2_new"};
+    static const char *const names[7] = {"k_pages", "v_pages", "v2_pages",          "k_new",
+                                         "v_new",   "v2_new",  "paged->block_table"};
     paged_view view = {0};
     if (st == DIPOLE_SUCCESS && new_tokens < 0)
         st = dp_fail(ctx, DIPOLE_ERR_INVALID_ARG, "%s: new_tokens = %d is negative", call,

@@ -183,9 +183,9 @@ bool dp_group_fwd_config(const dp_tile_config *tc, const dp_problem *p,
 bool dp_group_split_config(const dp_tile_config *tc, const dp_problem *p,
                            const dp_device_props *dev, dp_kernel_config *cfg)
 {
-    const int rows = p->group * p->d.seq_q;
-    if (p->d.seq_q > tc->splitk_max_q || rows > 64)
+    if (p->d.seq_q > tc->splitk_max_q || (long long)p->group * p->d.seq_q > 64)
         return false;
+    const int rows = p->group * p->d.seq_q;
     dp_tile_config t = *tc;
     t.block_m = 1;
     while (t.block_m < rows)

@@ -262,13 +262,13 @@ static void paged_call(reader *r, const dipole_attn_desc *desc)
                 valid = valid && table[b * max_pages + c] >= 0 && table[b * max_pages + c] < pool;
         }
     }
-    /* at most 3 pools of 3 * 41 + 2 pages of 8 x 3 x 33, or q's 3 x 40 x 9 x 33 */
-    enum { PAGED_CAP = 3 * 125 * 8 * 3 * 33 + 16 };
+    /* at most 3 pools of 3 * 41 + 2 pages of 8 slots x 9 KV heads x 33, or q's 3 x 40 x 9 x 33 */
+    enum { PAGED_CAP = 3 * 125 * 8 * 9 * 33 + 16 };
     static float host[PAGED_CAP];
     static uint32_t stored[PAGED_CAP];
     const size_t nq_all = (size_t)B * Nq * Hq * D, fill = elems > nq_all ? elems : nq_all;
-    if (fill > PAGED_CAP)
-        abort();
+    if (fill > PAGED_CAP) /* the harness's own limit, not the library's */
+        return;
     for (size_t i = 0; i < fill; i++)
         host[i] = (float)((int)((i * 2654435761u + 7) % 128) - 64) / 32.0f;
     const size_t es = dipole_dtype_size(d.dtype), nq = (size_t)B * Nq * Hq * D;

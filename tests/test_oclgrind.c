@@ -249,6 +249,86 @@ START_TEST(test_half_sweep)
 }
 END_TEST
 
+/* The paged forward reads no key past a sequence's length: pools hold exactly the pages in
+ * use, the lengths are whole pages and every later column of the block table is -1, so a read
+ * of key j >= key_lengths[b] (a tile's padding, a prefetch) would fall outside every buffer,
+ * which oclgrind reports. Both layouts, with and without split decode; against the reference. */
+START_TEST(test_paged_sweep)
+{
+    static const char *const layouts[] = {"layout=cpu,splitk_q=8,splitk_chunk=4",
+                                          "layout=cpu,block_m=16,block_n=3,splitk_q=0",
+                                          "layout=group,block_m=8,block_n=4,splitk_q=8,splitk_chunk=4",
+                                          "layout=group,block_m=4,block_n=3,splitk_q=0"};
+    enum { B = 2, PS = 4, PAGES = 4, COLS = 4, HKV = 1, D = 4 };
+    int kl[B] = {12, 4};
+    const int table[B * COLS] = {2, 0, 3, -1, 1, -1, -1, -1};
+    for (size_t l = 0; l < sizeof layouts / sizeof layouts[0]; l++) {
+        setenv("DIPOLE_TILE_CONFIG", layouts[l], 1);
+        tu_ctx_release();
+        dipole_ctx *ctx = tu_ctx();
+        for (int variant = 0; variant < 4; variant += 2)
+            for (int nq = 1; nq <= 3; nq += 2) {
+                dipole_attn_desc d;
+                dipole_attn_desc_default(&d);
+                d.variant = (dipole_variant)variant;
+                d.batch = B, d.heads_q = 2, d.heads_kv = HKV, d.seq_q = nq, d.seq_k = 12;
+                d.head_dim = D;
+                d.causal = 1;
+                d.key_lengths = kl;
+                d.path = DIPOLE_PATH_TILED;
+                const size_t nqe = tu_q_elems(&d), row = HKV * D, pool_n = PAGES * PS * row;
+                float *q = tu_random(nqe, 60 + (uint64_t)nq, 1.0f), *pool[3], *dense[3];
+                for (int i = 0; i < 3; i++) {
+                    pool[i] = tu_random(pool_n, 61 + (uint64_t)i, 1.0f);
+                    dense[i] = calloc(tu_kv_elems(&d), sizeof(float));
+                    ck_assert_ptr_nonnull(dense[i]);
+                    for (int b = 0; b < B; b++)
+                        for (int j = 0; j < kl[b]; j++)
+                            memcpy(dense[i] + ((size_t)b * d.seq_k + j) * row,
+                                   pool[i] + ((size_t)table[b * COLS + j / PS] * PS + j % PS) * row,
+                                   row * sizeof(float));
+                }
+                cl_mem bq = buffer_of(DIPOLE_F32, q, nqe), bt, bo = buffer_of(DIPOLE_F32, NULL, nqe);
+                cl_mem bp[3];
+                dipole_tensor tp[3];
+                for (int i = 0; i < 3; i++) {
+                    bp[i] = buffer_of(DIPOLE_F32, pool[i], pool_n);
+                    tp[i] = dipole_tensor_dense(bp[i], PS, HKV, D);
+                }
+                cl_int err;
+                bt = clCreateBuffer(dipole_ctx_cl_context(ctx), CL_MEM_READ_ONLY | CL_MEM_COPY_HOST_PTR,
+                                    sizeof table, (void *)table, &err);
+                ck_assert_int_eq(err, CL_SUCCESS);
+                const dipole_paged_kv pg = {bt, COLS, PS};
+                const dipole_tensor tq = dipole_tensor_dense(bq, nq, 2, D);
+                const dipole_tensor to = dipole_tensor_dense(bo, nq, 2, D);
+                ck_assert_msg(dipole_attention_paged(ctx, &d, &tq, &tp[0], &tp[1], &tp[2], &pg, &to,
+                                                     NULL, NULL) == DIPOLE_SUCCESS,
+                              "%s: %s", layouts[l], dipole_ctx_last_error(ctx));
+                float *got = malloc(nqe * sizeof(float)), *want = malloc(nqe * sizeof(float));
+                ck_assert(got && want);
+                ck_assert_int_eq(clEnqueueReadBuffer(dipole_ctx_queue(ctx), bo, CL_TRUE, 0,
+                                                     nqe * sizeof(float), got, 0, NULL, NULL),
+                                 CL_SUCCESS);
+                ck_assert_int_eq(dipole_reference(&d, q, dense[0], dense[1], dense[2], want),
+                                 DIPOLE_SUCCESS);
+                const tu_err e = tu_compare(got, want, nqe, 1e-5, 1e-4);
+                ck_assert_msg(e.worst_ratio <= 1, "%s variant %d nq %d: out[%zu] %g vs %g",
+                              layouts[l], variant, nq, e.worst, (double)got[e.worst],
+                              (double)want[e.worst]);
+                for (int i = 0; i < 3; i++) {
+                    clReleaseMemObject(bp[i]);
+                    free(pool[i]);
+                    free(dense[i]);
+                }
+                clReleaseMemObject(bq), clReleaseMemObject(bt), clReleaseMemObject(bo);
+                free(q), free(got), free(want);
+            }
+    }
+    unset_layout();
+}
+END_TEST
+
 Suite *oclgrind_small_suite(void)
 {
     Suite *s = suite_create("oclgrind-small");
@@ -258,5 +338,9 @@ Suite *oclgrind_small_suite(void)
     tcase_add_test(tc, test_backward_sweep);
     tcase_add_test(tc, test_half_sweep);
     suite_add_tcase(s, tc);
+    TCase *paged = tcase_create("paged");
+    tcase_set_timeout(paged, 1200);
+    tcase_add_test(paged, test_paged_sweep);
+    suite_add_tcase(s, paged);
     return s;
 }

@@ -478,6 +478,29 @@ START_TEST(test_paged_refusals)
     f.d.variant = DIPOLE_ROUTED;
     expect_refused(&f, DIPOLE_ERR_INVALID_ARG, "v2_pages is NULL");
     f.d.variant = DIPOLE_SOFTMAX;
+
+    /* The block table's buffer also holds out: refused where out would overwrite the table
+     * (work-groups read it while others write), run where it lies past it; lse may not be it. */
+    cl_mem shared = buffer_of(NULL, sizeof f.table + 64 * 4);
+    ck_assert_int_eq(clEnqueueWriteBuffer(dipole_ctx_queue(ctx), shared, CL_TRUE, 0,
+                                          sizeof f.table, f.table, 0, NULL, NULL),
+                     CL_SUCCESS);
+    const dipole_paged_kv in_shared = {shared, 4, 8};
+    dipole_tensor out_on_table = dipole_tensor_dense(shared, 1, 2, 16);
+    out_on_table.offset = 3; /* floats 3..66: over table entries 3..7 */
+    ck_assert_int_eq(dipole_attention_paged(ctx, &f.d, &f.q, &f.k, &f.v, NULL, &in_shared,
+                                            &out_on_table, NULL, NULL),
+                     DIPOLE_ERR_INVALID_ARG);
+    ck_assert_ptr_nonnull(strstr(dipole_ctx_last_error(ctx), "out overlaps paged->block_table"));
+    out_on_table.offset = 8; /* past the table's 8 int32s */
+    ck_assert_msg(dipole_attention_paged(ctx, &f.d, &f.q, &f.k, &f.v, NULL, &in_shared,
+                                         &out_on_table, NULL, NULL) == DIPOLE_SUCCESS,
+                  "%s", dipole_ctx_last_error(ctx));
+    ck_assert_int_eq(dipole_attention_paged(ctx, &f.d, &f.q, &f.k, &f.v, NULL, &f.paged, &f.out,
+                                            f.btab, NULL),
+                     DIPOLE_ERR_INVALID_ARG);
+    ck_assert_ptr_nonnull(strstr(dipole_ctx_last_error(ctx), "lse is the block table"));
+    clReleaseMemObject(shared);
     fixture_free(&f);
 }
 END_TEST
@@ -501,6 +524,7 @@ START_TEST(test_paged_write_refusals)
         {{-2, 3}, DIPOLE_ERR_INVALID_ARG, "positions[0][0] = -2"},
         {{0, 28}, DIPOLE_ERR_BUFFER_RANGE, "block_table[1][3] = -1"},
         {{24, 16}, DIPOLE_ERR_INVALID_ARG, "write the same slot (page 2, slot 0)"},
+        {{0, 36}, DIPOLE_ERR_INVALID_ARG, "positions[1][0] = 36 is outside"},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         const dipole_status st = dipole_paged_kv_write(ctx, &f.d, &f.paged, 1, cases[i].pos,
@@ -523,6 +547,33 @@ START_TEST(test_paged_write_refusals)
     ck_assert_int_eq(dipole_paged_kv_write(ctx, &f.d, &f.paged, 1, pos, &src_in_pool, &f.src,
                                            NULL, &f.k, &f.v, NULL, NULL),
                      DIPOLE_ERR_INVALID_ARG);
+    ck_assert_ptr_nonnull(strstr(dipole_ctx_last_error(ctx), "k_pages overlaps k_new"));
+    /* a page past the pool (6 pages) where a token lands */
+    set_table(&f, 0, 1, 6);
+    ck_assert_int_eq(dipole_paged_kv_write(ctx, &f.d, &f.paged, 1, pos, &f.src, &f.src, NULL,
+                                           &f.k, &f.v, NULL, NULL),
+                     DIPOLE_ERR_BUFFER_RANGE);
+    ck_assert_ptr_nonnull(strstr(dipole_ctx_last_error(ctx), "block_table[0][1] = 6"));
+    set_table(&f, 0, 1, 4);
+    /* slots of a pool that share addresses (seq stride under the row) */
+    dipole_tensor squeezed = f.k;
+    squeezed.stride_seq = 8;
+    ck_assert_int_eq(dipole_paged_kv_write(ctx, &f.d, &f.paged, 1, pos, &f.src, &f.src, NULL,
+                                           &squeezed, &f.v, NULL, NULL),
+                     DIPOLE_ERR_INVALID_ARG);
+    ck_assert_ptr_nonnull(strstr(dipole_ctx_last_error(ctx), "make distinct slots overlap"));
+    /* the block table inside a pool's buffer, on page 0, where sequence 1's token lands */
+    cl_mem arena = buffer_of(NULL, 6 * 8 * 16 * 4);
+    ck_assert_int_eq(clEnqueueWriteBuffer(dipole_ctx_queue(ctx), arena, CL_TRUE, 0,
+                                          sizeof f.table, f.table, 0, NULL, NULL),
+                     CL_SUCCESS);
+    const dipole_paged_kv in_arena = {arena, 4, 8};
+    const dipole_tensor k_arena = dipole_tensor_dense(arena, 8, 1, 16);
+    ck_assert_int_eq(dipole_paged_kv_write(ctx, &f.d, &in_arena, 1, pos, &f.src, &f.src, NULL,
+                                           &k_arena, &f.v, NULL, NULL),
+                     DIPOLE_ERR_INVALID_ARG);
+    ck_assert_ptr_nonnull(strstr(dipole_ctx_last_error(ctx), "k_pages overlaps paged->block_table"));
+    clReleaseMemObject(arena);
     ck_assert_int_eq(dipole_paged_kv_write(ctx, &f.d, &f.paged, 1, NULL, &f.src, &f.src, NULL,
                                            &f.k, &f.v, NULL, NULL),
                      DIPOLE_ERR_INVALID_ARG);

@@ -222,7 +222,8 @@ typedef enum dipole_layout {
     DIPOLE_LAYOUT_NONE = 0, /* the GEMM path (CLBlast GEMMs and row-wise kernels) */
     DIPOLE_LAYOUT_CPU,      /* tiled: a GEMM micro-kernel per work-item (CPU devices) */
     DIPOLE_LAYOUT_GROUP,    /* tiled: work-groups sharing local-memory tiles (GPUs) */
-    DIPOLE_LAYOUT_SPLITK    /* tiled forward, decode: keys split over work-items, then merged */
+    DIPOLE_LAYOUT_SPLITK    /* tiled forward, decode: keys split into chunks (over work-items on
+                             * CPUs, work-groups on the group layout), then merged */
 } dipole_layout;
 
 /* Where the tiled path's tile configuration came from, strongest override first. */
@@ -239,7 +240,8 @@ typedef enum dipole_config_source {
 typedef struct dipole_plan {
     dipole_path path;       /* DIPOLE_PATH_TILED or DIPOLE_PATH_GEMM */
     int block_m;            /* tiled: query rows per work-group tile (per work-item on CPU;
-                             * 1 for split-K) */
+                             * split-K: 1 on CPUs, the tile's rows, query heads x rows of one
+                             * KV head, on the group layout) */
     int block_n;            /* tiled: keys per local-memory tile (split-K: keys per chunk) */
     int work_group;         /* work-items per work-group */
     size_t workspace_bytes; /* peak scratch memory the call allocates (GEMM: chunks;
@@ -368,9 +370,10 @@ DIPOLE_API dipole_status dipole_attention_paged(dipole_ctx *ctx, const dipole_at
  * call's (it must be valid); batch, heads_kv, head_dim, dtype and the variant (whether v2 is
  * written) are read. new_tokens 0 writes nothing. Refused before anything is written: a
  * position outside [-1, max_pages * page_size), a page index outside a pool, two tokens on one
- * slot, a pool or source NULL, out of its buffer or overlapping another where a token is
- * written (DIPOLE_ERR_INVALID_ARG or DIPOLE_ERR_BUFFER_RANGE, naming the token). Returns those,
- * DIPOLE_SUCCESS, DIPOLE_ERR_BUILD, DIPOLE_ERR_OUT_OF_HOST_MEMORY or an OpenCL code. */
+ * slot, a pool or source NULL, out of its buffer, or overlapping another tensor or the block
+ * table where a token is written (DIPOLE_ERR_INVALID_ARG or DIPOLE_ERR_BUFFER_RANGE, naming the
+ * token or the tensors). new_tokens 0 enqueues nothing (*event, if given, is NULL). Returns
+ * those, DIPOLE_SUCCESS, DIPOLE_ERR_BUILD, DIPOLE_ERR_OUT_OF_HOST_MEMORY or an OpenCL code. */
 DIPOLE_API dipole_status dipole_paged_kv_write(dipole_ctx *ctx, const dipole_attn_desc *desc,
                                                const dipole_paged_kv *paged, int new_tokens,
                                                const int *positions, const dipole_tensor *k_new,

@@ -200,14 +200,10 @@ dipole_status dipole_attention_host_lse(dipole_ctx *ctx, const dipole_attn_desc 
     const size_t nk = (size_t)d->batch * d->seq_k * d->heads_kv * d->head_dim;
     const size_t nl = (size_t)p.npoles * d->batch * d->heads_q * d->seq_q;
     const size_t es = dipole_dtype_size(d->dtype);
-    const struct {
-        const void *host;
-        size_t bytes;
-        size_t elem; /* 0: the kernels take the buffer without an offset (lse) */
-        bool wanted;
-    } spec[NBUF] = {{q, nq * es, es, true},    {k, nk * es, es, true},
-                    {v, nk * es, es, true},    {v2, nk * es, es, p.reads_v2},
-                    {out, nq * es, es, true},  {lse, nl * sizeof(float), 0, lse != NULL}};
+    const dp_host_array spec[NBUF] = {{q, nq * es, es, true},   {k, nk * es, es, true},
+                                      {v, nk * es, es, true},   {v2, nk * es, es, p.reads_v2},
+                                      {out, nq * es, es, true},
+                                      {lse, nl * sizeof(float), 0, lse != NULL}};
     /* Refuse before clCreateBuffer: a driver may accept an oversized request and then read
      * host memory it has no business reading, or fail deep inside a later call. */
     for (int i = 0; i < NBUF && st == DIPOLE_SUCCESS; i++)
@@ -217,23 +213,8 @@ dipole_status dipole_attention_host_lse(dipole_ctx *ctx, const dipole_attn_desc 
                          "CL_DEVICE_MAX_MEM_ALLOC_SIZE %llu",
                          (const char *[]){"q", "k", "v", "v2", "out", "lse"}[i],
                          spec[i].bytes, (unsigned long long)ctx->props.max_alloc);
-    for (int i = 0; i < NBUF && st == DIPOLE_SUCCESS; i++) {
-        if (!spec[i].wanted)
-            continue;
-        if (i < OUT) {
-            st = dp_host_input(ctx, spec[i].host, spec[i].bytes, spec[i].elem, &bufs[i]);
-            continue;
-        }
-        /* An output that overlaps another array is written to a buffer of its own first, so
-         * the kernels never read what they write. */
-        bool alone = true;
-        for (int j = 0; j < NBUF; j++)
-            if (j != i && spec[j].wanted &&
-                dp_host_overlap(spec[i].host, spec[i].bytes, spec[j].host, spec[j].bytes))
-                alone = false;
-        st = dp_host_output(ctx, (void *)spec[i].host, spec[i].bytes, spec[i].elem, alone,
-                            &bufs[i]);
-    }
+    if (st == DIPOLE_SUCCESS)
+        st = dp_host_stage(ctx, spec, NBUF, OUT, bufs);
     if (st != DIPOLE_SUCCESS)
         goto done;
     dipole_tensor t[LSE];

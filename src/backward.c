@@ -207,12 +207,8 @@ dipole_status dipole_attention_backward_host(dipole_ctx *ctx, const dipole_attn_
     const size_t nl = (size_t)p.npoles * d->batch * d->heads_q * d->seq_q;
     const bool two_pole = d->variant == DIPOLE_TWO_POLE;
     const size_t es = dipole_dtype_size(d->dtype), fs = sizeof(float);
-    const struct {
-        const void *host; /* the caller's array; NULL for the forward's out and lse */
-        size_t bytes;
-        size_t elem; /* 0: the kernels take the buffer without an offset */
-        bool wanted;
-    } spec[NBUF] = {
+    /* the forward's out and lse are the call's own buffers (host NULL) */
+    const dp_host_array spec[NBUF] = {
         [Q] = {q, nq * es, es, true},
         [K] = {k, nk * es, es, true},
         [V] = {v, nk * es, es, true},
@@ -227,22 +223,8 @@ dipole_status dipole_attention_backward_host(dipole_ctx *ctx, const dipole_attn_
         [DPOS] = {dpos_weight, (size_t)d->heads_q * fs, 0, two_pole && dpos_weight},
         [DNEG] = {dneg_weight, (size_t)d->heads_q * fs, 0, two_pole && dneg_weight},
     };
-    for (int i = 0; i < NBUF && st == DIPOLE_SUCCESS; i++) {
-        if (!spec[i].wanted)
-            continue;
-        if (i <= DOUT) {
-            st = dp_host_input(ctx, spec[i].host, spec[i].bytes, spec[i].elem, &bufs[i]);
-            continue;
-        }
-        /* A gradient that overlaps another array is written to a buffer of its own first. */
-        bool alone = true;
-        for (int j = 0; j < NBUF; j++)
-            if (j != i && spec[j].wanted &&
-                dp_host_overlap(spec[i].host, spec[i].bytes, spec[j].host, spec[j].bytes))
-                alone = false;
-        st = dp_host_output(ctx, (void *)spec[i].host, spec[i].bytes, spec[i].elem, alone,
-                            &bufs[i]);
-    }
+    if (st == DIPOLE_SUCCESS)
+        st = dp_host_stage(ctx, spec, NBUF, DOUT + 1, bufs);
     pthread_mutex_unlock(&ctx->lock);
     if (st != DIPOLE_SUCCESS)
         goto release;

@@ -108,3 +108,25 @@ void dp_host_buffer_release(dp_host_buffer *b)
         clReleaseMemObject(b->buffer);
     b->buffer = NULL;
 }
+
+dipole_status dp_host_stage(dipole_ctx *ctx, const dp_host_array *arrays, int n, int first_output,
+                            dp_host_buffer *bufs)
+{
+    dipole_status st = DIPOLE_SUCCESS;
+    for (int i = 0; i < n && st == DIPOLE_SUCCESS; i++) {
+        const dp_host_array *a = &arrays[i];
+        if (!a->wanted)
+            continue;
+        if (i < first_output) {
+            st = dp_host_input(ctx, a->host, a->bytes, a->elem, &bufs[i]);
+            continue;
+        }
+        bool alone = true;
+        for (int j = 0; j < n; j++)
+            if (j != i && arrays[j].wanted &&
+                dp_host_overlap(a->host, a->bytes, arrays[j].host, arrays[j].bytes))
+                alone = false;
+        st = dp_host_output(ctx, (void *)a->host, a->bytes, a->elem, alone, &bufs[i]);
+    }
+    return st;
+}

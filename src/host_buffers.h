@@ -33,6 +33,20 @@ dipole_status dp_host_output_finish(dipole_ctx *ctx, dp_host_buffer *b, const ch
 /* The dense tensor [batch, seq, heads, head_dim] a host buffer holds. */
 dipole_tensor dp_host_tensor(const dp_host_buffer *b, int seq, int heads, int head_dim);
 
+/* One array of a host twin's call. */
+typedef struct dp_host_array {
+    const void *host; /* the caller's array; NULL for a buffer of the call's own */
+    size_t bytes;
+    size_t elem;      /* as for dp_host_input (0: the kernels take it without an offset) */
+    bool wanted;      /* false: no buffer (an array the call does not use) */
+} dp_host_array;
+
+/* Buffers for arrays[0, n) (the wanted ones): inputs below first_output, outputs from it on,
+ * an output in place only where it overlaps no other array of the call (so that no kernel
+ * reads what it writes). Stops at the first failure; bufs holds what was made. */
+dipole_status dp_host_stage(dipole_ctx *ctx, const dp_host_array *arrays, int n, int first_output,
+                            dp_host_buffer *bufs);
+
 /* Whether host arrays [a, a + na) and [b, b + nb) share a byte (NULL or empty: no). */
 bool dp_host_overlap(const void *a, size_t na, const void *b, size_t nb);
 

@@ -240,7 +240,8 @@ inline void dp_prefetch_row(__global const dp_storage *row)
 {
     for (int c = 0; c < HEAD_DIM; c += 64 / (int)sizeof(dp_storage))
         DP_PREFETCH(row + c);
-    DP_PREFETCH(row + HEAD_DIM - 1); /* a row that does not start on a line ends on one more */
+    if (((ulong)row & 63) != 0) /* a row that does not start on a line ends on one more */
+        DP_PREFETCH(row + HEAD_DIM - 1);
 }
 
 /* The pole weight of head h: alpha (p = 0) or beta (p = 1) for TWO_POLE, 1 for every other

@@ -104,7 +104,7 @@ void dipole_bwd_pre(__global const dp_storage *q, dp_layout lq,
                     __global float *delta,              /* [NPOLES, B, Hq, Nq] */
                     __global float *rowdot,             /* [NPOLES, B, Hq, Nq] or NULL */
                     int batch, int heads_q, int heads_kv, int seq_q, int seq_k,
-                    float scale, int window_left, int window_right)
+                    float scale, int window_left, int window_right, DP_SCORE_ARGS)
 {
     DP_QUERY_TILE();
     __local float red[NPOLES][BLOCK_M * WG_COLS]; /* per-item parts of each row's dot */
@@ -188,7 +188,7 @@ void dipole_bwd_dkdv(__global const dp_storage *q, dp_layout lq,
                      __global dp_storage *dv, dp_layout ldv,
                      __global dp_storage *dv2, dp_layout ldv2,
                      int batch, int heads_q, int heads_kv, int seq_q, int seq_k,
-                     float scale, int window_left, int window_right)
+                     float scale, int window_left, int window_right, DP_SCORE_ARGS)
 {
     const int lid = get_local_id(0), ty = lid / WG_COLS, tx = lid % WG_COLS;
     const int j0 = get_group_id(0) * BLOCK_N;
@@ -310,7 +310,7 @@ void dipole_bwd_dq(__global const dp_storage *q, dp_layout lq,
                    __global const float *pole_weights,
                    __global dp_storage *dq, dp_layout ldq,
                    int batch, int heads_q, int heads_kv, int seq_q, int seq_k,
-                   float scale, int window_left, int window_right)
+                   float scale, int window_left, int window_right, DP_SCORE_ARGS)
 {
     DP_QUERY_TILE();
     __local float4 q_tile[BLOCK_M * K_STRIDE]; /* q * scale */

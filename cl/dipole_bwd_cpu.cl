@@ -166,7 +166,7 @@ void dipole_bwd_dq_cpu(__global const dp_storage *q, dp_layout lq,
                        __global float *rowdot,             /* [NPOLES, B, Hq, Nq] or NULL */
                        __global dp_storage *dq, dp_layout ldq,
                        int batch, int heads_q, int heads_kv, int seq_q, int seq_k,
-                       float scale, int window_left, int window_right)
+                       float scale, int window_left, int window_right, DP_SCORE_ARGS)
 {
     const int row0 = get_global_id(0) * BLOCK_M, h = get_global_id(1), b = get_global_id(2);
     if (row0 >= seq_q)
@@ -360,7 +360,7 @@ void dipole_bwd_dkdv_cpu(__global const dp_storage *q, dp_layout lq,
                          __global dp_storage *dv, dp_layout ldv,
                          __global dp_storage *dv2, dp_layout ldv2,
                          int batch, int heads_q, int heads_kv, int seq_q, int seq_k,
-                         float scale, int window_left, int window_right)
+                         float scale, int window_left, int window_right, DP_SCORE_ARGS)
 {
     const int kb0 = get_global_id(0) * BLOCK_N;
     const int hk = get_global_id(1);

@@ -18,6 +18,15 @@
 #ifndef HAS_WINDOW
 #define HAS_WINDOW 0
 #endif
+#ifndef HAS_SOFTCAP
+#define HAS_SOFTCAP 0
+#endif
+#ifndef HAS_ALIBI
+#define HAS_ALIBI 0
+#endif
+#ifndef HAS_BIAS
+#define HAS_BIAS 0
+#endif
 
 #if VARIANT < DIPOLE_SOFTMAX || VARIANT > DIPOLE_TWO_POLE
 #error "VARIANT must be one of DIPOLE_SOFTMAX .. DIPOLE_TWO_POLE"
@@ -107,9 +116,18 @@ inline ushort dp_bf16_narrow(float x)
 
 /* The logit pole p ranks: s, -s (negative pole) or |s| (variants that rank both signs). */
 #if VARIANT == DIPOLE_SIGNEXP || VARIANT == DIPOLE_ROUTED
-#define POLE_LOGIT(p, s) fabs(s)
+#define POLE_LOGIT_OF(p, s) fabs(s)
 #else
-#define POLE_LOGIT(p, s) ((p) == 0 ? (s) : -(s))
+#define POLE_LOGIT_OF(p, s) ((p) == 0 ? (s) : -(s))
+#endif
+/* A bias can make a score -inf: its key is then out of every pole, never |-inf| = +inf. */
+#if HAS_BIAS
+#define POLE_LOGIT(p, s) ((s) == -INFINITY ? (s) : POLE_LOGIT_OF(p, s))
+/* e^(lg - m), 0 for an excluded key (lg = -inf) also where m is -inf (no key seen yet). */
+#define DP_POLE_EXP(e, lg) ((lg) == -INFINITY ? 0.0f : (e))
+#else
+#define POLE_LOGIT(p, s) POLE_LOGIT_OF(p, s)
+#define DP_POLE_EXP(e, lg) (e)
 #endif
 
 /* The coefficient on a key's weight: sign(s) for SIGNEXP, 1 otherwise. */
@@ -251,9 +269,102 @@ inline float dp_pole_weight(__global const float *pole_weights, int p, int h, in
     return (VARIANT == DIPOLE_TWO_POLE && pole_weights) ? pole_weights[p * heads_q + h] : 1.0f;
 }
 
+/* A tensor's element offset and strides (batch, seq, head), in elements. */
+typedef long4 dp_layout;
+#define DP_ROW(t, b, s, h) ((t).x + (long)(b) * (t).y + (long)(s) * (t).z + (long)(h) * (t).w)
+
+/* ---- Packed batches (DP_VARLEN). The kernels' key_lengths argument then holds cu_seqlens_q
+ * [B + 1] followed by cu_seqlens_k [B + 1], and the tensors are one batch: sequence b's rows
+ * start at row DP_FIRST_Q(b) of q, out (and their gradients), its keys at DP_FIRST_K(b) of k, v,
+ * v2. A kernel rebases each tensor's layout to its sequence (DP_REBASE_Q / DP_REBASE_K: the
+ * offset moved to the first row, the batch stride dropped) and sets seq_q to the sequence's
+ * rows (DP_SEQ_ROWS) before anything reads them; the key length, the per-row statistics
+ * ([NPOLES, Hq, total rows]) and the bias follow from b. Without DP_VARLEN these are no-ops. */
+#ifndef DP_VARLEN
+#define DP_VARLEN 0
+#endif
+inline dp_layout dp_rebase(dp_layout t, long row)
+{
+    t.x += row * t.z;
+    t.y = 0;
+    return t;
+}
+#if DP_VARLEN
+#define DP_FIRST_Q(b) key_lengths[b]
+#define DP_FIRST_K(b) key_lengths[batch + 1 + (b)]
+#define DP_REBASE_Q(t, b) (t) = dp_rebase((t), DP_FIRST_Q(b))
+#define DP_REBASE_K(t, b) (t) = dp_rebase((t), DP_FIRST_K(b))
+#define DP_SEQ_ROWS(b) (DP_FIRST_Q((b) + 1) - DP_FIRST_Q(b))
+/* Index of a per-row statistic (lse, delta) of row i of sequence b. */
+#define DP_STAT(p, b, h, i) (((long)(p) * heads_q + (h)) * DP_FIRST_Q(batch) + DP_FIRST_Q(b) + (i))
+#else
+#define DP_FIRST_Q(b) 0
+#define DP_FIRST_K(b) 0
+#define DP_REBASE_Q(t, b) (void)0
+#define DP_REBASE_K(t, b) (void)0
+#define DP_SEQ_ROWS(b) seq_q
 /* Index of a per-row statistic [NPOLES, B, Hq, Nq] (lse, delta); batch, heads_q and seq_q are
  * the kernel's own arguments. */
 #define DP_STAT(p, b, h, i) ((((long)(p) * batch + (b)) * heads_q + (h)) * seq_q + (i))
+#endif
+/* Points a kernel with the score arguments at sequence b: seq_q, seq_k and the bias. */
+#define DP_SEQUENCE(b)                                                                         \
+    do {                                                                                       \
+        if (DP_VARLEN) {                                                                       \
+            lbias.x += (long)DP_FIRST_Q(b) * lbias.w + DP_FIRST_K(b);                          \
+            lbias.y = 0;                                                                       \
+            seq_q = DP_SEQ_ROWS(b);                                                            \
+            seq_k = DP_KEY_LENGTH(b);                                                          \
+        }                                                                                      \
+    } while (0)
+
+/* ---- Score modifiers, applied to s = scale q.k in this order before the variant sees it:
+ * soft-capping s <- softcap tanh(s / softcap) (HAS_SOFTCAP), ALiBi s <- s - slope_h |diag - j|
+ * with row i's diagonal key diag = i + kl - seq_q (HAS_ALIBI), an additive bias (HAS_BIAS: 1
+ * float32, 2 the storage dtype), element (b, h, i, j) at lbias.x + b lbias.y + h lbias.z +
+ * i lbias.w + j. A score of -inf after them excludes its key from every pole (POLE_LOGIT keeps
+ * it -inf, DP_POLE_EXP weighs it 0). Every attention kernel takes DP_SCORE_ARGS after its
+ * window. */
+#define DP_SCORE_MODS (HAS_SOFTCAP || HAS_ALIBI || HAS_BIAS)
+#if HAS_BIAS == 2
+typedef dp_storage dp_bias_t;
+#define DP_BIAS_LOAD(p, i) dp_load(p, i)
+#else
+typedef float dp_bias_t;
+#define DP_BIAS_LOAD(p, i) ((p)[i])
+#endif
+#define DP_SCORE_ARGS                                                                          \
+    float softcap, __global const float *alibi_slopes, __global const dp_bias_t *bias,        \
+        dp_layout lbias
+#define DP_SCORE_PASS softcap, alibi_slopes, bias, lbias
+
+/* The score of key j for row i of head h in sequence b (kl keys, seq_q rows), from s. */
+inline float dp_score(float s, int b, int h, int i, int j, int kl, int seq_q, DP_SCORE_ARGS)
+{
+#if HAS_SOFTCAP
+    s = softcap * tanh(s / softcap);
+#endif
+#if HAS_ALIBI
+    s -= alibi_slopes[h] * (float)abs(i + kl - seq_q - j);
+#endif
+#if HAS_BIAS
+    s += DP_BIAS_LOAD(bias, lbias.x + b * lbias.y + h * lbias.z + i * lbias.w + j);
+#endif
+    return s;
+}
+#define DP_SCORE(s, b, h, i, j, kl) dp_score((s), (b), (h), (i), (j), (kl), seq_q, DP_SCORE_PASS)
+
+/* d dp_score / d s at the same s (soft-capping's 1 - tanh^2; ALiBi and the bias are constants). */
+inline float dp_score_ds(float s, float softcap)
+{
+#if HAS_SOFTCAP
+    const float t = tanh(s / softcap);
+    return 1.0f - t * t;
+#else
+    return 1.0f;
+#endif
+}
+#define DP_SCORE_DS(s) dp_score_ds((s), softcap)
 
 /* ---- The mask. Keys are visible in [lo, hi) per query row; the diagonal is aligned
  * bottom-right (row i sits on key i + kl - seq_q), kl being the batch's key length. */
@@ -294,7 +405,11 @@ inline int2 dp_range_in_tile(int2 range, int j0, int n)
 /* The K/V head that query head h reads, and batch b's key length (key_lengths [B] or NULL),
  * from the kernel's own arguments heads_q, heads_kv, key_lengths and seq_k. */
 #define DP_KV_HEAD(h) ((h) / (heads_q / heads_kv))
+#if DP_VARLEN
+#define DP_KEY_LENGTH(b) (DP_FIRST_K((b) + 1) - DP_FIRST_K(b))
+#else
 #define DP_KEY_LENGTH(b) (key_lengths ? key_lengths[b] : seq_k)
+#endif
 
 /* The group layout's query tile, for a kernel with the forward's arguments: work-group
  * (tile, h, b) owns rows [row0, row0 + rows) of query head h in batch b; item lid sits at
@@ -324,9 +439,6 @@ inline int2 dp_range_in_tile(int2 range, int j0, int n)
 #define PART_STRIDE (2 + 16 * DV)
 #define DP_PART(bh, i, chunk) ((((long)(bh) * seq_q + (i)) * chunks + (chunk)) * NPOLES * PART_STRIDE)
 
-/* A tensor's element offset and strides (batch, seq, head), in elements. */
-typedef long4 dp_layout;
-#define DP_ROW(t, b, s, h) ((t).x + (long)(b) * (t).y + (long)(s) * (t).z + (long)(h) * (t).w)
 
 /* ---- Where a key's rows are. K, V and V2 are [B, N, Hkv, d] tensors, or with DP_PAGED pools
  * of pages ([pages, page_size, Hkv, d]: a page takes the batch index, a slot the seq index)

@@ -55,7 +55,7 @@ void dipole_fwd(__global const dp_storage *q, dp_layout lq,
                 __global const int *key_lengths,      /* [B] or NULL */
                 __global const float *pole_weights,   /* [2, Hq] or NULL */
                 int batch, int heads_q, int heads_kv, int seq_q, int seq_k,
-                float scale, int window_left, int window_right,
+                float scale, int window_left, int window_right, DP_SCORE_ARGS,
                 __global float *part, int chunks, int chunk_keys) /* DP_SPLIT only */
 {
 #if DP_SPLIT

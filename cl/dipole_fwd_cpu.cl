@@ -141,7 +141,7 @@ void dipole_fwd_cpu(__global const dp_storage *q, dp_layout lq,
                     __global const int *key_lengths,      /* [B] or NULL */
                     __global const float *pole_weights,   /* [2, Hq] or NULL */
                     int batch, int heads_q, int heads_kv, int seq_q, int seq_k,
-                    float scale, int window_left, int window_right)
+                    float scale, int window_left, int window_right, DP_SCORE_ARGS)
 {
     const int row0 = get_global_id(0) * BLOCK_M, h = get_global_id(1), b = get_global_id(2);
     if (row0 >= seq_q)
@@ -492,7 +492,7 @@ void dipole_fwd_splitk(__global const dp_storage *q, dp_layout lq,
                        __global float *part,
                        __global const int *key_lengths,
                        int heads_q, int heads_kv, int seq_q, int seq_k,
-                       float scale, int window_left, int window_right, int chunks,
+                       float scale, int window_left, int window_right, DP_SCORE_ARGS, int chunks,
                        int chunk_keys) /* an argument: one program serves every chunk size */
 {
     const int chunk = get_global_id(0);

@@ -88,33 +88,34 @@ static dipole_status check_args(dipole_ctx *ctx, const dp_problem *p, const dp_a
     const dipole_attn_desc *d = &p->d;
     dipole_status st;
     const dipole_dtype dt = d->dtype;
-    if ((st = dp_check_tensor(ctx, "q", a->q, dt, d->batch, d->seq_q, d->heads_q, d->head_dim)) ||
-        (!p->paged && (st = dp_check_tensor(ctx, "k", a->k, dt, d->batch, d->seq_k, d->heads_kv,
+    const int tb = p->tensor_batch; /* packed: the tensors are one batch */
+    if ((st = dp_check_tensor(ctx, "q", a->q, dt, tb, d->seq_q, d->heads_q, d->head_dim)) ||
+        (!p->paged && (st = dp_check_tensor(ctx, "k", a->k, dt, tb, d->seq_k, d->heads_kv,
                                             d->head_dim))) ||
-        (!p->paged && (st = dp_check_tensor(ctx, "v", a->v, dt, d->batch, d->seq_k, d->heads_kv,
+        (!p->paged && (st = dp_check_tensor(ctx, "v", a->v, dt, tb, d->seq_k, d->heads_kv,
                                             d->head_dim))) ||
-        (st = dp_check_tensor(ctx, "out", a->out, dt, d->batch, d->seq_q, d->heads_q,
+        (st = dp_check_tensor(ctx, "out", a->out, dt, tb, d->seq_q, d->heads_q,
                               d->head_dim)))
         return st;
     if (p->reads_v2 && !p->paged) {
         if (!a->v2)
             return dp_fail(ctx, DIPOLE_ERR_INVALID_ARG, "v2 is NULL but variant %s reads it",
                            dipole_variant_name(d->variant));
-        if ((st = dp_check_tensor(ctx, "v2", a->v2, dt, d->batch, d->seq_k, d->heads_kv,
+        if ((st = dp_check_tensor(ctx, "v2", a->v2, dt, tb, d->seq_k, d->heads_kv,
                                   d->head_dim)))
             return st;
     }
-    if (dp_tensor_self_overlaps(a->out, d->batch, d->seq_q, d->heads_q, d->head_dim))
+    if (dp_tensor_self_overlaps(a->out, tb, d->seq_q, d->heads_q, d->head_dim))
         return dp_fail(ctx, DIPOLE_ERR_INVALID_ARG,
                        "out strides (%zu, %zu, %zu) make distinct output rows overlap "
                        "(seq_q %d, heads_q %d, head_dim %d)",
                        a->out->stride_batch, a->out->stride_seq, a->out->stride_head, d->seq_q,
                        d->heads_q, d->head_dim);
     if (a->lse && (st = dp_check_buffer(ctx, "lse", a->lse,
-                                        (size_t)p->npoles * d->batch * d->heads_q * d->seq_q)))
+                                        (size_t)p->npoles * tb * d->heads_q * d->seq_q)))
         return st;
     size_t olo, ohi;
-    dp_span_of(a->out, d->batch, d->seq_q, d->heads_q, d->head_dim, &olo, &ohi);
+    dp_span_of(a->out, tb, d->seq_q, d->heads_q, d->head_dim, &olo, &ohi);
     const dipole_tensor *in[4] = {a->q, a->k, a->v, p->reads_v2 ? a->v2 : NULL};
     const char *names[4] = {"q", "k", "v", "v2"};
     for (int i = 0; i < (p->paged ? 1 : 4); i++) {
@@ -122,7 +123,7 @@ static dipole_status check_args(dipole_ctx *ctx, const dp_problem *p, const dp_a
             continue;
         size_t lo, hi;
         const int seq = i == 0 ? d->seq_q : d->seq_k, heads = i == 0 ? d->heads_q : d->heads_kv;
-        dp_span_of(in[i], d->batch, seq, heads, d->head_dim, &lo, &hi);
+        dp_span_of(in[i], tb, seq, heads, d->head_dim, &lo, &hi);
         if (lo < ohi && olo < hi)
             return dp_fail(ctx, DIPOLE_ERR_INVALID_ARG, "out overlaps %s in the same buffer",
                            names[i]);
@@ -130,6 +131,8 @@ static dipole_status check_args(dipole_ctx *ctx, const dp_problem *p, const dp_a
     if (a->lse && (a->lse == a->out->buffer || a->lse == a->q->buffer || a->lse == a->k->buffer ||
                    a->lse == a->v->buffer || (p->reads_v2 && a->lse == a->v2->buffer)))
         return dp_fail(ctx, DIPOLE_ERR_INVALID_ARG, "lse shares a buffer with a tensor");
+    if (p->bias && (st = dp_check_bias(ctx, p)))
+        return st;
     return DIPOLE_SUCCESS;
 }
 
@@ -150,6 +153,7 @@ dipole_status dp_attention_locked(dipole_ctx *ctx, const dp_problem *p, dp_args 
     st = dp_call_buffers_upload(ctx, p, &cb);
     a->key_lengths = cb.key_lengths;
     a->pole_weights = cb.pole_weights;
+    a->alibi_slopes = cb.alibi_slopes;
     if (st == DIPOLE_SUCCESS) {
         dp_log(ctx, "attention %s: %s", dipole_variant_name(p->d.variant), plan.pub.reason);
         st = plan.pub.path == DIPOLE_PATH_TILED ? dp_tiled_run(ctx, p, &plan, a, event)
@@ -169,7 +173,7 @@ dipole_status dipole_attention(dipole_ctx *ctx, const dipole_attn_desc *desc, co
     if (!ctx)
         return st;
     if (st == DIPOLE_SUCCESS) {
-        dp_args a = {q, k, v, v2, out, lse, NULL, NULL, NULL, 0, 0};
+        dp_args a = {.q = q, .k = k, .v = v, .v2 = v2, .out = out, .lse = lse};
         st = dp_attention_locked(ctx, &p, &a, event);
     }
     pthread_mutex_unlock(&ctx->lock);
@@ -187,7 +191,8 @@ dipole_status dipole_attention_host_lse(dipole_ctx *ctx, const dipole_attn_desc 
     if (!ctx)
         return st;
     enum { Q, K, V, V2, OUT, LSE, NBUF };
-    dp_host_buffer bufs[NBUF] = {{0}};
+    dp_host_buffer bufs[NBUF] = {{0}}, bias_buf = {0};
+    dipole_bias bias;
     if (st != DIPOLE_SUCCESS)
         goto done;
     if (!q || !k || !v || !out || (p.reads_v2 && !v2)) {
@@ -196,9 +201,10 @@ dipole_status dipole_attention_host_lse(dipole_ctx *ctx, const dipole_attn_desc 
         goto done;
     }
     const dipole_attn_desc *d = &p.d;
-    const size_t nq = (size_t)d->batch * d->seq_q * d->heads_q * d->head_dim;
-    const size_t nk = (size_t)d->batch * d->seq_k * d->heads_kv * d->head_dim;
-    const size_t nl = (size_t)p.npoles * d->batch * d->heads_q * d->seq_q;
+    const size_t tb = (size_t)p.tensor_batch;
+    const size_t nq = tb * d->seq_q * d->heads_q * d->head_dim;
+    const size_t nk = tb * d->seq_k * d->heads_kv * d->head_dim;
+    const size_t nl = (size_t)p.npoles * tb * d->heads_q * d->seq_q;
     const size_t es = dipole_dtype_size(d->dtype);
     const dp_host_array spec[NBUF] = {{q, nq * es, es, true},   {k, nk * es, es, true},
                                       {v, nk * es, es, true},   {v2, nk * es, es, p.reads_v2},
@@ -215,14 +221,16 @@ dipole_status dipole_attention_host_lse(dipole_ctx *ctx, const dipole_attn_desc 
                          spec[i].bytes, (unsigned long long)ctx->props.max_alloc);
     if (st == DIPOLE_SUCCESS)
         st = dp_host_stage(ctx, spec, NBUF, OUT, bufs);
+    if (st == DIPOLE_SUCCESS)
+        st = dp_host_bias(ctx, &p, &bias, &bias_buf);
     if (st != DIPOLE_SUCCESS)
         goto done;
     dipole_tensor t[LSE];
     for (int i = 0; i < LSE; i++)
         t[i] = i == Q || i == OUT ? dp_host_tensor(&bufs[i], d->seq_q, d->heads_q, d->head_dim)
                                   : dp_host_tensor(&bufs[i], d->seq_k, d->heads_kv, d->head_dim);
-    dp_args a = {&t[Q], &t[K], &t[V], p.reads_v2 ? &t[V2] : NULL, &t[OUT], bufs[LSE].buffer,
-                 NULL,  NULL,  NULL,  0,                           0};
+    dp_args a = {.q = &t[Q], .k = &t[K], .v = &t[V], .v2 = p.reads_v2 ? &t[V2] : NULL,
+                 .out = &t[OUT], .lse = bufs[LSE].buffer};
     st = dp_attention_locked(ctx, &p, &a, NULL);
     if (st == DIPOLE_SUCCESS)
         st = dp_host_output_finish(ctx, &bufs[OUT], "out");
@@ -233,6 +241,7 @@ done:
         clFinish(ctx->queue); /* nothing of a failed call may still be running on our buffers */
     for (int i = 0; i < NBUF; i++)
         dp_host_buffer_release(&bufs[i]);
+    dp_host_buffer_release(&bias_buf);
     pthread_mutex_unlock(&ctx->lock);
     return st;
 }

@@ -310,7 +310,7 @@ static void arg_group_tail(dp_launch_args *l, const dp_problem *p, const dp_args
 {
     arg_outputs(l, a);
     dp_arg_int(l, p->d.batch);
-    dp_arg_scores(l, p);
+    dp_arg_scores(l, p, a->alibi_slopes);
     dp_arg_buffer(l, part);
     dp_arg_int(l, chunks);
     dp_arg_int(l, chunk_keys);
@@ -345,7 +345,7 @@ static dipole_status run_splitk(dipole_ctx *ctx, const dp_problem *p, const dp_f
     } else {
         dp_arg_buffer(&l, part);
         dp_arg_buffer(&l, a->key_lengths);
-        dp_arg_scores(&l, p);
+        dp_arg_scores(&l, p, a->alibi_slopes);
         dp_arg_int(&l, chunks);
         dp_arg_int(&l, plan->pub.block_n);
     }
@@ -393,12 +393,12 @@ dipole_status dp_tiled_run(dipole_ctx *ctx, const dp_problem *p, const dp_fwd_pl
     if (cpu) {
         arg_outputs(&l, a);
         dp_arg_int(&l, p->d.batch);
-        dp_arg_scores(&l, p);
+        dp_arg_scores(&l, p, a->alibi_slopes);
     } else {
         arg_group_tail(&l, p, a, NULL, 0, 0);
     }
 
-    const size_t bm = (size_t)plan->pub.block_m, blocks = ((size_t)p->d.seq_q + bm - 1) / bm;
+    const size_t bm = (size_t)plan->pub.block_m, blocks = ((size_t)p->max_q + bm - 1) / bm;
     const size_t global[3] = {cpu ? blocks : blocks * (size_t)plan->pub.work_group,
                               (size_t)p->d.heads_q,
                               (size_t)p->d.batch};

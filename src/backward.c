@@ -32,6 +32,7 @@ static bool may_overlap(const dipole_tensor *a, size_t alo, size_t ahi, int ahea
 static dipole_status check_args(dipole_ctx *ctx, const dp_problem *p, const dp_bwd_args *a)
 {
     const dipole_attn_desc *d = &p->d;
+    const int tb = p->tensor_batch; /* packed: the tensors are one batch */
     /* Every tensor the call touches: the inputs, then the outputs (which it writes). */
     enum { N_T = 10, FIRST_OUT = 6 };
     const struct {
@@ -56,12 +57,12 @@ static dipole_status check_args(dipole_ctx *ctx, const dp_problem *p, const dp_b
                            t[i].name, dipole_variant_name(d->variant));
         const int seq = t[i].query ? d->seq_q : d->seq_k;
         const int heads = t[i].query ? d->heads_q : d->heads_kv;
-        if ((st = dp_check_tensor(ctx, t[i].name, t[i].t, d->dtype, d->batch, seq, heads,
+        if ((st = dp_check_tensor(ctx, t[i].name, t[i].t, d->dtype, tb, seq, heads,
                                   d->head_dim)))
             return st;
-        dp_span_of(t[i].t, d->batch, seq, heads, d->head_dim, &lo[i], &hi[i]);
+        dp_span_of(t[i].t, tb, seq, heads, d->head_dim, &lo[i], &hi[i]);
         if (i >= FIRST_OUT &&
-            dp_tensor_self_overlaps(t[i].t, d->batch, seq, heads, d->head_dim))
+            dp_tensor_self_overlaps(t[i].t, tb, seq, heads, d->head_dim))
             return dp_fail(ctx, DIPOLE_ERR_INVALID_ARG,
                            "%s strides make its rows overlap (work-items would race on them)",
                            t[i].name);
@@ -74,7 +75,7 @@ static dipole_status check_args(dipole_ctx *ctx, const dp_problem *p, const dp_b
                 return dp_fail(ctx, DIPOLE_ERR_INVALID_ARG, "%s overlaps %s in the same buffer",
                                t[o].name, t[i].name);
     if ((st = dp_check_buffer(ctx, "lse", a->lse,
-                              (size_t)p->npoles * d->batch * d->heads_q * d->seq_q)))
+                              (size_t)p->npoles * tb * d->heads_q * d->seq_q)))
         return st;
     const bool weights = d->variant == DIPOLE_TWO_POLE;
     if (weights && a->dpos && (st = dp_check_buffer(ctx, "dpos_weight", a->dpos, (size_t)d->heads_q)))
@@ -93,6 +94,8 @@ static dipole_status check_args(dipole_ctx *ctx, const dp_problem *p, const dp_b
                                whole_names[w], t[i].name);
     if (weights && (a->lse == a->dpos || a->lse == a->dneg))
         return dp_fail(ctx, DIPOLE_ERR_INVALID_ARG, "lse shares a buffer with a weight gradient");
+    if (p->bias && (st = dp_check_bias(ctx, p)))
+        return st;
     return DIPOLE_SUCCESS;
 }
 
@@ -182,7 +185,8 @@ dipole_status dipole_attention_backward_host(dipole_ctx *ctx, const dipole_attn_
                                              float *dneg_weight)
 {
     enum { Q, K, V, V2, DOUT, OUT, LSE, DQ, DK, DV, DV2, DPOS, DNEG, NBUF };
-    dp_host_buffer bufs[NBUF] = {{0}};
+    dp_host_buffer bufs[NBUF] = {{0}}, bias_buf = {0};
+    dipole_bias bias;
     dp_problem p;
     dipole_status st = dp_call_begin(ctx, "dipole_attention_backward_host", desc, NULL, &p);
     if (!ctx)
@@ -202,9 +206,10 @@ dipole_status dipole_attention_backward_host(dipole_ctx *ctx, const dipole_attn_
         goto unlock;
     }
     const dipole_attn_desc *d = &p.d;
-    const size_t nq = (size_t)d->batch * d->seq_q * d->heads_q * d->head_dim;
-    const size_t nk = (size_t)d->batch * d->seq_k * d->heads_kv * d->head_dim;
-    const size_t nl = (size_t)p.npoles * d->batch * d->heads_q * d->seq_q;
+    const size_t tb = (size_t)p.tensor_batch;
+    const size_t nq = tb * d->seq_q * d->heads_q * d->head_dim;
+    const size_t nk = tb * d->seq_k * d->heads_kv * d->head_dim;
+    const size_t nl = (size_t)p.npoles * tb * d->heads_q * d->seq_q;
     const bool two_pole = d->variant == DIPOLE_TWO_POLE;
     const size_t es = dipole_dtype_size(d->dtype), fs = sizeof(float);
     /* the forward's out and lse are the call's own buffers (host NULL) */
@@ -225,6 +230,11 @@ dipole_status dipole_attention_backward_host(dipole_ctx *ctx, const dipole_attn_
     };
     if (st == DIPOLE_SUCCESS)
         st = dp_host_stage(ctx, spec, NBUF, DOUT + 1, bufs);
+    /* The forward runs on a descriptor whose bias is the staged copy. */
+    dipole_attn_desc fdesc = *desc;
+    if (st == DIPOLE_SUCCESS)
+        st = dp_host_bias(ctx, &p, &bias, &bias_buf);
+    fdesc.bias = p.d.bias;
     pthread_mutex_unlock(&ctx->lock);
     if (st != DIPOLE_SUCCESS)
         goto release;
@@ -236,7 +246,7 @@ dipole_status dipole_attention_backward_host(dipole_ctx *ctx, const dipole_attn_
         t[i] = query_side[i] ? dp_host_tensor(&bufs[i], d->seq_q, d->heads_q, d->head_dim)
                              : dp_host_tensor(&bufs[i], d->seq_k, d->heads_kv, d->head_dim);
     const dipole_tensor *pv2 = p.reads_v2 ? &t[V2] : NULL;
-    st = dipole_attention(ctx, desc, &t[Q], &t[K], &t[V], pv2, &t[OUT], bufs[LSE].buffer, NULL);
+    st = dipole_attention(ctx, &fdesc, &t[Q], &t[K], &t[V], pv2, &t[OUT], bufs[LSE].buffer, NULL);
 
     pthread_mutex_lock(&ctx->lock);
     if (st == DIPOLE_SUCCESS) {
@@ -258,5 +268,6 @@ unlock:
 release:
     for (int i = 0; i < NBUF; i++)
         dp_host_buffer_release(&bufs[i]);
+    dp_host_buffer_release(&bias_buf);
     return st;
 }

@@ -107,10 +107,10 @@ dipole_status dp_bwd_tiled_plan(dipole_ctx *ctx, const dp_problem *p, dp_bwd_pla
 }
 
 /* The problem-size tail every kernel but dweights ends with. */
-static void arg_problem(dp_launch_args *l, const dp_problem *p)
+static void arg_problem(dp_launch_args *l, const dp_problem *p, cl_mem alibi_slopes)
 {
     dp_arg_int(l, p->d.batch);
-    dp_arg_scores(l, p);
+    dp_arg_scores(l, p, alibi_slopes);
 }
 
 static size_t round_up(size_t n, size_t m)
@@ -149,7 +149,7 @@ dipole_status dp_bwd_dweights_launch(dipole_ctx *ctx, const dp_problem *p, const
     dp_arg_buffer(&l, rowdot);
     dp_arg_buffer(&l, a->dpos);
     dp_arg_buffer(&l, a->dneg);
-    dp_arg_int(&l, p->d.batch);
+    dp_arg_int(&l, p->tensor_batch); /* packed: the row statistics are one batch */
     dp_arg_int(&l, p->d.heads_q);
     dp_arg_int(&l, p->d.seq_q);
     /* group (0, h, pole) sums its (head, pole) */
@@ -175,7 +175,7 @@ typedef struct bwd_launch {
 } bwd_launch;
 
 typedef struct bwd_bufs {
-    cl_mem key_lengths, pole_weights, delta, rowdot;
+    cl_mem key_lengths, pole_weights, alibi_slopes, delta, rowdot;
 } bwd_bufs;
 
 /* What the gradient kernels read of each query row after pre (or dq_cpu) ran: dout, the
@@ -231,7 +231,7 @@ static dipole_status launch(dipole_ctx *ctx, const dp_problem *p, const dp_bwd_a
         dp_arg_tensor(&l, dv2);
         break;
     }
-    arg_problem(&l, p);
+    arg_problem(&l, p, s->alibi_slopes);
     return dp_launch(ctx, &l, 3, ln->global, ln->local, event);
 }
 
@@ -242,8 +242,8 @@ dipole_status dp_bwd_tiled_run(dipole_ctx *ctx, const dp_problem *p, const dp_bw
     const dipole_attn_desc *d = &p->d;
     const dp_bwd_tiles *t = &bp->tiles;
     const bool want_dw = d->variant == DIPOLE_TWO_POLE && (a->dpos || a->dneg);
-    const size_t nstat = (size_t)p->npoles * d->batch * d->heads_q * d->seq_q;
-    bwd_bufs s = {cb->key_lengths, cb->pole_weights, NULL, NULL};
+    const size_t nstat = (size_t)p->npoles * p->tensor_batch * d->heads_q * d->seq_q;
+    bwd_bufs s = {cb->key_lengths, cb->pole_weights, cb->alibi_slopes, NULL, NULL};
     dipole_status st = dp_scratch(ctx, nstat * sizeof(float), "delta", &s.delta);
     if (st == DIPOLE_SUCCESS && want_dw)
         st = dp_scratch(ctx, nstat * sizeof(float), "rowdot", &s.rowdot);
@@ -254,15 +254,15 @@ dipole_status dp_bwd_tiled_run(dipole_ctx *ctx, const dp_problem *p, const dp_bw
     bwd_launch plan[3];
     int n = 0;
     if (t->cpu) {
-        plan[n++] = (bwd_launch){K_DQ_CPU, main, {round_up((size_t)d->seq_q, bm) / bm, hq, b},
+        plan[n++] = (bwd_launch){K_DQ_CPU, main, {round_up((size_t)p->max_q, bm) / bm, hq, b},
                                  {1, 1, 1}};
-        plan[n++] = (bwd_launch){K_DKDV_CPU, main, {round_up((size_t)d->seq_k, bn) / bn, hkv, b},
+        plan[n++] = (bwd_launch){K_DKDV_CPU, main, {round_up((size_t)p->max_k, bn) / bn, hkv, b},
                                  {1, 1, 1}};
     } else {
         /* a grid of work-items per query tile (pre, dq) or key block (dkdv) */
         const size_t wg = (size_t)main.work_group;
-        const size_t q_tiles = round_up((size_t)d->seq_q, bm) / bm;
-        const size_t k_blocks = round_up((size_t)d->seq_k, bn) / bn;
+        const size_t q_tiles = round_up((size_t)p->max_q, bm) / bm;
+        const size_t k_blocks = round_up((size_t)p->max_k, bn) / bn;
         plan[n++] = (bwd_launch){K_PRE, main, {q_tiles * wg, hq, b}, {wg, 1, 1}};
         plan[n++] = (bwd_launch){K_DKDV, main, {k_blocks * wg, hkv, b}, {wg, 1, 1}};
         plan[n++] = (bwd_launch){K_DQ, main, {q_tiles * wg, hq, b}, {wg, 1, 1}};

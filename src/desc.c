@@ -41,6 +41,63 @@ static size_t tensor_bytes(int batch, int seq, int heads, int dim)
     return r;
 }
 
+/* One cu_seqlens array: [batch + 1] from 0, non-decreasing, ending at the tensors' rows. */
+static dipole_status check_cu(dipole_ctx *ctx, const char *field, const int *cu, int batch,
+                              int rows, const char *rows_field)
+{
+    if (cu[0] != 0)
+        return dp_fail(ctx, DIPOLE_ERR_INVALID_ARG, "desc.%s[0] = %d; it must be 0", field, cu[0]);
+    for (int b = 0; b < batch; b++)
+        if (cu[b + 1] < cu[b])
+            return dp_fail(ctx, DIPOLE_ERR_INVALID_ARG,
+                           "desc.%s[%d] = %d is less than desc.%s[%d] = %d (it must not decrease)",
+                           field, b + 1, cu[b + 1], field, b, cu[b]);
+    if (cu[batch] != rows)
+        return dp_fail(ctx, DIPOLE_ERR_INVALID_ARG,
+                       "desc.%s[batch = %d] = %d differs from desc.%s = %d (the packed rows)",
+                       field, batch, cu[batch], rows_field, rows);
+    return DIPOLE_SUCCESS;
+}
+
+static dipole_status check_packed(dipole_ctx *ctx, const dipole_attn_desc *desc)
+{
+    if (!desc->cu_seqlens_q != !desc->cu_seqlens_k)
+        return dp_fail(ctx, DIPOLE_ERR_INVALID_ARG, "desc.%s is set without desc.%s",
+                       desc->cu_seqlens_q ? "cu_seqlens_q" : "cu_seqlens_k",
+                       desc->cu_seqlens_q ? "cu_seqlens_k" : "cu_seqlens_q");
+    if (!desc->cu_seqlens_q)
+        return DIPOLE_SUCCESS;
+    if (desc->key_lengths)
+        return dp_fail(ctx, DIPOLE_ERR_INVALID_ARG,
+                       "desc.key_lengths with desc.cu_seqlens_q: a packed batch's key lengths "
+                       "come from desc.cu_seqlens_k");
+    dipole_status st = check_cu(ctx, "cu_seqlens_q", desc->cu_seqlens_q, desc->batch,
+                                desc->seq_q, "seq_q");
+    if (st == DIPOLE_SUCCESS)
+        st = check_cu(ctx, "cu_seqlens_k", desc->cu_seqlens_k, desc->batch, desc->seq_k,
+                      "seq_k");
+    return st;
+}
+
+/* ALiBi slopes, the soft-cap and the bias's description (its buffer is checked by the call). */
+static dipole_status check_score_mods(dipole_ctx *ctx, const dipole_attn_desc *desc)
+{
+    if (isnan(desc->softcap) || isinf(desc->softcap) || desc->softcap < 0.0f)
+        return dp_fail(ctx, DIPOLE_ERR_INVALID_ARG,
+                       "desc.softcap = %g; it is 0 (off) or a finite positive cap",
+                       (double)desc->softcap);
+    for (int h = 0; desc->alibi_slopes && h < desc->heads_q; h++)
+        if (isnan(desc->alibi_slopes[h]) || isinf(desc->alibi_slopes[h]))
+            return dp_fail(ctx, DIPOLE_ERR_INVALID_ARG, "desc.alibi_slopes[%d] = %g is not finite",
+                           h, (double)desc->alibi_slopes[h]);
+    const dipole_bias *bias = desc->bias;
+    if (bias && bias->dtype != DIPOLE_F32 && bias->dtype != desc->dtype)
+        return dp_fail(ctx, DIPOLE_ERR_INVALID_ARG,
+                       "desc.bias->dtype = %d; a bias is float32 or desc.dtype (%s)",
+                       (int)bias->dtype, dipole_dtype_name(desc->dtype));
+    return DIPOLE_SUCCESS;
+}
+
 dipole_status dp_problem_init(dipole_ctx *ctx, const dipole_attn_desc *desc, dp_problem *p)
 {
     if (!desc)
@@ -88,6 +145,8 @@ dipole_status dp_problem_init(dipole_ctx *ctx, const dipole_attn_desc *desc, dp_
                 return dp_fail(ctx, DIPOLE_ERR_INVALID_ARG,
                                "desc.key_lengths[%d] = %d is outside [0, seq_k = %d]", b,
                                desc->key_lengths[b], desc->seq_k);
+    if ((st = check_packed(ctx, desc)) || (st = check_score_mods(ctx, desc)))
+        return st;
     if (desc->variant == DIPOLE_TWO_POLE) {
         const float *w[2] = {desc->pos_weight, desc->neg_weight};
         for (int s = 0; s < 2; s++)
@@ -104,6 +163,22 @@ dipole_status dp_problem_init(dipole_ctx *ctx, const dipole_attn_desc *desc, dp_
     p->group = desc->heads_q / desc->heads_kv;
     p->has_window = desc->window_left >= 0 || desc->window_right >= 0;
     p->paged = false;
+    p->varlen = desc->cu_seqlens_q != NULL;
+    p->tensor_batch = p->varlen ? 1 : desc->batch;
+    p->max_q = desc->seq_q;
+    p->max_k = desc->seq_k;
+    if (p->varlen) {
+        p->max_q = p->max_k = 0;
+        for (int b = 0; b < desc->batch; b++) {
+            const int lq = desc->cu_seqlens_q[b + 1] - desc->cu_seqlens_q[b];
+            const int lk = desc->cu_seqlens_k[b + 1] - desc->cu_seqlens_k[b];
+            p->max_q = lq > p->max_q ? lq : p->max_q;
+            p->max_k = lk > p->max_k ? lk : p->max_k;
+        }
+    }
+    p->softcap = desc->softcap > 0.0f;
+    p->alibi = desc->alibi_slopes != NULL;
+    p->bias = !desc->bias ? 0 : desc->bias->dtype == DIPOLE_F32 ? 1 : 2;
     return DIPOLE_SUCCESS;
 }
 
@@ -231,4 +306,35 @@ const char *dp_bwd_host_missing(const dp_problem *p, const void *q, const void *
         if (arrays[i].needed && !arrays[i].ptr)
             return arrays[i].name;
     return NULL;
+}
+
+size_t dp_bias_span(const dp_problem *p)
+{
+    const dipole_bias *bias = p->d.bias;
+    size_t last = bias->offset, term;
+    const size_t ext[4] = {(size_t)p->tensor_batch - 1, (size_t)p->d.heads_q - 1,
+                           (size_t)p->d.seq_q - 1, (size_t)p->d.seq_k - 1};
+    const size_t str[4] = {bias->stride_batch, bias->stride_head, bias->stride_row, 1};
+    for (int i = 0; i < 4; i++)
+        if (!dp_mul_ok(ext[i], str[i], &term) || last > SIZE_MAX - term ||
+            (last += term) >= (size_t)INT64_MAX / 4)
+            return 0;
+    return last + 1;
+}
+
+dipole_status dp_check_bias(dipole_ctx *ctx, const dp_problem *p)
+{
+    const dipole_bias *bias = p->d.bias;
+    if (!bias->buffer)
+        return dp_fail(ctx, DIPOLE_ERR_INVALID_ARG, "desc.bias->buffer is NULL");
+    const size_t span = dp_bias_span(p);
+    if (!span)
+        return dp_fail(ctx, DIPOLE_ERR_BUFFER_RANGE,
+                       "desc.bias: offset %zu with strides (%zu, %zu, %zu) overflows the "
+                       "address range",
+                       bias->offset, bias->stride_batch, bias->stride_head, bias->stride_row);
+    char unit[32];
+    snprintf(unit, sizeof unit, "%s elements", dipole_dtype_name(bias->dtype));
+    return check_elems(ctx, "desc.bias", bias->buffer, span, dipole_dtype_size(bias->dtype),
+                       unit);
 }

@@ -130,3 +130,27 @@ dipole_status dp_host_stage(dipole_ctx *ctx, const dp_host_array *arrays, int n,
     }
     return st;
 }
+
+dipole_status dp_host_bias(dipole_ctx *ctx, dp_problem *p, dipole_bias *copy, dp_host_buffer *b)
+{
+    *b = (dp_host_buffer){NULL, 0, NULL, 0, false};
+    if (!p->bias)
+        return DIPOLE_SUCCESS;
+    *copy = *p->d.bias;
+    if (!copy->host)
+        return dp_fail(ctx, DIPOLE_ERR_INVALID_ARG,
+                       "desc.bias->host is NULL (a host twin reads the bias from host memory)");
+    const size_t span = dp_bias_span(p), es = dipole_dtype_size(copy->dtype);
+    if (!span || span > SIZE_MAX / es)
+        return dp_fail(ctx, DIPOLE_ERR_BUFFER_RANGE,
+                       "desc.bias: offset %zu with strides (%zu, %zu, %zu) overflows the "
+                       "address range",
+                       copy->offset, copy->stride_batch, copy->stride_head, copy->stride_row);
+    dipole_status st = dp_host_input(ctx, copy->host, span * es, es, b);
+    if (st != DIPOLE_SUCCESS)
+        return st;
+    copy->buffer = b->buffer;
+    copy->offset += b->offset;
+    p->d.bias = copy;
+    return DIPOLE_SUCCESS;
+}

@@ -50,6 +50,10 @@ dipole_status dp_host_stage(dipole_ctx *ctx, const dp_host_array *arrays, int n,
 /* Whether host arrays [a, a + na) and [b, b + nb) share a byte (NULL or empty: no). */
 bool dp_host_overlap(const void *a, size_t na, const void *b, size_t nb);
 
+/* A host twin's bias: desc.bias->host staged as an input, and p->d.bias pointed at *copy, the
+ * caller's bias with the buffer and offset set. Fails (INVALID_ARG) when host is NULL. */
+dipole_status dp_host_bias(dipole_ctx *ctx, dp_problem *p, dipole_bias *copy, dp_host_buffer *b);
+
 /* NULL-safe; the buffer lives on until the commands that use it finish. */
 void dp_host_buffer_release(dp_host_buffer *b);
 

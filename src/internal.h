@@ -62,6 +62,10 @@ typedef struct dp_kernel_config {
     dipole_dtype dtype; /* storage of the global tensors (DP_STORAGE) */
     int paged;          /* forward kernels: K/V rows through a block table (DP_PAGED) */
     int split;          /* group forward: decode over key chunks, into partials (DP_SPLIT) */
+    int varlen;         /* packed sequences through cu_seqlens (DP_VARLEN) */
+    int softcap;        /* scores soft-capped (HAS_SOFTCAP) */
+    int alibi;          /* ALiBi slopes (HAS_ALIBI) */
+    int bias;           /* additive bias: 0 none, 1 float32, 2 storage dtype (HAS_BIAS) */
 } dp_kernel_config;
 
 typedef struct dp_program_entry dp_program_entry;
@@ -109,6 +113,12 @@ typedef struct dp_problem {
     int group; /* heads_q / heads_kv */
     bool has_window;
     bool paged; /* K/V are page pools read through a block table (dipole_attention_paged) */
+    bool varlen;      /* a packed batch (desc.cu_seqlens_q/k) */
+    int tensor_batch; /* the tensors' batch extent: 1 when packed, else batch */
+    int max_q, max_k; /* the longest sequence's query rows and keys (seq_q, seq_k unpacked) */
+    bool softcap;     /* desc.softcap > 0 */
+    bool alibi;       /* desc.alibi_slopes given */
+    int bias;         /* 0 none, 1 float32, 2 in the storage dtype */
 } dp_problem;
 /* Validates desc (message via dp_fail on ctx, which may be NULL) and resolves defaults. */
 dipole_status dp_problem_init(dipole_ctx *ctx, const dipole_attn_desc *desc, dp_problem *p);
@@ -122,6 +132,11 @@ const char *dp_bwd_host_missing(const dp_problem *p, const void *q, const void *
 dipole_status dp_check_tensor(dipole_ctx *ctx, const char *name, const dipole_tensor *t,
                               dipole_dtype dtype, int batch, int seq, int heads, int head_dim);
 dipole_status dp_check_buffer(dipole_ctx *ctx, const char *name, cl_mem buf, size_t floats);
+/* Checks that desc.bias's device view ([batch, heads_q, seq_q, seq_k] by its strides) lies in its
+ * buffer. */
+dipole_status dp_check_bias(dipole_ctx *ctx, const dp_problem *p);
+/* Elements from a bias's base to one past the last its view reaches; 0 when that overflows. */
+size_t dp_bias_span(const dp_problem *p);
 dipole_status dp_check_int_buffer(dipole_ctx *ctx, const char *name, cl_mem buf, size_t ints);
 /* Whether two elements of an output tensor may share an address (work-items would race). */
 bool dp_tensor_self_overlaps(const dipole_tensor *t, int batch, int seq, int heads, int d);
@@ -136,6 +151,16 @@ uint16_t dp_f32_to_bf16(float x);
 /* Half-open range [*lo, *hi) of visible keys for row i of batch b; lo >= hi when none. */
 void dp_visible_range(const dp_problem *p, int b, int i, int *lo, int *hi);
 int dp_key_length(const dp_problem *p, int b);
+/* Sequence b's query rows, and the first query row and key of its tensors' batch (b, or 0
+ * and the packed offsets). */
+int dp_query_length(const dp_problem *p, int b);
+int dp_first_query(const dp_problem *p, int b);
+int dp_first_key(const dp_problem *p, int b);
+/* The score of row i, key j of sequence b, head h after soft-capping, ALiBi and the bias
+ * (bias: its host view, or NULL): s is scale q.k. Double, for the references. */
+double dp_score_mods(const dp_problem *p, int b, int h, int i, int j, double s);
+/* d dp_score_mods / d s at that s (the soft-cap's tanh; ALiBi and the bias add constants). */
+double dp_score_mods_ds(const dp_problem *p, double s);
 
 /* ---- programs.c: programs by configuration. */
 /* The configuration of kernel `kind` for problem p: variant, head_dim and mask kinds from p. */
@@ -190,8 +215,9 @@ dipole_path dp_requested_path(const dipole_ctx *ctx, const dp_problem *p);
 typedef struct dp_args {
     const dipole_tensor *q, *k, *v, *v2, *out;
     cl_mem lse;
-    cl_mem key_lengths; /* int [batch] or NULL */
+    cl_mem key_lengths; /* int [batch], packed: cu_seqlens_q then cu_seqlens_k; or NULL */
     cl_mem pole_weights; /* float [2 * heads_q] alpha then beta, or NULL */
+    cl_mem alibi_slopes; /* float [heads_q] or NULL */
     /* A paged call's block table (int [batch, max_pages]) and its shape; NULL, 0, 0 else. */
     cl_mem block_table;
     int max_pages, page_size;

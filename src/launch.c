@@ -66,7 +66,19 @@ void dp_arg_float(dp_launch_args *l, float v)
     arg_raw(l, sizeof x, &x);
 }
 
-void dp_arg_scores(dp_launch_args *l, const dp_problem *p)
+cl_long4 dp_bias_layout(const dipole_bias *bias)
+{
+    cl_long4 r = {{0, 0, 0, 0}};
+    if (bias) {
+        r.s[0] = (cl_long)bias->offset;
+        r.s[1] = (cl_long)bias->stride_batch;
+        r.s[2] = (cl_long)bias->stride_head;
+        r.s[3] = (cl_long)bias->stride_row;
+    }
+    return r;
+}
+
+void dp_arg_scores(dp_launch_args *l, const dp_problem *p, cl_mem alibi_slopes)
 {
     dp_arg_int(l, p->d.heads_q);
     dp_arg_int(l, p->d.heads_kv);
@@ -75,6 +87,11 @@ void dp_arg_scores(dp_launch_args *l, const dp_problem *p)
     dp_arg_float(l, p->d.scale);
     dp_arg_int(l, p->d.window_left);
     dp_arg_int(l, p->d.window_right);
+    dp_arg_float(l, p->softcap ? p->d.softcap : 0.0f);
+    dp_arg_buffer(l, alibi_slopes);
+    dp_arg_buffer(l, p->bias ? p->d.bias->buffer : NULL);
+    const cl_long4 lb = dp_bias_layout(p->bias ? p->d.bias : NULL);
+    arg_raw(l, sizeof lb, &lb);
 }
 
 void dp_arg_local(dp_launch_args *l, size_t bytes)
@@ -228,9 +245,25 @@ dipole_status dp_call_buffers_upload(dipole_ctx *ctx, const dp_problem *p, dp_ca
     dipole_status st = DIPOLE_SUCCESS;
     b->key_lengths = NULL;
     b->pole_weights = NULL;
+    b->alibi_slopes = NULL;
     if (d->key_lengths)
         st = dp_upload(ctx, d->key_lengths, sizeof(int) * (size_t)d->batch, "key_lengths",
                        &b->key_lengths);
+    if (p->varlen) {
+        const size_t n = (size_t)d->batch + 1;
+        int *cu = malloc(sizeof(int) * 2 * n);
+        if (!cu)
+            st = dp_fail(ctx, DIPOLE_ERR_OUT_OF_HOST_MEMORY, "out of memory");
+        if (cu) {
+            memcpy(cu, d->cu_seqlens_q, sizeof(int) * n);
+            memcpy(cu + n, d->cu_seqlens_k, sizeof(int) * n);
+            st = dp_upload(ctx, cu, sizeof(int) * 2 * n, "cu_seqlens", &b->key_lengths);
+        }
+        free(cu);
+    }
+    if (st == DIPOLE_SUCCESS && p->alibi)
+        st = dp_upload(ctx, d->alibi_slopes, sizeof(float) * (size_t)d->heads_q, "alibi_slopes",
+                       &b->alibi_slopes);
     if (st == DIPOLE_SUCCESS && d->variant == DIPOLE_TWO_POLE && (d->pos_weight || d->neg_weight)) {
         const size_t hq = (size_t)d->heads_q;
         float *w = malloc(sizeof(float) * 2 * hq);
@@ -255,6 +288,9 @@ void dp_call_buffers_release(dp_call_buffers *b)
         clReleaseMemObject(b->key_lengths);
     if (b->pole_weights)
         clReleaseMemObject(b->pole_weights);
+    if (b->alibi_slopes)
+        clReleaseMemObject(b->alibi_slopes);
     b->key_lengths = NULL;
     b->pole_weights = NULL;
+    b->alibi_slopes = NULL;
 }

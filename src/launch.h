@@ -29,9 +29,14 @@ void dp_arg_buffer(dp_launch_args *l, cl_mem m);
 void dp_arg_tensor(dp_launch_args *l, const dipole_tensor *t);
 void dp_arg_int(dp_launch_args *l, int v);
 void dp_arg_float(dp_launch_args *l, float v);
-/* The sizes, scale and window a score kernel's rows and keys come from: heads_q, heads_kv,
- * seq_q, seq_k, scale, window_left, window_right (the attention kernels' shared tail). */
-void dp_arg_scores(dp_launch_args *l, const dp_problem *p);
+/* The sizes, scale, window and score modifiers a score kernel's rows and keys come from:
+ * heads_q, heads_kv, seq_q, seq_k, scale, window_left, window_right, then DP_SCORE_ARGS
+ * (softcap, the ALiBi slopes, the bias buffer and its layout; the attention kernels' shared
+ * tail). alibi_slopes: the call's uploaded slopes or NULL. */
+void dp_arg_scores(dp_launch_args *l, const dp_problem *p, cl_mem alibi_slopes);
+/* A bias's (offset, stride_batch, stride_head, stride_row) as the kernels take it; zeros for
+ * none. */
+cl_long4 dp_bias_layout(const dipole_bias *bias);
 /* A __local argument of `bytes` bytes. */
 void dp_arg_local(dp_launch_args *l, size_t bytes);
 /* The arguments' status: DIPOLE_SUCCESS, or the failure as "clSetKernelArg(name, arg N)". */
@@ -86,11 +91,13 @@ dipole_status dp_scratch(dipole_ctx *ctx, size_t bytes, const char *what, cl_mem
 dipole_status dp_upload(dipole_ctx *ctx, const void *host, size_t bytes, const char *what,
                         cl_mem *out);
 
-/* The small per-call arrays both passes read: key_lengths (int [batch]) and the pole weights
- * (float [2 * heads_q], alpha then beta; TWO_POLE with weights given only). NULL when absent. */
+/* The small per-call arrays both passes read: key_lengths (int [batch]; packed: cu_seqlens_q
+ * then cu_seqlens_k), the pole weights (float [2 * heads_q], alpha then beta; TWO_POLE with
+ * weights given only) and the ALiBi slopes. NULL when absent. */
 typedef struct dp_call_buffers {
-    cl_mem key_lengths;
+    cl_mem key_lengths; /* packed: cu_seqlens_q then cu_seqlens_k, int [2 (batch + 1)] */
     cl_mem pole_weights;
+    cl_mem alibi_slopes; /* float [heads_q] */
 } dp_call_buffers;
 
 dipole_status dp_call_buffers_upload(dipole_ctx *ctx, const dp_problem *p, dp_call_buffers *b);

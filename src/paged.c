@@ -254,8 +254,9 @@ dipole_status dipole_attention_paged(dipole_ctx *ctx, const dipole_attn_desc *de
     view_close(&view);
     if (st == DIPOLE_SUCCESS) {
         p.paged = true;
-        dp_args a = {q, k_pages, v_pages, p.reads_v2 ? v2_pages : NULL, out, lse, NULL, NULL,
-                     paged->block_table, paged->max_pages, paged->page_size};
+        dp_args a = {.q = q, .k = k_pages, .v = v_pages, .v2 = p.reads_v2 ? v2_pages : NULL,
+                     .out = out, .lse = lse, .block_table = paged->block_table,
+                     .max_pages = paged->max_pages, .page_size = paged->page_size};
         st = dp_attention_locked(ctx, &p, &a, event);
     }
     pthread_mutex_unlock(&ctx->lock);

@@ -48,6 +48,12 @@ dp_kernel_config dp_kernel_config_for(const dp_problem *p, dp_kernel_kind kind, 
     cfg.dtype = p->d.dtype;
     cfg.paged = p->paged && (kind == DP_KERNEL_FWD_TILED || kind == DP_KERNEL_FWD_CPU ||
                              kind == DP_KERNEL_FWD_SPLITK);
+    if (kind != DP_KERNEL_UTIL) {
+        cfg.varlen = p->varlen;
+        cfg.softcap = p->softcap;
+        cfg.alibi = p->alibi;
+        cfg.bias = p->bias;
+    }
     return cfg;
 }
 
@@ -79,7 +85,7 @@ void dp_build_options(const dipole_ctx *ctx, const dp_kernel_config *cfg, char *
         snprintf(buf, cap, "-cl-std=CL1.2 -DDP_STORAGE=%d -DBLOCK_M=%d%s", (int)cfg->dtype,
                  cfg->block_m, quirks);
     else {
-        char grid[64] = "";
+        char grid[128] = "";
         if (cfg->wg_cols > 0)
             snprintf(grid, sizeof grid, " -DWG_COLS=%d", cfg->wg_cols);
         /* only where set: every other build keeps its options (and its cached binary) */
@@ -87,6 +93,14 @@ void dp_build_options(const dipole_ctx *ctx, const dp_kernel_config *cfg, char *
             strncat(grid, " -DDP_PAGED=1", sizeof grid - strlen(grid) - 1);
         if (cfg->split)
             strncat(grid, " -DDP_SPLIT=1", sizeof grid - strlen(grid) - 1);
+        if (cfg->varlen)
+            strncat(grid, " -DDP_VARLEN=1", sizeof grid - strlen(grid) - 1);
+        if (cfg->softcap)
+            strncat(grid, " -DHAS_SOFTCAP=1", sizeof grid - strlen(grid) - 1);
+        if (cfg->alibi)
+            strncat(grid, " -DHAS_ALIBI=1", sizeof grid - strlen(grid) - 1);
+        if (cfg->bias)
+            snprintf(grid + strlen(grid), sizeof grid - strlen(grid), " -DHAS_BIAS=%d", cfg->bias);
         snprintf(buf, cap,
              "-cl-std=CL1.2 -DDP_STORAGE=%d -DVARIANT=%d -DHEAD_DIM=%d -DIS_CAUSAL=%d "
              "-DHAS_WINDOW=%d -DBLOCK_M=%d -DBLOCK_N=%d -DWORK_GROUP=%d%s%s",

@@ -29,8 +29,14 @@ dipole_status dipole_reference_lse(const dipole_attn_desc *desc, const float *q,
     if (!q || !k || !v || !out || (p.reads_v2 && !v2))
         return dp_fail(NULL, DIPOLE_ERR_INVALID_ARG, "dipole_reference: %s is NULL",
                        !q ? "q" : !k ? "k" : !v ? "v" : !out ? "out" : "v2 (the variant reads it)");
+    if (p.bias && !p.d.bias->host)
+        return dp_fail(NULL, DIPOLE_ERR_INVALID_ARG,
+                       "dipole_reference: desc.bias->host is NULL (the reference reads the bias "
+                       "from host memory)");
     const int B = p.d.batch, Hq = p.d.heads_q, Hkv = p.d.heads_kv, Nq = p.d.seq_q,
               Nk = p.d.seq_k, D = p.d.head_dim;
+    /* Packed: sequence b is rows of the one tensor batch, and lse is [poles, Hq, seq_q]. */
+    const int TB = p.tensor_batch;
     double *s = malloc(sizeof(double) * (size_t)Nk);
     double *acc = malloc(sizeof(double) * (size_t)D * 2);
     if (!s || !acc) {
@@ -44,45 +50,55 @@ dipole_status dipole_reference_lse(const dipole_attn_desc *desc, const float *q,
             const double pole_w[2] = {
                 p.d.variant == DIPOLE_TWO_POLE && p.d.pos_weight ? p.d.pos_weight[h] : 1.0,
                 p.d.variant == DIPOLE_TWO_POLE && p.d.neg_weight ? p.d.neg_weight[h] : 1.0};
-            for (int i = 0; i < Nq; i++) {
-                const float *qi = q + (((size_t)b * Nq + i) * Hq + h) * D;
+            const int tb = p.varlen ? 0 : b, q0 = dp_first_query(&p, b),
+                      k0 = dp_first_key(&p, b);
+            for (int i = 0; i < dp_query_length(&p, b); i++) {
+                const float *qi = q + (((size_t)tb * Nq + q0 + i) * Hq + h) * D;
                 int lo, hi;
                 dp_visible_range(&p, b, i, &lo, &hi);
                 for (int j = lo; j < hi; j++) {
-                    const float *kj = k + (((size_t)b * Nk + j) * Hkv + hk) * D;
+                    const float *kj = k + (((size_t)tb * Nk + k0 + j) * Hkv + hk) * D;
                     double dot = 0;
                     for (int c = 0; c < D; c++)
                         dot += (double)qi[c] * (double)kj[c];
-                    s[j] = (double)p.d.scale * dot;
+                    s[j] = dp_score_mods(&p, b, h, i, j, (double)p.d.scale * dot);
                 }
+                /* A score of -inf (a bias entry) hides its key from every pole. */
+                int seen = 0;
+                for (int j = lo; j < hi; j++)
+                    seen += s[j] != -INFINITY;
                 double *od = acc + D; /* the output row, summed over poles in double */
                 for (int c = 0; c < D; c++)
                     od[c] = 0.0;
                 for (int pole = 0; pole < p.npoles; pole++) {
                     double m = -INFINITY, l = 0;
                     for (int j = lo; j < hi; j++)
-                        m = fmax(m, pole_logit(p.d.variant, pole, s[j]));
+                        if (s[j] != -INFINITY)
+                            m = fmax(m, pole_logit(p.d.variant, pole, s[j]));
                     for (int c = 0; c < D; c++)
                         acc[c] = 0;
                     for (int j = lo; j < hi; j++) {
+                        if (s[j] == -INFINITY)
+                            continue;
                         const double w = exp(pole_logit(p.d.variant, pole, s[j]) - m);
                         l += w;
                         /* Which value row the key's weight lands on, and with what sign. */
                         const bool to_v2 = (p.d.variant == DIPOLE_ROUTED && !(s[j] > 0)) ||
                                            (p.d.variant == DIPOLE_TWO_POLE && pole == 1);
                         const double coef = p.d.variant == DIPOLE_SIGNEXP ? sign_of(s[j]) : 1.0;
-                        const float *vj = (to_v2 ? v2 : v) + (((size_t)b * Nk + j) * Hkv + hk) * D;
+                        const float *vj =
+                            (to_v2 ? v2 : v) + (((size_t)tb * Nk + k0 + j) * Hkv + hk) * D;
                         for (int c = 0; c < D; c++)
                             acc[c] += w * coef * (double)vj[c];
                     }
-                    if (hi > lo)
+                    if (seen)
                         for (int c = 0; c < D; c++)
                             od[c] += pole_w[pole] * acc[c] / l;
                     if (lse)
-                        lse[(((size_t)pole * B + b) * Hq + h) * Nq + i] =
-                            hi > lo ? (float)(m + log(l)) : -INFINITY;
+                        lse[(((size_t)pole * TB + tb) * Hq + h) * Nq + q0 + i] =
+                            seen ? (float)(m + log(l)) : -INFINITY;
                 }
-                float *oi = out + (((size_t)b * Nq + i) * Hq + h) * D;
+                float *oi = out + (((size_t)tb * Nq + q0 + i) * Hq + h) * D;
                 for (int c = 0; c < D; c++)
                     oi[c] = (float)od[c];
             }

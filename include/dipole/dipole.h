@@ -116,6 +116,8 @@ DIPOLE_API size_t dipole_dtype_size(dipole_dtype dtype);
 DIPOLE_API dipole_status dipole_convert(dipole_dtype dst_dtype, void *dst, dipole_dtype src_dtype,
                                         const void *src, size_t n);
 
+struct dipole_bias;
+
 typedef struct dipole_attn_desc {
     dipole_variant variant;
     int batch;
@@ -137,10 +139,46 @@ typedef struct dipole_attn_desc {
     /* Storage of q, k, v, v2 and out; in the backward also dout, dq, dk, dv, dv2. Offsets and
      * strides stay in elements; lse and the pole weights stay float32. */
     dipole_dtype dtype;
+    /* Packed variable-length batches (FlashAttention's varlen layout). Host arrays [batch + 1],
+     * starting at 0 and non-decreasing, NULL = not packed; both or neither. Packed, q and out
+     * are one batch of seq_q = cu_seqlens_q[batch] rows and k, v, v2 one batch of
+     * seq_k = cu_seqlens_k[batch] rows: sequence b is query rows [cu_seqlens_q[b],
+     * cu_seqlens_q[b + 1]) against keys [cu_seqlens_k[b], cu_seqlens_k[b + 1]) (length 0
+     * allowed), its causal mask and windows aligned bottom-right within the sequence. Tensors'
+     * stride_batch is unused; lse is [dipole_lse_count, heads_q, seq_q]. Not with key_lengths. */
+    const int *cu_seqlens_q;
+    const int *cu_seqlens_k;
+    /* ALiBi: host array [heads_q] of slopes, NULL = none. Query row i of a sequence of lq rows
+     * and lk keys scores key j with s - slope_h |i + lk - lq - j| (the bottom-right distance). */
+    const float *alibi_slopes;
+    /* Logit soft-capping (Gemma 2): s <- softcap tanh(s / softcap) before ALiBi and the bias;
+     * 0 = off. */
+    float softcap;
+    /* An additive score bias (see dipole_bias), NULL = none. */
+    const struct dipole_bias *bias;
 } dipole_attn_desc;
 
+/* An additive bias on the scores, added after soft-capping and ALiBi, before the variant:
+ * element (b, h, i, j) is at offset + b stride_batch + h stride_head + i stride_row + j
+ * (elements), for batch b, query head h, query row i and key j; a stride of 0 broadcasts over
+ * that index. Packed batches index it as one batch by the packed rows and keys (sequence b's
+ * row i is row cu_seqlens_q[b] + i). A score of -inf excludes its key in every variant (it
+ * never becomes |-inf| = +inf); a row that sees no key outputs 0, lse -inf. The backward passes
+ * no gradient to the bias. Device calls read `buffer` (a cl_mem of the context), host twins
+ * and the references `host`; the other may be NULL. */
+typedef struct dipole_bias {
+    cl_mem buffer;
+    const void *host;
+    dipole_dtype dtype; /* DIPOLE_F32, or desc.dtype */
+    size_t offset;
+    size_t stride_batch;
+    size_t stride_head;
+    size_t stride_row;
+} dipole_bias;
+
 /* Fills every field with its default: SOFTMAX, sizes 0 (to be set), scale 0 (1/sqrt(d)),
- * no causal mask, windows -1, no key lengths, unit pole weights, DIPOLE_PATH_AUTO, DIPOLE_F32. */
+ * no causal mask, windows -1, no key lengths, unit pole weights, DIPOLE_PATH_AUTO, DIPOLE_F32,
+ * not packed, no ALiBi, no soft-cap, no bias. */
 DIPOLE_API void dipole_attn_desc_default(dipole_attn_desc *desc);
 
 /* Checks a descriptor without a device. DIPOLE_SUCCESS or DIPOLE_ERR_INVALID_ARG (message on

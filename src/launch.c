@@ -87,6 +87,11 @@ void dp_arg_scores(dp_launch_args *l, const dp_problem *p, cl_mem alibi_slopes)
     dp_arg_float(l, p->d.scale);
     dp_arg_int(l, p->d.window_left);
     dp_arg_int(l, p->d.window_right);
+    dp_arg_score_mods(l, p, alibi_slopes);
+}
+
+void dp_arg_score_mods(dp_launch_args *l, const dp_problem *p, cl_mem alibi_slopes)
+{
     dp_arg_float(l, p->softcap ? p->d.softcap : 0.0f);
     dp_arg_buffer(l, alibi_slopes);
     dp_arg_buffer(l, p->bias ? p->d.bias->buffer : NULL);

@@ -34,6 +34,8 @@ void dp_arg_float(dp_launch_args *l, float v);
  * (softcap, the ALiBi slopes, the bias buffer and its layout; the attention kernels' shared
  * tail). alibi_slopes: the call's uploaded slopes or NULL. */
 void dp_arg_scores(dp_launch_args *l, const dp_problem *p, cl_mem alibi_slopes);
+/* DP_SCORE_ARGS alone (the tail of dp_arg_scores), for kernels with their own size arguments. */
+void dp_arg_score_mods(dp_launch_args *l, const dp_problem *p, cl_mem alibi_slopes);
 /* A bias's (offset, stride_batch, stride_head, stride_row) as the kernels take it; zeros for
  * none. */
 cl_long4 dp_bias_layout(const dipole_bias *bias);

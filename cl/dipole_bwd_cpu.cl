@@ -126,7 +126,7 @@ inline float16 dp_exp_held(float16 x)
 inline float16 dp_pole_grad(int p, float16 s, float16 gv, float16 gv2, float16 lse,
                             float16 delta, float w, float16 *a)
 {
-    const float16 prob = dp_exp_held(POLE_LOGIT(p, s) - lse);
+    const float16 lg = POLE_LOGIT(p, s), prob = DP_POLE_EXP(dp_exp_held(lg - lse), lg);
     const float16 coef = POLE_COEF(p, s) * w;
     const float16 gu = POLE_TO_V2(p, s) ? gv2 : gv;
     *a = prob * coef;
@@ -169,6 +169,14 @@ void dipole_bwd_dq_cpu(__global const dp_storage *q, dp_layout lq,
                        float scale, int window_left, int window_right, DP_SCORE_ARGS)
 {
     const int row0 = get_global_id(0) * BLOCK_M, h = get_global_id(1), b = get_global_id(2);
+    DP_REBASE_Q(lq, b);
+    DP_REBASE_Q(lout, b);
+    DP_REBASE_Q(ldout, b);
+    DP_REBASE_Q(ldq, b);
+    DP_REBASE_K(lk, b);
+    DP_REBASE_K(lv, b);
+    DP_REBASE_K(lv2, b);
+    DP_SEQUENCE(b);
     if (row0 >= seq_q)
         return;
     const int hk = DP_KV_HEAD(h), kl = DP_KEY_LENGTH(b);
@@ -275,6 +283,20 @@ void dipole_bwd_dq_cpu(__global const dp_storage *q, dp_layout lq,
                     __local const float *kb = kt + jb * HEAD_DIM;
                     DP_RB_SCORES(s, kb, qg, gv, vt + jb * HEAD_DIM, dog,
                                  gv2, v2t + jb * HEAD_DIM, dog);
+#if DP_SCORE_MODS
+                    /* The modified scores, and d(modified)/d(raw) for dS; rows past the
+                     * sequence and padding keys are clamped into it (their lanes are dropped). */
+                    float16 sd[RB][NV];
+#pragma unroll
+                    for (int t = 0; t < RB; t++)
+#pragma unroll
+                        for (int r = 0; r < NV; r++) {
+                            sd[t][r] = DP_SCORE_DS16(s[t][r]);
+                            s[t][r] = DP_SCORE16(s[t][r], b, h,
+                                                 min(row0 + g * LANES + 16 * r + LANE_IDS, seq_q - 1),
+                                                 (int16)(j0 + min(jb + t, n - 1)), kl);
+                        }
+#endif
                     /* dS per lane, into s (selected, not multiplied, to 0 where a row does not
                      * see the key: a masked NaN stays out). */
 #pragma unroll
@@ -286,8 +308,9 @@ void dipole_bwd_dq_cpu(__global const dp_storage *q, dp_layout lq,
                                               ((int16)(j0 + jb + t) < hi[g][r]);
                             if (walk == 0) {
                                 for (int p = 0; p < NPOLES; p++) {
+                                    const float16 lg = POLE_LOGIT(p, sv);
                                     const float16 prob =
-                                        dp_exp_held(POLE_LOGIT(p, sv) - lse_v[g][p][r]);
+                                        DP_POLE_EXP(dp_exp_held(lg - lse_v[g][p][r]), lg);
                                     const float16 term = prob * POLE_COEF(p, sv) *
                                                          (POLE_TO_V2(p, sv) ? gv2[t][r] : gv[t][r]);
                                     rd[g][p][r] += masked ? select((float16)0.0f, term, vis) : term;
@@ -298,6 +321,9 @@ void dipole_bwd_dq_cpu(__global const dp_storage *q, dp_layout lq,
                             for (int p = 0; p < NPOLES; p++)
                                 ds += dp_pole_grad(p, sv, gv[t][r], gv2[t][r], lse_v[g][p][r],
                                                    delta_v[g][p][r], w[p], &a);
+#if HAS_SOFTCAP
+                            ds *= sd[t][r];
+#endif
                             s[t][r] = masked ? select((float16)0.0f, ds, vis) : ds;
                         }
                     if (walk == 0)
@@ -365,6 +391,15 @@ void dipole_bwd_dkdv_cpu(__global const dp_storage *q, dp_layout lq,
     const int kb0 = get_global_id(0) * BLOCK_N;
     const int hk = get_global_id(1);
     const int b = get_global_id(2);
+    DP_REBASE_Q(lq, b);
+    DP_REBASE_Q(ldout, b);
+    DP_REBASE_K(lk, b);
+    DP_REBASE_K(lv, b);
+    DP_REBASE_K(lv2, b);
+    DP_REBASE_K(ldk, b);
+    DP_REBASE_K(ldv, b);
+    DP_REBASE_K(ldv2, b);
+    DP_SEQUENCE(b);
     if (kb0 >= seq_k)
         return;
     const int group = heads_q / heads_kv;
@@ -458,6 +493,18 @@ void dipole_bwd_dkdv_cpu(__global const dp_storage *q, dp_layout lq,
 
                     __local const float *qb = qt + r0 * HEAD_DIM, *dob = dot_ + r0 * HEAD_DIM;
                     DP_RB_SCORES(s, qb, kg, gv, dob, vg, gv2, dob, v2g);
+#if DP_SCORE_MODS
+                    /* As in dq; padding rows and keys past the sequence clamped into it. */
+                    float16 sd[RB][NV];
+#pragma unroll
+                    for (int t = 0; t < RB; t++)
+#pragma unroll
+                        for (int r = 0; r < NV; r++) {
+                            sd[t][r] = DP_SCORE_DS16(s[t][r]);
+                            s[t][r] = DP_SCORE16(s[t][r], b, h, (int16)min(i0 + r0 + t, seq_q - 1),
+                                                 min(jv[e][r], seq_k - 1), kl);
+                        }
+#endif
                     /* Per lane: dS into s, the factors on dO into av (value v) and av2 (value v2);
                      * for ROUTED, which of the two each (row, key) feeds (rt: v2). */
                     float16 av[RB][NV];
@@ -492,6 +539,9 @@ void dipole_bwd_dkdv_cpu(__global const dp_storage *q, dp_layout lq,
                             }
 #if VARIANT == DIPOLE_ROUTED
                             rt[t][r] = POLE_TO_V2(0, sv);
+#endif
+#if HAS_SOFTCAP
+                            ds *= sd[t][r];
 #endif
                             s[t][r] = masked ? select((float16)0.0f, ds, vis) : ds;
                             av[t][r] = masked ? select((float16)0.0f, to_v, vis) : to_v;

@@ -354,6 +354,34 @@ inline float dp_score(float s, int b, int h, int i, int j, int kl, int seq_q, DP
 }
 #define DP_SCORE(s, b, h, i, j, kl) dp_score((s), (b), (h), (i), (j), (kl), seq_q, DP_SCORE_PASS)
 
+/* dp_score on 16 lanes at once, lane u being row i[u] and key j[u] (the CPU layout's rows or
+ * keys across lanes; the caller keeps both inside the sequence). */
+inline float16 dp_score16(float16 s, int b, int h, int16 i, int16 j, int kl, int seq_q,
+                          DP_SCORE_ARGS)
+{
+#if HAS_SOFTCAP
+    s = softcap * tanh(s / softcap);
+#endif
+#if HAS_ALIBI
+    s -= alibi_slopes[h] * convert_float16(abs(i + (kl - seq_q) - j));
+#endif
+#if HAS_BIAS
+    const long base = lbias.x + b * lbias.y + h * lbias.z;
+    int iu[16], ju[16];
+    float x[16];
+    vstore16(i, 0, iu);
+    vstore16(j, 0, ju);
+    vstore16(s, 0, x);
+    for (int u = 0; u < 16; u++)
+        x[u] += DP_BIAS_LOAD(bias, base + iu[u] * lbias.w + ju[u]);
+    s = vload16(0, x);
+#endif
+    return s;
+}
+#define DP_SCORE16(s, b, h, i, j, kl) dp_score16((s), (b), (h), (i), (j), (kl), seq_q, DP_SCORE_PASS)
+/* The lane indices 0 .. 15. */
+#define DP_LANES ((int16)(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15))
+
 /* d dp_score / d s at the same s (soft-capping's 1 - tanh^2; ALiBi and the bias are constants). */
 inline float dp_score_ds(float s, float softcap)
 {
@@ -365,6 +393,16 @@ inline float dp_score_ds(float s, float softcap)
 #endif
 }
 #define DP_SCORE_DS(s) dp_score_ds((s), softcap)
+inline float16 dp_score_ds16(float16 s, float softcap)
+{
+#if HAS_SOFTCAP
+    const float16 t = tanh(s / softcap);
+    return 1.0f - t * t;
+#else
+    return (float16)1.0f;
+#endif
+}
+#define DP_SCORE_DS16(s) dp_score_ds16((s), softcap)
 
 /* ---- The mask. Keys are visible in [lo, hi) per query row; the diagonal is aligned
  * bottom-right (row i sits on key i + kl - seq_q), kl being the batch's key length. */

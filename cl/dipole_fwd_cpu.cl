@@ -144,6 +144,12 @@ void dipole_fwd_cpu(__global const dp_storage *q, dp_layout lq,
                     float scale, int window_left, int window_right, DP_SCORE_ARGS)
 {
     const int row0 = get_global_id(0) * BLOCK_M, h = get_global_id(1), b = get_global_id(2);
+    DP_REBASE_Q(lq, b);
+    DP_REBASE_Q(lout, b);
+    DP_REBASE_K(lk, b);
+    DP_REBASE_K(lv, b);
+    DP_REBASE_K(lv2, b);
+    DP_SEQUENCE(b);
     if (row0 >= seq_q)
         return;
     const int hk = DP_KV_HEAD(h), kl = DP_KEY_LENGTH(b);
@@ -274,6 +280,17 @@ void dipole_fwd_cpu(__global const dp_storage *q, dp_layout lq,
                             sa[t][r] = fma(kv, qv[r], sa[t][r]);
                     }
                 }
+#if DP_SCORE_MODS
+                /* Rows past the sequence and keys past the tile are clamped into it, as their
+                 * q and k rows are: their lanes are never used. */
+#pragma unroll
+                for (int t = 0; t < RB; t++)
+#pragma unroll
+                    for (int r = 0; r < RV; r++)
+                        sa[t][r] = DP_SCORE16(sa[t][r], b, h,
+                                              min(row0 + g * GROUP_ROWS + 16 * r + DP_LANES, seq_q - 1),
+                                              (int16)(j0 + min(jb + t, n - 1)), kl);
+#endif
 #pragma unroll
                 for (int t = 0; t < RB; t++)
 #pragma unroll
@@ -329,8 +346,8 @@ void dipole_fwd_cpu(__global const dp_storage *q, dp_layout lq,
                 for (int jj = 0; jj < n; jj++)
 #pragma unroll
                     for (int r = 0; r < RV; r++) {
-                        const float16 sv = s[jj * RV + r];
-                        float16 w = dp_exp_nonpos(POLE_LOGIT(p, sv) - mn[r]);
+                        const float16 sv = s[jj * RV + r], lg = POLE_LOGIT(p, sv);
+                        float16 w = DP_POLE_EXP(dp_exp_nonpos(lg - mn[r]), lg);
                         float16 a = POLE_WEIGHTED(p, w, sv);
                         /* Masked after the coefficient: sign(NaN) is NaN, and 0 x NaN too. */
                         if (masked) {
@@ -417,8 +434,9 @@ void dipole_fwd_cpu(__global const dp_storage *q, dp_layout lq,
         for (int p = 0; p < NPOLES; p++)
 #pragma unroll
             for (int r = 0; r < RV; r++)
-                coef[p][r] =
-                    select((float16)0.0f, pw[p] / l[g][p][r], lo[g * RV + r] < hi[g * RV + r]);
+                /* l is 0 where a bias excluded every key the row sees. */
+                coef[p][r] = select((float16)0.0f, pw[p] / l[g][p][r],
+                                    lo[g * RV + r] < hi[g * RV + r] && l[g][p][r] != 0.0f);
         __local float16 *a0 = acc + g * NPOLES * D_PAD * RV;
         for (int c = 0; c < HEAD_DIM; c++)
 #pragma unroll
@@ -454,6 +472,7 @@ void dipole_fwd_cpu(__global const dp_storage *q, dp_layout lq,
  * the work-item's own slice of part between steps.
  * Partials as dipole_common.cl lays them out (DP_PART). */
 
+#if !DP_VARLEN /* packed batches do not split: the planner keeps them tiled */
 inline float16 dp_row_piece(__global const dp_storage *row, int c16)
 {
 #if HEAD_DIM % 16
@@ -560,7 +579,10 @@ void dipole_fwd_splitk(__global const dp_storage *q, dp_layout lq,
                     d = fma(qv[c16], dp_row_piece(kr, c16), d);
                 scs[t] = dp_sum16(d);
             }
-            const float16 sc = vload16(0, scs);
+            float16 sc = vload16(0, scs);
+#if DP_SCORE_MODS
+            sc = DP_SCORE16(sc, b, h, (int16)i, min(j0 + DP_LANES, j_hi - 1), kl);
+#endif
             __global float *st = DP_HEAD_PART(h);
             float16 acc[NPOLES][DV];
             float av[NPOLES][16];
@@ -581,7 +603,7 @@ void dipole_fwd_splitk(__global const dp_storage *q, dp_layout lq,
                         acc[p][c16] *= f;
                     m = mn;
                 }
-                const float16 w = select((float16)0.0f, dp_exp_nonpos(lg - mn), vis);
+                const float16 w = select((float16)0.0f, DP_POLE_EXP(dp_exp_nonpos(lg - mn), lg), vis);
                 sp[0] = m;
                 sp[1] = l + dp_sum16(w);
                 const float16 a = w * POLE_COEF(p, sc);
@@ -648,7 +670,7 @@ __kernel void dipole_fwd_merge(__global const float *part, int chunks,
         mm[p] = mx;
         ll[p] = sum;
         const float pw = dp_pole_weight(pole_weights, p, h, heads_q);
-        coef[p] = has_keys ? pw / sum : 0.0f;
+        coef[p] = has_keys && sum != 0.0f ? pw / sum : 0.0f; /* 0: a bias excluded every key */
     }
     /* One rescale per chunk and pole, not per element. */
     float o[HEAD_DIM];
@@ -672,3 +694,4 @@ __kernel void dipole_fwd_merge(__global const float *part, int chunks,
             lse[DP_STAT(p, b, h, i)] =
                 has_keys ? mm[p] + log(ll[p]) : -INFINITY;
 }
+#endif /* !DP_VARLEN */

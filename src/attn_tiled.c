@@ -66,10 +66,11 @@ static size_t splitk_bytes(const dp_tile_config *tc, const dp_problem *p)
 }
 
 /* Split-K for few query rows, unless its scratch would not fit one allocation or the
- * workspace limit — then the plain CPU kernel, which needs none, serves. */
+ * workspace limit — then the plain CPU kernel, which needs none, serves. Packed batches keep
+ * the tiles: the partials are laid out per (batch, row) of equal sequences. */
 static bool use_splitk(const dipole_ctx *ctx, const dp_tile_config *tc, const dp_problem *p)
 {
-    if (tc->layout != DP_LAYOUT_CPU || p->d.seq_q > tc->splitk_max_q)
+    if (tc->layout != DP_LAYOUT_CPU || p->d.seq_q > tc->splitk_max_q || p->varlen)
         return false;
     const size_t bytes = splitk_bytes(tc, p);
     return bytes != 0 && bytes <= ctx->props.max_alloc && bytes <= ctx->workspace_limit;
@@ -198,7 +199,7 @@ static dipole_status plan_group_split(dipole_ctx *ctx, const dp_problem *p,
     const size_t bytes = splitk_bytes(&tc, p);
     dp_kernel_config cfg;
     char why[160];
-    if (bytes == 0 || bytes > ctx->props.max_alloc || bytes > ctx->workspace_limit ||
+    if (p->varlen || bytes == 0 || bytes > ctx->props.max_alloc || bytes > ctx->workspace_limit ||
         !dp_group_split_config(&tc, p, &ctx->props, &cfg))
         return DIPOLE_ERR_UNSUPPORTED;
     static const char *const names[2] = {"dipole_fwd", "dipole_fwd_merge_group"};

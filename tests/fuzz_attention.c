@@ -90,7 +90,64 @@ static bool expect_valid(const dipole_attn_desc *d)
             if ((d->pos_weight && !isfinite(d->pos_weight[h])) ||
                 (d->neg_weight && !isfinite(d->neg_weight[h])))
                 return false;
+    /* Packed: both arrays or neither, no key lengths, from 0, never decreasing, ending at the
+     * tensors' rows. */
+    if (!d->cu_seqlens_q != !d->cu_seqlens_k || (d->cu_seqlens_q && d->key_lengths))
+        return false;
+    const int *cu[2] = {d->cu_seqlens_q, d->cu_seqlens_k}, rows[2] = {d->seq_q, d->seq_k};
+    for (int a = 0; a < 2 && cu[a]; a++) {
+        if (cu[a][0] != 0 || cu[a][d->batch] != rows[a])
+            return false;
+        for (int b = 0; b < d->batch; b++)
+            if (cu[a][b + 1] < cu[a][b])
+                return false;
+    }
+    if (!isfinite(d->softcap) || d->softcap < 0)
+        return false;
+    for (int h = 0; d->alibi_slopes && h < d->heads_q; h++)
+        if (!isfinite(d->alibi_slopes[h]))
+            return false;
+    if (d->bias && d->bias->dtype != DIPOLE_F32 && d->bias->dtype != d->dtype)
+        return false;
     return true;
+}
+
+/* Sequence b's first query row, first key, and lengths (packed or not). */
+static int first_q(const dipole_attn_desc *d, int b)
+{
+    return d->cu_seqlens_q ? d->cu_seqlens_q[b] : 0;
+}
+static int first_k(const dipole_attn_desc *d, int b)
+{
+    return d->cu_seqlens_k ? d->cu_seqlens_k[b] : 0;
+}
+static int len_q(const dipole_attn_desc *d, int b)
+{
+    return d->cu_seqlens_q ? d->cu_seqlens_q[b + 1] - d->cu_seqlens_q[b] : d->seq_q;
+}
+static int len_k(const dipole_attn_desc *d, int b)
+{
+    if (d->cu_seqlens_k)
+        return d->cu_seqlens_k[b + 1] - d->cu_seqlens_k[b];
+    return d->key_lengths ? d->key_lengths[b] : d->seq_k;
+}
+
+/* The score the variant sees, written from the header's words: soft-cap, ALiBi, bias (a
+ * float32 host bias in this harness). */
+static double modified_score(const dipole_attn_desc *d, int b, int h, int i, int j, double s)
+{
+    if (d->softcap > 0)
+        s = d->softcap * tanh(s / d->softcap);
+    if (d->alibi_slopes)
+        s -= d->alibi_slopes[h] * fabs((double)i + len_k(d, b) - len_q(d, b) - j);
+    if (d->bias) {
+        const dipole_bias *x = d->bias;
+        const float *bh = x->host;
+        s += bh[x->offset + (d->cu_seqlens_q ? 0 : (size_t)b * x->stride_batch) +
+                (size_t)h * x->stride_head + (size_t)(first_q(d, b) + i) * x->stride_row +
+                (size_t)(first_k(d, b) + j)];
+    }
+    return s;
 }
 
 static dipole_ctx *ctx;
@@ -100,11 +157,12 @@ static void finding(const char *what, const dipole_attn_desc *d, dipole_status s
 {
     fprintf(stderr,
             "FINDING: %s (status %s: %s)\n  variant %d path %d dtype %d B %d Hq %d Hkv %d Nq %d Nk %d d %d "
-            "scale %g causal %d win (%d, %d) kl %s\n",
+            "scale %g causal %d win (%d, %d) kl %s packed %s softcap %g alibi %s bias %s\n",
             what, dipole_status_string(st), ctx ? dipole_ctx_last_error(ctx) : "",
             (int)d->variant, (int)d->path, (int)d->dtype, d->batch, d->heads_q, d->heads_kv, d->seq_q, d->seq_k,
             d->head_dim, (double)d->scale, d->causal, d->window_left, d->window_right,
-            d->key_lengths ? "yes" : "no");
+            d->key_lengths ? "yes" : "no", d->cu_seqlens_q ? "yes" : "no", (double)d->softcap,
+            d->alibi_slopes ? "yes" : "no", d->bias ? "yes" : "no");
     abort();
 }
 
@@ -132,15 +190,19 @@ static bool sign_ambiguous(const dipole_attn_desc *d, const float *q, const floa
     if (d->variant != DIPOLE_SIGNEXP && d->variant != DIPOLE_ROUTED)
         return false;
     const int D = d->head_dim, g = d->heads_q / d->heads_kv;
+    const double scale = d->scale != 0 ? d->scale : 1.0 / sqrt((double)D);
     for (int b = 0; b < d->batch; b++)
         for (int h = 0; h < d->heads_q; h++)
-            for (int i = 0; i < d->seq_q; i++)
-                for (int j = 0; j < d->seq_k; j++) {
+            for (int i = 0; i < len_q(d, b); i++)
+                for (int j = 0; j < len_k(d, b); j++) {
+                    const size_t tb = d->cu_seqlens_q ? 0 : (size_t)b;
                     double s = 0;
                     for (int c = 0; c < D; c++)
-                        s += (double)q[(((size_t)b * d->seq_q + i) * d->heads_q + h) * D + c] *
-                             k[(((size_t)b * d->seq_k + j) * d->heads_kv + h / g) * D + c];
-                    if (fabs(s) < 1e-3)
+                        s += (double)q[((tb * d->seq_q + first_q(d, b) + i) * d->heads_q + h) * D + c] *
+                             k[((tb * d->seq_k + first_k(d, b) + j) * d->heads_kv + h / g) * D + c];
+                    s = modified_score(d, b, h, i, j, scale * s);
+                    /* the dot's own rounding, scaled, plus the modifiers' float rounding */
+                    if (fabs(s) < 1e-3 * fabs(scale) + 1e-5)
                         return true;
                 }
     return false;
@@ -157,11 +219,35 @@ static void gather(const float *buf, const dipole_tensor *t, int B, int N, int H
                        sizeof(float) * D);
 }
 
-/* A small call on the device through random strided layouts in one shared buffer. */
-static void device_call(reader *r, const dipole_attn_desc *d)
+/* The bias's host array (a float32 [4, 16, 40, 40] at most, see LLVMFuzzerTestOneInput), and
+ * dd: desc with its bias in a device buffer holding all of it (released by the caller). */
+static float bias_host[4 * 16 * 40 * 40];
+static cl_mem bias_device(const dipole_attn_desc *desc, dipole_attn_desc *dd, dipole_bias *copy)
 {
-    const int B = d->batch, Nq = d->seq_q, Nk = d->seq_k, Hq = d->heads_q, Hkv = d->heads_kv,
-              D = d->head_dim;
+    *dd = *desc;
+    if (!desc->bias)
+        return NULL;
+    cl_int err;
+    cl_mem m = clCreateBuffer(dipole_ctx_cl_context(ctx), CL_MEM_READ_ONLY | CL_MEM_COPY_HOST_PTR,
+                              sizeof bias_host, bias_host, &err);
+    if (!m)
+        abort();
+    *copy = *desc->bias;
+    copy->buffer = m;
+    dd->bias = copy;
+    return m;
+}
+
+/* A small call on the device through random strided layouts in one shared buffer. */
+static void device_call(reader *r, const dipole_attn_desc *desc)
+{
+    dipole_attn_desc dd;
+    dipole_bias bias_copy;
+    cl_mem bias_buf = bias_device(desc, &dd, &bias_copy);
+    const dipole_attn_desc *d = &dd;
+    /* packed: the tensors are one batch */
+    const int B = d->cu_seqlens_q ? 1 : d->batch, Nq = d->seq_q, Nk = d->seq_k, Hq = d->heads_q,
+              Hkv = d->heads_kv, D = d->head_dim;
     enum { CAP = 1 << 15 };
     static float host[CAP];
     for (size_t i = 0; i < CAP; i++) /* values on a 1/32 grid in [-2, 2) */
@@ -226,6 +312,8 @@ static void device_call(reader *r, const dipole_attn_desc *d)
     }
     clReleaseMemObject(in);
     clReleaseMemObject(outb);
+    if (bias_buf)
+        clReleaseMemObject(bias_buf);
 }
 
 /* The same problem from a paged cache: pools of random page size laid out in one buffer, a
@@ -235,7 +323,9 @@ static void device_call(reader *r, const dipole_attn_desc *d)
  * its offset) and every length fits the table; otherwise it must refuse. */
 static void paged_call(reader *r, const dipole_attn_desc *desc)
 {
-    dipole_attn_desc d = *desc;
+    dipole_attn_desc d;
+    dipole_bias bias_copy;
+    cl_mem bias_buf = bias_device(desc, &d, &bias_copy);
     const int B = d.batch, Nq = d.seq_q, Nk = d.seq_k, Hq = d.heads_q, Hkv = d.heads_kv,
               D = d.head_dim;
     int kl[4];
@@ -325,6 +415,8 @@ static void paged_call(reader *r, const dipole_attn_desc *desc)
     clReleaseMemObject(tb);
     clReleaseMemObject(qb);
     clReleaseMemObject(ob);
+    if (bias_buf)
+        clReleaseMemObject(bias_buf);
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
@@ -359,6 +451,52 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         d.pos_weight = pw;
         d.neg_weight = nw;
     }
+    int cuq[5], cuk[5];
+    if (u8(&r) < 60 && d.batch >= 1 && d.batch <= 4) {
+        /* mostly consistent packed lengths (0 included), sometimes not */
+        cuq[0] = cuk[0] = u8(&r) < 250 ? 0 : 1;
+        for (int b = 0; b < d.batch; b++) {
+            cuq[b + 1] = cuq[b] + pick_int(&r, u8(&r) < 240 ? 0 : -2, 10) % 11;
+            cuk[b + 1] = cuk[b] + pick_int(&r, u8(&r) < 240 ? 0 : -2, 10) % 11;
+        }
+        d.cu_seqlens_q = cuq;
+        d.cu_seqlens_k = u8(&r) < 250 ? cuk : NULL;
+        if (u8(&r) < 230) {
+            d.seq_q = cuq[d.batch];
+            d.seq_k = cuk[d.batch];
+        }
+        if (u8(&r) < 230)
+            d.key_lengths = NULL;
+    }
+    d.softcap = u8(&r) < 200 ? 0.0f : u8(&r) < 200 ? (float)(1 + u8(&r) % 8) / 2 : pick_float(&r);
+    float slopes[16];
+    if (u8(&r) < 50 && d.heads_q >= 1 && d.heads_q <= 16) {
+        for (int h = 0; h < d.heads_q; h++)
+            slopes[h] = u8(&r) < 250 ? (float)(u8(&r) % 9) / 8.0f : pick_float(&r);
+        d.alibi_slopes = slopes;
+    }
+    dipole_bias bias = {0};
+    if (u8(&r) < 50 && d.batch >= 1 && d.batch <= 4 && d.heads_q >= 1 && d.heads_q <= 16 &&
+        d.seq_q >= 1 && d.seq_q <= 40 && d.seq_k >= 1 && d.seq_k <= 40) {
+        /* a [batch, heads_q, seq_q, seq_k] view, broadcast over batch and/or heads, on the
+         * inputs' grid with some -inf entries (whole rows too) */
+        const uint8_t mode = u8(&r);
+        bias.dtype = mode < 250 ? DIPOLE_F32 : (dipole_dtype)7;
+        bias.stride_row = (size_t)d.seq_k;
+        bias.stride_head = mode & 1 ? 0 : (size_t)d.seq_q * d.seq_k;
+        bias.stride_batch = mode & 2 ? 0 : (size_t)d.heads_q * d.seq_q * d.seq_k;
+        const size_t n = (size_t)d.batch * d.heads_q * d.seq_q * d.seq_k;
+        const uint8_t salt = u8(&r), holes = u8(&r) % 4;
+        for (size_t i = 0; i < n; i++) {
+            const unsigned x = (unsigned)((i * 2654435761u + salt) % 128);
+            bias_host[i] = x < 4 * holes ? -INFINITY : (float)((int)x - 64) / 32.0f;
+        }
+        if (mode & 4)
+            for (int j = 0; j < d.seq_k; j++)
+                bias_host[(size_t)(d.seq_q - 1) * d.seq_k + j] = -INFINITY;
+        bias.host = bias_host;
+        d.bias = &bias;
+    }
     d.dtype = (dipole_dtype)pick_int(&r, 0, 3);
     /* Arrays shorter than the fields claim are the caller's bug, not dipole's: keep them in
      * step for the descriptor the library sees. */
@@ -366,6 +504,13 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         d.key_lengths = NULL;
     if (d.pos_weight && !(d.heads_q >= 1 && d.heads_q <= 16))
         d.pos_weight = d.neg_weight = NULL;
+    if (d.cu_seqlens_q && !(d.batch >= 1 && d.batch <= 4))
+        d.cu_seqlens_q = d.cu_seqlens_k = NULL;
+    if (d.alibi_slopes && !(d.heads_q >= 1 && d.heads_q <= 16))
+        d.alibi_slopes = NULL;
+    if (d.bias && !(d.batch >= 1 && d.batch <= 4 && d.heads_q >= 1 && d.heads_q <= 16 &&
+                    d.seq_q >= 1 && d.seq_q <= 40 && d.seq_k >= 1 && d.seq_k <= 40))
+        d.bias = NULL;
 
     const dipole_status st = dipole_attn_desc_validate(&d);
     const bool valid = expect_valid(&d);
@@ -386,7 +531,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         return 0;
     }
     device_call(&r, &d);
-    if (u8(&r) < 64)
+    if (u8(&r) < 64 && !d.cu_seqlens_q) /* a paged call takes key lengths, never packed rows */
         paged_call(&r, &d);
     return 0;
 }

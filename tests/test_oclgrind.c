@@ -329,6 +329,73 @@ START_TEST(test_paged_sweep)
 }
 END_TEST
 
+/* Packed sequences (lengths 5, 0, 9 against 7, 1, 9 keys) with soft-capping, ALiBi and a bias
+ * with -inf entries and a row of them, on both layouts, forward and backward through the host
+ * twins against the references: the kernels' sequence offsets, the bias's and ALiBi's indices
+ * (clamped lanes and padding keys included) must stay inside every buffer. */
+START_TEST(test_varlen_sweep)
+{
+    static const char *const layouts[] = {"layout=cpu,block_m=16,block_n=3",
+                                          "layout=group,block_m=4,block_n=3"};
+    static const int cuq[4] = {0, 5, 5, 14}, cuk[4] = {0, 7, 8, 17};
+    static const float slopes[2] = {0.5f, 0.125f};
+    enum { HQ = 2, HKV = 1, D = 4, NQ = 14, NK = 17 };
+    for (size_t l = 0; l < sizeof layouts / sizeof layouts[0]; l++) {
+        set_backward_layout(layouts[l]);
+        for (int variant = 0; variant < 3; variant++) {
+            dipole_attn_desc d;
+            dipole_attn_desc_default(&d);
+            d.variant = (dipole_variant)variant;
+            d.batch = 3, d.heads_q = HQ, d.heads_kv = HKV, d.seq_q = NQ, d.seq_k = NK;
+            d.head_dim = D;
+            d.path = DIPOLE_PATH_TILED;
+            d.causal = variant != 1;
+            d.cu_seqlens_q = cuq, d.cu_seqlens_k = cuk;
+            d.softcap = 2.0f;
+            d.alibi_slopes = slopes;
+            /* [1, 1 (every head), NQ, NK] */
+            float *bias = tu_random((size_t)NQ * NK, 70 + (uint64_t)variant, 1.0f);
+            for (int j = 0; j < NK; j++)
+                bias[(size_t)3 * NK + j] = j % 3 ? bias[(size_t)3 * NK + j] : -INFINITY;
+            for (int j = 0; j < NK; j++)
+                bias[(size_t)12 * NK + j] = -INFINITY;
+            const dipole_bias bs = {NULL, bias, DIPOLE_F32, 0, 0, 0, NK};
+            d.bias = &bs;
+            const size_t nq = (size_t)NQ * HQ * D, nk = (size_t)NK * HKV * D, nl = (size_t)HQ * NQ;
+            const uint64_t seed = 80 + (uint64_t)variant * 8;
+            float *q = tu_random(nq, seed, 1.0f), *k = tu_random(nk, seed + 1, 1.0f);
+            float *v = tu_random(nk, seed + 2, 1.0f), *v2 = tu_random(nk, seed + 3, 1.0f);
+            float *dout = tu_random(nq, seed + 4, 1.0f);
+            float *got = malloc(sizeof(float) * (2 * nq + 3 * nk + nl));
+            float *want = malloc(sizeof(float) * (2 * nq + 3 * nk + nl));
+            ck_assert(got && want);
+            ck_assert_msg(dipole_attention_host_lse(tu_ctx(), &d, q, k, v, v2, got, got + nq) ==
+                              DIPOLE_SUCCESS,
+                          "%s: %s", layouts[l], dipole_ctx_last_error(tu_ctx()));
+            ck_assert_int_eq(dipole_reference_lse(&d, q, k, v, v2, want, want + nq),
+                             DIPOLE_SUCCESS);
+            tu_err e = tu_compare(got, want, nq + nl, 1e-5, 1e-4);
+            ck_assert_msg(e.worst_ratio <= 1, "%s variant %d: out/lse[%zu] %g vs %g", layouts[l],
+                          variant, e.worst, (double)got[e.worst], (double)want[e.worst]);
+            float *g = got + nq + nl, *w = want + nq + nl;
+            ck_assert_msg(dipole_attention_backward_host(tu_ctx(), &d, q, k, v, v2, dout, g,
+                                                         g + nq, g + nq + nk, g + nq + 2 * nk,
+                                                         NULL, NULL) == DIPOLE_SUCCESS,
+                          "%s: %s", layouts[l], dipole_ctx_last_error(tu_ctx()));
+            ck_assert_int_eq(dipole_reference_backward(&d, q, k, v, v2, dout, w, w + nq,
+                                                       w + nq + nk, w + nq + 2 * nk, NULL, NULL),
+                             DIPOLE_SUCCESS);
+            e = tu_compare(g, w, nq + (variant >= 2 ? 3 : 2) * nk, 3e-5, 3e-4);
+            ck_assert_msg(e.worst_ratio <= 1 && e.nonfinite == 0,
+                          "%s variant %d: gradient[%zu] %g vs %g", layouts[l], variant, e.worst,
+                          (double)g[e.worst], (double)w[e.worst]);
+            free(q), free(k), free(v), free(v2), free(dout), free(bias), free(got), free(want);
+        }
+    }
+    unset_layout();
+}
+END_TEST
+
 Suite *oclgrind_small_suite(void)
 {
     Suite *s = suite_create("oclgrind-small");
@@ -342,5 +409,9 @@ Suite *oclgrind_small_suite(void)
     tcase_set_timeout(paged, 1200);
     tcase_add_test(paged, test_paged_sweep);
     suite_add_tcase(s, paged);
+    TCase *varlen = tcase_create("varlen");
+    tcase_set_timeout(varlen, 1200);
+    tcase_add_test(varlen, test_varlen_sweep);
+    suite_add_tcase(s, varlen);
     return s;
 }

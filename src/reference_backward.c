@@ -1,15 +1,22 @@
 /* The CPU reference backward: the chain rule through each variant written as plainly as
  * possible, in double, recomputing scores and weights per row.
  *
- * Per pole p a row has weights P_j = softmax(logit_p(s))_j, a coefficient c_j and a target value
- * u_j (v or v2), and the output is O = sum_p w_p O_p with O_p = sum_j P_j c_j u_j. With
- * g_p = w_p dO and D_p = g_p . O_p:
+ * A row's score of key j is s_j = mods(r_j) with r_j = scale q.k: soft-capping, ALiBi and the
+ * bias (dp_score_mods); a key whose s_j is -inf is excluded from every pole, and a row with no
+ * key left has O = 0 and passes no gradient. Per pole p a row has weights
+ * P_j = softmax(logit_p(s))_j, a coefficient c_j and a target value u_j (v or v2), and the
+ * output is O = sum_p w_p O_p with O_p = sum_j P_j c_j u_j. With g_p = w_p dO and
+ * D_p = g_p . O_p:
  *   du_j      += P_j c_j g_p
  *   dlogit_j   = P_j (c_j g_p . u_j - D_p)
  *   ds_j      += dlogit_j * dlogit_p/ds   (1, -1, or sign(s) for |s|; 0 at s = 0 like torch)
- *   dq_i       = scale sum_j ds_j k_j,   dk_j = scale sum_i ds_j q_i
- *   dw_p       = sum over rows of dO . O_p
- * c_j = sign(s_j) and the ROUTED choice of u_j are piecewise constant in s: no term of their own. */
+ *   dr_j       = ds_j * ds/dr             (the soft-cap's 1 - tanh^2(r / cap); ALiBi and the
+ *                                          bias are constants: no gradient reaches the bias)
+ *   dq_i       = scale sum_j dr_j k_j,   dk_j = scale sum_i dr_j q_i
+ *   dw_p       = sum over every row of every sequence of dO . O_p
+ * c_j = sign(s_j) and the ROUTED choice of u_j are piecewise constant in s: no term of their own.
+ * Packed batches (desc.cu_seqlens_q/k) address sequence b's rows and keys from its offsets in
+ * the one tensor batch, as the forward does. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -53,20 +60,27 @@ dipole_status dipole_reference_backward(const dipole_attn_desc *desc, const floa
     if (missing)
         return dp_fail(NULL, DIPOLE_ERR_INVALID_ARG, "dipole_reference_backward: %s is NULL",
                        missing);
+    if (p.bias && !p.d.bias->host)
+        return dp_fail(NULL, DIPOLE_ERR_INVALID_ARG,
+                       "dipole_reference_backward: desc.bias->host is NULL (the reference reads "
+                       "the bias from host memory)");
     const dipole_variant var = p.d.variant;
     const int B = p.d.batch, Hq = p.d.heads_q, Hkv = p.d.heads_kv, Nq = p.d.seq_q,
               Nk = p.d.seq_k, D = p.d.head_dim, NP = p.npoles;
     const double scale = p.d.scale;
-    const size_t nk = (size_t)B * Nk * Hkv * D;
-    /* Per row: scores, weights per pole; pole outputs; dq. Whole-tensor: dk, dv, dv2, dw. */
+    /* Packed: every sequence lives in the one tensor batch, from its own first row and key. */
+    const size_t nk = (size_t)p.tensor_batch * Nk * Hkv * D;
+    /* Per row: scores, their d(score)/d(scale q.k), weights per pole; pole outputs; dq.
+     * Whole-tensor: dk, dv, dv2, dw. */
     double *s = malloc(sizeof(double) * (size_t)Nk);
+    double *sds = malloc(sizeof(double) * (size_t)Nk);
     double *P = malloc(sizeof(double) * (size_t)Nk * 2);
     double *op = malloc(sizeof(double) * (size_t)D * 2);
     double *dqi = malloc(sizeof(double) * (size_t)D);
     double *dkd = calloc(nk, sizeof(double)), *dvd = calloc(nk, sizeof(double));
     double *dv2d = calloc(p.reads_v2 ? nk : 1, sizeof(double));
     double *dw = calloc((size_t)Hq * 2, sizeof(double));
-    if (!s || !P || !op || !dqi || !dkd || !dvd || !dv2d || !dw) {
+    if (!s || !sds || !P || !op || !dqi || !dkd || !dvd || !dv2d || !dw) {
         st = dp_fail(NULL, DIPOLE_ERR_OUT_OF_HOST_MEMORY, "dipole_reference_backward: out of memory");
         goto done;
     }
@@ -76,40 +90,49 @@ dipole_status dipole_reference_backward(const dipole_attn_desc *desc, const floa
             const double pole_w[2] = {
                 var == DIPOLE_TWO_POLE && p.d.pos_weight ? p.d.pos_weight[h] : 1.0,
                 var == DIPOLE_TWO_POLE && p.d.neg_weight ? p.d.neg_weight[h] : 1.0};
-            for (int i = 0; i < Nq; i++) {
-                const size_t qrow = (((size_t)b * Nq + i) * Hq + h) * D;
+            const int tb = p.varlen ? 0 : b, q0 = dp_first_query(&p, b),
+                      k0 = dp_first_key(&p, b);
+            for (int i = 0; i < dp_query_length(&p, b); i++) {
+                const size_t qrow = (((size_t)tb * Nq + q0 + i) * Hq + h) * D;
                 const float *qi = q + qrow, *doi = dout + qrow;
                 int lo, hi;
                 dp_visible_range(&p, b, i, &lo, &hi);
                 for (int c = 0; c < D; c++)
                     dqi[c] = 0;
                 for (int j = lo; j < hi; j++) {
-                    const float *kj = k + (((size_t)b * Nk + j) * Hkv + hk) * D;
+                    const float *kj = k + (((size_t)tb * Nk + k0 + j) * Hkv + hk) * D;
                     double dot = 0;
                     for (int c = 0; c < D; c++)
                         dot += (double)qi[c] * (double)kj[c];
-                    s[j] = scale * dot;
+                    const double r = scale * dot;
+                    s[j] = dp_score_mods(&p, b, h, i, j, r);
+                    sds[j] = dp_score_mods_ds(&p, r);
                 }
-                /* Forward per pole: weights and the pole's unweighted output. */
+                /* Forward per pole: weights and the pole's unweighted output; a key whose score
+                 * is -inf has weight 0 in every pole. */
                 for (int pole = 0; pole < NP; pole++) {
                     double *Pp = P + (size_t)pole * Nk, *o = op + (size_t)pole * D;
                     double m = -INFINITY, l = 0;
                     for (int j = lo; j < hi; j++)
-                        m = fmax(m, pole_logit(var, pole, s[j]));
+                        if (s[j] != -INFINITY)
+                            m = fmax(m, pole_logit(var, pole, s[j]));
                     for (int j = lo; j < hi; j++)
-                        l += (Pp[j] = exp(pole_logit(var, pole, s[j]) - m));
+                        l += (Pp[j] = s[j] == -INFINITY ? 0.0
+                                                        : exp(pole_logit(var, pole, s[j]) - m));
                     for (int c = 0; c < D; c++)
                         o[c] = 0;
                     for (int j = lo; j < hi; j++) {
+                        if (s[j] == -INFINITY)
+                            continue;
                         Pp[j] /= l;
                         const double coef = var == DIPOLE_SIGNEXP ? sign_of(s[j]) : 1.0;
-                        const float *u =
-                            (pole_to_v2(var, pole, s[j]) ? v2 : v) + (((size_t)b * Nk + j) * Hkv + hk) * D;
+                        const float *u = (pole_to_v2(var, pole, s[j]) ? v2 : v) +
+                                         (((size_t)tb * Nk + k0 + j) * Hkv + hk) * D;
                         for (int c = 0; c < D; c++)
                             o[c] += Pp[j] * coef * (double)u[c];
                     }
                 }
-                /* Backward per pole. */
+                /* Backward per pole. A row without keys has O_p = 0: nothing flows. */
                 for (int pole = 0; pole < NP; pole++) {
                     const double *Pp = P + (size_t)pole * Nk, *o = op + (size_t)pole * D;
                     double dot_o = 0;
@@ -118,9 +141,11 @@ dipole_status dipole_reference_backward(const dipole_attn_desc *desc, const floa
                     dw[pole * Hq + h] += dot_o;
                     const double wp = pole_w[pole], Dp = wp * dot_o;
                     for (int j = lo; j < hi; j++) {
+                        if (s[j] == -INFINITY)
+                            continue;
                         const double coef = var == DIPOLE_SIGNEXP ? sign_of(s[j]) : 1.0;
                         const bool to_v2 = pole_to_v2(var, pole, s[j]);
-                        const size_t krow = (((size_t)b * Nk + j) * Hkv + hk) * D;
+                        const size_t krow = (((size_t)tb * Nk + k0 + j) * Hkv + hk) * D;
                         const float *u = (to_v2 ? v2 : v) + krow;
                         double *du = (to_v2 ? dv2d : dvd) + krow;
                         double gu = 0;
@@ -128,12 +153,13 @@ dipole_status dipole_reference_backward(const dipole_attn_desc *desc, const floa
                             gu += wp * (double)doi[c] * (double)u[c];
                             du[c] += Pp[j] * coef * wp * (double)doi[c];
                         }
-                        const double ds =
-                            Pp[j] * (coef * gu - Dp) * pole_logit_ds(var, pole, s[j]);
+                        /* d/d(scale q.k): the variant's logit, then the soft-cap's tanh. */
+                        const double dr =
+                            Pp[j] * (coef * gu - Dp) * pole_logit_ds(var, pole, s[j]) * sds[j];
                         const float *kj = k + krow;
                         for (int c = 0; c < D; c++) {
-                            dqi[c] += scale * ds * (double)kj[c];
-                            dkd[krow + c] += scale * ds * (double)qi[c];
+                            dqi[c] += scale * dr * (double)kj[c];
+                            dkd[krow + c] += scale * dr * (double)qi[c];
                         }
                     }
                 }
@@ -156,6 +182,7 @@ dipole_status dipole_reference_backward(const dipole_attn_desc *desc, const floa
         }
 done:
     free(s);
+    free(sds);
     free(P);
     free(op);
     free(dqi);

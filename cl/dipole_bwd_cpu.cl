@@ -160,7 +160,7 @@ void dipole_bwd_dq_cpu(__global const dp_storage *q, dp_layout lq,
                        __global const dp_storage *out, dp_layout lout,
                        __global const dp_storage *dout, dp_layout ldout,
                        __global const float *lse,          /* [NPOLES, B, Hq, Nq] */
-                       __global const int *key_lengths,    /* [B] or NULL */
+                       __global const int *key_lengths,    /* [B] or NULL; packed: DP_VARLEN */
                        __global const float *pole_weights, /* [2, Hq] or NULL */
                        __global float *delta,              /* [NPOLES, B, Hq, Nq], written */
                        __global float *rowdot,             /* [NPOLES, B, Hq, Nq] or NULL */

@@ -138,7 +138,7 @@ void dipole_fwd_cpu(__global const dp_storage *q, dp_layout lq,
                     DP_PAGED_ARGS,
                     __global dp_storage *out, dp_layout lout,
                     __global float *lse,                  /* [NPOLES, B, Hq, Nq] or NULL */
-                    __global const int *key_lengths,      /* [B] or NULL */
+                    __global const int *key_lengths,      /* [B] or NULL; packed: DP_VARLEN */
                     __global const float *pole_weights,   /* [2, Hq] or NULL */
                     int batch, int heads_q, int heads_kv, int seq_q, int seq_k,
                     float scale, int window_left, int window_right, DP_SCORE_ARGS)

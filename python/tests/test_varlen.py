@@ -266,6 +266,20 @@ def test_bias_in_half_storage(ctx, rng, dtype):
     assert_close(out.float().numpy(), want.numpy(), atol=3e-5, rtol=rtol)
 
 
+def test_bias_view_broadcasts_without_copies():
+    """Size-1 dimensions become stride 0 on the caller's memory; only a bias broadcast along
+    the keys (which have no stride of their own) or with a strided key dimension is copied."""
+    from dipole import _arrays
+    a = np.zeros((1, HQ, 1, 8), np.float32)
+    bv = _arrays.bias_view(a, (2, HQ, 6, 8), _arrays.F32)
+    assert bv.ptr == a.ctypes.data and bv.shape == (1, HQ, 1, 8) and bv.strides == (0, 8, 0, 1)
+    t = torch.zeros(6, 8).expand(2, HQ, 6, 8)
+    tv = _arrays.bias_view(t, (2, HQ, 6, 8), _arrays.F32)
+    assert tv.ptr == t.data_ptr() and tv.strides == (0, 0, 8, 1)
+    col = _arrays.bias_view(np.zeros((6, 1), np.float32), (2, HQ, 6, 8), _arrays.F32)
+    assert col.shape == (1, 1, 6, 8) and col.strides == (0, 0, 8, 1)
+
+
 def test_front_refusals(ctx, rng):
     q, k, v, _ = packed_inputs(rng)
     cu = dict(cu_seqlens_q=CU_Q, cu_seqlens_k=CU_K)

@@ -96,7 +96,8 @@ def host_floats(x, name, n):
     return _host_vector(x, name, n, np.float32)
 
 
-def host_ints(x, name, n):
+def host_ints(x, name, n=None):
+    """x as a contiguous int32 numpy array of n entries (None: any number)."""
     return _host_vector(x, name, n, np.int32)
 
 
@@ -104,7 +105,60 @@ def _host_vector(x, name, n, dtype):
     if is_torch(x):
         x = x.detach().to("cpu").float().numpy() if dtype == np.float32 else \
             x.detach().to("cpu").numpy()
-    a = np.ascontiguousarray(np.asarray(x), dtype=dtype).reshape(-1)
-    if a.size != n:
+    a = np.asarray(x)
+    if dtype == np.int32 and a.size and not np.issubdtype(a.dtype, np.integer):
+        raise InvalidArgError(f"{name} has dtype {a.dtype}; expected integers")
+    a = np.ascontiguousarray(a, dtype=dtype).reshape(-1)
+    if n is not None and a.size != n:
         raise InvalidArgError(f"{name} has {a.size} entries, expected {n}")
     return a
+
+
+def bias_view(x, target, dtype):
+    """The View of an additive bias x broadcastable to target (B, Hq, Nq, Nk): 4 dimensions,
+    element strides with 0 for every broadcast dimension, the key dimension contiguous. Stored
+    as dtype (the tensors' storage code) or float32; any other floating dtype (float64, the
+    other half type) is converted to float32, a copy."""
+    torch = _torch()
+    on_torch = is_torch(x)
+    if on_torch:
+        if x.device.type != "cpu":
+            raise InvalidArgError(f"bias is on device {x.device}; dipole takes CPU tensors")
+        if not x.is_floating_point():
+            raise InvalidArgError(f"bias has dtype {x.dtype}; an additive bias is floating "
+                                  "point (-inf excludes a key; a boolean mask is not taken)")
+        x = x.detach()
+        if _torch_dtypes(torch).get(x.dtype) not in (F32, dtype):
+            x = x.float()
+        shape = tuple(x.shape)
+    else:
+        x = np.asarray(x)
+        if not np.issubdtype(x.dtype, np.floating):
+            raise InvalidArgError(f"bias has dtype {x.dtype}; an additive bias is floating "
+                                  "point (-inf excludes a key; a boolean mask is not taken)")
+        if _NUMPY_DTYPES.get(x.dtype) not in (F32, dtype):
+            x = x.astype(np.float32)
+        shape = x.shape
+    if len(shape) > 4 or any(n not in (1, want) for n, want in
+                             zip(shape[::-1], target[::-1])):
+        raise InvalidArgError(f"bias has shape {shape}, which does not broadcast to "
+                              f"{tuple(target)} (batch, heads_q, seq_q, seq_k)")
+    shape = (1,) * (4 - len(shape)) + tuple(shape)
+    x = x.reshape(shape)
+    if shape[3] != target[3]:  # the key dimension has no stride of its own
+        shape = shape[:3] + (target[3],)
+        x = x.expand(*shape) if on_torch else np.broadcast_to(x, shape)
+    if on_torch:
+        if x.stride()[3] != 1 and shape[3] > 1:
+            x = x.contiguous()
+        strides, code, item, ptr = x.stride(), _torch_dtypes(torch)[x.dtype], \
+            x.element_size(), x.data_ptr()
+    else:
+        item = x.itemsize
+        if any(s < 0 or s % item for s in x.strides) or (shape[3] > 1 and
+                                                          x.strides[3] != item):
+            x = np.ascontiguousarray(x)
+        strides, code, ptr = [s // item for s in x.strides], _NUMPY_DTYPES[x.dtype], \
+            x.ctypes.data
+    strides = [0 if n == 1 else s for n, s in zip(shape, strides)]
+    return View(x, ptr, shape, strides, code, item, on_torch)

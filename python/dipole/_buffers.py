@@ -59,6 +59,14 @@ class CallBuffers:
         b, s, h, _ = v.strides
         return _lib.Tensor(mem, offset, b, s, h)
 
+    def bias(self, v):
+        """The dipole_bias of View v (bias_view: [batch, heads, rows, keys], keys contiguous)
+        for a device call: its buffer and element offset, strides as they are."""
+        mem, offset, _ = self._place(_lib.CL_MEM_READ_ONLY, v.ptr, v.span * v.itemsize,
+                                     v.itemsize)
+        b, h, r, _ = v.strides
+        return _lib.Bias(mem, None, v.dtype, offset, b, h, r)
+
     def plain(self, ptr, nbytes, output=False):
         """A buffer the kernels take without an offset (lse, pole-weight gradients)."""
         access = _lib.CL_MEM_READ_WRITE if output else _lib.CL_MEM_READ_ONLY

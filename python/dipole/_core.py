@@ -43,12 +43,35 @@ def variant_of(variant):
                           f"{', '.join(m.lower() for m in Variant.__members__)}")
 
 
+def packed(cu_seqlens_q, cu_seqlens_k):
+    return cu_seqlens_q is not None or cu_seqlens_k is not None
+
+
+def _batched(x, is_packed):
+    """A packed call's [total, H, d] tensor as the library's one batch [1, total, H, d] (a view;
+    other ranks pass unchanged, for _arrays.view to judge)."""
+    if not is_packed or x is None or getattr(x, "ndim", None) != 3:
+        return x
+    return x.unsqueeze(0) if _arrays.is_torch(x) else x[None]
+
+
+def _unbatched(x, like):
+    """An output of the library's [1, total, H, d] shape as the caller's like ([total, H, d]
+    or 4 dimensions)."""
+    if x is None or getattr(like, "ndim", 4) != 3:
+        return x
+    return x[0]
+
+
 class Problem:
-    """One call's descriptor with the host arrays it points to (kept alive here)."""
+    """One call's descriptor with the host arrays it points to (kept alive here). Packed
+    (cu_seqlens_q/k given), the tensors are one batch of the packed rows."""
 
     def __init__(self, q, k, v, v2, variant, causal, window, scale, key_lengths, pos_weight,
-                 neg_weight):
+                 neg_weight, *, cu_seqlens_q=None, cu_seqlens_k=None, alibi_slopes=None,
+                 softcap=0.0, bias=None):
         self.variant = variant = variant_of(variant)
+        self.packed = packed(cu_seqlens_q, cu_seqlens_k)
         if q.torch != k.torch or q.torch != v.torch or (v2 and v2.torch != q.torch):
             raise InvalidArgError("q, k, v and v2 must all be numpy arrays or all torch tensors")
         for name, t in (("k", k), ("v", v), ("v2", v2)):
@@ -57,6 +80,10 @@ class Problem:
                                       f"{_arrays.DTYPE_NAMES[q.dtype]}; all tensors share one "
                                       "dtype")
         B, Nq, Hq, D = q.shape
+        if self.packed and B != 1:
+            raise InvalidArgError(f"q has shape {q.shape}; a packed call (cu_seqlens_q, "
+                                  "cu_seqlens_k) takes q [total_q, heads_q, d] or "
+                                  "[1, total_q, heads_q, d]")
         if k.shape[0] != B or k.shape[3] != D:
             raise InvalidArgError(f"k has shape {k.shape}, expected [{B}, seq_k, heads_kv, {D}] "
                                   f"for q of shape {q.shape}")
@@ -96,10 +123,54 @@ class Problem:
                 a = _arrays.host_floats(w, name, Hq)
                 self._keep.append(a)
                 setattr(d, field, a.ctypes.data_as(ctypes.POINTER(ctypes.c_float)))
+        if self.packed:
+            self._pack(cu_seqlens_q, cu_seqlens_k)
+        if alibi_slopes is not None:
+            a = _arrays.host_floats(alibi_slopes, "alibi_slopes", Hq)
+            self._keep.append(a)
+            d.alibi_slopes = a.ctypes.data_as(ctypes.POINTER(ctypes.c_float))
+        try:
+            d.softcap = 0.0 if softcap is None else float(softcap)
+        except (TypeError, ValueError):
+            raise InvalidArgError(f"softcap must be a number (0: off), not {softcap!r}") from None
+        self.bias = None
+        if bias is not None:
+            # Broadcast over [B, Hq, Nq, Nk]; packed, B is the one batch of the packed rows.
+            self.bias = _arrays.bias_view(bias, (B, Hq, Nq, Nk), q.dtype)
+            b, h, r, _ = self.bias.strides
+            self._bias = _lib.Bias(None, None, self.bias.dtype, 0, b, h, r)
+            d.bias = ctypes.pointer(self._bias)
         check(_lib.lib.dipole_attn_desc_validate(ctypes.byref(d)))
+
+    def _pack(self, cu_q, cu_k):
+        """The cu_seqlens arrays; batch is their sequence count. Their lengths are checked
+        here (the library reads batch + 1 entries of each and cannot), their values there."""
+        d = self.desc
+        arrays = {}
+        for name, cu in (("cu_seqlens_q", cu_q), ("cu_seqlens_k", cu_k)):
+            if cu is not None:
+                a = arrays[name] = _arrays.host_ints(cu, name)
+                if a.size < 1:
+                    raise InvalidArgError(f"{name} is empty; it has batch + 1 entries from 0")
+                self._keep.append(a)
+                setattr(d, name, a.ctypes.data_as(ctypes.POINTER(ctypes.c_int)))
+        sizes = {a.size for a in arrays.values()}
+        if len(sizes) > 1:
+            raise InvalidArgError(f"cu_seqlens_q has {arrays['cu_seqlens_q'].size} entries and "
+                                  f"cu_seqlens_k {arrays['cu_seqlens_k'].size}; both are "
+                                  "[batch + 1]")
+        d.batch = sizes.pop() - 1
+
+    def bind(self, bufs):
+        """Points the descriptor's bias at its buffer in bufs (a CallBuffers) for the call."""
+        if self.bias is not None:
+            self._bias = bufs.bias(self.bias)
+            self.desc.bias = ctypes.pointer(self._bias)
 
     def lse_array(self):
         B, Nq, Hq = self.shape[:3]
+        if self.packed:
+            return aligned_floats((self.variant.poles, Hq, Nq))
         return aligned_floats((self.variant.poles, B, Hq, Nq))
 
 
@@ -120,15 +191,22 @@ def _like(kind, arr):
 
 
 def forward(q, k, v, v2=None, *, variant="softmax", causal=False, window=(-1, -1), scale=None,
-            key_lengths=None, pos_weight=None, neg_weight=None, return_lse=False, context=None):
+            key_lengths=None, pos_weight=None, neg_weight=None, cu_seqlens_q=None,
+            cu_seqlens_k=None, alibi_slopes=None, softcap=0.0, bias=None, return_lse=False,
+            context=None):
+    """(out, lse) or out; see dipole.attention."""
     ctx = context or default_context()
     ctx.handle  # raises for a closed context, before an OpenCL call on its released objects
-    views = [_arrays.view(x, n) if x is not None else None
+    pk = packed(cu_seqlens_q, cu_seqlens_k)
+    views = [_arrays.view(_batched(x, pk), n) if x is not None else None
              for x, n in ((q, "q"), (k, "k"), (v, "v"), (v2, "v2"))]
-    p = Problem(*views, variant, causal, window, scale, key_lengths, pos_weight, neg_weight)
+    p = Problem(*views, variant, causal, window, scale, key_lengths, pos_weight, neg_weight,
+                cu_seqlens_q=cu_seqlens_q, cu_seqlens_k=cu_seqlens_k,
+                alibi_slopes=alibi_slopes, softcap=softcap, bias=bias)
     out = _arrays.dense_like(views[0], views[0].shape)
     lse = p.lse_array() if return_lse else None
     with CallBuffers(ctx) as bufs:
+        p.bind(bufs)
         t = [bufs.tensor(x) if x is not None else None for x in views]
         to = bufs.tensor(out, output=True)
         lse_mem = bufs.plain(lse.ctypes.data, lse.nbytes, output=True) if return_lse else None
@@ -136,21 +214,28 @@ def forward(q, k, v, v2=None, *, variant="softmax", causal=False, window=(-1, -1
             ctypes.byref(x) if x is not None else None for x in t), ctypes.byref(to), lse_mem,
             None))
         bufs.finish()
+    out = _unbatched(out.obj, q)
     if return_lse:
-        return out.obj, _like(views[0], lse)
-    return out.obj
+        return out, _like(views[0], lse)
+    return out
 
 
 def backward(q, k, v, v2, out, dout, lse, *, variant, causal=False, window=(-1, -1),
-             scale=None, key_lengths=None, pos_weight=None, neg_weight=None, context=None):
+             scale=None, key_lengths=None, pos_weight=None, neg_weight=None, cu_seqlens_q=None,
+             cu_seqlens_k=None, alibi_slopes=None, softcap=0.0, bias=None, context=None):
     """(dq, dk, dv, dv2 or None, dpos_weight, dneg_weight: float32 numpy [heads_q] or None)
-    for the forward's out and lse."""
+    for the forward's out and lse, with the forward's arguments. The bias gets no gradient
+    (the library computes none); ALiBi slopes and the soft-cap are constants."""
     ctx = context or default_context()
     ctx.handle  # raises for a closed context
     names = ("q", "k", "v", "v2", "out", "dout")
-    views = [_arrays.view(x, n) if x is not None else None
-             for x, n in zip((q, k, v, v2, out, dout), names)]
-    p = Problem(*views[:4], variant, causal, window, scale, key_lengths, pos_weight, neg_weight)
+    pk = packed(cu_seqlens_q, cu_seqlens_k)
+    inputs = (q, k, v, v2, out, dout)
+    views = [_arrays.view(_batched(x, pk), n) if x is not None else None
+             for x, n in zip(inputs, names)]
+    p = Problem(*views[:4], variant, causal, window, scale, key_lengths, pos_weight, neg_weight,
+                cu_seqlens_q=cu_seqlens_q, cu_seqlens_k=cu_seqlens_k,
+                alibi_slopes=alibi_slopes, softcap=softcap, bias=bias)
     for name, t in (("out", views[4]), ("dout", views[5])):
         if t.shape != views[0].shape or t.dtype != views[0].dtype or t.torch != views[0].torch:
             raise InvalidArgError(f"{name} must have q's shape {views[0].shape} and dtype")
@@ -160,6 +245,7 @@ def backward(q, k, v, v2, out, dout, lse, *, variant, causal=False, window=(-1, 
     two_pole = p.variant == Variant.TWO_POLE
     dw = [aligned_floats((p.shape[2],)) for _ in range(2)] if two_pole else [None, None]
     with CallBuffers(ctx) as bufs:
+        p.bind(bufs)
         t = [bufs.tensor(x) if x is not None else None for x in views]
         g = [bufs.tensor(x, output=True) if x is not None else None for x in grads]
         lse_mem = bufs.plain(lse.ctypes.data, lse.nbytes)
@@ -169,4 +255,5 @@ def backward(q, k, v, v2, out, dout, lse, *, variant, causal=False, window=(-1, 
         ctx.check(_lib.lib.dipole_attention_backward(
             ctx.handle, ctypes.byref(p.desc), *ref[:6], lse_mem, *ref[6:], w[0], w[1], None))
         bufs.finish()
-    return tuple(x.obj if x is not None else None for x in grads) + tuple(dw)
+    return tuple(_unbatched(x.obj, like) if x is not None else None
+                 for x, like in zip(grads, inputs)) + tuple(dw)

@@ -20,6 +20,14 @@ cl_mem = c_void_p
 _DESC_SPARE = 512
 
 
+class Bias(ctypes.Structure):
+    """dipole_bias: an additive score bias, element (b, h, i, j) at offset + b stride_batch +
+    h stride_head + i stride_row + j (elements; a stride of 0 broadcasts)."""
+    _fields_ = [("buffer", cl_mem), ("host", c_void_p), ("dtype", c_int), ("offset", c_size_t),
+                ("stride_batch", c_size_t), ("stride_head", c_size_t),
+                ("stride_row", c_size_t)]
+
+
 class AttnDesc(ctypes.Structure):
     """dipole_attn_desc, fields in the header's order."""
     _fields_ = [
@@ -29,6 +37,9 @@ class AttnDesc(ctypes.Structure):
         ("key_lengths", ctypes.POINTER(c_int)),
         ("pos_weight", ctypes.POINTER(c_float)), ("neg_weight", ctypes.POINTER(c_float)),
         ("path", c_int), ("dtype", c_int),
+        ("cu_seqlens_q", ctypes.POINTER(c_int)), ("cu_seqlens_k", ctypes.POINTER(c_int)),
+        ("alibi_slopes", ctypes.POINTER(c_float)), ("softcap", c_float),
+        ("bias", ctypes.POINTER(Bias)),
         ("_spare", ctypes.c_char * _DESC_SPARE),
     ]
 

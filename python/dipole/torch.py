@@ -11,20 +11,20 @@ class _Attention(torch.autograd.Function):
     """Forward keeps out and lse; backward hands them to dipole_attention_backward."""
 
     @staticmethod
-    def forward(ctx, q, k, v, v2, pos_weight, neg_weight, opts):
+    def forward(ctx, q, k, v, v2, pos_weight, neg_weight, bias, opts):
         out, lse = _core.forward(q, k, v, v2, pos_weight=pos_weight, neg_weight=neg_weight,
-                                 return_lse=True, **opts)
-        ctx.save_for_backward(q, k, v, v2, pos_weight, neg_weight, out, lse)
+                                 bias=bias, return_lse=True, **opts)
+        ctx.save_for_backward(q, k, v, v2, pos_weight, neg_weight, bias, out, lse)
         ctx.opts = opts
         ctx.mark_non_differentiable(lse)
         return out, lse
 
     @staticmethod
     def backward(ctx, dout, _dlse):
-        q, k, v, v2, pos_weight, neg_weight, out, lse = ctx.saved_tensors
+        q, k, v, v2, pos_weight, neg_weight, bias, out, lse = ctx.saved_tensors
         dq, dk, dv, dv2, dpos, dneg = _core.backward(
             q, k, v, v2, out, dout.to(out.dtype), lse, pos_weight=pos_weight,
-            neg_weight=neg_weight, **ctx.opts)
+            neg_weight=neg_weight, bias=bias, **ctx.opts)
 
         def weight_grad(g, w, index):
             if w is None or not ctx.needs_input_grad[index]:
@@ -32,19 +32,25 @@ class _Attention(torch.autograd.Function):
             return torch.from_numpy(g).to(w.dtype).reshape(w.shape)
 
         return (dq, dk, dv, dv2, weight_grad(dpos, pos_weight, 4),
-                weight_grad(dneg, neg_weight, 5), None)
+                weight_grad(dneg, neg_weight, 5), None, None)  # no gradient to the bias
 
 
 def attention(q, k, v, v2=None, *, variant="softmax", causal=False, window=(-1, -1), scale=None,
-              key_lengths=None, pos_weight=None, neg_weight=None, return_lse=False,
+              key_lengths=None, pos_weight=None, neg_weight=None, cu_seqlens_q=None,
+              cu_seqlens_k=None, alibi_slopes=None, softcap=0.0, bias=None, return_lse=False,
               context=None):
-    """dipole.attention on torch CPU tensors, differentiable in q, k, v, v2, pos_weight and
-    neg_weight (the gradients come from the library's backward pass). lse, when returned,
-    carries no gradient."""
+    """dipole.attention on torch CPU tensors (the same arguments, packed sequences, ALiBi,
+    soft-capping and the bias included), differentiable in q, k, v, v2, pos_weight and
+    neg_weight (the gradients come from the library's backward pass). The bias gets no
+    gradient (its .grad stays None even when it requires one), nor do alibi_slopes and softcap
+    (constants); lse, when returned, carries no gradient."""
     variant = _core.variant_of(variant)
     opts = dict(variant=variant, causal=causal, window=tuple(window), scale=scale,
-                key_lengths=key_lengths, context=context)
-    out, lse = _Attention.apply(q, k, v, v2, pos_weight, neg_weight, opts)
+                key_lengths=key_lengths, cu_seqlens_q=cu_seqlens_q, cu_seqlens_k=cu_seqlens_k,
+                alibi_slopes=alibi_slopes, softcap=softcap, context=context)
+    if bias is not None and not isinstance(bias, torch.Tensor):
+        bias = torch.as_tensor(bias)
+    out, lse = _Attention.apply(q, k, v, v2, pos_weight, neg_weight, bias, opts)
     return (out, lse) if return_lse else out
 
 

@@ -1,5 +1,7 @@
 """The four variants written straight from their definitions in torch (float64 in the tests),
-independent of the C library's reference: autograd of these gives the expected gradients."""
+independent of the C library's reference: autograd of these gives the expected gradients.
+The score modifiers (soft-cap, ALiBi, an additive bias) apply in that order to s = scale q.k
+before the variant; packed batches (cu_seqlens) run sequence by sequence (attention_packed)."""
 
 import math
 
@@ -23,9 +25,11 @@ def visible(B, Nq, Nk, causal=False, window=(-1, -1), key_lengths=None):
 
 
 def attention(q, k, v, v2=None, *, variant="softmax", causal=False, window=(-1, -1), scale=None,
-              key_lengths=None, pos_weight=None, neg_weight=None):
+              key_lengths=None, pos_weight=None, neg_weight=None, alibi_slopes=None,
+              softcap=0.0, bias=None):
     """(out [B, Nq, Hq, d], lse [poles, B, Hq, Nq]) for q [B, Nq, Hq, d], k, v, v2
-    [B, Nk, Hkv, d]."""
+    [B, Nk, Hkv, d]. alibi_slopes [Hq]; bias broadcastable to [B, Hq, Nq, Nk], -inf hides a
+    key."""
     B, Nq, Hq, D = q.shape
     Nk, Hkv = k.shape[1], k.shape[2]
     rep = Hq // Hkv
@@ -35,6 +39,19 @@ def attention(q, k, v, v2=None, *, variant="softmax", causal=False, window=(-1, 
     scale = 1 / math.sqrt(D) if scale is None else scale
     s = scale * torch.einsum("bihd,bjhd->bhij", q, k)
     vis = visible(B, Nq, Nk, causal, window, key_lengths)
+    if softcap:
+        s = softcap * torch.tanh(s / softcap)
+    if alibi_slopes is not None:
+        # distance from the bottom-right diagonal (of the key length, like the causal mask)
+        L = torch.full((B,), Nk) if key_lengths is None else torch.as_tensor(key_lengths)
+        i = torch.arange(Nq)[None, :, None]
+        j = torch.arange(Nk)[None, None, :]
+        dist = (i + L[:, None, None] - Nq - j).abs().to(s.dtype)  # [B, Nq, Nk]
+        s = s - torch.as_tensor(alibi_slopes, dtype=s.dtype)[None, :, None, None] * dist[:, None]
+    if bias is not None:
+        s = s + torch.as_tensor(bias, dtype=s.dtype)
+        vis = vis & (s > -math.inf)
+        s = torch.where(vis, s, torch.zeros((), dtype=s.dtype))  # no inf reaches |s| or -s
 
     def weights(logits):
         # Masked keys get a huge negative logit, then weight 0: a row that sees no key gives 0
@@ -64,3 +81,25 @@ def attention(q, k, v, v2=None, *, variant="softmax", causal=False, window=(-1, 
         out = a[:, None] * mix(pp, v) + b[:, None] * mix(pn, v2)
         return out, torch.stack([lse_p, lse_n])
     raise ValueError(variant)
+
+
+def attention_packed(q, k, v, v2=None, *, cu_seqlens_q, cu_seqlens_k, bias=None, **kw):
+    """FlashAttention's varlen layout: q [total_q, Hq, d], k, v, v2 [total_k, Hkv, d];
+    sequence b is rows cu_seqlens_q[b]:cu_seqlens_q[b+1] against keys
+    cu_seqlens_k[b]:cu_seqlens_k[b+1], each an unpacked attention of its own (batch 1) with
+    the bias's block of packed rows and keys. (out [total_q, Hq, d], lse [poles, Hq, total_q])."""
+    Hq = q.shape[1]
+    if bias is not None:
+        bias = torch.as_tensor(bias, dtype=q.dtype)
+        bias = bias.reshape((1,) * (4 - bias.dim()) + tuple(bias.shape))
+        bias = bias.expand(1, Hq, q.shape[0], k.shape[0])
+    outs, lses = [], []
+    for b in range(len(cu_seqlens_q) - 1):
+        qa, qb = int(cu_seqlens_q[b]), int(cu_seqlens_q[b + 1])
+        ka, kb = int(cu_seqlens_k[b]), int(cu_seqlens_k[b + 1])
+        part = [x[None, ka:kb] if x is not None else None for x in (k, v, v2)]
+        sb = bias[:, :, qa:qb, ka:kb] if bias is not None else None
+        out, lse = attention(q[None, qa:qb], *part, bias=sb, **kw)
+        outs.append(out[0])
+        lses.append(lse[:, 0])
+    return torch.cat(outs, 0), torch.cat(lses, -1)

@@ -75,7 +75,8 @@ void bench_usage(FILE *f)
         "key_lengths, row i of sequence b sees keys j < L_b and, causal, j <= i + L_b - max L\n"
         "(the diagonal meets the last row), so only a sequence stored in its last L_b rows\n"
         "keeps its causal mask; the padding rows are still launched (unmasked they attend to\n"
-        "all L_b keys, causal they see none). The drawn lengths are listed below the table.\n"        "Exit status: 0 no error rows, 1 an error row (validation or a failed call),\n"
+        "all L_b keys, causal they see none). The drawn lengths are listed below the table.\n"
+        "Exit status: 0 no error rows, 1 an error row (validation or a failed call),\n"
         "2 bad arguments, 3 no OpenCL device.\n",
         f);
 }
@@ -260,8 +261,8 @@ int bench_parse_args(int argc, char **argv, bench_opts *o, char *err, size_t cap
 
     enum { O_HELP = 256, O_LIST, O_ALL, O_QUICK, O_BACKWARD, O_INJECT, O_TUNE, O_NO_PEAKS,
            O_DEVICE, O_VARIANTS, O_HEAD_DIMS, O_SEQ, O_BH, O_CAUSAL, O_PATH, O_DTYPE, O_DECODE,
-           O_PAGED, O_VARLEN, O_BUDGET, O_MAX_CALL, O_ROWS, O_ATOL, O_RTOL, O_TUNE_PRIOR, O_CSV, O_JSON, O_PLOT,
-           O_COMPARE };
+           O_PAGED, O_VARLEN, O_BUDGET, O_MAX_CALL, O_ROWS, O_ATOL, O_RTOL, O_TUNE_PRIOR, O_CSV,
+           O_JSON, O_PLOT, O_COMPARE };
     static const struct option longopts[] = {
         {"help", no_argument, NULL, O_HELP},
         {"list", no_argument, NULL, O_LIST},

@@ -5,9 +5,9 @@
  * seq_k = the number of keys the row sees in the full problem (the visible keys are always a
  * prefix of its sequence's keys here: no windows), without a mask. A --varlen twin is checked
  * the same way in its own layout: a packed row of sequence b against keys cu[b] .. cu[b] + hi,
- * a padded row against the first hi of its batch's L_b keys (bench_seq_of). That keeps the reference's
- * cost at O(rows * seq_k * d) even for problems far too large to run on the CPU whole, and is
- * exact for causal rows too because the row keeps its own key range.
+ * a padded row against the first hi of its batch's L_b keys (bench_seq_of). That keeps the
+ * reference's cost at O(rows * seq_k * d) even for problems far too large to run on the CPU
+ * whole, and is exact for causal rows too because the row keeps its own key range.
  *
  * The bound is |got - ref| <= atol + rtol |ref|. The host inputs are the device's own (rounded
  * to the point's dtype and widened back), so with f16 or bf16 storage what remains beyond float

@@ -30,6 +30,13 @@ void bench_usage(FILE *f)
         "  --paged PAGE_SIZE      each forward decode row also read from a paged KV cache\n"
         "                         (pages of PAGE_SIZE tokens in shuffled order, written by\n"
         "                         dipole_paged_kv_write; column kv)          [off]\n"
+        "  --varlen[=SEED]        each prefill row (forward and backward) also as a packed\n"
+        "                         batch (cu_seqlens) of B sequences of lengths drawn in\n"
+        "                         [N/8, N] from SEED [1], and as its padded twin [B, max L]\n"
+        "                         with key_lengths; both count the real tokens' flops and\n"
+        "                         bytes; column kv (pack, pad), x_pad = padded time / packed\n"
+        "                         time on the packed row; without --batch-heads the default\n"
+        "                         shapes become quick 4x1, CPU 4x2, GPU 8x4  [off]\n"
         "  --batch-heads LIST     BxH or BxHq:Hkv (GQA) items               [GPU 2x16; CPU 1x8]\n"
         "  --causal LIST          off,on                                    [off,on]\n"
         "  --path LIST            tiled,gemm,auto                           [tiled,gemm]\n"
@@ -62,6 +69,13 @@ void bench_usage(FILE *f)
         "pairs exactly; TWO_POLE counts its second P.V, 6*d per pair; backward = 2.5 x forward.\n"
         "GB/s = bytes of q, k, v, (v2), out (backward: + dout and the gradients) once / time,\n"
         "in the row's dtype. x_sm = time / the softmax row's, x_f32 = time / the f32 row's.\n"
+        "--varlen twins count only their real tokens (sequence b as an L_b x L_b problem), so\n"
+        "packed and padded GFLOP/s compare per token; x_pad > 1: the packed call is faster.\n"
+        "The padded twin is the work a caller without packing runs, not the same mask: with\n"
+        "key_lengths, row i of sequence b sees keys j < L_b and, causal, j <= i + L_b - max L\n"
+        "(the diagonal meets the last row), so only a sequence stored in its last L_b rows\n"
+        "keeps its causal mask; the padding rows are still launched (unmasked they attend to\n"
+        "all L_b keys, causal they see none). The drawn lengths are listed below the table.\n"
         "Exit status: 0 no error rows, 1 an error row (validation or a failed call),\n"
         "2 bad arguments, 3 no OpenCL device.\n",
         f);
@@ -247,8 +261,8 @@ int bench_parse_args(int argc, char **argv, bench_opts *o, char *err, size_t cap
 
     enum { O_HELP = 256, O_LIST, O_ALL, O_QUICK, O_BACKWARD, O_INJECT, O_TUNE, O_NO_PEAKS,
            O_DEVICE, O_VARIANTS, O_HEAD_DIMS, O_SEQ, O_BH, O_CAUSAL, O_PATH, O_DTYPE, O_DECODE,
-           O_PAGED, O_BUDGET, O_MAX_CALL, O_ROWS, O_ATOL, O_RTOL, O_TUNE_PRIOR, O_CSV, O_JSON, O_PLOT,
-           O_COMPARE };
+           O_PAGED, O_VARLEN, O_BUDGET, O_MAX_CALL, O_ROWS, O_ATOL, O_RTOL, O_TUNE_PRIOR, O_CSV,
+           O_JSON, O_PLOT, O_COMPARE };
     static const struct option longopts[] = {
         {"help", no_argument, NULL, O_HELP},
         {"list", no_argument, NULL, O_LIST},
@@ -268,6 +282,7 @@ int bench_parse_args(int argc, char **argv, bench_opts *o, char *err, size_t cap
         {"dtype", required_argument, NULL, O_DTYPE},
         {"decode", required_argument, NULL, O_DECODE},
         {"paged", required_argument, NULL, O_PAGED},
+        {"varlen", optional_argument, NULL, O_VARLEN},
         {"budget-ms", required_argument, NULL, O_BUDGET},
         {"max-call-ms", required_argument, NULL, O_MAX_CALL},
         {"rows", required_argument, NULL, O_ROWS},
@@ -284,6 +299,7 @@ int bench_parse_args(int argc, char **argv, bench_opts *o, char *err, size_t cap
     memset(o, 0, sizeof *o);
     o->peaks = true;
     o->decode = true;
+    o->varlen_seed = 1;
     o->sample_rows = 16;
     o->atol = 5e-5;
     o->rtol = 5e-4;
@@ -349,6 +365,16 @@ int bench_parse_args(int argc, char **argv, bench_opts *o, char *err, size_t cap
             if (!parse_int(val, 1, 1 << 20, &o->page_size))
                 return fail(err, cap, "--paged: '%s' is not a page size in [1, 1048576]", val);
             break;
+        case O_VARLEN: {
+            /* An optional value must be attached (--varlen=SEED): a separate word would be
+             * read as an operand by getopt. */
+            int seed = 1;
+            if (val && !parse_int(val, 0, 1 << 30, &seed))
+                return fail(err, cap, "--varlen: '%s' is not a seed in [0, 1073741824]", val);
+            o->varlen = true;
+            o->varlen_seed = (unsigned)seed;
+            break;
+        }
         case O_BUDGET:
             if (!parse_double(val, 0.1, 1e6, &o->budget_ms))
                 return fail(err, cap, "--budget-ms: '%s' is not a number in [0.1, 1e6]", val);

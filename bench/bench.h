@@ -42,6 +42,8 @@ typedef struct bench_opts {
     bool help, list, all, quick, backward, inject_error, peaks, decode, tune;
     bool decode_only; /* --decode only: no prefill rows */
     int page_size;    /* --paged: decode rows also from a paged cache of these pages; 0 off */
+    bool varlen;      /* --varlen: prefill rows also as a packed batch and its padded twin */
+    unsigned varlen_seed; /* --varlen=SEED: draws the sequence lengths (1) */
     int ndevices;
     const char *devices[BENCH_MAX_DEVICES]; /* selectors; none = dipole_ctx_create(NULL) */
     bench_ilist variants, head_dims, seqs, causal, paths, dtypes;
@@ -62,6 +64,12 @@ void bench_usage(FILE *f);
 /* ---- grid.c */
 typedef enum bench_pass { BENCH_FWD = 0, BENCH_BWD = 1 } bench_pass;
 
+/* How a point's batch is laid out. FIXED: [batch, seq_q] rows, every sequence full length.
+ * The --varlen twins hold sequences of drawn lengths L_b (varlen.c): PACKED, one batch of
+ * sum L_b rows with cu_seqlens; PADDED, [batch, max L_b] rows with key_lengths = L_b, what a
+ * caller without packed batches runs. */
+typedef enum bench_batching { BENCH_FIXED = 0, BENCH_PACKED = 1, BENCH_PADDED = 2 } bench_batching;
+
 typedef struct bench_point {
     int device;            /* index into the run's devices */
     bench_pass pass;
@@ -71,6 +79,8 @@ typedef struct bench_point {
     int batch, heads_q, heads_kv, seq_q, seq_k, head_dim;
     int causal;
     int page_size;         /* K/V from a paged cache of pages this size; 0: contiguous */
+    bench_batching batching;
+    unsigned varlen_seed;  /* PACKED, PADDED: with batch and seq_q, draws the lengths */
 } bench_point;
 
 /* Fills o's unset lists with the defaults for a device of this kind (quick, CPU or GPU). */
@@ -80,16 +90,46 @@ void bench_grid_defaults(const bench_opts *o, bool cpu, bench_opts *out);
 int bench_grid_expand(const bench_opts *o, int device, bench_point **points);
 
 /* ---- metrics.c */
-/* (query row, key) pairs the mask leaves visible, summed over batch and heads. */
+/* (query row, key) pairs the mask leaves visible, summed over batch and heads. A --varlen twin
+ * counts its real tokens alone, sequence b as an L_b x L_b problem, padded or not: the two
+ * rows then compare per token. */
 double bench_visible_pairs(const bench_point *p);
 /* 4 d per visible pair (2 d for Q.K^T, 2 d for P.V); TWO_POLE 6 d (a second P.V);
  * backward 2.5 times the forward. */
 double bench_flops(const bench_point *p);
 /* Bytes of q, k, v, (v2), out read or written once (backward adds dout and the gradients), in
- * the point's dtype. */
+ * the point's dtype; a --varlen twin counts the real tokens' rows. */
 double bench_bytes(const bench_point *p);
 bool bench_is_decode(const bench_point *p);
 bool bench_reads_v2(dipole_variant v);
+/* The table's kv column: "-" contiguous, "pN" paged, "pack" / "pad" the --varlen twins. */
+void bench_kv_label(const bench_point *p, char *buf, size_t cap);
+
+/* ---- varlen.c (--varlen) */
+/* Sequence b's length: seq_q for a FIXED point; else drawn in [max(1, seq_q / 8), seq_q] from
+ * (varlen_seed, batch, seq_q, b) alone, so that the twins of one point, and its every variant,
+ * dtype, path and pass, hold the same sequences. */
+int bench_seq_length(const bench_point *p, int b);
+int bench_total_tokens(const bench_point *p); /* sum of the sequence lengths */
+int bench_max_length(const bench_point *p);
+/* The dense tensors a point's call reads: q and out [batch, rows_q], k and v [batch, rows_k].
+ * FIXED: the point's sizes; PACKED: one batch of the total; PADDED: [batch, max length]. */
+typedef struct bench_layout {
+    int batch, rows_q, rows_k;
+} bench_layout;
+bench_layout bench_point_layout(const bench_point *p);
+/* The prefix sums [batch + 1] of the lengths (cu_seqlens), malloc'd; NULL when out of memory. */
+int *bench_cu_seqlens(const bench_point *p);
+/* Where sequence b sits in the layout l (bench_point_layout) and which keys its rows see:
+ * query row i (0 <= i < lq) is layout row q0 + i of layout batch lb and sees keys k0 + j for
+ * j < min(lk, i + lk - lq + 1) with a causal mask, j < lk without. cu: bench_cu_seqlens (only
+ * read for PACKED). */
+typedef struct bench_seq_view {
+    int lb, q0, k0, lq, lk;
+} bench_seq_view;
+bench_seq_view bench_seq_of(const bench_point *p, const bench_layout *l, const int *cu, int b);
+/* "fixed", "packed" or "padded" (the CSV and JSON field batching). */
+const char *bench_batching_name(bench_batching b);
 
 /* ---- devices.c */
 typedef struct bench_ceilings {
@@ -177,6 +217,7 @@ typedef struct bench_row {
     double over_softmax; /* median time / the SOFTMAX row's at the same point and requested path */
     double over_f32;     /* median time / the F32 row's at the same point, variant and path */
     double over_dense;   /* a paged row's median time / its contiguous twin's */
+    double padded_over_packed; /* a packed row's padded twin's median time / its own */
     int checked_rows;
     double max_abs_err, worst_ratio; /* worst |got-ref| / (atol + rtol |ref|) */
 } bench_row;
@@ -202,7 +243,9 @@ typedef struct bench_host_inputs {
 } bench_host_inputs;
 
 /* Checks the device output rows against dipole_reference on sampled (batch, head, row)
- * triples; got_row(i) fetches one device row, widened to float. The bound is
+ * triples; fetch(b, i, h) reads row i of batch b of the point's layout (bench_point_layout:
+ * a packed row of sequence b is row cu[b] + i of batch 0) from the device, widened to float.
+ * The bound is
  * atol + rtol |ref|; f16 and bf16 points raise rtol to 2^-10 and 2^-7 (their stores' rounding),
  * and their backward rows add rtol 8 rms(ref row). Fills r's error fields; returns false on a
  * mismatch (r->reason says where). */
@@ -210,7 +253,8 @@ typedef int (*bench_fetch_row)(void *user, int b, int i, int h, float *dst);
 bool bench_validate(const bench_point *p, const bench_host_inputs *in, bench_fetch_row fetch,
                     void *user, int samples, double atol, double rtol, bool inject, bench_row *r);
 
-/* Derived columns: % of ceilings, tiled/gemm, variant/softmax and dtype/f32 ratios. */
+/* Derived columns: % of ceilings, tiled/gemm, variant/softmax, dtype/f32, paged/contiguous and
+ * padded/packed ratios. */
 void bench_derive(bench_run *run);
 /* True when any row is an error. */
 bool bench_any_error(const bench_run *run);
@@ -246,7 +290,7 @@ int bench_plot_script(FILE *f, const bench_run *run, const char *path);
 int bench_compare(FILE *f, const bench_run *run, const char *old_json, char *err, size_t cap);
 
 /* Unique key of a row for matching runs: "device|pass|variant|path|B|Hq|Hkv|Nq|Nk|d|causal",
- * then "|pagedN" for a paged row,
+ * then "|pagedN" for a paged row, "|packedS" or "|paddedS" for a --varlen twin of seed S,
  * then "|f16" or "|bf16" for those dtypes (so that saved runs from before --dtype still match). */
 void bench_row_key(const char *device_label, const bench_point *p, char *buf, size_t cap);
 const char *bench_pass_name(bench_pass p);

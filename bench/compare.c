@@ -56,6 +56,12 @@ static bool old_point(const json_t *row, bench_point *p)
     p->head_dim = (int)num(row, "head_dim");
     p->causal = num(row, "causal") != 0;
     p->page_size = json_object_get(row, "page_size") ? (int)num(row, "page_size") : 0;
+    /* Runs saved before --varlen have no "batching": fixed batches. */
+    const char *batching = json_object_get(row, "batching") ? str(row, "batching") : "fixed";
+    p->batching = !strcmp(batching, "packed")   ? BENCH_PACKED
+                  : !strcmp(batching, "padded") ? BENCH_PADDED
+                                                : BENCH_FIXED;
+    p->varlen_seed = p->batching != BENCH_FIXED ? (unsigned)num(row, "varlen_seed") : 0;
     return true;
 }
 
@@ -104,26 +110,27 @@ int bench_compare(FILE *f, const bench_run *run, const char *old_json, char *err
     }
     fprintf(f, "\ncompared with %s (ratio = old median / new median; > 1 is faster now)\n",
             old_json);
-    fprintf(f, "%-3s %-4s %-8s %-5s %-5s %-9s %6s %6s %4s %-3s %10s %10s %7s\n", "dev", "pass",
-            "variant", "path", "dtype", "BxHq:Hkv", "Nq", "Nk", "d", "cau", "old_ms", "new_ms",
-            "ratio");
+    fprintf(f, "%-3s %-4s %-8s %-5s %-5s %-4s %-9s %6s %6s %4s %-3s %10s %10s %7s\n", "dev",
+            "pass", "variant", "path", "dtype", "kv", "BxHq:Hkv", "Nq", "Nk", "d", "cau", "old_ms",
+            "new_ms", "ratio");
     double log_sum = 0;
     int matched = 0, unmatched = 0;
     for (int r = 0; r < run->nrows; r++) {
         const bench_row *row = &run->rows[r];
         if (row->status != BENCH_OK)
             continue;
-        char key[768], bh[32];
+        char key[768], bh[32], kv[16];
         bench_row_key(run->dev[row->pt.device].label, &row->pt, key, sizeof key);
         size_t i = 0;
         while (i < nold && (!old_ms[i] || strcmp(keys[i], key) != 0))
             i++;
         const bench_point *p = &row->pt;
         snprintf(bh, sizeof bh, "%dx%d:%d", p->batch, p->heads_q, p->heads_kv);
-        fprintf(f, "%-3d %-4s %-8s %-5s %-5s %-9s %6d %6d %4d %-3s ", p->device,
+        bench_kv_label(p, kv, sizeof kv);
+        fprintf(f, "%-3d %-4s %-8s %-5s %-5s %-4s %-9s %6d %6d %4d %-3s ", p->device,
                 bench_pass_name(p->pass), dipole_variant_name(p->variant),
-                dipole_path_name(p->path), dipole_dtype_name(p->dtype), bh, p->seq_q, p->seq_k,
-                p->head_dim, p->causal ? "on" : "off");
+                dipole_path_name(p->path), dipole_dtype_name(p->dtype), kv, bh, p->seq_q,
+                p->seq_k, p->head_dim, p->causal ? "on" : "off");
         if (i == nold) {
             fprintf(f, "%10s %10.3f %7s\n", "-", row->median_ms, "new");
             unmatched++;

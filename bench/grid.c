@@ -1,6 +1,6 @@
 /* The grid: per-device defaults for every list the user did not give, and its expansion into
  * points in table order (prefill then decode, head_dim, batch x heads, causal, seq, variant,
- * dtype, path, pass). */
+ * dtype, path, pass, then a point's paged or --varlen twins). */
 #include <stdlib.h>
 #include <string.h>
 
@@ -36,18 +36,21 @@ void bench_grid_defaults(const bench_opts *o, bool cpu, bench_opts *out)
     set_ilist(&out->causal, causal, 2);
     set_ilist(&out->paths, paths, 2);
     set_ilist(&out->dtypes, dtypes, 1);
+    /* --varlen: a batch of one has nothing to pad, so the default shapes trade heads for
+     * sequences at the same batch x heads (quick 4x1, CPU 4x2, GPU 8x4). */
+    const int vb = o->varlen ? 4 : 1;
     if (o->quick) {
         set_ilist(&out->head_dims, d_cpu, 1);
         set_ilist(&out->seqs, n_quick, 2);
-        set_bh(&out->bh, (bench_bh){1, 4, 4});
+        set_bh(&out->bh, (bench_bh){vb, 4 / vb, 4 / vb});
     } else if (cpu) {
         set_ilist(&out->head_dims, d_cpu, 1);
         set_ilist(&out->seqs, n_cpu, 3);
-        set_bh(&out->bh, (bench_bh){1, 8, 8});
+        set_bh(&out->bh, (bench_bh){vb, 8 / vb, 8 / vb});
     } else {
         set_ilist(&out->head_dims, d_gpu, 2);
         set_ilist(&out->seqs, n_gpu, 5);
-        set_bh(&out->bh, (bench_bh){2, 16, 16});
+        set_bh(&out->bh, (bench_bh){2 * vb, 16 / vb, 16 / vb});
     }
     if (!o->budget_set)
         out->budget_ms = o->quick ? 20 : cpu ? 100 : 200;
@@ -77,6 +80,13 @@ static int expand_shape(const bench_opts *o, const bench_point *shape, bench_poi
                         p[n] = *q;
                         p[n++].page_size = o->page_size;
                     }
+                    /* and a prefill row's packed and padded twins, for the same reason */
+                    if (o->varlen && shape->seq_q == shape->seq_k && shape->seq_q > 1)
+                        for (int t = BENCH_PACKED; t <= BENCH_PADDED; t++) {
+                            p[n] = *q;
+                            p[n].batching = (bench_batching)t;
+                            p[n++].varlen_seed = o->varlen_seed;
+                        }
                 }
     return n;
 }
@@ -86,7 +96,9 @@ int bench_grid_expand(const bench_opts *o, int device, bench_point **points)
     const int npass = o->backward ? 2 : 1;
     const int per = o->variants.n * o->dtypes.n * o->head_dims.n * o->bh.n * o->paths.n *
                     o->seqs.n * npass;
-    const size_t cap = (size_t)per * ((size_t)o->causal.n + (o->decode ? 2 : 0)) + 1;
+    /* prefill rows with up to two --varlen twins each; decode rows with up to one paged twin */
+    const size_t cap = (size_t)per * ((size_t)o->causal.n * (o->varlen ? 3 : 1) +
+                                      (o->decode ? 2 : 0)) + 1;
     bench_point *p = calloc(cap, sizeof *p);
     if (!p)
         return -1;

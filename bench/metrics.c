@@ -15,25 +15,32 @@ bool bench_is_decode(const bench_point *p)
     return p->seq_q == 1 && p->seq_k > 1;
 }
 
+/* Pairs of one head of one sequence of nq query rows and nk keys. */
+static double pairs_of(double nq, double nk, bool causal)
+{
+    if (!causal)
+        return nq * nk;
+    /* Row i sees keys j <= i + nk - nq (bottom-right): min(nk, i + nk - nq + 1) keys,
+     * none below zero. Rows i >= nq - nk - 1 + 1 see at least one; sum the ramp exactly. */
+    const double shift = nk - nq; /* row i sees i + shift + 1 keys, clamped to [0, nk] */
+    const double first = shift >= 0 ? 0 : -shift; /* first row that sees a key */
+    if (first >= nq)
+        return 0;
+    /* rows first .. nq-1 see (i + shift + 1) keys, never more than nk since i < nq */
+    const double a = first + shift + 1, b = nq - 1 + shift + 1;
+    return (a + b) * (nq - first) / 2;
+}
+
 double bench_visible_pairs(const bench_point *p)
 {
-    const double nq = p->seq_q, nk = p->seq_k;
-    double pairs;
-    if (!p->causal) {
-        pairs = nq * nk;
-    } else {
-        /* Row i sees keys j <= i + nk - nq (bottom-right): min(nk, i + nk - nq + 1) keys,
-         * none below zero. Rows i >= nq - nk - 1 + 1 see at least one; sum the ramp exactly. */
-        const double shift = nk - nq; /* row i sees i + shift + 1 keys, clamped to [0, nk] */
-        const double first = shift >= 0 ? 0 : -shift; /* first row that sees a key */
-        pairs = 0;
-        if (first < nq) {
-            /* rows first .. nq-1 see (i + shift + 1) keys, never more than nk since i < nq */
-            const double a = first + shift + 1, b = nq - 1 + shift + 1;
-            pairs = (a + b) * (nq - first) / 2;
-        }
+    if (p->batching == BENCH_FIXED)
+        return pairs_of(p->seq_q, p->seq_k, p->causal) * p->batch * p->heads_q;
+    double pairs = 0;
+    for (int b = 0; b < p->batch; b++) {
+        const double l = bench_seq_length(p, b);
+        pairs += pairs_of(l, l, p->causal);
     }
-    return pairs * p->batch * p->heads_q;
+    return pairs * p->heads_q;
 }
 
 double bench_flops(const bench_point *p)
@@ -45,13 +52,27 @@ double bench_flops(const bench_point *p)
 
 double bench_bytes(const bench_point *p)
 {
-    const double q = (double)p->batch * p->seq_q * p->heads_q * p->head_dim;
-    const double kv = (double)p->batch * p->seq_k * p->heads_kv * p->head_dim;
+    /* FIXED: batch * seq rows; a --varlen twin: its real tokens, padded or not */
+    const double nq = p->batching == BENCH_FIXED ? (double)p->batch * p->seq_q
+                                                 : (double)bench_total_tokens(p);
+    const double nk = p->batching == BENCH_FIXED ? (double)p->batch * p->seq_k : nq;
+    const double q = nq * p->heads_q * p->head_dim;
+    const double kv = nk * p->heads_kv * p->head_dim;
     const double nv = bench_reads_v2(p->variant) ? 2 : 1;
     double elems = 2 * q + kv * (1 + nv); /* q, out; k, v(, v2) */
     if (p->pass == BENCH_BWD)
         elems += 2 * q + kv * (1 + nv); /* dout, dq; dk, dv(, dv2) */
     return (double)dipole_dtype_size(p->dtype) * elems;
+}
+
+void bench_kv_label(const bench_point *p, char *buf, size_t cap)
+{
+    if (p->page_size > 0)
+        snprintf(buf, cap, "p%d", p->page_size);
+    else if (p->batching != BENCH_FIXED)
+        snprintf(buf, cap, "%s", p->batching == BENCH_PACKED ? "pack" : "pad");
+    else
+        snprintf(buf, cap, "-");
 }
 
 const char *bench_status_name(bench_status s)
@@ -77,13 +98,16 @@ const char *bench_pass_name(bench_pass p)
 void bench_row_key(const char *device_label, const bench_point *p, char *buf, size_t cap)
 {
     const bool f32 = p->dtype == DIPOLE_F32;
-    char paged[24] = "";
+    char layout[40] = "";
     if (p->page_size > 0)
-        snprintf(paged, sizeof paged, "|paged%d", p->page_size);
+        snprintf(layout, sizeof layout, "|paged%d", p->page_size);
+    else if (p->batching != BENCH_FIXED)
+        snprintf(layout, sizeof layout, "|%s%u",
+                 p->batching == BENCH_PACKED ? "packed" : "padded", p->varlen_seed);
     snprintf(buf, cap, "%s|%s|%s|%s|%d|%d|%d|%d|%d|%d|%d%s%s%s", device_label,
              bench_pass_name(p->pass), dipole_variant_name(p->variant), dipole_path_name(p->path),
              p->batch, p->heads_q, p->heads_kv, p->seq_q, p->seq_k, p->head_dim, p->causal,
-             f32 ? "" : "|", f32 ? "" : dipole_dtype_name(p->dtype), paged);
+             f32 ? "" : "|", f32 ? "" : dipole_dtype_name(p->dtype), layout);
 }
 
 /* The same problem whatever it is stored in. */
@@ -92,7 +116,8 @@ static bool same_sizes(const bench_point *a, const bench_point *b)
     return a->device == b->device && a->pass == b->pass && a->batch == b->batch &&
            a->heads_q == b->heads_q && a->heads_kv == b->heads_kv && a->seq_q == b->seq_q &&
            a->seq_k == b->seq_k && a->head_dim == b->head_dim && a->causal == b->causal &&
-           a->page_size == b->page_size;
+           a->page_size == b->page_size && a->batching == b->batching &&
+           a->varlen_seed == b->varlen_seed;
 }
 
 static bool same_shape(const bench_point *a, const bench_point *b)
@@ -145,17 +170,26 @@ static bool dense_ref(const bench_point *r, const bench_point *ref)
            ref->path == r->path;
 }
 
+/* A packed row's reference is its padded twin: the ratio is then packed / padded. */
+static bool padded_ref(const bench_point *r, const bench_point *ref)
+{
+    bench_point padded = *r;
+    padded.batching = BENCH_PADDED;
+    return r->batching == BENCH_PACKED && same_but_path(&padded, ref) && ref->path == r->path;
+}
+
 void bench_derive(bench_run *run)
 {
     for (int i = 0; i < run->nrows; i++) {
         bench_row *r = &run->rows[i];
         r->pct_fma = r->pct_sgemm = r->pct_copy = r->tiled_over_gemm = NAN;
-        r->over_softmax = r->over_f32 = r->over_dense = NAN;
+        r->over_softmax = r->over_f32 = r->over_dense = r->padded_over_packed = NAN;
         if (r->status != BENCH_OK)
             continue;
         r->over_softmax = time_ratio(run, r, softmax_ref);
         r->over_f32 = time_ratio(run, r, f32_ref);
         r->over_dense = time_ratio(run, r, dense_ref);
+        r->padded_over_packed = 1 / time_ratio(run, r, padded_ref); /* NaN stays NaN */
         const bench_ceilings *c = &run->dev[r->pt.device].ceil;
         if (c->fma_gflops > 0)
             r->pct_fma = 100 * r->gflops / c->fma_gflops;

@@ -30,7 +30,9 @@ static bool on_path(const char *prog)
 
 static bool plotted(const bench_row *r)
 {
-    return r->status == BENCH_OK && r->pt.pass == BENCH_FWD && r->pt.seq_q == r->pt.seq_k;
+    /* --varlen twins stay out: their N is nominal, their tokens fewer. */
+    return r->status == BENCH_OK && r->pt.pass == BENCH_FWD && r->pt.seq_q == r->pt.seq_k &&
+           r->pt.batching == BENCH_FIXED;
 }
 
 /* gnuplot single-quoted string: a quote is doubled. */

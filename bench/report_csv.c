@@ -31,7 +31,7 @@ int bench_write_csv(FILE *f, const bench_run *run)
     fputs("device,pass,variant,path,batch,heads_q,heads_kv,seq_q,seq_k,head_dim,causal,status,"
           "reason,first_ms,jit_ms,cache,timer,reps,median_ms,min_ms,gflops,gbps,pct_fma,"
           "pct_sgemm,pct_copy,tiled_over_gemm,checked_rows,max_abs_err,time_over_softmax,dtype,"
-          "over_f32,page_size,over_dense\n",
+          "over_f32,page_size,over_dense,batching,varlen_seed,tokens,padded_over_packed\n",
           f);
     for (int i = 0; i < run->nrows; i++) {
         const bench_row *r = &run->rows[i];
@@ -68,6 +68,11 @@ int bench_write_csv(FILE *f, const bench_run *run)
         cell_num(f, r->over_f32);
         fprintf(f, ",%d,", p->page_size);
         cell_num(f, r->over_dense);
+        fprintf(f, ",%s,", bench_batching_name(p->batching));
+        if (p->batching != BENCH_FIXED)
+            fprintf(f, "%u", p->varlen_seed);
+        fprintf(f, ",%d,", bench_total_tokens(p));
+        cell_num(f, r->padded_over_packed);
         fputc('\n', f);
     }
     return ferror(f) ? -1 : 0;

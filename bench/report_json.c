@@ -46,6 +46,23 @@ static void kv_num(FILE *f, const char *k, double v, const char *sep)
     fputs(sep, f);
 }
 
+/* A --varlen twin's batching, seed, real tokens and lengths (null for a fixed batch). */
+static void varlen_fields(FILE *f, const bench_point *p)
+{
+    kv_str(f, "batching", bench_batching_name(p->batching), ", ");
+    kv_num(f, "varlen_seed", p->batching != BENCH_FIXED ? (double)p->varlen_seed : NAN, ", ");
+    kv_num(f, "tokens", bench_total_tokens(p), ", ");
+    fputs("\"lengths\": ", f);
+    if (p->batching == BENCH_FIXED) {
+        fputs("null", f);
+    } else {
+        for (int b = 0; b < p->batch; b++)
+            fprintf(f, "%s%d", b ? ", " : "[", bench_seq_length(p, b));
+        fputc(']', f);
+    }
+    fputs(",\n     ", f);
+}
+
 int bench_write_json(FILE *f, const bench_run *run)
 {
     fprintf(f, "{\n  \"format_version\": %d,\n  ", BENCH_FORMAT_VERSION);
@@ -55,7 +72,7 @@ int bench_write_json(FILE *f, const bench_run *run)
     kv_str(f, "date", run->date, ",\n  ");
     kv_str(f, "flops",
            "sum over batch, heads_q and visible (query, key) pairs of 4*d (TWO_POLE 6*d); "
-           "backward 2.5x forward",
+           "backward 2.5x forward; packed and padded rows count their real tokens only",
            ",\n  ");
     kv_str(f, "bytes",
            "q, k, v, (v2), out once (backward: + dout, dq, dk, dv, (dv2)), in the row's dtype",
@@ -103,6 +120,7 @@ int bench_write_json(FILE *f, const bench_run *run)
                    "\"seq_k\": %d, \"head_dim\": %d, \"causal\": %s,\n     ",
                 p->batch, p->heads_q, p->heads_kv, p->seq_q, p->seq_k, p->head_dim,
                 p->causal ? "true" : "false");
+        varlen_fields(f, p);
         kv_str(f, "status", bench_status_name(r->status), ", ");
         kv_str(f, "reason", r->reason, ", ");
         kv_str(f, "plan", r->plan, ",\n     ");
@@ -123,7 +141,8 @@ int bench_write_json(FILE *f, const bench_run *run)
         kv_num(f, "tiled_over_gemm", r->tiled_over_gemm, ", ");
         kv_num(f, "time_over_softmax", r->over_softmax, ", ");
         kv_num(f, "over_f32", r->over_f32, ", ");
-        kv_num(f, "over_dense", r->over_dense, ",\n     ");
+        kv_num(f, "over_dense", r->over_dense, ", ");
+        kv_num(f, "padded_over_packed", r->padded_over_packed, ",\n     ");
         fprintf(f, "\"checked_rows\": %d, ", r->checked_rows);
         kv_num(f, "max_abs_err", r->checked_rows ? r->max_abs_err : NAN, ", ");
         kv_num(f, "worst_tolerance_ratio", r->checked_rows ? r->worst_ratio : NAN, "}");

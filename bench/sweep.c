@@ -48,9 +48,10 @@ static void capture_log(void *user, const char *msg)
 
 static size_t elems_of(const bench_point *p, int which)
 {
-    const size_t q = (size_t)p->batch * (size_t)p->seq_q * (size_t)p->heads_q * (size_t)p->head_dim;
+    const bench_layout l = bench_point_layout(p);
+    const size_t q = (size_t)l.batch * (size_t)l.rows_q * (size_t)p->heads_q * (size_t)p->head_dim;
     const size_t kv =
-        (size_t)p->batch * (size_t)p->seq_k * (size_t)p->heads_kv * (size_t)p->head_dim;
+        (size_t)l.batch * (size_t)l.rows_k * (size_t)p->heads_kv * (size_t)p->head_dim;
     const bool bwd = p->pass == BENCH_BWD, v2 = bench_reads_v2(p->variant);
     switch (which) {
     case Q:
@@ -62,8 +63,8 @@ static size_t elems_of(const bench_point *p, int which)
     case V2:
         return v2 ? kv : 0;
     case LSE:
-        return bwd ? (size_t)dipole_lse_count(p->variant) * (size_t)p->batch *
-                         (size_t)p->heads_q * (size_t)p->seq_q
+        return bwd ? (size_t)dipole_lse_count(p->variant) * (size_t)l.batch *
+                         (size_t)p->heads_q * (size_t)l.rows_q
                    : 0;
     case DOUT:
     case DQ:
@@ -215,19 +216,21 @@ typedef struct call_args {
     dipole_tensor t[NBUF];
     const bench_point *p;
     bench_paged pg; /* a paged point's pools */
+    int *lengths;   /* a --varlen twin's cu_seqlens (packed) or key lengths (padded) */
 } call_args;
 
 static void make_args(const sweep_state *s, const bench_point *p, call_args *a)
 {
+    const bench_layout l = bench_point_layout(p);
     memset(a, 0, sizeof *a);
     a->p = p;
     dipole_attn_desc_default(&a->desc);
     a->desc.variant = p->variant;
-    a->desc.batch = p->batch;
+    a->desc.batch = p->batch; /* a packed batch keeps its count of sequences */
     a->desc.heads_q = p->heads_q;
     a->desc.heads_kv = p->heads_kv;
-    a->desc.seq_q = p->seq_q;
-    a->desc.seq_k = p->seq_k;
+    a->desc.seq_q = l.rows_q;
+    a->desc.seq_k = l.rows_k;
     a->desc.head_dim = p->head_dim;
     a->desc.causal = p->causal;
     a->desc.path = p->path;
@@ -235,7 +238,7 @@ static void make_args(const sweep_state *s, const bench_point *p, call_args *a)
     for (int b = 0; b < NBUF; b++) {
         const bool qshape = b == Q || b == OUT || b == DOUT || b == DQ;
         a->t[b] = dipole_tensor_dense(is_input(b) ? s->in[p->dtype][b] : s->buf[b],
-                                      qshape ? p->seq_q : p->seq_k,
+                                      qshape ? l.rows_q : l.rows_k,
                                       qshape ? p->heads_q : p->heads_kv, p->head_dim);
     }
 }
@@ -271,7 +274,8 @@ typedef struct fetch_ctx {
     sweep_state *s;
     const bench_point *p;
     int buf;
-    void *raw; /* one row in the point's dtype */
+    int rows_q; /* query rows per batch of the layout */
+    void *raw;  /* one row in the point's dtype */
 } fetch_ctx;
 
 static int fetch_row(void *user, int b, int i, int h, float *dst)
@@ -279,7 +283,7 @@ static int fetch_row(void *user, int b, int i, int h, float *dst)
     const fetch_ctx *f = user;
     const bench_point *p = f->p;
     const size_t d = (size_t)p->head_dim, es = dipole_dtype_size(p->dtype);
-    const size_t at = (((size_t)b * p->seq_q + (size_t)i) * (size_t)p->heads_q + (size_t)h) * d;
+    const size_t at = (((size_t)b * f->rows_q + (size_t)i) * (size_t)p->heads_q + (size_t)h) * d;
     if (clEnqueueReadBuffer(f->s->queue, f->s->buf[f->buf], CL_TRUE, at * es, d * es, f->raw, 0,
                             NULL, NULL) != CL_SUCCESS)
         return -1;
@@ -404,7 +408,7 @@ static void run_args(sweep_state *s, const bench_point *p, bench_row *r, const c
     /* Validate the first call's output: every later call writes the same values. */
     float *const *h = s->host[p->dtype];
     bench_host_inputs in = {h[Q], h[K], h[V], h[V2], h[DOUT]};
-    fetch_ctx fc = {s, p, p->pass == BENCH_FWD ? OUT : DQ,
+    fetch_ctx fc = {s, p, p->pass == BENCH_FWD ? OUT : DQ, bench_point_layout(p).rows_q,
                     malloc(sizeof(float) * (size_t)p->head_dim)};
     if (!fc.raw) {
         r->status = BENCH_ERROR;
@@ -462,11 +466,35 @@ static void run_args(sweep_state *s, const bench_point *p, bench_row *r, const c
     r->status = valid ? BENCH_OK : BENCH_ERROR;
 }
 
-/* A point: its arguments (and a paged point's pools, made and freed around it), then the run. */
+/* A --varlen twin's host arrays: the packed call's cu_seqlens (the same for q and k, since
+ * each sequence is its own prefill) or the padded call's key lengths. Returns 0 or -1. */
+static int varlen_args(const bench_point *p, call_args *a)
+{
+    int *cu = bench_cu_seqlens(p);
+    if (!cu)
+        return -1;
+    a->lengths = cu;
+    if (p->batching == BENCH_PACKED) {
+        a->desc.cu_seqlens_q = a->desc.cu_seqlens_k = cu;
+        return 0;
+    }
+    for (int b = 0; b < p->batch; b++)
+        cu[b] = cu[b + 1] - cu[b]; /* in place: cu[b + 1] is still the prefix sum */
+    a->desc.key_lengths = cu;
+    return 0;
+}
+
+/* A point: its arguments (and a paged point's pools or a --varlen twin's lengths, made and
+ * freed around it), then the run. */
 static void run_point(sweep_state *s, const bench_point *p, bench_row *r)
 {
     call_args a;
     make_args(s, p, &a);
+    if (p->batching != BENCH_FIXED && varlen_args(p, &a) != 0) {
+        r->status = BENCH_ERROR;
+        snprintf(r->reason, sizeof r->reason, "out of host memory for the sequence lengths");
+        return;
+    }
     if (p->page_size > 0) {
         if (bench_paged_make(s->ctx, p, &a.t[K], &a.pg, r->reason, sizeof r->reason) != 0) {
             r->status = BENCH_ERROR;
@@ -476,6 +504,7 @@ static void run_point(sweep_state *s, const bench_point *p, bench_row *r)
     }
     run_args(s, p, r, &a);
     bench_paged_free(&a.pg);
+    free(a.lengths);
 }
 
 static bench_row *new_row(bench_run *run)
@@ -493,7 +522,7 @@ static bench_row *new_row(bench_run *run)
     snprintf(r->cache, sizeof r->cache, "-");
     snprintf(r->timer, sizeof r->timer, "-");
     r->pct_fma = r->pct_sgemm = r->pct_copy = r->tiled_over_gemm = NAN;
-    r->over_softmax = r->over_f32 = r->over_dense = NAN;
+    r->over_softmax = r->over_f32 = r->over_dense = r->padded_over_packed = NAN;
     return r;
 }
 
@@ -534,10 +563,11 @@ int bench_sweep(dipole_ctx *ctx, const bench_opts *o, const bench_device *dev,
         r->pt = pts[i];
         if (progress) {
             const bench_point *p = &pts[i];
-            fprintf(stderr, "\r\033[K[%d/%d] %s %s %s %s N %dx%d d %d%s", ++*done, total,
+            fprintf(stderr, "\r\033[K[%d/%d] %s %s %s %s N %dx%d d %d%s%s%s", ++*done, total,
                     bench_pass_name(p->pass), dipole_variant_name(p->variant),
                     dipole_path_name(p->path), dipole_dtype_name(p->dtype), p->seq_q, p->seq_k,
-                    p->head_dim, p->causal ? " causal" : "");
+                    p->head_dim, p->causal ? " causal" : "", p->batching ? " " : "",
+                    p->batching ? bench_batching_name(p->batching) : "");
             fflush(stderr);
         }
         if (setup != 0) {

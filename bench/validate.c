@@ -3,9 +3,11 @@
  * A query row's output depends only on that row's q, the keys it sees and their values, so
  * each triple is checked as its own exact reduced problem: one batch, one head, seq_q = 1 and
  * seq_k = the number of keys the row sees in the full problem (the visible keys are always a
- * prefix 0..hi-1 here: no windows, no key lengths), without a mask. That keeps the reference's
- * cost at O(rows * seq_k * d) even for problems far too large to run on the CPU whole, and is
- * exact for causal rows too because the row keeps its own key range.
+ * prefix of its sequence's keys here: no windows), without a mask. A --varlen twin is checked
+ * the same way in its own layout: a packed row of sequence b against keys cu[b] .. cu[b] + hi,
+ * a padded row against the first hi of its batch's L_b keys (bench_seq_of). That keeps the
+ * reference's cost at O(rows * seq_k * d) even for problems far too large to run on the CPU
+ * whole, and is exact for causal rows too because the row keeps its own key range.
  *
  * The bound is |got - ref| <= atol + rtol |ref|. The host inputs are the device's own (rounded
  * to the point's dtype and widened back), so with f16 or bf16 storage what remains beyond float
@@ -22,24 +24,27 @@
 #include "bench.h"
 
 /* The triples: the first and last rows always (edges of the tile and mask loops), then
- * pseudo-random ones from a seed fixed per point so reruns check the same rows. */
-static void pick(const bench_point *p, int s, unsigned long long *state, int *b, int *h, int *i)
+ * pseudo-random ones from a seed fixed per point so reruns check the same rows. i is a row of
+ * sequence b (of lq(b) rows); false when that sequence has none. */
+static bool pick(const bench_point *p, const bench_layout *l, const int *cu, int s,
+                 unsigned long long *state, int *b, int *h, int *i)
 {
-    if (s == 0) {
-        *b = 0, *h = 0, *i = 0;
-        return;
+    unsigned long long x = 0;
+    if (s < 2) {
+        *b = s ? p->batch - 1 : 0, *h = s ? p->heads_q - 1 : 0;
+    } else {
+        *state = *state * 6364136223846793005ull + 1442695040888963407ull;
+        x = *state >> 17;
+        *b = (int)(x % (unsigned)p->batch);
+        x /= (unsigned)p->batch;
+        *h = (int)(x % (unsigned)p->heads_q);
+        x /= (unsigned)p->heads_q;
     }
-    if (s == 1) {
-        *b = p->batch - 1, *h = p->heads_q - 1, *i = p->seq_q - 1;
-        return;
-    }
-    *state = *state * 6364136223846793005ull + 1442695040888963407ull;
-    unsigned long long x = *state >> 17;
-    *b = (int)(x % (unsigned)p->batch);
-    x /= (unsigned)p->batch;
-    *h = (int)(x % (unsigned)p->heads_q);
-    x /= (unsigned)p->heads_q;
-    *i = (int)(x % (unsigned)p->seq_q);
+    const int lq = bench_seq_of(p, l, cu, *b).lq;
+    if (lq <= 0)
+        return false;
+    *i = s == 0 ? 0 : s == 1 ? lq - 1 : (int)(x % (unsigned)lq);
+    return true;
 }
 
 /* The tolerance of one checked row: atol + rtol (|ref| + spread). */
@@ -83,13 +88,26 @@ static void describe(const tolerance *t, dipole_dtype dt, char *buf, size_t cap)
         snprintf(buf, cap, "atol %.1g + rtol %.1g |ref|", t->atol, t->rtol);
 }
 
-static void gather_keys(const float *src, const bench_point *p, int b, int hk, int n, float *dst)
+/* Keys k0 .. k0 + n - 1 of head hk in batch b of a layout of rows_k keys per batch. */
+static void gather_keys(const float *src, const bench_point *p, int rows_k, int b, int k0, int hk,
+                        int n, float *dst)
 {
     const size_t d = (size_t)p->head_dim;
     for (int j = 0; j < n; j++)
         memcpy(dst + (size_t)j * d,
-               src + (((size_t)b * p->seq_k + (size_t)j) * (size_t)p->heads_kv + (size_t)hk) * d,
+               src + (((size_t)b * rows_k + (size_t)(k0 + j)) * (size_t)p->heads_kv +
+                      (size_t)hk) * d,
                d * sizeof(float));
+}
+
+/* Where a mismatch is, in words: a packed row also gives its sequence. */
+static void where(const bench_point *p, const bench_seq_view *v, int b, int h, int i, char *buf,
+                  size_t cap)
+{
+    if (p->batching == BENCH_PACKED)
+        snprintf(buf, cap, "sequence %d (packed row %d), head %d, row %d", b, v->q0 + i, h, i);
+    else
+        snprintf(buf, cap, "batch %d, head %d, row %d", b, h, i);
 }
 
 bool bench_validate(const bench_point *p, const bench_host_inputs *in, bench_fetch_row fetch,
@@ -98,16 +116,20 @@ bool bench_validate(const bench_point *p, const bench_host_inputs *in, bench_fet
     const size_t d = (size_t)p->head_dim;
     const bool v2 = bench_reads_v2(p->variant);
     const bool bwd = p->pass == BENCH_BWD;
-    float *kr = malloc(sizeof(float) * d * (size_t)p->seq_k);
-    float *vr = malloc(sizeof(float) * d * (size_t)p->seq_k);
-    float *v2r = v2 ? malloc(sizeof(float) * d * (size_t)p->seq_k) : NULL;
+    const bench_layout l = bench_point_layout(p);
+    const size_t nk = (size_t)(p->batching == BENCH_FIXED ? p->seq_k : bench_max_length(p));
+    int *cu = p->batching == BENCH_PACKED ? bench_cu_seqlens(p) : NULL;
+    float *kr = malloc(sizeof(float) * d * nk);
+    float *vr = malloc(sizeof(float) * d * nk);
+    float *v2r = v2 ? malloc(sizeof(float) * d * nk) : NULL;
     float *ref = malloc(sizeof(float) * d * 3), *got = ref ? ref + d : NULL;
-    float *scratch = bwd ? malloc(sizeof(float) * d * (size_t)p->seq_k * 3) : NULL;
+    float *scratch = bwd ? malloc(sizeof(float) * d * nk * 3) : NULL;
     bool ok = true;
     r->checked_rows = 0;
     r->max_abs_err = 0;
     r->worst_ratio = 0;
-    if (!kr || !vr || (v2 && !v2r) || !ref || (bwd && !scratch)) {
+    if (!kr || !vr || (v2 && !v2r) || !ref || (bwd && !scratch) ||
+        (p->batching == BENCH_PACKED && !cu)) {
         snprintf(r->reason, sizeof r->reason, "validation: out of host memory");
         ok = false;
         goto done;
@@ -115,26 +137,29 @@ bool bench_validate(const bench_point *p, const bench_host_inputs *in, bench_fet
     unsigned long long state = ((unsigned long long)p->seq_q * 1315423911u) ^
                                ((unsigned long long)p->seq_k << 20) ^ (unsigned)p->variant ^
                                ((unsigned long long)p->head_dim << 40);
-    if (samples > p->batch * p->heads_q * p->seq_q)
-        samples = p->batch * p->heads_q * p->seq_q;
+    const int rows = l.batch * l.rows_q * p->heads_q; /* every layout row, padding included */
+    if (samples > rows)
+        samples = rows;
     for (int s = 0; s < samples && ok; s++) {
         int b, h, i;
-        pick(p, s, &state, &b, &h, &i);
+        if (!pick(p, &l, cu, s, &state, &b, &h, &i))
+            continue; /* an empty sequence has no row to check */
+        const bench_seq_view sv = bench_seq_of(p, &l, cu, b);
         const int hk = h / (p->heads_q / p->heads_kv);
-        int hi = p->seq_k;
+        int hi = sv.lk;
         if (p->causal) {
-            const int lim = i + p->seq_k - p->seq_q + 1;
-            hi = lim < 0 ? 0 : lim < p->seq_k ? lim : p->seq_k;
+            const int lim = i + sv.lk - sv.lq + 1;
+            hi = lim < 0 ? 0 : lim < sv.lk ? lim : sv.lk;
         }
-        const float *qrow =
-            in->q + (((size_t)b * p->seq_q + (size_t)i) * (size_t)p->heads_q + (size_t)h) * d;
+        const float *qrow = in->q + (((size_t)sv.lb * l.rows_q + (size_t)(sv.q0 + i)) *
+                                         (size_t)p->heads_q + (size_t)h) * d;
         if (hi == 0) {
             memset(ref, 0, sizeof(float) * d); /* a row that sees no key outputs zeros */
         } else {
-            gather_keys(in->k, p, b, hk, hi, kr);
-            gather_keys(in->v, p, b, hk, hi, vr);
+            gather_keys(in->k, p, l.rows_k, sv.lb, sv.k0, hk, hi, kr);
+            gather_keys(in->v, p, l.rows_k, sv.lb, sv.k0, hk, hi, vr);
             if (v2)
-                gather_keys(in->v2, p, b, hk, hi, v2r);
+                gather_keys(in->v2, p, l.rows_k, sv.lb, sv.k0, hk, hi, v2r);
             dipole_attn_desc rd;
             dipole_attn_desc_default(&rd);
             rd.variant = p->variant;
@@ -158,9 +183,10 @@ bool bench_validate(const bench_point *p, const bench_host_inputs *in, bench_fet
                 break;
             }
         }
-        if (fetch(user, b, i, h, got) != 0) {
+        if (fetch(user, sv.lb, sv.q0 + i, h, got) != 0) {
             snprintf(r->reason, sizeof r->reason, "validation: reading row (b %d, h %d, i %d) "
-                                                  "back from the device failed", b, h, i);
+                                                  "back from the device failed",
+                     sv.lb, h, sv.q0 + i);
             ok = false;
             break;
         }
@@ -172,12 +198,13 @@ bool bench_validate(const bench_point *p, const bench_host_inputs *in, bench_fet
             const double diff = fabs((double)got[c] - (double)ref[c]);
             const double ratio = diff / bound(&tol, ref[c]);
             if (!isfinite(got[c]) || !(ratio <= 1.0)) {
-                char words[96];
+                char words[96], at[96];
                 describe(&tol, p->dtype, words, sizeof words);
+                where(p, &sv, b, h, i, at, sizeof at);
                 snprintf(r->reason, sizeof r->reason,
-                         "mismatch at batch %d, head %d, row %d, column %zu: device %.7g, "
-                         "reference %.7g (|diff| %.3g > %s)",
-                         b, h, i, c, got[c], ref[c], diff, words);
+                         "mismatch at %s, column %zu: device %.7g, reference %.7g "
+                         "(|diff| %.3g > %s)",
+                         at, c, got[c], ref[c], diff, words);
                 ok = false;
             }
             if (diff > r->max_abs_err || !isfinite(diff))
@@ -189,6 +216,7 @@ bool bench_validate(const bench_point *p, const bench_host_inputs *in, bench_fet
         }
     }
 done:
+    free(cu);
     free(kr);
     free(vr);
     free(v2r);

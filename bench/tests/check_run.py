@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Runs dipole-bench for the meson tests: check_run.py BENCH ok|inject|dtype|paged.
+"""Runs dipole-bench for the meson tests: check_run.py BENCH ok|inject|dtype|paged|varlen.
 
 ok:     --quick must exit 0, write JSON that parses, and every row must be ok or unsupported
         (with a reason), with at least one ok row.
@@ -11,6 +11,11 @@ dtype:  --quick --dtype all (softmax, tiled, forward and backward) must exit 0 w
 paged:  --quick --decode only --paged 16 (every variant, tiled and gemm) must exit 0 with each
         decode row beside a paged twin, both ok and validated, the twin carrying its time over
         the contiguous row's (over_dense); CSV and table show it.
+varlen: --quick --decode off --backward --varlen (softmax and two_pole, tiled) must exit 0 with
+        each prefill row followed by its packed and padded twins over the same drawn lengths,
+        both counting the same real tokens' flops and bytes, each ok and validated (on a CPU
+        device; elsewhere a twin may be unsupported, with a reason), the packed row carrying
+        the padded time over its own (padded_over_packed); CSV and table show them.
 Exit 77 (skipped) when the machine has no OpenCL device."""
 import json
 import os
@@ -38,7 +43,7 @@ def check_dtypes(proc, rows, csv_path):
             assert abs(r["over_f32"] - want) <= 1e-6 * want, (r["over_f32"], want)
     with open(csv_path, encoding="utf-8") as f:
         head = f.readline().rstrip("\n").split(",")
-    assert head[-4:-2] == ["dtype", "over_f32"], head
+    assert head[-8:-6] == ["dtype", "over_f32"], head
     assert " dtype " in proc.stdout and " x_f32 " in proc.stdout, proc.stdout
     assert " bf16 " in proc.stdout, proc.stdout
 
@@ -59,8 +64,55 @@ def check_paged(proc, rows, csv_path):
         assert rs[0]["over_dense"] is None, rs[0]
     with open(csv_path, encoding="utf-8") as f:
         head = f.readline().rstrip("\n").split(",")
-    assert head[-2:] == ["page_size", "over_dense"], head
+    assert head[-6:-4] == ["page_size", "over_dense"], head
     assert " kv " in proc.stdout and " p16 " in proc.stdout and " x_kv " in proc.stdout, proc.stdout
+
+
+def check_varlen(proc, run, csv_path):
+    assert proc.returncode == 0, "exit %d" % proc.returncode
+    rows = run["rows"]
+    cpu = run["devices"][0]["type"] == "cpu"
+    shape = ("pass", "variant", "path", "dtype", "batch", "heads_q", "heads_kv", "seq_q", "seq_k",
+             "head_dim", "causal")
+    by_point = {}
+    for i, r in enumerate(rows):
+        by_point.setdefault(tuple(r[k] for k in shape), []).append((i, r))
+    # 2 variants x 2 passes x 2 masks x 2 lengths, each a fixed row and its two twins in a row
+    assert len(by_point) == 16, sorted(by_point)
+    pairs = 0
+    for point, rs in by_point.items():
+        assert [r["batching"] for _, r in rs] == ["fixed", "packed", "padded"], (point, rs)
+        assert [i for i, _ in rs] == list(range(rs[0][0], rs[0][0] + 3)), (point, "not adjacent")
+        fixed, packed, padded = (r for _, r in rs)
+        assert point[4] == 4 and point[5] == 1, point  # --varlen's quick default: 4x1
+        assert fixed["status"] == "ok" and fixed["checked_rows"] > 0, fixed
+        assert fixed["lengths"] is None and fixed["padded_over_packed"] is None, fixed
+        lengths = packed["lengths"]
+        assert len(lengths) == packed["batch"] and padded["lengths"] == lengths, (packed, padded)
+        n = packed["seq_q"]
+        assert all(max(1, n // 8) <= x <= n for x in lengths), lengths
+        assert packed["tokens"] == padded["tokens"] == sum(lengths), (packed, padded)
+        assert packed["flops"] == padded["flops"] and packed["bytes"] == padded["bytes"], point
+        assert packed["flops"] < fixed["flops"] or lengths == [n] * len(lengths), point
+        for r in (packed, padded):
+            if r["status"] != "ok":
+                assert not cpu and r["status"] == "unsupported" and r["reason"], r
+            else:
+                assert r["checked_rows"] > 0 and r["median_ms"] > 0, r
+        assert padded["padded_over_packed"] is None, padded
+        if packed["status"] == padded["status"] == "ok":
+            want = padded["median_ms"] / packed["median_ms"]
+            got = packed["padded_over_packed"]
+            assert abs(got - want) <= 1e-6 * want, (got, want)
+            pairs += 1
+        else:
+            assert packed["padded_over_packed"] is None, packed
+    assert pairs or not cpu, "no packed/padded pair ran"
+    with open(csv_path, encoding="utf-8") as f:
+        head = f.readline().rstrip("\n").split(",")
+    assert head[-4:] == ["batching", "varlen_seed", "tokens", "padded_over_packed"], head
+    for word in (" pack ", " pad ", " x_pad ", "varlen B 4 N 128 seed 1: lengths "):
+        assert word in proc.stdout, (word, proc.stdout)
 
 
 def main():
@@ -76,6 +128,9 @@ def main():
                      "--decode", "off", "--backward"]
         elif mode == "paged":
             args += ["--no-peaks", "--decode", "only", "--paged", "16"]
+        elif mode == "varlen":
+            args += ["--no-peaks", "--decode", "off", "--backward", "--varlen",
+                     "--variants", "softmax,two_pole", "--path", "tiled"]
         proc = subprocess.run(args, capture_output=True, text=True)
         sys.stdout.write(proc.stdout)
         sys.stderr.write(proc.stderr)
@@ -96,6 +151,8 @@ def main():
             check_dtypes(proc, rows, os.path.join(tmp, "r.csv"))
         elif mode == "paged":
             check_paged(proc, rows, os.path.join(tmp, "r.csv"))
+        elif mode == "varlen":
+            check_varlen(proc, run, os.path.join(tmp, "r.csv"))
         elif mode == "ok":
             assert proc.returncode == 0, "exit %d" % proc.returncode
             bad = [r for r in rows if r["status"] not in ("ok", "unsupported")]

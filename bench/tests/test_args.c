@@ -245,6 +245,55 @@ START_TEST(grid_defaults_and_expansion)
 }
 END_TEST
 
+/* --varlen[=SEED]: each prefill row (both passes) followed by its packed and padded twins;
+ * decode rows have none; without --batch-heads the defaults trade heads for a batch. */
+START_TEST(varlen_grid)
+{
+    bench_opts o, d;
+    char err[256];
+    bench_point *p;
+    ck_assert_int_eq(parse(&o, err, 0), 0);
+    ck_assert(!o.varlen);
+    ck_assert_int_eq(parse(&o, err, 7, "--quick", "--varlen", "--seq", "64", "--backward",
+                           "--variants=softmax", "--path=tiled"), 0);
+    ck_assert(o.varlen);
+    ck_assert_int_eq(o.varlen_seed, 1);
+    bench_grid_defaults(&o, true, &d);
+    ck_assert(d.bh.n == 1 && d.bh.v[0].batch == 4 && d.bh.v[0].heads_q == 1);
+    /* 2 causal x 2 passes x (row + 2 twins) prefill, 1 decode row (forward only here) x 2 passes */
+    const int n = bench_grid_expand(&d, 0, &p);
+    ck_assert_int_eq(n, 2 * 2 * 3 + 2);
+    int twins = 0;
+    for (int i = 0; i < n; i++) {
+        if (p[i].batching == BENCH_FIXED)
+            continue;
+        twins++;
+        ck_assert_int_gt(p[i].seq_q, 1);
+        ck_assert_int_eq(p[i].varlen_seed, 1);
+        const bench_batching want = p[i].batching == BENCH_PACKED ? BENCH_FIXED : BENCH_PACKED;
+        ck_assert_int_eq(p[i - 1].batching, want); /* fixed, packed, padded back to back */
+        ck_assert_int_eq(p[i - 1].pass, p[i].pass);
+        ck_assert_int_eq(p[i - 1].causal, p[i].causal);
+    }
+    ck_assert_int_eq(twins, 2 * 2 * 2);
+    free(p);
+    ck_assert_int_eq(parse(&o, err, 4, "--varlen=7", "--batch-heads", "2x3", "--quick"), 0);
+    ck_assert_int_eq(o.varlen_seed, 7);
+    bench_grid_defaults(&o, false, &d);
+    ck_assert(d.bh.v[0].batch == 2 && d.bh.v[0].heads_q == 3); /* given: kept */
+    ck_assert_int_eq(parse(&o, err, 1, "--varlen"), 0);
+    bench_grid_defaults(&o, false, &d);
+    ck_assert(d.bh.v[0].batch == 8 && d.bh.v[0].heads_q == 4); /* GPU 2x16 -> 8x4 */
+    bench_grid_defaults(&o, true, &d);
+    ck_assert(d.bh.v[0].batch == 4 && d.bh.v[0].heads_q == 2); /* CPU 1x8 -> 4x2 */
+    ck_assert_int_eq(parse(&o, err, 1, "--varlen=x"), -1);
+    ck_assert_ptr_nonnull(strstr(err, "--varlen"));
+    /* a separate word is not its value */
+    ck_assert_int_eq(parse(&o, err, 2, "--varlen", "7"), -1);
+    ck_assert_ptr_nonnull(strstr(err, "unexpected argument '7'"));
+}
+END_TEST
+
 Suite *bench_args_suite(void)
 {
     Suite *s = suite_create("args");
@@ -255,6 +304,7 @@ Suite *bench_args_suite(void)
     tcase_add_test(tc, rejects);
     tcase_add_test(tc, dtypes);
     tcase_add_test(tc, grid_defaults_and_expansion);
+    tcase_add_test(tc, varlen_grid);
     suite_add_tcase(s, tc);
     return s;
 }

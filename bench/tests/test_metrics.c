@@ -1,6 +1,7 @@
 /* Flop and byte counts against brute-force counting with the library's mask rule. */
 #include <math.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "bench_tests.h"
 
@@ -168,6 +169,126 @@ START_TEST(derive_over_dense)
 }
 END_TEST
 
+/* --varlen lengths: in [max(1, N/8), N], a function of (seed, batch, N, b) alone; the twins
+ * count their real tokens, padded or packed alike; the layouts follow. */
+START_TEST(varlen_lengths_and_counts)
+{
+    bench_point p = point(200, 200, 0);
+    p.batch = 5;
+    p.batching = BENCH_PACKED;
+    p.varlen_seed = 3;
+    int len[5], total = 0, max = 0;
+    bool differ = false;
+    for (int b = 0; b < 5; b++) {
+        len[b] = bench_seq_length(&p, b);
+        ck_assert_int_ge(len[b], 25);
+        ck_assert_int_le(len[b], 200);
+        differ |= b && len[b] != len[0];
+        total += len[b];
+        max = len[b] > max ? len[b] : max;
+    }
+    ck_assert(differ);
+    ck_assert_int_eq(bench_total_tokens(&p), total);
+    ck_assert_int_eq(bench_max_length(&p), max);
+    bench_layout l = bench_point_layout(&p);
+    ck_assert(l.batch == 1 && l.rows_q == total && l.rows_k == total);
+    int *cu = bench_cu_seqlens(&p);
+    ck_assert_ptr_nonnull(cu);
+    ck_assert_int_eq(cu[0], 0);
+    ck_assert_int_eq(cu[5], total);
+    bench_seq_view v = bench_seq_of(&p, &l, cu, 2);
+    ck_assert(v.lb == 0 && v.q0 == len[0] + len[1] && v.k0 == v.q0 && v.lq == len[2] &&
+              v.lk == len[2]);
+
+    /* the padded twin: the same lengths, [batch, max] rows, key length L_b */
+    bench_point pad = p;
+    pad.batching = BENCH_PADDED;
+    pad.variant = DIPOLE_TWO_POLE, pad.pass = BENCH_BWD, pad.causal = 1; /* not in the seed */
+    for (int b = 0; b < 5; b++)
+        ck_assert_int_eq(bench_seq_length(&pad, b), len[b]);
+    l = bench_point_layout(&pad);
+    ck_assert(l.batch == 5 && l.rows_q == max && l.rows_k == max);
+    v = bench_seq_of(&pad, &l, cu, 2);
+    ck_assert(v.lb == 2 && v.q0 == 0 && v.k0 == 0 && v.lq == max && v.lk == len[2]);
+    free(cu);
+
+    /* another seed, batch or N draws other lengths */
+    bench_point other = p;
+    other.varlen_seed = 4;
+    bool moved = false;
+    for (int b = 0; b < 5; b++)
+        moved |= bench_seq_length(&other, b) != len[b];
+    ck_assert(moved);
+
+    /* flops and bytes from the real tokens, the same for both twins */
+    double pairs = 0, causal_pairs = 0;
+    for (int b = 0; b < 5; b++) {
+        pairs += brute_pairs(len[b], len[b], 0);
+        causal_pairs += brute_pairs(len[b], len[b], 1);
+    }
+    ck_assert_double_eq(bench_visible_pairs(&p), pairs * p.heads_q);
+    pad = p;
+    pad.batching = BENCH_PADDED;
+    ck_assert_double_eq(bench_visible_pairs(&pad), pairs * p.heads_q);
+    p.causal = pad.causal = 1;
+    ck_assert_double_eq(bench_visible_pairs(&p), causal_pairs * p.heads_q);
+    ck_assert_double_eq(bench_visible_pairs(&pad), causal_pairs * p.heads_q);
+    const double q = (double)total * 3 * 8, kv = q; /* heads_q = heads_kv = 3 */
+    ck_assert_double_eq(bench_bytes(&p), 4 * (2 * q + 2 * kv));
+    ck_assert_double_eq(bench_bytes(&pad), bench_bytes(&p));
+    /* a fixed point is unchanged */
+    bench_point fixed = point(200, 200, 0);
+    ck_assert_int_eq(bench_seq_length(&fixed, 0), 200);
+    ck_assert_int_eq(bench_total_tokens(&fixed), 2 * 200);
+    /* N below 8: lengths from 1 */
+    bench_point tiny = p;
+    tiny.seq_q = tiny.seq_k = 3;
+    for (int b = 0; b < 5; b++)
+        ck_assert(bench_seq_length(&tiny, b) >= 1 && bench_seq_length(&tiny, b) <= 3);
+}
+END_TEST
+
+/* padded_over_packed sits on the packed row: its padded twin's time over its own, same
+ * variant, dtype and path; the twins keep their ratios among themselves and their own keys. */
+START_TEST(derive_padded_over_packed)
+{
+    bench_run run;
+    bt_sample_run(&run);
+    bench_row *rows = realloc(run.rows, 5 * sizeof *rows);
+    ck_assert_ptr_nonnull(rows);
+    run.rows = rows;
+    run.nrows = run.cap = 5;
+    /* 0: fixed 2 ms, 1: packed 1 ms, 2: padded 1.5 ms, 3: packed gemm 4 ms (no padded gemm),
+     * 4: packed with another seed 1 ms */
+    for (int i = 1; i < 5; i++)
+        rows[i] = rows[0];
+    rows[1].pt.batching = rows[3].pt.batching = rows[4].pt.batching = BENCH_PACKED;
+    rows[2].pt.batching = BENCH_PADDED;
+    rows[1].pt.varlen_seed = rows[2].pt.varlen_seed = rows[3].pt.varlen_seed = 1;
+    rows[4].pt.varlen_seed = 2;
+    rows[1].median_ms = 1, rows[2].median_ms = 1.5, rows[3].median_ms = 4, rows[4].median_ms = 1;
+    rows[3].pt.path = DIPOLE_PATH_GEMM;
+    bench_derive(&run);
+    ck_assert(isnan(rows[0].padded_over_packed));
+    ck_assert_double_eq_tol(rows[1].padded_over_packed, 1.5, 1e-12);
+    ck_assert(isnan(rows[2].padded_over_packed)); /* on the packed row only */
+    ck_assert(isnan(rows[3].padded_over_packed));
+    ck_assert(isnan(rows[4].padded_over_packed)); /* other lengths: not its twin */
+    ck_assert_double_eq_tol(rows[1].tiled_over_gemm, 4.0, 1e-12); /* packed against packed */
+    ck_assert(isnan(rows[0].tiled_over_gemm));                      /* no fixed gemm row */
+    ck_assert(isnan(rows[4].tiled_over_gemm));
+    ck_assert_double_eq_tol(rows[2].over_softmax, 1.0, 1e-12); /* its own softmax reference */
+    char a[256], b[256], c[256];
+    bench_row_key("dev", &rows[0].pt, a, sizeof a);
+    bench_row_key("dev", &rows[1].pt, b, sizeof b);
+    bench_row_key("dev", &rows[2].pt, c, sizeof c);
+    ck_assert_str_ne(a, b);
+    ck_assert_ptr_nonnull(strstr(b, "|packed1"));
+    ck_assert_ptr_nonnull(strstr(c, "|padded1"));
+    free(run.rows);
+}
+END_TEST
+
 /* over_f32 compares a dtype with f32 at the same point, variant and path; the other ratios
  * stay within one dtype. */
 START_TEST(derive_over_f32)
@@ -225,6 +346,8 @@ Suite *bench_metrics_suite(void)
     tcase_add_test(tc, row_key);
     tcase_add_test(tc, derive_over_f32);
     tcase_add_test(tc, derive_over_dense);
+    tcase_add_test(tc, varlen_lengths_and_counts);
+    tcase_add_test(tc, derive_padded_over_packed);
     suite_add_tcase(s, tc);
     return s;
 }

@@ -31,7 +31,7 @@ void bt_sample_run(bench_run *run)
         p->path = i ? DIPOLE_PATH_GEMM : DIPOLE_PATH_TILED;
         p->batch = 1, p->heads_q = p->heads_kv = 4, p->seq_q = p->seq_k = 128, p->head_dim = 64;
         r->pct_fma = r->pct_sgemm = r->pct_copy = r->tiled_over_gemm = r->over_softmax = NAN;
-        r->over_f32 = r->over_dense = NAN;
+        r->over_f32 = r->over_dense = r->padded_over_packed = NAN;
         snprintf(r->cache, sizeof r->cache, "-");
         snprintf(r->timer, sizeof r->timer, "-");
     }
@@ -113,21 +113,30 @@ START_TEST(csv_writer)
     ck_assert_str_eq(row[1], "fwd");
     ck_assert_str_eq(row[3], "tiled");
     ck_assert_str_eq(row[11], "ok");
-    /* The columns added later come last: dtype, over_f32, page_size, over_dense. */
-    ck_assert_str_eq(head[nh - 4], "dtype");
-    ck_assert_str_eq(head[nh - 3], "over_f32");
-    ck_assert_str_eq(head[nh - 2], "page_size");
-    ck_assert_str_eq(head[nh - 1], "over_dense");
-    ck_assert_str_eq(row[nh - 4], "f32");
+    /* The columns added later come last: dtype, over_f32, page_size, over_dense, then
+     * batching, varlen_seed, tokens, padded_over_packed. */
+    ck_assert_str_eq(head[nh - 8], "dtype");
+    ck_assert_str_eq(head[nh - 7], "over_f32");
+    ck_assert_str_eq(head[nh - 6], "page_size");
+    ck_assert_str_eq(head[nh - 5], "over_dense");
+    ck_assert_str_eq(head[nh - 4], "batching");
+    ck_assert_str_eq(head[nh - 3], "varlen_seed");
+    ck_assert_str_eq(head[nh - 2], "tokens");
+    ck_assert_str_eq(head[nh - 1], "padded_over_packed");
+    ck_assert_str_eq(row[nh - 8], "f32");
+    ck_assert_str_eq(row[nh - 7], "");
+    ck_assert_str_eq(row[nh - 6], "0");
+    ck_assert_str_eq(row[nh - 4], "fixed");
     ck_assert_str_eq(row[nh - 3], "");
-    ck_assert_str_eq(row[nh - 2], "0");
+    ck_assert_str_eq(row[nh - 2], "128"); /* 1 x 128 query rows */
+    ck_assert_str_eq(row[nh - 1], "");
     for (int i = 0; i < nh; i++)
         if (!strcmp(head[i], "median_ms"))
             ck_assert_double_eq(strtod(row[i], NULL), 2.0);
         else if (!strcmp(head[i], "pct_fma"))
             ck_assert_str_eq(row[i], ""); /* NaN: empty cell */
     ck_assert_int_eq(csv_record(&s, row, 64), nh);
-    ck_assert_str_eq(row[nh - 4], "bf16");
+    ck_assert_str_eq(row[nh - 8], "bf16");
     ck_assert_str_eq(row[11], "unsupported");
     ck_assert_str_eq(row[12], run.rows[1].reason); /* the newline survives inside quotes */
     ck_assert_str_eq(s, "");
@@ -302,6 +311,75 @@ START_TEST(table_columns)
 }
 END_TEST
 
+/* A packed twin in every output: kv "pack" and x_pad in the table with its lengths below,
+ * batching, seed, tokens, lengths and padded_over_packed in JSON, and --compare matching it
+ * only with a saved packed row of the same seed. */
+START_TEST(varlen_outputs)
+{
+    bench_run run;
+    bt_sample_run(&run);
+    bench_row *pk = &run.rows[1];
+    *pk = run.rows[0];
+    pk->pt.batch = 3;
+    pk->pt.batching = BENCH_PACKED;
+    pk->pt.varlen_seed = 9;
+    pk->padded_over_packed = 1.25;
+    int len[3];
+    for (int b = 0; b < 3; b++)
+        len[b] = bench_seq_length(&pk->pt, b);
+    char *out = NULL;
+    size_t n = 0;
+    FILE *m = open_memstream(&out, &n);
+    bench_print_table(m, &run);
+    fclose(m);
+    char want[128];
+    snprintf(want, sizeof want, "varlen B 3 N 128 seed 9: lengths %d,%d,%d; pack %d rows, pad 3x%d",
+             len[0], len[1], len[2], len[0] + len[1] + len[2], bench_max_length(&pk->pt));
+    ck_assert_msg(strstr(out, " x_kv x_pad ") && strstr(out, " tiled f32   pack 3x4:4 ") &&
+                      strstr(out, " 1.25 ") && strstr(out, want),
+                  "%s", out);
+    free(out);
+
+    char *text = capture(bench_write_json, &run);
+    json_error_t jerr;
+    json_t *doc = json_loads(text, 0, &jerr);
+    ck_assert_msg(doc != NULL, "%s (line %d)\n%s", jerr.text, jerr.line, text);
+    const json_t *rows = json_object_get(doc, "rows");
+    const json_t *r0 = json_array_get(rows, 0), *r1 = json_array_get(rows, 1);
+    ck_assert_str_eq(json_string_value(json_object_get(r0, "batching")), "fixed");
+    ck_assert(json_is_null(json_object_get(r0, "lengths")));
+    ck_assert(json_is_null(json_object_get(r0, "padded_over_packed")));
+    ck_assert_str_eq(json_string_value(json_object_get(r1, "batching")), "packed");
+    ck_assert_double_eq(json_number_value(json_object_get(r1, "varlen_seed")), 9);
+    ck_assert_double_eq(json_number_value(json_object_get(r1, "tokens")),
+                        len[0] + len[1] + len[2]);
+    const json_t *jl = json_object_get(r1, "lengths");
+    ck_assert_int_eq(json_array_size(jl), 3);
+    for (int b = 0; b < 3; b++)
+        ck_assert_double_eq(json_number_value(json_array_get(jl, (size_t)b)), len[b]);
+    ck_assert_double_eq(json_number_value(json_object_get(r1, "padded_over_packed")), 1.25);
+    json_decref(doc);
+    free(text);
+
+    char path[] = "/tmp/dipole-bench-test-XXXXXX";
+    const int fd = mkstemp(path);
+    ck_assert_int_ge(fd, 0);
+    FILE *f = fdopen(fd, "w");
+    ck_assert_int_eq(bench_write_json(f, &run), 0);
+    fclose(f);
+    pk->median_ms = 0.5; /* 2 ms saved: 4x faster; the fixed row 2 ms: 1x */
+    out = compare_text(&run, path);
+    ck_assert_msg(strstr(out, "geometric mean ratio 2.000 over 2"), "%s", out);
+    free(out);
+    pk->pt.varlen_seed = 10; /* other lengths: no saved row */
+    out = compare_text(&run, path);
+    ck_assert_msg(strstr(out, "geometric mean ratio 1.000 over 1"), "%s", out);
+    free(out);
+    unlink(path);
+    free(run.rows);
+}
+END_TEST
+
 START_TEST(plot_script)
 {
     bench_run run;
@@ -354,6 +432,7 @@ Suite *bench_reports_suite(void)
     tcase_add_test(tc, compare_by_dtype);
     tcase_add_test(tc, table_columns);
     tcase_add_test(tc, plot_script);
+    tcase_add_test(tc, varlen_outputs);
     suite_add_tcase(s, tc);
     return s;
 }

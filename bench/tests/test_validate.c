@@ -23,6 +23,18 @@ static int fetch(void *user, int b, int i, int h, float *dst)
     return 0;
 }
 
+/* The same for a --varlen twin: rows of its own layout (a packed batch is batch 0). */
+static int fetch_layout(void *user, int b, int i, int h, float *dst)
+{
+    fake_device *f = user;
+    const bench_point *p = f->p;
+    const bench_layout l = bench_point_layout(p);
+    const size_t d = (size_t)p->head_dim;
+    memcpy(dst, f->out + (((size_t)b * l.rows_q + i) * p->heads_q + h) * d, d * sizeof(float));
+    f->reads++;
+    return 0;
+}
+
 static float *inputs(size_t n, unsigned seed)
 {
     float *x = malloc(n * sizeof *x);
@@ -103,6 +115,74 @@ START_TEST(catches_errors)
     good[n - 1] = NAN;
     ck_assert(!bench_validate(&p, &in, fetch, &dev, 2, 1e-5, 1e-5, false, &r));
     free(good), free(nomask), free(q), free(k), free(v);
+}
+END_TEST
+
+/* The full reference of a --varlen twin in its layout: packed through cu_seqlens, padded
+ * through key_lengths; bounded = false drops them (a device that ignored the sequences). */
+static float *varlen_reference(const bench_point *p, const bench_host_inputs *in, bool bounded)
+{
+    const bench_layout l = bench_point_layout(p);
+    int *cu = bench_cu_seqlens(p), *kl = malloc(sizeof(int) * (size_t)p->batch);
+    ck_assert(cu && kl);
+    for (int b = 0; b < p->batch; b++)
+        kl[b] = cu[b + 1] - cu[b];
+    dipole_attn_desc d;
+    dipole_attn_desc_default(&d);
+    d.variant = p->variant;
+    d.batch = bounded || p->batching == BENCH_PADDED ? p->batch : 1;
+    d.heads_q = p->heads_q, d.heads_kv = p->heads_kv;
+    d.seq_q = l.rows_q, d.seq_k = l.rows_k, d.head_dim = p->head_dim;
+    d.causal = p->causal;
+    if (bounded && p->batching == BENCH_PACKED)
+        d.cu_seqlens_q = d.cu_seqlens_k = cu;
+    if (bounded && p->batching == BENCH_PADDED)
+        d.key_lengths = kl;
+    float *out = malloc(sizeof(float) * (size_t)l.batch * l.rows_q * p->heads_q * p->head_dim);
+    ck_assert_ptr_nonnull(out);
+    ck_assert_int_eq(dipole_reference(&d, in->q, in->k, in->v, in->v2, out), DIPOLE_SUCCESS);
+    free(cu), free(kl);
+    return out;
+}
+
+/* A --varlen twin is validated in its own layout: a correct packed or padded output passes on
+ * every row, one that ignores the sequences' bounds fails, and a packed mismatch names its
+ * sequence. */
+START_TEST(varlen_layouts)
+{
+    const int variant = _i;
+    for (int t = BENCH_PACKED; t <= BENCH_PADDED; t++)
+        for (int causal = 0; causal <= 1; causal++) {
+            bench_point p = {0};
+            p.variant = (dipole_variant)variant;
+            p.batching = (bench_batching)t;
+            p.varlen_seed = 5;
+            p.batch = 3, p.heads_q = 4, p.heads_kv = 2, p.head_dim = 8;
+            p.seq_q = p.seq_k = 24, p.causal = causal;
+            const bench_layout l = bench_point_layout(&p);
+            const size_t nq = (size_t)l.batch * l.rows_q * 4 * 8;
+            const size_t nk = (size_t)l.batch * l.rows_k * 2 * 8;
+            float *q = inputs(nq, 1), *k = inputs(nk, 2), *v = inputs(nk, 3), *v2 = inputs(nk, 4);
+            bench_host_inputs in = {q, k, v, v2, NULL};
+            float *good = varlen_reference(&p, &in, true);
+            float *unbounded = varlen_reference(&p, &in, false);
+            fake_device dev = {&p, good, 0};
+            bench_row r;
+            memset(&r, 0, sizeof r);
+            const int all = l.batch * l.rows_q * p.heads_q;
+            ck_assert_msg(bench_validate(&p, &in, fetch_layout, &dev, 4 * all, 1e-6, 1e-6, false,
+                                         &r),
+                          "variant %d batching %d causal %d: %s", variant, t, causal, r.reason);
+            ck_assert_int_eq(r.checked_rows, all);
+            dev.out = unbounded;
+            ck_assert_msg(!bench_validate(&p, &in, fetch_layout, &dev, 4 * all, 1e-6, 1e-6,
+                                          false, &r),
+                          "variant %d batching %d causal %d: unbounded passed", variant, t,
+                          causal);
+            if (t == BENCH_PACKED) /* sequence 0 starts the packed rows: its row 0 is row 0 */
+                ck_assert_msg(strstr(r.reason, "mismatch at sequence "), "%s", r.reason);
+            free(good), free(unbounded), free(q), free(k), free(v), free(v2);
+        }
 }
 END_TEST
 
@@ -208,6 +288,7 @@ Suite *bench_validate_suite(void)
     TCase *tc = tcase_create("validate");
     tcase_add_loop_test(tc, agrees_with_full_reference, 0, 4);
     tcase_add_test(tc, catches_errors);
+    tcase_add_loop_test(tc, varlen_layouts, 0, 4);
     tcase_add_test(tc, half_forward_tolerance);
     tcase_add_test(tc, half_backward_tolerance);
     suite_add_tcase(s, tc);

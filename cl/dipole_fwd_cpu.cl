@@ -156,7 +156,8 @@ void dipole_fwd_cpu(__global const dp_storage *q, dp_layout lq,
 
     /* Per-lane visible key ranges, and per group the union and intersection of its rows'
      * ranges. Rows past seq_q copy the last live row's range, so that they never force the
-     * masked path (their results are not written). */
+     * masked path (their results are not written); a group with no live row sees no key, so
+     * that a short sequence's block computes its own rows only. */
     int16 lo[NG * RV], hi[NG * RV];
     int g_lo[NG], g_hi[NG], g_max_lo[NG], g_min_hi[NG];
     int j_begin = INT_MAX, j_end = 0;
@@ -170,7 +171,7 @@ void dipole_fwd_cpu(__global const dp_storage *q, dp_layout lq,
             const int2 range = dp_visible_range(i, kl, seq_q, window_left, window_right);
             ((int *)lo)[g * GROUP_ROWS + r] = range.x;
             ((int *)hi)[g * GROUP_ROWS + r] = range.y;
-            if (range.x < range.y) {
+            if (range.x < range.y && row0 + g * GROUP_ROWS < seq_q) {
                 g_lo[g] = min(g_lo[g], range.x);
                 g_hi[g] = max(g_hi[g], range.y);
             }

@@ -14,8 +14,8 @@
  * CPU layout on PoCL; "group": the tiled path on the work-group layout; "gemm": the GEMM path):
  * a sample of packed and dense cases (lengths drawn at random, with sequences of 0 and 1 rows or
  * keys; causal, window, none; MHA, GQA, MQA; every variant; ALiBi; soft-cap; a float32 bias
- * broadcast over batch and/or heads by stride 0, with -inf entries and a row of -inf; an fp16
- * bias once) — forward out and lse against dipole_reference_lse, gradients against
+ * broadcast over batch and/or heads by stride 0, with -inf entries and a row of -inf; fp16
+ * storage with an fp16 bias) — forward out and lse against dipole_reference_lse, gradients against
  * dipole_reference_backward — and the document mask through the library. Each case is its own
  * set of kernel builds, so the cases sample the combinations instead of taking their product,
  * and the group layout, whose builds cost most on PoCL, runs a subset of them.
@@ -27,8 +27,8 @@
  *   reference vs the test's double forward: 1e-6 + 1e-6 |ref| (both double, rounded to float);
  *   reference backward vs central differences (step 1e-5, double): 1e-5 + 1e-4 |ref|, as the
  *     backward suite;
- *   device vs reference (float32 compute): 3e-5 + 3e-4 |ref| for out, lse and gradients, 3e-4
- *     absolute for dα/dβ (sums over a head's rows), as the forward and backward suites; fp16
+ *   device vs reference (float32 compute): 3e-5 + 3e-4 |ref| for out, lse and gradients, atol
+ *     3e-4 for dα/dβ (sums over a head's rows), as the forward and backward suites; fp16
  *     storage: rtol 2^-10, and gradients atol + rtol (|ref| + 8 rms), as the dtype suite. */
 #include <math.h>
 #include <stdio.h>

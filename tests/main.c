@@ -7,7 +7,6 @@
 
 /* Packed batches, ALiBi, soft-capping and the bias (tests/test_varlen.c). Declared here until
  * testutil.h, which others are editing, lists it with the other suites. */
-Suite *varlen_suite(void);
 
 int main(int argc, char **argv)
 {

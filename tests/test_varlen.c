@@ -1103,7 +1103,6 @@ START_TEST(test_refusals_calls)
 }
 END_TEST
 
-Suite *varlen_suite(void); /* tests/main.c */
 
 Suite *varlen_suite(void)
 {

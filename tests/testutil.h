@@ -66,6 +66,7 @@ Suite *oclgrind_small_suite(void);
 Suite *dtype_suite(void);
 /* The paged KV cache: paged against contiguous calls, the cache write, refusals. */
 Suite *paged_suite(void);
+Suite *varlen_suite(void);
 /* The host twins over the caller's arrays: in place, at any address, overlapping outputs. */
 Suite *host_suite(void);
 

@@ -8,7 +8,15 @@
  *
  * Weights: P (on v) and, where the variant reads v2, P2 (on v2). Per pole, a key's weight is
  * exp(logit - max) / sum * coef * pole weight, and lands on v or v2 — all of it from the macros
- * of dipole_common.cl. Masked keys get weight 0; a row that sees no key is all zeros. */
+ * of dipole_common.cl. Masked keys get weight 0; a row that sees no key is all zeros.
+ *
+ * The chunk holds raw scores s = scale q.k (the first GEMM's alpha); the score modifiers
+ * (soft-cap, ALiBi, bias: dp_score) apply here, on the way to the variant. A key they make
+ * -inf is excluded from every pole, and a row left without keys gets weights 0 and lse -inf.
+ *
+ * Packed batches (DP_VARLEN): a chunk never spans two sequences, slice b * Hq + h names
+ * sequence b, and row0, col0 count rows and keys within it; DP_SEQUENCE(b) points seq_q, seq_k
+ * and the bias at the sequence, and DP_STAT puts its statistics at its packed rows. */
 
 #ifndef BLOCK_M
 #define BLOCK_M 32 /* rows per work-group */
@@ -34,6 +42,7 @@
     const int flat = slice0 + sl;                                                              \
     const int b = flat / heads_q, h = flat % heads_q;                                          \
     const int i = row0 + r;                                                                    \
+    DP_SEQUENCE(b);                                                                            \
     const int kl = DP_KEY_LENGTH(b);                                                           \
     const int2 vis = dp_visible_range(i, kl, seq_q, window_left, window_right);                \
     const int2 tr = live ? dp_range_in_tile(vis, col0, ncols) : (int2)(0, 0);                  \
@@ -44,11 +53,11 @@ __kernel __attribute__((reqd_work_group_size(BLOCK_M, BLOCK_N, 1)))
 void dipole_rowwise(__global float *p1,                 /* scores in, weights on v out */
                     __global float *p2,                 /* weights on v2 (READS_V2) */
                     __global float *lse,                /* [NPOLES, B, Hq, Nq] or NULL */
-                    __global const int *key_lengths,    /* [B] or NULL */
+                    __global const int *key_lengths,    /* [B], packed cu_seqlens, or NULL */
                     __global const float *pole_weights, /* [2, Hq] or NULL */
                     int rows, int ncols, int row0, int col0, int slice0,
                     int batch, int heads_q, int seq_q, int seq_k,
-                    int window_left, int window_right)
+                    int window_left, int window_right, DP_SCORE_ARGS)
 {
     DP_CHUNK_ROW();
 
@@ -59,11 +68,11 @@ void dipole_rowwise(__global float *p1,                 /* scores in, weights on
         l[p] = 0.0f;
     }
     for (int jj = lo + lc; jj < hi; jj += BLOCK_N) {
-        const float s = p1[at + (long)jj * rows];
+        const float s = DP_SCORE(p1[at + (long)jj * rows], b, h, i, col0 + jj, kl);
         for (int p = 0; p < NPOLES; p++) {
             const float x = POLE_LOGIT(p, s);
             const float m_new = fmax(m[p], x);
-            l[p] = l[p] * dp_rescale(m[p], m_new) + exp(x - m_new);
+            l[p] = l[p] * dp_rescale(m[p], m_new) + DP_POLE_EXP(exp(x - m_new), x);
             m[p] = m_new;
         }
     }
@@ -94,19 +103,23 @@ void dipole_rowwise(__global float *p1,                 /* scores in, weights on
     if (!live)
         return;
 
-    const bool has_keys = lo < hi;
+    /* A row sees a key when some key got past the mask and the modifiers: each one left
+     * adds at least e^0 = 1 to every pole's sum (NaN scores keep a NaN sum, and NaN out). */
+    bool seen[NPOLES];
     float scale[NPOLES];
     for (int p = 0; p < NPOLES; p++) {
         const float pw = dp_pole_weight(pole_weights, p, h, heads_q);
-        scale[p] = has_keys ? pw / l[p] : 0.0f;
+        seen[p] = l[p] != 0.0f;
+        scale[p] = seen[p] ? pw / l[p] : 0.0f;
     }
     for (int jj = lc; jj < ncols; jj += BLOCK_N) {
         const long e = at + (long)jj * rows;
         float w1 = 0.0f, w2 = 0.0f;
         if (jj >= lo && jj < hi) {
-            const float s = p1[e];
+            const float s = DP_SCORE(p1[e], b, h, i, col0 + jj, kl);
             for (int p = 0; p < NPOLES; p++) {
-                const float w = exp(POLE_LOGIT(p, s) - m[p]) * scale[p] * POLE_COEF(p, s);
+                const float lg = POLE_LOGIT(p, s);
+                const float w = DP_POLE_EXP(exp(lg - m[p]), lg) * scale[p] * POLE_COEF(p, s);
                 if (POLE_TO_V2(p, s))
                     w2 += w;
                 else
@@ -119,8 +132,7 @@ void dipole_rowwise(__global float *p1,                 /* scores in, weights on
 
     if (lse && lc == 0)
         for (int p = 0; p < NPOLES; p++)
-            lse[DP_STAT(p, b, h, i)] =
-                has_keys ? m[p] + log(l[p]) : -INFINITY;
+            lse[DP_STAT(p, b, h, i)] = seen[p] ? m[p] + log(l[p]) : -INFINITY;
 }
 
 /* GEMM-path backward, between the GEMMs: per chunk (same layout and work-group as
@@ -131,39 +143,45 @@ void dipole_rowwise(__global float *p1,                 /* scores in, weights on
  * g_j = dO . (the value row key j's weight lands on):
  *   rowdot_p = sum_j p_j c_j g_j  (= dO . O_p, the forward's pole output, without storing it),
  *   dS_j = sum_p p_j (c_j w_p g_j - w_p rowdot_p) dlogit_p/ds.
- * rowdot is summed in a fixed order (strided lanes, then lane 0 adds the partial sums). */
+ * rowdot is summed in a fixed order (strided lanes, then lane 0 adds the partial sums).
+ * The logits come from the modified score dp_score(s); dS is by the raw s the GEMMs see, so it
+ * takes dp_score's own derivative (DP_SCORE_DS, the soft-cap's) on top. An excluded key
+ * (score -inf) has p_j = 0, also in a row whose lse is -inf for lack of any key. */
 __kernel __attribute__((reqd_work_group_size(BLOCK_M, BLOCK_N, 1)))
 void dipole_rowwise_bwd(__global float *sp,                 /* S in, P (on v) out */
                         __global float *dp,                 /* dO V^T in, dS out */
                         __global float *dp2,                /* dO V2^T in, P2 out (READS_V2) */
                         __global const float *lse,          /* [NPOLES, B, Hq, Nq] */
                         __global float *rowdot,             /* [NPOLES, B, Hq, Nq] or NULL */
-                        __global const int *key_lengths,    /* [B] or NULL */
+                        __global const int *key_lengths,    /* [B], packed cu_seqlens, or NULL */
                         __global const float *pole_weights, /* [2, Hq] or NULL */
                         int rows, int ncols, int row0, int col0, int slice0,
                         int batch, int heads_q, int seq_q, int seq_k,
-                        int window_left, int window_right)
+                        int window_left, int window_right, DP_SCORE_ARGS)
 {
     DP_CHUNK_ROW();
 
     float row_lse[NPOLES], pw[NPOLES], dot[NPOLES];
     for (int p = 0; p < NPOLES; p++) {
-        /* lse is -inf for a row without keys; such a row never reads it (lo == hi). */
+        /* lse is -inf for a row without keys: one the mask leaves none never reads it
+         * (lo == hi), one whose keys the bias all excludes weighs each 0 (DP_POLE_EXP). */
         row_lse[p] = lo < hi ? lse[DP_STAT(p, b, h, i)] : 0.0f;
         pw[p] = dp_pole_weight(pole_weights, p, h, heads_q);
         dot[p] = 0.0f;
     }
     for (int jj = lo + lc; jj < hi; jj += BLOCK_N) {
         const long e = at + (long)jj * rows;
-        const float s = sp[e], g1 = dp[e];
+        const float s = DP_SCORE(sp[e], b, h, i, col0 + jj, kl), g1 = dp[e];
 #if READS_V2
         const float g2 = dp2[e];
 #else
         const float g2 = g1;
 #endif
-        for (int p = 0; p < NPOLES; p++)
-            dot[p] += exp(POLE_LOGIT(p, s) - row_lse[p]) * POLE_COEF(p, s) *
+        for (int p = 0; p < NPOLES; p++) {
+            const float lg = POLE_LOGIT(p, s);
+            dot[p] += DP_POLE_EXP(exp(lg - row_lse[p]), lg) * POLE_COEF(p, s) *
                       (POLE_TO_V2(p, s) ? g2 : g1);
+        }
     }
 
     __local float ld[NPOLES][BLOCK_M][BLOCK_N];
@@ -190,14 +208,16 @@ void dipole_rowwise_bwd(__global float *sp,                 /* S in, P (on v) ou
         const long e = at + (long)jj * rows;
         float w1 = 0.0f, w2 = 0.0f, ds = 0.0f;
         if (jj >= lo && jj < hi) {
-            const float s = sp[e], g1 = dp[e];
+            const float raw = sp[e], g1 = dp[e];
+            const float s = DP_SCORE(raw, b, h, i, col0 + jj, kl);
 #if READS_V2
             const float g2 = dp2[e];
 #else
             const float g2 = g1;
 #endif
             for (int p = 0; p < NPOLES; p++) {
-                const float w = exp(POLE_LOGIT(p, s) - row_lse[p]);
+                const float lg = POLE_LOGIT(p, s);
+                const float w = DP_POLE_EXP(exp(lg - row_lse[p]), lg);
                 const float cw = POLE_COEF(p, s) * pw[p];
                 const bool to_v2 = POLE_TO_V2(p, s);
                 if (to_v2)
@@ -206,6 +226,7 @@ void dipole_rowwise_bwd(__global float *sp,                 /* S in, P (on v) ou
                     w1 += w * cw;
                 ds += w * (cw * (to_v2 ? g2 : g1) - delta[p]) * POLE_LOGIT_DS(p, s);
             }
+            ds *= DP_SCORE_DS(raw);
         }
         sp[e] = w1;
         dp[e] = ds;

@@ -3,7 +3,11 @@
  *   P, P2 = rowwise(S)         (cl/dipole_rowwise.cl: mask, per-pole softmax, in place)
  *   O = P V (+ P2 V2)          (CLBlast batched GEMM, beta = 1 for the second)
  * Any head_dim works, and the score memory stays under ctx->workspace_limit by chunking.
- * Half storage runs this on float copies of the tensors (gemm_stage.c).
+ * Half storage runs this on float copies of the tensors (gemm_stage.c). The score modifiers
+ * (soft-cap, ALiBi, bias) act inside the row-wise kernel, on S as the first GEMM leaves it.
+ * A packed batch runs sequence by sequence (dp_gemm_chunk_next): each chunk's GEMMs read the
+ * sequence's rows of the one tensor batch, and the row-wise kernel puts its lse rows at the
+ * sequence's packed rows.
  *
  * Everything is column-major in CLBlast's terms: a row-major [seq, head_dim] tensor slice with
  * leading dimension stride_seq is a column-major [head_dim, seq] matrix, and each score chunk
@@ -28,7 +32,7 @@ dipole_status dp_gemm_plan(dipole_ctx *ctx, const dp_problem *p_in, dp_fwd_plan 
     if (!dp_gemm_chunking_choose(ctx, p, p->reads_v2 ? 2 : 1, false, staged, ch, pub->reason,
                                  sizeof pub->reason))
         return DIPOLE_ERR_UNSUPPORTED;
-    const dipole_status st = dp_rowwise_plan_make(ctx, p, "dipole_rowwise", &plan->rowwise,
+    const dipole_status st = dp_rowwise_plan_make(ctx, p_in, "dipole_rowwise", &plan->rowwise,
                                                   pub->reason, sizeof pub->reason);
     if (st != DIPOLE_SUCCESS)
         return st;
@@ -69,12 +73,68 @@ static void work_free(gemm_work *w)
 }
 
 static dipole_status launch_rowwise(dipole_ctx *ctx, const dp_problem *p,
-                                    const dp_rowwise_plan *rw, const gemm_work *w, const dp_args *a, size_t s0, size_t ns,
-                                    size_t r0, size_t nr, size_t j0, size_t nc)
+                                    const dp_rowwise_plan *rw, const gemm_work *w,
+                                    const dp_args *a, const dp_gemm_chunk *c)
 {
     const cl_mem bufs[5] = {w->s, w->s2 ? w->s2 : w->s, a->lse, a->key_lengths, a->pole_weights};
-    return dp_rowwise_enqueue(ctx, rw, w->rowwise, "dipole_rowwise", bufs, 5, p, s0, ns, r0, nr,
-                              j0, nc);
+    return dp_rowwise_enqueue(ctx, rw, w->rowwise, "dipole_rowwise", bufs, 5, p, c,
+                              a->alibi_slopes);
+}
+
+/* S = scale Q K^T: C [nr, nc] = (Q^T stored [d, nr])^T (K^T stored [d, nc]). */
+static dipole_status scores(dipole_ctx *ctx, const dp_problem *p, gemm_work *w, const dp_args *a,
+                            const dp_gemm_chunk *c)
+{
+    const size_t hq = (size_t)p->d.heads_q, dim = (size_t)p->d.head_dim;
+    for (size_t t = 0; t < c->ns; t++) {
+        const size_t b = (c->s0 + t) / hq, h = (c->s0 + t) % hq;
+        w->g.off_a[t] = dp_gemm_query_at(p, a->q, b, c->r0, h);
+        w->g.off_b[t] = dp_gemm_keys_at(p, a->k, b, c->j0, c->nc, h / (size_t)p->group);
+        w->g.off_c[t] = t * c->nr * c->nc;
+        w->g.alpha[t] = p->d.scale;
+        w->g.beta[t] = 0.0f;
+    }
+    cl_command_queue queue = ctx->queue;
+    const CLBlastStatusCode cs = CLBlastSgemmBatched(
+        CLBlastLayoutColMajor, CLBlastTransposeYes, CLBlastTransposeNo, c->nr, c->nc, dim,
+        w->g.alpha, a->q->buffer, w->g.off_a, dp_gemm_ld(a->q, c->nr, p->d.head_dim),
+        a->k->buffer, w->g.off_b, dp_gemm_ld(a->k, c->nc, p->d.head_dim), w->g.beta, w->s,
+        w->g.off_c, c->nr, c->ns, &queue, NULL);
+    if (cs != CLBlastSuccess)
+        return dp_clblast_fail(ctx, cs, "CLBlastSgemmBatched(S = scale Q K^T)");
+    return DIPOLE_SUCCESS;
+}
+
+/* O^T [d, nr] = (V^T stored [d, nc]) (P stored [nr, nc])^T, then += V2 P2; the last GEMM of
+ * the call ends in event. */
+static dipole_status values(dipole_ctx *ctx, const dp_problem *p, gemm_work *w, const dp_args *a,
+                            const dp_gemm_chunk *c, cl_event *event)
+{
+    const size_t hq = (size_t)p->d.heads_q, dim = (size_t)p->d.head_dim;
+    const int passes = p->reads_v2 ? 2 : 1;
+    cl_command_queue queue = ctx->queue;
+    for (int pass = 0; pass < passes; pass++) {
+        const dipole_tensor *v = pass ? a->v2 : a->v;
+        for (size_t t = 0; t < c->ns; t++) {
+            const size_t b = (c->s0 + t) / hq, h = (c->s0 + t) % hq;
+            w->g.off_a[t] = dp_gemm_keys_at(p, v, b, c->j0, c->nc, h / (size_t)p->group);
+            w->g.off_b[t] = t * c->nr * c->nc;
+            w->g.off_c[t] = dp_gemm_query_at(p, a->out, b, c->r0, h);
+            w->g.alpha[t] = 1.0f;
+            w->g.beta[t] = pass ? 1.0f : 0.0f;
+        }
+        const CLBlastStatusCode cs = CLBlastSgemmBatched(
+            CLBlastLayoutColMajor, CLBlastTransposeNo, CLBlastTransposeYes, dim, c->nr, c->nc,
+            w->g.alpha, v->buffer, w->g.off_a, dp_gemm_ld(v, c->nc, p->d.head_dim),
+            pass ? w->s2 : w->s, w->g.off_b, c->nr, w->g.beta, a->out->buffer, w->g.off_c,
+            dp_gemm_ld(a->out, c->nr, p->d.head_dim), c->ns, &queue,
+            pass == passes - 1 ? event : NULL);
+        if (cs != CLBlastSuccess)
+            return dp_clblast_fail(ctx, cs,
+                                   pass ? "CLBlastSgemmBatched(O += P2 V2)"
+                                        : "CLBlastSgemmBatched(O = P V)");
+    }
+    return DIPOLE_SUCCESS;
 }
 
 static dipole_status run_f32(dipole_ctx *ctx, const dp_problem *p, const dp_fwd_plan *plan,
@@ -88,7 +148,7 @@ static dipole_status run_f32(dipole_ctx *ctx, const dp_problem *p, const dp_fwd_
     for (int i = 0; i < 5 && st == DIPOLE_SUCCESS; i++) {
         const dipole_tensor *t = i < 4 ? ins[i] : a->out;
         const bool is_q = i == 0 || i == 4;
-        st = dp_gemm_check_int_range(ctx, names[i], t, d->batch, is_q ? d->seq_q : d->seq_k,
+        st = dp_gemm_check_int_range(ctx, names[i], t, p->tensor_batch, is_q ? d->seq_q : d->seq_k,
                                      is_q ? d->heads_q : d->heads_kv, d->head_dim);
     }
     const dp_rowwise_plan *rw = &plan->rowwise;
@@ -99,9 +159,8 @@ static dipole_status run_f32(dipole_ctx *ctx, const dp_problem *p, const dp_fwd_
     if (st != DIPOLE_SUCCESS)
         return st;
 
-    const size_t ns_max = ch->slices, nr_max = ch->rows;
-    const size_t s_bytes = sizeof(float) * ns_max * nr_max * (size_t)d->seq_k;
-    dipole_status bst = dp_gemm_scores_alloc(ctx, &w.g, ns_max, s_bytes, "gemm", &w.s);
+    const size_t s_bytes = dp_gemm_score_bytes(p, ch);
+    dipole_status bst = dp_gemm_scores_alloc(ctx, &w.g, ch->slices, s_bytes, "gemm", &w.s);
     if (bst == DIPOLE_SUCCESS && p->reads_v2)
         bst = dp_scratch(ctx, s_bytes, "gemm scores 2", &w.s2);
     if (bst != DIPOLE_SUCCESS) {
@@ -109,62 +168,20 @@ static dipole_status run_f32(dipole_ctx *ctx, const dp_problem *p, const dp_fwd_
         return bst;
     }
 
-    const size_t bh = (size_t)d->batch * (size_t)d->heads_q, nq = (size_t)d->seq_q;
-    const size_t hq = (size_t)d->heads_q, group_q = (size_t)p->group, dim = (size_t)d->head_dim;
-    cl_command_queue queue = ctx->queue;
-    for (size_t s0 = 0; s0 < bh && st == DIPOLE_SUCCESS; s0 += ns_max) {
-        const size_t ns = bh - s0 < ns_max ? bh - s0 : ns_max;
-        for (size_t r0 = 0; r0 < nq && st == DIPOLE_SUCCESS; r0 += nr_max) {
-            const size_t nr = nq - r0 < nr_max ? nq - r0 : nr_max;
-            const bool last = s0 + ns >= bh && r0 + nr >= nq;
-            size_t j0, nc;
-            dp_gemm_key_span(p, s0, ns, r0, nr, &j0, &nc);
-
-            /* S = scale Q K^T: C [nr, nc] = (Q^T stored [d, nr])^T (K^T stored [d, nc]). */
-            for (size_t t = 0; t < ns; t++) {
-                const size_t b = (s0 + t) / hq, h = (s0 + t) % hq;
-                w.g.off_a[t] = dp_gemm_at(a->q, b, r0, h);
-                w.g.off_b[t] = dp_gemm_at(a->k, b, j0, h / group_q);
-                w.g.off_c[t] = t * nr * nc;
-                w.g.alpha[t] = d->scale;
-                w.g.beta[t] = 0.0f;
-            }
-            CLBlastStatusCode cs = CLBlastSgemmBatched(
-                CLBlastLayoutColMajor, CLBlastTransposeYes, CLBlastTransposeNo, nr, nc, dim,
-                w.g.alpha, a->q->buffer, w.g.off_a, dp_gemm_ld(a->q, nr, d->head_dim), a->k->buffer,
-                w.g.off_b, dp_gemm_ld(a->k, nc, d->head_dim), w.g.beta, w.s, w.g.off_c, nr, ns, &queue, NULL);
-            if (cs != CLBlastSuccess) {
-                st = dp_clblast_fail(ctx, cs, "CLBlastSgemmBatched(S = scale Q K^T)");
-                break;
-            }
-            st = launch_rowwise(ctx, p, rw, &w, a, s0, ns, r0, nr, j0, nc);
-            if (st != DIPOLE_SUCCESS)
-                break;
-
-            /* O^T [d, nr] = (V^T stored [d, nc]) (P stored [nr, nc])^T, then += V2 P2. */
-            const int passes = p->reads_v2 ? 2 : 1;
-            for (int pass = 0; pass < passes && st == DIPOLE_SUCCESS; pass++) {
-                const dipole_tensor *v = pass ? a->v2 : a->v;
-                for (size_t t = 0; t < ns; t++) {
-                    const size_t b = (s0 + t) / hq, h = (s0 + t) % hq;
-                    w.g.off_a[t] = dp_gemm_at(v, b, j0, h / group_q);
-                    w.g.off_b[t] = t * nr * nc;
-                    w.g.off_c[t] = dp_gemm_at(a->out, b, r0, h);
-                    w.g.alpha[t] = 1.0f;
-                    w.g.beta[t] = pass ? 1.0f : 0.0f;
-                }
-                cl_event *ev = last && pass == passes - 1 ? event : NULL;
-                cs = CLBlastSgemmBatched(CLBlastLayoutColMajor, CLBlastTransposeNo,
-                                         CLBlastTransposeYes, dim, nr, nc, w.g.alpha, v->buffer,
-                                         w.g.off_a, dp_gemm_ld(v, nc, d->head_dim), pass ? w.s2 : w.s,
-                                         w.g.off_b, nr, w.g.beta, a->out->buffer, w.g.off_c,
-                                         dp_gemm_ld(a->out, nr, d->head_dim), ns, &queue, ev);
-                if (cs != CLBlastSuccess)
-                    st = dp_clblast_fail(ctx, cs,
-                                      pass ? "CLBlastSgemmBatched(O += P2 V2)"
-                                           : "CLBlastSgemmBatched(O = P V)");
-            }
-        }
+    /* A chunk that sees no key needs no scores: the row-wise kernel writes its weights 0 (and
+     * lse -inf), and the value GEMM its output rows 0. */
+    dp_gemm_chunk c = {0}, next;
+    bool more = dp_gemm_chunk_next(p, ch, &c);
+    while (more && st == DIPOLE_SUCCESS) {
+        next = c;
+        more = dp_gemm_chunk_next(p, ch, &next);
+        if (c.sees)
+            st = scores(ctx, p, &w, a, &c);
+        if (st == DIPOLE_SUCCESS)
+            st = launch_rowwise(ctx, p, rw, &w, a, &c);
+        if (st == DIPOLE_SUCCESS)
+            st = values(ctx, p, &w, a, &c, more ? NULL : event);
+        c = next;
     }
     /* The buffers live on until the enqueued commands that use them finish. */
     work_free(&w);

@@ -4,7 +4,12 @@
  *   P, dS, P2 = rowwise_bwd(S, dP, dP2, lse)           (cl/dipole_rowwise.cl, in place)
  *   dV += P^T dO, dV2 += P2^T dO, dK += scale dS^T Q   (beta = 1 into zeroed outputs)
  *   dQ = scale dS K                                    (beta = 0: a chunk holds all its keys)
- * then d alpha / d beta from the per-row dO . O_p sums (dipole_bwd_dweights).
+ * then d alpha / d beta from the per-row dO . O_p sums (dipole_bwd_dweights). The row-wise
+ * kernel applies the score modifiers to S and their derivative to dS, so the GEMMs stay those
+ * of plain attention. A packed batch runs sequence by sequence (dp_gemm_chunk_next), its
+ * gradients zeroed as one tensor first, so that a sequence without rows or keys leaves its rows
+ * 0; the row sums of every sequence land in one [poles, Hq, total rows] array, which
+ * dipole_bwd_dweights sums over all of them.
  *
  * Deterministic: chunks run in a fixed order, and the query heads of a GQA group (which add
  * into the same dK / dV slice) go to separate batched calls, one per position in the group, so
@@ -41,20 +46,19 @@ static dipole_status zero_tensor(dipole_ctx *ctx, cl_kernel kernel, const dp_pro
     dp_arg_int(&l, seq);
     dp_arg_int(&l, dim);
     const size_t global[3] = {(size_t)dim, (size_t)seq * (size_t)p->d.heads_kv,
-                              (size_t)p->d.batch};
+                              (size_t)p->tensor_batch};
     return dp_launch(ctx, &l, 3, global, NULL, NULL);
 }
 
 static dipole_status launch_rowwise_bwd(dipole_ctx *ctx, const dp_problem *p,
                                         const dp_rowwise_plan *rw, const bwd_work *w,
-                                        const dp_bwd_args *a, cl_mem key_lengths,
-                                        cl_mem pole_weights, size_t s0, size_t ns, size_t r0,
-                                        size_t nr, size_t j0, size_t nc)
+                                        const dp_bwd_args *a, const dp_call_buffers *cb,
+                                        const dp_gemm_chunk *c)
 {
-    const cl_mem bufs[7] = {w->s,      w->dp,      w->dp2 ? w->dp2 : w->dp, a->lse,
-                            w->rowdot, key_lengths, pole_weights};
-    return dp_rowwise_enqueue(ctx, rw, w->rowwise, "dipole_rowwise_bwd", bufs, 7, p, s0, ns, r0,
-                              nr, j0, nc);
+    const cl_mem bufs[7] = {w->s,      w->dp,           w->dp2 ? w->dp2 : w->dp, a->lse,
+                            w->rowdot, cb->key_lengths, cb->pole_weights};
+    return dp_rowwise_enqueue(ctx, rw, w->rowwise, "dipole_rowwise_bwd", bufs, 7, p, c,
+                              cb->alibi_slopes);
 }
 
 /* One batched GEMM over the chunk's slices t with t % group == g (every slice when g < 0),
@@ -67,9 +71,7 @@ typedef struct gemm_operand {
     bool trans;
 } gemm_operand;
 
-typedef struct chunk {
-    size_t s0, ns, r0, nr, j0, nc;
-} chunk;
+typedef dp_gemm_chunk chunk;
 
 static size_t operand_offset(const dp_problem *p, const gemm_operand *o, const chunk *c, size_t t)
 {
@@ -77,7 +79,8 @@ static size_t operand_offset(const dp_problem *p, const gemm_operand *o, const c
         return t * c->nr * c->nc;
     const size_t hq = (size_t)p->d.heads_q, flat = c->s0 + t;
     const size_t b = flat / hq, h = flat % hq;
-    return o->kv ? dp_gemm_at(o->t, b, c->j0, h / (size_t)p->group) : dp_gemm_at(o->t, b, c->r0, h);
+    return o->kv ? dp_gemm_keys_at(p, o->t, b, c->j0, c->nc, h / (size_t)p->group)
+                 : dp_gemm_query_at(p, o->t, b, c->r0, h);
 }
 
 static size_t operand_ld(const dp_problem *p, const gemm_operand *o, const chunk *c)
@@ -117,10 +120,12 @@ static dipole_status batched(dipole_ctx *ctx, const dp_problem *p, bwd_work *w, 
     return DIPOLE_SUCCESS;
 }
 
-/* The GEMMs and the row-wise kernel of one chunk, in a fixed order. */
+/* The GEMMs and the row-wise kernel of one chunk, in a fixed order. A chunk that sees no key
+ * has P = dS = 0: it needs neither the scores nor the dK / dV sums, only its rows of dQ set
+ * to 0 and its row sums (0) written, by the row-wise kernel. */
 static dipole_status run_chunk(dipole_ctx *ctx, const dp_problem *p, const dp_bwd_args *a,
                                const dp_rowwise_plan *rw, bwd_work *w, const chunk *c,
-                               cl_mem key_lengths, cl_mem pole_weights)
+                               const dp_call_buffers *cb)
 {
     const size_t dim = (size_t)p->d.head_dim, nr = c->nr, nc = c->nc;
     const float scale = p->d.scale;
@@ -139,21 +144,21 @@ static dipole_status run_chunk(dipole_ctx *ctx, const dp_problem *p, const dp_bw
     const gemm_operand dv = {a->dv->buffer, a->dv, true, false};
 
     /* S [nr, nc] = scale Q^T K, dP = dO^T V, dP2 = dO^T V2 (in stored orientation). */
-    dipole_status st = batched(ctx, p, w, c, -1, nr, nc, dim, scale, 0.0f, &qt, &k, &s,
-                               "S = scale Q K^T");
-    if (st == DIPOLE_SUCCESS)
+    dipole_status st = DIPOLE_SUCCESS;
+    if (c->sees)
+        st = batched(ctx, p, w, c, -1, nr, nc, dim, scale, 0.0f, &qt, &k, &s, "S = scale Q K^T");
+    if (st == DIPOLE_SUCCESS && c->sees)
         st = batched(ctx, p, w, c, -1, nr, nc, dim, 1.0f, 0.0f, &dot, &v, &ds, "dP = dO V^T");
-    if (st == DIPOLE_SUCCESS && p->reads_v2) {
+    if (st == DIPOLE_SUCCESS && c->sees && p->reads_v2) {
         const gemm_operand v2 = {a->v2->buffer, a->v2, true, false};
         const gemm_operand dp2 = {w->dp2, NULL, false, false};
         st = batched(ctx, p, w, c, -1, nr, nc, dim, 1.0f, 0.0f, &dot, &v2, &dp2, "dP2 = dO V2^T");
     }
     if (st == DIPOLE_SUCCESS)
-        st = launch_rowwise_bwd(ctx, p, rw, w, a, key_lengths, pole_weights, c->s0, c->ns, c->r0,
-                                nr, c->j0, nc);
+        st = launch_rowwise_bwd(ctx, p, rw, w, a, cb, c);
     /* Now s holds P, ds holds dS, dp2 holds P2. dV [d, nc] += dO [d, nr] P [nr, nc], and
      * likewise dV2 and dK (scale Q dS): one call per position in the GQA group. */
-    for (int g = 0; g < p->group && st == DIPOLE_SUCCESS; g++) {
+    for (int g = 0; g < p->group && c->sees && st == DIPOLE_SUCCESS; g++) {
         st = batched(ctx, p, w, c, g, dim, nc, nr, 1.0f, 1.0f, &dout, &s, &dv, "dV += P^T dO");
         if (st == DIPOLE_SUCCESS && p->reads_v2) {
             const gemm_operand p2 = {w->dp2, NULL, false, false};
@@ -185,7 +190,7 @@ dipole_status dp_gemm_backward_plan(dipole_ctx *ctx, const dp_problem *p_in, dp_
     if (!dp_gemm_chunking_choose(ctx, p, p->reads_v2 ? 3 : 2, true, staged, ch, reason,
                                  sizeof reason))
         return dp_fail(ctx, DIPOLE_ERR_UNSUPPORTED, "backward %s", reason);
-    dipole_status st = dp_rowwise_plan_make(ctx, p, "dipole_rowwise_bwd", &plan->rowwise,
+    dipole_status st = dp_rowwise_plan_make(ctx, p_in, "dipole_rowwise_bwd", &plan->rowwise,
                                             reason, sizeof reason);
     if (st == DIPOLE_ERR_UNSUPPORTED)
         return dp_fail(ctx, st, "%s", reason);
@@ -217,7 +222,6 @@ static dipole_status run_f32(dipole_ctx *ctx, const dp_problem *p, const dp_bwd_
     const dipole_attn_desc *d = &p->d;
     const dp_gemm_chunking *ch = &plan->chunking;
     const dp_rowwise_plan *rw = &plan->rowwise;
-    cl_mem key_lengths = cb->key_lengths, pole_weights = cb->pole_weights;
     const struct {
         const char *name;
         const dipole_tensor *t;
@@ -228,7 +232,7 @@ static dipole_status run_f32(dipole_ctx *ctx, const dp_problem *p, const dp_bwd_
                 {"dv2", p->reads_v2 ? a->dv2 : NULL, false}, {"out", NULL, true}};
     dipole_status st = DIPOLE_SUCCESS;
     for (int i = 0; i < 10 && st == DIPOLE_SUCCESS; i++)
-        st = dp_gemm_check_int_range(ctx, ts[i].name, ts[i].t, d->batch,
+        st = dp_gemm_check_int_range(ctx, ts[i].name, ts[i].t, p->tensor_batch,
                                      ts[i].query ? d->seq_q : d->seq_k,
                                      ts[i].query ? d->heads_q : d->heads_kv, d->head_dim);
     bwd_work w;
@@ -243,16 +247,15 @@ static dipole_status run_f32(dipole_ctx *ctx, const dp_problem *p, const dp_bwd_
         return st;
 
     const bool want_dw = d->variant == DIPOLE_TWO_POLE && (a->dpos || a->dneg);
-    const size_t ns_max = ch->slices, nr_max = ch->rows;
-    const size_t s_bytes = sizeof(float) * ns_max * nr_max * (size_t)d->seq_k;
-    st = dp_gemm_scores_alloc(ctx, &w.g, ns_max, s_bytes, "gemm backward", &w.s);
+    const size_t s_bytes = dp_gemm_score_bytes(p, ch);
+    st = dp_gemm_scores_alloc(ctx, &w.g, ch->slices, s_bytes, "gemm backward", &w.s);
     if (st == DIPOLE_SUCCESS)
         st = dp_scratch(ctx, s_bytes, "gemm backward dP", &w.dp);
     if (st == DIPOLE_SUCCESS && p->reads_v2)
         st = dp_scratch(ctx, s_bytes, "gemm backward dP2", &w.dp2);
     if (st == DIPOLE_SUCCESS && want_dw)
         st = dp_scratch(ctx,
-                           sizeof(float) * (size_t)p->npoles * (size_t)d->batch *
+                           sizeof(float) * (size_t)p->npoles * (size_t)p->tensor_batch *
                                (size_t)d->heads_q * (size_t)d->seq_q,
                            "rowdot", &w.rowdot);
     /* dK, dV, dV2 gather from every chunk: zero them, then accumulate with beta = 1. */
@@ -261,15 +264,9 @@ static dipole_status run_f32(dipole_ctx *ctx, const dp_problem *p, const dp_bwd_
         if (acc[i])
             st = zero_tensor(ctx, zero, p, acc[i]);
 
-    const size_t bh = (size_t)d->batch * (size_t)d->heads_q, nq = (size_t)d->seq_q;
-    for (size_t s0 = 0; s0 < bh && st == DIPOLE_SUCCESS; s0 += ns_max) {
-        for (size_t r0 = 0; r0 < nq && st == DIPOLE_SUCCESS; r0 += nr_max) {
-            chunk c = {s0, bh - s0 < ns_max ? bh - s0 : ns_max, r0,
-                       nq - r0 < nr_max ? nq - r0 : nr_max, 0, 0};
-            dp_gemm_key_span(p, c.s0, c.ns, c.r0, c.nr, &c.j0, &c.nc);
-            st = run_chunk(ctx, p, a, rw, &w, &c, key_lengths, pole_weights);
-        }
-    }
+    chunk c = {0};
+    while (st == DIPOLE_SUCCESS && dp_gemm_chunk_next(p, ch, &c))
+        st = run_chunk(ctx, p, a, rw, &w, &c, cb);
     if (st == DIPOLE_SUCCESS && want_dw)
         st = dp_bwd_dweights_launch(ctx, p, a, &plan->dweights, w.rowdot, event);
     else if (st == DIPOLE_SUCCESS && event) {

@@ -43,6 +43,29 @@ static inline size_t dp_gemm_at(const dipole_tensor *t, size_t b, size_t seq, si
     return t->offset + b * t->stride_batch + seq * t->stride_seq + head * t->stride_head;
 }
 
+/* Element offset of query row `row` of sequence b, head `head`: a packed sequence's rows are
+ * rows of the tensors' one batch. */
+static inline size_t dp_gemm_query_at(const dp_problem *p, const dipole_tensor *t, size_t b,
+                                      size_t row, size_t head)
+{
+    if (!p->varlen)
+        return dp_gemm_at(t, b, row, head);
+    return dp_gemm_at(t, 0, (size_t)dp_first_query(p, (int)b) + row, head);
+}
+
+/* Element offset of key j0 of sequence b, head `head`, the first of a span of nc keys. A packed
+ * sequence's span ends inside it, except the one key of a chunk that sees none, which may lie
+ * past the tensor (a last sequence without keys): that one is read at the last nc rows, where
+ * its weight 0 multiplies a finite value, as an empty unpacked batch multiplies its key 0. */
+static inline size_t dp_gemm_keys_at(const dp_problem *p, const dipole_tensor *t, size_t b,
+                                     size_t j0, size_t nc, size_t head)
+{
+    if (!p->varlen)
+        return dp_gemm_at(t, b, j0, head);
+    const size_t row = (size_t)dp_first_key(p, (int)b) + j0, last = (size_t)p->d.seq_k - nc;
+    return dp_gemm_at(t, 0, row < last ? row : last, head);
+}
+
 /* CLBlast checks ld >= the matrix's first dimension even where only one row is read. */
 static inline size_t dp_gemm_ld(const dipole_tensor *t, size_t nrows, int d)
 {
@@ -54,21 +77,34 @@ static inline size_t dp_gemm_ld(const dipole_tensor *t, size_t nrows, int d)
 dipole_status dp_gemm_check_int_range(dipole_ctx *ctx, const char *name, const dipole_tensor *t,
                                       int batch, int seq, int heads, int d);
 
-/* The visible keys [*j0, *j0 + *nc) of every row of a chunk, rounded out to tile multiples;
- * one column when the chunk sees nothing (its weights then come out 0). */
-void dp_gemm_key_span(const dp_problem *p, size_t s0, size_t ns, size_t r0, size_t nr,
-                      size_t *j0, size_t *nc);
+/* One chunk: slices [s0, s0 + ns) (slice b * Hq + h), query rows [r0, r0 + nr) of their
+ * sequence, and the keys [j0, j0 + nc) its rows see, rounded out to tile multiples (within the
+ * sequence when packed). sees: whether any row sees a key; when not, nc is 1, every weight
+ * comes out 0 and the GEMMs that only feed or add to them can be skipped. A packed batch's
+ * chunks never span two sequences (their sizes differ), and skip sequences without rows. */
+typedef struct dp_gemm_chunk {
+    size_t s0, ns, r0, nr, j0, nc;
+    bool sees;
+    size_t seq; /* the iteration's place: the sequence (packed) or 0 */
+} dp_gemm_chunk;
+
+/* Steps c to the next chunk of ch's sizes in the fixed order (sequences, then slices, then
+ * rows); c starts zeroed. False after the last. */
+bool dp_gemm_chunk_next(const dp_problem *p, const dp_gemm_chunking *ch, dp_gemm_chunk *c);
+/* Bytes of one score-sized buffer of ch: slices x rows x the most keys a chunk holds. */
+size_t dp_gemm_score_bytes(const dp_problem *p, const dp_gemm_chunking *ch);
 
 /* Sets a row-wise kernel's arguments (nbufs buffers, then the chunk and problem ints shared by
- * both row-wise kernels) and enqueues it over rows [r0, r0+nr) of slices [s0, s0+ns) and key
- * columns [j0, j0+nc). kernel is `name` of rw's program, fetched once per call. */
+ * both row-wise kernels, then the score modifiers with the call's ALiBi slopes) and enqueues
+ * it over chunk c. kernel is `name` of rw's program, fetched once per call. */
 dipole_status dp_rowwise_enqueue(dipole_ctx *ctx, const dp_rowwise_plan *rw, cl_kernel kernel,
-                                 const char *name,
-                                 const cl_mem *bufs, int nbufs, const dp_problem *p, size_t s0,
-                                 size_t ns, size_t r0, size_t nr, size_t j0, size_t nc);
+                                 const char *name, const cl_mem *bufs, int nbufs,
+                                 const dp_problem *p, const dp_gemm_chunk *c,
+                                 cl_mem alibi_slopes);
 
 /* Kernel `name` of cl/dipole_rowwise.cl with a work-group the compiled kernel allows;
- * DIPOLE_ERR_UNSUPPORTED with the reason when none does. */
+ * DIPOLE_ERR_UNSUPPORTED with the reason when none does. p is the call's own problem, not its
+ * float copy's: a bias in the storage dtype is read as such. */
 dipole_status dp_rowwise_plan_make(dipole_ctx *ctx, const dp_problem *p, const char *name,
                                    dp_rowwise_plan *rw, char *reason, size_t reason_cap);
 
@@ -102,7 +138,7 @@ dipole_status dp_gemm_stage_narrow(dipole_ctx *ctx, const dp_problem *p,
  * on ctx when not even one row fits. */
 dipole_status dp_gemm_backward_plan(dipole_ctx *ctx, const dp_problem *p, dp_bwd_plan *plan);
 /* Runs it: any head_dim. Scratch: S, dP (and dP2) per chunk, plus [NPOLES, B, Hq, Nq] row
- * sums when pole-weight gradients are asked for. */
+ * sums (packed: [NPOLES, Hq, total rows]) when pole-weight gradients are asked for. */
 dipole_status dp_gemm_backward(dipole_ctx *ctx, const dp_problem *p, const dp_bwd_args *a,
                                const dp_bwd_plan *plan, const dp_call_buffers *cb,
                                cl_event *event);

@@ -63,13 +63,43 @@ static double peak_of(const dp_problem *p, const chunk_shape *cs, double slices,
     return nbuf * one + temp;
 }
 
+/* What the chunking sizes. A packed batch's chunks never span two sequences, so it is sized
+ * as one batch of the longest sequence's rows and keys (at least one of each: a chunk always
+ * holds a key column); its chunks' key spans end at their sequence's length, no tile
+ * multiple, so CLBlast may copy any score chunk. */
+static dp_problem shape_problem(const dp_problem *p)
+{
+    dp_problem s = *p;
+    if (p->varlen) {
+        s.d.batch = 1;
+        s.d.seq_q = p->max_q > 1 ? p->max_q : 1;
+        s.d.seq_k = p->max_k > 1 ? p->max_k : 1;
+    }
+    return s;
+}
+
+/* Chunks of `rows` query rows x `slices` slices that cover p. */
+static size_t chunk_count(const dp_problem *p, size_t rows, size_t slices)
+{
+    const size_t hq = (size_t)p->d.heads_q;
+    if (!p->varlen) {
+        const size_t nq = (size_t)p->d.seq_q, bh = (size_t)p->d.batch * hq;
+        return ((nq + rows - 1) / rows) * ((bh + slices - 1) / slices);
+    }
+    size_t n = 0;
+    for (int b = 0; b < p->d.batch; b++)
+        n += (((size_t)dp_query_length(p, b) + rows - 1) / rows) * ((hq + slices - 1) / slices);
+    return n;
+}
+
 /* Chooses chunk sizes: as many query rows per slice as fit, then as many slices. Returns
  * false (with a reason) when not even one row fits. */
-bool dp_gemm_chunking_choose(const dipole_ctx *ctx, const dp_problem *p, int nbuf_in,
+bool dp_gemm_chunking_choose(const dipole_ctx *ctx, const dp_problem *p_in, int nbuf_in,
                              bool score_copied, double reserved, dp_gemm_chunking *ch,
                              char *reason, size_t reason_cap)
 {
-    const chunk_shape shape = {(double)nbuf_in, score_copied}, *cs = &shape;
+    const dp_problem shaped = shape_problem(p_in), *p = &shaped;
+    const chunk_shape shape = {(double)nbuf_in, score_copied || p_in->varlen}, *cs = &shape;
     const double limit = (double)ctx->workspace_limit - reserved;
     const size_t nq = (size_t)p->d.seq_q, bh = (size_t)p->d.batch * (size_t)p->d.heads_q;
     bool ok;
@@ -127,7 +157,7 @@ bool dp_gemm_chunking_choose(const dipole_ctx *ctx, const dp_problem *p, int nbu
     }
     ch->rows = rows;
     ch->slices = slices;
-    ch->nchunks = ((nq + rows - 1) / rows) * ((bh + slices - 1) / slices);
+    ch->nchunks = chunk_count(p_in, rows, slices);
     ch->score_bytes = (size_t)nbuf * 4 * slices * rows * (size_t)p->d.seq_k;
     ch->peak_bytes = (size_t)peak_of(p, cs, (double)slices, (double)rows, NULL, ctx);
     return true;
@@ -187,13 +217,15 @@ dipole_status dp_gemm_check_int_range(dipole_ctx *ctx, const char *name, const d
 }
 
 /* The visible keys of every row in a chunk, rounded out to tile multiples (fewer CLBlast
- * copies). Visible ranges only move right as the row grows, so the first and last rows bound
- * them. A chunk that sees nothing still gets one column so that the GEMMs stay valid; its
- * weights come out 0. */
-void dp_gemm_key_span(const dp_problem *p, size_t s0, size_t ns, size_t r0, size_t nr,
-                      size_t *j0, size_t *nc)
+ * copies) within the keys of its batch: the tensor's, or a packed sequence's own (its neighbour's
+ * rows are another sequence's). Visible ranges only move right as the row grows, so the first
+ * and last rows bound them. A chunk that sees nothing still gets one column so that the GEMMs
+ * stay valid; its weights come out 0. Returns whether it sees a key. */
+static bool key_span(const dp_problem *p, size_t s0, size_t ns, size_t r0, size_t nr,
+                     size_t *j0, size_t *nc)
 {
-    const size_t hq = (size_t)p->d.heads_q, nk = (size_t)p->d.seq_k;
+    const size_t hq = (size_t)p->d.heads_q;
+    const size_t nk = p->varlen ? (size_t)dp_key_length(p, (int)(s0 / hq)) : (size_t)p->d.seq_k;
     long lo_all = LONG_MAX, hi_all = 0;
     for (size_t b = s0 / hq; b <= (s0 + ns - 1) / hq; b++) {
         int lo, hi, lo2, hi2;
@@ -207,12 +239,61 @@ void dp_gemm_key_span(const dp_problem *p, size_t s0, size_t ns, size_t r0, size
     if (lo_all >= hi_all) {
         *j0 = 0;
         *nc = 1;
-        return;
+        return false;
     }
     size_t a = (size_t)lo_all / DP_GEMM_PAD * DP_GEMM_PAD;
     size_t e = ((size_t)hi_all + DP_GEMM_PAD - 1) / DP_GEMM_PAD * DP_GEMM_PAD;
     *j0 = a;
     *nc = (e < nk ? e : nk) - a;
+    return true;
+}
+
+/* The iteration's segments: the whole problem (slices [0, B Hq) of seq_q rows), or packed
+ * sequence `seq` (slices [seq Hq, (seq + 1) Hq) of its own rows). */
+static size_t segment_count(const dp_problem *p)
+{
+    return p->varlen ? (size_t)p->d.batch : 1;
+}
+
+static size_t segment_slices(const dp_problem *p)
+{
+    return (size_t)p->d.heads_q * (p->varlen ? 1 : (size_t)p->d.batch);
+}
+
+static size_t segment_rows(const dp_problem *p, size_t seq)
+{
+    return (size_t)dp_query_length(p, (int)seq);
+}
+
+bool dp_gemm_chunk_next(const dp_problem *p, const dp_gemm_chunking *ch, dp_gemm_chunk *c)
+{
+    const size_t per = segment_slices(p);
+    if (c->nr) { /* past the first: the next rows, else the next slices, else the next segment */
+        c->r0 += c->nr;
+        if (c->r0 >= segment_rows(p, c->seq)) {
+            c->r0 = 0;
+            c->s0 += c->ns;
+            if (c->s0 >= (c->seq + 1) * per)
+                c->seq++;
+        }
+    }
+    while (c->seq < segment_count(p) && segment_rows(p, c->seq) == 0)
+        c->seq++;
+    if (c->seq >= segment_count(p))
+        return false;
+    if (c->s0 < c->seq * per) /* past sequences without rows */
+        c->s0 = c->seq * per;
+    const size_t end = (c->seq + 1) * per, nq = segment_rows(p, c->seq);
+    c->ns = end - c->s0 < ch->slices ? end - c->s0 : ch->slices;
+    c->nr = nq - c->r0 < ch->rows ? nq - c->r0 : ch->rows;
+    c->sees = key_span(p, c->s0, c->ns, c->r0, c->nr, &c->j0, &c->nc);
+    return true;
+}
+
+size_t dp_gemm_score_bytes(const dp_problem *p, const dp_gemm_chunking *ch)
+{
+    const dp_problem s = shape_problem(p);
+    return sizeof(float) * ch->slices * ch->rows * (size_t)s.d.seq_k;
 }
 
 /* The row-wise work-group at `size` work-items: fewer work-items per row first (the rows keep
@@ -223,6 +304,9 @@ static dp_kernel_config rowwise_config(const void *user, int size)
     const int rows = size < DP_ROWWISE_ROWS ? size : DP_ROWWISE_ROWS;
     dp_kernel_config cfg = dp_kernel_config_for(p, DP_KERNEL_ROWWISE, rows, size / rows, size);
     cfg.head_dim = 1; /* the kernel never sees head_dim: one program serves all of them */
+    /* It reads float scores whatever the storage; only a bias in the storage dtype needs
+     * DP_STORAGE (so every other call shares the float program). */
+    cfg.dtype = p->bias == 2 ? p->d.dtype : DIPOLE_F32;
     return cfg;
 }
 
@@ -247,19 +331,22 @@ dipole_status dp_rowwise_plan_make(dipole_ctx *ctx, const dp_problem *p, const c
 
 dipole_status dp_rowwise_enqueue(dipole_ctx *ctx, const dp_rowwise_plan *rw, cl_kernel kernel,
                                  const char *name, const cl_mem *bufs, int nbufs,
-                                 const dp_problem *p, size_t s0, size_t ns, size_t r0, size_t nr,
-                                 size_t j0, size_t nc)
+                                 const dp_problem *p, const dp_gemm_chunk *c,
+                                 cl_mem alibi_slopes)
 {
-    /* Both row-wise kernels take their buffers first, then this same tail of ints. */
-    const int ints[11] = {(int)nr,    (int)nc,        (int)r0,         (int)j0,
-                          (int)s0,    p->d.batch,     p->d.heads_q,    p->d.seq_q,
+    /* Both row-wise kernels take their buffers first, then this same tail of ints (packed: the
+     * kernel takes each sequence's rows and keys from the cu_seqlens in key_lengths). */
+    const int ints[11] = {(int)c->nr, (int)c->nc,       (int)c->r0,       (int)c->j0,
+                          (int)c->s0, p->d.batch,       p->d.heads_q,     p->d.seq_q,
                           p->d.seq_k, p->d.window_left, p->d.window_right};
     dp_launch_args l = dp_launch_args_begin(kernel, name);
     for (int i = 0; i < nbufs; i++)
         dp_arg_buffer(&l, bufs[i]);
     for (int i = 0; i < 11; i++)
         dp_arg_int(&l, ints[i]);
-    const size_t global[3] = {(nr + rw->block_m - 1) / rw->block_m * rw->block_m, rw->block_n, ns};
+    dp_arg_score_mods(&l, p, alibi_slopes);
+    const size_t global[3] = {(c->nr + rw->block_m - 1) / rw->block_m * rw->block_m, rw->block_n,
+                              c->ns};
     const size_t local[3] = {rw->block_m, rw->block_n, 1};
     return dp_launch(ctx, &l, 3, global, local, NULL);
 }

@@ -17,20 +17,22 @@ dp_problem dp_gemm_f32_problem(const dp_problem *p)
     return p32;
 }
 
-/* Elements of a [batch, seq, heads, head_dim] tensor, as a double (sizes are checked below). */
-static double elems(const dipole_attn_desc *d, bool query)
+/* Elements of a [batch, seq, heads, head_dim] tensor (packed: one batch), as a double (sizes
+ * are checked below). */
+static double elems(const dp_problem *p, bool query)
 {
-    return (double)d->batch * (query ? d->seq_q : d->seq_k) * (query ? d->heads_q : d->heads_kv) *
-           d->head_dim;
+    const dipole_attn_desc *d = &p->d;
+    return (double)p->tensor_batch * (query ? d->seq_q : d->seq_k) *
+           (query ? d->heads_q : d->heads_kv) * d->head_dim;
 }
 
 double dp_gemm_stage_bytes(const dp_problem *p, bool backward)
 {
     if (p->d.dtype == DIPOLE_F32)
-        return p->paged ? 4.0 * (p->reads_v2 ? 3 : 2) * elems(&p->d, false) : 0;
+        return p->paged ? 4.0 * (p->reads_v2 ? 3 : 2) * elems(p, false) : 0;
     /* forward: q, out | k, v (v2); backward: q, out, dout, dq | k, v, dk, dv (v2, dv2) */
     const int nq = backward ? 4 : 2, nk = (backward ? 4 : 2) + (p->reads_v2 ? (backward ? 2 : 1) : 0);
-    return 4.0 * (nq * elems(&p->d, true) + nk * elems(&p->d, false));
+    return 4.0 * (nq * elems(p, true) + nk * elems(p, false));
 }
 
 bool dp_gemm_stage_fits(const dipole_ctx *ctx, const dp_problem *p, bool backward,
@@ -77,7 +79,7 @@ static dipole_status launch_rows(dipole_ctx *ctx, const dp_problem *p, const cha
         dp_arg_buffer(&l, paged ? paged->key_lengths : NULL);
     }
     const size_t global[3] = {(size_t)d->head_dim, (size_t)seq * (size_t)heads,
-                              (size_t)d->batch};
+                              (size_t)p->tensor_batch};
     return dp_launch(ctx, &l, 3, global, NULL, event);
 }
 
@@ -85,7 +87,7 @@ dipole_status dp_gemm_stage_alloc(dipole_ctx *ctx, const dp_problem *p, bool que
                                   const char *what, cl_mem *buf, dipole_tensor *dense)
 {
     const dipole_attn_desc *d = &p->d;
-    const size_t n = (size_t)elems(d, query);
+    const size_t n = (size_t)elems(p, query);
     dipole_status st = dp_scratch(ctx, n * sizeof(float), what, buf);
     if (st == DIPOLE_SUCCESS)
         *dense = query ? dipole_tensor_dense(*buf, d->seq_q, d->heads_q, d->head_dim)

@@ -52,7 +52,8 @@
 __kernel __attribute__((reqd_work_group_size(BLOCK_M, BLOCK_N, 1)))
 void dipole_rowwise(__global float *p1,                 /* scores in, weights on v out */
                     __global float *p2,                 /* weights on v2 (READS_V2) */
-                    __global float *lse,                /* [NPOLES, B, Hq, Nq] or NULL */
+                    __global float *lse,                /* [NPOLES, B, Hq, Nq] or NULL (packed:
+                                                           [NPOLES, Hq, total rows]) */
                     __global const int *key_lengths,    /* [B], packed cu_seqlens, or NULL */
                     __global const float *pole_weights, /* [2, Hq] or NULL */
                     int rows, int ncols, int row0, int col0, int slice0,

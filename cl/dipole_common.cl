@@ -417,8 +417,8 @@ inline int2 dp_range_in_tile(int2 range, int j0, int n)
  * any of its rows sees, and first, last the visible ranges of its first and last rows.
  * Packed, seq_q, seq_k and the bias are sequence b's first (DP_SEQUENCE), and a tile past a
  * sequence shorter than the grid's longest has rows <= 0 and no keys: every guard on r < rows
- * leaves it out, so the group does nothing without a return before its barriers (which PoCL
- * 3.1 miscompiles: items ran the statements after a barrier with another item's rows). */
+ * leaves it out, so the group does nothing without a return before its barriers (with one,
+ * even untaken, PoCL 3.1's items passed guards on r < rows after a barrier that they fail). */
 #define DP_QUERY_TILE()                                                                        \
     const int lid = get_local_id(0), ty = lid / WG_COLS, tx = lid % WG_COLS;                   \
     const int row0 = get_group_id(0) * BLOCK_M;                                                \

@@ -6,6 +6,11 @@
  * beta for TWO_POLE, else 1). With g = w_p dO and delta_p = g . O_p:
  *   du_j += P_j c_j g,   ds_j += P_j (c_j g . u_j - delta_p) dlogit_p/ds,
  *   dq_i = scale sum_j ds_j k_j,   dk_j = scale sum_i ds_j q_i.
+ * The variant sees each recomputed score through the modifiers (DP_SCORE: soft-capping, ALiBi,
+ * a bias), so ds_j also takes soft-capping's factor d score / d (scale q.k) (DP_SCORE_DS), and
+ * a key a bias excludes (-inf) has no terms at all. Packed (DP_VARLEN), work-group b walks
+ * sequence b: its tensors rebased to the sequence's first rows, a tile past its rows or keys
+ * doing nothing.
  * Three kernels on the forward's WG_ROWS x WG_COLS grid of work-items (cl/dipole_common.cl):
  * dipole_bwd_pre (delta per row and pole), dipole_bwd_dkdv (a work-group per key block walks
  * the query tiles of every query head that reads its K/V head, each key's gradient summed by
@@ -39,6 +44,10 @@
 #define K_STRIDE (HD4 + 1)
 #define W_STRIDE_Q (BLOCK_N + 4)
 #define W_STRIDE_K (BLOCK_M + 4)
+
+/* A key whose score a bias made -inf is out of every pole: no weight, no gradient (its terms
+ * are left out, not weighed by 0: its value row may be inf). */
+#define EXCLUDED(s) (HAS_BIAS && (s) == -INFINITY)
 
 /* Per stream t, g[t][a][b] = dO row (ty + WG_ROWS a) . U_t row (tx + WG_COLS b), then
  * s[a][b] = Q row . K row, for keys [j0, j0 + n) staged in turn into kv (K stays there).
@@ -107,6 +116,12 @@ void dipole_bwd_pre(__global const dp_storage *q, dp_layout lq,
                     float scale, int window_left, int window_right, DP_SCORE_ARGS)
 {
     DP_QUERY_TILE();
+    DP_REBASE_Q(lq, b);
+    DP_REBASE_Q(lout, b);
+    DP_REBASE_Q(ldout, b);
+    DP_REBASE_K(lk, b);
+    DP_REBASE_K(lv, b);
+    DP_REBASE_K(lv2, b);
     __local float red[NPOLES][BLOCK_M * WG_COLS]; /* per-item parts of each row's dot */
     float part[NPOLES][Q_RPI];
     (void)first, (void)last; /* pre tests each key against its row: no whole-tile shortcut */
@@ -148,9 +163,12 @@ void dipole_bwd_pre(__global const dp_storage *q, dp_layout lq,
                 const int j = j0 + tx + WG_COLS * e;
                 if (j < mine[a].x || j >= mine[a].y)
                     continue;
+                const float sc = DP_SCORE(s[a][e], b, h, row0 + ty + WG_ROWS * a, j, kl);
+                if (EXCLUDED(sc))
+                    continue;
                 DP_UNROLL for (int p = 0; p < NPOLES; p++)
-                    part[p][a] += exp(POLE_LOGIT(p, s[a][e]) - row_lse[a][p]) *
-                                  POLE_COEF(p, s[a][e]) * g[STREAM_OF(p, s[a][e])][a][e];
+                    part[p][a] += exp(POLE_LOGIT(p, sc) - row_lse[a][p]) * POLE_COEF(p, sc) *
+                                  g[STREAM_OF(p, sc)][a][e];
             }
     }
 #endif
@@ -193,10 +211,22 @@ void dipole_bwd_dkdv(__global const dp_storage *q, dp_layout lq,
     const int lid = get_local_id(0), ty = lid / WG_COLS, tx = lid % WG_COLS;
     const int j0 = get_group_id(0) * BLOCK_N;
     const int hk = get_group_id(1), b = get_group_id(2);
+    DP_SEQUENCE(b);
+    DP_REBASE_Q(lq, b);
+    DP_REBASE_Q(ldout, b);
+    DP_REBASE_K(lk, b);
+    DP_REBASE_K(lv, b);
+    DP_REBASE_K(lv2, b);
+    DP_REBASE_K(ldk, b);
+    DP_REBASE_K(ldv, b);
+    DP_REBASE_K(ldv2, b);
     const int group = heads_q / heads_kv;
     const int kl = DP_KEY_LENGTH(b);
     const int n = min(BLOCK_N, seq_k - j0);
     const int j_last = min(j0 + BLOCK_N, kl) - 1; /* the block's last key any row can see */
+    /* A block past its sequence's keys walks no query tile (no return before the barriers:
+     * see DP_QUERY_TILE). */
+    const int q_rows = DP_VARLEN && j0 >= seq_k ? 0 : seq_q;
 
     __local float4 q_tile[BLOCK_M * K_STRIDE]; /* q * scale */
     __local float4 do_tile[BLOCK_M * K_STRIDE];
@@ -217,7 +247,7 @@ void dipole_bwd_dkdv(__global const dp_storage *q, dp_layout lq,
         float pole_w[NPOLES];
         DP_UNROLL for (int p = 0; p < NPOLES; p++)
             pole_w[p] = dp_pole_weight(pole_weights, p, h, heads_q);
-        for (int i0 = 0; i0 < seq_q; i0 += BLOCK_M) {
+        for (int i0 = 0; i0 < q_rows; i0 += BLOCK_M) {
             const int m = min(BLOCK_M, seq_q - i0);
             /* Rows' visible ranges only grow with i: skip tiles that cannot see this block
              * (uniform over the group, so the barriers below stay uniform). */
@@ -255,8 +285,13 @@ void dipole_bwd_dkdv(__global const dp_storage *q, dp_layout lq,
                         gt[t] = g[t][a][e];
                         pw[t] = 0.0f;
                     }
-                    if (full || (j >= rg.x && j < rg.y))
-                        DP_KEY_TERMS(s[a][e], gt, row_lse, row_delta, pole_w, pw, ds);
+                    if (full || (j >= rg.x && j < rg.y)) {
+                        const float sc = DP_SCORE(s[a][e], b, h, i0 + r, j, kl);
+                        if (!EXCLUDED(sc)) {
+                            DP_KEY_TERMS(sc, gt, row_lse, row_delta, pole_w, pw, ds);
+                            ds *= DP_SCORE_DS(s[a][e]);
+                        }
+                    }
                     DP_UNROLL for (int t = 0; t < NSTREAMS; t++)
                         w_tile[t][jj * W_STRIDE_K + r] = pw[t];
                     w_tile[NSTREAMS][jj * W_STRIDE_K + r] = ds;
@@ -313,6 +348,12 @@ void dipole_bwd_dq(__global const dp_storage *q, dp_layout lq,
                    float scale, int window_left, int window_right, DP_SCORE_ARGS)
 {
     DP_QUERY_TILE();
+    DP_REBASE_Q(lq, b);
+    DP_REBASE_Q(ldout, b);
+    DP_REBASE_Q(ldq, b);
+    DP_REBASE_K(lk, b);
+    DP_REBASE_K(lv, b);
+    DP_REBASE_K(lv2, b);
     __local float4 q_tile[BLOCK_M * K_STRIDE]; /* q * scale */
     __local float4 do_tile[BLOCK_M * K_STRIDE];
     __local float4 kv[BLOCK_N * K_STRIDE];
@@ -350,8 +391,13 @@ void dipole_bwd_dq(__global const dp_storage *q, dp_layout lq,
                 float pw[NSTREAMS], gt[NSTREAMS], ds = 0.0f;
                 DP_UNROLL for (int t = 0; t < NSTREAMS; t++)
                     gt[t] = g[t][a][e];
-                if (full || (j >= mine[a].x && j < mine[a].y))
-                    DP_KEY_TERMS(s[a][e], gt, row_lse[a], row_delta[a], pole_w, pw, ds);
+                if (full || (j >= mine[a].x && j < mine[a].y)) {
+                    const float sc = DP_SCORE(s[a][e], b, h, row0 + r, j, kl);
+                    if (!EXCLUDED(sc)) {
+                        DP_KEY_TERMS(sc, gt, row_lse[a], row_delta[a], pole_w, pw, ds);
+                        ds *= DP_SCORE_DS(s[a][e]);
+                    }
+                }
                 ds_tile[r * W_STRIDE_Q + tx + WG_COLS * e] = ds;
             }
         }
@@ -374,3 +420,4 @@ void dipole_bwd_dq(__global const dp_storage *q, dp_layout lq,
         }
     }
 }
+#undef EXCLUDED

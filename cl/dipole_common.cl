@@ -452,15 +452,22 @@ inline int2 dp_range_in_tile(int2 range, int j0, int n)
 /* The group layout's query tile, for a kernel with the forward's arguments: work-group
  * (tile, h, b) owns rows [row0, row0 + rows) of query head h in batch b; item lid sits at
  * (ty, tx) of the grid; hk is the K/V head it reads, kl the batch's key length, keys the keys
- * any of its rows sees, and first, last the visible ranges of its first and last rows. */
+ * any of its rows sees, and first, last the visible ranges of its first and last rows.
+ * Packed, seq_q, seq_k and the bias are sequence b's first (DP_SEQUENCE), and a tile past a
+ * sequence shorter than the grid's longest has rows <= 0 and no keys: every guard on r < rows
+ * leaves it out, so the group does nothing without a return before its barriers (with one,
+ * even untaken, PoCL 3.1's items passed guards on r < rows after a barrier that they fail). */
 #define DP_QUERY_TILE()                                                                        \
     const int lid = get_local_id(0), ty = lid / WG_COLS, tx = lid % WG_COLS;                   \
     const int row0 = get_group_id(0) * BLOCK_M;                                                \
     const int h = get_group_id(1), b = get_group_id(2);                                        \
+    DP_SEQUENCE(b);                                                                            \
     const int hk = DP_KV_HEAD(h), kl = DP_KEY_LENGTH(b);                                       \
     const int rows = min(BLOCK_M, seq_q - row0);                                               \
-    const int2 keys = dp_tile_visible_range(row0, row0 + rows, kl, seq_q, window_left,         \
-                                            window_right);                                     \
+    const int2 keys = DP_VARLEN && rows <= 0                                                   \
+                          ? (int2)(0, 0)                                                       \
+                          : dp_tile_visible_range(row0, row0 + rows, kl, seq_q, window_left,   \
+                                                  window_right);                               \
     const int2 first = dp_visible_range(row0, kl, seq_q, window_left, window_right);           \
     const int2 last = dp_visible_range(row0 + rows - 1, kl, seq_q, window_left, window_right)
 

@@ -10,7 +10,10 @@
  * added up once at the end. Per tile:
  *   stage K | S, each pole's tile max | row max, rescale, P per stream, stage V | O += P V
  *   (| stage V2 | O += P2 V2 where the variant reads v2).
- * K, V and V2 take turns in one local tile so that head dim 128 fits 48 KiB.
+ * K, V and V2 take turns in one local tile so that head dim 128 fits 48 KiB. The score
+ * modifiers (DP_SCORE) go on S where a row sees the key, before the variant's logits. Packed
+ * (DP_VARLEN), work-group (tile, h, b) takes rows of sequence b against its keys; a tile past
+ * the sequence's rows does nothing.
  *
  * Decode (DP_SPLIT): work-group (chunk, hk, b) takes every query row of every query head that
  * reads KV head hk (tile row r is row r % seq_q of head hk * group + r / seq_q) over the keys
@@ -43,6 +46,16 @@
 #ifndef DP_SPLIT
 #define DP_SPLIT 0
 #endif
+#if DP_SPLIT && DP_VARLEN
+#error "a packed batch is not split (the planner's rule): its rows are no decode tile"
+#endif
+
+/* A key whose score a bias made -inf is out of every pole: its weight tile entry is -0 in
+ * every stream (STREAM_AWAY), and O += P V skips it, as the reference never multiplies its
+ * value (0 x inf would be NaN). With a bias, SIGNEXP's weights that underflow to -0 are
+ * skipped too: the same sum wherever the values are finite. */
+#define EXCLUDED(s) (HAS_BIAS && (s) == -INFINITY)
+#define SKIPPED(w) (DP_AWAY(w) || (HAS_BIAS && as_uint(w) == 0x80000000u))
 
 __kernel __attribute__((reqd_work_group_size(WORK_GROUP, 1, 1)))
 void dipole_fwd(__global const dp_storage *q, dp_layout lq,
@@ -71,6 +84,11 @@ void dipole_fwd(__global const dp_storage *q, dp_layout lq,
 #define ROW_H(r) (h0 + (r) / seq_q)
 #else
     DP_QUERY_TILE();
+    DP_REBASE_Q(lq, b);
+    DP_REBASE_Q(lout, b);
+    DP_REBASE_K(lk, b);
+    DP_REBASE_K(lv, b);
+    DP_REBASE_K(lv2, b);
 #define ROW_I(r) (row0 + (r))
 #define ROW_H(r) h
 #endif
@@ -112,7 +130,8 @@ void dipole_fwd(__global const dp_storage *q, dp_layout lq,
         dp_stage_kv_rows4(kv_tile, K_STRIDE, k, lk, b, j0, BLOCK_N, n, hk, lid, WORK_GROUP);
         barrier(CLK_LOCAL_MEM_FENCE);
 
-        /* S micro-tile, and each pole's max over this item's keys per row. */
+        /* S micro-tile (the modifiers on the keys a row sees: a bias has no entry past them),
+         * and each pole's max over this item's keys per row. */
         float s[RPI][KPI];
         DP_MICRO_DOTS(s, RPI, q_tile, K_STRIDE, KPI, kv_tile, K_STRIDE);
         bool seen[RPI][KPI];
@@ -123,6 +142,8 @@ void dipole_fwd(__global const dp_storage *q, dp_layout lq,
             DP_UNROLL for (int ni = 0; ni < KPI; ni++) {
                 const int j = j0 + tx + WG_COLS * ni;
                 seen[mi][ni] = full || (j < j0 + n && j >= mine[mi].x && j < mine[mi].y);
+                if (DP_SCORE_MODS && seen[mi][ni])
+                    s[mi][ni] = DP_SCORE(s[mi][ni], b, ROW_H(r), ROW_I(r), j, kl);
             }
             DP_UNROLL for (int p = 0; p < NPOLES; p++) {
                 float mx = -INFINITY;
@@ -147,14 +168,16 @@ void dipole_fwd(__global const dp_storage *q, dp_layout lq,
                 DP_UNROLL for (int ci = 0; ci < CPI; ci++)
                     acc[p][mi][ci] *= f;
                 DP_UNROLL for (int ni = 0; ni < KPI; ni++) {
-                    w[p][ni] = seen[mi][ni] ? exp(POLE_LOGIT(p, s[mi][ni]) - mx) : 0.0f;
+                    const float lg = POLE_LOGIT(p, s[mi][ni]);
+                    w[p][ni] = seen[mi][ni] ? DP_POLE_EXP(exp(lg - mx), lg) : 0.0f;
                     l[p][mi] += w[p][ni];
                 }
             }
             DP_UNROLL for (int t = 0; t < NSTREAMS; t++)
                 DP_UNROLL for (int ni = 0; ni < KPI; ni++)
                     p_tile[t][r * P_STRIDE + tx + WG_COLS * ni] =
-                        STREAM_WEIGHT(t, w[STREAM_POLE(t)][ni], s[mi][ni]);
+                        EXCLUDED(s[mi][ni]) ? STREAM_AWAY
+                                            : STREAM_WEIGHT(t, w[STREAM_POLE(t)][ni], s[mi][ni]);
         }
 
         /* O += P V per stream; stream 1 of a v2 variant waits for V2 in the tile. A key a row
@@ -167,7 +190,7 @@ void dipole_fwd(__global const dp_storage *q, dp_layout lq,
                 barrier(CLK_LOCAL_MEM_FENCE);
             }
 #define UNSEEN(mi, jj, w) \
-    (DP_AWAY(w) || (!full && (j0 + (jj) < mine[mi].x || j0 + (jj) >= mine[mi].y)))
+    (SKIPPED(w) || (!full && (j0 + (jj) < mine[mi].x || j0 + (jj) >= mine[mi].y)))
             DP_MICRO_ACC(acc[STREAM_POLE(t)], RPI, CPI, p_tile[t], P_STRIDE, n, kv_tile, V_STRIDE,
                          UNSEEN);
 #undef UNSEEN
@@ -200,13 +223,18 @@ void dipole_fwd(__global const dp_storage *q, dp_layout lq,
             }
         }
 #else
-        const bool has_keys = mine[mi].x < mine[mi].y; /* a row that sees no key outputs 0 */
-        float coef[NPOLES];
+        float sum[NPOLES], coef[NPOLES];
+        DP_UNROLL for (int p = 0; p < NPOLES; p++)
+            sum[p] = dp_row_sum(red[p], r, WG_COLS);
+        /* A row that sees no key outputs 0, and so does one whose every key a bias excludes
+         * (its sums are 0 in every pole; the row's max key weighs 1 otherwise). */
+        bool has_keys = mine[mi].x < mine[mi].y;
+        if (HAS_BIAS)
+            has_keys = has_keys && sum[0] != 0.0f;
         DP_UNROLL for (int p = 0; p < NPOLES; p++) {
-            const float sum = dp_row_sum(red[p], r, WG_COLS);
-            coef[p] = has_keys ? dp_pole_weight(pole_weights, p, h, heads_q) / sum : 0.0f;
+            coef[p] = has_keys ? dp_pole_weight(pole_weights, p, h, heads_q) / sum[p] : 0.0f;
             if (lse && tx == 0)
-                lse[DP_STAT(p, b, h, i)] = has_keys ? m[p][mi] + log(sum) : -INFINITY;
+                lse[DP_STAT(p, b, h, i)] = has_keys ? m[p][mi] + log(sum[p]) : -INFINITY;
         }
         const long o_at = DP_ROW(lout, b, i, h);
         DP_UNROLL for (int ci = 0; ci < CPI; ci++) {
@@ -223,6 +251,8 @@ void dipole_fwd(__global const dp_storage *q, dp_layout lq,
 #undef ROW_I
 #undef ROW_H
 }
+#undef SKIPPED
+#undef EXCLUDED
 
 /* Combines a decode row's chunks: work-item (c4, i, b * Hq + h) takes float4 chunk c4 of the
  * row (item c4 0 also writes lse), each merging the chunks' (max, sum) itself: a GPU spreads a
@@ -240,7 +270,6 @@ __kernel void dipole_fwd_merge_group(__global const float *part, int chunks,
         return;
     const int b = bh / heads_q, h = bh % heads_q;
     const int2 range = dp_visible_range(i, DP_KEY_LENGTH(b), seq_q, window_left, window_right);
-    const bool has_keys = range.x < range.y;
     __global const float *src = part + DP_PART(bh, i, 0);
     float4 o = (float4)0.0f;
     DP_UNROLL for (int p = 0; p < NPOLES; p++) {
@@ -250,6 +279,10 @@ __kernel void dipole_fwd_merge_group(__global const float *part, int chunks,
         DP_MERGE_POLE(chunks, PART_M, PART_L, mm, sum);
 #undef PART_M
 #undef PART_L
+        /* a row that sees no key outputs 0, as does one whose every key a bias excludes */
+        bool has_keys = range.x < range.y;
+        if (HAS_BIAS)
+            has_keys = has_keys && sum != 0.0f;
         const float coef = has_keys ? dp_pole_weight(pole_weights, p, h, heads_q) / sum : 0.0f;
         /* A chunk whose weights all underflow against the row's max adds nothing (its values
          * may be non-finite), as in the CPU layout's merge. */

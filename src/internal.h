@@ -159,6 +159,9 @@ int dp_first_key(const dp_problem *p, int b);
 /* The score of row i, key j of sequence b, head h after soft-capping, ALiBi and the bias
  * (bias: its host view, or NULL): s is scale q.k. Double, for the references. */
 double dp_score_mods(const dp_problem *p, int b, int h, int i, int j, double s);
+/* Whether a modified score leaves its key out of every pole: -inf where a bias is given (the
+ * kernels' HAS_BIAS rule; without one a -inf score from infinite inputs ranks as before). */
+bool dp_score_excluded(const dp_problem *p, double s);
 /* d dp_score_mods / d s at that s (the soft-cap's tanh; ALiBi and the bias add constants). */
 double dp_score_mods_ds(const dp_problem *p, double s);
 

@@ -75,6 +75,11 @@ double dp_score_mods(const dp_problem *p, int b, int h, int i, int j, double s)
     return s;
 }
 
+bool dp_score_excluded(const dp_problem *p, double s)
+{
+    return p->bias && s == -INFINITY;
+}
+
 double dp_score_mods_ds(const dp_problem *p, double s)
 {
     if (!p->softcap)

@@ -66,19 +66,19 @@ dipole_status dipole_reference_lse(const dipole_attn_desc *desc, const float *q,
                 /* A score of -inf (a bias entry) hides its key from every pole. */
                 int seen = 0;
                 for (int j = lo; j < hi; j++)
-                    seen += s[j] != -INFINITY;
+                    seen += !dp_score_excluded(&p, s[j]);
                 double *od = acc + D; /* the output row, summed over poles in double */
                 for (int c = 0; c < D; c++)
                     od[c] = 0.0;
                 for (int pole = 0; pole < p.npoles; pole++) {
                     double m = -INFINITY, l = 0;
                     for (int j = lo; j < hi; j++)
-                        if (s[j] != -INFINITY)
+                        if (!dp_score_excluded(&p, s[j]))
                             m = fmax(m, pole_logit(p.d.variant, pole, s[j]));
                     for (int c = 0; c < D; c++)
                         acc[c] = 0;
                     for (int j = lo; j < hi; j++) {
-                        if (s[j] == -INFINITY)
+                        if (dp_score_excluded(&p, s[j]))
                             continue;
                         const double w = exp(pole_logit(p.d.variant, pole, s[j]) - m);
                         l += w;

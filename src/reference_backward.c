@@ -2,7 +2,7 @@
  * possible, in double, recomputing scores and weights per row.
  *
  * A row's score of key j is s_j = mods(r_j) with r_j = scale q.k: soft-capping, ALiBi and the
- * bias (dp_score_mods); a key whose s_j is -inf is excluded from every pole, and a row with no
+ * bias (dp_score_mods); with a bias, a key whose s_j is -inf is excluded from every pole, and a row with no
  * key left has O = 0 and passes no gradient. Per pole p a row has weights
  * P_j = softmax(logit_p(s))_j, a coefficient c_j and a target value u_j (v or v2), and the
  * output is O = sum_p w_p O_p with O_p = sum_j P_j c_j u_j. With g_p = w_p dO and
@@ -114,15 +114,15 @@ dipole_status dipole_reference_backward(const dipole_attn_desc *desc, const floa
                     double *Pp = P + (size_t)pole * Nk, *o = op + (size_t)pole * D;
                     double m = -INFINITY, l = 0;
                     for (int j = lo; j < hi; j++)
-                        if (s[j] != -INFINITY)
+                        if (!dp_score_excluded(&p, s[j]))
                             m = fmax(m, pole_logit(var, pole, s[j]));
                     for (int j = lo; j < hi; j++)
-                        l += (Pp[j] = s[j] == -INFINITY ? 0.0
+                        l += (Pp[j] = dp_score_excluded(&p, s[j]) ? 0.0
                                                         : exp(pole_logit(var, pole, s[j]) - m));
                     for (int c = 0; c < D; c++)
                         o[c] = 0;
                     for (int j = lo; j < hi; j++) {
-                        if (s[j] == -INFINITY)
+                        if (dp_score_excluded(&p, s[j]))
                             continue;
                         Pp[j] /= l;
                         const double coef = var == DIPOLE_SIGNEXP ? sign_of(s[j]) : 1.0;
@@ -141,7 +141,7 @@ dipole_status dipole_reference_backward(const dipole_attn_desc *desc, const floa
                     dw[pole * Hq + h] += dot_o;
                     const double wp = pole_w[pole], Dp = wp * dot_o;
                     for (int j = lo; j < hi; j++) {
-                        if (s[j] == -INFINITY)
+                        if (dp_score_excluded(&p, s[j]))
                             continue;
                         const double coef = var == DIPOLE_SIGNEXP ? sign_of(s[j]) : 1.0;
                         const bool to_v2 = pole_to_v2(var, pole, s[j]);

@@ -162,8 +162,8 @@ typedef struct dipole_attn_desc {
  * element (b, h, i, j) is at offset + b stride_batch + h stride_head + i stride_row + j
  * (elements), for batch b, query head h, query row i and key j; a stride of 0 broadcasts over
  * that index. Packed batches index it as one batch by the packed rows and keys (sequence b's
- * row i is row cu_seqlens_q[b] + i). A score of -inf excludes its key in every variant (it
- * never becomes |-inf| = +inf); a row that sees no key outputs 0, lse -inf. The backward passes
+ * row i is row cu_seqlens_q[b] + i). With a bias, a score of -inf excludes its key in every
+ * variant (it never becomes |-inf| = +inf); a row left with no key outputs 0, lse -inf. The backward passes
  * no gradient to the bias. Device calls read `buffer` (a cl_mem of the context), host twins
  * and the references `host`; the other may be NULL. */
 typedef struct dipole_bias {

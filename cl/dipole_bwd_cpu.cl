@@ -292,9 +292,9 @@ void dipole_bwd_dq_cpu(__global const dp_storage *q, dp_layout lq,
 #pragma unroll
                         for (int r = 0; r < NV; r++) {
                             sd[t][r] = DP_SCORE_DS16(s[t][r]);
-                            s[t][r] = DP_SCORE16(s[t][r], b, h,
-                                                 min(row0 + g * LANES + 16 * r + LANE_IDS, seq_q - 1),
-                                                 (int16)(j0 + min(jb + t, n - 1)), kl);
+                            s[t][r] = DP_SCORE16(s[t][r], b, h, row0 + g * LANES + 16 * r, 1,
+                                                 seq_q - 1, j0 + min(jb + t, n - 1), 0, INT_MAX,
+                                                 kl);
                         }
 #endif
                     /* dS per lane, into s (selected, not multiplied, to 0 where a row does not
@@ -501,8 +501,9 @@ void dipole_bwd_dkdv_cpu(__global const dp_storage *q, dp_layout lq,
 #pragma unroll
                         for (int r = 0; r < NV; r++) {
                             sd[t][r] = DP_SCORE_DS16(s[t][r]);
-                            s[t][r] = DP_SCORE16(s[t][r], b, h, (int16)min(i0 + r0 + t, seq_q - 1),
-                                                 min(jv[e][r], seq_k - 1), kl);
+                            s[t][r] = DP_SCORE16(s[t][r], b, h, min(i0 + r0 + t, seq_q - 1), 0,
+                                                 INT_MAX, kb0 + LANES * e + 16 * r, 1, seq_k - 1,
+                                                 kl);
                         }
 #endif
                     /* Per lane: dS into s, the factors on dO into av (value v) and av2 (value v2);

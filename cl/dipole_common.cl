@@ -354,33 +354,36 @@ inline float dp_score(float s, int b, int h, int i, int j, int kl, int seq_q, DP
 }
 #define DP_SCORE(s, b, h, i, j, kl) dp_score((s), (b), (h), (i), (j), (kl), seq_q, DP_SCORE_PASS)
 
-/* dp_score on 16 lanes at once, lane u being row i[u] and key j[u] (the CPU layout's rows or
- * keys across lanes; the caller keeps both inside the sequence). */
-inline float16 dp_score16(float16 s, int b, int h, int16 i, int16 j, int kl, int seq_q,
-                          DP_SCORE_ARGS)
+/* The lane indices 0 .. 15. */
+#define DP_LANES ((int16)(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15))
+
+/* dp_score on 16 lanes at once (the CPU layout's rows or keys across lanes): lane u is row
+ * min(i0 + u di, i_max) and key min(j0 + u dj, j_max), the caller's bounds keeping both inside
+ * the sequence. */
+inline float16 dp_score16(float16 s, int b, int h, int i0, int di, int i_max, int j0, int dj,
+                          int j_max, int kl, int seq_q, DP_SCORE_ARGS)
 {
 #if HAS_SOFTCAP
     s = softcap * tanh(s / softcap);
 #endif
 #if HAS_ALIBI
-    s -= alibi_slopes[h] * convert_float16(abs(i + (kl - seq_q) - j));
+    const int16 i = min((int16)i0 + DP_LANES * (int16)di, (int16)i_max);
+    const int16 j = min((int16)j0 + DP_LANES * (int16)dj, (int16)j_max);
+    s -= alibi_slopes[h] * convert_float16(abs(i + (int16)(kl - seq_q) - j));
 #endif
 #if HAS_BIAS
     const long base = lbias.x + b * lbias.y + h * lbias.z;
-    int iu[16], ju[16];
     float x[16];
-    vstore16(i, 0, iu);
-    vstore16(j, 0, ju);
     vstore16(s, 0, x);
     for (int u = 0; u < 16; u++)
-        x[u] += DP_BIAS_LOAD(bias, base + iu[u] * lbias.w + ju[u]);
+        x[u] += DP_BIAS_LOAD(bias, base + (long)min(i0 + u * di, i_max) * lbias.w +
+                                       min(j0 + u * dj, j_max));
     s = vload16(0, x);
 #endif
     return s;
 }
-#define DP_SCORE16(s, b, h, i, j, kl) dp_score16((s), (b), (h), (i), (j), (kl), seq_q, DP_SCORE_PASS)
-/* The lane indices 0 .. 15. */
-#define DP_LANES ((int16)(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15))
+#define DP_SCORE16(s, b, h, i0, di, i_max, j0, dj, j_max, kl)                                  \
+    dp_score16((s), (b), (h), (i0), (di), (i_max), (j0), (dj), (j_max), (kl), seq_q, DP_SCORE_PASS)
 
 /* d dp_score / d s at the same s (soft-capping's 1 - tanh^2; ALiBi and the bias are constants). */
 inline float dp_score_ds(float s, float softcap)

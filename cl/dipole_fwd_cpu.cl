@@ -288,9 +288,8 @@ void dipole_fwd_cpu(__global const dp_storage *q, dp_layout lq,
                 for (int t = 0; t < RB; t++)
 #pragma unroll
                     for (int r = 0; r < RV; r++)
-                        sa[t][r] = DP_SCORE16(sa[t][r], b, h,
-                                              min(row0 + g * GROUP_ROWS + 16 * r + DP_LANES, seq_q - 1),
-                                              (int16)(j0 + min(jb + t, n - 1)), kl);
+                        sa[t][r] = DP_SCORE16(sa[t][r], b, h, row0 + g * GROUP_ROWS + 16 * r, 1,
+                                              seq_q - 1, j0 + min(jb + t, n - 1), 0, INT_MAX, kl);
 #endif
 #pragma unroll
                 for (int t = 0; t < RB; t++)
@@ -582,7 +581,7 @@ void dipole_fwd_splitk(__global const dp_storage *q, dp_layout lq,
             }
             float16 sc = vload16(0, scs);
 #if DP_SCORE_MODS
-            sc = DP_SCORE16(sc, b, h, (int16)i, min(j0 + DP_LANES, j_hi - 1), kl);
+            sc = DP_SCORE16(sc, b, h, i, 0, INT_MAX, j0, 1, j_hi - 1, kl);
 #endif
             __global float *st = DP_HEAD_PART(h);
             float16 acc[NPOLES][DV];

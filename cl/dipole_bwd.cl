@@ -45,9 +45,8 @@
 #define W_STRIDE_Q (BLOCK_N + 4)
 #define W_STRIDE_K (BLOCK_M + 4)
 
-/* A key whose score a bias made -inf is out of every pole: no weight, no gradient (its terms
- * are left out, not weighed by 0: its value row may be inf). */
-#define EXCLUDED(s) (HAS_BIAS && (s) == -INFINITY)
+/* A key whose score a bias made -inf (DP_EXCLUDED) is out of every pole: no weight, no
+ * gradient (its terms are left out, not weighed by 0: its value row may be inf). */
 
 /* Per stream t, g[t][a][b] = dO row (ty + WG_ROWS a) . U_t row (tx + WG_COLS b), then
  * s[a][b] = Q row . K row, for keys [j0, j0 + n) staged in turn into kv (K stays there).
@@ -164,7 +163,7 @@ void dipole_bwd_pre(__global const dp_storage *q, dp_layout lq,
                 if (j < mine[a].x || j >= mine[a].y)
                     continue;
                 const float sc = DP_SCORE(s[a][e], b, h, row0 + ty + WG_ROWS * a, j, kl);
-                if (EXCLUDED(sc))
+                if (DP_EXCLUDED(sc))
                     continue;
                 DP_UNROLL for (int p = 0; p < NPOLES; p++)
                     part[p][a] += exp(POLE_LOGIT(p, sc) - row_lse[a][p]) * POLE_COEF(p, sc) *
@@ -287,7 +286,7 @@ void dipole_bwd_dkdv(__global const dp_storage *q, dp_layout lq,
                     }
                     if (full || (j >= rg.x && j < rg.y)) {
                         const float sc = DP_SCORE(s[a][e], b, h, i0 + r, j, kl);
-                        if (!EXCLUDED(sc)) {
+                        if (!DP_EXCLUDED(sc)) {
                             DP_KEY_TERMS(sc, gt, row_lse, row_delta, pole_w, pw, ds);
                             ds *= DP_SCORE_DS(s[a][e]);
                         }
@@ -393,7 +392,7 @@ void dipole_bwd_dq(__global const dp_storage *q, dp_layout lq,
                     gt[t] = g[t][a][e];
                 if (full || (j >= mine[a].x && j < mine[a].y)) {
                     const float sc = DP_SCORE(s[a][e], b, h, row0 + r, j, kl);
-                    if (!EXCLUDED(sc)) {
+                    if (!DP_EXCLUDED(sc)) {
                         DP_KEY_TERMS(sc, gt, row_lse[a], row_delta[a], pole_w, pw, ds);
                         ds *= DP_SCORE_DS(s[a][e]);
                     }
@@ -420,4 +419,3 @@ void dipole_bwd_dq(__global const dp_storage *q, dp_layout lq,
         }
     }
 }
-#undef EXCLUDED

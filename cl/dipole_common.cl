@@ -120,7 +120,9 @@ inline ushort dp_bf16_narrow(float x)
 #else
 #define POLE_LOGIT_OF(p, s) ((p) == 0 ? (s) : -(s))
 #endif
-/* A bias can make a score -inf: its key is then out of every pole, never |-inf| = +inf. */
+/* A bias can make a score -inf: its key is then out of every pole, never |-inf| = +inf.
+ * DP_EXCLUDED(s) is that test for a scalar score (a kernel leaves such a key's terms out). */
+#define DP_EXCLUDED(s) (HAS_BIAS && (s) == -INFINITY)
 #if HAS_BIAS
 #define POLE_LOGIT(p, s) ((s) == -INFINITY ? (s) : POLE_LOGIT_OF(p, s))
 /* e^(lg - m), 0 for an excluded key (lg = -inf) also where m is -inf (no key seen yet). */

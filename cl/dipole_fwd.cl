@@ -54,7 +54,6 @@
  * every stream (STREAM_AWAY), and O += P V skips it, as the reference never multiplies its
  * value (0 x inf would be NaN). With a bias, SIGNEXP's weights that underflow to -0 are
  * skipped too: the same sum wherever the values are finite. */
-#define EXCLUDED(s) (HAS_BIAS && (s) == -INFINITY)
 #define SKIPPED(w) (DP_AWAY(w) || (HAS_BIAS && as_uint(w) == 0x80000000u))
 
 __kernel __attribute__((reqd_work_group_size(WORK_GROUP, 1, 1)))
@@ -176,7 +175,7 @@ void dipole_fwd(__global const dp_storage *q, dp_layout lq,
             DP_UNROLL for (int t = 0; t < NSTREAMS; t++)
                 DP_UNROLL for (int ni = 0; ni < KPI; ni++)
                     p_tile[t][r * P_STRIDE + tx + WG_COLS * ni] =
-                        EXCLUDED(s[mi][ni]) ? STREAM_AWAY
+                        DP_EXCLUDED(s[mi][ni]) ? STREAM_AWAY
                                             : STREAM_WEIGHT(t, w[STREAM_POLE(t)][ni], s[mi][ni]);
         }
 
@@ -252,7 +251,6 @@ void dipole_fwd(__global const dp_storage *q, dp_layout lq,
 #undef ROW_H
 }
 #undef SKIPPED
-#undef EXCLUDED
 
 /* Combines a decode row's chunks: work-item (c4, i, b * Hq + h) takes float4 chunk c4 of the
  * row (item c4 0 also writes lse), each merging the chunks' (max, sum) itself: a GPU spreads a

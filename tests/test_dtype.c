@@ -224,22 +224,6 @@ static void stored_free(stored *s)
     free(s->bits), free(s->wide);
 }
 
-/* |got - ref| <= atol + rtol (|ref| + rms_weight * rms(ref)), naming the tensor. */
-static void expect_within(const char *what, const char *tensor, const float *got, const float *ref,
-                          size_t n, double atol, double rtol, double rms_weight)
-{
-    double ss = 0;
-    for (size_t i = 0; i < n; i++)
-        ss += isfinite(ref[i]) ? (double)ref[i] * ref[i] : 0;
-    const double floor_ = atol + rtol * rms_weight * sqrt(ss / (double)(n ? n : 1));
-    tu_err e = tu_compare(got, ref, n, floor_, rtol);
-    ck_assert_msg(e.worst_ratio <= 1.0,
-                  "%s: %s[%zu] = %.9g, want %.9g (max abs err %.3g, %zu non-finite; bound %.3g + "
-                  "%.3g |ref|)",
-                  what, tensor, e.worst, (double)got[e.worst], (double)ref[e.worst], e.max_abs,
-                  e.nonfinite, floor_, rtol);
-}
-
 static void describe(const dipole_attn_desc *d, char *buf, size_t cap)
 {
     char base[256];
@@ -265,8 +249,8 @@ static void forward_vs_reference(const dipole_attn_desc *d, uint64_t seed, float
     ck_assert_int_eq(dipole_reference_lse(d, q.wide, k.wide, v.wide, v2.wide, ref, ref_lse),
                      DIPOLE_SUCCESS);
     stored_widen(d->dtype, &out);
-    expect_within(what, "out", out.wide, ref, nq, F32_ATOL, dtype_rtol(d->dtype), 0);
-    expect_within(what, "lse", lse, ref_lse, nl, F32_ATOL, F32_RTOL, 0);
+    tu_expect_within(what, "out", out.wide, ref, nq, F32_ATOL, dtype_rtol(d->dtype), 0);
+    tu_expect_within(what, "lse", lse, ref_lse, nl, F32_ATOL, F32_RTOL, 0);
     stored_free(&q), stored_free(&k), stored_free(&v), stored_free(&v2), stored_free(&out);
     free(ref), free(lse), free(ref_lse);
 }
@@ -300,13 +284,13 @@ static void backward_vs_reference(const dipole_attn_desc *d, uint64_t seed)
     const bool reads_v2 = d->variant == DIPOLE_ROUTED || d->variant == DIPOLE_TWO_POLE;
     for (int i = 0; i < (reads_v2 ? 4 : 3); i++) {
         stored_widen(dt, &g[i]);
-        expect_within(what, names[i], g[i].wide, ref[i], g[i].n, F32_ATOL, dtype_rtol(dt),
+        tu_expect_within(what, names[i], g[i].wide, ref[i], g[i].n, F32_ATOL, dtype_rtol(dt),
                       BWD_RMS_WEIGHT);
     }
     if (d->variant == DIPOLE_TWO_POLE) { /* float32 sums over a head's rows of rounded terms */
-        expect_within(what, "dpos_weight", dpos, rpos, (size_t)d->heads_q, 10 * F32_ATOL,
+        tu_expect_within(what, "dpos_weight", dpos, rpos, (size_t)d->heads_q, 10 * F32_ATOL,
                       dtype_rtol(dt), 1);
-        expect_within(what, "dneg_weight", dneg, rneg, (size_t)d->heads_q, 10 * F32_ATOL,
+        tu_expect_within(what, "dneg_weight", dneg, rneg, (size_t)d->heads_q, 10 * F32_ATOL,
                       dtype_rtol(dt), 1);
     }
     stored_free(&q), stored_free(&k), stored_free(&v), stored_free(&v2), stored_free(&dout);

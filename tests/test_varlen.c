@@ -360,22 +360,6 @@ static double my_forward(const problem *pb, const dinputs *in, const float *dout
 
 /* ---------------------------------------------------------------- comparisons */
 
-/* |got - ref| <= atol + rtol (|ref| + rms_weight rms(ref)), naming the tensor and the case. */
-static void expect_within(const char *what, const char *tensor, const float *got, const float *ref,
-                          size_t n, double atol, double rtol, double rms_weight)
-{
-    double ss = 0;
-    for (size_t i = 0; i < n; i++)
-        ss += isfinite(ref[i]) ? (double)ref[i] * ref[i] : 0;
-    const double floor_ = atol + rtol * rms_weight * sqrt(ss / (double)(n ? n : 1));
-    tu_err e = tu_compare(got, ref, n, floor_, rtol);
-    ck_assert_msg(e.worst_ratio <= 1.0,
-                  "%s: %s[%zu] = %.9g, want %.9g (max abs err %.3g, %zu non-finite; bound %.3g + "
-                  "%.3g |ref|)",
-                  what, tensor, e.worst, (double)got[e.worst], (double)ref[e.worst], e.max_abs,
-                  e.nonfinite, floor_, rtol);
-}
-
 static float *narrow(const double *x, size_t n)
 {
     float *r = malloc(sizeof(float) * (n ? n : 1));
@@ -453,8 +437,8 @@ START_TEST(test_reference_matches_formula)
     ck_assert_int_eq(dipole_reference_lse(&pb.d, t.q, t.k, t.v, t.v2, got, got_lse),
                      DIPOLE_SUCCESS);
     float *w = narrow(want, nq), *wl = narrow(want_lse, nl);
-    expect_within(what, "out", got, w, nq, REF_ATOL, REF_RTOL, 0);
-    expect_within(what, "lse", got_lse, wl, nl, REF_ATOL, REF_RTOL, 0);
+    tu_expect_within(what, "out", got, w, nq, REF_ATOL, REF_RTOL, 0);
+    tu_expect_within(what, "lse", got_lse, wl, nl, REF_ATOL, REF_RTOL, 0);
     /* The case must exercise what it says: some row sees no key (lse -inf) where the bias has a
      * -inf row, and the modifiers change the result. */
     if (ref_specs[_i].neg_inf) {
@@ -608,8 +592,8 @@ START_TEST(test_document_mask_reference)
     ck_assert(o1 && o2 && l1 && l2);
     ck_assert_int_eq(dipole_reference_lse(&pk.d, t.q, t.k, t.v, t.v2, o1, l1), DIPOLE_SUCCESS);
     ck_assert_int_eq(dipole_reference_lse(&sg.d, t.q, t.k, t.v, t.v2, o2, l2), DIPOLE_SUCCESS);
-    expect_within(what, "out (bias vs packed)", o2, o1, nq, REF_ATOL, REF_RTOL, 0);
-    expect_within(what, "lse (bias vs packed)", l2, l1, nl, REF_ATOL, REF_RTOL, 0);
+    tu_expect_within(what, "out (bias vs packed)", o2, o1, nq, REF_ATOL, REF_RTOL, 0);
+    tu_expect_within(what, "lse (bias vs packed)", l2, l1, nl, REF_ATOL, REF_RTOL, 0);
     float *g1[4], *g2[4], dp1[4], dn1[4], dp2[4], dn2[4];
     for (int x = 0; x < 4; x++) {
         g1[x] = malloc(4 * (x ? nk : nq));
@@ -625,10 +609,10 @@ START_TEST(test_document_mask_reference)
     static const char *const names[4] = {"dq", "dk", "dv", "dv2"};
     const bool v2 = _i == DIPOLE_ROUTED || _i == DIPOLE_TWO_POLE;
     for (int x = 0; x < (v2 ? 4 : 3); x++)
-        expect_within(what, names[x], g2[x], g1[x], x ? nk : nq, REF_ATOL, REF_RTOL, 0);
+        tu_expect_within(what, names[x], g2[x], g1[x], x ? nk : nq, REF_ATOL, REF_RTOL, 0);
     if (_i == DIPOLE_TWO_POLE) {
-        expect_within(what, "dpos_weight", dp2, dp1, 4, REF_ATOL, REF_RTOL, 0);
-        expect_within(what, "dneg_weight", dn2, dn1, 4, REF_ATOL, REF_RTOL, 0);
+        tu_expect_within(what, "dpos_weight", dp2, dp1, 4, REF_ATOL, REF_RTOL, 0);
+        tu_expect_within(what, "dneg_weight", dn2, dn1, 4, REF_ATOL, REF_RTOL, 0);
     }
     for (int x = 0; x < 4; x++)
         free(g1[x]), free(g2[x]);
@@ -696,7 +680,7 @@ START_TEST(test_reference_backward_vs_fd)
     my_forward(&pb, &in, NULL, want, want_lse, NULL);
     ck_assert_int_eq(dipole_reference(&pb.d, t.q, t.k, t.v, t.v2, ref), DIPOLE_SUCCESS);
     float *w = narrow(want, nq);
-    expect_within(what, "out (the test's forward)", ref, w, nq, REF_ATOL, REF_RTOL, 0);
+    tu_expect_within(what, "out (the test's forward)", ref, w, nq, REF_ATOL, REF_RTOL, 0);
 
     float *dq = malloc(4 * nq), *dk = malloc(4 * nk), *dv = malloc(4 * nk), *dv2 = malloc(4 * nk);
     float dpos[MAX_HEADS], dneg[MAX_HEADS];
@@ -795,8 +779,8 @@ static void device_vs_reference(const problem *pb, const problem *ref_of, run_mo
     ck_assert_int_eq(dipole_reference_lse(&ref_of->d, t.q, t.k, t.v, t.v2, ref, ref_lse),
                      DIPOLE_SUCCESS);
     widen(dt, out, got, nq);
-    expect_within(what, "out", got, ref, nq, DEV_ATOL, rtol, 0);
-    expect_within(what, "lse", lse, ref_lse, nl, DEV_ATOL, DEV_RTOL, 0);
+    tu_expect_within(what, "out", got, ref, nq, DEV_ATOL, rtol, 0);
+    tu_expect_within(what, "lse", lse, ref_lse, nl, DEV_ATOL, DEV_RTOL, 0);
 
     /* Backward (the host twin runs its own forward). */
     void *gb[4];
@@ -821,12 +805,12 @@ static void device_vs_reference(const problem *pb, const problem *ref_of, run_mo
     const double rms_w = dt == DIPOLE_F16 ? BWD_RMS_WEIGHT : 0;
     for (int x = 0; x < (reads_v2 ? 4 : 3); x++) {
         widen(dt, gb[x], gw[x], x ? nk : nq);
-        expect_within(what, names[x], gw[x], gr[x], x ? nk : nq, DEV_ATOL, rtol, rms_w);
+        tu_expect_within(what, names[x], gw[x], gr[x], x ? nk : nq, DEV_ATOL, rtol, rms_w);
     }
     if (d.variant == DIPOLE_TWO_POLE) { /* float32 sums over every row of a head */
         const double w = dt == DIPOLE_F16 ? 1 : 0;
-        expect_within(what, "dpos_weight", dpos, rpos, (size_t)d.heads_q, 10 * DEV_ATOL, rtol, w);
-        expect_within(what, "dneg_weight", dneg, rneg, (size_t)d.heads_q, 10 * DEV_ATOL, rtol, w);
+        tu_expect_within(what, "dpos_weight", dpos, rpos, (size_t)d.heads_q, 10 * DEV_ATOL, rtol, w);
+        tu_expect_within(what, "dneg_weight", dneg, rneg, (size_t)d.heads_q, 10 * DEV_ATOL, rtol, w);
     }
     for (int x = 0; x < 4; x++)
         free(gb[x]), free(gw[x]), free(gr[x]);

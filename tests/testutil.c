@@ -104,6 +104,21 @@ tu_err tu_compare(const float *got, const float *ref, size_t n, double atol, dou
     return e;
 }
 
+void tu_expect_within(const char *what, const char *tensor, const float *got, const float *ref,
+                      size_t n, double atol, double rtol, double rms_weight)
+{
+    double ss = 0;
+    for (size_t i = 0; i < n; i++)
+        ss += isfinite(ref[i]) ? (double)ref[i] * ref[i] : 0;
+    const double floor_ = atol + rtol * rms_weight * sqrt(ss / (double)(n ? n : 1));
+    tu_err e = tu_compare(got, ref, n, floor_, rtol);
+    ck_assert_msg(e.worst_ratio <= 1.0,
+                  "%s: %s[%zu] = %.9g, want %.9g (max abs err %.3g, %zu non-finite; bound %.3g + "
+                  "%.3g |ref|)",
+                  what, tensor, e.worst, (double)got[e.worst], (double)ref[e.worst], e.max_abs,
+                  e.nonfinite, floor_, rtol);
+}
+
 const char *tu_desc_str(const dipole_attn_desc *d, char *buf, size_t cap)
 {
     snprintf(buf, cap,

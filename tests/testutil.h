@@ -37,6 +37,10 @@ typedef struct tu_err {
 
 /* Compares with absolute AND relative tolerance: |got - ref| <= atol + rtol * |ref|. */
 tu_err tu_compare(const float *got, const float *ref, size_t n, double atol, double rtol);
+/* Asserts |got - ref| <= atol + rtol (|ref| + rms_weight rms(ref)) (rms over ref's finite
+ * elements), naming the case (what) and the tensor. */
+void tu_expect_within(const char *what, const char *tensor, const float *got, const float *ref,
+                      size_t n, double atol, double rtol, double rms_weight);
 
 /* Runs desc on the device (host API) and the reference with seeded inputs scaled by mult,
  * asserts agreement within (atol, rtol), and returns the measured error. */

@@ -5,12 +5,17 @@
 #define DIPOLE_SIGNEXP 1
 #define DIPOLE_ROUTED 2
 #define DIPOLE_TWO_POLE 3
+#define DIPOLE_DIFF 4
 
 #ifndef VARIANT
 #define VARIANT DIPOLE_SOFTMAX
 #endif
 #ifndef HEAD_DIM
 #define HEAD_DIM 64
+#endif
+/* The head dim of v, v2 and out (and dout, dv, dv2); HEAD_DIM is that of q and k. */
+#ifndef HEAD_DIM_V
+#define HEAD_DIM_V HEAD_DIM
 #endif
 #ifndef IS_CAUSAL
 #define IS_CAUSAL 0
@@ -28,11 +33,11 @@
 #define HAS_BIAS 0
 #endif
 
-#if VARIANT < DIPOLE_SOFTMAX || VARIANT > DIPOLE_TWO_POLE
-#error "VARIANT must be one of DIPOLE_SOFTMAX .. DIPOLE_TWO_POLE"
+#if VARIANT < DIPOLE_SOFTMAX || VARIANT > DIPOLE_DIFF
+#error "VARIANT must be one of DIPOLE_SOFTMAX .. DIPOLE_DIFF"
 #endif
-#if HEAD_DIM < 1
-#error "HEAD_DIM must be >= 1"
+#if HEAD_DIM < 1 || HEAD_DIM_V < 1
+#error "HEAD_DIM and HEAD_DIM_V must be >= 1"
 #endif
 
 /* ---- Storage. Every global tensor (q, k, v, v2, out, dout and the gradients) is an array of
@@ -103,20 +108,35 @@ inline ushort dp_bf16_narrow(float x)
 /* ---- The variants. A variant is a set of poles; each pole runs its own online softmax over
  * a logit of the score s, and each key's weight in a pole lands on one value row (v or v2),
  * times a coefficient. Everything a kernel needs to know about the variant is here. */
-#if VARIANT == DIPOLE_TWO_POLE
+#if VARIANT == DIPOLE_TWO_POLE || VARIANT == DIPOLE_DIFF
 #define NPOLES 2
 #else
 #define NPOLES 1
 #endif
 #define READS_V2 (VARIANT == DIPOLE_ROUTED || VARIANT == DIPOLE_TWO_POLE)
 
+/* Score maps: DIFF's poles each score with their own query and key heads (pole p of head h is
+ * head DP_POLE_HEAD(h, p) of q, and of k for key head h), every other variant's poles share one
+ * score s. Pole p ranks score map POLE_SCORE(p). */
+#if VARIANT == DIPOLE_DIFF
+#define NSCORES 2
+#define POLE_SCORE(p) (p)
+#else
+#define NSCORES 1
+#define POLE_SCORE(p) 0
+#endif
+#define DP_POLE_HEAD(h, p) (NSCORES * (h) + (p))
+
 /* sign(s) with sign(0) = 0, as the reference; NaN stays NaN (0 * NaN). A macro so that it
  * works lane-wise on float vectors too (a vector condition selects per lane). */
 #define DP_SIGN(s) ((s) > 0.0f ? 1.0f : ((s) < 0.0f ? -1.0f : (s) * 0.0f))
 
-/* The logit pole p ranks: s, -s (negative pole) or |s| (variants that rank both signs). */
+/* The logit pole p ranks: s, -s (negative pole) or |s| (variants that rank both signs); s is
+ * the pole's own score map's score. */
 #if VARIANT == DIPOLE_SIGNEXP || VARIANT == DIPOLE_ROUTED
 #define POLE_LOGIT_OF(p, s) fabs(s)
+#elif VARIANT == DIPOLE_DIFF
+#define POLE_LOGIT_OF(p, s) (s)
 #else
 #define POLE_LOGIT_OF(p, s) ((p) == 0 ? (s) : -(s))
 #endif
@@ -142,6 +162,8 @@ inline ushort dp_bf16_narrow(float x)
 /* d POLE_LOGIT / ds, for the backward pass: d|s|/ds = sign(s), 0 at s = 0 (as torch). */
 #if VARIANT == DIPOLE_SIGNEXP || VARIANT == DIPOLE_ROUTED
 #define POLE_LOGIT_DS(p, s) DP_SIGN(s)
+#elif VARIANT == DIPOLE_DIFF
+#define POLE_LOGIT_DS(p, s) 1.0f
 #else
 #define POLE_LOGIT_DS(p, s) ((p) == 0 ? 1.0f : -1.0f)
 #endif
@@ -185,12 +207,15 @@ inline ushort dp_bf16_narrow(float x)
  * on stream t (w: its weight in t's pole; 0 where it lands on the other stream). */
 #if VARIANT == DIPOLE_ROUTED || VARIANT == DIPOLE_TWO_POLE
 #define NSTREAMS 2
+#elif VARIANT == DIPOLE_DIFF
+#define NSTREAMS 2 /* both on v, one per pole */
 #else
 #define NSTREAMS 1
 #endif
-#define STREAM_POLE(t) (VARIANT == DIPOLE_TWO_POLE ? (t) : 0)
+#define DP_STREAM_PER_POLE (VARIANT == DIPOLE_TWO_POLE || VARIANT == DIPOLE_DIFF)
+#define STREAM_POLE(t) (DP_STREAM_PER_POLE ? (t) : 0)
 #define STREAM_V2(t) (READS_V2 && (t) == 1)
-#define STREAM_OF(p, s) (VARIANT == DIPOLE_TWO_POLE ? (p) : (int)(READS_V2 && POLE_TO_V2(p, s)))
+#define STREAM_OF(p, s) (DP_STREAM_PER_POLE ? (p) : (int)(READS_V2 && POLE_TO_V2(p, s)))
 #define STREAM_WEIGHT(t, w, s)                                                                    \
     (STREAM_OF(STREAM_POLE(t), s) == (t) ? POLE_WEIGHTED(STREAM_POLE(t), w, s) : STREAM_AWAY)
 /* A weight tile's entry for a key routed to the other stream (ROUTED only): -0, which ROUTED's
@@ -264,11 +289,11 @@ inline void dp_prefetch_row(__global const dp_storage *row)
         DP_PREFETCH(row + HEAD_DIM - 1);
 }
 
-/* The pole weight of head h: alpha (p = 0) or beta (p = 1) for TWO_POLE, 1 for every other
- * variant; pole_weights is [2, Hq] or NULL (all 1). */
+/* The pole weight of head h: alpha (p = 0) or beta (p = 1) for TWO_POLE and DIFF, 1 for every
+ * other variant; pole_weights is [2, Hq] or NULL (all 1). */
 inline float dp_pole_weight(__global const float *pole_weights, int p, int h, int heads_q)
 {
-    return (VARIANT == DIPOLE_TWO_POLE && pole_weights) ? pole_weights[p * heads_q + h] : 1.0f;
+    return (NPOLES == 2 && pole_weights) ? pole_weights[p * heads_q + h] : 1.0f;
 }
 
 /* A tensor's element offset and strides (batch, seq, head), in elements. */

@@ -89,41 +89,38 @@ static dipole_status check_args(dipole_ctx *ctx, const dp_problem *p, const dp_a
     dipole_status st;
     const dipole_dtype dt = d->dtype;
     const int tb = p->tensor_batch; /* packed: the tensors are one batch */
-    if ((st = dp_check_tensor(ctx, "q", a->q, dt, tb, d->seq_q, d->heads_q, d->head_dim)) ||
-        (!p->paged && (st = dp_check_tensor(ctx, "k", a->k, dt, tb, d->seq_k, d->heads_kv,
-                                            d->head_dim))) ||
-        (!p->paged && (st = dp_check_tensor(ctx, "v", a->v, dt, tb, d->seq_k, d->heads_kv,
-                                            d->head_dim))) ||
-        (st = dp_check_tensor(ctx, "out", a->out, dt, tb, d->seq_q, d->heads_q,
-                              d->head_dim)))
-        return st;
-    if (p->reads_v2 && !p->paged) {
-        if (!a->v2)
-            return dp_fail(ctx, DIPOLE_ERR_INVALID_ARG, "v2 is NULL but variant %s reads it",
-                           dipole_variant_name(d->variant));
-        if ((st = dp_check_tensor(ctx, "v2", a->v2, dt, tb, d->seq_k, d->heads_kv,
-                                  d->head_dim)))
+    const dipole_tensor *in[4] = {a->q, a->k, a->v, p->reads_v2 ? a->v2 : NULL};
+    const char *names[4] = {"q", "k", "v", "v2"};
+    const dp_role roles[4] = {DP_ROLE_Q, DP_ROLE_K, DP_ROLE_V, DP_ROLE_V};
+    const dp_shape so = dp_shape_of(p, DP_ROLE_OUT);
+    if (p->reads_v2 && !p->paged && !a->v2)
+        return dp_fail(ctx, DIPOLE_ERR_INVALID_ARG, "v2 is NULL but variant %s reads it",
+                       dipole_variant_name(d->variant));
+    for (int i = 0; i < 4; i++) {
+        const dp_shape s = dp_shape_of(p, roles[i]);
+        if ((i == 0 || (!p->paged && in[i])) &&
+            (st = dp_check_tensor(ctx, names[i], in[i], dt, tb, s.seq, s.heads, s.dim)))
             return st;
     }
-    if (dp_tensor_self_overlaps(a->out, tb, d->seq_q, d->heads_q, d->head_dim))
+    if ((st = dp_check_tensor(ctx, "out", a->out, dt, tb, so.seq, so.heads, so.dim)))
+        return st;
+    if (dp_tensor_self_overlaps(a->out, tb, so.seq, so.heads, so.dim))
         return dp_fail(ctx, DIPOLE_ERR_INVALID_ARG,
                        "out strides (%zu, %zu, %zu) make distinct output rows overlap "
-                       "(seq_q %d, heads_q %d, head_dim %d)",
-                       a->out->stride_batch, a->out->stride_seq, a->out->stride_head, d->seq_q,
-                       d->heads_q, d->head_dim);
+                       "(seq_q %d, heads_q %d, head_dim_v %d)",
+                       a->out->stride_batch, a->out->stride_seq, a->out->stride_head, so.seq,
+                       so.heads, so.dim);
     if (a->lse && (st = dp_check_buffer(ctx, "lse", a->lse,
                                         (size_t)p->npoles * tb * d->heads_q * d->seq_q)))
         return st;
     size_t olo, ohi;
-    dp_span_of(a->out, tb, d->seq_q, d->heads_q, d->head_dim, &olo, &ohi);
-    const dipole_tensor *in[4] = {a->q, a->k, a->v, p->reads_v2 ? a->v2 : NULL};
-    const char *names[4] = {"q", "k", "v", "v2"};
+    dp_span_of(a->out, tb, so.seq, so.heads, so.dim, &olo, &ohi);
     for (int i = 0; i < (p->paged ? 1 : 4); i++) {
         if (!in[i] || in[i]->buffer != a->out->buffer)
             continue;
         size_t lo, hi;
-        const int seq = i == 0 ? d->seq_q : d->seq_k, heads = i == 0 ? d->heads_q : d->heads_kv;
-        dp_span_of(in[i], tb, seq, heads, d->head_dim, &lo, &hi);
+        const dp_shape s = dp_shape_of(p, roles[i]);
+        dp_span_of(in[i], tb, s.seq, s.heads, s.dim, &lo, &hi);
         if (lo < ohi && olo < hi)
             return dp_fail(ctx, DIPOLE_ERR_INVALID_ARG, "out overlaps %s in the same buffer",
                            names[i]);
@@ -202,13 +199,18 @@ dipole_status dipole_attention_host_lse(dipole_ctx *ctx, const dipole_attn_desc 
     }
     const dipole_attn_desc *d = &p.d;
     const size_t tb = (size_t)p.tensor_batch;
-    const size_t nq = tb * d->seq_q * d->heads_q * d->head_dim;
-    const size_t nk = tb * d->seq_k * d->heads_kv * d->head_dim;
+    const dp_role roles[LSE] = {DP_ROLE_Q, DP_ROLE_K, DP_ROLE_V, DP_ROLE_V, DP_ROLE_OUT};
+    dp_shape sh[LSE];
+    size_t n[LSE];
+    for (int i = 0; i < LSE; i++) {
+        sh[i] = dp_shape_of(&p, roles[i]);
+        n[i] = tb * sh[i].seq * sh[i].heads * sh[i].dim;
+    }
     const size_t nl = (size_t)p.npoles * tb * d->heads_q * d->seq_q;
     const size_t es = dipole_dtype_size(d->dtype);
-    const dp_host_array spec[NBUF] = {{q, nq * es, es, true},   {k, nk * es, es, true},
-                                      {v, nk * es, es, true},   {v2, nk * es, es, p.reads_v2},
-                                      {out, nq * es, es, true},
+    const dp_host_array spec[NBUF] = {{q, n[Q] * es, es, true},   {k, n[K] * es, es, true},
+                                      {v, n[V] * es, es, true},   {v2, n[V2] * es, es, p.reads_v2},
+                                      {out, n[OUT] * es, es, true},
                                       {lse, nl * sizeof(float), 0, lse != NULL}};
     /* Refuse before clCreateBuffer: a driver may accept an oversized request and then read
      * host memory it has no business reading, or fail deep inside a later call. */
@@ -227,8 +229,7 @@ dipole_status dipole_attention_host_lse(dipole_ctx *ctx, const dipole_attn_desc 
         goto done;
     dipole_tensor t[LSE];
     for (int i = 0; i < LSE; i++)
-        t[i] = i == Q || i == OUT ? dp_host_tensor(&bufs[i], d->seq_q, d->heads_q, d->head_dim)
-                                  : dp_host_tensor(&bufs[i], d->seq_k, d->heads_kv, d->head_dim);
+        t[i] = dp_host_tensor(&bufs[i], sh[i].seq, sh[i].heads, sh[i].dim);
     dp_args a = {.q = &t[Q], .k = &t[K], .v = &t[V], .v2 = p.reads_v2 ? &t[V2] : NULL,
                  .out = &t[OUT], .lse = bufs[LSE].buffer};
     st = dp_attention_locked(ctx, &p, &a, NULL);

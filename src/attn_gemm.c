@@ -25,6 +25,10 @@ dipole_status dp_gemm_plan(dipole_ctx *ctx, const dp_problem *p_in, dp_fwd_plan 
 {
     dipole_plan *pub = &plan->pub;
     dp_gemm_chunking *ch = &plan->chunking;
+    if (dp_needs_diff_or_dv(p_in)) {
+        snprintf(pub->reason, sizeof pub->reason, "gemm: " DP_DIFF_DV_TODO);
+        return DIPOLE_ERR_UNSUPPORTED;
+    }
     if (!dp_gemm_stage_fits(ctx, p_in, false, pub->reason, sizeof pub->reason))
         return DIPOLE_ERR_UNSUPPORTED;
     const double staged = dp_gemm_stage_bytes(p_in, false);

@@ -76,9 +76,13 @@ static bool use_splitk(const dipole_ctx *ctx, const dp_tile_config *tc, const dp
     return bytes != 0 && bytes <= ctx->props.max_alloc && bytes <= ctx->workspace_limit;
 }
 
-static dipole_status reject(dp_fwd_plan *plan, const char *fmt, int a, int b)
+static dipole_status reject(dp_fwd_plan *plan, const char *fmt, ...) DP_PRINTF(2, 3);
+static dipole_status reject(dp_fwd_plan *plan, const char *fmt, ...)
 {
-    snprintf(plan->pub.reason, sizeof plan->pub.reason, fmt, a, b);
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(plan->pub.reason, sizeof plan->pub.reason, fmt, ap);
+    va_end(ap);
     return DIPOLE_ERR_UNSUPPORTED;
 }
 
@@ -238,14 +242,19 @@ dipole_status dp_tiled_plan(dipole_ctx *ctx, const dp_problem *p, dp_fwd_plan *p
     const dp_device_props *dev = &ctx->props;
     const int d = p->d.head_dim;
     dipole_plan *pub = &plan->pub;
-    if (d > DP_TILED_MAX_HEAD_DIM)
-        return reject(plan, "tiled: head_dim %d exceeds the tiled kernel's maximum %d", d,
-                      DP_TILED_MAX_HEAD_DIM);
+    if (dp_max_head_dim(p) > DP_TILED_MAX_HEAD_DIM)
+        return reject(plan, "tiled: head_dim %d / head_dim_v %d exceeds the tiled kernel's "
+                            "maximum %d",
+                      d, p->dv, DP_TILED_MAX_HEAD_DIM);
     dp_tile_config tc;
     const char *source = dp_tile_config_for(ctx, &tc, &pub->config_source);
     snprintf(pub->config_label, sizeof pub->config_label, "%s", source);
+    if (tc.layout == DP_LAYOUT_CPU && dp_needs_diff_or_dv(p))
+        return reject(plan, "tiled/cpu: " DP_DIFF_DV_TODO);
     if (tc.layout == DP_LAYOUT_CPU)
         return plan_cpu(ctx, p, &tc, source, plan);
+    if (dp_needs_diff_or_dv(p))
+        return reject(plan, "tiled (group): " DP_DIFF_DV_TODO);
     const dipole_status split = plan_group_split(ctx, p, &tc, source, plan);
     if (split != DIPOLE_ERR_UNSUPPORTED)
         return split;

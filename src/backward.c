@@ -38,46 +38,50 @@ static dipole_status check_args(dipole_ctx *ctx, const dp_problem *p, const dp_b
     const struct {
         const char *name;
         const dipole_tensor *t;
-        bool query; /* [batch, seq_q, heads_q] rather than [batch, seq_k, heads_kv] */
+        dp_role role;
         bool wanted;
     } t[N_T] = {
-        {"q", a->q, true, true},      {"k", a->k, false, true},
-        {"v", a->v, false, true},     {"v2", a->v2, false, p->reads_v2},
-        {"out", a->out, true, true},  {"dout", a->dout, true, true},
-        {"dq", a->dq, true, true},    {"dk", a->dk, false, true},
-        {"dv", a->dv, false, true},   {"dv2", a->dv2, false, p->reads_v2},
+        {"q", a->q, DP_ROLE_Q, true},        {"k", a->k, DP_ROLE_K, true},
+        {"v", a->v, DP_ROLE_V, true},        {"v2", a->v2, DP_ROLE_V, p->reads_v2},
+        {"out", a->out, DP_ROLE_OUT, true},  {"dout", a->dout, DP_ROLE_OUT, true},
+        {"dq", a->dq, DP_ROLE_Q, true},      {"dk", a->dk, DP_ROLE_K, true},
+        {"dv", a->dv, DP_ROLE_V, true},      {"dv2", a->dv2, DP_ROLE_V, p->reads_v2},
     };
     dipole_status st;
     size_t lo[N_T], hi[N_T];
+    dp_shape sh[N_T];
     for (int i = 0; i < N_T; i++) {
         if (!t[i].wanted)
             continue;
         if (!t[i].t && (i == 3 || i == 9))
             return dp_fail(ctx, DIPOLE_ERR_INVALID_ARG, "%s is NULL but variant %s reads v2",
                            t[i].name, dipole_variant_name(d->variant));
-        const int seq = t[i].query ? d->seq_q : d->seq_k;
-        const int heads = t[i].query ? d->heads_q : d->heads_kv;
-        if ((st = dp_check_tensor(ctx, t[i].name, t[i].t, d->dtype, tb, seq, heads,
-                                  d->head_dim)))
+        sh[i] = dp_shape_of(p, t[i].role);
+        if ((st = dp_check_tensor(ctx, t[i].name, t[i].t, d->dtype, tb, sh[i].seq, sh[i].heads,
+                                  sh[i].dim)))
             return st;
-        dp_span_of(t[i].t, tb, seq, heads, d->head_dim, &lo[i], &hi[i]);
+        dp_span_of(t[i].t, tb, sh[i].seq, sh[i].heads, sh[i].dim, &lo[i], &hi[i]);
         if (i >= FIRST_OUT &&
-            dp_tensor_self_overlaps(t[i].t, tb, seq, heads, d->head_dim))
+            dp_tensor_self_overlaps(t[i].t, tb, sh[i].seq, sh[i].heads, sh[i].dim))
             return dp_fail(ctx, DIPOLE_ERR_INVALID_ARG,
                            "%s strides make its rows overlap (work-items would race on them)",
                            t[i].name);
     }
+    /* Two tensors of one buffer: the packed-layout test where their head dims agree, disjoint
+     * spans otherwise. */
     for (int o = FIRST_OUT; o < N_T; o++)
         for (int i = 0; i < N_T && t[o].wanted; i++)
             if (i != o && t[i].wanted &&
-                may_overlap(t[o].t, lo[o], hi[o], t[o].query ? d->heads_q : d->heads_kv, t[i].t,
-                            lo[i], hi[i], t[i].query ? d->heads_q : d->heads_kv, d->head_dim))
+                (sh[o].dim == sh[i].dim
+                     ? may_overlap(t[o].t, lo[o], hi[o], sh[o].heads, t[i].t, lo[i], hi[i],
+                                   sh[i].heads, sh[o].dim)
+                     : t[o].t->buffer == t[i].t->buffer && lo[o] < hi[i] && lo[i] < hi[o]))
                 return dp_fail(ctx, DIPOLE_ERR_INVALID_ARG, "%s overlaps %s in the same buffer",
                                t[o].name, t[i].name);
     if ((st = dp_check_buffer(ctx, "lse", a->lse,
                               (size_t)p->npoles * tb * d->heads_q * d->seq_q)))
         return st;
-    const bool weights = d->variant == DIPOLE_TWO_POLE;
+    const bool weights = p->weighted;
     if (weights && a->dpos && (st = dp_check_buffer(ctx, "dpos_weight", a->dpos, (size_t)d->heads_q)))
         return st;
     if (weights && a->dneg && (st = dp_check_buffer(ctx, "dneg_weight", a->dneg, (size_t)d->heads_q)))
@@ -106,7 +110,7 @@ static dipole_status bwd_choose(dipole_ctx *ctx, const dp_problem *p, dp_bwd_pla
     memset(plan, 0, sizeof *plan);
     const dipole_path want = dp_requested_path(ctx, p);
     if (want != DIPOLE_PATH_GEMM &&
-        !(want == DIPOLE_PATH_AUTO && p->d.head_dim > DP_BWD_MAX_HEAD_DIM)) {
+        !(want == DIPOLE_PATH_AUTO && dp_max_head_dim(p) > DP_BWD_MAX_HEAD_DIM)) {
         const dipole_status st = dp_bwd_tiled_plan(ctx, p, plan);
         if (st != DIPOLE_ERR_UNSUPPORTED || want != DIPOLE_PATH_AUTO)
             return st;
@@ -199,7 +203,7 @@ dipole_status dipole_attention_backward_host(dipole_ctx *ctx, const dipole_attn_
                      missing);
         goto unlock;
     }
-    if (dp_requested_path(ctx, &p) == DIPOLE_PATH_TILED && p.d.head_dim > DP_BWD_MAX_HEAD_DIM) {
+    if (dp_requested_path(ctx, &p) == DIPOLE_PATH_TILED && dp_max_head_dim(&p) > DP_BWD_MAX_HEAD_DIM) {
         /* fail before running a forward for nothing */
         dp_bwd_plan plan;
         st = dp_bwd_tiled_plan(ctx, &p, &plan);
@@ -207,26 +211,28 @@ dipole_status dipole_attention_backward_host(dipole_ctx *ctx, const dipole_attn_
     }
     const dipole_attn_desc *d = &p.d;
     const size_t tb = (size_t)p.tensor_batch;
-    const size_t nq = tb * d->seq_q * d->heads_q * d->head_dim;
-    const size_t nk = tb * d->seq_k * d->heads_kv * d->head_dim;
+    const dp_shape sq = dp_shape_of(&p, DP_ROLE_Q), sk = dp_shape_of(&p, DP_ROLE_K),
+                   sv = dp_shape_of(&p, DP_ROLE_V), so = dp_shape_of(&p, DP_ROLE_OUT);
+    const size_t nq = tb * sq.seq * sq.heads * sq.dim, nk = tb * sk.seq * sk.heads * sk.dim;
+    const size_t nv = tb * sv.seq * sv.heads * sv.dim, no = tb * so.seq * so.heads * so.dim;
     const size_t nl = (size_t)p.npoles * tb * d->heads_q * d->seq_q;
-    const bool two_pole = d->variant == DIPOLE_TWO_POLE;
+    const bool weighted = p.weighted;
     const size_t es = dipole_dtype_size(d->dtype), fs = sizeof(float);
     /* the forward's out and lse are the call's own buffers (host NULL) */
     const dp_host_array spec[NBUF] = {
         [Q] = {q, nq * es, es, true},
         [K] = {k, nk * es, es, true},
-        [V] = {v, nk * es, es, true},
-        [V2] = {v2, nk * es, es, p.reads_v2},
-        [DOUT] = {dout, nq * es, es, true},
-        [OUT] = {NULL, nq * es, es, true},
+        [V] = {v, nv * es, es, true},
+        [V2] = {v2, nv * es, es, p.reads_v2},
+        [DOUT] = {dout, no * es, es, true},
+        [OUT] = {NULL, no * es, es, true},
         [LSE] = {NULL, nl * fs, 0, true},
         [DQ] = {dq, nq * es, es, true},
         [DK] = {dk, nk * es, es, true},
-        [DV] = {dv, nk * es, es, true},
-        [DV2] = {dv2, nk * es, es, p.reads_v2},
-        [DPOS] = {dpos_weight, (size_t)d->heads_q * fs, 0, two_pole && dpos_weight},
-        [DNEG] = {dneg_weight, (size_t)d->heads_q * fs, 0, two_pole && dneg_weight},
+        [DV] = {dv, nv * es, es, true},
+        [DV2] = {dv2, nv * es, es, p.reads_v2},
+        [DPOS] = {dpos_weight, (size_t)d->heads_q * fs, 0, weighted && dpos_weight},
+        [DNEG] = {dneg_weight, (size_t)d->heads_q * fs, 0, weighted && dneg_weight},
     };
     if (st == DIPOLE_SUCCESS)
         st = dp_host_stage(ctx, spec, NBUF, DOUT + 1, bufs);
@@ -240,11 +246,15 @@ dipole_status dipole_attention_backward_host(dipole_ctx *ctx, const dipole_attn_
         goto release;
 
     /* Entries for lse and the weight gradients are filled too and never read as tensors. */
-    static const bool query_side[NBUF] = {[Q] = true, [DOUT] = true, [OUT] = true, [DQ] = true};
+    static const dp_role roles[NBUF] = {[Q] = DP_ROLE_Q,     [K] = DP_ROLE_K,     [V] = DP_ROLE_V,
+                                        [V2] = DP_ROLE_V,    [DOUT] = DP_ROLE_OUT,
+                                        [OUT] = DP_ROLE_OUT, [DQ] = DP_ROLE_Q,    [DK] = DP_ROLE_K,
+                                        [DV] = DP_ROLE_V,    [DV2] = DP_ROLE_V};
     dipole_tensor t[NBUF];
-    for (int i = 0; i < NBUF; i++)
-        t[i] = query_side[i] ? dp_host_tensor(&bufs[i], d->seq_q, d->heads_q, d->head_dim)
-                             : dp_host_tensor(&bufs[i], d->seq_k, d->heads_kv, d->head_dim);
+    for (int i = 0; i < NBUF; i++) {
+        const dp_shape s = dp_shape_of(&p, roles[i]);
+        t[i] = dp_host_tensor(&bufs[i], s.seq, s.heads, s.dim);
+    }
     const dipole_tensor *pv2 = p.reads_v2 ? &t[V2] : NULL;
     st = dipole_attention(ctx, &fdesc, &t[Q], &t[K], &t[V], pv2, &t[OUT], bufs[LSE].buffer, NULL);
 

@@ -183,6 +183,8 @@ dipole_status dp_gemm_backward_plan(dipole_ctx *ctx, const dp_problem *p_in, dp_
      * whose orientations its fast kernel does not take directly. */
     char reason[256];
     dp_gemm_chunking *ch = &plan->chunking;
+    if (dp_needs_diff_or_dv(p_in))
+        return dp_fail(ctx, DIPOLE_ERR_UNSUPPORTED, "backward gemm: " DP_DIFF_DV_TODO);
     if (!dp_gemm_stage_fits(ctx, p_in, true, reason, sizeof reason))
         return dp_fail(ctx, DIPOLE_ERR_UNSUPPORTED, "backward %s", reason);
     const double staged = dp_gemm_stage_bytes(p_in, true);
@@ -194,7 +196,7 @@ dipole_status dp_gemm_backward_plan(dipole_ctx *ctx, const dp_problem *p_in, dp_
                                             reason, sizeof reason);
     if (st == DIPOLE_ERR_UNSUPPORTED)
         return dp_fail(ctx, st, "%s", reason);
-    if (st == DIPOLE_SUCCESS && p->d.variant == DIPOLE_TWO_POLE)
+    if (st == DIPOLE_SUCCESS && p->weighted)
         st = dp_bwd_dweights_plan(ctx, p, &plan->dweights);
     if (st != DIPOLE_SUCCESS)
         return st;
@@ -246,7 +248,7 @@ static dipole_status run_f32(dipole_ctx *ctx, const dp_problem *p, const dp_bwd_
     if (st != DIPOLE_SUCCESS)
         return st;
 
-    const bool want_dw = d->variant == DIPOLE_TWO_POLE && (a->dpos || a->dneg);
+    const bool want_dw = p->weighted && (a->dpos || a->dneg);
     const size_t s_bytes = dp_gemm_score_bytes(p, ch);
     st = dp_gemm_scores_alloc(ctx, &w.g, ch->slices, s_bytes, "gemm backward", &w.s);
     if (st == DIPOLE_SUCCESS)

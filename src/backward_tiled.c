@@ -68,12 +68,16 @@ static dipole_status plan_cpu(dipole_ctx *ctx, const dp_problem *p, dp_bwd_tiles
 dipole_status dp_bwd_tiled_plan(dipole_ctx *ctx, const dp_problem *p, dp_bwd_plan *plan)
 {
     dp_bwd_tiles *t = &plan->tiles;
-    if (p->d.head_dim > DP_BWD_MAX_HEAD_DIM)
+    if (dp_max_head_dim(p) > DP_BWD_MAX_HEAD_DIM)
         return dp_fail(ctx, DIPOLE_ERR_UNSUPPORTED,
-                       "backward: head_dim %d exceeds the tiled backward kernels' maximum %d "
-                       "(the GEMM path has no such limit)",
-                       p->d.head_dim, DP_BWD_MAX_HEAD_DIM);
+                       "backward: head_dim %d / head_dim_v %d exceeds the tiled backward "
+                       "kernels' maximum %d (the GEMM path has no such limit)",
+                       p->d.head_dim, p->dv, DP_BWD_MAX_HEAD_DIM);
     t->cpu = dp_tiled_cpu_layout(ctx);
+    if (t->cpu && dp_needs_diff_or_dv(p))
+        return dp_fail(ctx, DIPOLE_ERR_UNSUPPORTED, "backward tiled/cpu: " DP_DIFF_DV_TODO);
+    if (!t->cpu && dp_needs_diff_or_dv(p))
+        return dp_fail(ctx, DIPOLE_ERR_UNSUPPORTED, "backward tiled (group): " DP_DIFF_DV_TODO);
     dipole_status st;
     if (t->cpu && (st = plan_cpu(ctx, p, t)) != DIPOLE_SUCCESS) {
         if (st != DIPOLE_ERR_UNSUPPORTED)
@@ -92,7 +96,7 @@ dipole_status dp_bwd_tiled_plan(dipole_ctx *ctx, const dp_problem *p, dp_bwd_pla
         t->block_n = plan->kernels.block_n;
     }
     /* d alpha, d beta (TWO_POLE): the util program's kernel, fitted as on the GEMM path */
-    if (p->d.variant == DIPOLE_TWO_POLE &&
+    if (p->weighted &&
         (st = dp_bwd_dweights_plan(ctx, p, &plan->dweights)) != DIPOLE_SUCCESS)
         return st;
     dipole_plan *pub = &plan->pub;
@@ -241,7 +245,7 @@ dipole_status dp_bwd_tiled_run(dipole_ctx *ctx, const dp_problem *p, const dp_bw
 {
     const dipole_attn_desc *d = &p->d;
     const dp_bwd_tiles *t = &bp->tiles;
-    const bool want_dw = d->variant == DIPOLE_TWO_POLE && (a->dpos || a->dneg);
+    const bool want_dw = p->weighted && (a->dpos || a->dneg);
     const size_t nstat = (size_t)p->npoles * p->tensor_batch * d->heads_q * d->seq_q;
     bwd_bufs s = {cb->key_lengths, cb->pole_weights, cb->alibi_slopes, NULL, NULL};
     dipole_status st = dp_scratch(ctx, nstat * sizeof(float), "delta", &s.delta);

@@ -102,7 +102,7 @@ dipole_status dp_problem_init(dipole_ctx *ctx, const dipole_attn_desc *desc, dp_
 {
     if (!desc)
         return dp_fail(ctx, DIPOLE_ERR_INVALID_ARG, "desc is NULL");
-    if ((unsigned)desc->variant > DIPOLE_TWO_POLE)
+    if ((unsigned)desc->variant > DIPOLE_DIFF)
         return dp_fail(ctx, DIPOLE_ERR_INVALID_ARG, "desc.variant = %d is not a dipole_variant",
                        (int)desc->variant);
     if (!dipole_dtype_size(desc->dtype))
@@ -120,17 +120,28 @@ dipole_status dp_problem_init(dipole_ctx *ctx, const dipole_attn_desc *desc, dp_
         (st = check_dim(ctx, "seq_k", desc->seq_k, DP_MAX_SEQ)) ||
         (st = check_dim(ctx, "head_dim", desc->head_dim, DP_MAX_HEAD_DIM)))
         return st;
+    if (desc->head_dim_v != 0 &&
+        (st = check_dim(ctx, "head_dim_v", desc->head_dim_v, DP_MAX_HEAD_DIM)))
+        return st;
+    const int dv = desc->head_dim_v ? desc->head_dim_v : desc->head_dim,
+              nscores = desc->variant == DIPOLE_DIFF ? 2 : 1;
+    if (desc->heads_q > INT_MAX / nscores)
+        return dp_fail(ctx, DIPOLE_ERR_INVALID_ARG,
+                       "desc.heads_q = %d: DIFF's q holds 2 heads_q heads, more than an int",
+                       desc->heads_q);
     if (desc->heads_q % desc->heads_kv != 0)
         return dp_fail(ctx, DIPOLE_ERR_INVALID_ARG,
                        "desc.heads_q = %d is not a multiple of desc.heads_kv = %d", desc->heads_q,
                        desc->heads_kv);
-    if (!tensor_bytes(desc->batch, desc->seq_q, desc->heads_q, desc->head_dim) ||
-        !tensor_bytes(desc->batch, desc->seq_k, desc->heads_kv, desc->head_dim) ||
+    if (!tensor_bytes(desc->batch, desc->seq_q, nscores * desc->heads_q, desc->head_dim) ||
+        !tensor_bytes(desc->batch, desc->seq_k, nscores * desc->heads_kv, desc->head_dim) ||
+        !tensor_bytes(desc->batch, desc->seq_q, desc->heads_q, dv) ||
+        !tensor_bytes(desc->batch, desc->seq_k, desc->heads_kv, dv) ||
         !tensor_bytes(desc->batch, desc->heads_q, desc->seq_q, 2))
         return dp_fail(ctx, DIPOLE_ERR_INVALID_ARG,
                        "tensor sizes overflow size_t (batch %d, heads_q %d, seq_q %d, seq_k %d, "
-                       "head_dim %d)",
-                       desc->batch, desc->heads_q, desc->seq_q, desc->seq_k, desc->head_dim);
+                       "head_dim %d, head_dim_v %d)",
+                       desc->batch, desc->heads_q, desc->seq_q, desc->seq_k, desc->head_dim, dv);
     if (isnan(desc->scale) || isinf(desc->scale))
         return dp_fail(ctx, DIPOLE_ERR_INVALID_ARG, "desc.scale = %g is not finite",
                        (double)desc->scale);
@@ -147,7 +158,7 @@ dipole_status dp_problem_init(dipole_ctx *ctx, const dipole_attn_desc *desc, dp_
                                desc->key_lengths[b], desc->seq_k);
     if ((st = check_packed(ctx, desc)) || (st = check_score_mods(ctx, desc)))
         return st;
-    if (desc->variant == DIPOLE_TWO_POLE) {
+    if (desc->variant == DIPOLE_TWO_POLE || desc->variant == DIPOLE_DIFF) {
         const float *w[2] = {desc->pos_weight, desc->neg_weight};
         for (int s = 0; s < 2; s++)
             for (int h = 0; w[s] && h < desc->heads_q; h++)
@@ -179,7 +190,23 @@ dipole_status dp_problem_init(dipole_ctx *ctx, const dipole_attn_desc *desc, dp_
     p->softcap = desc->softcap > 0.0f;
     p->alibi = desc->alibi_slopes != NULL;
     p->bias = !desc->bias ? 0 : desc->bias->dtype == DIPOLE_F32 ? 1 : 2;
+    p->dv = dv;
+    p->nscores = nscores;
+    p->weighted = desc->variant == DIPOLE_TWO_POLE || desc->variant == DIPOLE_DIFF;
+    p->q_heads = nscores * desc->heads_q;
+    p->k_heads = nscores * desc->heads_kv;
     return DIPOLE_SUCCESS;
+}
+
+dp_shape dp_shape_of(const dp_problem *p, dp_role role)
+{
+    const bool query = role == DP_ROLE_Q || role == DP_ROLE_OUT;
+    dp_shape s = {query ? p->d.seq_q : p->d.seq_k, 0, 0};
+    s.heads = role == DP_ROLE_Q ? p->q_heads : role == DP_ROLE_K ? p->k_heads
+              : query           ? p->d.heads_q
+                                : p->d.heads_kv;
+    s.dim = role == DP_ROLE_Q || role == DP_ROLE_K ? p->d.head_dim : p->dv;
+    return s;
 }
 
 dipole_status dipole_attn_desc_validate(const dipole_attn_desc *desc)

@@ -304,6 +304,7 @@ static dp_kernel_config rowwise_config(const void *user, int size)
     const int rows = size < DP_ROWWISE_ROWS ? size : DP_ROWWISE_ROWS;
     dp_kernel_config cfg = dp_kernel_config_for(p, DP_KERNEL_ROWWISE, rows, size / rows, size);
     cfg.head_dim = 1; /* the kernel never sees head_dim: one program serves all of them */
+    cfg.head_dim_v = 1;
     /* It reads float scores whatever the storage; only a bias in the storage dtype needs
      * DP_STORAGE (so every other call shares the float program). */
     cfg.dtype = p->bias == 2 ? p->d.dtype : DIPOLE_F32;

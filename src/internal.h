@@ -53,6 +53,7 @@ typedef struct dp_kernel_config {
     dp_kernel_kind kind;
     dipole_variant variant;
     int head_dim;
+    int head_dim_v; /* of v, v2, out (HEAD_DIM_V): head_dim unless the problem says otherwise */
     int causal;
     int has_window;
     int block_m;    /* query rows per work-group (or per work-item on the CPU layout) */
@@ -119,7 +120,31 @@ typedef struct dp_problem {
     bool softcap;     /* desc.softcap > 0 */
     bool alibi;       /* desc.alibi_slopes given */
     int bias;         /* 0 none, 1 float32, 2 in the storage dtype */
+    int dv;           /* head dim of v, v2, out (desc.head_dim_v resolved) */
+    bool weighted;    /* the variant weighs its poles by alpha, beta (TWO_POLE, DIFF) */
+    int nscores;      /* score maps: 2 for DIFF (each pole its own q and k heads), else 1 */
+    int q_heads;      /* heads of q (and dq): nscores heads_q */
+    int k_heads;      /* heads of k (and dk; paged: of the key pages): nscores heads_kv */
 } dp_problem;
+/* The shape [seq, heads, dim] (of the tensors' batch) of each kind of tensor a call takes:
+ * q and dq; k and dk; v, v2, dv, dv2; out and dout. DIFF's q and k hold two heads per head. */
+typedef enum dp_role { DP_ROLE_Q, DP_ROLE_K, DP_ROLE_V, DP_ROLE_OUT } dp_role;
+typedef struct dp_shape {
+    int seq, heads, dim;
+} dp_shape;
+dp_shape dp_shape_of(const dp_problem *p, dp_role role);
+/* The larger of the two head dims (the tiled kernels' limit applies to both). */
+static inline int dp_max_head_dim(const dp_problem *p)
+{
+    return p->d.head_dim > p->dv ? p->d.head_dim : p->dv;
+}
+/* Whether a problem needs a kernel that knows DIFF's score maps or a value head dim of its
+ * own: the paths that do not yet refuse it with this as the reason. */
+static inline bool dp_needs_diff_or_dv(const dp_problem *p)
+{
+    return p->d.variant == DIPOLE_DIFF || p->dv != p->d.head_dim;
+}
+#define DP_DIFF_DV_TODO "DIFF and head_dim_v != head_dim are not implemented here yet"
 /* Validates desc (message via dp_fail on ctx, which may be NULL) and resolves defaults. */
 dipole_status dp_problem_init(dipole_ctx *ctx, const dipole_attn_desc *desc, dp_problem *p);
 /* The name of the first missing host array of a backward call (v2 and dv2 count only where

@@ -269,7 +269,7 @@ dipole_status dp_call_buffers_upload(dipole_ctx *ctx, const dp_problem *p, dp_ca
     if (st == DIPOLE_SUCCESS && p->alibi)
         st = dp_upload(ctx, d->alibi_slopes, sizeof(float) * (size_t)d->heads_q, "alibi_slopes",
                        &b->alibi_slopes);
-    if (st == DIPOLE_SUCCESS && d->variant == DIPOLE_TWO_POLE && (d->pos_weight || d->neg_weight)) {
+    if (st == DIPOLE_SUCCESS && p->weighted && (d->pos_weight || d->neg_weight)) {
         const size_t hq = (size_t)d->heads_q;
         float *w = malloc(sizeof(float) * 2 * hq);
         if (!w)

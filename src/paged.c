@@ -237,6 +237,9 @@ dipole_status dipole_attention_paged(dipole_ctx *ctx, const dipole_attn_desc *de
     dipole_status st = dp_call_begin(ctx, call, desc, event, &p);
     if (!ctx)
         return st;
+    if (st == DIPOLE_SUCCESS && dp_needs_diff_or_dv(&p))
+        st = dp_fail(ctx, DIPOLE_ERR_UNSUPPORTED,
+                     "%s: paged caches take neither DIFF nor head_dim_v != head_dim yet", call);
     const dipole_tensor *const pools[3] = {k_pages, v_pages, v2_pages};
     static const char *const names[3] = {"k_pages", "v_pages", "v2_pages"};
     paged_view view = {0};
@@ -413,6 +416,9 @@ dipole_status dipole_paged_kv_write(dipole_ctx *ctx, const dipole_attn_desc *des
     dipole_status st = dp_call_begin(ctx, call, desc, event, &p);
     if (!ctx)
         return st;
+    if (st == DIPOLE_SUCCESS && dp_needs_diff_or_dv(&p))
+        st = dp_fail(ctx, DIPOLE_ERR_UNSUPPORTED,
+                     "%s: paged caches take neither DIFF nor head_dim_v != head_dim yet", call);
     const dipole_tensor *const pools[3] = {k_pages, v_pages, v2_pages};
     const dipole_tensor *const srcs[3] = {k_new, v_new, v2_new};
     static const char *const names[7] = {"k_pages", "v_pages", "v2_pages",          "k_new",

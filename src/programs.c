@@ -40,6 +40,7 @@ dp_kernel_config dp_kernel_config_for(const dp_problem *p, dp_kernel_kind kind, 
     cfg.kind = kind;
     cfg.variant = p->d.variant;
     cfg.head_dim = p->d.head_dim;
+    cfg.head_dim_v = p->dv;
     cfg.causal = p->d.causal != 0;
     cfg.has_window = p->has_window;
     cfg.block_m = block_m;
@@ -101,6 +102,9 @@ void dp_build_options(const dipole_ctx *ctx, const dp_kernel_config *cfg, char *
             strncat(grid, " -DHAS_ALIBI=1", sizeof grid - strlen(grid) - 1);
         if (cfg->bias)
             snprintf(grid + strlen(grid), sizeof grid - strlen(grid), " -DHAS_BIAS=%d", cfg->bias);
+        if (cfg->head_dim_v && cfg->head_dim_v != cfg->head_dim)
+            snprintf(grid + strlen(grid), sizeof grid - strlen(grid), " -DHEAD_DIM_V=%d",
+                     cfg->head_dim_v);
         snprintf(buf, cap,
              "-cl-std=CL1.2 -DDP_STORAGE=%d -DVARIANT=%d -DHEAD_DIM=%d -DIS_CAUSAL=%d "
              "-DHAS_WINDOW=%d -DBLOCK_M=%d -DBLOCK_N=%d -DWORK_GROUP=%d%s%s",

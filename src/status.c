@@ -122,6 +122,8 @@ const char *dipole_variant_name(dipole_variant variant)
         return "routed";
     case DIPOLE_TWO_POLE:
         return "two_pole";
+    case DIPOLE_DIFF:
+        return "diff";
     }
     return "unknown";
 }
@@ -141,5 +143,5 @@ const char *dipole_path_name(dipole_path path)
 
 int dipole_lse_count(dipole_variant variant)
 {
-    return variant == DIPOLE_TWO_POLE ? 2 : 1;
+    return variant == DIPOLE_TWO_POLE || variant == DIPOLE_DIFF ? 2 : 1;
 }

@@ -6,8 +6,13 @@
  *   DIPOLE_SIGNEXP   sum_j sign(s_j) softmax(|s|)_j v_j            (sign(0) = 0)
  *   DIPOLE_ROUTED    sum_j softmax(|s|)_j (s_j > 0 ? v_j : v2_j)
  *   DIPOLE_TWO_POLE  a_h sum_j softmax(s)_j v_j + b_h sum_j softmax(-s)_j v2_j
+ *   DIPOLE_DIFF      a_h sum_j softmax(s0)_j v_j + b_h sum_j softmax(s1)_j v_j
+ * where DIFF (differential attention) scores each pole p with its own query and key heads:
+ * s_p = scale q_p.k_p, q holding 2 heads_q heads and k 2 heads_kv, the pole fastest (head
+ * 2h + p is pole p of head h).
  *
- * Layout: tensors are [batch, seq, heads, head_dim] with head_dim contiguous; device
+ * Layout: tensors are [batch, seq, heads, head_dim] with head_dim contiguous (v, v2 and out
+ * with head_dim_v, which is head_dim unless the descriptor says otherwise); device
  * tensors may use any element offset and (batch, seq, head) strides, so packed QKV works
  * without copies. Query head h reads key/value head h / (heads_q / heads_kv) (GQA/MQA).
  *
@@ -79,10 +84,11 @@ typedef enum dipole_variant {
     DIPOLE_SOFTMAX = 0,
     DIPOLE_SIGNEXP = 1,
     DIPOLE_ROUTED = 2,
-    DIPOLE_TWO_POLE = 3
+    DIPOLE_TWO_POLE = 3,
+    DIPOLE_DIFF = 4
 } dipole_variant;
 
-/* Static name ("softmax", "signexp", "routed", "two_pole"), or "unknown". */
+/* Static name ("softmax", "signexp", "routed", "two_pole", "diff"), or "unknown". */
 DIPOLE_API const char *dipole_variant_name(dipole_variant variant);
 
 typedef enum dipole_path {
@@ -133,8 +139,10 @@ typedef struct dipole_attn_desc {
     /* Host array [batch] of valid key counts in [0, seq_k], or NULL for seq_k everywhere.
      * With it, the causal/window diagonal of batch b uses key_lengths[b] in place of seq_k. */
     const int *key_lengths;
-    const float *pos_weight; /* TWO_POLE: host array [heads_q] of alpha_h, NULL = all 1 */
-    const float *neg_weight; /* TWO_POLE: host array [heads_q] of beta_h,  NULL = all 1 */
+    /* TWO_POLE and DIFF: host arrays [heads_q] of alpha_h and beta_h, NULL = all 1 (the Diff
+     * Transformer's out = softmax(s0)V - lambda softmax(s1)V is alpha 1, beta -lambda). */
+    const float *pos_weight;
+    const float *neg_weight;
     dipole_path path;
     /* Storage of q, k, v, v2 and out; in the backward also dout, dq, dk, dv, dv2. Offsets and
      * strides stay in elements; lse and the pole weights stay float32. */
@@ -156,6 +164,10 @@ typedef struct dipole_attn_desc {
     float softcap;
     /* An additive score bias (see dipole_bias), NULL = none. */
     const struct dipole_bias *bias;
+    /* Head dim of v, v2 and out (and of dout, dv, dv2), 0 = head_dim; any variant. The tiled
+     * path takes both head dims up to 256, the GEMM path any (the Diff Transformer's layout is
+     * head_dim_v = 2 head_dim; MLA-style models use 192 / 128). */
+    int head_dim_v;
 } dipole_attn_desc;
 
 /* An additive bias on the scores, added after soft-capping and ALiBi, before the variant:
@@ -178,14 +190,15 @@ typedef struct dipole_bias {
 
 /* Fills every field with its default: SOFTMAX, sizes 0 (to be set), scale 0 (1/sqrt(d)),
  * no causal mask, windows -1, no key lengths, unit pole weights, DIPOLE_PATH_AUTO, DIPOLE_F32,
- * not packed, no ALiBi, no soft-cap, no bias. */
+ * not packed, no ALiBi, no soft-cap, no bias, head_dim_v 0 (head_dim). */
 DIPOLE_API void dipole_attn_desc_default(dipole_attn_desc *desc);
 
 /* Checks a descriptor without a device. DIPOLE_SUCCESS or DIPOLE_ERR_INVALID_ARG (message on
  * the thread names the field and value). */
 DIPOLE_API dipole_status dipole_attn_desc_validate(const dipole_attn_desc *desc);
 
-/* Number of log-sum-exp statistics per query row: 2 for TWO_POLE (pole + then pole -), else 1. */
+/* Number of log-sum-exp statistics per query row: 2 for TWO_POLE (pole + then pole -) and DIFF
+ * (pole 0 then pole 1), else 1. */
 DIPOLE_API int dipole_lse_count(dipole_variant variant);
 
 /* ---------------------------------------------------------------- context */
@@ -328,8 +341,10 @@ typedef struct dipole_tensor {
 /* A dense contiguous [batch, seq, heads, head_dim] tensor at element offset 0. */
 DIPOLE_API dipole_tensor dipole_tensor_dense(cl_mem buffer, int seq, int heads, int head_dim);
 
-/* Enqueues attention on the context's queue. q, out: [batch, seq_q, heads_q, head_dim];
- * k, v, v2: [batch, seq_k, heads_kv, head_dim]; v2 may be NULL except for ROUTED and TWO_POLE.
+/* Enqueues attention on the context's queue. q: [batch, seq_q, heads_q, head_dim] (DIFF:
+ * 2 heads_q heads), k: [batch, seq_k, heads_kv, head_dim] (DIFF: 2 heads_kv), v, v2:
+ * [batch, seq_k, heads_kv, head_dim_v], out: [batch, seq_q, heads_q, head_dim_v]; v2 may be NULL
+ * except for ROUTED and TWO_POLE.
  * lse: NULL, or a float buffer [dipole_lse_count, batch, heads_q, seq_q] that receives each row's
  * log-sum-exp of its pole logits (-inf for a row that sees no key), as the backward pass needs.
  * event: NULL, or receives an event for the last command (release it with clReleaseEvent).
@@ -426,7 +441,7 @@ DIPOLE_API dipole_status dipole_paged_kv_write(dipole_ctx *ctx, const dipole_att
 /* Gradients of the forward pass. out and lse are the forward's results for the same inputs;
  * dout has out's shape. dq, dk, dv (and dv2 where the variant reads v2) receive gradients with
  * their inputs' shapes; they are overwritten, not accumulated. dpos_weight / dneg_weight: NULL,
- * or float buffers [heads_q] receiving d/d alpha_h and d/d beta_h (TWO_POLE only).
+ * or float buffers [heads_q] receiving d/d alpha_h and d/d beta_h (TWO_POLE and DIFF only).
  * Deterministic: the same inputs give bit-identical gradients run to run. The path follows
  * desc->path and env DIPOLE_PATH as the forward's: tiled kernels up to head_dim 256, else the
  * GEMM path (CLBlast, any head_dim, scratch under the context's workspace limit); a forced

@@ -167,6 +167,11 @@ def test_odd_heads_refused(ctx):
                      torch.from_numpy(v), variant="diff")
 
 
+def test_module_refuses_diff():
+    with pytest.raises(ValueError, match="DipoleAttention has no DIFF projections"):
+        dt.DipoleAttention(64, 4, variant="diff")
+
+
 def test_value_shape_refused(ctx):
     q, k, v, _, _, _ = make("paper")
     # v with k's heads (2 Hkv) rather than Hkv

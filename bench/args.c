@@ -22,7 +22,8 @@ void bench_usage(FILE *f)
         "                         (repeatable; default: $DIPOLE_DEVICE, else the best GPU)\n"
         "  --all                  every device of every platform\n"
         "grid (comma lists; each has a default, smaller on CPU devices):\n"
-        "  --variants LIST        softmax,signexp,routed,two_pole or all   [all]\n"
+        "  --variants LIST        softmax,signexp,routed,two_pole,diff or all\n"
+        "                         [softmax,signexp,routed,two_pole; with --diff also diff]\n"
         "  --head-dims LIST       head_dim values                          [GPU 64,128; CPU 64]\n"
         "  --seq LIST             seq_q = seq_k values; A..B doubles from A to B\n"
         "                         [GPU 512..8192; CPU 256..1024]\n"
@@ -37,7 +38,15 @@ void bench_usage(FILE *f)
         "                         bytes; column kv (pack, pad), x_pad = padded time / packed\n"
         "                         time on the packed row; without --batch-heads the default\n"
         "                         shapes become quick 4x1, CPU 4x2, GPU 8x4  [off]\n"
+        "  --diff                 each DIFF row (forward and backward) also as two SOFTMAX\n"
+        "                         calls, one per pole, on views of q and k (offset +\n"
+        "                         p stride_head, stride_head doubled), each into its own out\n"
+        "                         (the backward: its own out, lse and dv), without the\n"
+        "                         combine; x_2sm = two calls' time / the fused call's, on\n"
+        "                         the fused row; the twin is timed, not validated  [off]\n"
+        "  --head-dim-v N         v's and out's head dim for every point; 0 = head_dim  [0]\n"
         "  --batch-heads LIST     BxH or BxHq:Hkv (GQA) items               [GPU 2x16; CPU 1x8]\n"
+        "                         (heads of the query: DIFF's q and k hold two a head)\n"
         "  --causal LIST          off,on                                    [off,on]\n"
         "  --path LIST            tiled,gemm,auto                           [tiled,gemm]\n"
         "  --dtype LIST           f32,f16,bf16 or all: storage of q, k, v, v2, out and the\n"
@@ -66,7 +75,8 @@ void bench_usage(FILE *f)
         "\n"
         "GFLOP/s = flops / median time, flops = sum over batch, heads_q and each visible\n"
         "(query, key) pair of 4*d (2d for Q.K^T, 2d for P.V); causal counts only unmasked\n"
-        "pairs exactly; TWO_POLE counts its second P.V, 6*d per pair; backward = 2.5 x forward.\n"
+        "pairs exactly; TWO_POLE counts its second P.V, 6*d per pair; DIFF its second Q.K^T\n"
+        "and P.V, 8*d; with --head-dim-v a P.V counts 2*dv; backward = 2.5 x forward.\n"
         "GB/s = bytes of q, k, v, (v2), out (backward: + dout and the gradients) once / time,\n"
         "in the row's dtype. x_sm = time / the softmax row's, x_f32 = time / the f32 row's.\n"
         "--varlen twins count only their real tokens (sequence b as an L_b x L_b problem), so\n"
@@ -249,9 +259,10 @@ static int parse_onoff(const char *flag, const char *arg, bool *out, char *err, 
 
 int bench_parse_args(int argc, char **argv, bench_opts *o, char *err, size_t cap)
 {
-    static const char *const variant_names[] = {"softmax", "signexp", "routed", "two_pole"};
+    static const char *const variant_names[] = {"softmax", "signexp", "routed", "two_pole",
+                                                "diff"};
     static const int variant_values[] = {DIPOLE_SOFTMAX, DIPOLE_SIGNEXP, DIPOLE_ROUTED,
-                                         DIPOLE_TWO_POLE};
+                                         DIPOLE_TWO_POLE, DIPOLE_DIFF};
     static const char *const causal_names[] = {"off", "on", "0", "1"};
     static const int causal_values[] = {0, 1, 0, 1};
     static const char *const path_names[] = {"tiled", "gemm", "auto"};
@@ -261,7 +272,7 @@ int bench_parse_args(int argc, char **argv, bench_opts *o, char *err, size_t cap
 
     enum { O_HELP = 256, O_LIST, O_ALL, O_QUICK, O_BACKWARD, O_INJECT, O_TUNE, O_NO_PEAKS,
            O_DEVICE, O_VARIANTS, O_HEAD_DIMS, O_SEQ, O_BH, O_CAUSAL, O_PATH, O_DTYPE, O_DECODE,
-           O_PAGED, O_VARLEN, O_BUDGET, O_MAX_CALL, O_ROWS, O_ATOL, O_RTOL, O_TUNE_PRIOR, O_CSV,
+           O_PAGED, O_VARLEN, O_DIFF, O_HEAD_DIM_V, O_BUDGET, O_MAX_CALL, O_ROWS, O_ATOL, O_RTOL, O_TUNE_PRIOR, O_CSV,
            O_JSON, O_PLOT, O_COMPARE };
     static const struct option longopts[] = {
         {"help", no_argument, NULL, O_HELP},
@@ -283,6 +294,8 @@ int bench_parse_args(int argc, char **argv, bench_opts *o, char *err, size_t cap
         {"decode", required_argument, NULL, O_DECODE},
         {"paged", required_argument, NULL, O_PAGED},
         {"varlen", optional_argument, NULL, O_VARLEN},
+        {"diff", no_argument, NULL, O_DIFF},
+        {"head-dim-v", required_argument, NULL, O_HEAD_DIM_V},
         {"budget-ms", required_argument, NULL, O_BUDGET},
         {"max-call-ms", required_argument, NULL, O_MAX_CALL},
         {"rows", required_argument, NULL, O_ROWS},
@@ -337,7 +350,7 @@ int bench_parse_args(int argc, char **argv, bench_opts *o, char *err, size_t cap
             o->devices[o->ndevices++] = val;
             break;
         case O_VARIANTS:
-            rc = parse_names("--variants", val, variant_names, variant_values, 4, &o->variants,
+            rc = parse_names("--variants", val, variant_names, variant_values, 5, &o->variants,
                              err, cap);
             break;
         case O_HEAD_DIMS:
@@ -375,6 +388,11 @@ int bench_parse_args(int argc, char **argv, bench_opts *o, char *err, size_t cap
             o->varlen_seed = (unsigned)seed;
             break;
         }
+        case O_DIFF: o->diff_twin = true; break;
+        case O_HEAD_DIM_V:
+            if (!parse_int(val, 0, 4096, &o->head_dim_v))
+                return fail(err, cap, "--head-dim-v: '%s' is not a head dim in [0, 4096]", val);
+            break;
         case O_BUDGET:
             if (!parse_double(val, 0.1, 1e6, &o->budget_ms))
                 return fail(err, cap, "--budget-ms: '%s' is not a number in [0.1, 1e6]", val);
@@ -415,6 +433,13 @@ int bench_parse_args(int argc, char **argv, bench_opts *o, char *err, size_t cap
         return fail(err, cap, "unexpected argument '%s' (see --help)", argv[optind]);
     if (o->all && o->ndevices)
         return fail(err, cap, "--all and --device exclude each other");
+    if (o->diff_twin && o->variants.set) {
+        bool diff = false;
+        for (int i = 0; i < o->variants.n; i++)
+            diff |= o->variants.v[i] == DIPOLE_DIFF;
+        if (!diff)
+            return fail(err, cap, "--diff twins DIFF rows: add diff to --variants");
+    }
     if (o->tune_prior && !o->tune)
         return fail(err, cap, "--tune-prior needs --tune");
     if (o->tune && (o->csv || o->json || o->plot || o->compare))

@@ -43,6 +43,8 @@ typedef struct bench_opts {
     bool decode_only; /* --decode only: no prefill rows */
     int page_size;    /* --paged: decode rows also from a paged cache of these pages; 0 off */
     bool varlen;      /* --varlen: prefill rows also as a packed batch and its padded twin */
+    bool diff_twin;   /* --diff: DIFF rows also as two SOFTMAX calls on the pole views */
+    int head_dim_v;   /* --head-dim-v: v's and out's head dim for every point; 0 = head_dim */
     unsigned varlen_seed; /* --varlen=SEED: draws the sequence lengths (1) */
     int ndevices;
     const char *devices[BENCH_MAX_DEVICES]; /* selectors; none = dipole_ctx_create(NULL) */
@@ -81,6 +83,9 @@ typedef struct bench_point {
     int page_size;         /* K/V from a paged cache of pages this size; 0: contiguous */
     bench_batching batching;
     unsigned varlen_seed;  /* PACKED, PADDED: with batch and seq_q, draws the lengths */
+    int head_dim_v;        /* of v, v2, out; 0 = head_dim */
+    bool two_sm;           /* --diff twin: the DIFF point as two SOFTMAX calls, one per pole,
+                            * on q and k views (offset + p stride_head, stride_head doubled) */
 } bench_point;
 
 /* Fills o's unset lists with the defaults for a device of this kind (quick, CPU or GPU). */
@@ -94,14 +99,19 @@ int bench_grid_expand(const bench_opts *o, int device, bench_point **points);
  * counts its real tokens alone, sequence b as an L_b x L_b problem, padded or not: the two
  * rows then compare per token. */
 double bench_visible_pairs(const bench_point *p);
-/* 4 d per visible pair (2 d for Q.K^T, 2 d for P.V); TWO_POLE 6 d (a second P.V);
- * backward 2.5 times the forward. */
+/* 2 d for Q.K^T and 2 dv for P.V per visible pair; TWO_POLE a second P.V, DIFF a second
+ * Q.K^T and P.V (its --diff twin the same: the same problem); backward 2.5 times the
+ * forward. */
 double bench_flops(const bench_point *p);
 /* Bytes of q, k, v, (v2), out read or written once (backward adds dout and the gradients), in
  * the point's dtype; a --varlen twin counts the real tokens' rows. */
 double bench_bytes(const bench_point *p);
 bool bench_is_decode(const bench_point *p);
 bool bench_reads_v2(dipole_variant v);
+/* v's and out's head dim: head_dim_v, else head_dim. */
+int bench_head_dim_v(const bench_point *p);
+/* Heads of q and k per query and key head: 2 for DIFF (one per pole), else 1. */
+int bench_score_maps(dipole_variant v);
 /* The table's kv column: "-" contiguous, "pN" paged, "pack" / "pad" the --varlen twins. */
 void bench_kv_label(const bench_point *p, char *buf, size_t cap);
 
@@ -218,6 +228,7 @@ typedef struct bench_row {
     double over_f32;     /* median time / the F32 row's at the same point, variant and path */
     double over_dense;   /* a paged row's median time / its contiguous twin's */
     double padded_over_packed; /* a packed row's padded twin's median time / its own */
+    double two_sm_over_fused;  /* a DIFF row's --diff twin's median time / its own */
     int checked_rows;
     double max_abs_err, worst_ratio; /* worst |got-ref| / (atol + rtol |ref|) */
 } bench_row;
@@ -253,8 +264,8 @@ typedef int (*bench_fetch_row)(void *user, int b, int i, int h, float *dst);
 bool bench_validate(const bench_point *p, const bench_host_inputs *in, bench_fetch_row fetch,
                     void *user, int samples, double atol, double rtol, bool inject, bench_row *r);
 
-/* Derived columns: % of ceilings, tiled/gemm, variant/softmax, dtype/f32, paged/contiguous and
- * padded/packed ratios. */
+/* Derived columns: % of ceilings, tiled/gemm, variant/softmax, dtype/f32, paged/contiguous,
+ * padded/packed and two-SOFTMAX/fused ratios. */
 void bench_derive(bench_run *run);
 /* True when any row is an error. */
 bool bench_any_error(const bench_run *run);
@@ -290,8 +301,9 @@ int bench_plot_script(FILE *f, const bench_run *run, const char *path);
 int bench_compare(FILE *f, const bench_run *run, const char *old_json, char *err, size_t cap);
 
 /* Unique key of a row for matching runs: "device|pass|variant|path|B|Hq|Hkv|Nq|Nk|d|causal",
- * then "|pagedN" for a paged row, "|packedS" or "|paddedS" for a --varlen twin of seed S,
- * then "|f16" or "|bf16" for those dtypes (so that saved runs from before --dtype still match). */
+ * then "|f16" or "|bf16" for those dtypes (so that saved runs from before --dtype still match),
+ * "|pagedN" for a paged row, "|packedS" or "|paddedS" for a --varlen twin of seed S, "|dvN"
+ * where head_dim_v differs from head_dim, "|2sm" for a --diff twin. */
 void bench_row_key(const char *device_label, const bench_point *p, char *buf, size_t cap);
 const char *bench_pass_name(bench_pass p);
 

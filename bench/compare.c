@@ -33,10 +33,10 @@ static int name_index(const char *s, const char *const names[], int n)
  * --dtype have no "dtype": they are f32. */
 static bool old_point(const json_t *row, bench_point *p)
 {
-    static const char *const variants[] = {"softmax", "signexp", "routed", "two_pole"};
+    static const char *const variants[] = {"softmax", "signexp", "routed", "two_pole", "diff"};
     static const char *const paths[] = {"auto", "tiled", "gemm"};
     static const char *const dtypes[] = {"f32", "f16", "bf16"};
-    const int v = name_index(str(row, "variant"), variants, 4);
+    const int v = name_index(str(row, "variant"), variants, 5);
     const int path = name_index(str(row, "path"), paths, 3);
     const int dt = json_object_get(row, "dtype") ? name_index(str(row, "dtype"), dtypes, 3)
                                                  : DIPOLE_F32;
@@ -56,6 +56,9 @@ static bool old_point(const json_t *row, bench_point *p)
     p->head_dim = (int)num(row, "head_dim");
     p->causal = num(row, "causal") != 0;
     p->page_size = json_object_get(row, "page_size") ? (int)num(row, "page_size") : 0;
+    /* Runs saved before head_dim_v and --diff have neither: head_dim, no twin. */
+    p->head_dim_v = json_object_get(row, "head_dim_v") ? (int)num(row, "head_dim_v") : 0;
+    p->two_sm = json_is_true(json_object_get(row, "two_sm"));
     /* Runs saved before --varlen have no "batching": fixed batches. */
     const char *batching = json_object_get(row, "batching") ? str(row, "batching") : "fixed";
     p->batching = !strcmp(batching, "packed")   ? BENCH_PACKED

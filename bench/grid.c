@@ -24,7 +24,8 @@ static void set_bh(bench_bhlist *l, bench_bh bh)
 
 void bench_grid_defaults(const bench_opts *o, bool cpu, bench_opts *out)
 {
-    static const int variants[] = {DIPOLE_SOFTMAX, DIPOLE_SIGNEXP, DIPOLE_ROUTED, DIPOLE_TWO_POLE};
+    static const int variants[] = {DIPOLE_SOFTMAX, DIPOLE_SIGNEXP, DIPOLE_ROUTED, DIPOLE_TWO_POLE,
+                                   DIPOLE_DIFF};
     static const int causal[] = {0, 1};
     static const int paths[] = {DIPOLE_PATH_TILED, DIPOLE_PATH_GEMM};
     static const int dtypes[] = {DIPOLE_F32};
@@ -32,7 +33,7 @@ void bench_grid_defaults(const bench_opts *o, bool cpu, bench_opts *out)
     static const int n_quick[] = {128, 256}, n_cpu[] = {256, 512, 1024};
     static const int n_gpu[] = {512, 1024, 2048, 4096, 8192};
     *out = *o;
-    set_ilist(&out->variants, variants, 4);
+    set_ilist(&out->variants, variants, o->diff_twin ? 5 : 4); /* --diff: DIFF too */
     set_ilist(&out->causal, causal, 2);
     set_ilist(&out->paths, paths, 2);
     set_ilist(&out->dtypes, dtypes, 1);
@@ -75,8 +76,16 @@ static int expand_shape(const bench_opts *o, const bench_point *shape, bench_poi
                     q->dtype = (dipole_dtype)o->dtypes.v[t];
                     q->path = (dipole_path)o->paths.v[g];
                     q->pass = (bench_pass)pass;
-                    /* its paged twin right after it, for the ratio in one stretch of time */
-                    if (o->page_size > 0 && shape->seq_q == 1 && pass == BENCH_FWD) {
+                    /* a DIFF row's two-SOFTMAX twin right after it, as the others */
+                    if (o->diff_twin && q->variant == DIPOLE_DIFF) {
+                        p[n] = *q;
+                        p[n++].two_sm = true;
+                    }
+                    /* its paged twin right after it, for the ratio in one stretch of time
+                     * (none for DIFF or head_dim_v, which the paged calls do not take yet) */
+                    if (o->page_size > 0 && shape->seq_q == 1 && pass == BENCH_FWD &&
+                        q->variant != DIPOLE_DIFF &&
+                        (q->head_dim_v == 0 || q->head_dim_v == q->head_dim)) {
                         p[n] = *q;
                         p[n++].page_size = o->page_size;
                     }
@@ -98,7 +107,7 @@ int bench_grid_expand(const bench_opts *o, int device, bench_point **points)
                     o->seqs.n * npass;
     /* prefill rows with up to two --varlen twins each; decode rows with up to one paged twin */
     const size_t cap = (size_t)per * ((size_t)o->causal.n * (o->varlen ? 3 : 1) +
-                                      (o->decode ? 2 : 0)) + 1;
+                                      (o->decode ? 2 : 0)) * (o->diff_twin ? 2 : 1) + 1;
     bench_point *p = calloc(cap, sizeof *p);
     if (!p)
         return -1;
@@ -113,6 +122,7 @@ int bench_grid_expand(const bench_opts *o, int device, bench_point **points)
                         bench_point shape = {0};
                         shape.device = device;
                         shape.head_dim = o->head_dims.v[b];
+                        shape.head_dim_v = o->head_dim_v;
                         shape.batch = o->bh.v[c].batch;
                         shape.heads_q = o->bh.v[c].heads_q;
                         shape.heads_kv = o->bh.v[c].heads_kv;

@@ -10,6 +10,16 @@ bool bench_reads_v2(dipole_variant v)
     return v == DIPOLE_ROUTED || v == DIPOLE_TWO_POLE;
 }
 
+int bench_head_dim_v(const bench_point *p)
+{
+    return p->head_dim_v > 0 ? p->head_dim_v : p->head_dim;
+}
+
+int bench_score_maps(dipole_variant v)
+{
+    return v == DIPOLE_DIFF ? 2 : 1;
+}
+
 bool bench_is_decode(const bench_point *p)
 {
     return p->seq_q == 1 && p->seq_k > 1;
@@ -45,7 +55,9 @@ double bench_visible_pairs(const bench_point *p)
 
 double bench_flops(const bench_point *p)
 {
-    const double per_pair = (p->variant == DIPOLE_TWO_POLE ? 6.0 : 4.0) * p->head_dim;
+    const double mixes = p->variant == DIPOLE_TWO_POLE || p->variant == DIPOLE_DIFF ? 2 : 1;
+    const double per_pair = 2.0 * bench_score_maps(p->variant) * p->head_dim +
+                            2.0 * mixes * bench_head_dim_v(p);
     const double fwd = bench_visible_pairs(p) * per_pair;
     return p->pass == BENCH_BWD ? 2.5 * fwd : fwd;
 }
@@ -56,18 +68,21 @@ double bench_bytes(const bench_point *p)
     const double nq = p->batching == BENCH_FIXED ? (double)p->batch * p->seq_q
                                                  : (double)bench_total_tokens(p);
     const double nk = p->batching == BENCH_FIXED ? (double)p->batch * p->seq_k : nq;
-    const double q = nq * p->heads_q * p->head_dim;
-    const double kv = nk * p->heads_kv * p->head_dim;
+    const double ns = bench_score_maps(p->variant), dv = bench_head_dim_v(p);
+    const double q = nq * p->heads_q * ns * p->head_dim, o = nq * p->heads_q * dv;
+    const double k = nk * p->heads_kv * ns * p->head_dim, v = nk * p->heads_kv * dv;
     const double nv = bench_reads_v2(p->variant) ? 2 : 1;
-    double elems = 2 * q + kv * (1 + nv); /* q, out; k, v(, v2) */
+    double elems = q + o + k + v * nv; /* q, out, k, v(, v2) */
     if (p->pass == BENCH_BWD)
-        elems += 2 * q + kv * (1 + nv); /* dout, dq; dk, dv(, dv2) */
+        elems += q + o + k + v * nv; /* dq, dout, dk, dv(, dv2) */
     return (double)dipole_dtype_size(p->dtype) * elems;
 }
 
 void bench_kv_label(const bench_point *p, char *buf, size_t cap)
 {
-    if (p->page_size > 0)
+    if (p->two_sm)
+        snprintf(buf, cap, "2sm");
+    else if (p->page_size > 0)
         snprintf(buf, cap, "p%d", p->page_size);
     else if (p->batching != BENCH_FIXED)
         snprintf(buf, cap, "%s", p->batching == BENCH_PACKED ? "pack" : "pad");
@@ -104,10 +119,15 @@ void bench_row_key(const char *device_label, const bench_point *p, char *buf, si
     else if (p->batching != BENCH_FIXED)
         snprintf(layout, sizeof layout, "|%s%u",
                  p->batching == BENCH_PACKED ? "packed" : "padded", p->varlen_seed);
-    snprintf(buf, cap, "%s|%s|%s|%s|%d|%d|%d|%d|%d|%d|%d%s%s%s", device_label,
+    char extra[40] = "";
+    if (bench_head_dim_v(p) != p->head_dim)
+        snprintf(extra, sizeof extra, "|dv%d", p->head_dim_v);
+    if (p->two_sm)
+        snprintf(extra + strlen(extra), sizeof extra - strlen(extra), "|2sm");
+    snprintf(buf, cap, "%s|%s|%s|%s|%d|%d|%d|%d|%d|%d|%d%s%s%s%s", device_label,
              bench_pass_name(p->pass), dipole_variant_name(p->variant), dipole_path_name(p->path),
              p->batch, p->heads_q, p->heads_kv, p->seq_q, p->seq_k, p->head_dim, p->causal,
-             f32 ? "" : "|", f32 ? "" : dipole_dtype_name(p->dtype), layout);
+             f32 ? "" : "|", f32 ? "" : dipole_dtype_name(p->dtype), layout, extra);
 }
 
 /* The same problem whatever it is stored in. */
@@ -117,7 +137,8 @@ static bool same_sizes(const bench_point *a, const bench_point *b)
            a->heads_q == b->heads_q && a->heads_kv == b->heads_kv && a->seq_q == b->seq_q &&
            a->seq_k == b->seq_k && a->head_dim == b->head_dim && a->causal == b->causal &&
            a->page_size == b->page_size && a->batching == b->batching &&
-           a->varlen_seed == b->varlen_seed;
+           a->varlen_seed == b->varlen_seed && bench_head_dim_v(a) == bench_head_dim_v(b) &&
+           a->two_sm == b->two_sm;
 }
 
 static bool same_shape(const bench_point *a, const bench_point *b)
@@ -178,18 +199,29 @@ static bool padded_ref(const bench_point *r, const bench_point *ref)
     return r->batching == BENCH_PACKED && same_but_path(&padded, ref) && ref->path == r->path;
 }
 
+/* A DIFF row's reference is its --diff twin: the ratio is then fused / two calls. */
+static bool two_sm_ref(const bench_point *r, const bench_point *ref)
+{
+    bench_point twin = *r;
+    twin.two_sm = true;
+    return r->variant == DIPOLE_DIFF && !r->two_sm && same_but_path(&twin, ref) &&
+           ref->path == r->path;
+}
+
 void bench_derive(bench_run *run)
 {
     for (int i = 0; i < run->nrows; i++) {
         bench_row *r = &run->rows[i];
         r->pct_fma = r->pct_sgemm = r->pct_copy = r->tiled_over_gemm = NAN;
         r->over_softmax = r->over_f32 = r->over_dense = r->padded_over_packed = NAN;
+        r->two_sm_over_fused = NAN;
         if (r->status != BENCH_OK)
             continue;
         r->over_softmax = time_ratio(run, r, softmax_ref);
         r->over_f32 = time_ratio(run, r, f32_ref);
         r->over_dense = time_ratio(run, r, dense_ref);
         r->padded_over_packed = 1 / time_ratio(run, r, padded_ref); /* NaN stays NaN */
+        r->two_sm_over_fused = 1 / time_ratio(run, r, two_sm_ref);
         const bench_ceilings *c = &run->dev[r->pt.device].ceil;
         if (c->fma_gflops > 0)
             r->pct_fma = 100 * r->gflops / c->fma_gflops;

@@ -31,7 +31,8 @@ int bench_write_csv(FILE *f, const bench_run *run)
     fputs("device,pass,variant,path,batch,heads_q,heads_kv,seq_q,seq_k,head_dim,causal,status,"
           "reason,first_ms,jit_ms,cache,timer,reps,median_ms,min_ms,gflops,gbps,pct_fma,"
           "pct_sgemm,pct_copy,tiled_over_gemm,checked_rows,max_abs_err,time_over_softmax,dtype,"
-          "over_f32,page_size,over_dense,batching,varlen_seed,tokens,padded_over_packed\n",
+          "over_f32,page_size,over_dense,batching,varlen_seed,tokens,padded_over_packed,head_dim_v,"
+          "two_sm,two_sm_over_fused\n",
           f);
     for (int i = 0; i < run->nrows; i++) {
         const bench_row *r = &run->rows[i];
@@ -73,6 +74,8 @@ int bench_write_csv(FILE *f, const bench_run *run)
             fprintf(f, "%u", p->varlen_seed);
         fprintf(f, ",%d,", bench_total_tokens(p));
         cell_num(f, r->padded_over_packed);
+        fprintf(f, ",%d,%d,", bench_head_dim_v(p), p->two_sm ? 1 : 0);
+        cell_num(f, r->two_sm_over_fused);
         fputc('\n', f);
     }
     return ferror(f) ? -1 : 0;

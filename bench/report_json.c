@@ -121,6 +121,8 @@ int bench_write_json(FILE *f, const bench_run *run)
                 p->batch, p->heads_q, p->heads_kv, p->seq_q, p->seq_k, p->head_dim,
                 p->causal ? "true" : "false");
         varlen_fields(f, p);
+        fprintf(f, "\"head_dim_v\": %d, \"two_sm\": %s, ", bench_head_dim_v(p),
+                p->two_sm ? "true" : "false");
         kv_str(f, "status", bench_status_name(r->status), ", ");
         kv_str(f, "reason", r->reason, ", ");
         kv_str(f, "plan", r->plan, ",\n     ");
@@ -142,7 +144,8 @@ int bench_write_json(FILE *f, const bench_run *run)
         kv_num(f, "time_over_softmax", r->over_softmax, ", ");
         kv_num(f, "over_f32", r->over_f32, ", ");
         kv_num(f, "over_dense", r->over_dense, ", ");
-        kv_num(f, "padded_over_packed", r->padded_over_packed, ",\n     ");
+        kv_num(f, "padded_over_packed", r->padded_over_packed, ", ");
+        kv_num(f, "two_sm_over_fused", r->two_sm_over_fused, ",\n     ");
         fprintf(f, "\"checked_rows\": %d, ", r->checked_rows);
         kv_num(f, "max_abs_err", r->checked_rows ? r->max_abs_err : NAN, ", ");
         kv_num(f, "worst_tolerance_ratio", r->checked_rows ? r->worst_ratio : NAN, "}");

@@ -58,17 +58,17 @@ void bench_print_table(FILE *f, const bench_run *run)
     for (int i = 0; i < run->ndev; i++)
         print_device(f, i, &run->dev[i]);
     fprintf(f, "\n%-3s %-4s %-8s %-5s %-5s %-4s %-9s %6s %6s %4s %-3s %-12s %9s %-6s %9s %9s %9s "
-               "%8s %6s %6s %6s %5s %5s %5s %5s %5s %8s\n",
+               "%8s %6s %6s %6s %5s %5s %5s %5s %5s %5s %8s\n",
             "dev", "pass", "variant", "path", "dtype", "kv", "BxHq:Hkv", "Nq", "Nk", "d", "cau",
             "status", "first_ms", "cache", "median_ms", "min_ms", "GFLOP/s", "GB/s", "%FMA",
-            "%SGEMM", "%copy", "t/g", "x_sm", "x_f32", "x_kv", "x_pad", "max_err");
+            "%SGEMM", "%copy", "t/g", "x_sm", "x_f32", "x_kv", "x_pad", "x_2sm", "max_err");
     /* Reasons repeat (every gemm row says the same), so each distinct one is printed once. */
     const char *reasons[64];
     int nreasons = 0;
     for (int i = 0; i < run->nrows; i++) {
         const bench_row *r = &run->rows[i];
         const bench_point *p = &r->pt;
-        char bh[32], st[32], kv[16], c[14][32];
+        char bh[32], st[32], kv[16], c[15][32];
         snprintf(bh, sizeof bh, "%dx%d:%d", p->batch, p->heads_q, p->heads_kv);
         bench_kv_label(p, kv, sizeof kv);
         snprintf(st, sizeof st, "%s", bench_status_name(r->status));
@@ -84,7 +84,7 @@ void bench_print_table(FILE *f, const bench_run *run)
         const bool timed = r->median_ms > 0;
         fprintf(f,
                 "%-3d %-4s %-8s %-5s %-5s %-4s %-9s %6d %6d %4d %-3s %-12s %9s %-6s %9s %9s %9s %8s "
-                "%6s %6s %6s %5s %5s %5s %5s %5s %8s\n",
+                "%6s %6s %6s %5s %5s %5s %5s %5s %5s %8s\n",
                 p->device, bench_pass_name(p->pass), dipole_variant_name(p->variant),
                 dipole_path_name(p->path), dipole_dtype_name(p->dtype), kv, bh, p->seq_q, p->seq_k,
                 p->head_dim,
@@ -95,7 +95,7 @@ void bench_print_table(FILE *f, const bench_run *run)
                 num(c[6], 32, r->pct_sgemm, 1), num(c[7], 32, r->pct_copy, 1),
                 num(c[8], 32, r->tiled_over_gemm, 2), num(c[10], 32, r->over_softmax, 2),
                 num(c[11], 32, r->over_f32, 2), num(c[12], 32, r->over_dense, 2),
-                num(c[13], 32, r->padded_over_packed, 2),
+                num(c[13], 32, r->padded_over_packed, 2), num(c[14], 32, r->two_sm_over_fused, 2),
                 r->checked_rows ? (snprintf(c[9], 32, "%.1e", r->max_abs_err), c[9]) : "-");
     }
     for (int k = 0; k < nreasons; k++)

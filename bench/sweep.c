@@ -8,7 +8,8 @@
 
 #include "bench.h"
 
-enum { Q, K, V, V2, OUT, LSE, DOUT, DQ, DK, DV, DV2, NBUF };
+/* OUT1, LSE1, DV1: a --diff twin's second SOFTMAX call's out, lse and dv (pole 1). */
+enum { Q, K, V, V2, OUT, LSE, DOUT, DQ, DK, DV, DV2, OUT1, LSE1, DV1, NBUF };
 enum { NDTYPE = 3 }; /* DIPOLE_F32, DIPOLE_F16, DIPOLE_BF16 */
 
 typedef struct sweep_state {
@@ -27,7 +28,7 @@ typedef struct sweep_state {
     bool log_built, log_disk, log_forward;
     /* ms per flop of the last ok row per (pass, variant, path, dtype, decode): predicts slow
      * points */
-    double rate[2][4][3][NDTYPE][2];
+    double rate[2][5][3][NDTYPE][2];
 } sweep_state;
 
 static bool is_input(int b)
@@ -49,31 +50,42 @@ static void capture_log(void *user, const char *msg)
 static size_t elems_of(const bench_point *p, int which)
 {
     const bench_layout l = bench_point_layout(p);
-    const size_t q = (size_t)l.batch * (size_t)l.rows_q * (size_t)p->heads_q * (size_t)p->head_dim;
-    const size_t kv =
-        (size_t)l.batch * (size_t)l.rows_k * (size_t)p->heads_kv * (size_t)p->head_dim;
+    const size_t ns = (size_t)bench_score_maps(p->variant), dv = (size_t)bench_head_dim_v(p);
+    const size_t rq = (size_t)l.batch * (size_t)l.rows_q * (size_t)p->heads_q;
+    const size_t rk = (size_t)l.batch * (size_t)l.rows_k * (size_t)p->heads_kv;
+    const size_t q = rq * ns * (size_t)p->head_dim, o = rq * dv;
+    const size_t k = rk * ns * (size_t)p->head_dim, v = rk * dv;
     const bool bwd = p->pass == BENCH_BWD, v2 = bench_reads_v2(p->variant);
+    const size_t rows = (size_t)l.batch * (size_t)p->heads_q * (size_t)l.rows_q;
     switch (which) {
     case Q:
-    case OUT:
         return q;
+    case OUT:
+        return o;
     case K:
+        return k;
     case V:
-        return kv;
+        return v;
     case V2:
-        return v2 ? kv : 0;
+        return v2 ? v : 0;
     case LSE:
-        return bwd ? (size_t)dipole_lse_count(p->variant) * (size_t)l.batch *
-                         (size_t)p->heads_q * (size_t)l.rows_q
-                   : 0;
+        return bwd ? (size_t)dipole_lse_count(p->variant) * rows : 0;
     case DOUT:
+        return bwd ? o : 0;
     case DQ:
         return bwd ? q : 0;
     case DK:
+        return bwd ? k : 0;
     case DV:
-        return bwd ? kv : 0;
+        return bwd ? v : 0;
     case DV2:
-        return bwd && v2 ? kv : 0;
+        return bwd && v2 ? v : 0;
+    case OUT1:
+        return p->two_sm ? o : 0;
+    case LSE1:
+        return p->two_sm && bwd ? rows : 0;
+    case DV1:
+        return p->two_sm && bwd ? v : 0;
     }
     return 0;
 }
@@ -232,20 +244,61 @@ static void make_args(const sweep_state *s, const bench_point *p, call_args *a)
     a->desc.seq_q = l.rows_q;
     a->desc.seq_k = l.rows_k;
     a->desc.head_dim = p->head_dim;
+    a->desc.head_dim_v = p->head_dim_v;
     a->desc.causal = p->causal;
     a->desc.path = p->path;
     a->desc.dtype = p->dtype;
+    if (p->two_sm)
+        a->desc.variant = DIPOLE_SOFTMAX; /* on each pole's views (call) */
+    const int ns = bench_score_maps(p->variant), dv = bench_head_dim_v(p);
     for (int b = 0; b < NBUF; b++) {
-        const bool qshape = b == Q || b == OUT || b == DOUT || b == DQ;
+        const bool query = b == Q || b == OUT || b == DOUT || b == DQ || b == OUT1;
+        const bool scores = b == Q || b == K || b == DQ || b == DK; /* head_dim, ns heads */
         a->t[b] = dipole_tensor_dense(is_input(b) ? s->in[p->dtype][b] : s->buf[b],
-                                      qshape ? l.rows_q : l.rows_k,
-                                      qshape ? p->heads_q : p->heads_kv, p->head_dim);
+                                      query ? l.rows_q : l.rows_k,
+                                      (query ? p->heads_q : p->heads_kv) * (scores ? ns : 1),
+                                      scores ? p->head_dim : dv);
     }
+}
+
+/* Pole p's heads of a DIFF q or k (or dq, dk): every other head from the p-th. */
+static dipole_tensor pole_view(const dipole_tensor *t, int p, int head_dim)
+{
+    dipole_tensor v = *t;
+    v.offset += (size_t)p * (size_t)head_dim;
+    v.stride_head *= 2;
+    return v;
+}
+
+/* A --diff twin: two SOFTMAX calls, one per pole, each into its own out (and lse, dv); the
+ * combine is left out. The event is the second call's, which ends after the first. */
+static dipole_status call_two_sm(sweep_state *s, call_args *a, bool with_lse, cl_event *ev)
+{
+    dipole_status st = DIPOLE_SUCCESS;
+    const int d = a->p->head_dim;
+    for (int p = 0; p < 2 && st == DIPOLE_SUCCESS; p++) {
+        const dipole_tensor q = pole_view(&a->t[Q], p, d), k = pole_view(&a->t[K], p, d);
+        const dipole_tensor *out = &a->t[p ? OUT1 : OUT];
+        cl_mem lse = s->buf[p ? LSE1 : LSE];
+        cl_event *e = p ? ev : NULL;
+        if (a->p->pass == BENCH_FWD || with_lse) {
+            st = dipole_attention(s->ctx, &a->desc, &q, &k, &a->t[V], NULL, out,
+                                  with_lse ? lse : NULL, e);
+        } else {
+            const dipole_tensor dq = pole_view(&a->t[DQ], p, d), dk = pole_view(&a->t[DK], p, d);
+            st = dipole_attention_backward(s->ctx, &a->desc, &q, &k, &a->t[V], NULL, out,
+                                           &a->t[DOUT], lse, &dq, &dk, &a->t[p ? DV1 : DV],
+                                           NULL, NULL, NULL, e);
+        }
+    }
+    return st;
 }
 
 static dipole_status call(sweep_state *s, call_args *a, bool with_lse, cl_event *ev)
 {
     const bool v2 = bench_reads_v2(a->p->variant);
+    if (a->p->two_sm)
+        return call_two_sm(s, a, with_lse, ev);
     if (a->p->page_size > 0)
         return dipole_attention_paged(s->ctx, &a->desc, &a->t[Q], &a->pg.t[0], &a->pg.t[1],
                                       v2 ? &a->pg.t[2] : NULL, &a->pg.paged, &a->t[OUT],
@@ -282,7 +335,10 @@ static int fetch_row(void *user, int b, int i, int h, float *dst)
 {
     const fetch_ctx *f = user;
     const bench_point *p = f->p;
-    const size_t d = (size_t)p->head_dim, es = dipole_dtype_size(p->dtype);
+    /* a row of out (head_dim_v) or of dq (DIFF: both pole heads, adjacent) */
+    const size_t d = f->buf == OUT ? (size_t)bench_head_dim_v(p)
+                                   : (size_t)bench_score_maps(p->variant) * (size_t)p->head_dim;
+    const size_t es = dipole_dtype_size(p->dtype);
     const size_t at = (((size_t)b * f->rows_q + (size_t)i) * (size_t)p->heads_q + (size_t)h) * d;
     if (clEnqueueReadBuffer(f->s->queue, f->s->buf[f->buf], CL_TRUE, at * es, d * es, f->raw, 0,
                             NULL, NULL) != CL_SUCCESS)
@@ -350,7 +406,7 @@ static int time_wall(sweep_state *s, call_args *a, int reps, double *times, dipo
 
 static double *rate_slot(sweep_state *s, const bench_point *p)
 {
-    return &s->rate[p->pass][p->variant & 3][p->path % 3][p->dtype % NDTYPE][bench_is_decode(p)];
+    return &s->rate[p->pass][p->variant % 5][p->path % 3][p->dtype % NDTYPE][bench_is_decode(p)];
 }
 
 static void run_args(sweep_state *s, const bench_point *p, bench_row *r, const call_args *args)
@@ -408,16 +464,19 @@ static void run_args(sweep_state *s, const bench_point *p, bench_row *r, const c
     /* Validate the first call's output: every later call writes the same values. */
     float *const *h = s->host[p->dtype];
     bench_host_inputs in = {h[Q], h[K], h[V], h[V2], h[DOUT]};
+    const size_t widest = (size_t)(bench_head_dim_v(p) > 2 * p->head_dim ? bench_head_dim_v(p)
+                                                                          : 2 * p->head_dim);
     fetch_ctx fc = {s, p, p->pass == BENCH_FWD ? OUT : DQ, bench_point_layout(p).rows_q,
-                    malloc(sizeof(float) * (size_t)p->head_dim)};
+                    malloc(sizeof(float) * widest)};
     if (!fc.raw) {
         r->status = BENCH_ERROR;
         snprintf(r->reason, sizeof r->reason, "out of host memory");
         return;
     }
-    const bool inject = o->inject_error && !s->injected;
-    const bool valid = bench_validate(p, &in, fetch_row, &fc, o->sample_rows, o->atol, o->rtol,
-                                      inject, r);
+    /* A --diff twin is timed only: its outputs are the poles', not DIFF's. */
+    const bool inject = o->inject_error && !s->injected && !p->two_sm;
+    const bool valid = p->two_sm || bench_validate(p, &in, fetch_row, &fc, o->sample_rows,
+                                                   o->atol, o->rtol, inject, r);
     s->injected |= inject;
     free(fc.raw);
 
@@ -523,6 +582,7 @@ static bench_row *new_row(bench_run *run)
     snprintf(r->timer, sizeof r->timer, "-");
     r->pct_fma = r->pct_sgemm = r->pct_copy = r->tiled_over_gemm = NAN;
     r->over_softmax = r->over_f32 = r->over_dense = r->padded_over_packed = NAN;
+    r->two_sm_over_fused = NAN;
     return r;
 }
 

@@ -7,7 +7,9 @@
  * the same way in its own layout: a packed row of sequence b against keys cu[b] .. cu[b] + hi,
  * a padded row against the first hi of its batch's L_b keys (bench_seq_of). That keeps the
  * reference's cost at O(rows * seq_k * d) even for problems far too large to run on the CPU
- * whole, and is exact for causal rows too because the row keeps its own key range.
+ * whole, and is exact for causal rows too because the row keeps its own key range. DIFF's two
+ * q heads of a head, like its two k heads, are adjacent (the pole fastest): a row of the
+ * reduced problem is 2 head_dim contiguous floats, and so is its dq.
  *
  * The bound is |got - ref| <= atol + rtol |ref|. The host inputs are the device's own (rounded
  * to the point's dtype and widened back), so with f16 or bf16 storage what remains beyond float
@@ -58,15 +60,16 @@ static double half_rtol(dipole_dtype dt, double rtol)
     return rtol > ulp ? rtol : ulp;
 }
 
-static tolerance row_tolerance(const bench_point *p, const float *ref, double atol, double rtol)
+static tolerance row_tolerance(const bench_point *p, const float *ref, size_t width,
+                               double atol, double rtol)
 {
     tolerance t = {atol, half_rtol(p->dtype, rtol), 0};
     if (p->dtype == DIPOLE_F32 || p->pass != BENCH_BWD)
         return t;
     double sq = 0;
-    for (int c = 0; c < p->head_dim; c++)
+    for (size_t c = 0; c < width; c++)
         sq += (double)ref[c] * ref[c];
-    t.spread = 8 * sqrt(sq / p->head_dim);
+    t.spread = 8 * sqrt(sq / (double)width);
     return t;
 }
 
@@ -88,11 +91,11 @@ static void describe(const tolerance *t, dipole_dtype dt, char *buf, size_t cap)
         snprintf(buf, cap, "atol %.1g + rtol %.1g |ref|", t->atol, t->rtol);
 }
 
-/* Keys k0 .. k0 + n - 1 of head hk in batch b of a layout of rows_k keys per batch. */
-static void gather_keys(const float *src, const bench_point *p, int rows_k, int b, int k0, int hk,
-                        int n, float *dst)
+/* Keys k0 .. k0 + n - 1 of head hk in batch b of a layout of rows_k keys per batch, each
+ * d floats a head (DIFF's k: its two pole heads together). */
+static void gather_keys(const float *src, const bench_point *p, size_t d, int rows_k, int b,
+                        int k0, int hk, int n, float *dst)
 {
-    const size_t d = (size_t)p->head_dim;
     for (int j = 0; j < n; j++)
         memcpy(dst + (size_t)j * d,
                src + (((size_t)b * rows_k + (size_t)(k0 + j)) * (size_t)p->heads_kv +
@@ -113,17 +116,20 @@ static void where(const bench_point *p, const bench_seq_view *v, int b, int h, i
 bool bench_validate(const bench_point *p, const bench_host_inputs *in, bench_fetch_row fetch,
                     void *user, int samples, double atol, double rtol, bool inject, bench_row *r)
 {
-    const size_t d = (size_t)p->head_dim;
+    /* per head: dq (q, k) of ns pole heads, dv of v, v2, out */
+    const size_t dq = (size_t)bench_score_maps(p->variant) * (size_t)p->head_dim;
+    const size_t dv = (size_t)bench_head_dim_v(p);
     const bool v2 = bench_reads_v2(p->variant);
     const bool bwd = p->pass == BENCH_BWD;
+    const size_t d = bwd ? dq : dv; /* the checked row: dq or out */
     const bench_layout l = bench_point_layout(p);
     const size_t nk = (size_t)(p->batching == BENCH_FIXED ? p->seq_k : bench_max_length(p));
     int *cu = p->batching == BENCH_PACKED ? bench_cu_seqlens(p) : NULL;
-    float *kr = malloc(sizeof(float) * d * nk);
-    float *vr = malloc(sizeof(float) * d * nk);
-    float *v2r = v2 ? malloc(sizeof(float) * d * nk) : NULL;
+    float *kr = malloc(sizeof(float) * dq * nk);
+    float *vr = malloc(sizeof(float) * dv * nk);
+    float *v2r = v2 ? malloc(sizeof(float) * dv * nk) : NULL;
     float *ref = malloc(sizeof(float) * d * 3), *got = ref ? ref + d : NULL;
-    float *scratch = bwd ? malloc(sizeof(float) * d * nk * 3) : NULL;
+    float *scratch = bwd ? malloc(sizeof(float) * (dq + 2 * dv) * nk) : NULL;
     bool ok = true;
     r->checked_rows = 0;
     r->max_abs_err = 0;
@@ -151,30 +157,32 @@ bool bench_validate(const bench_point *p, const bench_host_inputs *in, bench_fet
             const int lim = i + sv.lk - sv.lq + 1;
             hi = lim < 0 ? 0 : lim < sv.lk ? lim : sv.lk;
         }
-        const float *qrow = in->q + (((size_t)sv.lb * l.rows_q + (size_t)(sv.q0 + i)) *
-                                         (size_t)p->heads_q + (size_t)h) * d;
+        const size_t row = ((size_t)sv.lb * l.rows_q + (size_t)(sv.q0 + i)) *
+                               (size_t)p->heads_q + (size_t)h;
+        const float *qrow = in->q + row * dq;
         if (hi == 0) {
             memset(ref, 0, sizeof(float) * d); /* a row that sees no key outputs zeros */
         } else {
-            gather_keys(in->k, p, l.rows_k, sv.lb, sv.k0, hk, hi, kr);
-            gather_keys(in->v, p, l.rows_k, sv.lb, sv.k0, hk, hi, vr);
+            gather_keys(in->k, p, dq, l.rows_k, sv.lb, sv.k0, hk, hi, kr);
+            gather_keys(in->v, p, dv, l.rows_k, sv.lb, sv.k0, hk, hi, vr);
             if (v2)
-                gather_keys(in->v2, p, l.rows_k, sv.lb, sv.k0, hk, hi, v2r);
+                gather_keys(in->v2, p, dv, l.rows_k, sv.lb, sv.k0, hk, hi, v2r);
             dipole_attn_desc rd;
             dipole_attn_desc_default(&rd);
             rd.variant = p->variant;
             rd.batch = rd.heads_q = rd.heads_kv = rd.seq_q = 1;
             rd.seq_k = hi;
             rd.head_dim = p->head_dim;
+            rd.head_dim_v = p->head_dim_v;
             dipole_status st;
             if (!bwd) {
                 st = dipole_reference(&rd, qrow, kr, vr, v2r, ref);
             } else {
                 /* dq of a row is also row-local; dk and dv sum over rows and are not sampled. */
-                const float *dout = in->dout + (qrow - in->q);
-                float *dk = scratch, *dv = scratch + d * (size_t)hi, *dv2 = dv + d * (size_t)hi;
-                st = dipole_reference_backward(&rd, qrow, kr, vr, v2r, dout, ref, dk, dv,
-                                               v2 ? dv2 : NULL, NULL, NULL);
+                const float *dout = in->dout + row * dv;
+                float *gk = scratch, *gv = gk + dq * (size_t)hi, *gv2 = gv + dv * (size_t)hi;
+                st = dipole_reference_backward(&rd, qrow, kr, vr, v2r, dout, ref, gk, gv,
+                                               v2 ? gv2 : NULL, NULL, NULL);
             }
             if (st != DIPOLE_SUCCESS) {
                 snprintf(r->reason, sizeof r->reason, "dipole_reference: %s: %s",
@@ -193,7 +201,7 @@ bool bench_validate(const bench_point *p, const bench_host_inputs *in, bench_fet
         if (inject && s == 0)
             got[0] += 1.0f; /* --inject-error: validation must catch this */
         r->checked_rows++;
-        const tolerance tol = row_tolerance(p, ref, atol, rtol);
+        const tolerance tol = row_tolerance(p, ref, d, atol, rtol);
         for (size_t c = 0; c < d; c++) {
             const double diff = fabs((double)got[c] - (double)ref[c]);
             const double ratio = diff / bound(&tol, ref[c]);

@@ -67,25 +67,33 @@ static float pick_float(reader *r)
 /* The descriptor rules as the header documents them, written independently of src/desc.c. */
 static bool expect_valid(const dipole_attn_desc *d)
 {
-    if ((unsigned)d->variant > 3 || (unsigned)d->path > 2 || (unsigned)d->dtype > 2)
+    if ((unsigned)d->variant > 4 || (unsigned)d->path > 2 || (unsigned)d->dtype > 2)
         return false;
     if (d->batch < 1 || d->heads_q < 1 || d->heads_kv < 1 || d->seq_q < 1 || d->seq_k < 1 ||
         d->head_dim < 1 || d->seq_q > (1 << 28) || d->seq_k > (1 << 28) || d->head_dim > 65536)
         return false;
+    if (d->head_dim_v < 0 || d->head_dim_v > 65536)
+        return false;
+    /* DIFF's q and k hold two heads per head: 2 heads_q must be an int. */
+    const int ns = d->variant == DIPOLE_DIFF ? 2 : 1, dv = d->head_dim_v ? d->head_dim_v : d->head_dim;
+    if (ns == 2 && d->heads_q > INT32_MAX / 2)
+        return false;
     if (d->heads_q % d->heads_kv)
         return false;
-    /* Byte sizes of q, k and lse must fit in size_t (64-bit here). */
-    const unsigned __int128 q = (unsigned __int128)d->batch * d->seq_q * d->heads_q * d->head_dim * 4;
-    const unsigned __int128 k = (unsigned __int128)d->batch * d->seq_k * d->heads_kv * d->head_dim * 4;
+    /* Byte sizes of q, k, v, out and lse must fit in size_t (64-bit here). */
+    const unsigned __int128 q = (unsigned __int128)d->batch * d->seq_q * ns * d->heads_q * d->head_dim * 4;
+    const unsigned __int128 k = (unsigned __int128)d->batch * d->seq_k * ns * d->heads_kv * d->head_dim * 4;
+    const unsigned __int128 v = (unsigned __int128)d->batch * d->seq_k * d->heads_kv * dv * 4;
+    const unsigned __int128 o = (unsigned __int128)d->batch * d->seq_q * d->heads_q * dv * 4;
     const unsigned __int128 l = (unsigned __int128)d->batch * d->heads_q * d->seq_q * 2 * 4;
-    if (q > SIZE_MAX || k > SIZE_MAX || l > SIZE_MAX)
+    if (q > SIZE_MAX || k > SIZE_MAX || v > SIZE_MAX || o > SIZE_MAX || l > SIZE_MAX)
         return false;
     if (!isfinite(d->scale) || d->window_left < -1 || d->window_right < -1)
         return false;
     for (int b = 0; d->key_lengths && b < d->batch; b++)
         if (d->key_lengths[b] < 0 || d->key_lengths[b] > d->seq_k)
             return false;
-    if (d->variant == DIPOLE_TWO_POLE)
+    if (d->variant == DIPOLE_TWO_POLE || d->variant == DIPOLE_DIFF)
         for (int h = 0; h < d->heads_q; h++)
             if ((d->pos_weight && !isfinite(d->pos_weight[h])) ||
                 (d->neg_weight && !isfinite(d->neg_weight[h])))
@@ -157,10 +165,10 @@ static void finding(const char *what, const dipole_attn_desc *d, dipole_status s
 {
     fprintf(stderr,
             "FINDING: %s (status %s: %s)\n  variant %d path %d dtype %d B %d Hq %d Hkv %d Nq %d Nk %d d %d "
-            "scale %g causal %d win (%d, %d) kl %s packed %s softcap %g alibi %s bias %s\n",
+            "dv %d scale %g causal %d win (%d, %d) kl %s packed %s softcap %g alibi %s bias %s\n",
             what, dipole_status_string(st), ctx ? dipole_ctx_last_error(ctx) : "",
             (int)d->variant, (int)d->path, (int)d->dtype, d->batch, d->heads_q, d->heads_kv, d->seq_q, d->seq_k,
-            d->head_dim, (double)d->scale, d->causal, d->window_left, d->window_right,
+            d->head_dim, d->head_dim_v, (double)d->scale, d->causal, d->window_left, d->window_right,
             d->key_lengths ? "yes" : "no", d->cu_seqlens_q ? "yes" : "no", (double)d->softcap,
             d->alibi_slopes ? "yes" : "no", d->bias ? "yes" : "no");
     abort();
@@ -247,16 +255,18 @@ static void device_call(reader *r, const dipole_attn_desc *desc)
     const dipole_attn_desc *d = &dd;
     /* packed: the tensors are one batch */
     const int B = d->cu_seqlens_q ? 1 : d->batch, Nq = d->seq_q, Nk = d->seq_k, Hq = d->heads_q,
-              Hkv = d->heads_kv, D = d->head_dim;
-    enum { CAP = 1 << 15 };
+              Hkv = d->heads_kv, D = d->head_dim, DV = d->head_dim_v ? d->head_dim_v : D;
+    const int NS = d->variant == DIPOLE_DIFF ? 2 : 1; /* DIFF: q and k hold 2 heads a head */
+    enum { CAP = 1 << 17 };
     static float host[CAP];
     for (size_t i = 0; i < CAP; i++) /* values on a 1/32 grid in [-2, 2) */
         host[i] = (float)((int)((i * 2654435761u + u8(r)) % 128) - 64) / 32.0f;
     dipole_tensor t[4]; /* q, k, v, v2; out is dense in its own buffer */
-    const int seqs[4] = {Nq, Nk, Nk, Nk}, heads[4] = {Hq, Hkv, Hkv, Hkv};
+    const int seqs[4] = {Nq, Nk, Nk, Nk}, heads[4] = {NS * Hq, NS * Hkv, Hkv, Hkv},
+              dims[4] = {D, D, DV, DV};
     bool inside = true;
     for (int i = 0; i < 4; i++) {
-        const size_t dense_head = (size_t)D, dense_seq = (size_t)heads[i] * D;
+        const size_t dense_head = (size_t)dims[i], dense_seq = (size_t)heads[i] * dims[i];
         const uint8_t mode = u8(r);
         t[i].offset = u8(r) % 64;
         t[i].stride_head = mode & 1 ? dense_head + u8(r) % 4 : dense_head;
@@ -269,10 +279,11 @@ static void device_call(reader *r, const dipole_attn_desc *desc)
         const unsigned __int128 last = (unsigned __int128)t[i].offset +
                                        (unsigned __int128)(B - 1) * t[i].stride_batch +
                                        (unsigned __int128)(seqs[i] - 1) * t[i].stride_seq +
-                                       (unsigned __int128)(heads[i] - 1) * t[i].stride_head + D;
+                                       (unsigned __int128)(heads[i] - 1) * t[i].stride_head + dims[i];
         inside = inside && last <= CAP;
     }
-    const size_t nq = (size_t)B * Nq * Hq * D, nk = (size_t)B * Nk * Hkv * D;
+    const size_t nq = (size_t)B * Nq * NS * Hq * D, nk = (size_t)B * Nk * NS * Hkv * D;
+    const size_t nv = (size_t)B * Nk * Hkv * DV, no = (size_t)B * Nq * Hq * DV;
     const size_t es = dipole_dtype_size(d->dtype);
     static uint32_t stored[CAP]; /* host in the call's storage (room for float) */
     if (dipole_convert(d->dtype, stored, DIPOLE_F32, host, CAP) != DIPOLE_SUCCESS)
@@ -280,33 +291,33 @@ static void device_call(reader *r, const dipole_attn_desc *desc)
     cl_int err;
     cl_mem in = clCreateBuffer(dipole_ctx_cl_context(ctx), CL_MEM_READ_ONLY | CL_MEM_COPY_HOST_PTR,
                                CAP * es, stored, &err);
-    cl_mem outb = clCreateBuffer(dipole_ctx_cl_context(ctx), CL_MEM_WRITE_ONLY, nq * es, NULL, &err);
+    cl_mem outb = clCreateBuffer(dipole_ctx_cl_context(ctx), CL_MEM_WRITE_ONLY, no * es, NULL, &err);
     if (!in || !outb)
         abort();
     for (int i = 0; i < 4; i++)
         t[i].buffer = in;
-    dipole_tensor to = dipole_tensor_dense(outb, Nq, Hq, D);
+    dipole_tensor to = dipole_tensor_dense(outb, Nq, Hq, DV);
     dipole_status st = dipole_attention(ctx, d, &t[0], &t[1], &t[2], &t[3], &to, NULL, NULL);
     if (!inside && st == DIPOLE_SUCCESS)
         finding("a layout reaching outside its buffer was accepted", d, st);
     if (inside && st != DIPOLE_SUCCESS && st != DIPOLE_ERR_UNSUPPORTED)
         finding("a layout inside its buffer was refused", d, st);
     if (st == DIPOLE_SUCCESS) {
-        float *q = malloc(nq * 4), *k = malloc(nk * 4), *v = malloc(nk * 4), *v2 = malloc(nk * 4);
-        float *got = malloc(nq * 4), *ref = malloc(nq * 4);
+        float *q = malloc(nq * 4), *k = malloc(nk * 4), *v = malloc(nv * 4), *v2 = malloc(nv * 4);
+        float *got = malloc(no * 4), *ref = malloc(no * 4);
         if (!q || !k || !v || !v2 || !got || !ref)
             abort();
-        gather(host, &t[0], B, Nq, Hq, D, q);
-        gather(host, &t[1], B, Nk, Hkv, D, k);
-        gather(host, &t[2], B, Nk, Hkv, D, v);
-        gather(host, &t[3], B, Nk, Hkv, D, v2);
-        if (clEnqueueReadBuffer(dipole_ctx_queue(ctx), outb, CL_TRUE, 0, nq * es, got, 0, NULL,
+        gather(host, &t[0], B, Nq, NS * Hq, D, q);
+        gather(host, &t[1], B, Nk, NS * Hkv, D, k);
+        gather(host, &t[2], B, Nk, Hkv, DV, v);
+        gather(host, &t[3], B, Nk, Hkv, DV, v2);
+        if (clEnqueueReadBuffer(dipole_ctx_queue(ctx), outb, CL_TRUE, 0, no * es, got, 0, NULL,
                                 NULL) != CL_SUCCESS ||
-            dipole_convert(DIPOLE_F32, got, d->dtype, got, nq) != DIPOLE_SUCCESS)
+            dipole_convert(DIPOLE_F32, got, d->dtype, got, no) != DIPOLE_SUCCESS)
             abort();
         if (dipole_reference(d, q, k, v, v2, ref) != DIPOLE_SUCCESS)
             finding("the reference refused a valid descriptor", d, st);
-        if (!sign_ambiguous(d, q, k) && !close_enough(got, ref, nq, d->dtype))
+        if (!sign_ambiguous(d, q, k) && !close_enough(got, ref, no, d->dtype))
             finding("device result differs from the reference", d, st);
         free(q), free(k), free(v), free(v2), free(got), free(ref);
     }
@@ -424,7 +435,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     reader r = {data, size};
     dipole_attn_desc d;
     dipole_attn_desc_default(&d);
-    d.variant = (dipole_variant)pick_int(&r, 0, 4);
+    d.variant = (dipole_variant)pick_int(&r, 0, 5);
     d.path = (dipole_path)pick_int(&r, 0, 3);
     d.batch = pick_int(&r, -1, 3);
     d.heads_kv = pick_int(&r, 0, 3);
@@ -433,6 +444,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     d.seq_q = pick_int(&r, -1, 40);
     d.seq_k = pick_int(&r, -1, 40);
     d.head_dim = pick_int(&r, -1, 33);
+    d.head_dim_v = u8(&r) < 160 ? 0 : pick_int(&r, -1, 33); /* mostly head_dim's */
     d.scale = u8(&r) < 128 ? 0.0f : pick_float(&r);
     d.causal = u8(&r) & 1;
     d.window_left = pick_int(&r, -2, 12);
@@ -523,7 +535,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         return 0;
 
     /* Small real calls: scales that keep float and double scores comparable. */
-    if (no_device || d.seq_q > 40 || d.seq_k > 40 || d.head_dim > 33 || d.batch > 3 ||
+    if (no_device || d.seq_q > 40 || d.seq_k > 40 || d.head_dim > 33 || d.head_dim_v > 33 || d.batch > 3 ||
         d.heads_q > 9 || fabsf(d.scale) > 4.0f || (d.scale != 0 && fabsf(d.scale) < 1e-20f))
         return 0;
     if (!ctx && dipole_ctx_create(&ctx, NULL) != DIPOLE_SUCCESS) {
@@ -531,7 +543,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         return 0;
     }
     device_call(&r, &d);
-    if (u8(&r) < 64 && !d.cu_seqlens_q) /* a paged call takes key lengths, never packed rows */
+    /* A paged call takes key lengths, never packed rows; the paged calls refuse DIFF and
+     * head_dim_v != head_dim (the diff suite checks how). */
+    if (u8(&r) < 64 && !d.cu_seqlens_q && d.variant != DIPOLE_DIFF &&
+        (d.head_dim_v == 0 || d.head_dim_v == d.head_dim))
         paged_call(&r, &d);
     return 0;
 }

@@ -5,8 +5,9 @@
 
 #include "testutil.h"
 
-/* Packed batches, ALiBi, soft-capping and the bias (tests/test_varlen.c). Declared here until
- * testutil.h, which others are editing, lists it with the other suites. */
+/* DIFF and head_dim_v (tests/test_diff.c). Declared here until testutil.h, which others are
+ * editing, lists it with the other suites. */
+Suite *diff_suite(void);
 
 int main(int argc, char **argv)
 {
@@ -31,6 +32,7 @@ int main(int argc, char **argv)
         {"paged", paged_suite},
         {"host", host_suite},
         {"varlen", varlen_suite},
+        {"diff", diff_suite},
     };
     if (argc != 2) {
         fprintf(stderr, "usage: %s SUITE\n", argv[0]);

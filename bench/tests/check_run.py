@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Runs dipole-bench for the meson tests: check_run.py BENCH ok|inject|dtype|paged|varlen.
+"""Runs dipole-bench for the meson tests: check_run.py BENCH ok|inject|dtype|paged|varlen|diff.
 
 ok:     --quick must exit 0, write JSON that parses, and every row must be ok or unsupported
         (with a reason), with at least one ok row.
@@ -16,6 +16,11 @@ varlen: --quick --decode off --backward --varlen (softmax and two_pole, tiled) m
         both counting the same real tokens' flops and bytes, each ok and validated (on a CPU
         device; elsewhere a twin may be unsupported, with a reason), the packed row carrying
         the padded time over its own (padded_over_packed); CSV and table show them.
+diff:   --quick --decode off --backward --variants diff --diff --head-dim-v 128 (the Diff
+        Transformer's layout at d 64, tiled and gemm) must exit 0 with each DIFF row followed
+        by its twin of two SOFTMAX calls (two_sm), both counting the same flops and bytes, the
+        fused row ok and validated, the twin ok and timed (not validated), the fused row
+        carrying the twin's time over its own (two_sm_over_fused); CSV and table show them.
 Exit 77 (skipped) when the machine has no OpenCL device."""
 import json
 import os
@@ -43,7 +48,7 @@ def check_dtypes(proc, rows, csv_path):
             assert abs(r["over_f32"] - want) <= 1e-6 * want, (r["over_f32"], want)
     with open(csv_path, encoding="utf-8") as f:
         head = f.readline().rstrip("\n").split(",")
-    assert head[-8:-6] == ["dtype", "over_f32"], head
+    assert head[-11:-9] == ["dtype", "over_f32"], head
     assert " dtype " in proc.stdout and " x_f32 " in proc.stdout, proc.stdout
     assert " bf16 " in proc.stdout, proc.stdout
 
@@ -64,7 +69,7 @@ def check_paged(proc, rows, csv_path):
         assert rs[0]["over_dense"] is None, rs[0]
     with open(csv_path, encoding="utf-8") as f:
         head = f.readline().rstrip("\n").split(",")
-    assert head[-6:-4] == ["page_size", "over_dense"], head
+    assert head[-9:-7] == ["page_size", "over_dense"], head
     assert " kv " in proc.stdout and " p16 " in proc.stdout and " x_kv " in proc.stdout, proc.stdout
 
 
@@ -110,9 +115,29 @@ def check_varlen(proc, run, csv_path):
     assert pairs or not cpu, "no packed/padded pair ran"
     with open(csv_path, encoding="utf-8") as f:
         head = f.readline().rstrip("\n").split(",")
-    assert head[-4:] == ["batching", "varlen_seed", "tokens", "padded_over_packed"], head
+    assert head[-7:-3] == ["batching", "varlen_seed", "tokens", "padded_over_packed"], head
     for word in (" pack ", " pad ", " x_pad ", "varlen B 4 N 128 seed 1: lengths "):
         assert word in proc.stdout, (word, proc.stdout)
+
+
+def check_diff(proc, rows, csv_path):
+    assert proc.returncode == 0, "exit %d" % proc.returncode
+    assert len(rows) == 16, len(rows)  # 2 passes x 2 masks x 2 paths, each with its twin
+    for fused, twin in zip(rows[0::2], rows[1::2]):
+        assert fused["variant"] == twin["variant"] == "diff", (fused, twin)
+        assert not fused["two_sm"] and twin["two_sm"], (fused, twin)
+        for k in ("pass", "path", "causal", "seq_q", "head_dim", "head_dim_v", "flops", "bytes"):
+            assert fused[k] == twin[k], (k, fused, twin)
+        assert fused["head_dim"] == 64 and fused["head_dim_v"] == 128, fused
+        assert fused["status"] == "ok" and fused["checked_rows"] > 0, fused
+        assert twin["status"] == "ok" and twin["checked_rows"] == 0 and twin["median_ms"] > 0, twin
+        want = twin["median_ms"] / fused["median_ms"]
+        assert abs(fused["two_sm_over_fused"] - want) <= 1e-6 * want, (fused, want)
+        assert twin["two_sm_over_fused"] is None, twin
+    with open(csv_path, encoding="utf-8") as f:
+        head = f.readline().rstrip("\n").split(",")
+    assert head[-3:] == ["head_dim_v", "two_sm", "two_sm_over_fused"], head
+    assert " 2sm " in proc.stdout and " x_2sm " in proc.stdout, proc.stdout
 
 
 def main():
@@ -131,6 +156,9 @@ def main():
         elif mode == "varlen":
             args += ["--no-peaks", "--decode", "off", "--backward", "--varlen",
                      "--variants", "softmax,two_pole", "--path", "tiled"]
+        elif mode == "diff":
+            args += ["--no-peaks", "--decode", "off", "--backward", "--variants", "diff",
+                     "--diff", "--head-dim-v", "128", "--seq", "128"]
         proc = subprocess.run(args, capture_output=True, text=True)
         sys.stdout.write(proc.stdout)
         sys.stderr.write(proc.stderr)
@@ -153,6 +181,8 @@ def main():
             check_paged(proc, rows, os.path.join(tmp, "r.csv"))
         elif mode == "varlen":
             check_varlen(proc, run, os.path.join(tmp, "r.csv"))
+        elif mode == "diff":
+            check_diff(proc, rows, os.path.join(tmp, "r.csv"))
         elif mode == "ok":
             assert proc.returncode == 0, "exit %d" % proc.returncode
             bad = [r for r in rows if r["status"] not in ("ok", "unsupported")]

@@ -294,6 +294,45 @@ START_TEST(varlen_grid)
 }
 END_TEST
 
+/* --variants diff, --diff (its twins, right after each DIFF row) and --head-dim-v. */
+START_TEST(diff_grid)
+{
+    bench_opts o, d;
+    char err[256];
+    ck_assert_int_eq(parse(&o, err, 1, "--variants=all"), 0);
+    ck_assert_int_eq(o.variants.n, 5);
+    ck_assert_int_eq(o.variants.v[4], DIPOLE_DIFF);
+    ck_assert_int_eq(parse(&o, err, 2, "--variants=softmax", "--diff"), -1);
+    ck_assert_ptr_nonnull(strstr(err, "--diff twins DIFF rows: add diff to --variants"));
+    ck_assert_int_eq(parse(&o, err, 2, "--head-dim-v", "-1"), -1);
+    ck_assert_ptr_nonnull(strstr(err, "--head-dim-v"));
+    ck_assert_int_eq(parse(&o, err, 8, "--quick", "--seq", "64", "--decode", "off", "--diff",
+                           "--head-dim-v=128", "--backward"),
+                     0);
+    ck_assert(o.diff_twin);
+    ck_assert_int_eq(o.head_dim_v, 128);
+    bench_grid_defaults(&o, false, &d);
+    ck_assert_int_eq(d.variants.n, 5); /* --diff brings DIFF into the default variants */
+    bench_point *p;
+    const int n = bench_grid_expand(&d, 0, &p);
+    /* 5 variants x 2 causal x 2 paths x 2 passes, and a twin for each DIFF row */
+    ck_assert_int_eq(n, 5 * 2 * 2 * 2 + 2 * 2 * 2);
+    int twins = 0;
+    for (int i = 0; i < n; i++) {
+        ck_assert_int_eq(p[i].head_dim_v, 128);
+        if (!p[i].two_sm)
+            continue;
+        twins++;
+        ck_assert_int_eq(p[i].variant, DIPOLE_DIFF);
+        ck_assert(!p[i - 1].two_sm && p[i - 1].variant == DIPOLE_DIFF);
+        ck_assert_int_eq(p[i - 1].pass, p[i].pass);
+        ck_assert_int_eq(p[i - 1].path, p[i].path);
+    }
+    ck_assert_int_eq(twins, 2 * 2 * 2);
+    free(p);
+}
+END_TEST
+
 Suite *bench_args_suite(void)
 {
     Suite *s = suite_create("args");
@@ -305,6 +344,7 @@ Suite *bench_args_suite(void)
     tcase_add_test(tc, dtypes);
     tcase_add_test(tc, grid_defaults_and_expansion);
     tcase_add_test(tc, varlen_grid);
+    tcase_add_test(tc, diff_grid);
     suite_add_tcase(s, tc);
     return s;
 }

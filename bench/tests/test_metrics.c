@@ -55,6 +55,68 @@ START_TEST(flops_formula)
     ck_assert_double_eq(bench_flops(&p), 1.5 * base);
     p.pass = BENCH_BWD;
     ck_assert_double_eq(bench_flops(&p), 2.5 * 1.5 * base);
+    p.pass = BENCH_FWD;
+    p.variant = DIPOLE_DIFF; /* a second Q.K^T and P.V: 8d per pair */
+    ck_assert_double_eq(bench_flops(&p), 2 * base);
+    p.two_sm = true; /* its twin: the same problem */
+    ck_assert_double_eq(bench_flops(&p), 2 * base);
+    p.two_sm = false;
+    p.head_dim_v = 24; /* P.V counts 2 dv: 2 (2 8 + 2 24) per pair for DIFF */
+    ck_assert_double_eq(bench_flops(&p), 2 * 3 * 128 * 128 * (2.0 * (2 * 8 + 2 * 24)));
+    p.variant = DIPOLE_SOFTMAX;
+    ck_assert_double_eq(bench_flops(&p), 2 * 3 * 128 * 128 * (2.0 * 8 + 2.0 * 24));
+}
+END_TEST
+
+/* DIFF's q and k hold two heads a head; v, out keep heads and take head_dim_v. */
+START_TEST(bytes_diff_and_head_dim_v)
+{
+    bench_point p = point(128, 64, 0);
+    p.variant = DIPOLE_DIFF;
+    p.head_dim_v = 16;
+    const double nq = 2.0 * 128, nk = 2.0 * 64;
+    const double want = 4.0 * (nq * 3 * 2 * 8 + nq * 3 * 16 + nk * 3 * 2 * 8 + nk * 3 * 16);
+    ck_assert_double_eq(bench_bytes(&p), want);
+    p.pass = BENCH_BWD;
+    ck_assert_double_eq(bench_bytes(&p), 2 * want);
+}
+END_TEST
+
+/* two_sm_over_fused sits on the DIFF row: its twin's time over its own, same path; the keys
+ * of the twin and of a head_dim_v row are their own. */
+START_TEST(derive_two_sm)
+{
+    bench_run run;
+    bt_sample_run(&run);
+    bench_row *rows = realloc(run.rows, 4 * sizeof *rows);
+    ck_assert_ptr_nonnull(rows);
+    run.rows = rows;
+    run.nrows = run.cap = 4;
+    /* 0: softmax 2 ms, 1: diff 3 ms, 2: its twin 4.5 ms, 3: diff gemm 6 ms (no gemm twin) */
+    for (int i = 1; i < 4; i++)
+        rows[i] = rows[0];
+    rows[1].pt.variant = rows[2].pt.variant = rows[3].pt.variant = DIPOLE_DIFF;
+    rows[2].pt.two_sm = true;
+    rows[3].pt.path = DIPOLE_PATH_GEMM;
+    rows[1].median_ms = 3, rows[2].median_ms = 4.5, rows[3].median_ms = 6;
+    bench_derive(&run);
+    ck_assert(isnan(rows[0].two_sm_over_fused));
+    ck_assert_double_eq_tol(rows[1].two_sm_over_fused, 1.5, 1e-12);
+    ck_assert(isnan(rows[2].two_sm_over_fused));
+    ck_assert(isnan(rows[3].two_sm_over_fused));
+    ck_assert_double_eq_tol(rows[1].over_softmax, 1.5, 1e-12);
+    ck_assert(isnan(rows[2].over_softmax)); /* a twin has no softmax row of its kind */
+    char a[256], b[256];
+    bench_row_key("dev", &rows[1].pt, a, sizeof a);
+    bench_row_key("dev", &rows[2].pt, b, sizeof b);
+    ck_assert_str_ne(a, b);
+    ck_assert_ptr_nonnull(strstr(b, "|2sm"));
+    rows[1].pt.head_dim_v = 32;
+    bench_row_key("dev", &rows[1].pt, a, sizeof a);
+    ck_assert_ptr_nonnull(strstr(a, "|dv32"));
+    bench_derive(&run); /* another head_dim_v: not the twin's problem */
+    ck_assert(isnan(rows[1].two_sm_over_fused));
+    free(run.rows);
 }
 END_TEST
 
@@ -348,6 +410,8 @@ Suite *bench_metrics_suite(void)
     tcase_add_test(tc, derive_over_dense);
     tcase_add_test(tc, varlen_lengths_and_counts);
     tcase_add_test(tc, derive_padded_over_packed);
+    tcase_add_test(tc, bytes_diff_and_head_dim_v);
+    tcase_add_test(tc, derive_two_sm);
     suite_add_tcase(s, tc);
     return s;
 }

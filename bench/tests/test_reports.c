@@ -31,7 +31,7 @@ void bt_sample_run(bench_run *run)
         p->path = i ? DIPOLE_PATH_GEMM : DIPOLE_PATH_TILED;
         p->batch = 1, p->heads_q = p->heads_kv = 4, p->seq_q = p->seq_k = 128, p->head_dim = 64;
         r->pct_fma = r->pct_sgemm = r->pct_copy = r->tiled_over_gemm = r->over_softmax = NAN;
-        r->over_f32 = r->over_dense = r->padded_over_packed = NAN;
+        r->over_f32 = r->over_dense = r->padded_over_packed = r->two_sm_over_fused = NAN;
         snprintf(r->cache, sizeof r->cache, "-");
         snprintf(r->timer, sizeof r->timer, "-");
     }
@@ -114,21 +114,28 @@ START_TEST(csv_writer)
     ck_assert_str_eq(row[3], "tiled");
     ck_assert_str_eq(row[11], "ok");
     /* The columns added later come last: dtype, over_f32, page_size, over_dense, then
-     * batching, varlen_seed, tokens, padded_over_packed. */
-    ck_assert_str_eq(head[nh - 8], "dtype");
-    ck_assert_str_eq(head[nh - 7], "over_f32");
-    ck_assert_str_eq(head[nh - 6], "page_size");
-    ck_assert_str_eq(head[nh - 5], "over_dense");
-    ck_assert_str_eq(head[nh - 4], "batching");
-    ck_assert_str_eq(head[nh - 3], "varlen_seed");
-    ck_assert_str_eq(head[nh - 2], "tokens");
-    ck_assert_str_eq(head[nh - 1], "padded_over_packed");
-    ck_assert_str_eq(row[nh - 8], "f32");
-    ck_assert_str_eq(row[nh - 7], "");
-    ck_assert_str_eq(row[nh - 6], "0");
-    ck_assert_str_eq(row[nh - 4], "fixed");
-    ck_assert_str_eq(row[nh - 3], "");
-    ck_assert_str_eq(row[nh - 2], "128"); /* 1 x 128 query rows */
+     * batching, varlen_seed, tokens, padded_over_packed, then head_dim_v, two_sm,
+     * two_sm_over_fused. */
+    ck_assert_str_eq(head[nh - 11], "dtype");
+    ck_assert_str_eq(head[nh - 10], "over_f32");
+    ck_assert_str_eq(head[nh - 9], "page_size");
+    ck_assert_str_eq(head[nh - 8], "over_dense");
+    ck_assert_str_eq(head[nh - 7], "batching");
+    ck_assert_str_eq(head[nh - 6], "varlen_seed");
+    ck_assert_str_eq(head[nh - 5], "tokens");
+    ck_assert_str_eq(head[nh - 4], "padded_over_packed");
+    ck_assert_str_eq(head[nh - 3], "head_dim_v");
+    ck_assert_str_eq(head[nh - 2], "two_sm");
+    ck_assert_str_eq(head[nh - 1], "two_sm_over_fused");
+    ck_assert_str_eq(row[nh - 11], "f32");
+    ck_assert_str_eq(row[nh - 10], "");
+    ck_assert_str_eq(row[nh - 9], "0");
+    ck_assert_str_eq(row[nh - 7], "fixed");
+    ck_assert_str_eq(row[nh - 6], "");
+    ck_assert_str_eq(row[nh - 5], "128"); /* 1 x 128 query rows */
+    ck_assert_str_eq(row[nh - 4], "");
+    ck_assert_str_eq(row[nh - 3], "64"); /* head_dim_v 0: head_dim */
+    ck_assert_str_eq(row[nh - 2], "0");
     ck_assert_str_eq(row[nh - 1], "");
     for (int i = 0; i < nh; i++)
         if (!strcmp(head[i], "median_ms"))
@@ -136,7 +143,7 @@ START_TEST(csv_writer)
         else if (!strcmp(head[i], "pct_fma"))
             ck_assert_str_eq(row[i], ""); /* NaN: empty cell */
     ck_assert_int_eq(csv_record(&s, row, 64), nh);
-    ck_assert_str_eq(row[nh - 8], "bf16");
+    ck_assert_str_eq(row[nh - 11], "bf16");
     ck_assert_str_eq(row[11], "unsupported");
     ck_assert_str_eq(row[12], run.rows[1].reason); /* the newline survives inside quotes */
     ck_assert_str_eq(s, "");

@@ -86,6 +86,60 @@ START_TEST(agrees_with_full_reference)
 }
 END_TEST
 
+/* DIFF (q, k with two heads a head) and head_dim_v != head_dim, forward (out rows of dv) and
+ * backward (dq rows of both pole heads), against the full references; a wrong column of the
+ * second pole's dq is caught. */
+START_TEST(diff_and_head_dim_v)
+{
+    for (int c = 0; c < 4; c++) {
+        bench_point p = {0};
+        p.variant = c < 2 ? DIPOLE_DIFF : DIPOLE_TWO_POLE;
+        p.pass = c % 2 ? BENCH_BWD : BENCH_FWD;
+        p.batch = 2, p.heads_q = 4, p.heads_kv = 2, p.head_dim = 8, p.head_dim_v = 12;
+        p.seq_q = 9, p.seq_k = 13, p.causal = 1;
+        const int ns = bench_score_maps(p.variant), dv = 12;
+        const size_t nq = (size_t)2 * 9 * 4 * ns * 8, nk = (size_t)2 * 13 * 2 * ns * 8;
+        const size_t nv = (size_t)2 * 13 * 2 * dv, no = (size_t)2 * 9 * 4 * dv;
+        float *q = inputs(nq, 1), *k = inputs(nk, 2), *v = inputs(nv, 3), *v2 = inputs(nv, 4);
+        float *dout = inputs(no, 5);
+        bench_host_inputs in = {q, k, v, v2, dout};
+        dipole_attn_desc d;
+        dipole_attn_desc_default(&d);
+        d.variant = p.variant;
+        d.batch = 2, d.heads_q = 4, d.heads_kv = 2, d.seq_q = 9, d.seq_k = 13, d.head_dim = 8;
+        d.head_dim_v = dv, d.causal = 1;
+        const bool bwd = p.pass == BENCH_BWD;
+        float *got = malloc(sizeof(float) * (bwd ? nq : no));
+        float *gk = malloc(sizeof(float) * nk), *gv = malloc(sizeof(float) * nv * 2);
+        ck_assert(got && gk && gv);
+        if (bwd)
+            ck_assert_int_eq(dipole_reference_backward(&d, q, k, v, v2, dout, got, gk, gv,
+                                                       gv + nv, NULL, NULL),
+                             DIPOLE_SUCCESS);
+        else
+            ck_assert_int_eq(dipole_reference(&d, q, k, v, v2, got), DIPOLE_SUCCESS);
+        /* the "device" rows: out of dv, or dq of ns head_dim per head */
+        bench_point fp = p;
+        fp.head_dim = bwd ? ns * 8 : dv;
+        fake_device dev = {&fp, got, 0};
+        bench_row r;
+        memset(&r, 0, sizeof r);
+        const int all = 2 * 4 * 9;
+        ck_assert_msg(bench_validate(&p, &in, fetch, &dev, 4 * all, 1e-6, 1e-6, false, &r),
+                      "case %d: %s", c, r.reason);
+        ck_assert_int_eq(r.checked_rows, all);
+        if (bwd && ns == 2) {
+            for (size_t row = 0; row < (size_t)all; row++)
+                got[row * 16 + 8 + 5] += 0.01f; /* column 5 of pole 1's dq, in every row */
+            ck_assert(!bench_validate(&p, &in, fetch, &dev, 4 * all, 1e-6, 1e-6, false, &r));
+            ck_assert_ptr_nonnull(strstr(r.reason, "column 13"));
+        }
+        free(got), free(gk), free(gv);
+        free(q), free(k), free(v), free(v2), free(dout);
+    }
+}
+END_TEST
+
 START_TEST(catches_errors)
 {
     bench_point p = {0};
@@ -288,6 +342,7 @@ Suite *bench_validate_suite(void)
     TCase *tc = tcase_create("validate");
     tcase_add_loop_test(tc, agrees_with_full_reference, 0, 4);
     tcase_add_test(tc, catches_errors);
+    tcase_add_test(tc, diff_and_head_dim_v);
     tcase_add_loop_test(tc, varlen_layouts, 0, 4);
     tcase_add_test(tc, half_forward_tolerance);
     tcase_add_test(tc, half_backward_tolerance);

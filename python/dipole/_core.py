@@ -15,11 +15,14 @@ from .errors import InvalidArgError
 class Variant(enum.IntEnum):
     """dipole_variant. With s = scale * q.k over the visible keys, a row's output is
     SOFTMAX sum softmax(s) v; SIGNEXP sum sign(s) softmax(|s|) v; ROUTED
-    sum softmax(|s|) (s > 0 ? v : v2); TWO_POLE a_h sum softmax(s) v + b_h sum softmax(-s) v2."""
+    sum softmax(|s|) (s > 0 ? v : v2); TWO_POLE a_h sum softmax(s) v + b_h sum softmax(-s) v2;
+    DIFF (differential attention) a_h sum softmax(s0) v + b_h sum softmax(s1) v, where pole p
+    scores with q head 2h + p and k head 2hk + p (q and k hold two heads a head)."""
     SOFTMAX = 0
     SIGNEXP = 1
     ROUTED = 2
     TWO_POLE = 3
+    DIFF = 4
 
     @property
     def reads_v2(self):
@@ -27,7 +30,17 @@ class Variant(enum.IntEnum):
 
     @property
     def poles(self):
-        return 2 if self == Variant.TWO_POLE else 1
+        return 2 if self in (Variant.TWO_POLE, Variant.DIFF) else 1
+
+    @property
+    def weighted(self):
+        """Whether pos_weight, neg_weight (alpha_h, beta_h) weigh the poles."""
+        return self in (Variant.TWO_POLE, Variant.DIFF)
+
+    @property
+    def score_maps(self):
+        """Heads of q and k per query and key head: 2 for DIFF (one per pole), else 1."""
+        return 2 if self == Variant.DIFF else 1
 
 
 def variant_of(variant):
@@ -87,22 +100,36 @@ class Problem:
         if k.shape[0] != B or k.shape[3] != D:
             raise InvalidArgError(f"k has shape {k.shape}, expected [{B}, seq_k, heads_kv, {D}] "
                                   f"for q of shape {q.shape}")
-        for name, t in (("v", v), ("v2", v2)):
-            if t and t.shape != k.shape:
-                raise InvalidArgError(f"{name} has shape {t.shape}, expected k's {k.shape}")
+        ns = variant.score_maps
+        for name, t in (("q", q), ("k", k)):
+            if t.shape[2] % ns:
+                raise InvalidArgError(f"{name} has shape {t.shape}: variant diff takes {name} "
+                                      f"with an even number of heads (2 per head, the pole "
+                                      f"fastest), not {t.shape[2]}")
+        Hq //= ns
+        Nk, Hkv = k.shape[1], k.shape[2] // ns
+        # head_dim_v: v's own head dim, any variant
+        self.head_dim_v = Dv = v.shape[3]
+        if v.shape[:3] != (B, Nk, Hkv):
+            raise InvalidArgError(f"v has shape {v.shape}, expected [{B}, {Nk}, {Hkv}, "
+                                  f"head_dim_v] for k of shape {k.shape}")
+        if v2 and v2.shape != v.shape:
+            raise InvalidArgError(f"v2 has shape {v2.shape}, expected v's {v.shape}")
         if variant.reads_v2 and v2 is None:
             raise InvalidArgError(f"variant {variant.name.lower()} reads v2; pass v2")
         if not variant.reads_v2 and v2 is not None:
             raise InvalidArgError(f"v2 is given but variant {variant.name.lower()} does not "
                                   "read it")
-        if variant != Variant.TWO_POLE and (pos_weight is not None or neg_weight is not None):
-            raise InvalidArgError("pos_weight and neg_weight are TWO_POLE's pole weights")
-        Nk, Hkv = k.shape[1], k.shape[2]
+        if not variant.weighted and (pos_weight is not None or neg_weight is not None):
+            raise InvalidArgError("pos_weight and neg_weight are the pole weights of TWO_POLE "
+                                  "and DIFF")
         self.shape = (B, Nq, Hq, Nk, Hkv, D)
+        self.out_shape = (B, Nq, Hq, Dv)
         d = self.desc = _lib.AttnDesc()
         _lib.lib.dipole_attn_desc_default(ctypes.byref(d))
         d.variant, d.batch, d.heads_q, d.heads_kv = int(variant), B, Hq, Hkv
         d.seq_q, d.seq_k, d.head_dim, d.dtype = Nq, Nk, D, q.dtype
+        d.head_dim_v = Dv
         d.scale = 0.0 if scale is None else float(scale)
         if scale is not None and not d.scale > 0:
             raise InvalidArgError(f"scale must be positive, not {scale}")
@@ -203,7 +230,7 @@ def forward(q, k, v, v2=None, *, variant="softmax", causal=False, window=(-1, -1
     p = Problem(*views, variant, causal, window, scale, key_lengths, pos_weight, neg_weight,
                 cu_seqlens_q=cu_seqlens_q, cu_seqlens_k=cu_seqlens_k,
                 alibi_slopes=alibi_slopes, softcap=softcap, bias=bias)
-    out = _arrays.dense_like(views[0], views[0].shape)
+    out = _arrays.dense_like(views[0], p.out_shape)
     lse = p.lse_array() if return_lse else None
     with CallBuffers(ctx) as bufs:
         p.bind(bufs)
@@ -237,13 +264,13 @@ def backward(q, k, v, v2, out, dout, lse, *, variant, causal=False, window=(-1, 
                 cu_seqlens_q=cu_seqlens_q, cu_seqlens_k=cu_seqlens_k,
                 alibi_slopes=alibi_slopes, softcap=softcap, bias=bias)
     for name, t in (("out", views[4]), ("dout", views[5])):
-        if t.shape != views[0].shape or t.dtype != views[0].dtype or t.torch != views[0].torch:
-            raise InvalidArgError(f"{name} must have q's shape {views[0].shape} and dtype")
+        if t.shape != p.out_shape or t.dtype != views[0].dtype or t.torch != views[0].torch:
+            raise InvalidArgError(f"{name} must have the forward's out shape {p.out_shape} "
+                                  "and q's dtype")
     lse = np.ascontiguousarray(lse.detach().numpy() if _arrays.is_torch(lse) else lse,
                                dtype=np.float32)
     grads = [_arrays.dense_like(x, x.shape) if x is not None else None for x in views[:4]]
-    two_pole = p.variant == Variant.TWO_POLE
-    dw = [aligned_floats((p.shape[2],)) for _ in range(2)] if two_pole else [None, None]
+    dw = [aligned_floats((p.shape[2],)) for _ in range(2)] if p.variant.weighted else [None, None]
     with CallBuffers(ctx) as bufs:
         p.bind(bufs)
         t = [bufs.tensor(x) if x is not None else None for x in views]
@@ -257,3 +284,65 @@ def backward(q, k, v, v2, out, dout, lse, *, variant, causal=False, window=(-1, 
         bufs.finish()
     return tuple(_unbatched(x.obj, like) if x is not None else None
                  for x, like in zip(grads, inputs)) + tuple(dw)
+
+
+def _host_f32(x, name, pk):
+    """x as a dense float32 numpy array [B, N, H, d] for the host reference (a copy where it
+    is another dtype or layout)."""
+    if x is None:
+        return None
+    x = _batched(x, pk)
+    if _arrays.is_torch(x):
+        x = x.detach().to("cpu").float().numpy()
+    x = np.asarray(x)
+    if x.ndim != 4:
+        raise InvalidArgError(f"{name} has {x.ndim} dimensions {x.shape}, expected 4")
+    return np.ascontiguousarray(x, dtype=np.float32)
+
+
+def _reference_problem(q, k, v, v2, variant, pk, opts):
+    arrays = [_host_f32(x, n, pk) for x, n in ((q, "q"), (k, "k"), (v, "v"), (v2, "v2"))]
+    views = [_arrays.view(a, n) if a is not None else None
+             for a, n in zip(arrays, ("q", "k", "v", "v2"))]
+    p = Problem(*views, variant, opts.pop("causal", False), opts.pop("window", (-1, -1)),
+                opts.pop("scale", None), opts.pop("key_lengths", None),
+                opts.pop("pos_weight", None), opts.pop("neg_weight", None), **opts)
+    if p.bias is not None:  # the reference reads the bias from host memory
+        p._bias = _lib.Bias(None, p.bias.ptr, p.bias.dtype, 0, *p.bias.strides[:3])
+        p.desc.bias = ctypes.pointer(p._bias)
+    return p, arrays
+
+
+def _ptr(a):
+    return a.ctypes.data if a is not None else None
+
+
+def reference(q, k, v, v2=None, *, variant="softmax", return_lse=False, **opts):
+    """dipole.attention's arguments through the library's CPU reference (double accumulation,
+    no device): out float32 numpy of the forward's shape, and with return_lse lse."""
+    pk = packed(opts.get("cu_seqlens_q"), opts.get("cu_seqlens_k"))
+    p, a = _reference_problem(q, k, v, v2, variant, pk, dict(opts))
+    out = np.empty(p.out_shape, dtype=np.float32)
+    lse = p.lse_array()
+    check(_lib.lib.dipole_reference_lse(ctypes.byref(p.desc), *map(_ptr, a), _ptr(out),
+                                        _ptr(lse)))
+    out = out[0] if pk and np.ndim(q) == 3 else out
+    return (out, lse) if return_lse else out
+
+
+def reference_backward(q, k, v, v2, dout, *, variant, **opts):
+    """The library's CPU reference backward for dipole.attention's arguments: (dq, dk, dv,
+    dv2 or None, dpos_weight, dneg_weight or None), float32 numpy."""
+    pk = packed(opts.get("cu_seqlens_q"), opts.get("cu_seqlens_k"))
+    p, a = _reference_problem(q, k, v, v2, variant, pk, dict(opts))
+    do = _host_f32(dout, "dout", pk)
+    if do.shape != p.out_shape:
+        raise InvalidArgError(f"dout has shape {do.shape}, expected {p.out_shape}")
+    grads = [np.empty_like(x) if x is not None else None for x in a]
+    dw = [np.empty(p.shape[2], dtype=np.float32) for _ in range(2)] if p.variant.weighted \
+        else [None, None]
+    check(_lib.lib.dipole_reference_backward(ctypes.byref(p.desc), *map(_ptr, a), _ptr(do),
+                                             *map(_ptr, grads), *map(_ptr, dw)))
+    if pk and np.ndim(q) == 3:
+        grads = [g[0] if g is not None else None for g in grads]
+    return tuple(grads) + tuple(dw)

@@ -39,7 +39,7 @@ class AttnDesc(ctypes.Structure):
         ("path", c_int), ("dtype", c_int),
         ("cu_seqlens_q", ctypes.POINTER(c_int)), ("cu_seqlens_k", ctypes.POINTER(c_int)),
         ("alibi_slopes", ctypes.POINTER(c_float)), ("softcap", c_float),
-        ("bias", ctypes.POINTER(Bias)),
+        ("bias", ctypes.POINTER(Bias)), ("head_dim_v", c_int),
         ("_spare", ctypes.c_char * _DESC_SPARE),
     ]
 
@@ -104,6 +104,10 @@ _proto(lib.dipole_ctx_device_name, c_char_p, c_void_p)
 _proto(lib.dipole_ctx_cache_dir, c_char_p, c_void_p)
 _proto(lib.dipole_attention, c_int, c_void_p, P(AttnDesc), P(Tensor), P(Tensor), P(Tensor),
        P(Tensor), P(Tensor), cl_mem, c_void_p)
+_proto(lib.dipole_reference_lse, c_int, P(AttnDesc), c_void_p, c_void_p, c_void_p, c_void_p,
+       c_void_p, c_void_p)
+_proto(lib.dipole_reference_backward, c_int, P(AttnDesc), c_void_p, c_void_p, c_void_p,
+       c_void_p, c_void_p, c_void_p, c_void_p, c_void_p, c_void_p, c_void_p, c_void_p)
 _proto(lib.dipole_attention_backward, c_int, c_void_p, P(AttnDesc), P(Tensor), P(Tensor),
        P(Tensor), P(Tensor), P(Tensor), P(Tensor), cl_mem, P(Tensor), P(Tensor), P(Tensor),
        P(Tensor), cl_mem, cl_mem, c_void_p)

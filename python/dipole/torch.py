@@ -69,6 +69,9 @@ class DipoleAttention(nn.Module):
         if embed_dim % num_heads:
             raise ValueError(f"embed_dim {embed_dim} is not a multiple of num_heads {num_heads}")
         self.variant = _core.variant_of(variant)
+        if self.variant == _core.Variant.DIFF:
+            raise ValueError("DipoleAttention has no DIFF projections (two q and k heads a "
+                             "head) yet; call dipole.torch.attention(q, k, v, variant='diff')")
         self.num_heads = num_heads
         self.num_kv_heads = num_kv_heads or num_heads
         if num_heads % self.num_kv_heads:

@@ -8,7 +8,9 @@
  *
  * Weights: P (on v) and, where the variant reads v2, P2 (on v2). Per pole, a key's weight is
  * exp(logit - max) / sum * coef * pole weight, and lands on v or v2 — all of it from the macros
- * of dipole_common.cl. Masked keys get weight 0; a row that sees no key is all zeros.
+ * of dipole_common.cl. Masked keys get weight 0; a row that sees no key is all zeros. DIFF's
+ * poles rank two score maps (POLE_SCORE): the second chunk comes in where P2 would go out,
+ * and both poles' weights add up in P, as both land on v.
  *
  * The chunk holds raw scores s = scale q.k (the first GEMM's alpha); the score modifiers
  * (soft-cap, ALiBi, bias: dp_score) apply here, on the way to the variant. A key they make
@@ -32,6 +34,27 @@
 #define DP_STORE_P2(buf, e, w) ((void)(buf), (void)(w))
 #endif
 
+/* What the backward leaves in its third chunk: P2 where the variant reads v2, DIFF's dS_1. */
+#if READS_V2
+#define DP_STORE_THIRD(buf, e, w2, ds) ((buf)[e] = (w2))
+#elif NSCORES == 2
+#define DP_STORE_THIRD(buf, e, w2, ds) ((buf)[e] = (ds)[1], (void)(w2))
+#else
+#define DP_STORE_THIRD(buf, e, w2, ds) ((void)(buf), (void)(w2))
+#endif
+
+/* s[m]: the raw scores of element e of each score map m (the first in s1, DIFF's second in
+ * s2); sc[m]: them through the score modifiers. */
+#if NSCORES == 2
+#define DP_RAW_SCORES(s, s1, s2, e) float s[2] = {(s1)[e], (s2)[e]}
+#else
+#define DP_RAW_SCORES(s, s1, s2, e) float s[1] = {(s1)[e]}
+#endif
+#define DP_MOD_SCORES(sc, s, jj)                                                               \
+    float sc[NSCORES];                                                                         \
+    for (int m_ = 0; m_ < NSCORES; m_++)                                                       \
+        sc[m_] = DP_SCORE(s[m_], b, h, i, col0 + (jj), kl)
+
 /* Work-item (lr, lc) of group (row block, 0, slice sl): chunk row r (query row i, if live) of
  * slice b * Hq + h; [lo, hi): the row's visible columns of the chunk; at: its element 0. */
 #define DP_CHUNK_ROW()                                                                         \
@@ -51,7 +74,8 @@
 
 __kernel __attribute__((reqd_work_group_size(BLOCK_M, BLOCK_N, 1)))
 void dipole_rowwise(__global float *p1,                 /* scores in, weights on v out */
-                    __global float *p2,                 /* weights on v2 (READS_V2) */
+                    __global float *p2,                 /* weights on v2 out (READS_V2), or
+                                                           the second score map in (DIFF) */
                     __global float *lse,                /* [NPOLES, B, Hq, Nq] or NULL (packed:
                                                            [NPOLES, Hq, total rows]) */
                     __global const int *key_lengths,    /* [B], packed cu_seqlens, or NULL */
@@ -69,9 +93,10 @@ void dipole_rowwise(__global float *p1,                 /* scores in, weights on
         l[p] = 0.0f;
     }
     for (int jj = lo + lc; jj < hi; jj += BLOCK_N) {
-        const float s = DP_SCORE(p1[at + (long)jj * rows], b, h, i, col0 + jj, kl);
+        DP_RAW_SCORES(raw, p1, p2, at + (long)jj * rows);
+        DP_MOD_SCORES(s, raw, jj);
         for (int p = 0; p < NPOLES; p++) {
-            const float x = POLE_LOGIT(p, s);
+            const float x = POLE_LOGIT(p, s[POLE_SCORE(p)]);
             const float m_new = fmax(m[p], x);
             l[p] = l[p] * dp_rescale(m[p], m_new) + DP_POLE_EXP(exp(x - m_new), x);
             m[p] = m_new;
@@ -117,9 +142,10 @@ void dipole_rowwise(__global float *p1,                 /* scores in, weights on
         const long e = at + (long)jj * rows;
         float w1 = 0.0f, w2 = 0.0f;
         if (jj >= lo && jj < hi) {
-            const float s = DP_SCORE(p1[e], b, h, i, col0 + jj, kl);
+            DP_RAW_SCORES(raw, p1, p2, e);
+            DP_MOD_SCORES(sc, raw, jj);
             for (int p = 0; p < NPOLES; p++) {
-                const float lg = POLE_LOGIT(p, s);
+                const float s = sc[POLE_SCORE(p)], lg = POLE_LOGIT(p, s);
                 const float w = DP_POLE_EXP(exp(lg - m[p]), lg) * scale[p] * POLE_COEF(p, s);
                 if (POLE_TO_V2(p, s))
                     w2 += w;
@@ -139,11 +165,14 @@ void dipole_rowwise(__global float *p1,                 /* scores in, weights on
 /* GEMM-path backward, between the GEMMs: per chunk (same layout and work-group as
  * dipole_rowwise) it takes the scores S, dP = dO V^T and, where the variant reads v2,
  * dP2 = dO V2^T, and writes in place the weights P on v (over S), dS = dL/dS (over dP) and the
- * weights P2 on v2 (over dP2). The weights come back from the forward's lse, so no row max or
- * sum is needed. With p_j = exp(logit_p(s_j) - lse_p), coefficient c_j, pole weight w_p and
- * g_j = dO . (the value row key j's weight lands on):
+ * weights P2 on v2 (over dP2). DIFF takes its second score map S_1 where dP2 would be and
+ * leaves its dS_1 there, P then holding both poles' weights (both land on v). The weights come
+ * back from the forward's lse, so no row max or sum is needed. With p_j = exp(logit_p(s_j) -
+ * lse_p) (s_j: pole p's own score map), coefficient c_j, pole weight w_p and g_j = dO . (the
+ * value row key j's weight lands on):
  *   rowdot_p = sum_j p_j c_j g_j  (= dO . O_p, the forward's pole output, without storing it),
- *   dS_j = sum_p p_j (c_j w_p g_j - w_p rowdot_p) dlogit_p/ds.
+ *   dS_j = sum_p p_j (c_j w_p g_j - w_p rowdot_p) dlogit_p/ds, the sum over the poles that
+ *   rank that score map.
  * rowdot is summed in a fixed order (strided lanes, then lane 0 adds the partial sums).
  * The logits come from the modified score dp_score(s); dS is by the raw s the GEMMs see, so it
  * takes dp_score's own derivative (DP_SCORE_DS, the soft-cap's) on top. An excluded key
@@ -151,7 +180,8 @@ void dipole_rowwise(__global float *p1,                 /* scores in, weights on
 __kernel __attribute__((reqd_work_group_size(BLOCK_M, BLOCK_N, 1)))
 void dipole_rowwise_bwd(__global float *sp,                 /* S in, P (on v) out */
                         __global float *dp,                 /* dO V^T in, dS out */
-                        __global float *dp2,                /* dO V2^T in, P2 out (READS_V2) */
+                        __global float *dp2,                /* dO V2^T in, P2 out (READS_V2);
+                                                               S_1 in, dS_1 out (DIFF) */
                         __global const float *lse,          /* [NPOLES, B, Hq, Nq] */
                         __global float *rowdot,             /* [NPOLES, B, Hq, Nq] or NULL */
                         __global const int *key_lengths,    /* [B], packed cu_seqlens, or NULL */
@@ -172,14 +202,16 @@ void dipole_rowwise_bwd(__global float *sp,                 /* S in, P (on v) ou
     }
     for (int jj = lo + lc; jj < hi; jj += BLOCK_N) {
         const long e = at + (long)jj * rows;
-        const float s = DP_SCORE(sp[e], b, h, i, col0 + jj, kl), g1 = dp[e];
+        DP_RAW_SCORES(raw, sp, dp2, e);
+        DP_MOD_SCORES(sc, raw, jj);
+        const float g1 = dp[e];
 #if READS_V2
         const float g2 = dp2[e];
 #else
         const float g2 = g1;
 #endif
         for (int p = 0; p < NPOLES; p++) {
-            const float lg = POLE_LOGIT(p, s);
+            const float s = sc[POLE_SCORE(p)], lg = POLE_LOGIT(p, s);
             dot[p] += DP_POLE_EXP(exp(lg - row_lse[p]), lg) * POLE_COEF(p, s) *
                       (POLE_TO_V2(p, s) ? g2 : g1);
         }
@@ -207,17 +239,20 @@ void dipole_rowwise_bwd(__global float *sp,                 /* S in, P (on v) ou
 
     for (int jj = lc; jj < ncols; jj += BLOCK_N) {
         const long e = at + (long)jj * rows;
-        float w1 = 0.0f, w2 = 0.0f, ds = 0.0f;
+        float w1 = 0.0f, w2 = 0.0f, ds[NSCORES];
+        for (int m = 0; m < NSCORES; m++)
+            ds[m] = 0.0f;
         if (jj >= lo && jj < hi) {
-            const float raw = sp[e], g1 = dp[e];
-            const float s = DP_SCORE(raw, b, h, i, col0 + jj, kl);
+            DP_RAW_SCORES(raw, sp, dp2, e);
+            DP_MOD_SCORES(sc, raw, jj);
+            const float g1 = dp[e];
 #if READS_V2
             const float g2 = dp2[e];
 #else
             const float g2 = g1;
 #endif
             for (int p = 0; p < NPOLES; p++) {
-                const float lg = POLE_LOGIT(p, s);
+                const float s = sc[POLE_SCORE(p)], lg = POLE_LOGIT(p, s);
                 const float w = DP_POLE_EXP(exp(lg - row_lse[p]), lg);
                 const float cw = POLE_COEF(p, s) * pw[p];
                 const bool to_v2 = POLE_TO_V2(p, s);
@@ -225,13 +260,15 @@ void dipole_rowwise_bwd(__global float *sp,                 /* S in, P (on v) ou
                     w2 += w * cw;
                 else
                     w1 += w * cw;
-                ds += w * (cw * (to_v2 ? g2 : g1) - delta[p]) * POLE_LOGIT_DS(p, s);
+                ds[POLE_SCORE(p)] +=
+                    w * (cw * (to_v2 ? g2 : g1) - delta[p]) * POLE_LOGIT_DS(p, s);
             }
-            ds *= DP_SCORE_DS(raw);
+            for (int m = 0; m < NSCORES; m++)
+                ds[m] *= DP_SCORE_DS(raw[m]);
         }
         sp[e] = w1;
-        dp[e] = ds;
-        DP_STORE_P2(dp2, e, w2);
+        dp[e] = ds[0];
+        DP_STORE_THIRD(dp2, e, w2, ds);
     }
 
     if (rowdot && lc == 0)

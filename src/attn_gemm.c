@@ -2,7 +2,10 @@
  *   S = scale * Q K^T          (CLBlast batched GEMM, straight from the strided tensors)
  *   P, P2 = rowwise(S)         (cl/dipole_rowwise.cl: mask, per-pole softmax, in place)
  *   O = P V (+ P2 V2)          (CLBlast batched GEMM, beta = 1 for the second)
- * Any head_dim works, and the score memory stays under ctx->workspace_limit by chunking.
+ * DIFF scores twice, S_p = scale Q_p K_p^T on the views of q and k at each pole's heads
+ * (dp_gemm_score_view), and the row-wise kernel folds both poles into P = alpha P_0 + beta P_1,
+ * whose weights all land on v: one value GEMM. S runs over head_dim, O over head_dim_v.
+ * Any head dims work, and the score memory stays under ctx->workspace_limit by chunking.
  * Half storage runs this on float copies of the tensors (gemm_stage.c). The score modifiers
  * (soft-cap, ALiBi, bias) act inside the row-wise kernel, on S as the first GEMM leaves it.
  * A packed batch runs sequence by sequence (dp_gemm_chunk_next): each chunk's GEMMs read the
@@ -25,16 +28,12 @@ dipole_status dp_gemm_plan(dipole_ctx *ctx, const dp_problem *p_in, dp_fwd_plan 
 {
     dipole_plan *pub = &plan->pub;
     dp_gemm_chunking *ch = &plan->chunking;
-    if (dp_needs_diff_or_dv(p_in)) {
-        snprintf(pub->reason, sizeof pub->reason, "gemm: " DP_DIFF_DV_TODO);
-        return DIPOLE_ERR_UNSUPPORTED;
-    }
     if (!dp_gemm_stage_fits(ctx, p_in, false, pub->reason, sizeof pub->reason))
         return DIPOLE_ERR_UNSUPPORTED;
     const double staged = dp_gemm_stage_bytes(p_in, false);
     const dp_problem p32 = dp_gemm_f32_problem(p_in), *p = &p32;
-    if (!dp_gemm_chunking_choose(ctx, p, p->reads_v2 ? 2 : 1, false, staged, ch, pub->reason,
-                                 sizeof pub->reason))
+    if (!dp_gemm_chunking_choose(ctx, p, dp_gemm_second_map(p) ? 2 : 1, false, staged, ch,
+                                 pub->reason, sizeof pub->reason))
         return DIPOLE_ERR_UNSUPPORTED;
     const dipole_status st = dp_rowwise_plan_make(ctx, p_in, "dipole_rowwise", &plan->rowwise,
                                                   pub->reason, sizeof pub->reason);
@@ -63,7 +62,7 @@ dipole_status dp_gemm_plan(dipole_ctx *ctx, const dp_problem *p_in, dp_fwd_plan 
 
 typedef struct gemm_work {
     cl_kernel rowwise; /* owned by the context */
-    cl_mem s, s2;
+    cl_mem s, s2; /* S then P; the second score map (DIFF) or P2 (on v2) */
     dp_gemm_batch g; /* per-slice arguments of one batched GEMM */
 } gemm_work;
 
@@ -85,36 +84,42 @@ static dipole_status launch_rowwise(dipole_ctx *ctx, const dp_problem *p,
                               a->alibi_slopes);
 }
 
-/* S = scale Q K^T: C [nr, nc] = (Q^T stored [d, nr])^T (K^T stored [d, nc]). */
+/* S = scale Q K^T: C [nr, nc] = (Q^T stored [d, nr])^T (K^T stored [d, nc]), per score map
+ * (DIFF's second into s2). */
 static dipole_status scores(dipole_ctx *ctx, const dp_problem *p, gemm_work *w, const dp_args *a,
                             const dp_gemm_chunk *c)
 {
     const size_t hq = (size_t)p->d.heads_q, dim = (size_t)p->d.head_dim;
-    for (size_t t = 0; t < c->ns; t++) {
-        const size_t b = (c->s0 + t) / hq, h = (c->s0 + t) % hq;
-        w->g.off_a[t] = dp_gemm_query_at(p, a->q, b, c->r0, h);
-        w->g.off_b[t] = dp_gemm_keys_at(p, a->k, b, c->j0, c->nc, h / (size_t)p->group);
-        w->g.off_c[t] = t * c->nr * c->nc;
-        w->g.alpha[t] = p->d.scale;
-        w->g.beta[t] = 0.0f;
-    }
     cl_command_queue queue = ctx->queue;
-    const CLBlastStatusCode cs = CLBlastSgemmBatched(
-        CLBlastLayoutColMajor, CLBlastTransposeYes, CLBlastTransposeNo, c->nr, c->nc, dim,
-        w->g.alpha, a->q->buffer, w->g.off_a, dp_gemm_ld(a->q, c->nr, p->d.head_dim),
-        a->k->buffer, w->g.off_b, dp_gemm_ld(a->k, c->nc, p->d.head_dim), w->g.beta, w->s,
-        w->g.off_c, c->nr, c->ns, &queue, NULL);
-    if (cs != CLBlastSuccess)
-        return dp_clblast_fail(ctx, cs, "CLBlastSgemmBatched(S = scale Q K^T)");
+    for (int m = 0; m < p->nscores; m++) {
+        const dipole_tensor q = dp_gemm_score_view(p, a->q, m), k = dp_gemm_score_view(p, a->k, m);
+        for (size_t t = 0; t < c->ns; t++) {
+            const size_t b = (c->s0 + t) / hq, h = (c->s0 + t) % hq;
+            w->g.off_a[t] = dp_gemm_query_at(p, &q, b, c->r0, h);
+            w->g.off_b[t] = dp_gemm_keys_at(p, &k, b, c->j0, c->nc, h / (size_t)p->group);
+            w->g.off_c[t] = t * c->nr * c->nc;
+            w->g.alpha[t] = p->d.scale;
+            w->g.beta[t] = 0.0f;
+        }
+        const CLBlastStatusCode cs = CLBlastSgemmBatched(
+            CLBlastLayoutColMajor, CLBlastTransposeYes, CLBlastTransposeNo, c->nr, c->nc, dim,
+            w->g.alpha, q.buffer, w->g.off_a, dp_gemm_ld(&q, c->nr, p->d.head_dim), k.buffer,
+            w->g.off_b, dp_gemm_ld(&k, c->nc, p->d.head_dim), w->g.beta, m ? w->s2 : w->s,
+            w->g.off_c, c->nr, c->ns, &queue, NULL);
+        if (cs != CLBlastSuccess)
+            return dp_clblast_fail(ctx, cs,
+                                   m ? "CLBlastSgemmBatched(S_1 = scale Q_1 K_1^T)"
+                                     : "CLBlastSgemmBatched(S = scale Q K^T)");
+    }
     return DIPOLE_SUCCESS;
 }
 
-/* O^T [d, nr] = (V^T stored [d, nc]) (P stored [nr, nc])^T, then += V2 P2; the last GEMM of
- * the call ends in event. */
+/* O^T [dv, nr] = (V^T stored [dv, nc]) (P stored [nr, nc])^T, then += V2 P2; the last GEMM
+ * of the call ends in event. */
 static dipole_status values(dipole_ctx *ctx, const dp_problem *p, gemm_work *w, const dp_args *a,
                             const dp_gemm_chunk *c, cl_event *event)
 {
-    const size_t hq = (size_t)p->d.heads_q, dim = (size_t)p->d.head_dim;
+    const size_t hq = (size_t)p->d.heads_q, dim = (size_t)p->dv;
     const int passes = p->reads_v2 ? 2 : 1;
     cl_command_queue queue = ctx->queue;
     for (int pass = 0; pass < passes; pass++) {
@@ -129,9 +134,9 @@ static dipole_status values(dipole_ctx *ctx, const dp_problem *p, gemm_work *w, 
         }
         const CLBlastStatusCode cs = CLBlastSgemmBatched(
             CLBlastLayoutColMajor, CLBlastTransposeNo, CLBlastTransposeYes, dim, c->nr, c->nc,
-            w->g.alpha, v->buffer, w->g.off_a, dp_gemm_ld(v, c->nc, p->d.head_dim),
+            w->g.alpha, v->buffer, w->g.off_a, dp_gemm_ld(v, c->nc, p->dv),
             pass ? w->s2 : w->s, w->g.off_b, c->nr, w->g.beta, a->out->buffer, w->g.off_c,
-            dp_gemm_ld(a->out, c->nr, p->d.head_dim), c->ns, &queue,
+            dp_gemm_ld(a->out, c->nr, p->dv), c->ns, &queue,
             pass == passes - 1 ? event : NULL);
         if (cs != CLBlastSuccess)
             return dp_clblast_fail(ctx, cs,
@@ -144,17 +149,13 @@ static dipole_status values(dipole_ctx *ctx, const dp_problem *p, gemm_work *w, 
 static dipole_status run_f32(dipole_ctx *ctx, const dp_problem *p, const dp_fwd_plan *plan,
                              const dp_args *a, cl_event *event)
 {
-    const dipole_attn_desc *d = &p->d;
     const dp_gemm_chunking *ch = &plan->chunking;
-    const dipole_tensor *ins[4] = {a->q, a->k, a->v, p->reads_v2 ? a->v2 : NULL};
-    const char *names[5] = {"q", "k", "v", "v2", "out"};
+    const dipole_tensor *ts[5] = {a->q, a->k, a->v, p->reads_v2 ? a->v2 : NULL, a->out};
+    static const char *const names[5] = {"q", "k", "v", "v2", "out"};
+    static const dp_role roles[5] = {DP_ROLE_Q, DP_ROLE_K, DP_ROLE_V, DP_ROLE_V, DP_ROLE_OUT};
     dipole_status st = DIPOLE_SUCCESS;
-    for (int i = 0; i < 5 && st == DIPOLE_SUCCESS; i++) {
-        const dipole_tensor *t = i < 4 ? ins[i] : a->out;
-        const bool is_q = i == 0 || i == 4;
-        st = dp_gemm_check_int_range(ctx, names[i], t, p->tensor_batch, is_q ? d->seq_q : d->seq_k,
-                                     is_q ? d->heads_q : d->heads_kv, d->head_dim);
-    }
+    for (int i = 0; i < 5 && st == DIPOLE_SUCCESS; i++)
+        st = dp_gemm_check_int_range(ctx, p, names[i], ts[i], roles[i]);
     const dp_rowwise_plan *rw = &plan->rowwise;
     gemm_work w;
     memset(&w, 0, sizeof w);
@@ -165,7 +166,7 @@ static dipole_status run_f32(dipole_ctx *ctx, const dp_problem *p, const dp_fwd_
 
     const size_t s_bytes = dp_gemm_score_bytes(p, ch);
     dipole_status bst = dp_gemm_scores_alloc(ctx, &w.g, ch->slices, s_bytes, "gemm", &w.s);
-    if (bst == DIPOLE_SUCCESS && p->reads_v2)
+    if (bst == DIPOLE_SUCCESS && dp_gemm_second_map(p))
         bst = dp_scratch(ctx, s_bytes, "gemm scores 2", &w.s2);
     if (bst != DIPOLE_SUCCESS) {
         work_free(&w);
@@ -206,12 +207,13 @@ static dipole_status run_staged(dipole_ctx *ctx, const dp_problem *p, const dp_f
     const dipole_tensor *src[OUT] = {half ? a->q : NULL, a->k, a->v, p->reads_v2 ? a->v2 : NULL};
     static const char *const what[N] = {"gemm float q", "gemm float k", "gemm float v",
                                         "gemm float v2", "gemm float out"};
+    static const dp_role roles[N] = {DP_ROLE_Q, DP_ROLE_K, DP_ROLE_V, DP_ROLE_V, DP_ROLE_OUT};
     dipole_status st = DIPOLE_SUCCESS;
     for (int i = 0; i < OUT && st == DIPOLE_SUCCESS; i++)
         if (src[i])
-            st = dp_gemm_stage_widen(ctx, p, src[i], i == Q, a, what[i], &bufs[i], &t[i]);
+            st = dp_gemm_stage_widen(ctx, p, src[i], roles[i], a, what[i], &bufs[i], &t[i]);
     if (st == DIPOLE_SUCCESS && half)
-        st = dp_gemm_stage_alloc(ctx, p, true, what[OUT], &bufs[OUT], &t[OUT]);
+        st = dp_gemm_stage_alloc(ctx, p, DP_ROLE_OUT, what[OUT], &bufs[OUT], &t[OUT]);
     if (st == DIPOLE_SUCCESS) {
         dp_args a32 = *a;
         a32.q = half ? &t[Q] : a->q;
@@ -223,7 +225,7 @@ static dipole_status run_staged(dipole_ctx *ctx, const dp_problem *p, const dp_f
         st = run_f32(ctx, &p32, plan, &a32, half ? NULL : event);
     }
     if (st == DIPOLE_SUCCESS && half)
-        st = dp_gemm_stage_narrow(ctx, p, &t[OUT], a->out, true, event);
+        st = dp_gemm_stage_narrow(ctx, p, &t[OUT], a->out, DP_ROLE_OUT, event);
     /* The buffers live on until the enqueued commands that use them finish. */
     for (int i = 0; i < N; i++)
         if (bufs[i])

@@ -1,15 +1,18 @@
-/* The GEMM-path backward: any head_dim, scratch bounded by ctx->workspace_limit. Per chunk of
+/* The GEMM-path backward: any head dims, scratch bounded by ctx->workspace_limit. Per chunk of
  * (batch, head) slices and query rows, with the chunk's visible keys [j0, j0 + nc):
  *   S = scale Q K^T, dP = dO V^T (dP2 = dO V2^T)       (CLBlast batched GEMMs)
  *   P, dS, P2 = rowwise_bwd(S, dP, dP2, lse)           (cl/dipole_rowwise.cl, in place)
  *   dV += P^T dO, dV2 += P2^T dO, dK += scale dS^T Q   (beta = 1 into zeroed outputs)
  *   dQ = scale dS K                                    (beta = 0: a chunk holds all its keys)
- * then d alpha / d beta from the per-row dO . O_p sums (dipole_bwd_dweights). The row-wise
- * kernel applies the score modifiers to S and their derivative to dS, so the GEMMs stay those
- * of plain attention. A packed batch runs sequence by sequence (dp_gemm_chunk_next), its
- * gradients zeroed as one tensor first, so that a sequence without rows or keys leaves its rows
- * 0; the row sums of every sequence land in one [poles, Hq, total rows] array, which
- * dipole_bwd_dweights sums over all of them.
+ * then d alpha / d beta from the per-row dO . O_p sums (dipole_bwd_dweights). S, dQ and dK run
+ * over head_dim, dP and dV over head_dim_v. DIFF has a score map per pole, S_p = scale Q_p K_p^T
+ * on the views of q and k at the pole's heads (S_1 in the third chunk, where dP2 would be): the
+ * row-wise kernel leaves dS_p over them and P = alpha P_0 + beta P_1 (both on v) over S, and
+ * dQ_p, dK_p follow on the views of dq and dk. The row-wise kernel applies the score modifiers
+ * to S and their derivative to dS, so the GEMMs stay those of plain attention. A packed batch
+ * runs sequence by sequence (dp_gemm_chunk_next), its gradients zeroed as one tensor first, so
+ * that a sequence without rows or keys leaves its rows 0; the row sums of every sequence land
+ * in one [poles, Hq, total rows] array, which dipole_bwd_dweights sums over all of them.
  *
  * Deterministic: chunks run in a fixed order, and the query heads of a GQA group (which add
  * into the same dK / dV slice) go to separate batched calls, one per position in the group, so
@@ -24,7 +27,7 @@
 
 typedef struct bwd_work {
     cl_kernel rowwise; /* owned by the context */
-    cl_mem s, dp, dp2, rowdot;
+    cl_mem s, dp, dp2, rowdot; /* dp2: dP2 then P2, or S_1 then dS_1 (DIFF) */
     dp_gemm_batch g; /* per-slice arguments of one batched GEMM */
 } bwd_work;
 
@@ -38,14 +41,14 @@ static void work_free(bwd_work *w)
 }
 
 static dipole_status zero_tensor(dipole_ctx *ctx, cl_kernel kernel, const dp_problem *p,
-                                 const dipole_tensor *t)
+                                 const dipole_tensor *t, dp_role role)
 {
-    const int seq = p->d.seq_k, dim = p->d.head_dim;
+    const dp_shape sh = dp_shape_of(p, role);
     dp_launch_args l = dp_launch_args_begin(kernel, "dipole_zero_rows");
     dp_arg_tensor(&l, t);
-    dp_arg_int(&l, seq);
-    dp_arg_int(&l, dim);
-    const size_t global[3] = {(size_t)dim, (size_t)seq * (size_t)p->d.heads_kv,
+    dp_arg_int(&l, sh.seq);
+    dp_arg_int(&l, sh.dim);
+    const size_t global[3] = {(size_t)sh.dim, (size_t)sh.seq * (size_t)sh.heads,
                               (size_t)p->tensor_batch};
     return dp_launch(ctx, &l, 3, global, NULL, NULL);
 }
@@ -69,6 +72,7 @@ typedef struct gemm_operand {
     const dipole_tensor *t; /* NULL: the score chunk, slice t at t * nr * nc, ld nr */
     bool kv;                /* tensor indexed by the K/V head and the key span, else query */
     bool trans;
+    int dim; /* a tensor's head dim */
 } gemm_operand;
 
 typedef dp_gemm_chunk chunk;
@@ -83,9 +87,9 @@ static size_t operand_offset(const dp_problem *p, const gemm_operand *o, const c
                  : dp_gemm_query_at(p, o->t, b, c->r0, h);
 }
 
-static size_t operand_ld(const dp_problem *p, const gemm_operand *o, const chunk *c)
+static size_t operand_ld(const gemm_operand *o, const chunk *c)
 {
-    return o->t ? dp_gemm_ld(o->t, o->kv ? c->nc : c->nr, p->d.head_dim) : c->nr;
+    return o->t ? dp_gemm_ld(o->t, o->kv ? c->nc : c->nr, o->dim) : c->nr;
 }
 
 static dipole_status batched(dipole_ctx *ctx, const dp_problem *p, bwd_work *w, const chunk *c,
@@ -109,9 +113,9 @@ static dipole_status batched(dipole_ctx *ctx, const dp_problem *p, bwd_work *w, 
     cl_command_queue queue = ctx->queue;
     CLBlastStatusCode cs = CLBlastSgemmBatched(
         CLBlastLayoutColMajor, A->trans ? CLBlastTransposeYes : CLBlastTransposeNo,
-        B->trans ? CLBlastTransposeYes : CLBlastTransposeNo, m, n, k, w->g.alpha, A->buf, w->g.off_a,
-        operand_ld(p, A, c), B->buf, w->g.off_b, operand_ld(p, B, c), w->g.beta, C->buf, w->g.off_c,
-        operand_ld(p, C, c), count, &queue, NULL);
+        B->trans ? CLBlastTransposeYes : CLBlastTransposeNo, m, n, k, w->g.alpha, A->buf,
+        w->g.off_a, operand_ld(A, c), B->buf, w->g.off_b, operand_ld(B, c), w->g.beta, C->buf,
+        w->g.off_c, operand_ld(C, c), count, &queue, NULL);
     if (cs != CLBlastSuccess) {
         char call[96];
         snprintf(call, sizeof call, "CLBlastSgemmBatched(%s)", what);
@@ -127,70 +131,83 @@ static dipole_status run_chunk(dipole_ctx *ctx, const dp_problem *p, const dp_bw
                                const dp_rowwise_plan *rw, bwd_work *w, const chunk *c,
                                const dp_call_buffers *cb)
 {
-    const size_t dim = (size_t)p->d.head_dim, nr = c->nr, nc = c->nc;
+    const size_t dim = (size_t)p->d.head_dim, vdim = (size_t)p->dv, nr = c->nr, nc = c->nc;
+    const int d = p->d.head_dim, dv = p->dv;
     const float scale = p->d.scale;
-    /* Tensor slices are stored [d, seq]; score chunks [nr, nc]. */
-    const gemm_operand qt = {a->q->buffer, a->q, false, true};
-    const gemm_operand q = {a->q->buffer, a->q, false, false};
-    const gemm_operand dot = {a->dout->buffer, a->dout, false, true};
-    const gemm_operand dout = {a->dout->buffer, a->dout, false, false};
-    const gemm_operand k = {a->k->buffer, a->k, true, false};
-    const gemm_operand v = {a->v->buffer, a->v, true, false};
-    const gemm_operand s = {w->s, NULL, false, false};
-    const gemm_operand ds = {w->dp, NULL, false, false};
-    const gemm_operand dst = {w->dp, NULL, false, true};
-    const gemm_operand dq = {a->dq->buffer, a->dq, false, false};
-    const gemm_operand dk = {a->dk->buffer, a->dk, true, false};
-    const gemm_operand dv = {a->dv->buffer, a->dv, true, false};
+    /* Tensor slices are stored [d, seq]; score chunks [nr, nc]. Score map m's q, k, dq, dk
+     * are views at its heads; its S and dS live in s and dp (m = 0) or dp2 (m = 1). */
+    dipole_tensor qm[2], km[2], dqm[2], dkm[2];
+    for (int m = 0; m < p->nscores; m++) {
+        qm[m] = dp_gemm_score_view(p, a->q, m);
+        km[m] = dp_gemm_score_view(p, a->k, m);
+        dqm[m] = dp_gemm_score_view(p, a->dq, m);
+        dkm[m] = dp_gemm_score_view(p, a->dk, m);
+    }
+    const gemm_operand dot = {a->dout->buffer, a->dout, false, true, dv};
+    const gemm_operand dout = {a->dout->buffer, a->dout, false, false, dv};
+    const gemm_operand v = {a->v->buffer, a->v, true, false, dv};
+    const gemm_operand s = {w->s, NULL, false, false, 0};
+    const gemm_operand dvo = {a->dv->buffer, a->dv, true, false, dv};
+    const gemm_operand second = {w->dp2, NULL, false, false, 0};
 
     /* S [nr, nc] = scale Q^T K, dP = dO^T V, dP2 = dO^T V2 (in stored orientation). */
     dipole_status st = DIPOLE_SUCCESS;
-    if (c->sees)
-        st = batched(ctx, p, w, c, -1, nr, nc, dim, scale, 0.0f, &qt, &k, &s, "S = scale Q K^T");
+    for (int m = 0; m < p->nscores && c->sees && st == DIPOLE_SUCCESS; m++) {
+        const gemm_operand qt = {qm[m].buffer, &qm[m], false, true, d};
+        const gemm_operand k = {km[m].buffer, &km[m], true, false, d};
+        st = batched(ctx, p, w, c, -1, nr, nc, dim, scale, 0.0f, &qt, &k, m ? &second : &s,
+                     m ? "S_1 = scale Q_1 K_1^T" : "S = scale Q K^T");
+    }
+    const gemm_operand ds = {w->dp, NULL, false, false, 0};
     if (st == DIPOLE_SUCCESS && c->sees)
-        st = batched(ctx, p, w, c, -1, nr, nc, dim, 1.0f, 0.0f, &dot, &v, &ds, "dP = dO V^T");
+        st = batched(ctx, p, w, c, -1, nr, nc, vdim, 1.0f, 0.0f, &dot, &v, &ds, "dP = dO V^T");
     if (st == DIPOLE_SUCCESS && c->sees && p->reads_v2) {
-        const gemm_operand v2 = {a->v2->buffer, a->v2, true, false};
-        const gemm_operand dp2 = {w->dp2, NULL, false, false};
-        st = batched(ctx, p, w, c, -1, nr, nc, dim, 1.0f, 0.0f, &dot, &v2, &dp2, "dP2 = dO V2^T");
+        const gemm_operand v2 = {a->v2->buffer, a->v2, true, false, dv};
+        st = batched(ctx, p, w, c, -1, nr, nc, vdim, 1.0f, 0.0f, &dot, &v2, &second,
+                     "dP2 = dO V2^T");
     }
     if (st == DIPOLE_SUCCESS)
         st = launch_rowwise_bwd(ctx, p, rw, w, a, cb, c);
-    /* Now s holds P, ds holds dS, dp2 holds P2. dV [d, nc] += dO [d, nr] P [nr, nc], and
-     * likewise dV2 and dK (scale Q dS): one call per position in the GQA group. */
+    /* Now s holds P, dp dS (of score map 0), dp2 P2 or dS_1. dV [dv, nc] += dO [dv, nr]
+     * P [nr, nc], and likewise dV2 and dK (scale Q dS): one call per position in the GQA
+     * group. */
     for (int g = 0; g < p->group && c->sees && st == DIPOLE_SUCCESS; g++) {
-        st = batched(ctx, p, w, c, g, dim, nc, nr, 1.0f, 1.0f, &dout, &s, &dv, "dV += P^T dO");
+        st = batched(ctx, p, w, c, g, vdim, nc, nr, 1.0f, 1.0f, &dout, &s, &dvo, "dV += P^T dO");
         if (st == DIPOLE_SUCCESS && p->reads_v2) {
-            const gemm_operand p2 = {w->dp2, NULL, false, false};
-            const gemm_operand dv2 = {a->dv2->buffer, a->dv2, true, false};
-            st = batched(ctx, p, w, c, g, dim, nc, nr, 1.0f, 1.0f, &dout, &p2, &dv2,
+            const gemm_operand dv2 = {a->dv2->buffer, a->dv2, true, false, dv};
+            st = batched(ctx, p, w, c, g, vdim, nc, nr, 1.0f, 1.0f, &dout, &second, &dv2,
                          "dV2 += P2^T dO");
         }
-        if (st == DIPOLE_SUCCESS)
-            st = batched(ctx, p, w, c, g, dim, nc, nr, scale, 1.0f, &q, &ds, &dk,
-                         "dK += scale dS^T Q");
+        for (int m = 0; m < p->nscores && st == DIPOLE_SUCCESS; m++) {
+            const gemm_operand q = {qm[m].buffer, &qm[m], false, false, d};
+            const gemm_operand dk = {dkm[m].buffer, &dkm[m], true, false, d};
+            st = batched(ctx, p, w, c, g, dim, nc, nr, scale, 1.0f, &q, m ? &second : &ds, &dk,
+                         m ? "dK_1 += scale dS_1^T Q_1" : "dK += scale dS^T Q");
+        }
     }
     /* dQ [d, nr] = scale K [d, nc] dS^T: the chunk holds every key its rows see. */
-    if (st == DIPOLE_SUCCESS)
+    for (int m = 0; m < p->nscores && st == DIPOLE_SUCCESS; m++) {
+        const gemm_operand k = {km[m].buffer, &km[m], true, false, d};
+        const gemm_operand dst = {m ? w->dp2 : w->dp, NULL, false, true, 0};
+        const gemm_operand dq = {dqm[m].buffer, &dqm[m], false, false, d};
         st = batched(ctx, p, w, c, -1, dim, nr, nc, scale, 0.0f, &k, &dst, &dq,
-                     "dQ = scale dS K");
+                     m ? "dQ_1 = scale dS_1 K_1" : "dQ = scale dS K");
+    }
     return st;
 }
 
 dipole_status dp_gemm_backward_plan(dipole_ctx *ctx, const dp_problem *p_in, dp_bwd_plan *plan)
 {
-    /* S, dP (and dP2) per chunk; CLBlast may copy a score chunk in the dV / dK / dQ GEMMs,
-     * whose orientations its fast kernel does not take directly. */
+    /* S, dP (and dP2 or S_1) per chunk; CLBlast may copy a score chunk in the dV / dK / dQ
+     * GEMMs, whose orientations its fast kernel does not take directly. */
     char reason[256];
     dp_gemm_chunking *ch = &plan->chunking;
-    if (dp_needs_diff_or_dv(p_in))
-        return dp_fail(ctx, DIPOLE_ERR_UNSUPPORTED, "backward gemm: " DP_DIFF_DV_TODO);
     if (!dp_gemm_stage_fits(ctx, p_in, true, reason, sizeof reason))
         return dp_fail(ctx, DIPOLE_ERR_UNSUPPORTED, "backward %s", reason);
     const double staged = dp_gemm_stage_bytes(p_in, true);
     const dp_problem p32 = dp_gemm_f32_problem(p_in), *p = &p32;
-    if (!dp_gemm_chunking_choose(ctx, p, p->reads_v2 ? 3 : 2, true, staged, ch, reason,
-                                 sizeof reason))
+    if (!dp_gemm_chunking_choose(ctx, p, dp_gemm_second_map(p) ? 3 : 2, true, staged, ch,
+                                 reason, sizeof reason))
         return dp_fail(ctx, DIPOLE_ERR_UNSUPPORTED, "backward %s", reason);
     dipole_status st = dp_rowwise_plan_make(ctx, p_in, "dipole_rowwise_bwd", &plan->rowwise,
                                             reason, sizeof reason);
@@ -227,16 +244,15 @@ static dipole_status run_f32(dipole_ctx *ctx, const dp_problem *p, const dp_bwd_
     const struct {
         const char *name;
         const dipole_tensor *t;
-        bool query;
-    } ts[10] = {{"q", a->q, true},    {"k", a->k, false},    {"v", a->v, false},
-                {"v2", p->reads_v2 ? a->v2 : NULL, false},   {"dout", a->dout, true},
-                {"dq", a->dq, true},  {"dk", a->dk, false},  {"dv", a->dv, false},
-                {"dv2", p->reads_v2 ? a->dv2 : NULL, false}, {"out", NULL, true}};
+        dp_role role;
+    } ts[9] = {{"q", a->q, DP_ROLE_Q},       {"k", a->k, DP_ROLE_K},
+               {"v", a->v, DP_ROLE_V},       {"v2", p->reads_v2 ? a->v2 : NULL, DP_ROLE_V},
+               {"dout", a->dout, DP_ROLE_OUT}, {"dq", a->dq, DP_ROLE_Q},
+               {"dk", a->dk, DP_ROLE_K},     {"dv", a->dv, DP_ROLE_V},
+               {"dv2", p->reads_v2 ? a->dv2 : NULL, DP_ROLE_V}};
     dipole_status st = DIPOLE_SUCCESS;
-    for (int i = 0; i < 10 && st == DIPOLE_SUCCESS; i++)
-        st = dp_gemm_check_int_range(ctx, ts[i].name, ts[i].t, p->tensor_batch,
-                                     ts[i].query ? d->seq_q : d->seq_k,
-                                     ts[i].query ? d->heads_q : d->heads_kv, d->head_dim);
+    for (int i = 0; i < 9 && st == DIPOLE_SUCCESS; i++)
+        st = dp_gemm_check_int_range(ctx, p, ts[i].name, ts[i].t, ts[i].role);
     bwd_work w;
     memset(&w, 0, sizeof w);
     cl_kernel zero = NULL;
@@ -253,8 +269,9 @@ static dipole_status run_f32(dipole_ctx *ctx, const dp_problem *p, const dp_bwd_
     st = dp_gemm_scores_alloc(ctx, &w.g, ch->slices, s_bytes, "gemm backward", &w.s);
     if (st == DIPOLE_SUCCESS)
         st = dp_scratch(ctx, s_bytes, "gemm backward dP", &w.dp);
-    if (st == DIPOLE_SUCCESS && p->reads_v2)
-        st = dp_scratch(ctx, s_bytes, "gemm backward dP2", &w.dp2);
+    if (st == DIPOLE_SUCCESS && dp_gemm_second_map(p))
+        st = dp_scratch(ctx, s_bytes, p->reads_v2 ? "gemm backward dP2" : "gemm backward S_1",
+                        &w.dp2);
     if (st == DIPOLE_SUCCESS && want_dw)
         st = dp_scratch(ctx,
                            sizeof(float) * (size_t)p->npoles * (size_t)p->tensor_batch *
@@ -262,9 +279,10 @@ static dipole_status run_f32(dipole_ctx *ctx, const dp_problem *p, const dp_bwd_
                            "rowdot", &w.rowdot);
     /* dK, dV, dV2 gather from every chunk: zero them, then accumulate with beta = 1. */
     const dipole_tensor *acc[3] = {a->dk, a->dv, p->reads_v2 ? a->dv2 : NULL};
+    static const dp_role acc_roles[3] = {DP_ROLE_K, DP_ROLE_V, DP_ROLE_V};
     for (int i = 0; i < 3 && st == DIPOLE_SUCCESS; i++)
         if (acc[i])
-            st = zero_tensor(ctx, zero, p, acc[i]);
+            st = zero_tensor(ctx, zero, p, acc[i], acc_roles[i]);
 
     chunk c = {0};
     while (st == DIPOLE_SUCCESS && dp_gemm_chunk_next(p, ch, &c))
@@ -297,18 +315,19 @@ static dipole_status run_staged(dipole_ctx *ctx, const dp_problem *p, const dp_b
     enum { Q, K, V, V2, OUT, DOUT, DQ, DK, DV, DV2, N };
     const struct {
         const dipole_tensor *t; /* the caller's; NULL when the call has none */
-        bool query, input;
+        dp_role role;
+        bool input;
         const char *what;
-    } ts[N] = {{a->q, true, true, "gemm float q"},
-               {a->k, false, true, "gemm float k"},
-               {a->v, false, true, "gemm float v"},
-               {p->reads_v2 ? a->v2 : NULL, false, true, "gemm float v2"},
-               {a->out, true, true, "gemm float out"},
-               {a->dout, true, true, "gemm float dout"},
-               {a->dq, true, false, "gemm float dq"},
-               {a->dk, false, false, "gemm float dk"},
-               {a->dv, false, false, "gemm float dv"},
-               {p->reads_v2 ? a->dv2 : NULL, false, false, "gemm float dv2"}};
+    } ts[N] = {{a->q, DP_ROLE_Q, true, "gemm float q"},
+               {a->k, DP_ROLE_K, true, "gemm float k"},
+               {a->v, DP_ROLE_V, true, "gemm float v"},
+               {p->reads_v2 ? a->v2 : NULL, DP_ROLE_V, true, "gemm float v2"},
+               {a->out, DP_ROLE_OUT, true, "gemm float out"},
+               {a->dout, DP_ROLE_OUT, true, "gemm float dout"},
+               {a->dq, DP_ROLE_Q, false, "gemm float dq"},
+               {a->dk, DP_ROLE_K, false, "gemm float dk"},
+               {a->dv, DP_ROLE_V, false, "gemm float dv"},
+               {p->reads_v2 ? a->dv2 : NULL, DP_ROLE_V, false, "gemm float dv2"}};
     cl_mem bufs[N] = {NULL};
     dipole_tensor t[N];
     const dipole_tensor *use[N] = {NULL};
@@ -316,9 +335,9 @@ static dipole_status run_staged(dipole_ctx *ctx, const dp_problem *p, const dp_b
     for (int i = 0; i < N && st == DIPOLE_SUCCESS; i++) {
         if (!ts[i].t)
             continue;
-        st = ts[i].input ? dp_gemm_stage_widen(ctx, p, ts[i].t, ts[i].query, NULL, ts[i].what,
+        st = ts[i].input ? dp_gemm_stage_widen(ctx, p, ts[i].t, ts[i].role, NULL, ts[i].what,
                                                &bufs[i], &t[i])
-                         : dp_gemm_stage_alloc(ctx, p, ts[i].query, ts[i].what, &bufs[i], &t[i]);
+                         : dp_gemm_stage_alloc(ctx, p, ts[i].role, ts[i].what, &bufs[i], &t[i]);
         use[i] = &t[i];
     }
     if (st == DIPOLE_SUCCESS) {
@@ -341,7 +360,7 @@ static dipole_status run_staged(dipole_ctx *ctx, const dp_problem *p, const dp_b
             last = i;
     for (int i = DQ; i < N && st == DIPOLE_SUCCESS; i++)
         if (ts[i].t)
-            st = dp_gemm_stage_narrow(ctx, p, &t[i], ts[i].t, ts[i].query,
+            st = dp_gemm_stage_narrow(ctx, p, &t[i], ts[i].t, ts[i].role,
                                       i == last ? event : NULL);
     /* The buffers live on until the enqueued commands that use them finish. */
     for (int i = 0; i < N; i++)

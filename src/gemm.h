@@ -66,16 +66,35 @@ static inline size_t dp_gemm_keys_at(const dp_problem *p, const dipole_tensor *t
     return dp_gemm_at(t, 0, row < last ? row : last, head);
 }
 
+/* Score map m's heads of q or k (and dq, dk): head h of the view is head DP_POLE_HEAD(h, m) =
+ * nscores h + m of t, so DIFF's per-pole GEMMs are plain attention's on these views (with one
+ * score map, t itself). */
+static inline dipole_tensor dp_gemm_score_view(const dp_problem *p, const dipole_tensor *t, int m)
+{
+    dipole_tensor v = *t;
+    v.offset += (size_t)m * t->stride_head;
+    v.stride_head *= (size_t)p->nscores;
+    return v;
+}
+
+/* Whether a chunk holds a second score-sized buffer beside S (and the backward's dP): DIFF's
+ * second score map, or the weights on v2 of the variants that read it. */
+static inline bool dp_gemm_second_map(const dp_problem *p)
+{
+    return p->reads_v2 || p->nscores == 2;
+}
+
 /* CLBlast checks ld >= the matrix's first dimension even where only one row is read. */
 static inline size_t dp_gemm_ld(const dipole_tensor *t, size_t nrows, int d)
 {
     return nrows == 1 && t->stride_seq < (size_t)d ? (size_t)d : t->stride_seq;
 }
 
-/* CLBlast converts batched offsets to int: a tensor must end below INT_MAX elements. Fails
- * (DIPOLE_ERR_UNSUPPORTED, naming the tensor) otherwise; t may be NULL. */
-dipole_status dp_gemm_check_int_range(dipole_ctx *ctx, const char *name, const dipole_tensor *t,
-                                      int batch, int seq, int heads, int d);
+/* CLBlast converts batched offsets to int: a tensor of a role (dp_shape_of) must end below
+ * INT_MAX elements. Fails (DIPOLE_ERR_UNSUPPORTED, naming the tensor) otherwise; t may be
+ * NULL. */
+dipole_status dp_gemm_check_int_range(dipole_ctx *ctx, const dp_problem *p, const char *name,
+                                      const dipole_tensor *t, dp_role role);
 
 /* One chunk: slices [s0, s0 + ns) (slice b * Hq + h), query rows [r0, r0 + nr) of their
  * sequence, and the keys [j0, j0 + nc) its rows see, rounded out to tile multiples (within the
@@ -118,27 +137,27 @@ double dp_gemm_stage_bytes(const dp_problem *p, bool backward);
 /* Whether the copies leave room under the workspace limit; false with a reason otherwise. */
 bool dp_gemm_stage_fits(const dipole_ctx *ctx, const dp_problem *p, bool backward,
                         char *reason, size_t cap);
-/* A dense float copy of a query-side (query) or key-side tensor: uninitialised (alloc), or
- * widened from src of p's storage (widen; a key-side tensor gathered from its pages through
- * paged's block table, where paged is not NULL and has one). On failure *buf may hold a
- * buffer to release. */
-dipole_status dp_gemm_stage_alloc(dipole_ctx *ctx, const dp_problem *p, bool query,
+/* A dense float copy of a tensor of a role (dp_shape_of): uninitialised (alloc), or widened
+ * from src of p's storage (widen; a key-side tensor gathered from its pages through paged's
+ * block table, where paged is not NULL and has one). On failure *buf may hold a buffer to
+ * release. */
+dipole_status dp_gemm_stage_alloc(dipole_ctx *ctx, const dp_problem *p, dp_role role,
                                   const char *what, cl_mem *buf, dipole_tensor *dense);
 dipole_status dp_gemm_stage_widen(dipole_ctx *ctx, const dp_problem *p, const dipole_tensor *src,
-                                  bool query, const dp_args *paged, const char *what,
+                                  dp_role role, const dp_args *paged, const char *what,
                                   cl_mem *buf, dipole_tensor *dense);
 /* Rounds a dense float copy into dst, a tensor of p's storage. */
 dipole_status dp_gemm_stage_narrow(dipole_ctx *ctx, const dp_problem *p,
                                    const dipole_tensor *dense, const dipole_tensor *dst,
-                                   bool query, cl_event *event);
+                                   dp_role role, cl_event *event);
 
 /* ---- backward */
-/* The GEMM-path backward's plan: chunking under ctx->workspace_limit (S, dP and dP2 per
- * chunk), the row-wise kernel and dweights' work-group. DIPOLE_ERR_UNSUPPORTED with the reason
- * on ctx when not even one row fits. */
+/* The GEMM-path backward's plan: chunking under ctx->workspace_limit (S, dP and dP2 or S_1
+ * per chunk), the row-wise kernel and dweights' work-group. DIPOLE_ERR_UNSUPPORTED with the
+ * reason on ctx when not even one row fits. */
 dipole_status dp_gemm_backward_plan(dipole_ctx *ctx, const dp_problem *p, dp_bwd_plan *plan);
-/* Runs it: any head_dim. Scratch: S, dP (and dP2) per chunk, plus [NPOLES, B, Hq, Nq] row
- * sums (packed: [NPOLES, Hq, total rows]) when pole-weight gradients are asked for. */
+/* Runs it: any head dims. Scratch: S, dP (and dP2 or S_1) per chunk, plus [NPOLES, B, Hq, Nq]
+ * row sums (packed: [NPOLES, Hq, total rows]) when pole-weight gradients are asked for. */
 dipole_status dp_gemm_backward(dipole_ctx *ctx, const dp_problem *p, const dp_bwd_args *a,
                                const dp_bwd_plan *plan, const dp_call_buffers *cb,
                                cl_event *event);

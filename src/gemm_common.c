@@ -47,7 +47,9 @@ typedef struct chunk_shape {
 static double peak_of(const dp_problem *p, const chunk_shape *cs, double slices, double rows,
                       bool *fits_alloc, const dipole_ctx *ctx)
 {
-    const double nbuf = cs->nbuf, nk = p->d.seq_k, d = p->d.head_dim;
+    /* The GEMMs multiply over head_dim (scores) and head_dim_v (values): the larger bounds
+     * the copies of both. */
+    const double nbuf = cs->nbuf, nk = p->d.seq_k, d = dp_max_head_dim(p);
     const double nq = p->d.seq_q;
     /* Key spans are rounded out to tile multiples, so they are aligned when seq_k is. */
     const bool cols_aligned = !cs->score_copied && p->d.seq_k % DP_GEMM_PAD == 0;
@@ -194,18 +196,21 @@ dipole_status dp_clblast_fail(dipole_ctx *ctx, CLBlastStatusCode s, const char *
                    clblast_name(s));
 }
 
-dipole_status dp_gemm_check_int_range(dipole_ctx *ctx, const char *name, const dipole_tensor *t,
-                                      int batch, int seq, int heads, int d)
+dipole_status dp_gemm_check_int_range(dipole_ctx *ctx, const dp_problem *p, const char *name,
+                                      const dipole_tensor *t, dp_role role)
 {
     if (!t)
         return DIPOLE_SUCCESS;
+    const dp_shape sh = dp_shape_of(p, role);
+    const int batch = p->tensor_batch, seq = sh.seq, heads = sh.heads, d = sh.dim;
     /* A matrix's rows may not overlap (CLBlast needs ld >= columns); the tiled path reads such
      * broadcast layouts fine, this one cannot. */
     if (seq > 1 && t->stride_seq < (size_t)d)
         return dp_fail(ctx, DIPOLE_ERR_UNSUPPORTED,
-                       "gemm: tensor %s has stride_seq %zu < head_dim %d (overlapping rows); "
+                       "gemm: tensor %s has stride_seq %zu < %s %d (overlapping rows); "
                        "the GEMM path needs distinct rows",
-                       name, t->stride_seq, d);
+                       name, t->stride_seq,
+                       role == DP_ROLE_Q || role == DP_ROLE_K ? "head_dim" : "head_dim_v", d);
     const size_t last =
         dp_gemm_at(t, (size_t)batch - 1, (size_t)seq - 1, (size_t)heads - 1) + (size_t)d;
     if (last <= (size_t)INT_MAX)

@@ -17,22 +17,23 @@ dp_problem dp_gemm_f32_problem(const dp_problem *p)
     return p32;
 }
 
-/* Elements of a [batch, seq, heads, head_dim] tensor (packed: one batch), as a double (sizes
- * are checked below). */
-static double elems(const dp_problem *p, bool query)
+/* Elements of a [batch, seq, heads, dim] tensor of a role (packed: one batch), as a double
+ * (sizes are checked below). */
+static double elems(const dp_problem *p, dp_role role)
 {
-    const dipole_attn_desc *d = &p->d;
-    return (double)p->tensor_batch * (query ? d->seq_q : d->seq_k) *
-           (query ? d->heads_q : d->heads_kv) * d->head_dim;
+    const dp_shape s = dp_shape_of(p, role);
+    return (double)p->tensor_batch * s.seq * s.heads * s.dim;
 }
 
 double dp_gemm_stage_bytes(const dp_problem *p, bool backward)
 {
+    const double v = (p->reads_v2 ? 2 : 1) * elems(p, DP_ROLE_V);
     if (p->d.dtype == DIPOLE_F32)
-        return p->paged ? 4.0 * (p->reads_v2 ? 3 : 2) * elems(p, false) : 0;
-    /* forward: q, out | k, v (v2); backward: q, out, dout, dq | k, v, dk, dv (v2, dv2) */
-    const int nq = backward ? 4 : 2, nk = (backward ? 4 : 2) + (p->reads_v2 ? (backward ? 2 : 1) : 0);
-    return 4.0 * (nq * elems(p, true) + nk * elems(p, false));
+        return p->paged ? 4.0 * (elems(p, DP_ROLE_K) + v) : 0;
+    /* forward: q, k, v (v2), out; backward twice that: dout (out's shape) and dq, dk, dv
+     * (dv2) */
+    const int n = backward ? 2 : 1;
+    return 4.0 * n * (elems(p, DP_ROLE_Q) + elems(p, DP_ROLE_K) + v + elems(p, DP_ROLE_OUT));
 }
 
 bool dp_gemm_stage_fits(const dipole_ctx *ctx, const dp_problem *p, bool backward,
@@ -53,10 +54,10 @@ bool dp_gemm_stage_fits(const dipole_ctx *ctx, const dp_problem *p, bool backwar
  * program the backward already builds) over a tensor's elements; the strided tensor comes
  * first (widen) or second (narrow), and widen takes the paging of `paged` (NULL: none). */
 static dipole_status launch_rows(dipole_ctx *ctx, const dp_problem *p, const char *name,
-                                 bool query, const dipole_tensor *strided, bool strided_first,
+                                 dp_role role, const dipole_tensor *strided, bool strided_first,
                                  cl_mem dense, const dp_args *paged, cl_event *event)
 {
-    const dipole_attn_desc *d = &p->d;
+    const dp_shape sh = dp_shape_of(p, role);
     const dp_kernel_config util = dp_util_config(p, DP_DWEIGHTS_WG);
     cl_kernel kernel = NULL;
     const dipole_status st = dp_get_kernel(ctx, &util, name, &kernel);
@@ -68,47 +69,46 @@ static dipole_status launch_rows(dipole_ctx *ctx, const dp_problem *p, const cha
     dp_arg_buffer(&l, dense);
     if (!strided_first)
         dp_arg_tensor(&l, strided);
-    const int seq = query ? d->seq_q : d->seq_k, heads = query ? d->heads_q : d->heads_kv;
-    dp_arg_int(&l, seq);
-    dp_arg_int(&l, heads);
-    dp_arg_int(&l, d->head_dim);
+    dp_arg_int(&l, sh.seq);
+    dp_arg_int(&l, sh.heads);
+    dp_arg_int(&l, sh.dim);
     if (strided_first) {
         dp_arg_buffer(&l, paged ? paged->block_table : NULL);
         dp_arg_int(&l, paged ? paged->max_pages : 0);
         dp_arg_int(&l, paged ? paged->page_size : 0);
         dp_arg_buffer(&l, paged ? paged->key_lengths : NULL);
     }
-    const size_t global[3] = {(size_t)d->head_dim, (size_t)seq * (size_t)heads,
+    const size_t global[3] = {(size_t)sh.dim, (size_t)sh.seq * (size_t)sh.heads,
                               (size_t)p->tensor_batch};
     return dp_launch(ctx, &l, 3, global, NULL, event);
 }
 
-dipole_status dp_gemm_stage_alloc(dipole_ctx *ctx, const dp_problem *p, bool query,
+dipole_status dp_gemm_stage_alloc(dipole_ctx *ctx, const dp_problem *p, dp_role role,
                                   const char *what, cl_mem *buf, dipole_tensor *dense)
 {
-    const dipole_attn_desc *d = &p->d;
-    const size_t n = (size_t)elems(p, query);
+    const dp_shape sh = dp_shape_of(p, role);
+    const size_t n = (size_t)elems(p, role);
     dipole_status st = dp_scratch(ctx, n * sizeof(float), what, buf);
     if (st == DIPOLE_SUCCESS)
-        *dense = query ? dipole_tensor_dense(*buf, d->seq_q, d->heads_q, d->head_dim)
-                       : dipole_tensor_dense(*buf, d->seq_k, d->heads_kv, d->head_dim);
+        *dense = dipole_tensor_dense(*buf, sh.seq, sh.heads, sh.dim);
     return st;
 }
 
 dipole_status dp_gemm_stage_widen(dipole_ctx *ctx, const dp_problem *p, const dipole_tensor *src,
-                                  bool query, const dp_args *paged, const char *what, cl_mem *buf,
-                                  dipole_tensor *dense)
+                                  dp_role role, const dp_args *paged, const char *what,
+                                  cl_mem *buf, dipole_tensor *dense)
 {
-    const dipole_status st = dp_gemm_stage_alloc(ctx, p, query, what, buf, dense);
+    const dipole_status st = dp_gemm_stage_alloc(ctx, p, role, what, buf, dense);
     if (st != DIPOLE_SUCCESS)
         return st;
-    return launch_rows(ctx, p, "dipole_widen_rows", query, src, true, *buf,
-                       paged && paged->block_table && !query ? paged : NULL, NULL);
+    const bool keys = role == DP_ROLE_K || role == DP_ROLE_V;
+    return launch_rows(ctx, p, "dipole_widen_rows", role, src, true, *buf,
+                       paged && paged->block_table && keys ? paged : NULL, NULL);
 }
 
 dipole_status dp_gemm_stage_narrow(dipole_ctx *ctx, const dp_problem *p,
                                    const dipole_tensor *dense, const dipole_tensor *dst,
-                                   bool query, cl_event *event)
+                                   dp_role role, cl_event *event)
 {
-    return launch_rows(ctx, p, "dipole_narrow_rows", query, dst, false, dense->buffer, NULL, event);
+    return launch_rows(ctx, p, "dipole_narrow_rows", role, dst, false, dense->buffer, NULL, event);
 }

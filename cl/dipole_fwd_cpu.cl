@@ -57,9 +57,9 @@ inline void dp_pack_k_row(__local float *kt, __global const dp_storage *row, int
 }
 
 /* Copies value row jj of a tile into vt, blocked by output block: vt[(c0 / RB) * N_PAD * RB +
- * jj * RB + t] = dim c0 + t (0 past the value head dim). Reading a block of RB dims down the tile is
- * then sequential; straight from the tensor, rows H * d apart alias in L1. Returns whether the
- * row was finite. */
+ * jj * RB + t] = dim c0 + t (0 past the value head dim). Reading a block of RB dims down the
+ * tile is then sequential; straight from the tensor, rows H * d apart alias in L1. Returns
+ * whether the row was finite. */
 inline bool dp_pack_v_row(__local float *vt, __global const dp_storage *row, int jj)
 {
     /* Non-finite values are packed as 0 and reported: in the accumulation a key that does not
@@ -326,9 +326,9 @@ void dipole_fwd_cpu(__global const dp_storage *q, dp_layout lq,
                     for (int jj = 0; jj < n; jj++)
 #pragma unroll
                         for (int r = 0; r < RV; r++) {
-                            const float16 lg =
-                                select((float16)(-INFINITY),
-                                       POLE_LOGIT(p, s[POLE_SCORE(p)][jj * RV + r]), LANE_VIS(jj, r));
+                            const float16 lg = select((float16)(-INFINITY),
+                                                      POLE_LOGIT(p, s[POLE_SCORE(p)][jj * RV + r]),
+                                                      LANE_VIS(jj, r));
                             tmax[p][r] = DP_MAX_LOGIT(tmax[p][r], lg);
                         }
                 float16 mn[RV];
@@ -646,11 +646,13 @@ void dipole_fwd_splitk(__global const dp_storage *q, dp_layout lq,
                 for (int p = 0; p < NPOLES; p++) {
                     if (POLE_MAY_V(p) && !DP_AWAY(av[p][t]))
                         for (int c16 = 0; c16 < DV; c16++)
-                            acc[p][c16] = fma((float16)av[p][t], dp_row_piece(vr, c16, HEAD_DIM_V), acc[p][c16]);
+                            acc[p][c16] = fma((float16)av[p][t],
+                                              dp_row_piece(vr, c16, HEAD_DIM_V), acc[p][c16]);
 #if READS_V2
                     if (POLE_MAY_V2(p) && !DP_AWAY(av2[p][t]))
                         for (int c16 = 0; c16 < DV; c16++)
-                            acc[p][c16] = fma((float16)av2[p][t], dp_row_piece(v2r, c16, HEAD_DIM_V), acc[p][c16]);
+                            acc[p][c16] = fma((float16)av2[p][t],
+                                              dp_row_piece(v2r, c16, HEAD_DIM_V), acc[p][c16]);
 #endif
                 }
             }

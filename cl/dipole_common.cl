@@ -280,14 +280,17 @@ inline float16 dp_exp_nonpos(float16 x)
 #define DP_PREFETCH(p) prefetch((__global const uchar *)(p), 1)
 #endif
 
-/* Asks for every (64-byte) line of a row of HEAD_DIM elements. */
-inline void dp_prefetch_row(__global const dp_storage *row)
+/* Asks for every (64-byte) line of a row of n elements: dp_prefetch_row for a q or k row
+ * (HEAD_DIM), dp_prefetch_row_v for a value row (HEAD_DIM_V). */
+inline void dp_prefetch_n(__global const dp_storage *row, int n)
 {
-    for (int c = 0; c < HEAD_DIM; c += 64 / (int)sizeof(dp_storage))
+    for (int c = 0; c < n; c += 64 / (int)sizeof(dp_storage))
         DP_PREFETCH(row + c);
     if (((ulong)row & 63) != 0) /* a row that does not start on a line ends on one more */
-        DP_PREFETCH(row + HEAD_DIM - 1);
+        DP_PREFETCH(row + n - 1);
 }
+#define dp_prefetch_row(row) dp_prefetch_n((row), HEAD_DIM)
+#define dp_prefetch_row_v(row) dp_prefetch_n((row), HEAD_DIM_V)
 
 /* The pole weight of head h: alpha (p = 0) or beta (p = 1) for TWO_POLE and DIFF, 1 for every
  * other variant; pole_weights is [2, Hq] or NULL (all 1). */
@@ -510,7 +513,7 @@ inline int2 dp_range_in_tile(int2 range, int j0, int n)
  * [B * Hq, seq_q, chunks, NPOLES, PART_STRIDE] floats, acc padded to whole float16 pieces
  * (src/attn_tiled.c sizes the buffer by the same rule); a merge kernel combines the chunks.
  * DP_PART is the start of one row's chunk for a kernel with arguments seq_q and chunks. */
-#define DV ((HEAD_DIM + 15) / 16) /* float16 pieces of a row */
+#define DV ((HEAD_DIM_V + 15) / 16) /* float16 pieces of a value row */
 #define PART_STRIDE (2 + 16 * DV)
 #define DP_PART(bh, i, chunk) ((((long)(bh) * seq_q + (i)) * chunks + (chunk)) * NPOLES * PART_STRIDE)
 

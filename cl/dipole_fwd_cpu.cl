@@ -4,7 +4,8 @@
  * transposed, and each key tile runs two register-blocked loops — scores += K scalar x Q
  * vector, then acc += V scalar x weight vector. The online softmax (max, rescale, sums) is
  * lane-wise vector arithmetic. The variant enters only through the macros of
- * dipole_common.cl, applied to vectors. GPUs want the opposite shape: cl/dipole_fwd.cl.
+ * dipole_common.cl, applied to vectors; DIFF's two score maps (NSCORES) each have their own
+ * rows of qT and tile of keys. GPUs want the opposite shape: cl/dipole_fwd.cl.
  *
  * Also here: split-K decode (few query rows, many keys): each work-item takes one query row and
  * one chunk of keys and writes its partial (max, sum, acc) per pole; a merge kernel combines. */
@@ -30,7 +31,7 @@
 #error "BLOCK_N must be >= 1"
 #endif
 #define N_PAD ((BLOCK_N + RB - 1) / RB * RB)
-#define D_PAD ((HEAD_DIM + RB - 1) / RB * RB) /* head dim in whole output blocks */
+#define D_PAD ((HEAD_DIM_V + RB - 1) / RB * RB) /* value head dim in whole output blocks */
 #if RB == 16
 #define FLOAT_RB float16
 #define INT_RB int16
@@ -56,9 +57,9 @@ inline void dp_pack_k_row(__local float *kt, __global const dp_storage *row, int
 }
 
 /* Copies value row jj of a tile into vt, blocked by output block: vt[(c0 / RB) * N_PAD * RB +
- * jj * RB + t] = dim c0 + t (0 past the head dim). Reading a block of RB dims down the tile is
- * then sequential; straight from the tensor, rows H * d apart alias in L1. Returns whether the
- * row was finite. */
+ * jj * RB + t] = dim c0 + t (0 past the value head dim). Reading a block of RB dims down the
+ * tile is then sequential; straight from the tensor, rows H * d apart alias in L1. Returns
+ * whether the row was finite. */
 inline bool dp_pack_v_row(__local float *vt, __global const dp_storage *row, int jj)
 {
     /* Non-finite values are packed as 0 and reported: in the accumulation a key that does not
@@ -67,18 +68,18 @@ inline bool dp_pack_v_row(__local float *vt, __global const dp_storage *row, int
      * back, only to the lanes that do see them. */
     int finite = 1;
     INT_RB all_ok = (INT_RB)(-1);
-    for (int c0 = 0; c0 + RB <= HEAD_DIM; c0 += RB) {
+    for (int c0 = 0; c0 + RB <= HEAD_DIM_V; c0 += RB) {
         const FLOAT_RB x = DP_LOAD_RB(row, c0);
         const INT_RB ok = DP_FINITE_RB(x);
         all_ok &= ok;
         VSTORE_RB(select((FLOAT_RB)0.0f, x, ok), 0, vt + (c0 / RB) * N_PAD * RB + jj * RB);
     }
-#if HEAD_DIM % RB
+#if HEAD_DIM_V % RB
     for (int t = 0; t < RB; t++) {
-        const int c = HEAD_DIM / RB * RB + t;
-        const float x = c < HEAD_DIM ? dp_load(row, c) : 0.0f;
+        const int c = HEAD_DIM_V / RB * RB + t;
+        const float x = c < HEAD_DIM_V ? dp_load(row, c) : 0.0f;
         finite &= isfinite(x);
-        vt[(HEAD_DIM / RB) * N_PAD * RB + jj * RB + t] = isfinite(x) ? x : 0.0f;
+        vt[(HEAD_DIM_V / RB) * N_PAD * RB + jj * RB + t] = isfinite(x) ? x : 0.0f;
     }
 #endif
     return finite && all(all_ok);
@@ -94,15 +95,16 @@ inline bool dp_pack_v_row(__local float *vt, __global const dp_storage *row, int
 #define FETCH_V_ROWS ((BLOCK_N + NG * NPOLES * (D_PAD / RB) - 1) / (NG * NPOLES * (D_PAD / RB)))
 #define DP_FETCH_NEXT_K()                                                                      \
     for (int u = 0; u < FETCH_K_ROWS && k_next < n1; u++, k_next++)                            \
-        dp_prefetch_row(k + DP_KV_ROW(lk, b, j0 + BLOCK_N + k_next, hk));
+        for (int sm = 0; sm < NSCORES; sm++)                                                   \
+            dp_prefetch_row(k + DP_KV_ROW(lk, b, j0 + BLOCK_N + k_next, DP_POLE_HEAD(hk, sm)));
 #if READS_V2
-#define DP_FETCH_NEXT_V2() dp_prefetch_row(v2 + DP_KV_ROW(lv2, b, j0 + BLOCK_N + v_next, hk));
+#define DP_FETCH_NEXT_V2() dp_prefetch_row_v(v2 + DP_KV_ROW(lv2, b, j0 + BLOCK_N + v_next, hk));
 #else
 #define DP_FETCH_NEXT_V2()
 #endif
 #define DP_FETCH_NEXT_V()                                                                      \
     for (int u = 0; u < FETCH_V_ROWS && v_next < n1; u++, v_next++) {                          \
-        dp_prefetch_row(v + DP_KV_ROW(lv, b, j0 + BLOCK_N + v_next, hk));                      \
+        dp_prefetch_row_v(v + DP_KV_ROW(lv, b, j0 + BLOCK_N + v_next, hk));                    \
         DP_FETCH_NEXT_V2()                                                                     \
     }
 
@@ -111,7 +113,7 @@ inline bool dp_pack_v_row(__local float *vt, __global const dp_storage *row, int
  * not a function: passing the private weight array by pointer cost ~15% in the hot loop. */
 #define DP_ACC_NONFINITE(ap, src, layout, W)                                                   \
     for (int jj = 0; jj < n; jj++)                                                             \
-        for (int c = 0; c < HEAD_DIM; c++) {                                                   \
+        for (int c = 0; c < HEAD_DIM_V; c++) {                                                 \
             const float x = dp_load((src), DP_KV_ROW(layout, b, j0 + jj, hk) + c);             \
             if (isfinite(x))                                                                   \
                 continue;                                                                      \
@@ -183,26 +185,28 @@ void dipole_fwd_cpu(__global const dp_storage *q, dp_layout lq,
     }
 
     /* Large per-work-item state lives in local memory: on a CPU device that is one copy per
-     * worker thread, kept off the (bounded) stack. qT[(g * HEAD_DIM + c) * RV + r] holds dim c
-     * of group g's rows 16r .. 16r + 15, times scale. */
-    __local float16 qT[NG * HEAD_DIM * RV];
+     * worker thread, kept off the (bounded) stack. qT[((g * NSCORES + sm) * HEAD_DIM + c) * RV
+     * + r] holds dim c of score map sm's query of group g's rows 16r .. 16r + 15, times scale. */
+    __local float16 qT[NG * NSCORES * HEAD_DIM * RV];
     __local float16 acc[NG * NPOLES * D_PAD * RV];
-    __local float kt[N_PAD * HEAD_DIM]; /* the tile's keys, packed row-major */
+    __local float kt[NSCORES * N_PAD * HEAD_DIM]; /* the tile's keys per map, row-major */
     __local float vt[D_PAD * N_PAD];    /* the tile's values, see dp_pack_v_row */
 #if READS_V2
     __local float v2t[D_PAD * N_PAD];
 #endif
-    for (int g = 0; g < NG; g++) {
-        __global const dp_storage *qr[GROUP_ROWS];
-        for (int r = 0; r < GROUP_ROWS; r++) {
-            qr[r] = q + DP_ROW(lq, b, min(row0 + g * GROUP_ROWS + r, seq_q - 1), h);
-            dp_prefetch_row(qr[r]);
+    for (int g = 0; g < NG; g++)
+        for (int sm = 0; sm < NSCORES; sm++) {
+            __global const dp_storage *qr[GROUP_ROWS];
+            for (int r = 0; r < GROUP_ROWS; r++) {
+                qr[r] = q + DP_ROW(lq, b, min(row0 + g * GROUP_ROWS + r, seq_q - 1),
+                                   DP_POLE_HEAD(h, sm));
+                dp_prefetch_row(qr[r]);
+            }
+            for (int c = 0; c < HEAD_DIM; c++)
+                for (int r = 0; r < GROUP_ROWS; r++)
+                    ((__local float *)qT)[((g * NSCORES + sm) * HEAD_DIM + c) * GROUP_ROWS + r] =
+                        dp_load(qr[r], c) * scale;
         }
-        for (int c = 0; c < HEAD_DIM; c++)
-            for (int r = 0; r < GROUP_ROWS; r++)
-                ((__local float *)qT)[(g * HEAD_DIM + c) * GROUP_ROWS + r] =
-                    dp_load(qr[r], c) * scale;
-    }
     for (int e = 0; e < NG * NPOLES * D_PAD * RV; e++)
         acc[e] = (float16)0.0f;
     float16 m[NG][NPOLES][RV], l[NG][NPOLES][RV];
@@ -213,7 +217,7 @@ void dipole_fwd_cpu(__global const dp_storage *q, dp_layout lq,
                 l[g][p][r] = (float16)0.0f;
             }
 
-    float16 s[N_PAD * RV];          /* a group's scores for the tile, transposed like qT */
+    float16 s[NSCORES][N_PAD * RV]; /* a group's scores for the tile per map, as qT */
     float16 wv[NPOLES][N_PAD * RV]; /* weight times coefficient landing on v ... */
 #if READS_V2
     float16 wv2[NPOLES][N_PAD * RV]; /* ... and on v2 */
@@ -225,7 +229,9 @@ void dipole_fwd_cpu(__global const dp_storage *q, dp_layout lq,
         /* Pack the tile; keys past it (up to a whole score block) repeat its own last key:
          * their weights are never used, and a duplicate changes no tile max. */
         for (int jj = 0; jj < N_PAD; jj++)
-            dp_pack_k_row(kt, k + DP_KV_ROW(lk, b, j0 + min(jj, n - 1), hk), jj);
+            for (int sm = 0; sm < NSCORES; sm++)
+                dp_pack_k_row(kt + sm * N_PAD * HEAD_DIM,
+                              k + DP_KV_ROW(lk, b, j0 + min(jj, n - 1), DP_POLE_HEAD(hk, sm)), jj);
         bool v_finite = true;
 #if READS_V2
         bool v2_finite = true;
@@ -243,7 +249,7 @@ void dipole_fwd_cpu(__global const dp_storage *q, dp_layout lq,
             if (j0 >= g_hi[g] || j0 + n <= g_lo[g])
                 continue; /* no row of the group sees this tile */
             const bool masked = !(j0 >= g_max_lo[g] && j0 + n <= g_min_hi[g]);
-            __local const float16 *qg = qT + g * HEAD_DIM * RV;
+            __local const float16 *qg = qT + g * NSCORES * HEAD_DIM * RV;
             const int16 *glo = lo + g * RV, *ghi = hi + g * RV;
 
             /* Each pole's tile max of its logit, per lane: taken from the score registers in
@@ -256,53 +262,60 @@ void dipole_fwd_cpu(__global const dp_storage *q, dp_layout lq,
                 for (int r = 0; r < RV; r++)
                     tmax[p][r] = (float16)(-INFINITY);
 
-            /* Scores: RB keys x RV row vectors of accumulators. */
+            /* Scores: RB keys x RV row vectors of accumulators, map after map. */
             for (int jb = 0; jb < n; jb += RB) {
-                __local const float *kr[RB];
 #pragma unroll
-                for (int t = 0; t < RB; t++)
-                    kr[t] = kt + (jb + t) * HEAD_DIM;
-                float16 sa[RB][RV];
+                for (int sm = 0; sm < NSCORES; sm++) {
+                    __local const float *kr[RB];
+                    __local const float16 *qs = qg + sm * HEAD_DIM * RV;
 #pragma unroll
-                for (int t = 0; t < RB; t++)
+                    for (int t = 0; t < RB; t++)
+                        kr[t] = kt + (sm * N_PAD + jb + t) * HEAD_DIM;
+                    float16 sa[RB][RV];
 #pragma unroll
-                    for (int r = 0; r < RV; r++)
-                        sa[t][r] = (float16)0.0f;
-                for (int c = 0; c < HEAD_DIM; c++) {
-                    float16 qv[RV];
-#pragma unroll
-                    for (int r = 0; r < RV; r++)
-                        qv[r] = qg[c * RV + r];
-#pragma unroll
-                    for (int t = 0; t < RB; t++) {
-                        const float16 kv = (float16)kr[t][c];
+                    for (int t = 0; t < RB; t++)
 #pragma unroll
                         for (int r = 0; r < RV; r++)
-                            sa[t][r] = fma(kv, qv[r], sa[t][r]);
-                    }
-                }
-#if DP_SCORE_MODS
-                /* Rows past the sequence and keys past the tile are clamped into it, as their
-                 * q and k rows are: their lanes are never used. */
+                            sa[t][r] = (float16)0.0f;
+                    for (int c = 0; c < HEAD_DIM; c++) {
+                        float16 qv[RV];
 #pragma unroll
-                for (int t = 0; t < RB; t++)
+                        for (int r = 0; r < RV; r++)
+                            qv[r] = qs[c * RV + r];
 #pragma unroll
-                    for (int r = 0; r < RV; r++)
-                        sa[t][r] = DP_SCORE16(sa[t][r], b, h, row0 + g * GROUP_ROWS + 16 * r, 1,
-                                              seq_q - 1, j0 + min(jb + t, n - 1), 0, INT_MAX, kl);
-#endif
-#pragma unroll
-                for (int t = 0; t < RB; t++)
-#pragma unroll
-                    for (int r = 0; r < RV; r++)
-                        s[(jb + t) * RV + r] = sa[t][r];
-                if (!masked)
-                    for (int p = 0; p < NPOLES; p++)
-#pragma unroll
-                        for (int t = 0; t < RB; t++)
+                        for (int t = 0; t < RB; t++) {
+                            const float16 kv = (float16)kr[t][c];
 #pragma unroll
                             for (int r = 0; r < RV; r++)
-                                tmax[p][r] = DP_MAX_LOGIT(tmax[p][r], POLE_LOGIT(p, sa[t][r]));
+                                sa[t][r] = fma(kv, qv[r], sa[t][r]);
+                        }
+                    }
+#if DP_SCORE_MODS
+                    /* Rows past the sequence and keys past the tile are clamped into it, as
+                     * their q and k rows are: their lanes are never used. */
+#pragma unroll
+                    for (int t = 0; t < RB; t++)
+#pragma unroll
+                        for (int r = 0; r < RV; r++)
+                            sa[t][r] = DP_SCORE16(sa[t][r], b, h, row0 + g * GROUP_ROWS + 16 * r,
+                                                  1, seq_q - 1, j0 + min(jb + t, n - 1), 0,
+                                                  INT_MAX, kl);
+#endif
+#pragma unroll
+                    for (int t = 0; t < RB; t++)
+#pragma unroll
+                        for (int r = 0; r < RV; r++)
+                            s[sm][(jb + t) * RV + r] = sa[t][r];
+                    if (!masked)
+                        for (int p = 0; p < NPOLES; p++)
+                            if (POLE_SCORE(p) == sm)
+#pragma unroll
+                                for (int t = 0; t < RB; t++)
+#pragma unroll
+                                    for (int r = 0; r < RV; r++)
+                                        tmax[p][r] = DP_MAX_LOGIT(tmax[p][r],
+                                                                  POLE_LOGIT(p, sa[t][r]));
+                }
                 DP_FETCH_NEXT_K()
             }
 
@@ -314,7 +327,8 @@ void dipole_fwd_cpu(__global const dp_storage *q, dp_layout lq,
 #pragma unroll
                         for (int r = 0; r < RV; r++) {
                             const float16 lg = select((float16)(-INFINITY),
-                                                      POLE_LOGIT(p, s[jj * RV + r]), LANE_VIS(jj, r));
+                                                      POLE_LOGIT(p, s[POLE_SCORE(p)][jj * RV + r]),
+                                                      LANE_VIS(jj, r));
                             tmax[p][r] = DP_MAX_LOGIT(tmax[p][r], lg);
                         }
                 float16 mn[RV];
@@ -346,7 +360,7 @@ void dipole_fwd_cpu(__global const dp_storage *q, dp_layout lq,
                 for (int jj = 0; jj < n; jj++)
 #pragma unroll
                     for (int r = 0; r < RV; r++) {
-                        const float16 sv = s[jj * RV + r], lg = POLE_LOGIT(p, sv);
+                        const float16 sv = s[POLE_SCORE(p)][jj * RV + r], lg = POLE_LOGIT(p, sv);
                         float16 w = DP_POLE_EXP(dp_exp_nonpos(lg - mn[r]), lg);
                         float16 a = POLE_WEIGHTED(p, w, sv);
                         /* Masked after the coefficient: sign(NaN) is NaN, and 0 x NaN too. */
@@ -438,7 +452,7 @@ void dipole_fwd_cpu(__global const dp_storage *q, dp_layout lq,
                 coef[p][r] = select((float16)0.0f, pw[p] / l[g][p][r],
                                     lo[g * RV + r] < hi[g * RV + r] && l[g][p][r] != 0.0f);
         __local float16 *a0 = acc + g * NPOLES * D_PAD * RV;
-        for (int c = 0; c < HEAD_DIM; c++)
+        for (int c = 0; c < HEAD_DIM_V; c++)
 #pragma unroll
             for (int r = 0; r < RV; r++) {
                 float16 o = (float16)0.0f;
@@ -448,7 +462,7 @@ void dipole_fwd_cpu(__global const dp_storage *q, dp_layout lq,
             }
         for (int r = 0; r < rows; r++) {
             __global dp_storage *orow = out + DP_ROW(lout, b, grow0 + r, h);
-            for (int c = 0; c < HEAD_DIM; c++)
+            for (int c = 0; c < HEAD_DIM_V; c++)
                 dp_store(orow, c, ((__local float *)a0)[(c * RV + r / 16) * 16 + r % 16]);
         }
         if (lse)
@@ -468,21 +482,23 @@ void dipole_fwd_cpu(__global const dp_storage *q, dp_layout lq,
  * float16 pieces) and, within a step, head after head. A key's rows of all KV heads lie side by
  * side ([B, N, Hkv, d]), so each step reads one stretch of memory instead of a row a seq stride
  * apart per head, and the query heads of a GQA group, taken in turn, find their K/V rows in L1:
- * the cache is read once per call, not once per query head. Each head's (max, sum, acc) waits in
- * the work-item's own slice of part between steps.
+ * the cache is read once per call, not once per query head. DIFF's step scores each of its two
+ * maps (the pole's own q and k heads) before the poles take them. Each head's (max, sum, acc)
+ * waits in the work-item's own slice of part between steps.
  * Partials as dipole_common.cl lays them out (DP_PART). */
 
 #if !DP_VARLEN /* packed batches do not split: the planner keeps them tiled */
-inline float16 dp_row_piece(__global const dp_storage *row, int c16)
+#define DQ ((HEAD_DIM + 15) / 16) /* float16 pieces of a q or k row (DV: of a value row) */
+
+/* Piece c16 of a row of n elements (HEAD_DIM or HEAD_DIM_V), 0 past its end. */
+inline float16 dp_row_piece(__global const dp_storage *row, int c16, int n)
 {
-#if HEAD_DIM % 16
-    if (c16 == DV - 1) {
+    if (n % 16 && c16 == n / 16) {
         float x[16];
         for (int c = 0; c < 16; c++)
-            x[c] = c < HEAD_DIM % 16 ? dp_load(row, c16 * 16 + c) : 0.0f;
+            x[c] = c < n % 16 ? dp_load(row, c16 * 16 + c) : 0.0f;
         return vload16(0, x);
     }
-#endif
     return dp_load16(row, c16 * 16);
 }
 
@@ -538,10 +554,11 @@ void dipole_fwd_splitk(__global const dp_storage *q, dp_layout lq,
         for (int t = 16; t < 32 && j0 + t < j_hi; t++) {
             const int2 at = DP_KV_AT(b, j0 + t);
             for (int hk = 0; hk < heads_kv; hk++) {
-                dp_prefetch_row(k + DP_ROW(lk, at.x, at.y, hk));
-                dp_prefetch_row(v + DP_ROW(lv, at.x, at.y, hk));
+                for (int sm = 0; sm < NSCORES; sm++)
+                    dp_prefetch_row(k + DP_ROW(lk, at.x, at.y, DP_POLE_HEAD(hk, sm)));
+                dp_prefetch_row_v(v + DP_ROW(lv, at.x, at.y, hk));
 #if READS_V2
-                dp_prefetch_row(v2 + DP_ROW(lv2, at.x, at.y, hk));
+                dp_prefetch_row_v(v2 + DP_ROW(lv2, at.x, at.y, hk));
 #endif
             }
         }
@@ -563,26 +580,30 @@ void dipole_fwd_splitk(__global const dp_storage *q, dp_layout lq,
         const int16 vis = lane < (int16)nt;
         for (int h = 0; h < heads_q; h++) {
             const int hk = DP_KV_HEAD(h);
-            __global const dp_storage *kh = k + hk * lk.w, *vh = v + hk * lv.w;
+            __global const dp_storage *vh = v + hk * lv.w;
 #if READS_V2
             __global const dp_storage *v2h = v2 + hk * lv2.w;
 #endif
-            float16 qv[DV];
-            __global const dp_storage *qr = q + DP_ROW(lq, b, i, h);
-            for (int c16 = 0; c16 < DV; c16++)
-                qv[c16] = dp_row_piece(qr, c16) * scale;
-            float scs[16];
-            for (int t = 0; t < 16; t++) {
-                __global const dp_storage *kr = kh + k_at[t];
-                float16 d = (float16)0.0f;
-                for (int c16 = 0; c16 < DV; c16++)
-                    d = fma(qv[c16], dp_row_piece(kr, c16), d);
-                scs[t] = dp_sum16(d);
-            }
-            float16 sc = vload16(0, scs);
+            float16 sc[NSCORES]; /* the step's scores per map */
+            for (int sm = 0; sm < NSCORES; sm++) {
+                __global const dp_storage *kh = k + DP_POLE_HEAD(hk, sm) * lk.w;
+                float16 qv[DQ];
+                __global const dp_storage *qr = q + DP_ROW(lq, b, i, DP_POLE_HEAD(h, sm));
+                for (int c16 = 0; c16 < DQ; c16++)
+                    qv[c16] = dp_row_piece(qr, c16, HEAD_DIM) * scale;
+                float scs[16];
+                for (int t = 0; t < 16; t++) {
+                    __global const dp_storage *kr = kh + k_at[t];
+                    float16 d = (float16)0.0f;
+                    for (int c16 = 0; c16 < DQ; c16++)
+                        d = fma(qv[c16], dp_row_piece(kr, c16, HEAD_DIM), d);
+                    scs[t] = dp_sum16(d);
+                }
+                sc[sm] = vload16(0, scs);
 #if DP_SCORE_MODS
-            sc = DP_SCORE16(sc, b, h, i, 0, INT_MAX, j0, 1, j_hi - 1, kl);
+                sc[sm] = DP_SCORE16(sc[sm], b, h, i, 0, INT_MAX, j0, 1, j_hi - 1, kl);
 #endif
+            }
             __global float *st = DP_HEAD_PART(h);
             float16 acc[NPOLES][DV];
             float av[NPOLES][16];
@@ -594,7 +615,8 @@ void dipole_fwd_splitk(__global const dp_storage *q, dp_layout lq,
                 float m = sp[0], l = sp[1];
                 for (int c16 = 0; c16 < DV; c16++)
                     acc[p][c16] = vload16(c16, sp + 2);
-                const float16 lg = select((float16)(-INFINITY), POLE_LOGIT(p, sc), vis);
+                const float16 ps = sc[POLE_SCORE(p)]; /* the scores the pole ranks */
+                const float16 lg = select((float16)(-INFINITY), POLE_LOGIT(p, ps), vis);
                 const float mn = fmax(m, dp_max16(lg));
                 if (mn != m) {
                     const float f = dp_rescale(m, mn);
@@ -606,14 +628,14 @@ void dipole_fwd_splitk(__global const dp_storage *q, dp_layout lq,
                 const float16 w = select((float16)0.0f, DP_POLE_EXP(dp_exp_nonpos(lg - mn), lg), vis);
                 sp[0] = m;
                 sp[1] = l + dp_sum16(w);
-                const float16 a = w * POLE_COEF(p, sc);
+                const float16 a = w * POLE_COEF(p, ps);
                 /* A key routed to the other stream gets STREAM_AWAY, which the product below
                  * skips: its value may be non-finite, and the reference never multiplies it. */
                 if (POLE_MAY_V(p))
-                    vstore16(POLE_TO_V2(p, sc) ? (float16)STREAM_AWAY : a, 0, av[p]);
+                    vstore16(POLE_TO_V2(p, ps) ? (float16)STREAM_AWAY : a, 0, av[p]);
 #if READS_V2
                 if (POLE_MAY_V2(p))
-                    vstore16(POLE_TO_V2(p, sc) ? a : (float16)STREAM_AWAY, 0, av2[p]);
+                    vstore16(POLE_TO_V2(p, ps) ? a : (float16)STREAM_AWAY, 0, av2[p]);
 #endif
             }
             for (int t = 0; t < nt; t++) {
@@ -624,11 +646,13 @@ void dipole_fwd_splitk(__global const dp_storage *q, dp_layout lq,
                 for (int p = 0; p < NPOLES; p++) {
                     if (POLE_MAY_V(p) && !DP_AWAY(av[p][t]))
                         for (int c16 = 0; c16 < DV; c16++)
-                            acc[p][c16] = fma((float16)av[p][t], dp_row_piece(vr, c16), acc[p][c16]);
+                            acc[p][c16] = fma((float16)av[p][t],
+                                              dp_row_piece(vr, c16, HEAD_DIM_V), acc[p][c16]);
 #if READS_V2
                     if (POLE_MAY_V2(p) && !DP_AWAY(av2[p][t]))
                         for (int c16 = 0; c16 < DV; c16++)
-                            acc[p][c16] = fma((float16)av2[p][t], dp_row_piece(v2r, c16), acc[p][c16]);
+                            acc[p][c16] = fma((float16)av2[p][t],
+                                              dp_row_piece(v2r, c16, HEAD_DIM_V), acc[p][c16]);
 #endif
                 }
             }
@@ -673,8 +697,8 @@ __kernel void dipole_fwd_merge(__global const float *part, int chunks,
         coef[p] = has_keys && sum != 0.0f ? pw / sum : 0.0f; /* 0: a bias excluded every key */
     }
     /* One rescale per chunk and pole, not per element. */
-    float o[HEAD_DIM];
-    for (int c = 0; c < HEAD_DIM; c++)
+    float o[HEAD_DIM_V];
+    for (int c = 0; c < HEAD_DIM_V; c++)
         o[c] = 0.0f;
     for (int p = 0; p < NPOLES && has_keys; p++)
         for (int ch = 0; ch < chunks; ch++) {
@@ -683,11 +707,11 @@ __kernel void dipole_fwd_merge(__global const float *part, int chunks,
              * key of weight 0 does in the CPU kernel (its values may be non-finite). */
             const float r = dp_rescale(pc[0], mm[p]);
             if (r != 0.0f)
-                for (int c = 0; c < HEAD_DIM; c++)
+                for (int c = 0; c < HEAD_DIM_V; c++)
                     o[c] = fma(coef[p] * r, pc[2 + c], o[c]);
         }
     __global dp_storage *orow = out + DP_ROW(lout, b, i, h);
-    for (int c = 0; c < HEAD_DIM; c++)
+    for (int c = 0; c < HEAD_DIM_V; c++)
         dp_store(orow, c, o[c]);
     if (lse)
         for (int p = 0; p < NPOLES; p++)

@@ -50,12 +50,12 @@ bool dp_tiled_cpu_layout(dipole_ctx *ctx)
     return tc.layout == DP_LAYOUT_CPU;
 }
 
-/* Split-K's scratch: a (max, sum, acc) partial per chunk, row, head and pole, acc padded to
- * whole float16 pieces (cl/dipole_fwd_cpu.cl's PART_STRIDE); 0 if it overflows size_t. */
+/* Split-K's scratch: a (max, sum, acc) partial per chunk, row, head and pole, acc a value row
+ * padded to whole float16 pieces (cl/dipole_common.cl's PART_STRIDE); 0 if it overflows size_t. */
 static size_t splitk_bytes(const dp_tile_config *tc, const dp_problem *p)
 {
     const size_t chunks = ((size_t)p->d.seq_k + (size_t)tc->splitk_chunk - 1) / (size_t)tc->splitk_chunk;
-    const size_t stride = 2 + ((size_t)p->d.head_dim + 15) / 16 * 16;
+    const size_t stride = 2 + ((size_t)p->dv + 15) / 16 * 16;
     const size_t f[] = {chunks, (size_t)p->d.seq_q, (size_t)p->d.batch, (size_t)p->d.heads_q,
                         (size_t)p->npoles, stride, sizeof(float)};
     size_t r = 1;
@@ -249,8 +249,6 @@ dipole_status dp_tiled_plan(dipole_ctx *ctx, const dp_problem *p, dp_fwd_plan *p
     dp_tile_config tc;
     const char *source = dp_tile_config_for(ctx, &tc, &pub->config_source);
     snprintf(pub->config_label, sizeof pub->config_label, "%s", source);
-    if (tc.layout == DP_LAYOUT_CPU && dp_needs_diff_or_dv(p))
-        return reject(plan, "tiled/cpu: " DP_DIFF_DV_TODO);
     if (tc.layout == DP_LAYOUT_CPU)
         return plan_cpu(ctx, p, &tc, source, plan);
     if (dp_needs_diff_or_dv(p))

@@ -8,6 +8,9 @@
  *   dipole_bwd_dkdv_cpu  BLOCK_N keys of one K/V head (groups of 32). It walks the query rows of every query head
  *                        that reads the K/V head, RB rows at a time: scores and dO . u as
  *                        broadcast row x key-vector products, then du += a x dO, dk += dS x q.
+ * DIFF scores each pole with its own q and k heads: both kernels keep q, k and their gradients
+ * per score map (NSCORES), one dO . v serving both maps, and dS of a map lands on its heads.
+ * q and k rows have HEAD_DIM values, v, v2 and dO rows HEAD_DIM_V.
  * Every gradient element is summed by one work-item in a fixed order: bit-for-bit repeatable.
  * dq runs first: it writes the per-row delta (and pole dots) that dkdv and dweights read. */
 
@@ -18,67 +21,67 @@
 
 #define LANE_IDS ((int16)(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15))
 
-/* Copies n rows of HEAD_DIM values (times mul) into a contiguous float tile and zero-fills it
+/* Copies n rows of dim values (times mul) into a contiguous float tile and zero-fills it
  * up to n_pad rows; returns whether every value copied is finite. */
 inline bool dp_pack_rows(__local float *dst, __global const dp_storage *src, long stride, int n,
-                         int n_pad, float mul)
+                         int n_pad, int dim, float mul)
 {
     int finite = 1;
     int16 ok = (int16)(-1);
     for (int r = 0; r < n; r++) {
         __global const dp_storage *row = src + (long)r * stride;
-        __local float *to = dst + r * HEAD_DIM;
+        __local float *to = dst + r * dim;
         int c = 0;
-        for (; c + 16 <= HEAD_DIM; c += 16) {
+        for (; c + 16 <= dim; c += 16) {
             const float16 x = dp_load16(row, c) * mul;
             ok &= DP_FINITE16(x);
             vstore16(x, 0, to + c);
         }
-        for (; c < HEAD_DIM; c++) {
+        for (; c < dim; c++) {
             to[c] = dp_load(row, c) * mul;
             finite &= isfinite(to[c]);
         }
     }
-    for (int e = n * HEAD_DIM; e < n_pad * HEAD_DIM; e++)
+    for (int e = n * dim; e < n_pad * dim; e++)
         dst[e] = 0.0f;
     return finite && all(ok);
 }
 
 /* The two register-blocked products every kernel here is made of, over RB rows of a row-major
- * tile (HEAD_DIM floats each, broadcast one scalar at a time) and one 32-lane block kept
- * transposed (float16 vecs[c * NV + r]):
+ * tile (dim floats each: HEAD_DIM for q and k, HEAD_DIM_V for v, v2 and dO; broadcast one
+ * scalar at a time) and one 32-lane block kept transposed (float16 vecs[c * NV + r]):
  *   DP_RB_DOTS:  acc[t][r] += sum_c tile[t][c] * vecs[c][r]   (scores, dO . v)
  *   DP_RB_ACCUM: vecs[c][r] += sum_t coef[t][r] * tile[t][c]  (dq, dk, dv)
  * DP_RB_ACCUM_VIS adds only in the lanes that see tile row t (vis(t, r), an int16 mask): for
  * tiles holding non-finite values, where 0 x inf would reach lanes that do not see them.
  * Macros: passing the private accumulator arrays to a function cost ~15 % (see
  * cl/dipole_fwd_cpu.cl). */
-#define DP_RB_DOTS(acc, tile, vecs)                                                            \
-    for (int c = 0; c < HEAD_DIM; c++) {                                                       \
+#define DP_RB_DOTS(acc, tile, vecs, dim)                                                       \
+    for (int c = 0; c < (dim); c++) {                                                          \
         const float16 x0 = (vecs)[c * NV], x1 = (vecs)[c * NV + 1];                            \
         _Pragma("unroll") for (int t = 0; t < RB; t++) {                                       \
-            const float16 bc = (float16)((tile)[t * HEAD_DIM + c]);                              \
+            const float16 bc = (float16)((tile)[t * (dim) + c]);                               \
             (acc)[t][0] = fma(bc, x0, (acc)[t][0]);                                            \
             (acc)[t][1] = fma(bc, x1, (acc)[t][1]);                                            \
         }                                                                                      \
     }
-#define DP_RB_ACCUM(vecs, coef, tile)                                                          \
-    for (int c = 0; c < HEAD_DIM; c++) {                                                       \
+#define DP_RB_ACCUM(vecs, coef, tile, dim)                                                     \
+    for (int c = 0; c < (dim); c++) {                                                          \
         float16 y0 = (vecs)[c * NV], y1 = (vecs)[c * NV + 1];                                  \
         _Pragma("unroll") for (int t = 0; t < RB; t++) {                                       \
-            const float16 bc = (float16)((tile)[t * HEAD_DIM + c]);                              \
+            const float16 bc = (float16)((tile)[t * (dim) + c]);                               \
             y0 = fma((coef)[t][0], bc, y0);                                                    \
             y1 = fma((coef)[t][1], bc, y1);                                                    \
         }                                                                                      \
         (vecs)[c * NV] = y0;                                                                   \
         (vecs)[c * NV + 1] = y1;                                                               \
     }
-#define DP_RB_ACCUM_VIS(vecs, coef, tile, vis)                                                 \
+#define DP_RB_ACCUM_VIS(vecs, coef, tile, vis, dim)                                            \
     for (int t = 0; t < RB; t++)                                                               \
         for (int r = 0; r < NV; r++) {                                                         \
             const int16 seen = vis(t, r);                                                      \
-            for (int c = 0; c < HEAD_DIM; c++) {                                               \
-                const float16 bc = (float16)((tile)[t * HEAD_DIM + c]);                          \
+            for (int c = 0; c < (dim); c++) {                                                  \
+                const float16 bc = (float16)((tile)[t * (dim) + c]);                           \
                 (vecs)[c * NV + r] =                                                           \
                     select((vecs)[c * NV + r], fma((coef)[t][r], bc, (vecs)[c * NV + r]), seen); \
             }                                                                                  \
@@ -89,26 +92,29 @@ inline bool dp_pack_rows(__local float *dst, __global const dp_storage *src, lon
         (acc)[t][1] = (float16)0.0f;                                                           \
     }
 
-/* The products every gradient register block starts from, in dq and dkdv alike: the scores s
- * (DP_RB_DOTS of s_tile and s_vecs), dO . v as gv (g_tile, g_vecs) and, where the variant reads
- * v2, dO . v2 as gv2 (g2_tile, g2_vecs; otherwise those are not evaluated). They are declared
- * here as float16 [RB][NV] so that they stay private registers, for the reason above. dq tiles
- * key rows against its query rows' vectors, dkdv query rows against its keys'. */
+/* The products every gradient register block starts from, in dq and dkdv alike: dO . v as gv
+ * (DP_RB_DOTS of g_tile and g_vecs) and, where the variant reads v2, dO . v2 as gv2 (g2_tile,
+ * g2_vecs; otherwise those are not evaluated), once per block; then per score map the scores s
+ * (s_tile, s_vecs). They are declared here as float16 [RB][NV] so that they stay private
+ * registers, for the reason above. dq tiles key rows against its query rows' vectors, dkdv
+ * query rows against its keys'. */
 #if READS_V2
 #define DP_RB_GV2(gv2, g2_tile, g2_vecs)                                                       \
     float16 gv2[RB][NV];                                                                       \
     DP_RB_ZERO(gv2);                                                                           \
-    DP_RB_DOTS(gv2, g2_tile, g2_vecs)
+    DP_RB_DOTS(gv2, g2_tile, g2_vecs, HEAD_DIM_V)
 #else
 #define DP_RB_GV2(gv2, g2_tile, g2_vecs)
 #endif
-#define DP_RB_SCORES(s, s_tile, s_vecs, gv, g_tile, g_vecs, gv2, g2_tile, g2_vecs)             \
-    float16 s[RB][NV], gv[RB][NV];                                                             \
-    DP_RB_ZERO(s);                                                                             \
+#define DP_RB_GV(gv, g_tile, g_vecs, gv2, g2_tile, g2_vecs)                                    \
+    float16 gv[RB][NV];                                                                        \
     DP_RB_ZERO(gv);                                                                            \
-    DP_RB_DOTS(s, s_tile, s_vecs);                                                             \
-    DP_RB_DOTS(gv, g_tile, g_vecs);                                                            \
+    DP_RB_DOTS(gv, g_tile, g_vecs, HEAD_DIM_V);                                                \
     DP_RB_GV2(gv2, g2_tile, g2_vecs)
+#define DP_RB_SCORES(s, s_tile, s_vecs)                                                        \
+    float16 s[RB][NV];                                                                         \
+    DP_RB_ZERO(s);                                                                             \
+    DP_RB_DOTS(s, s_tile, s_vecs, HEAD_DIM)
 
 /* dp_exp_nonpos for x that may exceed 0: rounding puts logit - lse a little above 0, masked
  * lanes (discarded later) anything, and an lse passed in that does not belong to q and k
@@ -149,8 +155,10 @@ inline float16 dp_pole_grad(int p, float16 s, float16 gv, float16 gv2, float16 l
 #error "BLOCK_M must be a positive multiple of 32"
 #endif
 #define NG (BLOCK_M / LANES)
-/* Lane l of group g in a transposed row array: [(g * HEAD_DIM + c) * NV + l / 16][l % 16]. */
-#define DP_T(g, c, l) ((((g) * HEAD_DIM + (c)) * NV + (l) / 16) * 16 + (l) % 16)
+/* Lane l of group g in a transposed row array of dim values a row:
+ * [(g * dim + c) * NV + l / 16][l % 16]. Arrays of q and k rows (and their gradients) hold
+ * NSCORES score maps, map m's groups after the m * NG (dq) or m * KG (dkdv) groups before. */
+#define DP_T(g, c, l, dim) ((((g) * (dim) + (c)) * NV + (l) / 16) * 16 + (l) % 16)
 
 __kernel __attribute__((reqd_work_group_size(1, 1, 1)))
 void dipole_bwd_dq_cpu(__global const dp_storage *q, dp_layout lq,
@@ -183,12 +191,13 @@ void dipole_bwd_dq_cpu(__global const dp_storage *q, dp_layout lq,
     const int rows = min(BLOCK_M, seq_q - row0);
     const int groups = (rows + LANES - 1) / LANES; /* groups with a live row */
 
-    /* Row state, transposed (DP_T; q times scale). Rows past seq_q copy the last row (never
-     * written, never force the masked path). */
-    __local float16 qT[NG * HEAD_DIM * NV], doT[NG * HEAD_DIM * NV], dqT[NG * HEAD_DIM * NV];
-    __local float kt[TILE * HEAD_DIM], vt[TILE * HEAD_DIM];
+    /* Row state, transposed (DP_T; q times scale), q and dq per score map. Rows past seq_q
+     * copy the last row (never written, never force the masked path). */
+    __local float16 qT[NSCORES * NG * HEAD_DIM * NV], dqT[NSCORES * NG * HEAD_DIM * NV];
+    __local float16 doT[NG * HEAD_DIM_V * NV];
+    __local float kt[NSCORES * TILE * HEAD_DIM], vt[TILE * HEAD_DIM_V];
 #if READS_V2
-    __local float v2t[TILE * HEAD_DIM];
+    __local float v2t[TILE * HEAD_DIM_V];
 #endif
     /* Per-row scalars are staged here and loaded as vectors: no lane writes through pointer
      * casts into private vectors (oclgrind tracks those as uninitialised). */
@@ -216,16 +225,20 @@ void dipole_bwd_dq_cpu(__global const dp_storage *q, dp_layout lq,
         }
         g_max_lo[g] = max(g_max_lo[g], range.x);
         g_min_hi[g] = min(g_min_hi[g], range.y);
-        __global const dp_storage *qr = q + DP_ROW(lq, b, i, h);
+        for (int m = 0; m < NSCORES; m++) {
+            __global const dp_storage *qr = q + DP_ROW(lq, b, i, DP_POLE_HEAD(h, m));
+            for (int c = 0; c < HEAD_DIM; c++) {
+                ((__local float *)qT)[DP_T(m * NG + g, c, l, HEAD_DIM)] = dp_load(qr, c) * scale;
+                ((__local float *)dqT)[DP_T(m * NG + g, c, l, HEAD_DIM)] = 0.0f;
+            }
+        }
         __global const dp_storage *dor = dout + DP_ROW(ldout, b, i, h);
         float dot = 0.0f;
 #if NPOLES == 1
         __global const dp_storage *orow = out + DP_ROW(lout, b, i, h);
 #endif
-        for (int c = 0; c < HEAD_DIM; c++) {
-            ((__local float *)qT)[DP_T(g, c, l)] = dp_load(qr, c) * scale;
-            ((__local float *)doT)[DP_T(g, c, l)] = dp_load(dor, c);
-            ((__local float *)dqT)[DP_T(g, c, l)] = 0.0f;
+        for (int c = 0; c < HEAD_DIM_V; c++) {
+            ((__local float *)doT)[DP_T(g, c, l, HEAD_DIM_V)] = dp_load(dor, c);
 #if NPOLES == 1
             dot = fma(dp_load(dor, c), dp_load(orow, c), dot);
 #endif
@@ -252,8 +265,8 @@ void dipole_bwd_dq_cpu(__global const dp_storage *q, dp_layout lq,
     for (int p = 0; p < NPOLES; p++)
         w[p] = dp_pole_weight(pole_weights, p, h, heads_q);
 
-    /* TWO_POLE has no O+ and O- to dot with dO: the first walk rebuilds dO . O_p from the
-     * saved lse as sum_j P_pj dO . u_j; the second is the gradient walk. */
+    /* TWO_POLE and DIFF have no O_0 and O_1 to dot with dO: the first walk rebuilds dO . O_p
+     * from the saved lse as sum_j P_pj dO . u_j; the second is the gradient walk. */
     for (int walk = NPOLES == 2 ? 0 : 1; walk < 2; walk++) {
 #if NPOLES == 2
         if (walk == 1)
@@ -265,78 +278,91 @@ void dipole_bwd_dq_cpu(__global const dp_storage *q, dp_layout lq,
         for (int j0 = j_begin; j0 < j_end; j0 += TILE) {
             const int n = min(TILE, j_end - j0);
             const int n_pad = (n + RB - 1) / RB * RB;
-            const long k_at = DP_ROW(lk, b, j0, hk), v_at = DP_ROW(lv, b, j0, hk);
-            const bool k_finite = dp_pack_rows(kt, k + k_at, lk.z, n, n_pad, 1.0f);
-            dp_pack_rows(vt, v + v_at, lv.z, n, n_pad, 1.0f);
+            bool k_finite = true;
+            for (int m = 0; m < NSCORES; m++)
+                k_finite &= dp_pack_rows(kt + m * TILE * HEAD_DIM,
+                                         k + DP_ROW(lk, b, j0, DP_POLE_HEAD(hk, m)), lk.z, n,
+                                         n_pad, HEAD_DIM, 1.0f);
+            dp_pack_rows(vt, v + DP_ROW(lv, b, j0, hk), lv.z, n, n_pad, HEAD_DIM_V, 1.0f);
 #if READS_V2
-            dp_pack_rows(v2t, v2 + DP_ROW(lv2, b, j0, hk), lv2.z, n, n_pad, 1.0f);
+            dp_pack_rows(v2t, v2 + DP_ROW(lv2, b, j0, hk), lv2.z, n, n_pad, HEAD_DIM_V, 1.0f);
 #endif
             for (int g = 0; g < groups; g++) {
                 if (j0 >= g_hi[g] || j0 + n <= g_lo[g])
                     continue; /* no row of the group sees this tile */
                 /* Padding keys (past n) lie past every row's range: the masked path drops them. */
                 const bool masked = !(j0 >= g_max_lo[g] && j0 + n <= g_min_hi[g]) || n != n_pad;
-                __local const float16 *qg = qT + g * HEAD_DIM * NV, *dog = doT + g * HEAD_DIM * NV;
-                __local float16 *dqg = dqT + g * HEAD_DIM * NV;
+                __local const float16 *dog = doT + g * HEAD_DIM_V * NV;
 
                 for (int jb = 0; jb < n; jb += RB) {
-                    __local const float *kb = kt + jb * HEAD_DIM;
-                    DP_RB_SCORES(s, kb, qg, gv, vt + jb * HEAD_DIM, dog,
-                                 gv2, v2t + jb * HEAD_DIM, dog);
+                    DP_RB_GV(gv, vt + jb * HEAD_DIM_V, dog, gv2, v2t + jb * HEAD_DIM_V, dog);
+                    /* Each score map's scores, and the terms of the poles that rank it. */
+                    for (int m = 0; m < NSCORES; m++) {
+                        __local const float *kb = kt + (m * TILE + jb) * HEAD_DIM;
+                        __local const float16 *qg = qT + (m * NG + g) * HEAD_DIM * NV;
+                        __local float16 *dqg = dqT + (m * NG + g) * HEAD_DIM * NV;
+                        DP_RB_SCORES(s, kb, qg);
 #if DP_SCORE_MODS
-                    /* The modified scores, and d(modified)/d(raw) for dS; rows past the
-                     * sequence and padding keys are clamped into it (their lanes are dropped). */
-                    float16 sd[RB][NV];
+                        /* The modified scores, and d(modified)/d(raw) for dS; rows past the
+                         * sequence and padding keys are clamped into it (their lanes are
+                         * dropped). */
+                        float16 sd[RB][NV];
 #pragma unroll
-                    for (int t = 0; t < RB; t++)
+                        for (int t = 0; t < RB; t++)
 #pragma unroll
-                        for (int r = 0; r < NV; r++) {
-                            sd[t][r] = DP_SCORE_DS16(s[t][r]);
-                            s[t][r] = DP_SCORE16(s[t][r], b, h, row0 + g * LANES + 16 * r, 1,
-                                                 seq_q - 1, j0 + min(jb + t, n - 1), 0, INT_MAX,
-                                                 kl);
-                        }
-#endif
-                    /* dS per lane, into s (selected, not multiplied, to 0 where a row does not
-                     * see the key: a masked NaN stays out). */
-#pragma unroll
-                    for (int t = 0; t < RB; t++)
-#pragma unroll
-                        for (int r = 0; r < NV; r++) {
-                            const float16 sv = s[t][r];
-                            const int16 vis = ((int16)(j0 + jb + t) >= lo[g][r]) &
-                                              ((int16)(j0 + jb + t) < hi[g][r]);
-                            if (walk == 0) {
-                                for (int p = 0; p < NPOLES; p++) {
-                                    const float16 lg = POLE_LOGIT(p, sv);
-                                    const float16 prob =
-                                        DP_POLE_EXP(dp_exp_held(lg - lse_v[g][p][r]), lg);
-                                    const float16 term = prob * POLE_COEF(p, sv) *
-                                                         (POLE_TO_V2(p, sv) ? gv2[t][r] : gv[t][r]);
-                                    rd[g][p][r] += masked ? select((float16)0.0f, term, vis) : term;
-                                }
-                                continue;
+                            for (int r = 0; r < NV; r++) {
+                                sd[t][r] = DP_SCORE_DS16(s[t][r]);
+                                s[t][r] = DP_SCORE16(s[t][r], b, h, row0 + g * LANES + 16 * r, 1,
+                                                     seq_q - 1, j0 + min(jb + t, n - 1), 0, INT_MAX,
+                                                     kl);
                             }
-                            float16 ds = (float16)0.0f, a;
-                            for (int p = 0; p < NPOLES; p++)
-                                ds += dp_pole_grad(p, sv, gv[t][r], gv2[t][r], lse_v[g][p][r],
-                                                   delta_v[g][p][r], w[p], &a);
-#if HAS_SOFTCAP
-                            ds *= sd[t][r];
 #endif
-                            s[t][r] = masked ? select((float16)0.0f, ds, vis) : ds;
-                        }
-                    if (walk == 0)
-                        continue;
-                    /* dq += dS x key. Where a row does not see a key its dS is 0, but 0 x inf
-                     * is NaN: a tile with non-finite keys takes the lane-selecting loop. */
+                        /* dS per lane, into s (selected, not multiplied, to 0 where a row does not
+                         * see the key: a masked NaN stays out). */
+#pragma unroll
+                        for (int t = 0; t < RB; t++)
+#pragma unroll
+                            for (int r = 0; r < NV; r++) {
+                                const float16 sv = s[t][r];
+                                const int16 vis = ((int16)(j0 + jb + t) >= lo[g][r]) &
+                                                  ((int16)(j0 + jb + t) < hi[g][r]);
+                                if (walk == 0) {
+                                    for (int p = 0; p < NPOLES; p++) {
+                                        if (POLE_SCORE(p) != m)
+                                            continue;
+                                        const float16 lg = POLE_LOGIT(p, sv);
+                                        const float16 prob =
+                                            DP_POLE_EXP(dp_exp_held(lg - lse_v[g][p][r]), lg);
+                                        const float16 gu = POLE_TO_V2(p, sv) ? gv2[t][r] : gv[t][r];
+                                        const float16 term = prob * POLE_COEF(p, sv) * gu;
+                                        rd[g][p][r] +=
+                                            masked ? select((float16)0.0f, term, vis) : term;
+                                    }
+                                    continue;
+                                }
+                                float16 ds = (float16)0.0f, a;
+                                for (int p = 0; p < NPOLES; p++)
+                                    if (POLE_SCORE(p) == m)
+                                        ds += dp_pole_grad(p, sv, gv[t][r], gv2[t][r],
+                                                           lse_v[g][p][r], delta_v[g][p][r], w[p],
+                                                           &a);
+#if HAS_SOFTCAP
+                                ds *= sd[t][r];
+#endif
+                                s[t][r] = masked ? select((float16)0.0f, ds, vis) : ds;
+                            }
+                        if (walk == 0)
+                            continue;
+                        /* dq += dS x key. Where a row does not see a key its dS is 0, but 0 x inf
+                         * is NaN: a tile with non-finite keys takes the lane-selecting loop. */
 #define DQ_VIS(t, r) (((int16)(j0 + jb + (t)) >= lo[g][r]) & ((int16)(j0 + jb + (t)) < hi[g][r]))
-                    if (!masked || k_finite) {
-                        DP_RB_ACCUM(dqg, s, kb);
-                    } else {
-                        DP_RB_ACCUM_VIS(dqg, s, kb, DQ_VIS);
-                    }
+                        if (!masked || k_finite) {
+                            DP_RB_ACCUM(dqg, s, kb, HEAD_DIM);
+                        } else {
+                            DP_RB_ACCUM_VIS(dqg, s, kb, DQ_VIS, HEAD_DIM);
+                        }
 #undef DQ_VIS
+                    }
                 }
             }
         }
@@ -350,9 +376,13 @@ void dipole_bwd_dq_cpu(__global const dp_storage *q, dp_layout lq,
             }
     for (int r = 0; r < rows; r++) {
         const int i = row0 + r;
-        __global dp_storage *dqr = dq + DP_ROW(ldq, b, i, h);
-        for (int c = 0; c < HEAD_DIM; c++)
-            dp_store(dqr, c, ((__local float *)dqT)[DP_T(r / LANES, c, r % LANES)] * scale);
+        for (int m = 0; m < NSCORES; m++) {
+            __global dp_storage *dqr = dq + DP_ROW(ldq, b, i, DP_POLE_HEAD(h, m));
+            for (int c = 0; c < HEAD_DIM; c++)
+                dp_store(dqr, c,
+                         ((__local float *)dqT)[DP_T(m * NG + r / LANES, c, r % LANES, HEAD_DIM)] *
+                             scale);
+        }
         for (int p = 0; p < NPOLES; p++) {
             delta[DP_STAT(p, b, h, i)] = delta_s[p * BLOCK_M + r];
             if (rowdot)
@@ -408,29 +438,34 @@ void dipole_bwd_dkdv_cpu(__global const dp_storage *q, dp_layout lq,
     const int kb_hi = min(kb0 + BLOCK_N, kl); /* the block's keys that rows can see */
     const int key_groups = min(KG, (min(keys, max(kl - kb0, 0)) + LANES - 1) / LANES);
 
-    /* Key state, transposed (DP_T: dim c of key kb0 + 32e + l at DP_T(e, c, l)). Keys past
-     * seq_k copy the last key (never visible, never written). */
-    __local float16 kT[KG * HEAD_DIM * NV], vT[KG * HEAD_DIM * NV];
-    __local float16 dkT[KG * HEAD_DIM * NV], dvT[KG * HEAD_DIM * NV];
+    /* Key state, transposed (DP_T: dim c of key kb0 + 32e + l at DP_T(e, c, l, dim)), k and dk
+     * per score map. Keys past seq_k copy the last key (never visible, never written). */
+    __local float16 kT[NSCORES * KG * HEAD_DIM * NV], dkT[NSCORES * KG * HEAD_DIM * NV];
+    __local float16 vT[KG * HEAD_DIM_V * NV], dvT[KG * HEAD_DIM_V * NV];
 #if READS_V2
-    __local float16 v2T[KG * HEAD_DIM * NV], dv2T[KG * HEAD_DIM * NV];
+    __local float16 v2T[KG * HEAD_DIM_V * NV], dv2T[KG * HEAD_DIM_V * NV];
 #endif
-    __local float qt[TILE * HEAD_DIM]; /* a tile of query rows, times scale */
-    __local float dot_[TILE * HEAD_DIM];
+    __local float qt[NSCORES * TILE * HEAD_DIM]; /* a tile of query rows per map, times scale */
+    __local float dot_[TILE * HEAD_DIM_V];
     __local float lse_t[NPOLES * TILE], delta_t[NPOLES * TILE];
     __local int2 range_t[TILE];
     for (int r = 0; r < BLOCK_N; r++) {
         const int j = min(kb0 + r, seq_k - 1);
-        __global const dp_storage *kr = k + DP_ROW(lk, b, j, hk);
+        for (int m = 0; m < NSCORES; m++) {
+            __global const dp_storage *kr = k + DP_ROW(lk, b, j, DP_POLE_HEAD(hk, m));
+            for (int c = 0; c < HEAD_DIM; c++) {
+                const int at = DP_T(m * KG + r / LANES, c, r % LANES, HEAD_DIM);
+                ((__local float *)kT)[at] = dp_load(kr, c);
+                ((__local float *)dkT)[at] = 0.0f;
+            }
+        }
         __global const dp_storage *vr = v + DP_ROW(lv, b, j, hk);
 #if READS_V2
         __global const dp_storage *v2r = v2 + DP_ROW(lv2, b, j, hk);
 #endif
-        for (int c = 0; c < HEAD_DIM; c++) {
-            const int at = DP_T(r / LANES, c, r % LANES);
-            ((__local float *)kT)[at] = dp_load(kr, c);
+        for (int c = 0; c < HEAD_DIM_V; c++) {
+            const int at = DP_T(r / LANES, c, r % LANES, HEAD_DIM_V);
             ((__local float *)vT)[at] = dp_load(vr, c);
-            ((__local float *)dkT)[at] = 0.0f;
             ((__local float *)dvT)[at] = 0.0f;
 #if READS_V2
             ((__local float *)v2T)[at] = dp_load(v2r, c);
@@ -456,9 +491,13 @@ void dipole_bwd_dkdv_cpu(__global const dp_storage *q, dp_layout lq,
             if (seen.y <= kb0 || seen.x >= kb_hi)
                 continue;
             const int m_pad = (m + RB - 1) / RB * RB;
-            const bool q_finite = dp_pack_rows(qt, q + DP_ROW(lq, b, i0, h), lq.z, m, m_pad, scale);
-            const bool do_finite =
-                dp_pack_rows(dot_, dout + DP_ROW(ldout, b, i0, h), ldout.z, m, m_pad, 1.0f);
+            bool q_finite = true;
+            for (int sm = 0; sm < NSCORES; sm++)
+                q_finite &= dp_pack_rows(qt + sm * TILE * HEAD_DIM,
+                                         q + DP_ROW(lq, b, i0, DP_POLE_HEAD(h, sm)), lq.z, m,
+                                         m_pad, HEAD_DIM, scale);
+            const bool do_finite = dp_pack_rows(dot_, dout + DP_ROW(ldout, b, i0, h), ldout.z, m,
+                                                m_pad, HEAD_DIM_V, 1.0f);
             const bool rows_finite = q_finite && do_finite;
             for (int r = 0; r < m_pad; r++) {
                 /* padding rows see nothing */
@@ -474,11 +513,11 @@ void dipole_bwd_dkdv_cpu(__global const dp_storage *q, dp_layout lq,
             for (int e = 0; e < key_groups; e++) {
                 const int j0 = kb0 + e * LANES;
                 const int j_hi = min(j0 + LANES, kl); /* the group's keys rows can see */
-                __local const float16 *kg = kT + e * HEAD_DIM * NV, *vg = vT + e * HEAD_DIM * NV;
-                __local float16 *dkg = dkT + e * HEAD_DIM * NV, *dvg = dvT + e * HEAD_DIM * NV;
+                __local const float16 *vg = vT + e * HEAD_DIM_V * NV;
+                __local float16 *dvg = dvT + e * HEAD_DIM_V * NV;
 #if READS_V2
-                __local const float16 *v2g = v2T + e * HEAD_DIM * NV;
-                __local float16 *dv2g = dv2T + e * HEAD_DIM * NV;
+                __local const float16 *v2g = v2T + e * HEAD_DIM_V * NV;
+                __local float16 *dv2g = dv2T + e * HEAD_DIM_V * NV;
 #endif
                 for (int r0 = 0; r0 < m; r0 += RB) {
                     bool any = false, full = true;
@@ -490,24 +529,22 @@ void dipole_bwd_dkdv_cpu(__global const dp_storage *q, dp_layout lq,
                     if (!any)
                         continue;
                     const bool masked = !full;
-
-                    __local const float *qb = qt + r0 * HEAD_DIM, *dob = dot_ + r0 * HEAD_DIM;
-                    DP_RB_SCORES(s, qb, kg, gv, dob, vg, gv2, dob, v2g);
-#if DP_SCORE_MODS
-                    /* As in dq; padding rows and keys past the sequence clamped into it. */
-                    float16 sd[RB][NV];
-#pragma unroll
-                    for (int t = 0; t < RB; t++)
-#pragma unroll
-                        for (int r = 0; r < NV; r++) {
-                            sd[t][r] = DP_SCORE_DS16(s[t][r]);
-                            s[t][r] = DP_SCORE16(s[t][r], b, h, min(i0 + r0 + t, seq_q - 1), 0,
-                                                 INT_MAX, kb0 + LANES * e + 16 * r, 1, seq_k - 1,
-                                                 kl);
-                        }
+                    /* A row that does not see a key has a = dS = 0 there, but 0 x inf is NaN: a
+                     * tile with non-finite rows selects per lane (ROUTED gives a (row, key)
+                     * weight to one value only; a non-finite dO must not reach the other
+                     * through 0 x inf, so its tiles select by route even where every row sees
+                     * every key). */
+#if VARIANT == DIPOLE_ROUTED
+                    const bool plain = rows_finite;
+#else
+                    const bool plain = !masked || rows_finite;
 #endif
-                    /* Per lane: dS into s, the factors on dO into av (value v) and av2 (value v2);
-                     * for ROUTED, which of the two each (row, key) feeds (rt: v2). */
+#define DKDV_VIS(t, r) ((jv[e][r] >= (int16)range_t[r0 + (t)].x) & (jv[e][r] < (int16)range_t[r0 + (t)].y))
+
+                    __local const float *dob = dot_ + r0 * HEAD_DIM_V;
+                    DP_RB_GV(gv, dob, vg, gv2, dob, v2g);
+                    /* The factors on dO, summed over the poles, into av (value v) and av2
+                     * (value v2); for ROUTED, which of the two each (row, key) feeds (rt: v2). */
                     float16 av[RB][NV];
 #if VARIANT == DIPOLE_ROUTED
                     int16 rt[RB][NV];
@@ -515,65 +552,93 @@ void dipole_bwd_dkdv_cpu(__global const dp_storage *q, dp_layout lq,
 #if READS_V2
                     float16 av2[RB][NV];
 #endif
-#pragma unroll
-                    for (int t = 0; t < RB; t++)
-#pragma unroll
-                        for (int r = 0; r < NV; r++) {
-                            const int2 rg = range_t[r0 + t];
-                            const int16 vis = (jv[e][r] >= (int16)rg.x) & (jv[e][r] < (int16)rg.y);
-                            const float16 sv = s[t][r];
-                            float16 ds = (float16)0.0f, to_v = (float16)0.0f;
-#if READS_V2
-                            float16 to_v2 = (float16)0.0f;
+#if NSCORES == 2
+                    DP_RB_ZERO(av);
 #endif
-                            for (int p = 0; p < NPOLES; p++) {
-                                float16 a;
-                                ds += dp_pole_grad(p, sv, gv[t][r], gv2[t][r],
-                                                   (float16)lse_t[p * TILE + r0 + t],
-                                                   (float16)delta_t[p * TILE + r0 + t], w[p], &a);
-                                if (POLE_MAY_V(p))
-                                    to_v += POLE_TO_V2(p, sv) ? (float16)0.0f : a;
-#if READS_V2
-                                if (POLE_MAY_V2(p))
-                                    to_v2 += POLE_TO_V2(p, sv) ? a : (float16)0.0f;
-#endif
+                    /* Each score map's scores, and the terms of the poles that rank it. */
+                    for (int sm = 0; sm < NSCORES; sm++) {
+                        __local const float *qb = qt + (sm * TILE + r0) * HEAD_DIM;
+                        __local const float16 *kg = kT + (sm * KG + e) * HEAD_DIM * NV;
+                        __local float16 *dkg = dkT + (sm * KG + e) * HEAD_DIM * NV;
+                        DP_RB_SCORES(s, qb, kg);
+#if DP_SCORE_MODS
+                        /* As in dq; padding rows and keys past the sequence clamped into it. */
+                        float16 sd[RB][NV];
+#pragma unroll
+                        for (int t = 0; t < RB; t++)
+#pragma unroll
+                            for (int r = 0; r < NV; r++) {
+                                sd[t][r] = DP_SCORE_DS16(s[t][r]);
+                                s[t][r] = DP_SCORE16(s[t][r], b, h, min(i0 + r0 + t, seq_q - 1),
+                                                     0, INT_MAX, kb0 + LANES * e + 16 * r, 1,
+                                                     seq_k - 1, kl);
                             }
+#endif
+                        /* Per lane: dS into s, the pole factors on dO added to av and av2. */
+#pragma unroll
+                        for (int t = 0; t < RB; t++)
+#pragma unroll
+                            for (int r = 0; r < NV; r++) {
+                                const int2 rg = range_t[r0 + t];
+                                const int16 vis =
+                                    (jv[e][r] >= (int16)rg.x) & (jv[e][r] < (int16)rg.y);
+                                const float16 sv = s[t][r];
+                                float16 ds = (float16)0.0f, to_v = (float16)0.0f;
+#if READS_V2
+                                float16 to_v2 = (float16)0.0f;
+#endif
+                                for (int p = 0; p < NPOLES; p++) {
+                                    if (POLE_SCORE(p) != sm)
+                                        continue;
+                                    float16 a;
+                                    ds += dp_pole_grad(p, sv, gv[t][r], gv2[t][r],
+                                                       (float16)lse_t[p * TILE + r0 + t],
+                                                       (float16)delta_t[p * TILE + r0 + t], w[p],
+                                                       &a);
+                                    if (POLE_MAY_V(p))
+                                        to_v += POLE_TO_V2(p, sv) ? (float16)0.0f : a;
+#if READS_V2
+                                    if (POLE_MAY_V2(p))
+                                        to_v2 += POLE_TO_V2(p, sv) ? a : (float16)0.0f;
+#endif
+                                }
 #if VARIANT == DIPOLE_ROUTED
-                            rt[t][r] = POLE_TO_V2(0, sv);
+                                rt[t][r] = POLE_TO_V2(0, sv);
 #endif
 #if HAS_SOFTCAP
-                            ds *= sd[t][r];
+                                ds *= sd[t][r];
 #endif
-                            s[t][r] = masked ? select((float16)0.0f, ds, vis) : ds;
-                            av[t][r] = masked ? select((float16)0.0f, to_v, vis) : to_v;
+                                s[t][r] = masked ? select((float16)0.0f, ds, vis) : ds;
+                                to_v = masked ? select((float16)0.0f, to_v, vis) : to_v;
+                                av[t][r] = NSCORES == 1 ? to_v : av[t][r] + to_v;
 #if READS_V2
-                            av2[t][r] = masked ? select((float16)0.0f, to_v2, vis) : to_v2;
+                                av2[t][r] = masked ? select((float16)0.0f, to_v2, vis) : to_v2;
 #endif
+                            }
+                        /* dk += dS x q */
+                        if (plain) {
+                            DP_RB_ACCUM(dkg, s, qb, HEAD_DIM);
+                        } else {
+                            DP_RB_ACCUM_VIS(dkg, s, qb, DKDV_VIS, HEAD_DIM);
                         }
-                    /* du += a x dO, dk += dS x q. A row that does not see a key has a = dS = 0
-                     * there, but 0 x inf is NaN: a tile with non-finite rows selects per lane. */
-#define DKDV_VIS(t, r) ((jv[e][r] >= (int16)range_t[r0 + (t)].x) & (jv[e][r] < (int16)range_t[r0 + (t)].y))
+                    }
+                    /* du += a x dO */
 #if VARIANT == DIPOLE_ROUTED
-/* ROUTED gives a (row, key) weight to one value only; a non-finite dO must not reach the other
- * through 0 x inf, so such tiles select by route even where every row sees every key. */
 #define TO_V_VIS(t, r) (DKDV_VIS(t, r) & ~rt[t][r])
 #define TO_V2_VIS(t, r) (DKDV_VIS(t, r) & rt[t][r])
-                    if (rows_finite) {
 #else
 #define TO_V_VIS DKDV_VIS
 #define TO_V2_VIS DKDV_VIS
-                    if (!masked || rows_finite) {
 #endif
-                        DP_RB_ACCUM(dvg, av, dob);
-                        DP_RB_ACCUM(dkg, s, qb);
+                    if (plain) {
+                        DP_RB_ACCUM(dvg, av, dob, HEAD_DIM_V);
 #if READS_V2
-                        DP_RB_ACCUM(dv2g, av2, dob);
+                        DP_RB_ACCUM(dv2g, av2, dob, HEAD_DIM_V);
 #endif
                     } else {
-                        DP_RB_ACCUM_VIS(dvg, av, dob, TO_V_VIS);
-                        DP_RB_ACCUM_VIS(dkg, s, qb, DKDV_VIS);
+                        DP_RB_ACCUM_VIS(dvg, av, dob, TO_V_VIS, HEAD_DIM_V);
 #if READS_V2
-                        DP_RB_ACCUM_VIS(dv2g, av2, dob, TO_V2_VIS);
+                        DP_RB_ACCUM_VIS(dv2g, av2, dob, TO_V2_VIS, HEAD_DIM_V);
 #endif
                     }
 #undef TO_V_VIS
@@ -586,14 +651,18 @@ void dipole_bwd_dkdv_cpu(__global const dp_storage *q, dp_layout lq,
 
     for (int r = 0; r < keys; r++) {
         const int j = kb0 + r;
-        __global dp_storage *dkr = dk + DP_ROW(ldk, b, j, hk);
+        for (int m = 0; m < NSCORES; m++) {
+            __global dp_storage *dkr = dk + DP_ROW(ldk, b, j, DP_POLE_HEAD(hk, m));
+            for (int c = 0; c < HEAD_DIM; c++)
+                dp_store(dkr, c,
+                         ((__local float *)dkT)[DP_T(m * KG + r / LANES, c, r % LANES, HEAD_DIM)]);
+        }
         __global dp_storage *dvr = dv + DP_ROW(ldv, b, j, hk);
 #if READS_V2
         __global dp_storage *dv2r = dv2 + DP_ROW(ldv2, b, j, hk);
 #endif
-        for (int c = 0; c < HEAD_DIM; c++) {
-            const int at = DP_T(r / LANES, c, r % LANES);
-            dp_store(dkr, c, ((__local float *)dkT)[at]);
+        for (int c = 0; c < HEAD_DIM_V; c++) {
+            const int at = DP_T(r / LANES, c, r % LANES, HEAD_DIM_V);
             dp_store(dvr, c, ((__local float *)dvT)[at]);
 #if READS_V2
             dp_store(dv2r, c, ((__local float *)dv2T)[at]);

@@ -74,10 +74,6 @@ dipole_status dp_bwd_tiled_plan(dipole_ctx *ctx, const dp_problem *p, dp_bwd_pla
                        "kernels' maximum %d (the GEMM path has no such limit)",
                        p->d.head_dim, p->dv, DP_BWD_MAX_HEAD_DIM);
     t->cpu = dp_tiled_cpu_layout(ctx);
-    if (t->cpu && dp_needs_diff_or_dv(p))
-        return dp_fail(ctx, DIPOLE_ERR_UNSUPPORTED, "backward tiled/cpu: " DP_DIFF_DV_TODO);
-    if (!t->cpu && dp_needs_diff_or_dv(p))
-        return dp_fail(ctx, DIPOLE_ERR_UNSUPPORTED, "backward tiled (group): " DP_DIFF_DV_TODO);
     dipole_status st;
     if (t->cpu && (st = plan_cpu(ctx, p, t)) != DIPOLE_SUCCESS) {
         if (st != DIPOLE_ERR_UNSUPPORTED)
@@ -87,6 +83,8 @@ dipole_status dp_bwd_tiled_plan(dipole_ctx *ctx, const dp_problem *p, dp_bwd_pla
         dp_clear_error(ctx);
         t->cpu = false;
     }
+    if (!t->cpu && dp_needs_diff_or_dv(p))
+        return dp_fail(ctx, DIPOLE_ERR_UNSUPPORTED, "backward tiled (group): " DP_DIFF_DV_TODO);
     if (t->cpu) {
         plan->kernels = dp_kernel_config_for(p, DP_KERNEL_BWD_CPU, t->block_m, t->block_n, 1);
     } else {

@@ -55,7 +55,7 @@ bool dp_tiled_cpu_layout(dipole_ctx *ctx)
 static size_t splitk_bytes(const dp_tile_config *tc, const dp_problem *p)
 {
     const size_t chunks = ((size_t)p->d.seq_k + (size_t)tc->splitk_chunk - 1) / (size_t)tc->splitk_chunk;
-    const size_t stride = 2 + ((size_t)p->d.head_dim + 15) / 16 * 16;
+    const size_t stride = 2 + ((size_t)p->dv + 15) / 16 * 16;
     const size_t f[] = {chunks, (size_t)p->d.seq_q, (size_t)p->d.batch, (size_t)p->d.heads_q,
                         (size_t)p->npoles, stride, sizeof(float)};
     size_t r = 1;
@@ -253,8 +253,6 @@ dipole_status dp_tiled_plan(dipole_ctx *ctx, const dp_problem *p, dp_fwd_plan *p
         return reject(plan, "tiled/cpu: " DP_DIFF_DV_TODO);
     if (tc.layout == DP_LAYOUT_CPU)
         return plan_cpu(ctx, p, &tc, source, plan);
-    if (dp_needs_diff_or_dv(p))
-        return reject(plan, "tiled (group): " DP_DIFF_DV_TODO);
     const dipole_status split = plan_group_split(ctx, p, &tc, source, plan);
     if (split != DIPOLE_ERR_UNSUPPORTED)
         return split;
@@ -372,7 +370,7 @@ static dipole_status run_splitk(dipole_ctx *ctx, const dp_problem *p, const dp_f
     dp_arg_int(&m, p->d.window_right);
 
     const size_t bh = (size_t)p->d.batch * (size_t)p->d.heads_q, wg = (size_t)plan->pub.work_group;
-    const size_t hd4 = ((size_t)p->d.head_dim + 3) / 4;
+    const size_t hd4 = ((size_t)p->dv + 3) / 4; /* the merge's items: float4 chunks of out */
     const size_t g1[3] = {(size_t)chunks * (group ? wg : 1),
                           group ? (size_t)p->d.heads_kv : (size_t)p->d.seq_q, (size_t)p->d.batch};
     const size_t l1[3] = {group ? wg : 1, 1, 1};

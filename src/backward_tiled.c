@@ -76,8 +76,6 @@ dipole_status dp_bwd_tiled_plan(dipole_ctx *ctx, const dp_problem *p, dp_bwd_pla
     t->cpu = dp_tiled_cpu_layout(ctx);
     if (t->cpu && dp_needs_diff_or_dv(p))
         return dp_fail(ctx, DIPOLE_ERR_UNSUPPORTED, "backward tiled/cpu: " DP_DIFF_DV_TODO);
-    if (!t->cpu && dp_needs_diff_or_dv(p))
-        return dp_fail(ctx, DIPOLE_ERR_UNSUPPORTED, "backward tiled (group): " DP_DIFF_DV_TODO);
     dipole_status st;
     if (t->cpu && (st = plan_cpu(ctx, p, t)) != DIPOLE_SUCCESS) {
         if (st != DIPOLE_ERR_UNSUPPORTED)

@@ -212,12 +212,14 @@ static int gcd(int a, int b)
 
 size_t dp_group_bwd_local_bytes(const dp_kernel_config *cfg, const dp_problem *p)
 {
-    /* q and dO tiles of block_m rows and one K/V tile, rows of HD4 + 1 chunks; dkdv's weight
-     * tiles (one per stream and dS), block_n rows of block_m + 4 floats, and its row ranges;
-     * dq's dS tile and pre's per-item parts are smaller (cl/dipole_bwd.cl). */
-    const size_t hd4 = chunks4(p->d.head_dim), bm = (size_t)cfg->block_m;
-    const size_t bn = (size_t)cfg->block_n, streams = p->reads_v2 ? 2 : 1;
-    const size_t tiles = (2 * bm + bn) * (hd4 + 1) * 16;
+    /* q and dO tiles of block_m rows (HD4 + 1, HD4_V + 1 chunks) and one K/V tile of the
+     * longer rows; dkdv's weight tiles (one per stream and dS), block_n rows of block_m + 4
+     * floats, and its row ranges; dq's dS tile and pre's per-item parts are smaller
+     * (cl/dipole_bwd.cl). */
+    const size_t hd4 = chunks4(p->d.head_dim), hd4v = chunks4(p->dv), bm = (size_t)cfg->block_m;
+    const size_t bn = (size_t)cfg->block_n, streams = p->reads_v2 || p->npoles == 2 ? 2 : 1;
+    const size_t kv = hd4 > hd4v ? hd4 : hd4v;
+    const size_t tiles = (bm * (hd4 + 1) + bm * (hd4v + 1) + bn * (kv + 1)) * 16;
     const size_t dkdv = (streams + 1) * bn * (bm + 4) * sizeof(float) + bm * 8;
     const size_t dq = bm * (bn + 4) * sizeof(float);
     const size_t pre = (size_t)p->npoles * bm * (size_t)cfg->wg_cols * sizeof(float);
@@ -229,17 +231,18 @@ bool dp_group_bwd_config(const dp_tile_config *tc, const dp_problem *p,
                          const dp_device_props *dev, dp_kernel_config *cfg, char *why, size_t cap)
 {
     int bm = tc->bwd_block_m, bn = tc->bwd_block_n;
-    const int streams = p->reads_v2 ? 2 : 1;
+    const int values = p->reads_v2 ? 2 : 1; /* dkdv's value gradients: dv (and dv2) */
     *cfg = dp_kernel_config_for(p, DP_KERNEL_BWD, bm, bn, 0);
     for (;;) {
         /* The grid's rows and columns each divide both tiles: dq's items own rows x keys,
-         * dkdv's keys x rows. dkdv holds dK and each stream's dU for block_n / rows keys:
-         * more grid rows where that passes the register budget. */
+         * dkdv's keys x rows. dkdv holds dK (head_dim) and each value gradient (head_dim_v)
+         * for block_n / rows keys: more grid rows where that passes the register budget. */
         const int common = gcd(bm, bn);
         const int cols = divisor_at_most(common, 16);
         const int cpi = (int)((chunks4(p->d.head_dim) + (size_t)cols - 1) / (size_t)cols);
+        const int cpi_v = (int)((chunks4(p->dv) + (size_t)cols - 1) / (size_t)cols);
         int rows = divisor_at_most(common, 8);
-        while ((streams + 1) * (bn / rows) * cpi * 4 > tc->acc_floats && rows < common &&
+        while ((cpi + values * cpi_v) * (bn / rows) * 4 > tc->acc_floats && rows < common &&
                common % (rows * 2) == 0)
             rows *= 2;
         cfg->block_m = bm;

@@ -549,71 +549,70 @@ inline long dp_kv_row(dp_layout t, int b, int j, int hh, DP_PAGED_ARGS)
 }
 #define DP_KV_ROW(t, b, j, hh) dp_kv_row(t, b, j, hh, DP_PAGED_PASS)
 
-/* Head-dim rows as float4 chunks: HD4 of them, the last zero-padded. */
+/* Head-dim rows as float4 chunks: HD4 of them (HD4_V for rows of v and out), the last
+ * zero-padded. */
 #define HD4 ((HEAD_DIM + 3) / 4)
+#define HD4_V ((HEAD_DIM_V + 3) / 4)
 
 /* Stages rows [row0, row0 + count) of head hh of tensor t (layout lt) into local rows of
- * `stride` float4s, times mul; rows at or past `valid` and the padding past HEAD_DIM become 0,
+ * `stride` float4s, times mul; rows at or past `valid` and the padding past `dim` (the
+ * tensor's head dim, HEAD_DIM or HEAD_DIM_V) become 0,
  * so that a tile's dot products and value sums need no bounds. All `items` work-items of the
  * group call it, item lid: consecutive items read consecutive chunks of a row (coalesced).
  * dp_stage_kv_rows4 finds key rows through the paging arguments; dp_stage_head_rows4 stages
- * a tile whose rows run over `span` query rows of head hh, then of head hh + 1, and so on
- * (span 0: every row of head hh; a constant, so that the division is left out). */
+ * a tile whose rows run over `span` query rows of head hh, then of head hh + NSCORES (the
+ * next query head's q row of the same score map), and so on (span 0: every row of head hh; a
+ * constant, so that the division is left out). */
 inline void dp_stage_any_rows4(__local float4 *dst, int stride, __global const dp_storage *t,
                                dp_layout lt, int b, int row0, int span, int count, int valid,
-                               int hh, float mul, int lid, int items, bool kv, DP_PAGED_ARGS)
+                               int hh, float mul, int lid, int items, bool kv, int dim,
+                               DP_PAGED_ARGS)
 {
-    for (int e = lid; e < count * HD4; e += items) {
-        const int r = e / HD4, c4 = e % HD4;
+    const int d4 = (dim + 3) / 4;
+    for (int e = lid; e < count * d4; e += items) {
+        const int r = e / d4, c4 = e % d4;
         float4 x = (float4)0.0f;
         if (r < valid) {
-            const int s = span ? r % span : row0 + r, head = span ? hh + r / span : hh;
+            const int s = span ? r % span : row0 + r;
+            const int head = span ? hh + NSCORES * (r / span) : hh;
             const long at = (kv ? dp_kv_row(lt, b, s, head, DP_PAGED_PASS)
                                 : DP_ROW(lt, b, s, head)) + 4 * c4;
-#if HEAD_DIM % 4 == 0
-            x = dp_load4(t, at);
-#else
-            if (4 * c4 + 3 < HEAD_DIM) {
+            if (dim % 4 == 0 || 4 * c4 + 3 < dim) {
                 x = dp_load4(t, at);
             } else {
                 x.x = dp_load(t, at);
-                if (4 * c4 + 1 < HEAD_DIM)
+                if (4 * c4 + 1 < dim)
                     x.y = dp_load(t, at + 1);
-                if (4 * c4 + 2 < HEAD_DIM)
+                if (4 * c4 + 2 < dim)
                     x.z = dp_load(t, at + 2);
             }
-#endif
         }
         dst[r * stride + c4] = x * mul;
     }
 }
-#define dp_stage_rows4(dst, stride, t, lt, b, row0, count, valid, hh, mul, lid, items)         \
+#define dp_stage_rows4(dst, stride, t, lt, b, row0, count, valid, hh, mul, lid, items, dim)    \
     dp_stage_any_rows4(dst, stride, t, lt, b, row0, 0, count, valid, hh, mul, lid, items,       \
-                       false, NULL, 1, 1)
-#define dp_stage_kv_rows4(dst, stride, t, lt, b, row0, count, valid, hh, lid, items)           \
+                       false, dim, NULL, 1, 1)
+#define dp_stage_kv_rows4(dst, stride, t, lt, b, row0, count, valid, hh, lid, items, dim)      \
     dp_stage_any_rows4(dst, stride, t, lt, b, row0, 0, count, valid, hh, 1.0f, lid, items,     \
-                       true, DP_PAGED_PASS)
+                       true, dim, DP_PAGED_PASS)
 #define dp_stage_head_rows4(dst, stride, t, lt, b, span, count, valid, hh, mul, lid, items)    \
     dp_stage_any_rows4(dst, stride, t, lt, b, 0, span, count, valid, hh, mul, lid, items,      \
-                       false, NULL, 1, 1)
+                       false, HEAD_DIM, NULL, 1, 1)
 
-/* Writes the lanes of x that chunk c4 holds of a head-dim row (4, or fewer in a last, partial
- * chunk) at element `at` of t. */
-inline void dp_store_chunk4(__global dp_storage *t, long at, int c4, float4 x)
+/* Writes the lanes of x that chunk c4 holds of a row of dim elements (4, or fewer in a last,
+ * partial chunk) at element `at` of t. */
+inline void dp_store_chunk4(__global dp_storage *t, long at, int c4, float4 x, int dim)
 {
-#if HEAD_DIM % 4 == 0
-    dp_store4(t, at, x);
-#else
-    if (4 * c4 + 3 < HEAD_DIM) {
+    if (dim % 4 == 0 || 4 * c4 + 3 < dim) {
         dp_store4(t, at, x);
     } else {
         dp_store(t, at, x.x);
-        if (4 * c4 + 1 < HEAD_DIM)
+        if (4 * c4 + 1 < dim)
             dp_store(t, at + 1, x.y);
-        if (4 * c4 + 2 < HEAD_DIM)
+        if (4 * c4 + 2 < dim)
             dp_store(t, at + 2, x.z);
     }
-#endif
 }
 
 /* Loops over an item's rows, keys, chunks, poles and streams are unrolled whole, so that the
@@ -629,19 +628,22 @@ inline void dp_store_chunk4(__global dp_storage *t, long at, int c4, float4 x)
 #define WG_COLS 16
 #endif
 #define WG_ROWS (WORK_GROUP / WG_COLS)
-/* Float4 chunks of a head-dim row per item (a slice of O or of a gradient row). */
+/* Float4 chunks of a head-dim row per item (a slice of a q or k gradient row; CPI_V of O or
+ * of a v gradient row). */
 #define CPI ((HD4 + WG_COLS - 1) / WG_COLS)
+#define CPI_V ((HD4_V + WG_COLS - 1) / WG_COLS)
 
-/* out[a][b] = A row (ty + WG_ROWS a) . B row (tx + WG_COLS b), a < NA, b < NB: S = Q K^T, and
- * the value products dO V^T. Strides in chunks. The loop over chunks stays rolled: unrolled,
- * AMD's compiler hoists every chunk's loads and runs out of registers (256 VGPRs, occupancy 1,
- * for dq at head dim 64, against 70 rolled). */
-#define DP_MICRO_DOTS(out, NA, A, a_stride, NB, B, b_stride)                                      \
+/* out[a][b] = A row (ty + WG_ROWS a) . B row (tx + WG_COLS b), a < NA, b < NB, over the rows'
+ * first nc4 chunks: S = Q K^T (HD4), and the value products dO V^T (HD4_V). Strides in
+ * chunks. The loop over chunks stays rolled: unrolled, AMD's compiler hoists every chunk's
+ * loads and runs out of registers (256 VGPRs, occupancy 1, for dq at head dim 64, against 70
+ * rolled). */
+#define DP_MICRO_DOTS(out, NA, A, a_stride, NB, B, b_stride, nc4)                                 \
     do {                                                                                          \
         DP_UNROLL for (int a_ = 0; a_ < (NA); a_++)                                               \
             DP_UNROLL for (int b_ = 0; b_ < (NB); b_++)                                           \
                 out[a_][b_] = 0.0f;                                                               \
-        _Pragma("unroll 1") for (int c4_ = 0; c4_ < HD4; c4_++) {                                 \
+        _Pragma("unroll 1") for (int c4_ = 0; c4_ < (nc4); c4_++) {                               \
             float4 bc_[NB];                                                                       \
             DP_UNROLL for (int b_ = 0; b_ < (NB); b_++)                                           \
                 bc_[b_] = (B)[(tx + WG_COLS * b_) * (b_stride) + c4_];                            \
@@ -658,15 +660,16 @@ inline void dp_store_chunk4(__global dp_storage *t, long at, int c4, float4 x)
     } while (0)
 
 /* acc[a][ci] += sum over k < n of W[row ty + WG_ROWS a][k] B[k][chunk tx + WG_COLS ci]: O += P V,
- * dQ += dS K, dV += P^T dO, dK += dS^T Q. W rows are w_stride floats, B rows b_stride chunks;
- * a chunk past HD4 reads the last one (its lanes are never stored). Terms where SKIP(a, k, w)
- * are left out rather than multiplied by a zero weight, which an inf would turn to NaN. */
-#define DP_MICRO_ACC(acc, NA, NC, W, w_stride, n, B, b_stride, SKIP)                              \
+ * dQ += dS K, dV += P^T dO, dK += dS^T Q. W rows are w_stride floats, B rows b_stride chunks
+ * of which nb4 hold data; a chunk past them reads the last one (its lanes are never stored).
+ * Terms where SKIP(a, k, w) are left out rather than multiplied by a zero weight, which an inf
+ * would turn to NaN. */
+#define DP_MICRO_ACC(acc, NA, NC, W, w_stride, n, B, b_stride, nb4, SKIP)                         \
     do {                                                                                          \
         for (int k_ = 0; k_ < (n); k_++) {                                                        \
             float4 bc_[NC];                                                                       \
             DP_UNROLL for (int c_ = 0; c_ < (NC); c_++)                                           \
-                bc_[c_] = (B)[k_ * (b_stride) + min(tx + WG_COLS * c_, HD4 - 1)];                 \
+                bc_[c_] = (B)[k_ * (b_stride) + min(tx + WG_COLS * c_, (nb4) - 1)];              \
             DP_UNROLL for (int a_ = 0; a_ < (NA); a_++) {                                         \
                 const float w_ = (W)[(ty + WG_ROWS * a_) * (w_stride) + k_];                      \
                 if (SKIP(a_, k_, w_))                                                             \

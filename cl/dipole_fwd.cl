@@ -4,14 +4,16 @@
  * and item (ty, tx) owns, for both products of a tile,
  *   rows     r  = ty + WG_ROWS * mi   (RPI of them, interleaved so that causal work is even),
  *   keys     jj = tx + WG_COLS * ni   (KPI of them: its micro-tile of S = Q K^T),
- *   columns  c4 = tx + WG_COLS * ci   (CPI float4 chunks: its slice of O += P V),
+ *   columns  c4 = tx + WG_COLS * ci   (CPI_V float4 chunks: its slice of O += P V),
  * so no work-item holds a whole row. The rows' running max is reduced through local memory
  * across the WG_COLS items that share them; each item keeps its own part of the rows' sums,
  * added up once at the end. Per tile:
  *   stage K | S, each pole's tile max | row max, rescale, P per stream, stage V | O += P V
  *   (| stage V2 | O += P2 V2 where the variant reads v2).
  * K, V and V2 take turns in one local tile so that head dim 128 fits 48 KiB. The score
- * modifiers (DP_SCORE) go on S where a row sees the key, before the variant's logits. Packed
+ * modifiers (DP_SCORE) go on S where a row sees the key, before the variant's logits. DIFF's
+ * poles score with their own q and k heads: the key loop runs once per score map (NSCORES),
+ * each pass with its q rows staged and updating the poles that rank its map. Packed
  * (DP_VARLEN), work-group (tile, h, b) takes rows of sequence b against its keys; a tile past
  * the sequence's rows does nothing.
  *
@@ -39,9 +41,9 @@
  * items reading different keys' chunk c4 hit different banks; a P row 4 floats longer than
  * the tile, so that rows of different items do. */
 #define K_STRIDE (HD4 + 1)
-#define V_STRIDE HD4
+#define V_STRIDE HD4_V
 #define P_STRIDE (BLOCK_N + 4)
-#define KV_CHUNKS (BLOCK_N * K_STRIDE)
+#define KV_CHUNKS (BLOCK_N * (K_STRIDE > V_STRIDE ? K_STRIDE : V_STRIDE))
 
 #ifndef DP_SPLIT
 #define DP_SPLIT 0
@@ -98,16 +100,21 @@ void dipole_fwd(__global const dp_storage *q, dp_layout lq,
     /* per-item row maxima, then row sums */
     __local float red[NPOLES][BLOCK_M * WG_COLS] __attribute__((aligned(16)));
 
+    /* q rows of score map sm (scaled) into q_tile. */
 #if DP_SPLIT
-    dp_stage_head_rows4(q_tile, K_STRIDE, q, lq, b, seq_q, BLOCK_M, rows, h0, scale, lid,
-                        WORK_GROUP);
+#define STAGE_Q(sm)                                                                            \
+    dp_stage_head_rows4(q_tile, K_STRIDE, q, lq, b, seq_q, BLOCK_M, rows, DP_POLE_HEAD(h0, sm), \
+                        scale, lid, WORK_GROUP)
 #else
-    dp_stage_rows4(q_tile, K_STRIDE, q, lq, b, row0, BLOCK_M, rows, h, scale, lid, WORK_GROUP);
+#define STAGE_Q(sm)                                                                            \
+    dp_stage_rows4(q_tile, K_STRIDE, q, lq, b, row0, BLOCK_M, rows, DP_POLE_HEAD(h, sm), scale, \
+                   lid, WORK_GROUP, HEAD_DIM)
 #endif
+    STAGE_Q(0);
 
     int2 mine[RPI]; /* each row's visible keys; none for rows past seq_q */
     float m[NPOLES][RPI], l[NPOLES][RPI];
-    float4 acc[NPOLES][RPI][CPI];
+    float4 acc[NPOLES][RPI][CPI_V];
     DP_UNROLL for (int mi = 0; mi < RPI; mi++) {
         const int r = ty + WG_ROWS * mi;
         mine[mi] = r < rows ? dp_visible_range(ROW_I(r), kl, seq_q, window_left, window_right)
@@ -115,86 +122,107 @@ void dipole_fwd(__global const dp_storage *q, dp_layout lq,
         DP_UNROLL for (int p = 0; p < NPOLES; p++) {
             m[p][mi] = -INFINITY;
             l[p][mi] = 0.0f;
-            DP_UNROLL for (int ci = 0; ci < CPI; ci++)
+            DP_UNROLL for (int ci = 0; ci < CPI_V; ci++)
                 acc[p][mi][ci] = (float4)0.0f;
         }
     }
 
-    for (int j0 = keys.x; j0 < keys.y; j0 += BLOCK_N) {
-        const int n = min(BLOCK_N, keys.y - j0);
-        /* Every row sees every key of the tile: no per-key mask (uniform over the group; the
-         * fewest keys a row sees run from the last row's lo to the first row's hi). */
-        const bool full = rows == BLOCK_M && n == BLOCK_N && last.x <= j0 && first.y >= j0 + n;
-        barrier(CLK_LOCAL_MEM_FENCE);
-        dp_stage_kv_rows4(kv_tile, K_STRIDE, k, lk, b, j0, BLOCK_N, n, hk, lid, WORK_GROUP);
-        barrier(CLK_LOCAL_MEM_FENCE);
-
-        /* S micro-tile (the modifiers on the keys a row sees: a bias has no entry past them),
-         * and each pole's max over this item's keys per row. */
-        float s[RPI][KPI];
-        DP_MICRO_DOTS(s, RPI, q_tile, K_STRIDE, KPI, kv_tile, K_STRIDE);
-        bool seen[RPI][KPI];
-        DP_UNROLL for (int mi = 0; mi < RPI; mi++) {
-            const int r = ty + WG_ROWS * mi;
-            /* a key past the tile (n < BLOCK_N) is past the chunk too, which may end inside
-             * the row's visible range */
-            DP_UNROLL for (int ni = 0; ni < KPI; ni++) {
-                const int j = j0 + tx + WG_COLS * ni;
-                seen[mi][ni] = full || (j < j0 + n && j >= mine[mi].x && j < mine[mi].y);
-                if (DP_SCORE_MODS && seen[mi][ni])
-                    s[mi][ni] = DP_SCORE(s[mi][ni], b, ROW_H(r), ROW_I(r), j, kl);
-            }
-            DP_UNROLL for (int p = 0; p < NPOLES; p++) {
-                float mx = -INFINITY;
-                DP_UNROLL for (int ni = 0; ni < KPI; ni++)
-                    mx = seen[mi][ni] ? fmax(mx, POLE_LOGIT(p, s[mi][ni])) : mx;
-                red[p][r * WG_COLS + tx] = mx;
-            }
+    /* Pass sm updates the poles p (and their streams) with POLE_SCORE(p) == sm. */
+#define IN_PASS(p) (POLE_SCORE(p) == sm)
+    DP_UNROLL for (int sm = 0; sm < NSCORES; sm++) {
+        if (sm > 0) {
+            barrier(CLK_LOCAL_MEM_FENCE); /* every item is past the last pass's S */
+            STAGE_Q(sm);
         }
-        barrier(CLK_LOCAL_MEM_FENCE);
+        for (int j0 = keys.x; j0 < keys.y; j0 += BLOCK_N) {
+            const int n = min(BLOCK_N, keys.y - j0);
+            /* Every row sees every key of the tile: no per-key mask (uniform over the group; the
+             * fewest keys a row sees run from the last row's lo to the first row's hi). */
+            const bool full =
+                rows == BLOCK_M && n == BLOCK_N && last.x <= j0 && first.y >= j0 + n;
+            barrier(CLK_LOCAL_MEM_FENCE);
+            dp_stage_kv_rows4(kv_tile, K_STRIDE, k, lk, b, j0, BLOCK_N, n, DP_POLE_HEAD(hk, sm),
+                              lid, WORK_GROUP, HEAD_DIM);
+            barrier(CLK_LOCAL_MEM_FENCE);
 
-        /* V goes where K was (every item is past its S). Meanwhile: the rows' new max, the
-         * rescale of what was summed so far, and this item's weights into the P tiles. */
-        dp_stage_kv_rows4(kv_tile, V_STRIDE, v, lv, b, j0, BLOCK_N, n, hk, lid, WORK_GROUP);
-        DP_UNROLL for (int mi = 0; mi < RPI; mi++) {
-            const int r = ty + WG_ROWS * mi;
-            float w[NPOLES][KPI];
-            DP_UNROLL for (int p = 0; p < NPOLES; p++) {
-                const float mx = dp_row_max(red[p], r, WG_COLS, m[p][mi]);
-                const float f = dp_rescale(m[p][mi], mx);
-                m[p][mi] = mx;
-                l[p][mi] *= f;
-                DP_UNROLL for (int ci = 0; ci < CPI; ci++)
-                    acc[p][mi][ci] *= f;
+            /* S micro-tile (the modifiers on the keys a row sees: a bias has no entry past them),
+             * and each pole's max over this item's keys per row. */
+            float s[RPI][KPI];
+            DP_MICRO_DOTS(s, RPI, q_tile, K_STRIDE, KPI, kv_tile, K_STRIDE, HD4);
+            bool seen[RPI][KPI];
+            DP_UNROLL for (int mi = 0; mi < RPI; mi++) {
+                const int r = ty + WG_ROWS * mi;
+                /* a key past the tile (n < BLOCK_N) is past the chunk too, which may end inside
+                 * the row's visible range */
                 DP_UNROLL for (int ni = 0; ni < KPI; ni++) {
-                    const float lg = POLE_LOGIT(p, s[mi][ni]);
-                    w[p][ni] = seen[mi][ni] ? DP_POLE_EXP(exp(lg - mx), lg) : 0.0f;
-                    l[p][mi] += w[p][ni];
+                    const int j = j0 + tx + WG_COLS * ni;
+                    seen[mi][ni] = full || (j < j0 + n && j >= mine[mi].x && j < mine[mi].y);
+                    if (DP_SCORE_MODS && seen[mi][ni])
+                        s[mi][ni] = DP_SCORE(s[mi][ni], b, ROW_H(r), ROW_I(r), j, kl);
+                }
+                DP_UNROLL for (int p = 0; p < NPOLES; p++) {
+                    if (!IN_PASS(p))
+                        continue;
+                    float mx = -INFINITY;
+                    DP_UNROLL for (int ni = 0; ni < KPI; ni++)
+                        mx = seen[mi][ni] ? fmax(mx, POLE_LOGIT(p, s[mi][ni])) : mx;
+                    red[p][r * WG_COLS + tx] = mx;
                 }
             }
-            DP_UNROLL for (int t = 0; t < NSTREAMS; t++)
-                DP_UNROLL for (int ni = 0; ni < KPI; ni++)
-                    p_tile[t][r * P_STRIDE + tx + WG_COLS * ni] =
-                        DP_EXCLUDED(s[mi][ni]) ? STREAM_AWAY
-                                            : STREAM_WEIGHT(t, w[STREAM_POLE(t)][ni], s[mi][ni]);
-        }
-
-        /* O += P V per stream; stream 1 of a v2 variant waits for V2 in the tile. A key a row
-         * does not see is skipped, not multiplied by 0: its value may be inf. */
-        DP_UNROLL for (int t = 0; t < NSTREAMS; t++) {
             barrier(CLK_LOCAL_MEM_FENCE);
-            if (STREAM_V2(t)) {
-                dp_stage_kv_rows4(kv_tile, V_STRIDE, v2, lv2, b, j0, BLOCK_N, n, hk, lid,
-                                  WORK_GROUP);
-                barrier(CLK_LOCAL_MEM_FENCE);
+
+            /* V goes where K was (every item is past its S). Meanwhile: the rows' new max, the
+             * rescale of what was summed so far, and this item's weights into the P tiles. */
+            dp_stage_kv_rows4(kv_tile, V_STRIDE, v, lv, b, j0, BLOCK_N, n, hk, lid, WORK_GROUP,
+                              HEAD_DIM_V);
+            DP_UNROLL for (int mi = 0; mi < RPI; mi++) {
+                const int r = ty + WG_ROWS * mi;
+                float w[NPOLES][KPI];
+                DP_UNROLL for (int p = 0; p < NPOLES; p++) {
+                    if (!IN_PASS(p))
+                        continue;
+                    const float mx = dp_row_max(red[p], r, WG_COLS, m[p][mi]);
+                    const float f = dp_rescale(m[p][mi], mx);
+                    m[p][mi] = mx;
+                    l[p][mi] *= f;
+                    DP_UNROLL for (int ci = 0; ci < CPI_V; ci++)
+                        acc[p][mi][ci] *= f;
+                    DP_UNROLL for (int ni = 0; ni < KPI; ni++) {
+                        const float lg = POLE_LOGIT(p, s[mi][ni]);
+                        w[p][ni] = seen[mi][ni] ? DP_POLE_EXP(exp(lg - mx), lg) : 0.0f;
+                        l[p][mi] += w[p][ni];
+                    }
+                }
+                DP_UNROLL for (int t = 0; t < NSTREAMS; t++)
+                    DP_UNROLL for (int ni = 0; ni < KPI; ni++)
+                        if (IN_PASS(STREAM_POLE(t)))
+                            p_tile[t][r * P_STRIDE + tx + WG_COLS * ni] =
+                                DP_EXCLUDED(s[mi][ni])
+                                    ? STREAM_AWAY
+                                    : STREAM_WEIGHT(t, w[STREAM_POLE(t)][ni], s[mi][ni]);
             }
+
+            /* O += P V per stream; stream 1 of a v2 variant waits for V2 in the tile. A key a row
+             * does not see is skipped, not multiplied by 0: its value may be inf. */
+            DP_UNROLL for (int t = 0; t < NSTREAMS; t++) {
+                if (!IN_PASS(STREAM_POLE(t)))
+                    continue;
+                barrier(CLK_LOCAL_MEM_FENCE);
+                if (STREAM_V2(t)) {
+                    dp_stage_kv_rows4(kv_tile, V_STRIDE, v2, lv2, b, j0, BLOCK_N, n, hk, lid,
+                                      WORK_GROUP, HEAD_DIM_V);
+                    barrier(CLK_LOCAL_MEM_FENCE);
+                }
 #define UNSEEN(mi, jj, w) \
     (SKIPPED(w) || (!full && (j0 + (jj) < mine[mi].x || j0 + (jj) >= mine[mi].y)))
-            DP_MICRO_ACC(acc[STREAM_POLE(t)], RPI, CPI, p_tile[t], P_STRIDE, n, kv_tile, V_STRIDE,
-                         UNSEEN);
+                DP_MICRO_ACC(acc[STREAM_POLE(t)], RPI, CPI_V, p_tile[t], P_STRIDE, n, kv_tile,
+                             V_STRIDE, HD4_V, UNSEEN);
 #undef UNSEEN
+            }
         }
     }
+#undef IN_PASS
+#undef STAGE_Q
 
     /* The rows' sums: each item's part, added in a fixed order. */
     barrier(CLK_LOCAL_MEM_FENCE);
@@ -215,9 +243,9 @@ void dipole_fwd(__global const dp_storage *q, dp_layout lq,
                 pt[0] = m[p][mi];
                 pt[1] = dp_row_sum(red[p], r, WG_COLS);
             }
-            DP_UNROLL for (int ci = 0; ci < CPI; ci++) {
+            DP_UNROLL for (int ci = 0; ci < CPI_V; ci++) {
                 const int c4 = tx + WG_COLS * ci;
-                if (c4 < HD4)
+                if (c4 < HD4_V)
                     vstore4(acc[p][mi][ci], 0, pt + 2 + 4 * c4);
             }
         }
@@ -236,14 +264,14 @@ void dipole_fwd(__global const dp_storage *q, dp_layout lq,
                 lse[DP_STAT(p, b, h, i)] = has_keys ? m[p][mi] + log(sum[p]) : -INFINITY;
         }
         const long o_at = DP_ROW(lout, b, i, h);
-        DP_UNROLL for (int ci = 0; ci < CPI; ci++) {
+        DP_UNROLL for (int ci = 0; ci < CPI_V; ci++) {
             const int c4 = tx + WG_COLS * ci;
-            if (c4 >= HD4)
+            if (c4 >= HD4_V)
                 break;
             float4 o = (float4)0.0f;
             DP_UNROLL for (int p = 0; p < NPOLES; p++)
                 o += has_keys ? coef[p] * acc[p][mi][ci] : (float4)0.0f;
-            dp_store_chunk4(out, o_at + 4 * c4, c4, o);
+            dp_store_chunk4(out, o_at + 4 * c4, c4, o, HEAD_DIM_V);
         }
 #endif
     }
@@ -264,7 +292,7 @@ __kernel void dipole_fwd_merge_group(__global const float *part, int chunks,
                                      int window_left, int window_right)
 {
     const int c4 = get_global_id(0), i = get_global_id(1), bh = get_global_id(2);
-    if (c4 >= HD4)
+    if (c4 >= HD4_V)
         return;
     const int b = bh / heads_q, h = bh % heads_q;
     const int2 range = dp_visible_range(i, DP_KEY_LENGTH(b), seq_q, window_left, window_right);
@@ -293,5 +321,5 @@ __kernel void dipole_fwd_merge_group(__global const float *part, int chunks,
         if (lse && c4 == 0)
             lse[DP_STAT(p, b, h, i)] = has_keys ? mm + log(sum) : -INFINITY;
     }
-    dp_store_chunk4(out, DP_ROW(lout, b, i, h) + 4 * c4, c4, o);
+    dp_store_chunk4(out, DP_ROW(lout, b, i, h) + 4 * c4, c4, o, HEAD_DIM_V);
 }

@@ -251,8 +251,6 @@ dipole_status dp_tiled_plan(dipole_ctx *ctx, const dp_problem *p, dp_fwd_plan *p
     snprintf(pub->config_label, sizeof pub->config_label, "%s", source);
     if (tc.layout == DP_LAYOUT_CPU)
         return plan_cpu(ctx, p, &tc, source, plan);
-    if (dp_needs_diff_or_dv(p))
-        return reject(plan, "tiled (group): " DP_DIFF_DV_TODO);
     const dipole_status split = plan_group_split(ctx, p, &tc, source, plan);
     if (split != DIPOLE_ERR_UNSUPPORTED)
         return split;
@@ -370,7 +368,7 @@ static dipole_status run_splitk(dipole_ctx *ctx, const dp_problem *p, const dp_f
     dp_arg_int(&m, p->d.window_right);
 
     const size_t bh = (size_t)p->d.batch * (size_t)p->d.heads_q, wg = (size_t)plan->pub.work_group;
-    const size_t hd4 = ((size_t)p->d.head_dim + 3) / 4;
+    const size_t hd4 = ((size_t)p->dv + 3) / 4; /* the merge's items: float4 chunks of out */
     const size_t g1[3] = {(size_t)chunks * (group ? wg : 1),
                           group ? (size_t)p->d.heads_kv : (size_t)p->d.seq_q, (size_t)p->d.batch};
     const size_t l1[3] = {group ? wg : 1, 1, 1};

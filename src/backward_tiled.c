@@ -83,8 +83,6 @@ dipole_status dp_bwd_tiled_plan(dipole_ctx *ctx, const dp_problem *p, dp_bwd_pla
         dp_clear_error(ctx);
         t->cpu = false;
     }
-    if (!t->cpu && dp_needs_diff_or_dv(p))
-        return dp_fail(ctx, DIPOLE_ERR_UNSUPPORTED, "backward tiled (group): " DP_DIFF_DV_TODO);
     if (t->cpu) {
         plan->kernels = dp_kernel_config_for(p, DP_KERNEL_BWD_CPU, t->block_m, t->block_n, 1);
     } else {

@@ -114,11 +114,13 @@ static size_t chunks4(int head_dim)
 
 size_t dp_group_fwd_local_bytes(const dp_kernel_config *cfg, const dp_problem *p)
 {
-    /* q and the K/V tile rows are HD4 + 1 chunks, P rows BLOCK_N + 4 floats, one P tile per
-     * stream, and one per-item value per row, pole and grid column (cl/dipole_fwd.cl). */
-    const size_t hd4 = chunks4(p->d.head_dim), bm = (size_t)cfg->block_m;
-    const size_t bn = (size_t)cfg->block_n, streams = p->reads_v2 ? 2 : 1;
-    return (bm + bn) * (hd4 + 1) * 16 + streams * bm * (bn + 4) * sizeof(float) +
+    /* q rows are HD4 + 1 chunks, the K/V tile's rows the longer of K's HD4 + 1 and V's HD4_V,
+     * P rows BLOCK_N + 4 floats, one P tile per stream, and one per-item value per row, pole
+     * and grid column (cl/dipole_fwd.cl). */
+    const size_t hd4 = chunks4(p->d.head_dim), hd4v = chunks4(p->dv), bm = (size_t)cfg->block_m;
+    const size_t bn = (size_t)cfg->block_n, streams = p->reads_v2 || p->npoles == 2 ? 2 : 1;
+    const size_t kv = hd4 + 1 > hd4v ? hd4 + 1 : hd4v;
+    return (bm * (hd4 + 1) + bn * kv) * 16 + streams * bm * (bn + 4) * sizeof(float) +
            (size_t)p->npoles * bm * (size_t)cfg->wg_cols * sizeof(float);
 }
 
@@ -147,9 +149,9 @@ bool dp_group_fwd_config(const dp_tile_config *tc, const dp_problem *p,
     int bm = tc->block_m, bn = tc->block_n;
     int cols = divisor_at_most(bn, tc->wg_cols > 0 ? tc->wg_cols : 16);
     int rpi = tc->rows_per_item > 0 ? tc->rows_per_item : 4;
-    /* Per row and pole an item holds ceil(HD4 / cols) float4 chunks of O, its scores of the
+    /* Per row and pole an item holds ceil(HD4_V / cols) float4 chunks of O, its scores of the
      * row (block_n / cols) and the row's max and sum. */
-    const int cpi = (int)((chunks4(p->d.head_dim) + (size_t)cols - 1) / (size_t)cols);
+    const int cpi = (int)((chunks4(p->dv) + (size_t)cols - 1) / (size_t)cols);
     const int per_row = p->npoles * (cpi * 4 + (bn / cols > 0 ? bn / cols : 1) + 2);
     while (rpi > 1 && rpi * per_row > tc->acc_floats)
         rpi /= 2;
@@ -210,12 +212,14 @@ static int gcd(int a, int b)
 
 size_t dp_group_bwd_local_bytes(const dp_kernel_config *cfg, const dp_problem *p)
 {
-    /* q and dO tiles of block_m rows and one K/V tile, rows of HD4 + 1 chunks; dkdv's weight
-     * tiles (one per stream and dS), block_n rows of block_m + 4 floats, and its row ranges;
-     * dq's dS tile and pre's per-item parts are smaller (cl/dipole_bwd.cl). */
-    const size_t hd4 = chunks4(p->d.head_dim), bm = (size_t)cfg->block_m;
-    const size_t bn = (size_t)cfg->block_n, streams = p->reads_v2 ? 2 : 1;
-    const size_t tiles = (2 * bm + bn) * (hd4 + 1) * 16;
+    /* q and dO tiles of block_m rows (HD4 + 1, HD4_V + 1 chunks) and one K/V tile of the
+     * longer rows; dkdv's weight tiles (one per stream and dS), block_n rows of block_m + 4
+     * floats, and its row ranges; dq's dS tile and pre's per-item parts are smaller
+     * (cl/dipole_bwd.cl). */
+    const size_t hd4 = chunks4(p->d.head_dim), hd4v = chunks4(p->dv), bm = (size_t)cfg->block_m;
+    const size_t bn = (size_t)cfg->block_n, streams = p->reads_v2 || p->npoles == 2 ? 2 : 1;
+    const size_t kv = hd4 > hd4v ? hd4 : hd4v;
+    const size_t tiles = (bm * (hd4 + 1) + bm * (hd4v + 1) + bn * (kv + 1)) * 16;
     const size_t dkdv = (streams + 1) * bn * (bm + 4) * sizeof(float) + bm * 8;
     const size_t dq = bm * (bn + 4) * sizeof(float);
     const size_t pre = (size_t)p->npoles * bm * (size_t)cfg->wg_cols * sizeof(float);
@@ -227,17 +231,18 @@ bool dp_group_bwd_config(const dp_tile_config *tc, const dp_problem *p,
                          const dp_device_props *dev, dp_kernel_config *cfg, char *why, size_t cap)
 {
     int bm = tc->bwd_block_m, bn = tc->bwd_block_n;
-    const int streams = p->reads_v2 ? 2 : 1;
+    const int values = p->reads_v2 ? 2 : 1; /* dkdv's value gradients: dv (and dv2) */
     *cfg = dp_kernel_config_for(p, DP_KERNEL_BWD, bm, bn, 0);
     for (;;) {
         /* The grid's rows and columns each divide both tiles: dq's items own rows x keys,
-         * dkdv's keys x rows. dkdv holds dK and each stream's dU for block_n / rows keys:
-         * more grid rows where that passes the register budget. */
+         * dkdv's keys x rows. dkdv holds dK (head_dim) and each value gradient (head_dim_v)
+         * for block_n / rows keys: more grid rows where that passes the register budget. */
         const int common = gcd(bm, bn);
         const int cols = divisor_at_most(common, 16);
         const int cpi = (int)((chunks4(p->d.head_dim) + (size_t)cols - 1) / (size_t)cols);
+        const int cpi_v = (int)((chunks4(p->dv) + (size_t)cols - 1) / (size_t)cols);
         int rows = divisor_at_most(common, 8);
-        while ((streams + 1) * (bn / rows) * cpi * 4 > tc->acc_floats && rows < common &&
+        while ((cpi + values * cpi_v) * (bn / rows) * 4 > tc->acc_floats && rows < common &&
                common % (rows * 2) == 0)
             rows *= 2;
         cfg->block_m = bm;

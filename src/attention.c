@@ -93,17 +93,22 @@ static dipole_status check_args(dipole_ctx *ctx, const dp_problem *p, const dp_a
     const char *names[4] = {"q", "k", "v", "v2"};
     const dp_role roles[4] = {DP_ROLE_Q, DP_ROLE_K, DP_ROLE_V, DP_ROLE_V};
     const dp_shape so = dp_shape_of(p, DP_ROLE_OUT);
-    if (p->reads_v2 && !p->paged && !a->v2)
-        return dp_fail(ctx, DIPOLE_ERR_INVALID_ARG, "v2 is NULL but variant %s reads it",
-                       dipole_variant_name(d->variant));
-    for (int i = 0; i < 4; i++) {
+    /* q, k, v, out (a paged call's k and v are its pools), then v2 where the variant reads it */
+    for (int i = 0; i < (p->paged ? 1 : 3); i++) {
         const dp_shape s = dp_shape_of(p, roles[i]);
-        if ((i == 0 || (!p->paged && in[i])) &&
-            (st = dp_check_tensor(ctx, names[i], in[i], dt, tb, s.seq, s.heads, s.dim)))
+        if ((st = dp_check_tensor(ctx, names[i], in[i], dt, tb, s.seq, s.heads, s.dim)))
             return st;
     }
     if ((st = dp_check_tensor(ctx, "out", a->out, dt, tb, so.seq, so.heads, so.dim)))
         return st;
+    if (p->reads_v2 && !p->paged) {
+        if (!a->v2)
+            return dp_fail(ctx, DIPOLE_ERR_INVALID_ARG, "v2 is NULL but variant %s reads it",
+                           dipole_variant_name(d->variant));
+        const dp_shape s = dp_shape_of(p, DP_ROLE_V);
+        if ((st = dp_check_tensor(ctx, "v2", a->v2, dt, tb, s.seq, s.heads, s.dim)))
+            return st;
+    }
     if (dp_tensor_self_overlaps(a->out, tb, so.seq, so.heads, so.dim))
         return dp_fail(ctx, DIPOLE_ERR_INVALID_ARG,
                        "out strides (%zu, %zu, %zu) make distinct output rows overlap "

@@ -68,7 +68,7 @@ START_TEST(test_desc_fields_name_field_and_value)
     BAD("desc.key_lengths[1] = 10", (d.batch = 2, d.key_lengths = kl_b1));
     BAD("desc.neg_weight[1] = -inf", (d.variant = DIPOLE_TWO_POLE, d.neg_weight = inf_w));
     BAD("desc.variant = -1", d.variant = (dipole_variant)-1);
-    BAD("desc.variant = 4", d.variant = (dipole_variant)4);
+    BAD("desc.variant = 5", d.variant = (dipole_variant)5);
     BAD("desc.path = -1", d.path = (dipole_path)-1);
 #undef BAD
     /* Valid extremes are accepted: huge windows, any nonzero causal, weights the variant

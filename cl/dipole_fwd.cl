@@ -129,7 +129,7 @@ void dipole_fwd(__global const dp_storage *q, dp_layout lq,
 
     /* Pass sm updates the poles p (and their streams) with POLE_SCORE(p) == sm. */
 #define IN_PASS(p) (POLE_SCORE(p) == sm)
-    DP_UNROLL for (int sm = 0; sm < NSCORES; sm++) {
+    for (int sm = 0; sm < NSCORES; sm++) {
         if (sm > 0) {
             barrier(CLK_LOCAL_MEM_FENCE); /* every item is past the last pass's S */
             STAGE_Q(sm);

@@ -235,14 +235,16 @@ bool dp_group_bwd_config(const dp_tile_config *tc, const dp_problem *p,
     *cfg = dp_kernel_config_for(p, DP_KERNEL_BWD, bm, bn, 0);
     for (;;) {
         /* The grid's rows and columns each divide both tiles: dq's items own rows x keys,
-         * dkdv's keys x rows. dkdv holds dK (head_dim) and each value gradient (head_dim_v)
-         * for block_n / rows keys: more grid rows where that passes the register budget. */
+         * dkdv's keys x rows. dkdv holds dK (head_dim, per score map) and each value gradient
+         * (head_dim_v) for block_n / rows keys: more grid rows where that passes the register
+         * budget. */
         const int common = gcd(bm, bn);
         const int cols = divisor_at_most(common, 16);
         const int cpi = (int)((chunks4(p->d.head_dim) + (size_t)cols - 1) / (size_t)cols);
         const int cpi_v = (int)((chunks4(p->dv) + (size_t)cols - 1) / (size_t)cols);
         int rows = divisor_at_most(common, 8);
-        while ((cpi + values * cpi_v) * (bn / rows) * 4 > tc->acc_floats && rows < common &&
+        while ((p->nscores * cpi + values * cpi_v) * (bn / rows) * 4 > tc->acc_floats &&
+               rows < common &&
                common % (rows * 2) == 0)
             rows *= 2;
         cfg->block_m = bm;

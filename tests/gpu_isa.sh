@@ -24,11 +24,12 @@
 #            (clang and ocloc get the -D/-U/-I/-cl-std options and the standard -cl-* ones; a
 #            vendor's own flag, such as -cl-nv-opt-level=3, is left out and noted)
 #
-# Verdict, exit 1 where: any build fails to compile; or a kernel with HEAD_DIM <= 128 has a stack
-# frame or spill (NVIDIA, either arch), scratch or occupancy < 2 waves per SIMD (AMD, either
-# arch), or a spill, scratch or private memory at the SIMD width IGC chose (Intel; where there is
-# one, the 256-GRF build is tried and reported beside it, but the default build decides).
-# HEAD_DIM > 128 is reported, never fails. A target whose toolchain is missing is skipped with
+# Verdict, exit 1 where: any build fails to compile; or a kernel with head dims <= 128 (HEAD_DIM
+# and, where set, HEAD_DIM_V) has a stack frame or spill (NVIDIA, either arch), scratch or
+# occupancy < 2 waves per SIMD (AMD, either arch), or a spill, scratch or private memory at the
+# SIMD width IGC chose (Intel; where there is one, the 256-GRF build is tried and reported beside
+# it, but the default build decides).
+# A head dim > 128 is reported, never fails. A target whose toolchain is missing is skipped with
 # the reason printed; exit 77 (meson: skipped) when every target is skipped; 2 on a usage error.
 #
 # env: LLVM_BIN (default /usr/lib/llvm-15/bin), LIBCLC_DIR (default /usr/lib/clc), PTXAS
@@ -54,6 +55,16 @@ die_usage() {
 
 # One line of text out of a file's first lines, for a record's note.
 oneline() { [ -r "$1" ] || return 0; head -c 400 "$1" | tr '\n\t' '  ' | sed 's/  */ /g; s/^ //; s/ $//'; }
+
+# The head dim a build is judged by: the larger of q/k's (HEAD_DIM, the kernels' default 64)
+# and v's (HEAD_DIM_V, where it is set): a value row of 256 is a large-head kernel.
+deciding_dim() {
+    local d dv
+    d=$(sed -n 's/.*-DHEAD_DIM=\([0-9]*\).*/\1/p' <<<"$1")
+    dv=$(sed -n 's/.*-DHEAD_DIM_V=\([0-9]*\).*/\1/p' <<<"$1")
+    d=${d:-64}
+    echo $((${dv:-0} > d ? dv : d))
+}
 
 # The options clang and ocloc understand out of a build's OPTIONS: the defines and include
 # paths, -cl-std and the standard OpenCL C flags. Prints "KEPT<TAB>DROPPED".
@@ -500,10 +511,9 @@ echo "gpu_isa: ${#classes[@]} builds, $(wc -l <"$work/jobs") compile jobs, $jobs
 export job_timeout
 # shellcheck disable=SC2016 # the sh that xargs starts expands them
 while read -r i c t; do
-    d=$(sed -n 's/.*-DHEAD_DIM=\([0-9]*\).*/\1/p' <<<"${opts[$i]}")
-    echo "${d:-64} $i $c${t:+ $t}" # no trailing blank: xargs would join the next line
+    echo "$(deciding_dim "${opts[$i]}") $i $c${t:+ $t}" # no trailing blank: xargs would join the next line
 done <"$work/jobs" | sort -k1,1nr -s | cut -d' ' -f2- |
-    xargs -P "$jobs" -L 1 sh -c 'f=$work/rec/$1.$2${3:+.$3}
+    xargs -r -P "$jobs" -L 1 sh -c 'f=$work/rec/$1.$2${3:+.$3}
         timeout "$job_timeout" bash "$0" --job "$@" >"$f" 2>"$f.err" || echo $? >"$f.rc"' "$self" || true
 
 # ---- verdict and report --------------------------------------------------------------------
@@ -532,10 +542,12 @@ while IFS=$'\t' read -r i tgt k regs mem memb occ simd ins st note; do
     1) v="$v/f16" ;;
     2) v="$v/bf16" ;;
     esac
-    d=$(sed -n 's/.*-DHEAD_DIM=\([0-9]*\).*/\1/p' <<<"${opts[$i]}")
+    d=$(deciding_dim "${opts[$i]}")
+    # shown as d, or d:dv where v's head dim differs
+    hd=$(sed -n 's/.*-DHEAD_DIM=\([0-9]*\).*/\1/p' <<<"${opts[$i]}")
+    hd=${hd:-64}$(sed -n 's/.*-DHEAD_DIM_V=\([0-9]*\).*/:\1/p' <<<"${opts[$i]}")
     bm=$(sed -n 's/.*-DBLOCK_M=\([0-9]*\).*/\1/p' <<<"${opts[$i]}")
     bn=$(sed -n 's/.*-DBLOCK_N=\([0-9]*\).*/\1/p' <<<"${opts[$i]}")
-    d=${d:-64} # the kernels' own default
     verdict=ok
     if [ "$st" = error ]; then
         verdict=FAIL
@@ -544,7 +556,7 @@ while IFS=$'\t' read -r i tgt k regs mem memb occ simd ins st note; do
     fi
     [ "$verdict" = FAIL ] && fails=$((fails + 1))
     printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$(order "$tgt")" "$i" \
-        "${files[$i]}" "$k" "${classes[$i]}" "$tgt" "${v:--}" "$d" "$([ -n "$bm$bn" ] && echo "${bm:-?}x${bn:-?}" || echo -)" "$regs" "$mem" \
+        "${files[$i]}" "$k" "${classes[$i]}" "$tgt" "${v:--}" "$hd" "$([ -n "$bm$bn" ] && echo "${bm:-?}x${bn:-?}" || echo -)" "$regs" "$mem" \
         "$memb" "$occ" "$simd" "$ins" "$verdict${note:+	$note}" >>"$work/table"
 done <"$work/records"
 sort -t$'\t' -k3,3 -k4,4 -k7,7n -k8,8n -k1,1n -k2,2n "$work/table" | cut -f2- >"$work/table.sorted"
@@ -560,6 +572,7 @@ done <"$work/table.sorted" | sed 's/ *$//'
 # dims that decide (<= 128) and apart for the larger ones; the SIMD widths IGC chose.
 summary() {
     awk -F'\t' '
+        function deciding(hd,   a, n) { n = split(hd, a, ":"); return n > 1 && a[2] + 0 > a[1] + 0 ? a[2] + 0 : a[1] + 0 }
         function worst(t, g) {
             if (!((t, g) in w) || $11 + 0 > w[t, g]) { w[t, g] = $11 + 0; wk[t, g] = $3 " v" $6 " d" $7 }
             if ($12 != "-" && (!((t, g) in lo) || $12 + 0 < lo[t, g])) { lo[t, g] = $12 + 0; lk[t, g] = $3 " v" $6 " d" $7 } }
@@ -570,7 +583,7 @@ summary() {
             return r }
         { t = $5; n[t]++; if ($15 == "FAIL") f[t]++
           if ($3 == "-") { e[t]++; next }
-          worst(t, $7 + 0 <= 128 ? "small" : "large")
+          worst(t, deciding($7) <= 128 ? "small" : "large")
           if ($13 != "-" && !index(simd[t], "SIMD" $13 " ")) simd[t] = simd[t] "SIMD" $13 " " }
         END { split("sm_80 sm_90 gfx90a gfx1100 dg2", order, " ")
               for (j = 1; j <= 5; j++) { t = order[j]; if (!(t in n)) continue
@@ -595,7 +608,7 @@ if [ -n "$markdown" ]; then
             [ -n "${skip[$t]:-}" ] && echo "Skipped $t: ${skip[$t]}."
         done
         echo
-        echo "| kernel | class/target | variant | head dim | tile | regs/VGPRs | stack/scratch/spill (B) | occupancy | SIMD | instructions | verdict |"
+        echo "| kernel | class/target | variant | head dim (d or d:dv) | tile | regs/VGPRs | stack/scratch/spill (B) | occupancy | SIMD | instructions | verdict |"
         echo "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
         while IFS=$'\t' read -r _ _ k cls tgt v d tile regs mem _ occ simd ins verdict note; do
             echo "| $k | $cls/$tgt | $v | $d | $tile | $regs | $mem | $occ | $simd | $ins | $verdict${note:+ ($note)} |"

@@ -5,8 +5,9 @@
  * fp16 and bf16 storage at 64 and 128, the head dims models use (their loads and stores are the
  * only lines that change, which is what the check would catch: a conversion that spills); and
  * the decode build (split over key chunks, GQA 8:1, from a paged cache) at 64 and 128 in float
- * and fp16 storage. Links
- * the library's objects: these functions are not exported. */
+ * and fp16 storage (DIFF's from a contiguous cache: paged caches refuse it); and DIFF in the
+ * Diff Transformer's layout, values twice the query head dim, at 64 and 128. Links the
+ * library's objects: these functions are not exported. */
 #include <stdio.h>
 #include <string.h>
 
@@ -40,9 +41,12 @@ int main(void)
 {
     static const struct {
         dipole_dtype dtype;
-        int head_dim;
-    } builds[] = {{DIPOLE_F32, 32},  {DIPOLE_F32, 64},  {DIPOLE_F32, 128}, {DIPOLE_F32, 256},
-                  {DIPOLE_F16, 64},  {DIPOLE_F16, 128}, {DIPOLE_BF16, 64}, {DIPOLE_BF16, 128}};
+        int head_dim, head_dim_v;
+        bool diff_only;
+    } builds[] = {{DIPOLE_F32, 32, 0, 0},   {DIPOLE_F32, 64, 0, 0},  {DIPOLE_F32, 128, 0, 0},
+                  {DIPOLE_F32, 256, 0, 0},  {DIPOLE_F16, 64, 0, 0},  {DIPOLE_F16, 128, 0, 0},
+                  {DIPOLE_BF16, 64, 0, 0},  {DIPOLE_BF16, 128, 0, 0}, {DIPOLE_F32, 64, 128, 1},
+                  {DIPOLE_F32, 128, 256, 1}};
     int failed = 0;
     for (size_t c = 0; c < sizeof classes / sizeof classes[0]; c++) {
         memset(&ctx, 0, sizeof ctx);
@@ -54,13 +58,16 @@ int main(void)
         dev->max_work_group = classes[c].max_work_group;
         dp_tile_config tc;
         dp_tile_table_entry(dev, &tc);
-        for (int v = 0; v <= DIPOLE_TWO_POLE; v++)
+        for (int v = 0; v <= DIPOLE_DIFF; v++)
             for (size_t i = 0; i < sizeof builds / sizeof builds[0]; i++) {
+                if (builds[i].diff_only && v != DIPOLE_DIFF)
+                    continue;
                 dipole_attn_desc d;
                 dipole_attn_desc_default(&d);
                 d.variant = (dipole_variant)v;
                 d.dtype = builds[i].dtype;
                 d.head_dim = builds[i].head_dim;
+                d.head_dim_v = builds[i].head_dim_v;
                 d.causal = 1;
                 d.batch = d.heads_q = d.heads_kv = 1;
                 d.seq_q = d.seq_k = 4096;
@@ -85,13 +92,13 @@ int main(void)
                 /* decode from a paged cache, GQA 8:1 (the largest tile rows of one query row)
                  * at the head dims models use */
                 if ((builds[i].head_dim != 64 && builds[i].head_dim != 128) ||
-                    builds[i].dtype == DIPOLE_BF16)
+                    builds[i].dtype == DIPOLE_BF16 || builds[i].head_dim_v)
                     continue;
                 d.seq_q = 1;
                 d.heads_q = 8;
                 if (dp_problem_init(NULL, &d, &p) != DIPOLE_SUCCESS)
                     return 1;
-                p.paged = true;
+                p.paged = v != DIPOLE_DIFF;
                 if (dp_group_split_config(&tc, &p, dev, &cfg))
                     print_build(classes[c].name, &cfg);
                 else

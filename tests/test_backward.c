@@ -96,28 +96,6 @@ static double loss(const dipole_attn_desc *d, const inputs *in, const float *dou
     return total;
 }
 
-/* d loss / d x[at] by central differences, x restored afterwards. */
-static double central_diff(const dipole_attn_desc *d, const inputs *in, const float *dout,
-                           double *x, size_t at)
-{
-    const double step = 1e-5, x0 = x[at];
-    x[at] = x0 + step;
-    const double up = loss(d, in, dout);
-    x[at] = x0 - step;
-    const double down = loss(d, in, dout);
-    x[at] = x0;
-    return (up - down) / (2 * step);
-}
-
-static double *to_double(const float *x, size_t n)
-{
-    double *r = malloc(sizeof(double) * (n ? n : 1));
-    ck_assert_ptr_nonnull(r);
-    for (size_t i = 0; i < n; i++)
-        r[i] = x[i];
-    return r;
-}
-
 /* The smallest |s| over the visible (row, key) pairs: |s| and sign(s) have a kink at 0 that a
  * central difference must not straddle. */
 static double min_abs_score(const dipole_attn_desc *d, const float *q, const float *k)
@@ -239,16 +217,25 @@ static void expect_close(const char *what, const char *tensor, const float *got,
 
 /* ---- Reference backward vs finite differences. */
 
-/* Compares grad (from the reference backward) with central differences at ~40 coordinates of x
+typedef struct fd_arg {
+    const dipole_attn_desc *d;
+    const inputs *in;
+    const float *dout;
+} fd_arg;
+
+static double fd_loss(void *arg)
+{
+    const fd_arg *a = arg;
+    return loss(a->d, a->in, a->dout);
+}
+
+/* grad (from the reference backward) against central differences at ~40 coordinates of x
  * spread over the tensor (every coordinate of a small one). */
 static void fd_check(const char *what, const char *tensor, const dipole_attn_desc *d,
                      const inputs *in, const float *dout, double *x, const float *grad, size_t n)
 {
-    const size_t stride = n / 40 + 1;
-    for (size_t at = (size_t)(n > 40 ? 7 : 0) % n; at < n; at += stride) {
-        const float fd = (float)central_diff(d, in, dout, x, at);
-        expect_close(what, tensor, &grad[at], &fd, 1, FD_ATOL, FD_RTOL);
-    }
+    fd_arg a = {d, in, dout};
+    tu_expect_gradient(what, tensor, fd_loss, &a, x, grad, n, 40, FD_ATOL, FD_RTOL);
 }
 
 START_TEST(test_reference_vs_fd)
@@ -274,8 +261,8 @@ START_TEST(test_reference_vs_fd)
                                                g.dv2, g.dpos, g.dneg),
                      DIPOLE_SUCCESS);
     const size_t nq = tu_q_elems(d), nk = tu_kv_elems(d);
-    inputs in = {to_double(x.q, nq), to_double(x.k, nk), to_double(x.v, nk), to_double(x.v2, nk),
-                 to_double(c.alpha, 4), to_double(c.beta, 4)};
+    inputs in = {tu_to_double(x.q, nq), tu_to_double(x.k, nk), tu_to_double(x.v, nk), tu_to_double(x.v2, nk),
+                 tu_to_double(c.alpha, 4), tu_to_double(c.beta, 4)};
     fd_check(what, "dq", d, &in, x.dout, in.q, g.dq, nq);
     fd_check(what, "dk", d, &in, x.dout, in.k, g.dk, nk);
     fd_check(what, "dv", d, &in, x.dout, in.v, g.dv, nk);
@@ -307,8 +294,8 @@ START_TEST(test_fd_forward_matches_reference)
     double want = 0;
     for (size_t e = 0; e < nq; e++)
         want += (double)x.dout[e] * out[e];
-    inputs in = {to_double(x.q, nq), to_double(x.k, nk), to_double(x.v, nk), to_double(x.v2, nk),
-                 to_double(c.alpha, 4), to_double(c.beta, 4)};
+    inputs in = {tu_to_double(x.q, nq), tu_to_double(x.k, nk), tu_to_double(x.v, nk), tu_to_double(x.v2, nk),
+                 tu_to_double(c.alpha, 4), tu_to_double(c.beta, 4)};
     const double got = loss(d, &in, x.dout);
     ck_assert_msg(fabs(got - want) <= 1e-5 + 1e-5 * fabs(want), "case %d: loss %.9g vs %.9g", _i,
                   got, want);

@@ -205,15 +205,6 @@ typedef struct dinputs {
     double *q, *k, *v, *v2, *alpha, *beta;
 } dinputs;
 
-static double *to_double(const float *x, size_t n)
-{
-    double *r = malloc(sizeof(double) * (n ? n : 1));
-    ck_assert_ptr_nonnull(r);
-    for (size_t i = 0; i < n; i++)
-        r[i] = x[i];
-    return r;
-}
-
 static void dinputs_free(dinputs *in)
 {
     free(in->q), free(in->k), free(in->v), free(in->v2), free(in->alpha), free(in->beta);
@@ -324,15 +315,6 @@ static double my_forward(const problem *pb, const dinputs *in, const float *dout
 
 /* ---------------------------------------------------------------- inputs */
 
-static float *narrow(const double *x, size_t n)
-{
-    float *r = malloc(sizeof(float) * (n ? n : 1));
-    ck_assert_ptr_nonnull(r);
-    for (size_t i = 0; i < n; i++)
-        r[i] = (float)x[i];
-    return r;
-}
-
 typedef struct tensors {
     float *q, *k, *v, *v2, *dout;     /* float32 values (rounded to the storage) */
     void *qs, *ks, *vs, *v2s, *douts; /* as stored */
@@ -362,9 +344,9 @@ static void tensors_free(tensors *t)
 
 static dinputs dinputs_of(const tensors *t, const problem *pb)
 {
-    return (dinputs){to_double(t->q, q_elems(pb)),     to_double(t->k, k_elems(pb)),
-                     to_double(t->v, v_elems(pb)),     to_double(t->v2, v_elems(pb)),
-                     to_double(pb->alpha, MAX_HEADS), to_double(pb->beta, MAX_HEADS)};
+    return (dinputs){tu_to_double(t->q, q_elems(pb)),     tu_to_double(t->k, k_elems(pb)),
+                     tu_to_double(t->v, v_elems(pb)),     tu_to_double(t->v2, v_elems(pb)),
+                     tu_to_double(pb->alpha, MAX_HEADS), tu_to_double(pb->beta, MAX_HEADS)};
 }
 
 /* ---------------------------------------------------------------- reference level */
@@ -405,7 +387,7 @@ START_TEST(test_reference_matches_formula)
     ck_assert_int_eq(dipole_reference_lse(&pb.d, t.q, t.k, t.v,
                                           reads_v2(pb.d.variant) ? t.v2 : NULL, got, got_lse),
                      DIPOLE_SUCCESS);
-    float *w = narrow(want, no), *wl = narrow(want_lse, nl);
+    float *w = tu_narrow(want, no), *wl = tu_narrow(want_lse, nl);
     tu_expect_within(what, "out", got, w, no, REF_ATOL, REF_RTOL, 0);
     tu_expect_within(what, "lse", got_lse, wl, nl, REF_ATOL, REF_RTOL, 0);
     free(w), free(wl), free(want), free(want_lse), free(got), free(got_lse);
@@ -530,27 +512,24 @@ START_TEST(test_diff_transformer_layout)
 }
 END_TEST
 
-static double central_diff(const problem *pb, const dinputs *in, const float *dout, double *x,
-                           size_t at)
+typedef struct fd_arg {
+    const problem *pb;
+    const dinputs *in;
+    const float *dout;
+} fd_arg;
+
+static double fd_forward(void *arg)
 {
-    const double step = 1e-5, x0 = x[at];
-    x[at] = x0 + step;
-    const double up = my_forward(pb, in, dout, NULL, NULL, NULL);
-    x[at] = x0 - step;
-    const double down = my_forward(pb, in, dout, NULL, NULL, NULL);
-    x[at] = x0;
-    return (up - down) / (2 * step);
+    const fd_arg *a = arg;
+    return my_forward(a->pb, a->in, a->dout, NULL, NULL, NULL);
 }
 
+/* Every coordinate of x. */
 static void fd_check(const char *what, const char *tensor, const problem *pb, const dinputs *in,
                      const float *dout, double *x, const float *grad, size_t n)
 {
-    for (size_t at = 0; at < n; at++) {
-        const float fd = (float)central_diff(pb, in, dout, x, at);
-        ck_assert_msg(fabs((double)grad[at] - fd) <= FD_ATOL + FD_RTOL * fabs((double)fd),
-                      "%s: %s[%zu] = %.9g, central difference %.9g (atol %.0e rtol %.0e)", what,
-                      tensor, at, (double)grad[at], (double)fd, FD_ATOL, FD_RTOL);
-    }
+    fd_arg a = {pb, in, dout};
+    tu_expect_gradient(what, tensor, fd_forward, &a, x, grad, n, 0, FD_ATOL, FD_RTOL);
 }
 
 START_TEST(test_reference_backward_vs_fd)
@@ -583,7 +562,7 @@ START_TEST(test_reference_backward_vs_fd)
     const bool v2 = reads_v2(pb.d.variant);
     ck_assert_int_eq(dipole_reference(&pb.d, t.q, t.k, t.v, v2 ? t.v2 : NULL, ref),
                      DIPOLE_SUCCESS);
-    float *w = narrow(want, no);
+    float *w = tu_narrow(want, no);
     tu_expect_within(what, "out (the test's forward)", ref, w, no, REF_ATOL, REF_RTOL, 0);
 
     float *dq = malloc(4 * nq), *dk = malloc(4 * nk), *dv = malloc(4 * nv), *dv2 = malloc(4 * nv);

@@ -245,15 +245,6 @@ typedef struct dinputs {
     double *q, *k, *v, *v2, *alpha, *beta;
 } dinputs;
 
-static double *to_double(const float *x, size_t n)
-{
-    double *r = malloc(sizeof(double) * (n ? n : 1));
-    ck_assert_ptr_nonnull(r);
-    for (size_t i = 0; i < n; i++)
-        r[i] = x[i];
-    return r;
-}
-
 /* Runs the forward in double from the header's definitions. out [tensor rows, Hq, D] and lse
  * [poles, tb, Hq, seq_q] may be NULL; min_abs (may be NULL) receives the smallest |score| over
  * the pairs that count (the kink of |s| and sign(s) that central differences must not straddle).
@@ -360,15 +351,6 @@ static double my_forward(const problem *pb, const dinputs *in, const float *dout
 
 /* ---------------------------------------------------------------- comparisons */
 
-static float *narrow(const double *x, size_t n)
-{
-    float *r = malloc(sizeof(float) * (n ? n : 1));
-    ck_assert_ptr_nonnull(r);
-    for (size_t i = 0; i < n; i++)
-        r[i] = (float)x[i];
-    return r;
-}
-
 typedef struct tensors {
     float *q, *k, *v, *v2, *dout; /* float32 values (rounded to the storage where it is narrower) */
     void *qs, *ks, *vs, *v2s, *douts; /* as stored */
@@ -427,8 +409,8 @@ START_TEST(test_reference_matches_formula)
     tensors t;
     tensors_make(&t, &pb, 200 + 7 * (uint64_t)_i, 1.5f);
     const size_t nq = q_elems(&pb), nk = kv_elems(&pb), nl = lse_elems(&pb);
-    dinputs in = {to_double(t.q, nq), to_double(t.k, nk), to_double(t.v, nk), to_double(t.v2, nk),
-                  to_double(pb.alpha, MAX_HEADS), to_double(pb.beta, MAX_HEADS)};
+    dinputs in = {tu_to_double(t.q, nq), tu_to_double(t.k, nk), tu_to_double(t.v, nk), tu_to_double(t.v2, nk),
+                  tu_to_double(pb.alpha, MAX_HEADS), tu_to_double(pb.beta, MAX_HEADS)};
     double *want = calloc(nq, sizeof(double)), *want_lse = calloc(nl, sizeof(double));
     float *got = malloc(sizeof(float) * nq), *got_lse = malloc(sizeof(float) * nl);
     ck_assert(want && want_lse && got && got_lse);
@@ -436,7 +418,7 @@ START_TEST(test_reference_matches_formula)
     /* The reference reads float32 arrays whatever desc.dtype says. */
     ck_assert_int_eq(dipole_reference_lse(&pb.d, t.q, t.k, t.v, t.v2, got, got_lse),
                      DIPOLE_SUCCESS);
-    float *w = narrow(want, nq), *wl = narrow(want_lse, nl);
+    float *w = tu_narrow(want, nq), *wl = tu_narrow(want_lse, nl);
     tu_expect_within(what, "out", got, w, nq, REF_ATOL, REF_RTOL, 0);
     tu_expect_within(what, "lse", got_lse, wl, nl, REF_ATOL, REF_RTOL, 0);
     /* The case must exercise what it says: some row sees no key (lse -inf) where the bias has a
@@ -625,28 +607,24 @@ END_TEST
 
 /* ---- The reference backward against central differences of the test's forward. */
 
-static double central_diff(const problem *pb, const dinputs *in, const float *dout, double *x,
-                           size_t at)
+typedef struct fd_arg {
+    const problem *pb;
+    const dinputs *in;
+    const float *dout;
+} fd_arg;
+
+static double fd_forward(void *arg)
 {
-    const double step = 1e-5, x0 = x[at];
-    x[at] = x0 + step;
-    const double up = my_forward(pb, in, dout, NULL, NULL, NULL);
-    x[at] = x0 - step;
-    const double down = my_forward(pb, in, dout, NULL, NULL, NULL);
-    x[at] = x0;
-    return (up - down) / (2 * step);
+    const fd_arg *a = arg;
+    return my_forward(a->pb, a->in, a->dout, NULL, NULL, NULL);
 }
 
 /* Every coordinate of x. */
 static void fd_check(const char *what, const char *tensor, const problem *pb, const dinputs *in,
                      const float *dout, double *x, const float *grad, size_t n)
 {
-    for (size_t at = 0; at < n; at++) {
-        const float fd = (float)central_diff(pb, in, dout, x, at);
-        ck_assert_msg(fabs((double)grad[at] - fd) <= FD_ATOL + FD_RTOL * fabs((double)fd),
-                      "%s: %s[%zu] = %.9g, central difference %.9g (atol %.0e rtol %.0e)", what,
-                      tensor, at, (double)grad[at], (double)fd, FD_ATOL, FD_RTOL);
-    }
+    fd_arg a = {pb, in, dout};
+    tu_expect_gradient(what, tensor, fd_forward, &a, x, grad, n, 0, FD_ATOL, FD_RTOL);
 }
 
 START_TEST(test_reference_backward_vs_fd)
@@ -662,9 +640,9 @@ START_TEST(test_reference_backward_vs_fd)
     uint64_t seed = 5000 + 17 * (uint64_t)_i;
     for (int tries = 0;; tries++, seed += 101) {
         tensors_make(&t, &pb, seed, 1.0f);
-        in = (dinputs){to_double(t.q, nq), to_double(t.k, nk), to_double(t.v, nk),
-                       to_double(t.v2, nk), to_double(pb.alpha, MAX_HEADS),
-                       to_double(pb.beta, MAX_HEADS)};
+        in = (dinputs){tu_to_double(t.q, nq), tu_to_double(t.k, nk), tu_to_double(t.v, nk),
+                       tu_to_double(t.v2, nk), tu_to_double(pb.alpha, MAX_HEADS),
+                       tu_to_double(pb.beta, MAX_HEADS)};
         double min_abs;
         my_forward(&pb, &in, NULL, NULL, NULL, &min_abs);
         if (min_abs > 1e-3)
@@ -679,7 +657,7 @@ START_TEST(test_reference_backward_vs_fd)
     ck_assert(want && want_lse && ref);
     my_forward(&pb, &in, NULL, want, want_lse, NULL);
     ck_assert_int_eq(dipole_reference(&pb.d, t.q, t.k, t.v, t.v2, ref), DIPOLE_SUCCESS);
-    float *w = narrow(want, nq);
+    float *w = tu_narrow(want, nq);
     tu_expect_within(what, "out (the test's forward)", ref, w, nq, REF_ATOL, REF_RTOL, 0);
 
     float *dq = malloc(4 * nq), *dk = malloc(4 * nk), *dv = malloc(4 * nk), *dv2 = malloc(4 * nk);

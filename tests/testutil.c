@@ -160,3 +160,43 @@ tu_err tu_check_against_reference(const dipole_attn_desc *desc, uint64_t seed, f
     free(ref);
     return e;
 }
+
+double *tu_to_double(const float *x, size_t n)
+{
+    double *r = malloc(sizeof(double) * (n ? n : 1));
+    ck_assert_ptr_nonnull(r);
+    for (size_t i = 0; i < n; i++)
+        r[i] = x[i];
+    return r;
+}
+
+float *tu_narrow(const double *x, size_t n)
+{
+    float *r = malloc(sizeof(float) * (n ? n : 1));
+    ck_assert_ptr_nonnull(r);
+    for (size_t i = 0; i < n; i++)
+        r[i] = (float)x[i];
+    return r;
+}
+
+void tu_expect_gradient(const char *what, const char *tensor, tu_scalar_fn f, void *arg,
+                        double *x, const float *grad, size_t n, size_t most, double atol,
+                        double rtol)
+{
+    const double step = 1e-5;
+    const bool spread = most > 0 && n > most;
+    /* Off the first coordinate, so that a spread sample does not sit on row and head 0 only. */
+    const size_t first = spread ? 7 % n : 0, stride = spread ? n / most + 1 : 1;
+    for (size_t at = first; at < n; at += stride) {
+        const double x0 = x[at];
+        x[at] = x0 + step;
+        const double up = f(arg);
+        x[at] = x0 - step;
+        const double down = f(arg);
+        x[at] = x0;
+        const double fd = (double)(float)((up - down) / (2 * step));
+        ck_assert_msg(fabs((double)grad[at] - fd) <= atol + rtol * fabs(fd),
+                      "%s: %s[%zu] = %.9g, central difference %.9g (atol %.0e rtol %.0e)", what,
+                      tensor, at, (double)grad[at], fd, atol, rtol);
+    }
+}

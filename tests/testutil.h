@@ -47,6 +47,20 @@ void tu_expect_within(const char *what, const char *tensor, const float *got, co
 tu_err tu_check_against_reference(const dipole_attn_desc *desc, uint64_t seed, float mult,
                                   double atol, double rtol);
 
+/* Copies of n values in double and in float (malloc'd; never NULL: a failed malloc fails the
+ * check). */
+double *tu_to_double(const float *x, size_t n);
+float *tu_narrow(const double *x, size_t n);
+
+/* A scalar function of inputs that arg points to (a test's double forward, dotted with dO). */
+typedef double (*tu_scalar_fn)(void *arg);
+/* Asserts grad[i] = d f / d x[i] by central differences (step 1e-5, in double; x[i] restored),
+ * within atol + rtol |fd|, naming the case (what) and the tensor: at every coordinate, or where
+ * most > 0 and n > most, at about most coordinates spread over x. */
+void tu_expect_gradient(const char *what, const char *tensor, tu_scalar_fn f, void *arg,
+                        double *x, const float *grad, size_t n, size_t most, double atol,
+                        double rtol);
+
 /* A one-line description of a descriptor for failure messages. */
 const char *tu_desc_str(const dipole_attn_desc *d, char *buf, size_t cap);
 

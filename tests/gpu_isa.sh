@@ -511,7 +511,8 @@ echo "gpu_isa: ${#classes[@]} builds, $(wc -l <"$work/jobs") compile jobs, $jobs
 export job_timeout
 # shellcheck disable=SC2016 # the sh that xargs starts expands them
 while read -r i c t; do
-    echo "$(deciding_dim "${opts[$i]}") $i $c${t:+ $t}" # no trailing blank: xargs would join the next line
+    # no trailing blank: xargs would join the next line
+    echo "$(deciding_dim "${opts[$i]}") $i $c${t:+ $t}"
 done <"$work/jobs" | sort -k1,1nr -s | cut -d' ' -f2- |
     xargs -r -P "$jobs" -L 1 sh -c 'f=$work/rec/$1.$2${3:+.$3}
         timeout "$job_timeout" bash "$0" --job "$@" >"$f" 2>"$f.err" || echo $? >"$f.rc"' "$self" || true
@@ -572,7 +573,8 @@ done <"$work/table.sorted" | sed 's/ *$//'
 # dims that decide (<= 128) and apart for the larger ones; the SIMD widths IGC chose.
 summary() {
     awk -F'\t' '
-        function deciding(hd,   a, n) { n = split(hd, a, ":"); return n > 1 && a[2] + 0 > a[1] + 0 ? a[2] + 0 : a[1] + 0 }
+        function deciding(hd,   a, n) {
+            n = split(hd, a, ":"); return n > 1 && a[2] + 0 > a[1] + 0 ? a[2] + 0 : a[1] + 0 }
         function worst(t, g) {
             if (!((t, g) in w) || $11 + 0 > w[t, g]) { w[t, g] = $11 + 0; wk[t, g] = $3 " v" $6 " d" $7 }
             if ($12 != "-" && (!((t, g) in lo) || $12 + 0 < lo[t, g])) { lo[t, g] = $12 + 0; lk[t, g] = $3 " v" $6 " d" $7 } }

@@ -261,8 +261,8 @@ START_TEST(test_reference_vs_fd)
                                                g.dv2, g.dpos, g.dneg),
                      DIPOLE_SUCCESS);
     const size_t nq = tu_q_elems(d), nk = tu_kv_elems(d);
-    inputs in = {tu_to_double(x.q, nq), tu_to_double(x.k, nk), tu_to_double(x.v, nk), tu_to_double(x.v2, nk),
-                 tu_to_double(c.alpha, 4), tu_to_double(c.beta, 4)};
+    inputs in = {tu_to_double(x.q, nq),  tu_to_double(x.k, nk),     tu_to_double(x.v, nk),
+                 tu_to_double(x.v2, nk), tu_to_double(c.alpha, 4), tu_to_double(c.beta, 4)};
     fd_check(what, "dq", d, &in, x.dout, in.q, g.dq, nq);
     fd_check(what, "dk", d, &in, x.dout, in.k, g.dk, nk);
     fd_check(what, "dv", d, &in, x.dout, in.v, g.dv, nk);
@@ -294,8 +294,8 @@ START_TEST(test_fd_forward_matches_reference)
     double want = 0;
     for (size_t e = 0; e < nq; e++)
         want += (double)x.dout[e] * out[e];
-    inputs in = {tu_to_double(x.q, nq), tu_to_double(x.k, nk), tu_to_double(x.v, nk), tu_to_double(x.v2, nk),
-                 tu_to_double(c.alpha, 4), tu_to_double(c.beta, 4)};
+    inputs in = {tu_to_double(x.q, nq),  tu_to_double(x.k, nk),     tu_to_double(x.v, nk),
+                 tu_to_double(x.v2, nk), tu_to_double(c.alpha, 4), tu_to_double(c.beta, 4)};
     const double got = loss(d, &in, x.dout);
     ck_assert_msg(fabs(got - want) <= 1e-5 + 1e-5 * fabs(want), "case %d: loss %.9g vs %.9g", _i,
                   got, want);

@@ -409,7 +409,8 @@ START_TEST(test_reference_matches_formula)
     tensors t;
     tensors_make(&t, &pb, 200 + 7 * (uint64_t)_i, 1.5f);
     const size_t nq = q_elems(&pb), nk = kv_elems(&pb), nl = lse_elems(&pb);
-    dinputs in = {tu_to_double(t.q, nq), tu_to_double(t.k, nk), tu_to_double(t.v, nk), tu_to_double(t.v2, nk),
+    dinputs in = {tu_to_double(t.q, nq), tu_to_double(t.k, nk),
+                  tu_to_double(t.v, nk), tu_to_double(t.v2, nk),
                   tu_to_double(pb.alpha, MAX_HEADS), tu_to_double(pb.beta, MAX_HEADS)};
     double *want = calloc(nq, sizeof(double)), *want_lse = calloc(nl, sizeof(double));
     float *got = malloc(sizeof(float) * nq), *got_lse = malloc(sizeof(float) * nl);

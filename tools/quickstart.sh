@@ -59,8 +59,8 @@ step() {
     echo "== $name: $((SECONDS - t0)) s" >&2
 }
 # The oclgrind sweep runs in its own step, below. Suite 'large' (the forward suite over every
-# head dim, and N = 16384 on the GEMM path: half an hour of a fresh machine between them) is
-# run by hand: meson test -C build --suite large.
+# head dim, 20 minutes of a fresh 2-vCPU machine, and N = 16384 on the GEMM path) is run by
+# hand: meson test -C build --suite large.
 step "suites" meson test -C build --print-errorlogs --no-suite oclgrind --no-suite large
 # The Python package: its tests on this build's library (Debian's python3 and packages), then
 # `pip install .` into a virtual environment (offline: Debian's meson-python, no build

@@ -10,9 +10,14 @@ memory. Each case times both, alternating, and reports the min and median of eac
 ratio (torch time / dipole time, from the minima: > 1 means dipole is faster) and the largest
 difference between their outputs (forward) or gradients (forward+backward).
 
-    python3 bench/vs_torch.py                     # the default grid (a few minutes here)
+    python3 bench/vs_torch.py                     # the default grid (~21 minutes here)
     python3 bench/vs_torch.py --quick --json r.json
     python3 bench/vs_torch.py --only decode
+
+torch's OpenMP threads run with OMP_WAIT_POLICY=PASSIVE unless the environment sets it
+(--omp-wait as-set leaves it alone): spinning after each torch op, they would take the cores
+from the dipole call timed next. Any process that mixes torch ops and dipole calls on a CPU
+wants the same setting.
 
 Needs torch >= 2.0 (SDPA; `pip install torch` in a virtual environment: Debian's python3-torch
 is 1.13) and a built library: the script loads python/dipole from this checkout and
@@ -265,7 +270,16 @@ def main():
     ap.add_argument("--threads", type=int, default=0,
                     help="torch's threads (0: torch's default, one per core)")
     ap.add_argument("--json", help="write the rows and the environment here")
+    ap.add_argument("--omp-wait", default="passive", choices=("passive", "as-set"),
+                    help="passive (default): OMP_WAIT_POLICY=PASSIVE for torch's OpenMP "
+                         "threads, unless the environment sets it; as-set: leave it")
     args = ap.parse_args()
+    if args.omp_wait == "passive":
+        # Must precede torch's import, where its OpenMP runtime reads it. Without it torch's
+        # threads spin for ~5-10 ms after each parallel op, on the cores that PoCL's workers
+        # need next: the dipole call after an SDPA took 15.3 ms where it takes 11.7 (B 1, H 8,
+        # N 1024, d 64), while SDPA's own time is the same either way (13.1-13.2 ms).
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     torch = need_torch()
     dipole = load_dipole()
     import dipole.torch as dt
@@ -274,9 +288,10 @@ def main():
     ctx = dipole.default_context()
     env = {"torch": torch.__version__, "torch_threads": torch.get_num_threads(),
            "dipole": dipole.__version__, "device": ctx.device_name,
+           "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "(unset)"),
            "command": " ".join(sys.argv)}
-    print("torch %s (%d threads), dipole %s on %s" % (env["torch"], env["torch_threads"],
-                                                      env["dipole"], env["device"]))
+    print("torch %s (%d threads, OMP_WAIT_POLICY %s), dipole %s on %s" % (
+        env["torch"], env["torch_threads"], env["omp_wait_policy"], env["dipole"], env["device"]))
     print("times are minima over alternating rounds; speedup = torch_ms / dipole_ms\n")
     print(FMT % HEAD)
     rows = []

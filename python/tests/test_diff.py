@@ -8,7 +8,8 @@ device): forward out and lse, and gradients against float64 autograd of the form
 Device level (dipole.attention, dipole.torch.attention with autograd): the same comparisons
 through the device paths, numpy and torch, and head_dim_v != head_dim for the other variants.
 Refusals: odd q or k head counts for DIFF, a v of the wrong heads, weights for a variant
-without poles to weigh."""
+without poles to weigh. DipoleAttention(variant="diff"), the paper's block, against the same block
+written here in eager torch, output and every parameter's gradient."""
 
 import math
 
@@ -167,9 +168,9 @@ def test_odd_heads_refused(ctx):
                      torch.from_numpy(v), variant="diff")
 
 
-def test_module_refuses_diff():
-    with pytest.raises(ValueError, match="DipoleAttention has no DIFF projections"):
-        dt.DipoleAttention(64, 4, variant="diff")
+def test_module_shape_refused():
+    with pytest.raises(ValueError, match="embed_dim 36 is not a multiple of 2 num_heads 8"):
+        dt.DipoleAttention(36, 4, variant="diff")
 
 
 def test_value_shape_refused(ctx):
@@ -238,3 +239,43 @@ def test_head_dim_v_device(ctx, variant):
     assert_close(out.detach().numpy(), ref.detach().numpy(), DEV_ATOL, DEV_RTOL, "out")
     for name, g, w in zip(("dq", "dk", "dv", "dv2"), got, want):
         assert_close(g.grad.numpy(), w.grad.numpy(), GRAD_ATOL, GRAD_RTOL, name)
+
+
+def diff_block(m, x):
+    """DipoleAttention(variant="diff")'s computation in eager torch from the paper: the
+    projection split into q, k (two heads a head, the pole fastest) and v (2 head_dim), lambda
+    re-parameterised, diff_formula, the per-head RMS norm times (1 - lambda_init), out_proj."""
+    Bx, N, _ = x.shape
+    h, hkv, d = m.num_heads, m.num_kv_heads, m.head_dim
+    q, k, v = torch.split(m.qkv(x), [2 * h * d, 2 * hkv * d, hkv * 2 * d], -1)
+    lam = (torch.exp((m.lambda_q1 * m.lambda_k1).sum()) -
+           torch.exp((m.lambda_q2 * m.lambda_k2).sum()) + m.lambda_init)
+    out, _ = diff_formula(q.reshape(Bx, N, 2 * h, d), k.reshape(Bx, N, 2 * hkv, d),
+                          v.reshape(Bx, N, hkv, 2 * d), torch.ones(h), -lam * torch.ones(h),
+                          causal=m.causal)
+    out = out / out.pow(2).mean(-1, keepdim=True).add(1e-5).sqrt()
+    out = out * m.subln_weight * (1 - m.lambda_init)
+    return m.out_proj(out.reshape(Bx, N, h * 2 * d))
+
+
+def test_module_matches_eager(ctx):
+    torch.manual_seed(3)
+    m = dt.DipoleAttention(64, 4, 2, variant="diff", causal=True, layer_index=2)
+    assert m.head_dim == 8 and m.head_dim_v == 16
+    assert m.lambda_init == pytest.approx(0.8 - 0.6 * math.exp(-0.6))
+    with torch.no_grad():
+        m.subln_weight.uniform_(0.5, 1.5)  # a gain other than 1, so that its use is checked
+    x = torch.randn(2, 11, 64)
+    y = m(x)
+    y.square().mean().backward()
+    got = {n: p.grad.clone() for n, p in m.named_parameters()}
+    m.zero_grad()
+    ref = diff_block(m, x)
+    ref.square().mean().backward()
+    # float32 on both sides: the bounds of test_backward's module test
+    assert_close(y.detach().numpy(), ref.detach().double().numpy(), 1e-5, 1e-3, "output")
+    for n, p in m.named_parameters():
+        g = p.grad.double()
+        tol = 1e-5 + 1e-3 * g.pow(2).mean().sqrt().item()
+        assert_close(got[n].numpy(), g.numpy(), tol, 1e-3, f"d{n}")
+    assert all(got[n].abs().sum() > 0 for n in ("lambda_q1", "lambda_k2", "subln_weight"))

@@ -81,11 +81,8 @@ static int expand_shape(const bench_opts *o, const bench_point *shape, bench_poi
                         p[n] = *q;
                         p[n++].two_sm = true;
                     }
-                    /* its paged twin right after it, for the ratio in one stretch of time
-                     * (none for DIFF or head_dim_v, which the paged calls do not take yet) */
-                    if (o->page_size > 0 && shape->seq_q == 1 && pass == BENCH_FWD &&
-                        q->variant != DIPOLE_DIFF &&
-                        (q->head_dim_v == 0 || q->head_dim_v == q->head_dim)) {
+                    /* its paged twin right after it, for the ratio in one stretch of time */
+                    if (o->page_size > 0 && shape->seq_q == 1 && pass == BENCH_FWD) {
                         p[n] = *q;
                         p[n++].page_size = o->page_size;
                     }

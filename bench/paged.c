@@ -49,12 +49,15 @@ int bench_paged_make(dipole_ctx *ctx, const bench_point *p, const dipole_tensor 
     int rc = 0;
     pg->table = clCreateBuffer(context, CL_MEM_READ_ONLY | CL_MEM_COPY_HOST_PTR,
                                sizeof(int) * (size_t)pages, table, &e);
-    const size_t bytes = (size_t)pages * (size_t)ps * (size_t)p->heads_kv * (size_t)p->head_dim *
-                         dipole_dtype_size(p->dtype);
     const int npools = bench_reads_v2(p->variant) ? 3 : 2;
     for (int i = 0; i < npools && e == CL_SUCCESS; i++) {
+        /* k's heads (DIFF: two a KV head) and head dim, or v's head_dim_v */
+        const int heads = i == 0 ? bench_score_maps(p->variant) * p->heads_kv : p->heads_kv;
+        const int dim = i == 0 ? p->head_dim : bench_head_dim_v(p);
+        const size_t bytes = (size_t)pages * (size_t)ps * (size_t)heads * (size_t)dim *
+                             dipole_dtype_size(p->dtype);
         pg->pool[i] = clCreateBuffer(context, CL_MEM_READ_WRITE, bytes, NULL, &e);
-        pg->t[i] = dipole_tensor_dense(pg->pool[i], ps, p->heads_kv, p->head_dim);
+        pg->t[i] = dipole_tensor_dense(pg->pool[i], ps, heads, dim);
     }
     if (e != CL_SUCCESS)
         rc = fail(err, cap, NULL, "allocating the page pools", e);
@@ -70,6 +73,7 @@ int bench_paged_make(dipole_ctx *ctx, const bench_point *p, const dipole_tensor 
         d.seq_q = p->seq_q;
         d.seq_k = p->seq_k;
         d.head_dim = p->head_dim;
+        d.head_dim_v = p->head_dim_v;
         const dipole_status st = dipole_paged_kv_write(
             ctx, &d, &pg->paged, p->seq_k, pos, &src[0], &src[1], npools > 2 ? &src[2] : NULL,
             &pg->t[0], &pg->t[1], npools > 2 ? &pg->t[2] : NULL, NULL);

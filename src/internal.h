@@ -138,12 +138,6 @@ static inline int dp_max_head_dim(const dp_problem *p)
 {
     return p->d.head_dim > p->dv ? p->d.head_dim : p->dv;
 }
-/* Whether a problem needs a kernel that knows DIFF's score maps or a value head dim of its
- * own (the paged caches do not yet). */
-static inline bool dp_needs_diff_or_dv(const dp_problem *p)
-{
-    return p->d.variant == DIPOLE_DIFF || p->dv != p->d.head_dim;
-}
 /* Validates desc (message via dp_fail on ctx, which may be NULL) and resolves defaults. */
 dipole_status dp_problem_init(dipole_ctx *ctx, const dipole_attn_desc *desc, dp_problem *p);
 /* The name of the first missing host array of a backward call (v2 and dv2 count only where

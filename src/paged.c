@@ -16,22 +16,30 @@ typedef struct paged_view {
     const char *smallest; /* the pool that holds the fewest */
 } paged_view;
 
-/* Elements a page of t spans from its first: page_size slots of heads rows of d. */
-static size_t page_extent(const dipole_tensor *t, int page_size, int heads, int d)
+/* The rows of pool i (k, v, v2) and of its new tokens' source: k's heads (DIFF: two a KV
+ * head) and head dim, or v's heads and head_dim_v; seq is unused. */
+static dp_shape pool_shape(const dp_problem *p, int i)
+{
+    return dp_shape_of(p, i == 0 ? DP_ROLE_K : DP_ROLE_V);
+}
+
+/* Elements a page of pool tensor t spans from its first: page_size slots of rows of shape. */
+static size_t page_extent(const dipole_tensor *t, int page_size, dp_shape shape)
 {
     size_t lo, hi;
-    dp_span_of(t, 1, page_size, heads, d, &lo, &hi);
+    dp_span_of(t, 1, page_size, shape.heads, shape.dim, &lo, &hi);
     return hi - lo;
 }
 
 /* How many pages the pool tensor t has room for in its buffer past its offset (at least one,
  * or the call is refused). */
 static dipole_status pool_pages(dipole_ctx *ctx, const char *name, const dipole_tensor *t,
-                                const dp_problem *p, int page_size, long long *pages)
+                                const dp_problem *p, dp_shape shape, int page_size,
+                                long long *pages)
 {
     const dipole_attn_desc *d = &p->d;
-    dipole_status st = dp_check_tensor(ctx, name, t, d->dtype, 1, page_size, d->heads_kv,
-                                       d->head_dim);
+    dipole_status st = dp_check_tensor(ctx, name, t, d->dtype, 1, page_size, shape.heads,
+                                       shape.dim);
     if (st != DIPOLE_SUCCESS)
         return st;
     if (t->stride_batch == 0)
@@ -44,7 +52,7 @@ static dipole_status pool_pages(dipole_ctx *ctx, const char *name, const dipole_
                        dipole_status_string((dipole_status)err), (int)err);
     /* dp_check_tensor saw page 0 end inside the buffer */
     const size_t elems = bytes / dipole_dtype_size(d->dtype);
-    const size_t end0 = t->offset + page_extent(t, page_size, d->heads_kv, d->head_dim);
+    const size_t end0 = t->offset + page_extent(t, page_size, shape);
     const size_t more = (elems - end0) / t->stride_batch;
     *pages = more >= (size_t)INT32_MAX ? INT32_MAX : (long long)more + 1;
     return DIPOLE_SUCCESS;
@@ -76,7 +84,8 @@ static dipole_status view_open(dipole_ctx *ctx, const dp_problem *p, const char 
             return dp_fail(ctx, DIPOLE_ERR_INVALID_ARG, "%s: %s is NULL%s", call, names[i],
                            i == 2 ? " but the variant reads v2" : "");
         long long n = 0;
-        const dipole_status st = pool_pages(ctx, names[i], pools[i], p, pg->page_size, &n);
+        const dipole_status st = pool_pages(ctx, names[i], pools[i], p, pool_shape(p, i),
+                                            pg->page_size, &n);
         if (st != DIPOLE_SUCCESS)
             return st;
         if (n < view->pool) {
@@ -169,12 +178,12 @@ static span table_span(const paged_view *view, const dp_problem *p, int owner)
     return s;
 }
 
-static span page_span(const dipole_tensor *t, const dp_problem *p, int page_size, int page,
-                      int owner, bool written)
+/* Page `page` of pool i, tensor t; the pool is its owner. */
+static span page_span(const dipole_tensor *t, const dp_problem *p, int i, int page_size, int page,
+                      bool written)
 {
     const size_t lo = t->offset + (size_t)page * t->stride_batch;
-    const span s = {t->buffer, lo, lo + page_extent(t, page_size, p->d.heads_kv, p->d.head_dim),
-                    owner, written};
+    const span s = {t->buffer, lo, lo + page_extent(t, page_size, pool_shape(p, i)), i, written};
     return s;
 }
 
@@ -207,12 +216,12 @@ static dipole_status check_reads(dipole_ctx *ctx, const dp_problem *p, const pag
             int page;
             st = page_of(ctx, view, b, j, &page);
             for (int i = 0; i < npools && st == DIPOLE_SUCCESS; i++)
-                s[n++] = page_span(pools[i], p, ps, page, i, false);
+                s[n++] = page_span(pools[i], p, i, ps, page, false);
         }
     }
     if (st == DIPOLE_SUCCESS) {
         size_t lo, hi;
-        dp_span_of(out, d->batch, d->seq_q, d->heads_q, d->head_dim, &lo, &hi);
+        dp_span_of(out, d->batch, d->seq_q, d->heads_q, p->dv, &lo, &hi);
         s[n++] = (span){out->buffer, lo, hi, 3, true};
         s[n++] = table_span(view, p, 4);
         int x, y;
@@ -237,9 +246,6 @@ dipole_status dipole_attention_paged(dipole_ctx *ctx, const dipole_attn_desc *de
     dipole_status st = dp_call_begin(ctx, call, desc, event, &p);
     if (!ctx)
         return st;
-    if (st == DIPOLE_SUCCESS && dp_needs_diff_or_dv(&p))
-        st = dp_fail(ctx, DIPOLE_ERR_UNSUPPORTED,
-                     "%s: paged caches take neither DIFF nor head_dim_v != head_dim yet", call);
     const dipole_tensor *const pools[3] = {k_pages, v_pages, v2_pages};
     static const char *const names[3] = {"k_pages", "v_pages", "v2_pages"};
     paged_view view = {0};
@@ -313,7 +319,7 @@ static dipole_status check_writes(dipole_ctx *ctx, const dp_problem *p, const pa
         st = page_of(ctx, view, b, pos, &page);
         refs[nrefs++] = (slot_ref){(long long)page * ps + pos % ps, b, t};
         for (int i = 0; i < npools && st == DIPOLE_SUCCESS; i++)
-            s[n++] = page_span(pools[i], p, ps, page, i, true);
+            s[n++] = page_span(pools[i], p, i, ps, page, true);
     }
     if (st == DIPOLE_SUCCESS) {
         qsort(refs, nrefs, sizeof *refs, slot_order);
@@ -330,7 +336,8 @@ static dipole_status check_writes(dipole_ctx *ctx, const dp_problem *p, const pa
     if (st == DIPOLE_SUCCESS) {
         for (int i = 0; i < npools; i++) {
             size_t lo, hi;
-            dp_span_of(srcs[i], d->batch, tokens, d->heads_kv, d->head_dim, &lo, &hi);
+            const dp_shape sh = pool_shape(p, i);
+            dp_span_of(srcs[i], d->batch, tokens, sh.heads, sh.dim, &lo, &hi);
             s[n++] = (span){srcs[i]->buffer, lo, hi, 3 + i, false};
         }
         s[n++] = table_span(view, p, 6);
@@ -354,17 +361,18 @@ static dipole_status check_write_tensors(dipole_ctx *ctx, const dp_problem *p, i
 {
     const dipole_attn_desc *d = &p->d;
     for (int i = 0; i < (p->reads_v2 ? 3 : 2); i++) {
+        const dp_shape sh = pool_shape(p, i);
         dipole_status st = dp_check_tensor(ctx, names[3 + i], srcs[i], d->dtype, d->batch, tokens,
-                                           d->heads_kv, d->head_dim);
+                                           sh.heads, sh.dim);
         if (st != DIPOLE_SUCCESS)
             return st;
-        if (dp_tensor_self_overlaps(pools[i], (int)view->pool, view->pg->page_size, d->heads_kv,
-                                    d->head_dim))
+        if (dp_tensor_self_overlaps(pools[i], (int)view->pool, view->pg->page_size, sh.heads,
+                                    sh.dim))
             return dp_fail(ctx, DIPOLE_ERR_INVALID_ARG,
                            "%s strides (%zu, %zu, %zu) make distinct slots overlap (page_size "
-                           "%d, heads_kv %d, head_dim %d)",
+                           "%d, heads %d, head dim %d)",
                            names[i], pools[i]->stride_batch, pools[i]->stride_seq,
-                           pools[i]->stride_head, view->pg->page_size, d->heads_kv, d->head_dim);
+                           pools[i]->stride_head, view->pg->page_size, sh.heads, sh.dim);
     }
     return DIPOLE_SUCCESS;
 }
@@ -384,6 +392,7 @@ static dipole_status launch_writes(dipole_ctx *ctx, const dp_problem *p, int tok
                        "positions", &pos);
     const int npools = p->reads_v2 ? 3 : 2;
     for (int i = 0; i < npools && st == DIPOLE_SUCCESS; i++) {
+        const dp_shape sh = pool_shape(p, i);
         dp_launch_args l = dp_launch_args_begin(kernel, "dipole_paged_write_rows");
         dp_arg_tensor(&l, srcs[i]);
         dp_arg_tensor(&l, pools[i]);
@@ -392,9 +401,9 @@ static dipole_status launch_writes(dipole_ctx *ctx, const dp_problem *p, int tok
         dp_arg_int(&l, pg->max_pages);
         dp_arg_int(&l, pg->page_size);
         dp_arg_int(&l, tokens);
-        dp_arg_int(&l, d->heads_kv);
-        dp_arg_int(&l, d->head_dim);
-        const size_t global[3] = {(size_t)d->head_dim, (size_t)tokens * (size_t)d->heads_kv,
+        dp_arg_int(&l, sh.heads);
+        dp_arg_int(&l, sh.dim);
+        const size_t global[3] = {(size_t)sh.dim, (size_t)tokens * (size_t)sh.heads,
                                   (size_t)d->batch};
         st = dp_launch(ctx, &l, 3, global, NULL, i == npools - 1 ? event : NULL);
     }
@@ -416,9 +425,6 @@ dipole_status dipole_paged_kv_write(dipole_ctx *ctx, const dipole_attn_desc *des
     dipole_status st = dp_call_begin(ctx, call, desc, event, &p);
     if (!ctx)
         return st;
-    if (st == DIPOLE_SUCCESS && dp_needs_diff_or_dv(&p))
-        st = dp_fail(ctx, DIPOLE_ERR_UNSUPPORTED,
-                     "%s: paged caches take neither DIFF nor head_dim_v != head_dim yet", call);
     const dipole_tensor *const pools[3] = {k_pages, v_pages, v2_pages};
     const dipole_tensor *const srcs[3] = {k_new, v_new, v2_new};
     static const char *const names[7] = {"k_pages", "v_pages", "v2_pages",          "k_new",

@@ -24,8 +24,8 @@
  * Refusals: head_dim_v out of range, DIFF's heads_q past half an int, non-finite DIFF pole
  * weights (validation and the references); DIFF tensors (q, k, dq, an lse of one pole) or
  * head_dim_v tensors (v, out) too small for their shape (BUFFER_RANGE naming the tensor, before
- * any kernel); the paged calls refusing DIFF and head_dim_v != head_dim (UNSUPPORTED); v2 not
- * read by DIFF (the references take NULL).
+ * any kernel), and the paged calls' pools, out and new-token sources too small for theirs;
+ * v2 not read by DIFF (the references take NULL).
  *
  * Tolerances, |got - ref| <= atol + rtol |ref|:
  *   reference vs the test's double forward: 1e-6 + 1e-6 |ref| (both double, rounded to float);
@@ -916,34 +916,73 @@ START_TEST(test_refusals_buffers)
 }
 END_TEST
 
-/* The paged calls take neither DIFF nor head_dim_v != head_dim, and say so before reading any
- * argument. */
+/* The paged calls check each pool against its own shape before any kernel runs: a DIFF key pool
+ * of heads_kv heads (not 2 heads_kv), a value pool or a new-token source of head_dim values
+ * (not head_dim_v), and an out of head_dim are too small, named with what they need. */
 START_TEST(test_refusals_paged)
 {
     dipole_ctx *ctx = tu_ctx();
-    static const int kl[1] = {11};
-    for (int x = 0; x < 3; x++) {
-        dipole_attn_desc d = diff_desc();
-        d.key_lengths = kl;
-        if (x == 1)
-            d.head_dim_v = 0; /* DIFF alone */
-        if (x == 2)
-            d.variant = DIPOLE_SOFTMAX; /* head_dim_v alone */
-        dipole_status st = dipole_attention_paged(ctx, &d, NULL, NULL, NULL, NULL, NULL, NULL,
-                                                  NULL, NULL);
-        ck_assert_msg(st == DIPOLE_ERR_UNSUPPORTED, "try %d: %s: %s", x, dipole_status_string(st),
-                      dipole_ctx_last_error(ctx));
-        ASSERT_MSG_HAS(dipole_ctx_last_error(ctx),
-                       "dipole_attention_paged: paged caches take neither DIFF nor head_dim_v != "
-                       "head_dim yet");
-        const int pos[1] = {0};
-        st = dipole_paged_kv_write(ctx, &d, NULL, 1, pos, NULL, NULL, NULL, NULL, NULL, NULL,
-                                   NULL);
-        ck_assert_msg(st == DIPOLE_ERR_UNSUPPORTED, "try %d: %s: %s", x, dipole_status_string(st),
-                      dipole_ctx_last_error(ctx));
-        ASSERT_MSG_HAS(dipole_ctx_last_error(ctx), "dipole_paged_kv_write: paged caches take "
-                                                   "neither DIFF nor head_dim_v != head_dim yet");
+    dipole_attn_desc d = diff_desc();
+    static const int kl[1] = {11}, table[2] = {1, 0};
+    d.key_lengths = kl;
+    const int Nq = 8, Hq = 2, Hkv = 1, D = 16, DV = 32, PS = 8, PAGES = 2;
+    cl_mem q = buffer_of((size_t)Nq * 2 * Hq * D), o = buffer_of((size_t)Nq * Hq * DV);
+    cl_mem o1 = buffer_of((size_t)Nq * Hq * D);
+    cl_mem kp = buffer_of((size_t)PAGES * PS * 2 * Hkv * D);
+    /* a page of the right shape would not fit in these: a page of the wrong one does */
+    cl_mem kp1 = buffer_of((size_t)PS * Hkv * D);
+    cl_mem vp = buffer_of((size_t)PAGES * PS * Hkv * DV);
+    cl_mem vp1 = buffer_of((size_t)PS * Hkv * D);
+    cl_int err;
+    cl_mem tab = clCreateBuffer(dipole_ctx_cl_context(ctx),
+                                CL_MEM_READ_ONLY | CL_MEM_COPY_HOST_PTR, sizeof table,
+                                (void *)table, &err);
+    ck_assert_int_eq(err, CL_SUCCESS);
+    const dipole_paged_kv paged = {tab, PAGES, PS};
+    const dipole_tensor tq = dipole_tensor_dense(q, Nq, 2 * Hq, D);
+    const dipole_tensor to = dipole_tensor_dense(o, Nq, Hq, DV);
+    const dipole_tensor to1 = dipole_tensor_dense(o1, Nq, Hq, DV);
+    const dipole_tensor tk = dipole_tensor_dense(kp, PS, 2 * Hkv, D);
+    const dipole_tensor tk1 = dipole_tensor_dense(kp1, PS, 2 * Hkv, D);
+    const dipole_tensor tv = dipole_tensor_dense(vp, PS, Hkv, DV);
+    const dipole_tensor tv1 = dipole_tensor_dense(vp1, PS, Hkv, DV);
+    ck_assert_msg(dipole_attention_paged(ctx, &d, &tq, &tk, &tv, NULL, &paged, &to, NULL, NULL) ==
+                      DIPOLE_SUCCESS,
+                  "%s", dipole_ctx_last_error(ctx));
+    static const struct {
+        int k1, v1, o1;
+        const char *text;
+    } tries[] = {
+        {1, 0, 0, "k_pages needs 256 f32 elements but its buffer holds 512 bytes"},
+        {0, 1, 0, "v_pages needs 256 f32 elements but its buffer holds 512 bytes"},
+        {0, 0, 1, "out needs 512 f32 elements but its buffer holds 1024 bytes"},
+    };
+    for (size_t x = 0; x < sizeof tries / sizeof tries[0]; x++) {
+        const dipole_status st = dipole_attention_paged(
+            ctx, &d, &tq, tries[x].k1 ? &tk1 : &tk, tries[x].v1 ? &tv1 : &tv, NULL, &paged,
+            tries[x].o1 ? &to1 : &to, NULL, NULL);
+        ck_assert_msg(st == DIPOLE_ERR_BUFFER_RANGE, "try %zu: %s: %s", x,
+                      dipole_status_string(st), dipole_ctx_last_error(ctx));
+        ASSERT_MSG_HAS(dipole_ctx_last_error(ctx), tries[x].text);
     }
+    /* the cache write: k_new of 2 heads_kv heads, v_new of head_dim_v */
+    cl_mem kn = buffer_of((size_t)2 * Hkv * D), vn = buffer_of((size_t)Hkv * DV);
+    cl_mem vn1 = buffer_of((size_t)Hkv * D);
+    const dipole_tensor tkn = dipole_tensor_dense(kn, 1, 2 * Hkv, D);
+    const dipole_tensor tvn = dipole_tensor_dense(vn, 1, Hkv, DV);
+    const dipole_tensor tvn1 = dipole_tensor_dense(vn1, 1, Hkv, DV);
+    const int pos[1] = {10};
+    ck_assert_msg(dipole_paged_kv_write(ctx, &d, &paged, 1, pos, &tkn, &tvn, NULL, &tk, &tv, NULL,
+                                        NULL) == DIPOLE_SUCCESS,
+                  "%s", dipole_ctx_last_error(ctx));
+    ck_assert_int_eq(dipole_paged_kv_write(ctx, &d, &paged, 1, pos, &tkn, &tvn1, NULL, &tk, &tv,
+                                           NULL, NULL),
+                     DIPOLE_ERR_BUFFER_RANGE);
+    ASSERT_MSG_HAS(dipole_ctx_last_error(ctx),
+                   "v_new needs 32 f32 elements but its buffer holds 64 bytes");
+    cl_mem all[] = {q, o, o1, kp, kp1, vp, vp1, tab, kn, vn, vn1};
+    for (size_t x = 0; x < sizeof all / sizeof all[0]; x++)
+        clReleaseMemObject(all[x]);
 }
 END_TEST
 

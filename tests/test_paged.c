@@ -5,7 +5,8 @@
  * path gathers, and is held to the reference bound) and the double reference within the
  * fp32 bounds of the forward suite (rtol 2^-10 / 2^-7 for fp16 / bf16 storage). Decode
  * (split-K on the CPU layout) and chunked prefill, page sizes 1, 16 and 256, GQA, every
- * variant; the cache write against a scatter done here; every refusal before any kernel
+ * variant, DIFF (two key heads a KV head) and value head dims of their own; the cache write
+ * against a scatter done here (DIFF's pools included); every refusal before any kernel
  * runs, with the output left as it was. The suite runs again on the group layout
  * (paged-group). */
 #include <math.h>
@@ -81,11 +82,21 @@ static paged_layout layout_make(const dipole_attn_desc *d, int page_size, int sp
     return pl;
 }
 
-/* The pool of a contiguous cache x (elements of es bytes); slots no key fills hold `fill`. */
-static void *pool_of(const dipole_attn_desc *d, const paged_layout *pl, const void *x,
-                     size_t es, unsigned char fill)
+/* Score maps (DIFF: q and k hold two heads a head) and the value head dim of d. */
+static int maps_of(const dipole_attn_desc *d)
 {
-    const size_t row = (size_t)d->heads_kv * (size_t)d->head_dim * es;
+    return d->variant == DIPOLE_DIFF ? 2 : 1;
+}
+static int dim_v_of(const dipole_attn_desc *d)
+{
+    return d->head_dim_v ? d->head_dim_v : d->head_dim;
+}
+
+/* The pool of a contiguous cache x of rows of `row` bytes (a token's heads of k, v or v2);
+ * slots no key fills hold `fill`. */
+static void *pool_of(const dipole_attn_desc *d, const paged_layout *pl, const void *x,
+                     size_t row, unsigned char fill)
+{
     unsigned char *pool = malloc((size_t)pl->pages * (size_t)pl->page_size * row);
     ck_assert_ptr_nonnull(pool);
     memset(pool, fill, (size_t)pl->pages * (size_t)pl->page_size * row);
@@ -98,11 +109,6 @@ static void *pool_of(const dipole_attn_desc *d, const paged_layout *pl, const vo
     return pool;
 }
 
-static dipole_tensor pool_tensor(cl_mem m, const dipole_attn_desc *d, int page_size)
-{
-    return dipole_tensor_dense(m, page_size, d->heads_kv, d->head_dim);
-}
-
 typedef struct paged_case {
     dipole_variant variant;
     dipole_dtype dtype;
@@ -110,6 +116,7 @@ typedef struct paged_case {
     int causal, window_left;
     int page_size;
     dipole_path path;
+    int head_dim_v; /* 0: head_dim */
 } paged_case;
 
 /* Runs one case: paged against contiguous (bitwise on the tiled path) and the reference. */
@@ -129,6 +136,7 @@ static void run_case(const paged_case *c, uint64_t seed)
     d.causal = c->causal;
     d.window_left = c->window_left;
     d.path = c->path;
+    d.head_dim_v = c->head_dim_v;
     int *kl = malloc(sizeof(int) * (size_t)c->batch);
     ck_assert_ptr_nonnull(kl);
     uint64_t s = seed * 7 + 1;
@@ -140,68 +148,76 @@ static void run_case(const paged_case *c, uint64_t seed)
         pw[h] = 0.5f + 0.1f * (float)h;
         nw[h] = -0.3f + 0.05f * (float)h;
     }
-    if (c->variant == DIPOLE_TWO_POLE && c->heads_q <= 8) {
+    if ((c->variant == DIPOLE_TWO_POLE || c->variant == DIPOLE_DIFF) && c->heads_q <= 8) {
         d.pos_weight = pw;
         d.neg_weight = nw;
     }
-    const size_t nq = tu_q_elems(&d), nk = tu_kv_elems(&d), es = dipole_dtype_size(c->dtype);
+    const int ns = maps_of(&d), dv = dim_v_of(&d);
+    const bool has_v2 = c->variant == DIPOLE_ROUTED || c->variant == DIPOLE_TWO_POLE;
+    const size_t es = dipole_dtype_size(c->dtype);
+    const size_t nq = tu_q_elems(&d) * (size_t)ns, nk = tu_kv_elems(&d) * (size_t)ns;
+    const size_t nv = (size_t)d.batch * d.seq_k * d.heads_kv * dv;
+    const size_t no = (size_t)d.batch * d.seq_q * d.heads_q * dv;
     float *q = tu_random(nq, seed + 1, 1.0f), *k = tu_random(nk, seed + 2, 1.0f);
-    float *v = tu_random(nk, seed + 3, 1.0f), *v2 = tu_random(nk, seed + 4, 1.0f);
+    float *v = tu_random(nv, seed + 3, 1.0f), *v2 = tu_random(nv, seed + 4, 1.0f);
     void *qs = tu_round_to(c->dtype, q, nq), *ks = tu_round_to(c->dtype, k, nk);
-    void *vs = tu_round_to(c->dtype, v, nk), *v2s = tu_round_to(c->dtype, v2, nk);
+    void *vs = tu_round_to(c->dtype, v, nv), *v2s = tu_round_to(c->dtype, v2, nv);
 
     const paged_layout pl = layout_make(&d, c->page_size, 3, seed + 5);
-    void *kp = pool_of(&d, &pl, ks, es, 0xff), *vp = pool_of(&d, &pl, vs, es, 0xff);
-    void *v2p = pool_of(&d, &pl, v2s, es, 0xff); /* unfilled slots: NaN in every dtype */
-    const size_t pool_bytes = (size_t)pl.pages * (size_t)pl.page_size * (size_t)d.heads_kv *
-                              (size_t)d.head_dim * es;
-    cl_mem bq = buffer_of(qs, nq * es), bk = buffer_of(ks, nk * es), bv = buffer_of(vs, nk * es);
-    cl_mem bv2 = buffer_of(v2s, nk * es), bkp = buffer_of(kp, pool_bytes);
-    cl_mem bvp = buffer_of(vp, pool_bytes), bv2p = buffer_of(v2p, pool_bytes);
+    const size_t k_row = (size_t)ns * d.heads_kv * d.head_dim * es;
+    const size_t v_row = (size_t)d.heads_kv * dv * es;
+    void *kp = pool_of(&d, &pl, ks, k_row, 0xff), *vp = pool_of(&d, &pl, vs, v_row, 0xff);
+    void *v2p = pool_of(&d, &pl, v2s, v_row, 0xff); /* unfilled slots: NaN in every dtype */
+    const size_t slots = (size_t)pl.pages * (size_t)pl.page_size;
+    cl_mem bq = buffer_of(qs, nq * es), bk = buffer_of(ks, nk * es), bv = buffer_of(vs, nv * es);
+    cl_mem bv2 = buffer_of(v2s, nv * es), bkp = buffer_of(kp, slots * k_row);
+    cl_mem bvp = buffer_of(vp, slots * v_row), bv2p = buffer_of(v2p, slots * v_row);
     cl_mem btab = buffer_of(pl.table, sizeof(int) * (size_t)d.batch * (size_t)pl.max_pages);
-    cl_mem bo1 = buffer_of(NULL, nq * es), bo2 = buffer_of(NULL, nq * es);
+    cl_mem bo1 = buffer_of(NULL, no * es), bo2 = buffer_of(NULL, no * es);
     const size_t nl = (size_t)dipole_lse_count(d.variant) * d.batch * d.heads_q * d.seq_q;
     cl_mem bl1 = buffer_of(NULL, nl * 4), bl2 = buffer_of(NULL, nl * 4);
 
-    const dipole_tensor tq = dipole_tensor_dense(bq, d.seq_q, d.heads_q, d.head_dim);
-    const dipole_tensor tk = dipole_tensor_dense(bk, d.seq_k, d.heads_kv, d.head_dim);
-    const dipole_tensor tv = dipole_tensor_dense(bv, d.seq_k, d.heads_kv, d.head_dim);
-    const dipole_tensor tv2 = dipole_tensor_dense(bv2, d.seq_k, d.heads_kv, d.head_dim);
-    const dipole_tensor tkp = pool_tensor(bkp, &d, pl.page_size);
-    const dipole_tensor tvp = pool_tensor(bvp, &d, pl.page_size);
-    const dipole_tensor tv2p = pool_tensor(bv2p, &d, pl.page_size);
-    const dipole_tensor to1 = dipole_tensor_dense(bo1, d.seq_q, d.heads_q, d.head_dim);
-    const dipole_tensor to2 = dipole_tensor_dense(bo2, d.seq_q, d.heads_q, d.head_dim);
+    const dipole_tensor tq = dipole_tensor_dense(bq, d.seq_q, ns * d.heads_q, d.head_dim);
+    const dipole_tensor tk = dipole_tensor_dense(bk, d.seq_k, ns * d.heads_kv, d.head_dim);
+    const dipole_tensor tv = dipole_tensor_dense(bv, d.seq_k, d.heads_kv, dv);
+    const dipole_tensor tv2 = dipole_tensor_dense(bv2, d.seq_k, d.heads_kv, dv);
+    const dipole_tensor tkp = dipole_tensor_dense(bkp, pl.page_size, ns * d.heads_kv, d.head_dim);
+    const dipole_tensor tvp = dipole_tensor_dense(bvp, pl.page_size, d.heads_kv, dv);
+    const dipole_tensor tv2p = dipole_tensor_dense(bv2p, pl.page_size, d.heads_kv, dv);
+    const dipole_tensor to1 = dipole_tensor_dense(bo1, d.seq_q, d.heads_q, dv);
+    const dipole_tensor to2 = dipole_tensor_dense(bo2, d.seq_q, d.heads_q, dv);
     const dipole_paged_kv paged = {btab, pl.max_pages, pl.page_size};
     char what[256];
     tu_desc_str(&d, what, sizeof what);
-    dipole_status st = dipole_attention(ctx, &d, &tq, &tk, &tv, &tv2, &to1, bl1, NULL);
+    dipole_status st = dipole_attention(ctx, &d, &tq, &tk, &tv, has_v2 ? &tv2 : NULL, &to1, bl1,
+                                        NULL);
     ck_assert_msg(st == DIPOLE_SUCCESS, "%s: contiguous: %s", what, dipole_ctx_last_error(ctx));
-    st = dipole_attention_paged(ctx, &d, &tq, &tkp, &tvp, &tv2p, &paged, &to2, bl2, NULL);
+    st = dipole_attention_paged(ctx, &d, &tq, &tkp, &tvp, has_v2 ? &tv2p : NULL, &paged, &to2,
+                                bl2, NULL);
     ck_assert_msg(st == DIPOLE_SUCCESS, "%s page %d: %s", what, pl.page_size,
                   dipole_ctx_last_error(ctx));
 
-    void *o1 = malloc(nq * es), *o2 = malloc(nq * es);
-    float *l1 = malloc(nl * 4), *l2 = malloc(nl * 4), *got = malloc(nq * 4), *ref = malloc(nq * 4);
+    void *o1 = malloc(no * es), *o2 = malloc(no * es);
+    float *l1 = malloc(nl * 4), *l2 = malloc(nl * 4), *got = malloc(no * 4), *ref = malloc(no * 4);
     ck_assert(o1 && o2 && l1 && l2 && got && ref);
-    read_back(bo1, o1, nq * es);
-    read_back(bo2, o2, nq * es);
+    read_back(bo1, o1, no * es);
+    read_back(bo2, o2, no * es);
     read_back(bl1, l1, nl * 4);
     read_back(bl2, l2, nl * 4);
     dipole_plan plan;
     ck_assert_int_eq(dipole_attention_plan(ctx, &d, &plan), DIPOLE_SUCCESS);
     if (plan.path == DIPOLE_PATH_TILED) {
-        ck_assert_msg(!memcmp(o1, o2, nq * es), "%s page %d: paged out differs from contiguous",
+        ck_assert_msg(!memcmp(o1, o2, no * es), "%s page %d: paged out differs from contiguous",
                       what, pl.page_size);
         ck_assert_msg(!memcmp(l1, l2, nl * 4), "%s page %d: paged lse differs from contiguous",
                       what, pl.page_size);
     }
-    ck_assert_int_eq(dipole_convert(DIPOLE_F32, got, c->dtype, o2, nq), DIPOLE_SUCCESS);
-    ck_assert_int_eq(dipole_reference(&d, q, k, v, v2, ref), DIPOLE_SUCCESS);
+    ck_assert_int_eq(dipole_convert(DIPOLE_F32, got, c->dtype, o2, no), DIPOLE_SUCCESS);
+    ck_assert_int_eq(dipole_reference(&d, q, k, v, has_v2 ? v2 : NULL, ref), DIPOLE_SUCCESS);
     const double rtol = c->dtype == DIPOLE_F32   ? RTOL
                         : c->dtype == DIPOLE_F16 ? 1.0 / 1024
                                                  : 1.0 / 128;
-    const tu_err e = tu_compare(got, ref, nq, ATOL, rtol);
+    const tu_err e = tu_compare(got, ref, no, ATOL, rtol);
     ck_assert_msg(e.worst_ratio <= 1.0 && e.nonfinite == 0,
                   "%s page %d (%s): paged vs reference: ratio %.3g at %zu, max |diff| %.3g",
                   what, pl.page_size, plan.reason, e.worst_ratio, e.worst, e.max_abs);
@@ -224,7 +240,7 @@ START_TEST(test_paged_decode)
 {
     const int vi = _i / 3, pi = _i % 3;
     const paged_case c = {variants[vi], DIPOLE_F32, 4, 8, 2, 1 + (_i & 1), 300, 64,
-                          1, -1, page_sizes[pi], DIPOLE_PATH_AUTO};
+                          1, -1, page_sizes[pi], DIPOLE_PATH_AUTO, 0};
     run_case(&c, 100 + (uint64_t)_i);
 }
 END_TEST
@@ -234,7 +250,7 @@ START_TEST(test_paged_prefill)
 {
     const int vi = _i / 3, pi = _i % 3;
     const paged_case c = {variants[vi], DIPOLE_F32, 3, 4, 1, 37, 290, 64,
-                          1, -1, page_sizes[pi], DIPOLE_PATH_AUTO};
+                          1, -1, page_sizes[pi], DIPOLE_PATH_AUTO, 0};
     run_case(&c, 200 + (uint64_t)_i);
 }
 END_TEST
@@ -243,11 +259,11 @@ END_TEST
 START_TEST(test_paged_kinds)
 {
     static const paged_case cases[] = {
-        {DIPOLE_SOFTMAX, DIPOLE_F32, 2, 4, 2, 1, 500, 64, 1, 100, 16, DIPOLE_PATH_AUTO},
-        {DIPOLE_SIGNEXP, DIPOLE_F32, 2, 6, 3, 40, 200, 64, 0, -1, 16, DIPOLE_PATH_AUTO},
-        {DIPOLE_ROUTED, DIPOLE_F32, 2, 2, 2, 1, 130, 24, 1, -1, 7, DIPOLE_PATH_AUTO},
-        {DIPOLE_SOFTMAX, DIPOLE_F16, 3, 8, 2, 1, 300, 64, 1, -1, 16, DIPOLE_PATH_AUTO},
-        {DIPOLE_SIGNEXP, DIPOLE_BF16, 2, 4, 2, 20, 100, 64, 1, -1, 16, DIPOLE_PATH_AUTO},
+        {DIPOLE_SOFTMAX, DIPOLE_F32, 2, 4, 2, 1, 500, 64, 1, 100, 16, DIPOLE_PATH_AUTO, 0},
+        {DIPOLE_SIGNEXP, DIPOLE_F32, 2, 6, 3, 40, 200, 64, 0, -1, 16, DIPOLE_PATH_AUTO, 0},
+        {DIPOLE_ROUTED, DIPOLE_F32, 2, 2, 2, 1, 130, 24, 1, -1, 7, DIPOLE_PATH_AUTO, 0},
+        {DIPOLE_SOFTMAX, DIPOLE_F16, 3, 8, 2, 1, 300, 64, 1, -1, 16, DIPOLE_PATH_AUTO, 0},
+        {DIPOLE_SIGNEXP, DIPOLE_BF16, 2, 4, 2, 20, 100, 64, 1, -1, 16, DIPOLE_PATH_AUTO, 0},
     };
     run_case(&cases[_i], 300 + (uint64_t)_i);
 }
@@ -257,11 +273,28 @@ END_TEST
 START_TEST(test_paged_gemm)
 {
     static const paged_case cases[] = {
-        {DIPOLE_SOFTMAX, DIPOLE_F32, 3, 4, 2, 1, 200, 64, 1, -1, 16, DIPOLE_PATH_GEMM},
-        {DIPOLE_TWO_POLE, DIPOLE_F32, 2, 4, 1, 17, 150, 32, 1, -1, 1, DIPOLE_PATH_GEMM},
-        {DIPOLE_ROUTED, DIPOLE_F16, 2, 2, 2, 5, 100, 64, 1, -1, 16, DIPOLE_PATH_GEMM},
+        {DIPOLE_SOFTMAX, DIPOLE_F32, 3, 4, 2, 1, 200, 64, 1, -1, 16, DIPOLE_PATH_GEMM, 0},
+        {DIPOLE_TWO_POLE, DIPOLE_F32, 2, 4, 1, 17, 150, 32, 1, -1, 1, DIPOLE_PATH_GEMM, 0},
+        {DIPOLE_ROUTED, DIPOLE_F16, 2, 2, 2, 5, 100, 64, 1, -1, 16, DIPOLE_PATH_GEMM, 0},
+        {DIPOLE_DIFF, DIPOLE_F32, 2, 4, 2, 3, 120, 32, 1, -1, 16, DIPOLE_PATH_GEMM, 64},
+        {DIPOLE_SOFTMAX, DIPOLE_F32, 2, 4, 1, 1, 90, 64, 1, -1, 7, DIPOLE_PATH_GEMM, 40},
     };
     run_case(&cases[_i], 400 + (uint64_t)_i);
+}
+END_TEST
+
+/* DIFF (two key heads a KV head) and value head dims of their own: decode and chunked prefill,
+ * half storage, the paper's layout (head_dim_v = 2 head_dim). */
+START_TEST(test_paged_diff_dv)
+{
+    static const paged_case cases[] = {
+        {DIPOLE_DIFF, DIPOLE_F32, 4, 8, 2, 1, 300, 64, 1, -1, 16, DIPOLE_PATH_AUTO, 0},
+        {DIPOLE_DIFF, DIPOLE_F32, 3, 4, 1, 37, 290, 32, 1, -1, 7, DIPOLE_PATH_AUTO, 64},
+        {DIPOLE_DIFF, DIPOLE_F16, 2, 4, 2, 1, 200, 64, 1, -1, 1, DIPOLE_PATH_AUTO, 128},
+        {DIPOLE_SOFTMAX, DIPOLE_F32, 2, 8, 2, 2, 260, 64, 1, -1, 16, DIPOLE_PATH_AUTO, 32},
+        {DIPOLE_TWO_POLE, DIPOLE_F32, 2, 4, 2, 20, 150, 32, 1, 50, 256, DIPOLE_PATH_AUTO, 48},
+    };
+    run_case(&cases[_i], 500 + (uint64_t)_i);
 }
 END_TEST
 
@@ -272,10 +305,12 @@ END_TEST
 START_TEST(test_paged_write)
 {
     dipole_ctx *ctx = tu_ctx();
-    const dipole_dtype dt = _i == 0 ? DIPOLE_F32 : DIPOLE_F16;
+    const dipole_dtype dt = _i == 1 ? DIPOLE_F16 : DIPOLE_F32;
     dipole_attn_desc d;
     dipole_attn_desc_default(&d);
-    d.variant = _i == 0 ? DIPOLE_ROUTED : DIPOLE_SOFTMAX;
+    static const dipole_variant variant_of[3] = {DIPOLE_ROUTED, DIPOLE_SOFTMAX, DIPOLE_DIFF};
+    d.variant = variant_of[_i];
+    d.head_dim_v = _i == 2 ? 48 : 0; /* DIFF: two key heads a KV head, values of 2 head_dim */
     d.dtype = dt;
     d.batch = 3;
     d.heads_q = 4;
@@ -287,28 +322,34 @@ START_TEST(test_paged_write)
     d.key_lengths = kl;
     const int ps = 16, tokens = 5;
     paged_layout pl = layout_make(&d, ps, 2, 77);
-    const size_t es = dipole_dtype_size(dt), row = (size_t)d.heads_kv * d.head_dim * es;
-    const size_t pool_bytes = (size_t)pl.pages * ps * row;
+    const size_t es = dipole_dtype_size(dt);
+    /* pool i's rows: k's heads and head dim, or v's (v2's) */
+    const int heads[3] = {maps_of(&d) * d.heads_kv, d.heads_kv, d.heads_kv};
+    const int dims[3] = {d.head_dim, dim_v_of(&d), dim_v_of(&d)};
     /* tokens 0..4 of each sequence at positions kl - 5 .. kl - 1; sequence 2 pads its last two */
     int pos[3 * 5];
     for (int b = 0; b < 3; b++)
         for (int t = 0; t < tokens; t++)
             pos[b * tokens + t] = b == 2 && t >= 3 ? -1 : kl[b] - tokens + t;
-    const size_t nnew = (size_t)d.batch * tokens * d.heads_kv * d.head_dim;
-    unsigned char *src[3], *want[3], *got = malloc(pool_bytes);
+    unsigned char *src[3], *want[3], *got[3];
     cl_mem bsrc[3], bpool[3];
     dipole_tensor tsrc[3], tpool[3];
+    size_t pool_bytes[3];
     for (int i = 0; i < 3; i++) {
+        const size_t row = (size_t)heads[i] * dims[i] * es;
+        const size_t nnew = (size_t)d.batch * tokens * heads[i] * dims[i];
+        pool_bytes[i] = (size_t)pl.pages * ps * row;
         float *x = tu_random(nnew, 900 + (uint64_t)i, 1.0f);
         src[i] = tu_round_to(dt, x, nnew);
         free(x);
-        want[i] = malloc(pool_bytes);
-        ck_assert(want[i] && got);
-        memset(want[i], 0x11 * (i + 1), pool_bytes);
-        bpool[i] = buffer_of(want[i], pool_bytes);
+        want[i] = malloc(pool_bytes[i]);
+        got[i] = malloc(pool_bytes[i]);
+        ck_assert(want[i] && got[i]);
+        memset(want[i], 0x11 * (i + 1), pool_bytes[i]);
+        bpool[i] = buffer_of(want[i], pool_bytes[i]);
         bsrc[i] = buffer_of(src[i], nnew * es);
-        tsrc[i] = dipole_tensor_dense(bsrc[i], tokens, d.heads_kv, d.head_dim);
-        tpool[i] = pool_tensor(bpool[i], &d, ps);
+        tsrc[i] = dipole_tensor_dense(bsrc[i], tokens, heads[i], dims[i]);
+        tpool[i] = dipole_tensor_dense(bpool[i], ps, heads[i], dims[i]);
         for (int b = 0; b < 3; b++)
             for (int t = 0; t < tokens; t++) {
                 const int p = pos[b * tokens + t];
@@ -327,17 +368,18 @@ START_TEST(test_paged_write)
                   "%s", dipole_ctx_last_error(ctx));
     const int written = d.variant == DIPOLE_ROUTED ? 3 : 2; /* v2 only where the variant reads it */
     for (int i = 0; i < 3; i++) {
-        read_back(bpool[i], got, pool_bytes);
+        read_back(bpool[i], got[i], pool_bytes[i]);
         if (i >= written)
-            memset(want[i], 0x11 * (i + 1), pool_bytes);
-        ck_assert_msg(!memcmp(got, want[i], pool_bytes), "pool %d differs from the scatter", i);
+            memset(want[i], 0x11 * (i + 1), pool_bytes[i]);
+        ck_assert_msg(!memcmp(got[i], want[i], pool_bytes[i]), "pool %d differs from the scatter",
+                      i);
         clReleaseMemObject(bsrc[i]);
         clReleaseMemObject(bpool[i]);
         free(src[i]);
         free(want[i]);
+        free(got[i]);
     }
     clReleaseMemObject(btab);
-    free(got);
     free(pl.table);
 }
 END_TEST
@@ -598,11 +640,12 @@ Suite *paged_suite(void)
     tcase_add_loop_test(dev, test_paged_decode, 0, 12);
     tcase_add_loop_test(dev, test_paged_prefill, 0, 12);
     tcase_add_loop_test(dev, test_paged_kinds, 0, 5);
-    tcase_add_loop_test(dev, test_paged_write, 0, 2);
+    tcase_add_loop_test(dev, test_paged_write, 0, 3);
+    tcase_add_loop_test(dev, test_paged_diff_dv, 0, 5);
     suite_add_tcase(s, dev);
     TCase *gemm = tcase_create("gemm");
     tcase_set_timeout(gemm, 1200);
-    tcase_add_loop_test(gemm, test_paged_gemm, 0, 3);
+    tcase_add_loop_test(gemm, test_paged_gemm, 0, 5);
     suite_add_tcase(s, gemm);
     TCase *args = tcase_create("args");
     tcase_add_test(args, test_paged_refusals);

@@ -397,8 +397,10 @@ typedef struct dipole_paged_kv {
 } dipole_paged_kv;
 
 /* dipole_attention over a paged cache (decode, and chunked prefill): q, out and lse as in
- * dipole_attention; k_pages, v_pages, v2_pages the page pools ([pages, page_size, heads_kv,
- * head_dim]; v2_pages NULL unless the variant reads v2). desc.key_lengths is required: sequence
+ * dipole_attention; k_pages, v_pages, v2_pages the page pools, each page a [page_size, heads,
+ * dim] slice of k, v or v2 as dipole_attention takes them (k_pages [pages, page_size, heads_kv
+ * (DIFF: 2 heads_kv), head_dim], v_pages and v2_pages [pages, page_size, heads_kv, head_dim_v];
+ * v2_pages NULL unless the variant reads v2). desc.key_lengths is required: sequence
  * b's cache length, at most max_pages * page_size; desc.seq_k is at least the largest. Causal
  * masks and windows align bottom-right to each sequence's length, as in dipole_attention.
  * Every page a sequence's keys reach is checked (the call reads the block table back, in
@@ -416,12 +418,12 @@ DIPOLE_API dipole_status dipole_attention_paged(dipole_ctx *ctx, const dipole_at
                                                 cl_event *event);
 
 /* Writes new tokens' rows into their pages, the step before attention in every decode loop:
- * k_new, v_new (v2_new where the variant reads v2) are [batch, new_tokens, heads_kv, head_dim]
- * tensors of desc.dtype, copied bit for bit; positions is a host array [batch, new_tokens] of
+ * k_new, v_new (v2_new where the variant reads v2) are [batch, new_tokens, heads, dim] tensors
+ * of desc.dtype with their pool's heads and dim, copied bit for bit; positions is a host array [batch, new_tokens] of
  * each token's position in its sequence (-1: no token, nothing written), which lands in page
  * block_table[b, position / page_size] at slot position % page_size. desc is the attention
- * call's (it must be valid); batch, heads_kv, head_dim, dtype and the variant (whether v2 is
- * written) are read. new_tokens 0 writes nothing. Refused before anything is written: a
+ * call's (it must be valid); batch, heads_kv, head_dim, head_dim_v, dtype and the variant
+ * (DIFF's two key heads, whether v2 is written) are read. new_tokens 0 writes nothing. Refused before anything is written: a
  * position outside [-1, max_pages * page_size), a page index outside a pool, two tokens on one
  * slot, a pool or source NULL, out of its buffer, or overlapping another tensor or the block
  * table where a token is written (DIPOLE_ERR_INVALID_ARG or DIPOLE_ERR_BUFFER_RANGE, naming the

@@ -5,6 +5,7 @@
  *   - a result differs from the double-precision reference,
  *   - a tensor layout is accepted that reaches outside its buffer, or refused while inside.
  * Built only with clang and -Dfuzz=enabled (see meson_options.txt); run by the fuzz test. */
+#include <limits.h>
 #include <math.h>
 #include <stdbool.h>
 #include <stdint.h>
@@ -339,19 +340,32 @@ static void paged_call(reader *r, const dipole_attn_desc *desc)
     cl_mem bias_buf = bias_device(desc, &d, &bias_copy);
     const int B = d.batch, Nq = d.seq_q, Nk = d.seq_k, Hq = d.heads_q, Hkv = d.heads_kv,
               D = d.head_dim;
+    /* DIFF's q and k hold two heads a head; v, v2 and out have head_dim_v */
+    const int NS = d.variant == DIPOLE_DIFF ? 2 : 1, DV = d.head_dim_v ? d.head_dim_v : D;
     int kl[4];
     for (int b = 0; b < B; b++)
         kl[b] = desc->key_lengths ? desc->key_lengths[b] : Nk;
     d.key_lengths = kl;
     const int ps = 1 + u8(r) % 8, max_pages = (Nk + ps - 1) / ps + u8(r) % 2;
     const int pages = 1 + u8(r) % (B * max_pages + 2);
-    const size_t page = (size_t)ps * Hkv * D, off = u8(r) % 16;
-    /* K, V, V2 pools one after another; the last has exactly `pages` of room */
-    const size_t elems = off + 3 * (size_t)pages * page;
-    /* the fewest pages among the pools the call reads: V2's, or V's (which has room for V2's
-     * pages too) where the variant reads no v2 */
+    /* elements of a page of each pool: k's heads and head dim, v's and v2's */
+    const size_t page[3] = {(size_t)ps * NS * Hkv * D, (size_t)ps * Hkv * DV,
+                            (size_t)ps * Hkv * DV};
+    const size_t off = u8(r) % 16;
+    /* K, V, V2 pools one after another, `pages` pages each; the last has exactly that room */
+    size_t at[3], elems = off;
+    for (int i = 0; i < 3; i++) {
+        at[i] = elems;
+        elems += (size_t)pages * page[i];
+    }
+    /* the fewest pages among the pools the call reads, each holding what its buffer has room
+     * for past its offset */
     const bool v2 = d.variant == DIPOLE_ROUTED || d.variant == DIPOLE_TWO_POLE;
-    const long long pool = (long long)pages * (v2 ? 1 : 2);
+    long long pool = LLONG_MAX;
+    for (int i = 0; i < (v2 ? 3 : 2); i++) {
+        const long long room = (long long)((elems - at[i]) / page[i]);
+        pool = room < pool ? room : pool;
+    }
     int table[4 * 41];
     bool valid = true;
     for (int b = 0; b < B; b++) {
@@ -363,16 +377,18 @@ static void paged_call(reader *r, const dipole_attn_desc *desc)
                 valid = valid && table[b * max_pages + c] >= 0 && table[b * max_pages + c] < pool;
         }
     }
-    /* at most 3 pools of 3 * 41 + 2 pages of 8 slots x 9 KV heads x 33, or q's 3 x 40 x 9 x 33 */
+    /* 3 pools of 3 * 41 + 2 pages of 8 slots x 9 KV heads x 33 (DIFF: a k pool of twice that
+     * and no v2), or q's 3 x 40 x 9 x 33; a call past it is skipped */
     enum { PAGED_CAP = 3 * 125 * 8 * 9 * 33 + 16 };
     static float host[PAGED_CAP];
     static uint32_t stored[PAGED_CAP];
-    const size_t nq_all = (size_t)B * Nq * Hq * D, fill = elems > nq_all ? elems : nq_all;
+    const size_t nq = (size_t)B * Nq * NS * Hq * D, no = (size_t)B * Nq * Hq * DV;
+    const size_t fill = elems > nq ? elems : nq;
     if (fill > PAGED_CAP) /* the harness's own limit, not the library's */
         return;
     for (size_t i = 0; i < fill; i++)
         host[i] = (float)((int)((i * 2654435761u + 7) % 128) - 64) / 32.0f;
-    const size_t es = dipole_dtype_size(d.dtype), nq = (size_t)B * Nq * Hq * D;
+    const size_t es = dipole_dtype_size(d.dtype);
     if (dipole_convert(d.dtype, stored, DIPOLE_F32, host, fill) != DIPOLE_SUCCESS)
         abort();
     cl_int err;
@@ -381,15 +397,17 @@ static void paged_call(reader *r, const dipole_attn_desc *desc)
     cl_mem tb = clCreateBuffer(cc, CL_MEM_READ_ONLY | CL_MEM_COPY_HOST_PTR,
                                sizeof(int) * (size_t)B * max_pages, table, &err);
     cl_mem qb = clCreateBuffer(cc, CL_MEM_READ_ONLY | CL_MEM_COPY_HOST_PTR, nq * es, stored, &err);
-    cl_mem ob = clCreateBuffer(cc, CL_MEM_WRITE_ONLY, nq * es, NULL, &err);
+    cl_mem ob = clCreateBuffer(cc, CL_MEM_WRITE_ONLY, no * es, NULL, &err);
     if (!pb || !tb || !qb || !ob)
         abort();
     dipole_tensor pools[3];
     for (int i = 0; i < 3; i++) {
-        pools[i] = dipole_tensor_dense(pb, ps, Hkv, D);
-        pools[i].offset = off + (size_t)i * pages * page;
+        pools[i] = i == 0 ? dipole_tensor_dense(pb, ps, NS * Hkv, D)
+                          : dipole_tensor_dense(pb, ps, Hkv, DV);
+        pools[i].offset = at[i];
     }
-    const dipole_tensor tq = dipole_tensor_dense(qb, Nq, Hq, D), to = dipole_tensor_dense(ob, Nq, Hq, D);
+    const dipole_tensor tq = dipole_tensor_dense(qb, Nq, NS * Hq, D);
+    const dipole_tensor to = dipole_tensor_dense(ob, Nq, Hq, DV);
     const dipole_paged_kv pg = {tb, max_pages, ps};
     const dipole_status st = dipole_attention_paged(ctx, &d, &tq, &pools[0], &pools[1], &pools[2],
                                                     &pg, &to, NULL, NULL);
@@ -398,27 +416,27 @@ static void paged_call(reader *r, const dipole_attn_desc *desc)
     if (!valid && st == DIPOLE_SUCCESS)
         finding("a paged call reaching outside its pools or table was accepted", &d, st);
     if (st == DIPOLE_SUCCESS) {
-        const size_t nk = (size_t)B * Nk * Hkv * D, row = (size_t)Hkv * D;
-        float *q = malloc(nq * 4), *kv[3], *got = malloc(nq * 4), *ref = malloc(nq * 4);
+        const size_t row[3] = {(size_t)NS * Hkv * D, (size_t)Hkv * DV, (size_t)Hkv * DV};
+        float *q = malloc(nq * 4), *kv[3], *got = malloc(no * 4), *ref = malloc(no * 4);
         for (int i = 0; i < 3; i++)
-            kv[i] = calloc(nk, 4);
+            kv[i] = calloc((size_t)B * Nk * row[i], 4);
         if (!q || !kv[0] || !kv[1] || !kv[2] || !got || !ref)
             abort();
         memcpy(q, host, nq * 4);
         for (int i = 0; i < (v2 ? 3 : 2); i++)
             for (int b = 0; b < B; b++)
                 for (int j = 0; j < kl[b]; j++)
-                    memcpy(kv[i] + ((size_t)b * Nk + j) * row,
+                    memcpy(kv[i] + ((size_t)b * Nk + j) * row[i],
                            host + pools[i].offset +
-                               ((size_t)table[b * max_pages + j / ps] * ps + j % ps) * row,
-                           row * 4);
-        if (clEnqueueReadBuffer(dipole_ctx_queue(ctx), ob, CL_TRUE, 0, nq * es, got, 0, NULL,
+                               ((size_t)table[b * max_pages + j / ps] * ps + j % ps) * row[i],
+                           row[i] * 4);
+        if (clEnqueueReadBuffer(dipole_ctx_queue(ctx), ob, CL_TRUE, 0, no * es, got, 0, NULL,
                                 NULL) != CL_SUCCESS ||
-            dipole_convert(DIPOLE_F32, got, d.dtype, got, nq) != DIPOLE_SUCCESS)
+            dipole_convert(DIPOLE_F32, got, d.dtype, got, no) != DIPOLE_SUCCESS)
             abort();
-        if (dipole_reference(&d, q, kv[0], kv[1], kv[2], ref) != DIPOLE_SUCCESS)
+        if (dipole_reference(&d, q, kv[0], kv[1], v2 ? kv[2] : NULL, ref) != DIPOLE_SUCCESS)
             finding("the reference refused a valid descriptor", &d, st);
-        if (!sign_ambiguous(&d, q, kv[0]) && !close_enough(got, ref, nq, d.dtype))
+        if (!sign_ambiguous(&d, q, kv[0]) && !close_enough(got, ref, no, d.dtype))
             finding("paged result differs from the reference", &d, st);
         free(q), free(kv[0]), free(kv[1]), free(kv[2]), free(got), free(ref);
     }
@@ -543,10 +561,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         return 0;
     }
     device_call(&r, &d);
-    /* A paged call takes key lengths, never packed rows; the paged calls refuse DIFF and
-     * head_dim_v != head_dim (the diff suite checks how). */
-    if (u8(&r) < 64 && !d.cu_seqlens_q && d.variant != DIPOLE_DIFF &&
-        (d.head_dim_v == 0 || d.head_dim_v == d.head_dim))
+    /* A paged call takes key lengths, never packed rows. */
+    if (u8(&r) < 64 && !d.cu_seqlens_q)
         paged_call(&r, &d);
     return 0;
 }

@@ -1,7 +1,9 @@
 """The four variants written straight from their definitions in torch (float64 in the tests),
 independent of the C library's reference: autograd of these gives the expected gradients.
 The score modifiers (soft-cap, ALiBi, an additive bias) apply in that order to s = scale q.k
-before the variant; packed batches (cu_seqlens) run sequence by sequence (attention_packed)."""
+before the variant; packed batches (cu_seqlens) run sequence by sequence (attention_packed).
+Also the bound the autograd tests compare with (rms_bound) and the check of a DipoleAttention
+block against the same block written in eager torch (module_against_eager)."""
 
 import math
 
@@ -103,3 +105,34 @@ def attention_packed(q, k, v, v2=None, *, cu_seqlens_q, cu_seqlens_k, bias=None,
         outs.append(out[0])
         lses.append(lse[:, 0])
     return torch.cat(outs, 0), torch.cat(lses, -1)
+
+
+def rms_bound(got, want, atol, rtol, extra_rms=0.0):
+    """|got - ref| <= atol + rtol |ref| + extra_rms * rms(ref), elementwise; the message names
+    the worst element."""
+    got, want = got.double(), want.double()
+    bound = atol + rtol * want.abs() + extra_rms * want.pow(2).mean().sqrt()
+    err = (got - want).abs()
+    ratio = err / bound
+    worst = int(ratio.argmax())
+    assert bool((err <= bound).all()), (
+        f"worst |got - ref| {err.flatten()[worst]:.3g} > {bound.flatten()[worst]:.3g} "
+        f"(got {got.flatten()[worst]:.6g}, ref {want.flatten()[worst]:.6g})")
+
+
+def module_against_eager(m, x, eager):
+    """Runs module m on x and eager(m, x), its computation in plain torch on m's parameters, each
+    with the loss mean(y^2) backward; float32 on both sides, so the output must agree within
+    1e-5 + 1e-3 |ref| and every parameter's gradient within 1e-5 + 1e-3 |ref| + 1e-3 rms(ref).
+    Returns m's own gradients by parameter name."""
+    y = m(x)
+    y.square().mean().backward()
+    got = {n: p.grad.clone() for n, p in m.named_parameters()}
+    m.zero_grad()
+    ref = eager(m, x)
+    ref.square().mean().backward()
+    assert y.shape == ref.shape, f"output shape {tuple(y.shape)}, eager {tuple(ref.shape)}"
+    rms_bound(y, ref, atol=1e-5, rtol=1e-3)
+    for n, p in m.named_parameters():
+        rms_bound(got[n], p.grad, atol=1e-5, rtol=1e-3, extra_rms=1e-3)
+    return got

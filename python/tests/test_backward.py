@@ -19,19 +19,6 @@ MASKS = {
 B, NQ, NK, HQ, HKV, D = 2, 9, 13, 4, 2, 16
 
 
-def rms_bound(got, want, atol, rtol, extra_rms=0.0):
-    """|got - ref| <= atol + rtol |ref| + extra_rms * rms(ref), elementwise; the message names
-    the worst element."""
-    got, want = got.double(), want.double()
-    bound = atol + rtol * want.abs() + extra_rms * want.pow(2).mean().sqrt()
-    err = (got - want).abs()
-    ratio = err / bound
-    worst = int(ratio.argmax())
-    assert bool((err <= bound).all()), (
-        f"worst |got - ref| {err.flatten()[worst]:.3g} > {bound.flatten()[worst]:.3g} "
-        f"(got {got.flatten()[worst]:.6g}, ref {want.flatten()[worst]:.6g})")
-
-
 def leaves(gen, shapes, dtype=torch.float32):
     return [torch.randn(s, generator=gen, dtype=torch.float64).to(dtype).requires_grad_()
             for s in shapes]
@@ -70,7 +57,7 @@ def test_gradients(ctx, variant, mask):
         assert g is not None, f"{name} is missing"
         assert g.shape == w.shape and g.dtype == torch.float32
         # float32 kernels against float64 autograd
-        rms_bound(g, w, atol=1e-4, rtol=1e-3)
+        reference.rms_bound(g, w, atol=1e-4, rtol=1e-3)
 
 
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
@@ -82,7 +69,7 @@ def test_half_gradients(ctx, dtype):
     rtol = 2.0 ** -10 if dtype == "float16" else 2.0 ** -7
     for g, w in zip(got, want):
         assert g.dtype == tdt
-        rms_bound(g, w, atol=3e-5, rtol=rtol, extra_rms=8 * rtol)
+        reference.rms_bound(g, w, atol=3e-5, rtol=rtol, extra_rms=8 * rtol)
 
 
 def test_gradcheck_against_own_forward(ctx):
@@ -122,15 +109,6 @@ def eager_block(m, x):
 def test_module_matches_eager(ctx, variant):
     torch.manual_seed(0)
     m = dt.DipoleAttention(64, 4, 2, variant=variant, causal=True, init_neg_weight=0.5)
-    x = torch.randn(2, 11, 64)
-    y = m(x)
-    y.square().mean().backward()
-    got = {n: p.grad.clone() for n, p in m.named_parameters()}
-    m.zero_grad()
-    ref = eager_block(m, x)
-    ref.square().mean().backward()
-    rms_bound(y, ref, atol=1e-5, rtol=1e-3)
-    for n, p in m.named_parameters():
-        rms_bound(got[n], p.grad, atol=1e-5, rtol=1e-3, extra_rms=1e-3)
+    got = reference.module_against_eager(m, torch.randn(2, 11, 64), eager_block)
     if variant == "two_pole":
         assert got["pos_weight"].abs().sum() > 0 and got["neg_weight"].abs().sum() > 0

@@ -12,7 +12,7 @@ import torch
 import dipole
 import dipole.torch as dt
 import reference
-from test_backward import rms_bound
+from reference import rms_bound
 from test_forward import assert_close
 
 HQ, HKV, D = 4, 2, 16

@@ -92,6 +92,24 @@ static int dim_v_of(const dipole_attn_desc *d)
     return d->head_dim_v ? d->head_dim_v : d->head_dim;
 }
 
+/* The heads and dim of a row of pool i (k, v, v2), and of its contiguous cache: k's heads
+ * (DIFF: two a KV head) and head dim, or v's heads and head_dim_v. */
+static int pool_heads(const dipole_attn_desc *d, int i)
+{
+    return i == 0 ? maps_of(d) * d->heads_kv : d->heads_kv;
+}
+static int pool_dim(const dipole_attn_desc *d, int i)
+{
+    return i == 0 ? d->head_dim : dim_v_of(d);
+}
+
+/* Pool i's tensor over m (rows: page_size), or its contiguous cache's or new tokens' (rows:
+ * seq_k or tokens): [., rows, heads, dim] dense. */
+static dipole_tensor pool_tensor(cl_mem m, const dipole_attn_desc *d, int i, int rows)
+{
+    return dipole_tensor_dense(m, rows, pool_heads(d, i), pool_dim(d, i));
+}
+
 /* The pool of a contiguous cache x of rows of `row` bytes (a token's heads of k, v or v2);
  * slots no key fills hold `fill`. */
 static void *pool_of(const dipole_attn_desc *d, const paged_layout *pl, const void *x,
@@ -164,8 +182,8 @@ static void run_case(const paged_case *c, uint64_t seed)
     void *vs = tu_round_to(c->dtype, v, nv), *v2s = tu_round_to(c->dtype, v2, nv);
 
     const paged_layout pl = layout_make(&d, c->page_size, 3, seed + 5);
-    const size_t k_row = (size_t)ns * d.heads_kv * d.head_dim * es;
-    const size_t v_row = (size_t)d.heads_kv * dv * es;
+    const size_t k_row = (size_t)pool_heads(&d, 0) * pool_dim(&d, 0) * es;
+    const size_t v_row = (size_t)pool_heads(&d, 1) * pool_dim(&d, 1) * es;
     void *kp = pool_of(&d, &pl, ks, k_row, 0xff), *vp = pool_of(&d, &pl, vs, v_row, 0xff);
     void *v2p = pool_of(&d, &pl, v2s, v_row, 0xff); /* unfilled slots: NaN in every dtype */
     const size_t slots = (size_t)pl.pages * (size_t)pl.page_size;
@@ -178,12 +196,12 @@ static void run_case(const paged_case *c, uint64_t seed)
     cl_mem bl1 = buffer_of(NULL, nl * 4), bl2 = buffer_of(NULL, nl * 4);
 
     const dipole_tensor tq = dipole_tensor_dense(bq, d.seq_q, ns * d.heads_q, d.head_dim);
-    const dipole_tensor tk = dipole_tensor_dense(bk, d.seq_k, ns * d.heads_kv, d.head_dim);
-    const dipole_tensor tv = dipole_tensor_dense(bv, d.seq_k, d.heads_kv, dv);
-    const dipole_tensor tv2 = dipole_tensor_dense(bv2, d.seq_k, d.heads_kv, dv);
-    const dipole_tensor tkp = dipole_tensor_dense(bkp, pl.page_size, ns * d.heads_kv, d.head_dim);
-    const dipole_tensor tvp = dipole_tensor_dense(bvp, pl.page_size, d.heads_kv, dv);
-    const dipole_tensor tv2p = dipole_tensor_dense(bv2p, pl.page_size, d.heads_kv, dv);
+    const dipole_tensor tk = pool_tensor(bk, &d, 0, d.seq_k);
+    const dipole_tensor tv = pool_tensor(bv, &d, 1, d.seq_k);
+    const dipole_tensor tv2 = pool_tensor(bv2, &d, 2, d.seq_k);
+    const dipole_tensor tkp = pool_tensor(bkp, &d, 0, pl.page_size);
+    const dipole_tensor tvp = pool_tensor(bvp, &d, 1, pl.page_size);
+    const dipole_tensor tv2p = pool_tensor(bv2p, &d, 2, pl.page_size);
     const dipole_tensor to1 = dipole_tensor_dense(bo1, d.seq_q, d.heads_q, dv);
     const dipole_tensor to2 = dipole_tensor_dense(bo2, d.seq_q, d.heads_q, dv);
     const dipole_paged_kv paged = {btab, pl.max_pages, pl.page_size};
@@ -255,7 +273,9 @@ START_TEST(test_paged_prefill)
 }
 END_TEST
 
-/* The other kinds: a window, no mask, an odd head dim, half storage. */
+/* The other kinds: a window, no mask, an odd head dim, half storage; DIFF (two key heads a KV
+ * head) and value head dims of their own, in decode and chunked prefill, half storage and the
+ * paper's layout (head_dim_v = 2 head_dim). */
 START_TEST(test_paged_kinds)
 {
     static const paged_case cases[] = {
@@ -264,6 +284,11 @@ START_TEST(test_paged_kinds)
         {DIPOLE_ROUTED, DIPOLE_F32, 2, 2, 2, 1, 130, 24, 1, -1, 7, DIPOLE_PATH_AUTO, 0},
         {DIPOLE_SOFTMAX, DIPOLE_F16, 3, 8, 2, 1, 300, 64, 1, -1, 16, DIPOLE_PATH_AUTO, 0},
         {DIPOLE_SIGNEXP, DIPOLE_BF16, 2, 4, 2, 20, 100, 64, 1, -1, 16, DIPOLE_PATH_AUTO, 0},
+        {DIPOLE_DIFF, DIPOLE_F32, 4, 8, 2, 1, 300, 64, 1, -1, 16, DIPOLE_PATH_AUTO, 0},
+        {DIPOLE_DIFF, DIPOLE_F32, 3, 4, 1, 37, 290, 32, 1, -1, 7, DIPOLE_PATH_AUTO, 64},
+        {DIPOLE_DIFF, DIPOLE_F16, 2, 4, 2, 1, 200, 64, 1, -1, 1, DIPOLE_PATH_AUTO, 128},
+        {DIPOLE_SOFTMAX, DIPOLE_F32, 2, 8, 2, 2, 260, 64, 1, -1, 16, DIPOLE_PATH_AUTO, 32},
+        {DIPOLE_TWO_POLE, DIPOLE_F32, 2, 4, 2, 20, 150, 32, 1, 50, 256, DIPOLE_PATH_AUTO, 48},
     };
     run_case(&cases[_i], 300 + (uint64_t)_i);
 }
@@ -280,21 +305,6 @@ START_TEST(test_paged_gemm)
         {DIPOLE_SOFTMAX, DIPOLE_F32, 2, 4, 1, 1, 90, 64, 1, -1, 7, DIPOLE_PATH_GEMM, 40},
     };
     run_case(&cases[_i], 400 + (uint64_t)_i);
-}
-END_TEST
-
-/* DIFF (two key heads a KV head) and value head dims of their own: decode and chunked prefill,
- * half storage, the paper's layout (head_dim_v = 2 head_dim). */
-START_TEST(test_paged_diff_dv)
-{
-    static const paged_case cases[] = {
-        {DIPOLE_DIFF, DIPOLE_F32, 4, 8, 2, 1, 300, 64, 1, -1, 16, DIPOLE_PATH_AUTO, 0},
-        {DIPOLE_DIFF, DIPOLE_F32, 3, 4, 1, 37, 290, 32, 1, -1, 7, DIPOLE_PATH_AUTO, 64},
-        {DIPOLE_DIFF, DIPOLE_F16, 2, 4, 2, 1, 200, 64, 1, -1, 1, DIPOLE_PATH_AUTO, 128},
-        {DIPOLE_SOFTMAX, DIPOLE_F32, 2, 8, 2, 2, 260, 64, 1, -1, 16, DIPOLE_PATH_AUTO, 32},
-        {DIPOLE_TWO_POLE, DIPOLE_F32, 2, 4, 2, 20, 150, 32, 1, 50, 256, DIPOLE_PATH_AUTO, 48},
-    };
-    run_case(&cases[_i], 500 + (uint64_t)_i);
 }
 END_TEST
 
@@ -323,9 +333,6 @@ START_TEST(test_paged_write)
     const int ps = 16, tokens = 5;
     paged_layout pl = layout_make(&d, ps, 2, 77);
     const size_t es = dipole_dtype_size(dt);
-    /* pool i's rows: k's heads and head dim, or v's (v2's) */
-    const int heads[3] = {maps_of(&d) * d.heads_kv, d.heads_kv, d.heads_kv};
-    const int dims[3] = {d.head_dim, dim_v_of(&d), dim_v_of(&d)};
     /* tokens 0..4 of each sequence at positions kl - 5 .. kl - 1; sequence 2 pads its last two */
     int pos[3 * 5];
     for (int b = 0; b < 3; b++)
@@ -336,8 +343,8 @@ START_TEST(test_paged_write)
     dipole_tensor tsrc[3], tpool[3];
     size_t pool_bytes[3];
     for (int i = 0; i < 3; i++) {
-        const size_t row = (size_t)heads[i] * dims[i] * es;
-        const size_t nnew = (size_t)d.batch * tokens * heads[i] * dims[i];
+        const size_t row_elems = (size_t)pool_heads(&d, i) * pool_dim(&d, i);
+        const size_t row = row_elems * es, nnew = (size_t)d.batch * tokens * row_elems;
         pool_bytes[i] = (size_t)pl.pages * ps * row;
         float *x = tu_random(nnew, 900 + (uint64_t)i, 1.0f);
         src[i] = tu_round_to(dt, x, nnew);
@@ -348,8 +355,8 @@ START_TEST(test_paged_write)
         memset(want[i], 0x11 * (i + 1), pool_bytes[i]);
         bpool[i] = buffer_of(want[i], pool_bytes[i]);
         bsrc[i] = buffer_of(src[i], nnew * es);
-        tsrc[i] = dipole_tensor_dense(bsrc[i], tokens, heads[i], dims[i]);
-        tpool[i] = dipole_tensor_dense(bpool[i], ps, heads[i], dims[i]);
+        tsrc[i] = pool_tensor(bsrc[i], &d, i, tokens);
+        tpool[i] = pool_tensor(bpool[i], &d, i, ps);
         for (int b = 0; b < 3; b++)
             for (int t = 0; t < tokens; t++) {
                 const int p = pos[b * tokens + t];
@@ -639,9 +646,8 @@ Suite *paged_suite(void)
     tcase_set_timeout(dev, 1200);
     tcase_add_loop_test(dev, test_paged_decode, 0, 12);
     tcase_add_loop_test(dev, test_paged_prefill, 0, 12);
-    tcase_add_loop_test(dev, test_paged_kinds, 0, 5);
+    tcase_add_loop_test(dev, test_paged_kinds, 0, 10);
     tcase_add_loop_test(dev, test_paged_write, 0, 3);
-    tcase_add_loop_test(dev, test_paged_diff_dv, 0, 5);
     suite_add_tcase(s, dev);
     TCase *gemm = tcase_create("gemm");
     tcase_set_timeout(gemm, 1200);
